@@ -1,0 +1,149 @@
+"""arstudio: generate, list presets, and train models.
+
+Heavy imports (torch, diffusers) happen inside each subcommand, so ``arstudio --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_train_tokenizer(sub) -> None:
+    p = sub.add_parser("tokenizer", help="train the VQ tokenizer on shapes + photo crops")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--resolution", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--codebook-size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--photo-fraction", type=float, default=0.2, help="share of each batch that is photo crops")
+    p.set_defaults(func=_run_train_tokenizer)
+
+
+def _run_train_tokenizer(args) -> None:
+    from arstudio.tokenizers.vq import VQConfig
+    from arstudio.training.tokenizer import train_tokenizer
+
+    config = VQConfig(resolution=args.resolution, codebook_size=args.codebook_size)
+    train_tokenizer(args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                    seed=args.seed, photo_fraction=args.photo_fraction)  # fmt: skip
+    print(f"tokenizer saved to {args.out}")
+
+
+def _add_train_generator(sub) -> None:
+    p = sub.add_parser("generator", help="train a class-conditional AR generator on tokens of shapes")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--tokenizer", required=True, help="directory of a trained tokenizer")
+    p.add_argument("--preset", default="shapes-c2i", help="preset whose generator architecture to train")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--num-images", type=int, default=60_000, help="size of the tokenized training set")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_generator)
+
+
+def _run_train_generator(args) -> None:
+    from arstudio.presets import get_preset
+    from arstudio.training.generator import train_generator
+
+    config = get_preset(args.preset).generator
+    train_generator(args.out, args.tokenizer, config, steps=args.steps, batch_size=args.batch_size,
+                    lr=args.lr, num_images=args.num_images, seed=args.seed)  # fmt: skip
+    print(f"generator saved to {args.out}")
+
+
+def _add_train_classifier(sub) -> None:
+    p = sub.add_parser("classifier", help="train the FD-shapes feature classifier")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_classifier)
+
+
+def _run_train_classifier(args) -> None:
+    from arstudio.evaluation.fd_shapes import train_classifier
+
+    train_classifier(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                     resolution=args.resolution)  # fmt: skip
+    print(f"classifier saved to {args.out}")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate images from a preset into a folder (PNG + metadata)")
+    p.add_argument("--preset", default="shapes-c2i", help="preset name (see `arstudio presets`)")
+    p.add_argument("--out", default="outputs", help="output folder")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--class-labels", type=int, nargs="+", help="class ids (default: every class)")
+    group.add_argument("--prompt", nargs="+", help='class names, e.g. "red circle"')
+    p.add_argument("--num-images-per-prompt", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator the per-image seeds come from")
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the preset's")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> None:
+    import torch
+
+    from arstudio.export import save_images
+    from arstudio.pipelines.loading import load_pipeline
+
+    pipe = load_pipeline(args.preset, device=args.device)
+    labels = args.class_labels
+    if args.prompt is None and labels is None:
+        labels = list(range(pipe.generator.config.num_classes))
+    out = pipe(prompt=args.prompt, class_labels=labels, num_images_per_prompt=args.num_images_per_prompt,
+               generator=torch.Generator().manual_seed(args.seed), guidance_scale=args.guidance_scale,
+               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # fmt: skip
+    paths = save_images(out, args.out, grid_columns=None if args.no_grid else args.num_images_per_prompt)
+    print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
+
+
+def _add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="list the available presets")
+    p.set_defaults(func=_run_presets)
+
+
+def _run_presets(args) -> None:
+    from arstudio.presets import get_preset, list_presets
+
+    for name in list_presets():
+        preset = get_preset(name)
+        source = "shipped weights" if preset.weights else "random init"
+        print(f"{name:16s} {preset.task:15s} {source:16s} {preset.description}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arstudio", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_presets(sub)
+    train = sub.add_parser("train", help="train tokenizers, generators and the FD-shapes classifier")
+    train_sub = train.add_subparsers(dest="what", required=True)
+    _add_train_tokenizer(train_sub)
+    _add_train_generator(train_sub)
+    _add_train_classifier(train_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"arstudio: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The shared Llama-style backbone: the only attention and KV-cache code in arstudio.
+
+It maps input embeddings (condition prefix + token embeddings) to hidden states. What the tokens *are*
+(ids or vectors) and what the head predicts (logits or a per-token diffusion) live outside, in
+``generators/image.py`` and ``generators/heads.py``.
+
+Blocks follow LlamaGen/Llama: pre-norm RMSNorm, fused ``wqkv`` with optional grouped-query attention,
+SwiGLU feed-forward, 2D RoPE, attention through ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arstudio.generators.rope import apply_rope, rope_2d_table
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    dim: int = 256
+    n_layer: int = 6
+    n_head: int = 8
+    n_kv_head: int | None = None  # None: as many as n_head; fewer: grouped-query attention
+    multiple_of: int = 64  # SwiGLU hidden size is rounded up to a multiple of this (LlamaGen: 256)
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    grid_size: int = 8  # tokens per side of the image grid
+    prefix_len: int = 1  # condition tokens before the image tokens
+    zero_prefix_rope: bool = False  # LlamaGen checkpoint quirk, see rope.py
+    dropout: float = 0.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return -(-hidden // self.multiple_of) * self.multiple_of
+
+    @property
+    def max_len(self) -> int:
+        return self.prefix_len + self.grid_size**2
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 even under bf16: the mean square of large activations overflows otherwise.
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class KVCache(nn.Module):
+    """Preallocated keys/values (B, kv_heads, max_len, head_dim): no reallocation while decoding."""
+
+    def __init__(self, batch_size: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
+        super().__init__()
+        shape = (batch_size, kv_heads, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, kv_heads, T, head_dim) at positions ``input_pos`` (T,); return whole caches."""
+        self.k[:, :, input_pos] = k
+        self.v[:, :, input_pos] = v
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        qkv_dim = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, qkv_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.dim, bias=False)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, cache: KVCache | None = None, input_pos=None, mask=None):
+        cfg = self.cfg
+        b, t, _ = x.shape
+        q_size, kv_size = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = apply_rope(q.view(b, t, cfg.n_head, cfg.head_dim), rope)
+        k = apply_rope(k.view(b, t, cfg.kv_heads, cfg.head_dim), rope)
+        v = v.view(b, t, cfg.kv_heads, cfg.head_dim)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, head_dim)
+        if cache is not None:
+            k, v = cache.update(input_pos, k, v)  # (B, kv_heads, max_len, head_dim)
+        if cfg.kv_heads != cfg.n_head:
+            repeat = cfg.n_head // cfg.kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, t, q_size)))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x, rope, cache=None, input_pos=None, mask=None):
+        h = x + self.attention(self.attention_norm(x), rope, cache, input_pos, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Backbone(nn.Module):
+    """Causal transformer over embeddings (B, L, dim) laid out as [prefix, image tokens in raster order]."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        if cfg.dim % cfg.n_head or cfg.n_head % cfg.kv_heads:
+            raise ValueError(
+                f"dim {cfg.dim} must divide by n_head {cfg.n_head}, and n_head by n_kv_head {cfg.kv_heads}"
+            )
+        self.cfg = cfg
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        table = rope_2d_table(cfg.grid_size, cfg.head_dim, cfg.prefix_len, cfg.rope_base, cfg.zero_prefix_rope)
+        self.register_buffer("rope", table, persistent=False)
+        self.caches: list[KVCache] | None = None
+
+    def setup_cache(self, batch_size: int, device=None, dtype=None) -> None:
+        """Allocate one static cache per layer for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        ref = self.norm.weight
+        cfg = self.cfg
+        self.caches = [
+            KVCache(batch_size, cfg.kv_heads, cfg.max_len, cfg.head_dim, device or ref.device, dtype or ref.dtype)
+            for _ in self.layers
+        ]
+
+    def reset_cache(self) -> None:
+        self.caches = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training / full pass without cache: x (B, L, dim) -> hidden (B, L, dim)."""
+        rope = self.rope[: x.shape[1]]
+        for layer in self.layers:
+            x = layer(x, rope)
+        return self.norm(x)
+
+    def step(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """Cached pass: x (B, T, dim) at sequence positions ``input_pos`` (T,) -> hidden (B, T, dim).
+
+        Prefill is a step over positions 0..P-1; decoding steps one position (or k, for speculation).
+        """
+        if self.caches is None or self.caches[0].k.shape[0] != x.shape[0]:
+            raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
+        # Each query sees every cached key at a position <= its own: (1, 1, T, max_len) boolean mask.
+        keys = torch.arange(self.cfg.max_len, device=x.device)
+        mask = (keys[None, :] <= input_pos[:, None])[None, None]
+        rope = self.rope[input_pos]
+        for layer, cache in zip(self.layers, self.caches, strict=True):
+            x = layer(x, rope, cache, input_pos, mask)
+        return self.norm(x)

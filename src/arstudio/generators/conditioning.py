@@ -1,0 +1,50 @@
+"""Conditions become a prefix of embeddings in front of the image tokens.
+
+Every condition module maps its input to (B, prefix_len, dim) and owns a *null* condition, used for
+classifier-free guidance at sampling time and for condition dropout in training. Class labels are the
+first kind; text and control prefixes plug in the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ClassConditioning(nn.Module):
+    """Class id -> one prefix token. Row ``num_classes`` of the table is the null class (LlamaGen layout)."""
+
+    prefix_len = 1
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float = 0.1):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def check_labels(self, labels: torch.Tensor) -> None:
+        if labels.dtype not in (torch.int64, torch.int32) or labels.ndim != 1:
+            raise ValueError(f"class labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+        bad = labels[(labels < 0) | (labels > self.num_classes)]
+        if bad.numel():
+            raise ValueError(
+                f"class label {int(bad[0])} is out of range: allowed are 0..{self.num_classes - 1} "
+                f"(and {self.num_classes}, the null class)"
+            )
+
+    def drop(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training: replace labels by the null class with probability ``dropout_prob`` (teaches CFG)."""
+        keep = torch.rand(labels.shape, generator=generator, device=labels.device) >= self.dropout_prob
+        return torch.where(keep, labels, torch.full_like(labels, self.null_label))
+
+    def null(self, batch_size: int, device=None) -> torch.Tensor:
+        return torch.full((batch_size,), self.null_label, dtype=torch.long, device=device)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        """labels (B,) -> prefix (B, 1, dim)."""
+        self.check_labels(labels)
+        return self.embedding_table(labels)[:, None, :]

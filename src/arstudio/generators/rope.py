@@ -1,0 +1,45 @@
+"""Rotary position embeddings: 2D (row, column) for image token grids.
+
+LlamaGen's layout: the head dimension is split in two halves of rotation pairs; the first half rotates by
+the token's row, the second by its column, with base 10000. Condition-prefix tokens get no rotation
+(identity), except for LlamaGen's released checkpoints, whose tables hold *zeros* for the prefix, which
+zeroes prefix queries and keys (``zero_prefix=True`` reproduces that; new models should not use it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_2d_table(grid_size: int, head_dim: int, prefix_len: int, base: float = 10000.0,
+                  zero_prefix: bool = False) -> torch.Tensor:  # fmt: skip
+    """(prefix_len + grid_size**2, head_dim // 2, 2) table of (cos, sin) per rotation pair, raster order."""
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
+    half = head_dim // 2  # dimensions per axis
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))  # (head_dim // 4,)
+    angles = torch.outer(torch.arange(grid_size).float(), freqs)  # (grid, head_dim // 4)
+    grid = torch.cat(
+        [
+            angles[:, None, :].expand(-1, grid_size, -1),  # depends on the row
+            angles[None, :, :].expand(grid_size, -1, -1),  # depends on the column
+        ],
+        dim=-1,
+    )  # (grid, grid, head_dim // 2)
+    table = torch.stack([grid.cos(), grid.sin()], dim=-1).flatten(0, 1)  # (grid*grid, head_dim // 2, 2)
+    prefix = torch.zeros(prefix_len, half, 2)
+    if not zero_prefix:
+        prefix[..., 0] = 1.0  # cos = 1, sin = 0: no rotation
+    return torch.cat([prefix, table])
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """x: (B, L, heads, head_dim); table: (L, head_dim // 2, 2) for those positions (or (B, L, ...))."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, L, heads, head_dim // 2, 2)
+    if table.ndim == 3:
+        table = table[None]
+    cos, sin = table[:, :, None, :, 0], table[:, :, None, :, 1]  # (B|1, L, 1, head_dim // 2)
+    out = torch.stack(
+        [pairs[..., 0] * cos - pairs[..., 1] * sin, pairs[..., 1] * cos + pairs[..., 0] * sin], dim=-1
+    )
+    return out.flatten(-2).type_as(x)

@@ -1,0 +1,98 @@
+"""Named presets: architecture configs + where the weights come from + sampling defaults.
+
+A preset is data. A new model is a new entry here, not a new code path. ``test-*`` presets are tiny,
+randomly initialised from a fixed seed, and exist so tests run in seconds.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from arstudio.generators.backbone import BackboneConfig
+from arstudio.generators.image import GeneratorConfig
+from arstudio.tokenizers.vq import VQConfig
+
+WEIGHTS_ROOT = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    task: str  # "class-to-image" for now; text, control and video tasks come with their issues
+    tokenizer: VQConfig
+    generator: GeneratorConfig
+    weights: str | None = None  # folder under arstudio/weights with tokenizer/ and generator/; None = random
+    init_seed: int = 0  # random-init presets are built from this seed
+    defaults: dict = field(default_factory=dict)  # sampling defaults: guidance_scale, temperature, ...
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def weights_dir(self) -> Path | None:
+        return None if self.weights is None else WEIGHTS_ROOT / self.weights
+
+
+_REGISTRY: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    if preset.name in _REGISTRY:
+        raise ValueError(f"preset {preset.name!r} is already registered")
+    _REGISTRY[preset.name] = preset
+    return preset
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    """Names of the registered presets matching a glob pattern, sorted."""
+    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+
+
+def get_preset(name: str) -> Preset:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown preset {name!r}; available presets: {', '.join(list_presets())}")
+    return _REGISTRY[name]
+
+
+def _shapes_class_names() -> tuple[str, ...]:
+    from arstudio.data.shapes import NUM_CLASSES, class_name
+
+    return tuple(class_name(i) for i in range(NUM_CLASSES))
+
+
+SHAPES_TOKENIZER = VQConfig(resolution=32, ch=32, ch_mult=(1, 2, 2), z_channels=64, codebook_size=512)
+
+register_preset(
+    Preset(
+        name="shapes-c2i",
+        description="Class-conditional procedural shapes (24 classes = 4 shapes x 6 colours), 32 px, 8x8 tokens",
+        task="class-to-image",
+        tokenizer=SHAPES_TOKENIZER,
+        generator=GeneratorConfig(
+            vocab_size=512,
+            num_classes=24,
+            backbone=BackboneConfig(dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=1),
+        ),
+        weights="shapes-c2i",
+        defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="test-tiny-c2i",
+        description="Tiny random-init class-conditional model for tests (16 px, 4x4 tokens)",
+        task="class-to-image",
+        tokenizer=VQConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=32,
+                           codebook_embed_dim=4, norm_groups=4, decoder_res_blocks=1),  # fmt: skip
+        generator=GeneratorConfig(
+            vocab_size=32,
+            num_classes=24,
+            backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=4, prefix_len=1),
+        ),
+        defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        class_names=_shapes_class_names(),
+    )
+)

@@ -1,0 +1,64 @@
+"""Pieces every training loop shares: accelerate set-up, resumable checkpoints, a learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from arstudio.io import atomic_write_bytes, load_weights_into
+
+TRAIN_STATE = "train_state.pt"
+
+
+def make_accelerator():
+    """CPU/fp32 here; on a GPU box accelerate picks the device (mixed precision via `accelerate config`)."""
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def save_checkpoint(model, optimizer, step: int, out_dir: Path, extra: dict | None = None) -> None:
+    """Weights as safetensors + config (what gets shipped), optimizer state beside them (to resume)."""
+    import io
+
+    model.save_pretrained(out_dir)
+    buffer = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, **(extra or {})}, buffer)
+    atomic_write_bytes(out_dir / TRAIN_STATE, buffer.getvalue())
+
+
+def resume_checkpoint(model, optimizer, out_dir: Path) -> int:
+    """Load weights and optimizer state from ``out_dir``; returns the step to continue from (0 if none)."""
+    state_path = out_dir / TRAIN_STATE
+    if not state_path.is_file():
+        return 0
+    load_weights_into(model, out_dir)
+    # Our own file, but still no arbitrary pickle: optimizer state is tensors and numbers.
+    state = torch.load(state_path, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def images_to_tensor(images) -> torch.Tensor:
+    """uint8 (B, H, W, 3) numpy -> float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def tensor_to_images(x: torch.Tensor):
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) numpy, clamped."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,72 @@
+"""Train the VQ tokenizer on procedural shapes mixed with scikit-image photo crops.
+
+Loss: l2 reconstruction + codebook loss + 0.25 x commitment (LlamaGen's recipe without LPIPS/GAN, which
+need downloaded weights). Resumable: rerunning with the same ``out_dir`` continues from the last save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from arstudio.data.photos import photo_crops
+from arstudio.data.shapes import class_batch
+from arstudio.tokenizers.vq import VQConfig, VQTokenizer, codebook_usage
+from arstudio.training.common import (
+    cosine_lr,
+    images_to_tensor,
+    make_accelerator,
+    resume_checkpoint,
+    save_checkpoint,
+    set_lr,
+)
+
+
+def tokenizer_batch(step: int, batch_size: int, resolution: int, seed: int, photo_fraction: float):
+    """Batch ``step`` of the training stream: deterministic, never repeats, shapes first then photos."""
+    n_photos = int(round(batch_size * photo_fraction))
+    shapes, _, _ = class_batch(seed, batch_size - n_photos, resolution, start=step * batch_size)
+    parts = [shapes]
+    if n_photos:
+        parts.append(photo_crops(n_photos, resolution, seed=seed * 1_000_003 + step, split="train"))
+    return images_to_tensor(np.concatenate(parts))
+
+
+def train_tokenizer(
+    out_dir: str | Path,
+    config: VQConfig = VQConfig(),
+    steps: int = 1500,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    photo_fraction: float = 0.2,
+    save_every: int = 250,
+) -> VQTokenizer:
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)  # weight init only; data comes from the seeded stream above
+    model = VQTokenizer(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    start = resume_checkpoint(model, optimizer, out_dir)
+    accelerator = make_accelerator()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    bar = tqdm(range(start, steps), desc="tokenizer", initial=start, total=steps)
+    for step in bar:
+        set_lr(optimizer, cosine_lr(step, steps, lr, warmup=50))
+        images = tokenizer_batch(step, batch_size, config.resolution, seed, photo_fraction)
+        images = images.to(accelerator.device)
+        recon, ids, vq_loss = model(images)
+        rec_loss = F.mse_loss(recon, images)
+        loss = rec_loss + vq_loss
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        if step % 25 == 0:
+            usage = codebook_usage(ids, config.codebook_size)["usage"]
+            bar.set_postfix(rec=f"{rec_loss.item():.4f}", vq=f"{vq_loss.item():.4f}", usage=f"{usage:.2f}")
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            save_checkpoint(accelerator.unwrap_model(model), optimizer, step + 1, out_dir)
+    return accelerator.unwrap_model(model).eval()
