@@ -18,7 +18,9 @@ def _add_train_tokenizer(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--photo-fraction", type=float, default=0.2, help="share of each batch that is photo crops")
+    p.add_argument(
+        "--photo-fraction", type=float, default=0.2, help="share of each batch that is photo crops"
+    )
     p.set_defaults(func=_run_train_tokenizer)
 
 

@@ -47,7 +47,9 @@ def make_grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarra
     sheet = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 64, dtype=np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        sheet[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = image
+        sheet[
+            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w
+        ] = image
     return sheet
 
 

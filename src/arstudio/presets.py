@@ -85,8 +85,16 @@ register_preset(
         name="test-tiny-c2i",
         description="Tiny random-init class-conditional model for tests (16 px, 4x4 tokens)",
         task="class-to-image",
-        tokenizer=VQConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=32,
-                           codebook_embed_dim=4, norm_groups=4, decoder_res_blocks=1),  # fmt: skip
+        tokenizer=VQConfig(
+            resolution=16,
+            ch=8,
+            ch_mult=(1, 2, 2),
+            z_channels=8,
+            codebook_size=32,
+            codebook_embed_dim=4,
+            norm_groups=4,
+            decoder_res_blocks=1,
+        ),  # fmt: skip
         generator=GeneratorConfig(
             vocab_size=32,
             num_classes=24,

@@ -13,7 +13,7 @@ TRAIN_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistr
 HELDOUT_PHOTOS = ("hubble_deep_field", "retina", "cat")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_photo(name: str) -> np.ndarray:
     try:
         from skimage import data as skdata

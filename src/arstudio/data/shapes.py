@@ -136,7 +136,9 @@ def _sample_box(rng: np.random.Generator, size: str, region: str, canvas: int) -
     def axis(index: int) -> int:
         # Top-left coordinates t with the box inside [0, canvas] and the centre t + side/2 in this third.
         third = canvas / 3
-        options = [t for t in range(0, canvas - side + 1) if index * third <= t + side / 2 < (index + 1) * third]
+        options = [
+            t for t in range(0, canvas - side + 1) if index * third <= t + side / 2 < (index + 1) * third
+        ]
         return int(rng.choice(options))
 
     return axis(col), axis(row), side
@@ -153,9 +155,7 @@ def sample_object(rng: np.random.Generator, canvas: int, shape=None, colour=None
 
 def _boxes_apart(a: ShapeObject, b: ShapeObject) -> bool:
     """True when the boxes neither overlap nor touch (at least one background pixel between them)."""
-    return (
-        a.x0 + a.side < b.x0 or b.x0 + b.side < a.x0 or a.y0 + a.side < b.y0 or b.y0 + b.side < a.y0
-    )
+    return a.x0 + a.side < b.x0 or b.x0 + b.side < a.x0 or a.y0 + a.side < b.y0 or b.y0 + b.side < a.y0
 
 
 def caption(objects: list[ShapeObject]) -> str:

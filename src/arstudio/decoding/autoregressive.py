@@ -29,7 +29,7 @@ def sample_autoregressive(
     model,
     labels: torch.Tensor,
     generators: list[torch.Generator],
-    params: SamplingParams = SamplingParams(),
+    params: SamplingParams | None = None,
     callback: StepCallback | None = None,
     use_cache: bool = True,
 ) -> DecodeResult:
@@ -37,6 +37,7 @@ def sample_autoregressive(
 
     With guidance the batch is doubled to [cond; null]; both halves receive the same sampled token.
     """
+    params = params or SamplingParams()
     batch, total = labels.shape[0], model.seq_len
     device = labels.device
     if params.uses_cfg:
@@ -50,7 +51,11 @@ def sample_autoregressive(
         if not params.uses_cfg:
             return logits
         cond, uncond = logits[:batch], logits[batch:]
-        return classifier_free_guidance(cond, uncond, params.guidance_scale) if params.guided(index, total) else cond
+        return (
+            classifier_free_guidance(cond, uncond, params.guidance_scale)
+            if params.guided(index, total)
+            else cond
+        )
 
     if use_cache:
         model.setup_cache(rows, device=device)

@@ -21,7 +21,9 @@ class SamplingParams:
     cfg_interval: tuple[float, float] = (0.0, 1.0)  # guide only tokens whose index/N falls in [lo, hi)
 
     def __post_init__(self):
-        check_sampling_params(self.guidance_scale, self.temperature, self.top_k, self.top_p, self.cfg_interval)
+        check_sampling_params(
+            self.guidance_scale, self.temperature, self.top_k, self.top_p, self.cfg_interval
+        )
 
     @property
     def uses_cfg(self) -> bool:
@@ -38,7 +40,9 @@ def _is_number(x) -> bool:
 
 def check_sampling_params(guidance_scale, temperature, top_k, top_p, cfg_interval=(0.0, 1.0)) -> None:
     if not _is_number(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale={guidance_scale!r} is not allowed: use a number >= 0 (1 = no guidance)")
+        raise ValueError(
+            f"guidance_scale={guidance_scale!r} is not allowed: use a number >= 0 (1 = no guidance)"
+        )
     if not _is_number(temperature) or temperature <= 0:
         raise ValueError(f"temperature={temperature!r} is not allowed: use a number > 0")
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
@@ -47,7 +51,9 @@ def check_sampling_params(guidance_scale, temperature, top_k, top_p, cfg_interva
         raise ValueError(f"top_p={top_p!r} is not allowed: use a number in (0, 1] (1 = off)")
     lo, hi = cfg_interval
     if not 0 <= lo <= hi <= 1:
-        raise ValueError(f"cfg_interval={cfg_interval!r} is not allowed: use (lo, hi) with 0 <= lo <= hi <= 1")
+        raise ValueError(
+            f"cfg_interval={cfg_interval!r} is not allowed: use (lo, hi) with 0 <= lo <= hi <= 1"
+        )
 
 
 def classifier_free_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

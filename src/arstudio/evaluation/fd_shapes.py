@@ -55,7 +55,7 @@ def _conv_block(in_ch: int, out_ch: int, stride: int, groups: int) -> nn.Sequent
 
 
 class ShapesClassifier(PretrainedMixin, nn.Module):
-    """Small CNN over float (B, 3, H, W) in [-1, 1]; global average pooling makes it size-agnostic."""
+    """Small CNN over float (B, 3, H, W) in [-1, 1]; global pooling lets any side (32, 64) through."""
 
     config_class = ClassifierConfig
 
@@ -69,7 +69,7 @@ class ShapesClassifier(PretrainedMixin, nn.Module):
             stages.append(_conv_block(width, width, 1, config.norm_groups))
             in_ch = width
         self.stages = nn.Sequential(*stages)
-        self.proj = nn.Linear(in_ch, config.feature_dim)
+        self.proj = nn.Linear(2 * in_ch, config.feature_dim)  # mean- and max-pooled stage output
         self.class_head = nn.Linear(config.feature_dim, config.num_classes)
         self.size_head = nn.Linear(config.feature_dim, config.num_sizes)
         self.region_head = nn.Linear(config.feature_dim, config.num_regions)
@@ -84,7 +84,11 @@ class ShapesClassifier(PretrainedMixin, nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features (B, feature_dim): what FD-shapes compares."""
         h = self.stages(self._with_coordinates(x))
-        return F.silu(self.proj(h.mean(dim=(2, 3))))
+        # Max pooling keeps local detectors (a corner, a curve) that decide the shape and that averaging over
+        # a mostly black canvas dilutes (mean-only pooling stalled near 65 % class accuracy); the mean
+        # keeps global amounts (how much of each colour, how much noise) that the max cannot see.
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return F.silu(self.proj(pooled))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(x)
@@ -163,7 +167,9 @@ def extract_features(images, classifier: ShapesClassifier, batch_size: int = 256
     classifier.eval()
     x = _prepare(images, classifier)
     device = next(classifier.parameters()).device
-    feats = [classifier.features(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    feats = [
+        classifier.features(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(feats).double().numpy()
 
 
@@ -192,7 +198,9 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(f"need two (N, D) feature sets of equal D, got {feats_a.shape} and {feats_b.shape}")
     if len(feats_a) < 2 or len(feats_b) < 2:
-        raise ValueError(f"need at least 2 samples per set for a covariance, got {len(feats_a)}, {len(feats_b)}")
+        raise ValueError(
+            f"need at least 2 samples per set for a covariance, got {len(feats_a)}, {len(feats_b)}"
+        )
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(feats_a, rowvar=False)), np.atleast_2d(np.cov(feats_b, rowvar=False))
     covmean = linalg.sqrtm(cov_a @ cov_b)

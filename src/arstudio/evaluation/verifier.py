@@ -69,7 +69,7 @@ def check_image(image: np.ndarray) -> int:
     return image.shape[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def min_object_area(canvas: int) -> float:
     """Pixel area below which a component is dropped: a fraction of the smallest legal triangle."""
     side = side_range("small", canvas)[0]

@@ -151,7 +151,9 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        table = rope_2d_table(cfg.grid_size, cfg.head_dim, cfg.prefix_len, cfg.rope_base, cfg.zero_prefix_rope)
+        table = rope_2d_table(
+            cfg.grid_size, cfg.head_dim, cfg.prefix_len, cfg.rope_base, cfg.zero_prefix_rope
+        )
         self.register_buffer("rope", table, persistent=False)
         self.caches: list[KVCache] | None = None
 
@@ -160,7 +162,9 @@ class Backbone(nn.Module):
         ref = self.norm.weight
         cfg = self.cfg
         self.caches = [
-            KVCache(batch_size, cfg.kv_heads, cfg.max_len, cfg.head_dim, device or ref.device, dtype or ref.dtype)
+            KVCache(
+                batch_size, cfg.kv_heads, cfg.max_len, cfg.head_dim, device or ref.device, dtype or ref.dtype
+            )
             for _ in self.layers
         ]
 

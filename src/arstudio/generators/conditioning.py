@@ -28,7 +28,9 @@ class ClassConditioning(nn.Module):
 
     def check_labels(self, labels: torch.Tensor) -> None:
         if labels.dtype not in (torch.int64, torch.int32) or labels.ndim != 1:
-            raise ValueError(f"class labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+            raise ValueError(
+                f"class labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
+            )
         bad = labels[(labels < 0) | (labels > self.num_classes)]
         if bad.numel():
             raise ValueError(

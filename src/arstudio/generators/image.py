@@ -54,7 +54,7 @@ class ClassImageGenerator(PretrainedMixin, nn.Module):
 
     @property
     def seq_len(self) -> int:
-        return self.config.backbone.grid_size ** 2
+        return self.config.backbone.grid_size**2
 
     @property
     def prefix_len(self) -> int:
@@ -63,7 +63,9 @@ class ClassImageGenerator(PretrainedMixin, nn.Module):
     def check_tokens(self, tokens: torch.Tensor) -> None:
         vocab = self.config.vocab_size
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-            raise ValueError(f"token ids span [{int(tokens.min())}, {int(tokens.max())}]; allowed 0..{vocab - 1}")
+            raise ValueError(
+                f"token ids span [{int(tokens.min())}, {int(tokens.max())}]; allowed 0..{vocab - 1}"
+            )
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: tokens (B, N) raster order, labels (B,) -> logits (B, N, vocab) for tokens[:, i]."""

@@ -55,7 +55,9 @@ class ImagePipeline:
             for text in _as_list(prompt):
                 key = str(text).strip().lower().removeprefix("a ").removeprefix("an ")
                 if key not in names:
-                    raise ValueError(f"prompt {text!r} is not a class of {self.preset.name}; allowed: {list(names)}")
+                    raise ValueError(
+                        f"prompt {text!r} is not a class of {self.preset.name}; allowed: {list(names)}"
+                    )
                 labels.append(names.index(key))
             return labels
         labels = [int(x) for x in torch.as_tensor(class_labels).reshape(-1).tolist()]
@@ -80,7 +82,9 @@ class ImagePipeline:
         elif generator is None:
             seeds = [secrets.randbits(62) for _ in range(count)]
         else:
-            raise ValueError(f"generator must be a torch.Generator, a list of them or None, got {type(generator)}")
+            raise ValueError(
+                f"generator must be a torch.Generator, a list of them or None, got {type(generator)}"
+            )
         return [torch.Generator().manual_seed(s) for s in seeds], seeds
 
     # ---- the call -----------------------------------------------------------------------------------

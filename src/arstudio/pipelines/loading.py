@@ -20,7 +20,9 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or torch.float32
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype={dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16")
+        raise ValueError(
+            f"dtype={dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16"
+        )
     if preset.weights_dir is None:
         with torch.random.fork_rng():  # a seeded init that leaves the caller's global RNG alone
             torch.manual_seed(preset.init_seed)
@@ -33,7 +35,9 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
         generator = ClassImageGenerator.from_pretrained(preset.weights_dir / "generator")
         for model, config in ((tokenizer, preset.tokenizer), (generator, preset.generator)):
             if model.config != config:
-                raise ValueError(f"shipped weights of {name!r} do not match the preset's config: {model.config}")
+                raise ValueError(
+                    f"shipped weights of {name!r} do not match the preset's config: {model.config}"
+                )
     tokenizer = tokenizer.to(device=device, dtype=dtype).eval()
     generator = generator.to(device=device, dtype=dtype).eval()
     return ImagePipeline(tokenizer, generator, preset, device, dtype)

@@ -38,7 +38,7 @@ def tokenizer_batch(step: int, batch_size: int, resolution: int, seed: int, phot
 
 def train_tokenizer(
     out_dir: str | Path,
-    config: VQConfig = VQConfig(),
+    config: VQConfig | None = None,
     steps: int = 1500,
     batch_size: int = 32,
     lr: float = 1e-3,
@@ -47,8 +47,10 @@ def train_tokenizer(
     save_every: int = 250,
 ) -> VQTokenizer:
     out_dir = Path(out_dir)
-    torch.manual_seed(seed)  # weight init only; data comes from the seeded stream above
-    model = VQTokenizer(config)
+    config = config or VQConfig()
+    with torch.random.fork_rng():  # seeded weight init without touching the caller's global RNG
+        torch.manual_seed(seed)
+        model = VQTokenizer(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()

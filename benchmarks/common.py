@@ -1,0 +1,49 @@
+"""Shared benchmark plumbing: machine context (threads, CPU pressure, peak memory) and result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_pressure() -> str:
+    """The 'some' line of /proc/pressure/cpu: how much other work competed for the cores."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return "unavailable"
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def header(name: str) -> dict:
+    info = {
+        "benchmark": name,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_pressure_start": cpu_pressure(),
+    }
+    print(f"# {name}\n# reproduce: {info['command']}\n# threads={info['threads']}  {info['cpu_pressure_start']}")
+    return info
+
+
+def finish(info: dict, results: dict) -> None:
+    info.update(results, cpu_pressure_end=cpu_pressure(), peak_memory_mb=round(peak_memory_mb(), 1))
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{info['benchmark']}.json"
+    path.write_text(json.dumps(info, indent=2))
+    print(f"# cpu pressure at end: {info['cpu_pressure_end']}  peak memory {info['peak_memory_mb']} MB")
+    print(f"# results written to {path}")

@@ -1,0 +1,45 @@
+import subprocess
+import sys
+
+import pytest
+
+from arstudio.cli import build_parser, main
+from arstudio.export import read_png_metadata
+
+SUBCOMMANDS = [[], ["generate"], ["presets"], ["train"], ["train", "tokenizer"], ["train", "generator"],
+               ["train", "classifier"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "arstudio")
+def test_every_subcommand_has_help(words, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*words, "--help"])
+    assert info.value.code == 0
+    assert "usage: arstudio" in capsys.readouterr().out
+
+
+def test_help_is_quick_because_imports_are_lazy():
+    # torch must not be imported to print help.
+    code = "import sys; from arstudio.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    )
+
+
+def test_generate_writes_pngs_with_metadata_and_a_grid(tmp_path):
+    assert main(["generate", "--preset", "test-tiny-c2i", "--class-labels", "0", "3", "--num-images-per-prompt",
+                 "2", "--seed", "4", "--out", str(tmp_path)]) == 0  # fmt: skip
+    pngs = sorted(p for p in tmp_path.glob("*.png") if p.name != "grid.png")
+    assert len(pngs) == 4 and (tmp_path / "grid.png").is_file()
+    meta = read_png_metadata(pngs[2])
+    assert meta["class_label"] == 3 and meta["preset"] == "test-tiny-c2i"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_reports_bad_input_clearly(tmp_path, capsys):
+    assert main(["generate", "--preset", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+    assert (
+        main(["generate", "--preset", "test-tiny-c2i", "--class-labels", "99", "--out", str(tmp_path)]) == 2
+    )
+    assert "class label 99 is out of range" in capsys.readouterr().err
