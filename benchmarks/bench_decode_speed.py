@@ -53,7 +53,9 @@ def main() -> None:
             key = f"{name}, batch {batch}"
             results[key] = {"cached_tok_s": round(cached, 1), "no_cache_tok_s": round(uncached, 1),
                             "speedup": round(cached / uncached, 2), "cpu_pressure": cpu_pressure()}  # fmt: skip
-            print(f"{key:32s} cached {cached:8.1f} tok/s   no cache {uncached:8.1f} tok/s   x{cached / uncached:.2f}")
+            print(
+                f"{key:32s} cached {cached:8.1f} tok/s   no cache {uncached:8.1f} tok/s   x{cached / uncached:.2f}"
+            )
     finish(info, {"results": results, "repeats": args.repeats})
 
 

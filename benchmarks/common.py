@@ -36,7 +36,9 @@ def header(name: str) -> dict:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpu_pressure_start": cpu_pressure(),
     }
-    print(f"# {name}\n# reproduce: {info['command']}\n# threads={info['threads']}  {info['cpu_pressure_start']}")
+    print(
+        f"# {name}\n# reproduce: {info['command']}\n# threads={info['threads']}  {info['cpu_pressure_start']}"
+    )
     return info
 
 

@@ -7,6 +7,7 @@ Its numbers are only comparable with other FD-shapes numbers from the same class
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +186,8 @@ def evaluate_classifier(
         "size": np.array([SIZES.index(o.size) for o in objects]),
         "region": np.array([REGIONS.index(o.region) for o in objects]),
     }
-    logits = classifier(_prepare(images, classifier))
+    device = next(classifier.parameters()).device
+    logits = {k: v.cpu() for k, v in classifier(_prepare(images, classifier).to(device)).items()}
     return {k: float((logits[k].argmax(1).numpy() == targets[k]).mean()) for k in logits}
 
 
@@ -203,18 +205,35 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
         )
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(feats_a, rowvar=False)), np.atleast_2d(np.cov(feats_b, rowvar=False))
-    covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():
-        # Singular product (fewer samples than dimensions): nudge both covariances off singularity.
+    diff = mu_a - mu_b
+    distance = diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * _trace_sqrt_product(cov_a, cov_b)
+    # The true value is >= 0; identical sets can land a hair below through round-off.
+    return max(float(distance), 0.0)
+
+
+def _trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """Tr((cov_a cov_b)^(1/2)) with scipy's sqrtm, guarded against the ways it goes wrong."""
+
+    def root(product: np.ndarray) -> tuple[np.ndarray, float]:
+        with warnings.catch_warnings():
+            # sqrtm warns on any singular input (e.g. a set of identical images) even when its result is
+            # exact; the residual below is the check that matters.
+            warnings.simplefilter("ignore", linalg.LinAlgWarning)
+            r = linalg.sqrtm(product)
+        residual = np.linalg.norm(r @ r - product) / max(np.linalg.norm(product), 1e-30)
+        return r, residual
+
+    covmean, residual = root(cov_a @ cov_b)
+    if not np.isfinite(covmean).all() or residual > 1e-4:
+        # Near-singular product (fewer samples than dimensions): nudge both off singularity and retry.
         offset = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+        covmean, residual = root((cov_a + offset) @ (cov_b + offset))
     if np.iscomplexobj(covmean):
         # Round-off makes sqrtm of a PSD product slightly complex; a large imaginary part is a real problem.
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"sqrtm gave a complex result (max |imag| {np.abs(covmean.imag).max():.3g})")
         covmean = covmean.real
-    diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    return float(np.trace(covmean))
 
 
 def fd_shapes(images_a, images_b, classifier: ShapesClassifier, batch_size: int = 256) -> float:
@@ -232,8 +251,8 @@ def load_shipped_classifier(directory: str | Path = SHIPPED_DIR) -> ShapesClassi
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file():
         raise FileNotFoundError(
-            f"no FD-shapes classifier in {str(directory)!r}. Train one with `arstudio train classifier` or "
-            "arstudio.evaluation.fd_shapes.train_classifier(out_dir), then copy its config.json and "
-            "model.safetensors there."
+            f"no FD-shapes classifier in {str(directory)!r}. Train one with `arstudio train classifier --out "
+            "runs/fd-shapes-classifier` (or arstudio.evaluation.fd_shapes.train_classifier(out_dir)), then "
+            f"copy its config.json and model.safetensors into {str(directory)!r}."
         )
     return ShapesClassifier.from_pretrained(directory)

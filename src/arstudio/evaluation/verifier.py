@@ -38,7 +38,11 @@ MIN_AREA_FRACTION = 0.3
 
 @dataclass(frozen=True)
 class DetectedObject:
-    """One object found in an image; (x0, y0, w, h) is the pixel extent of the component."""
+    """One object found in an image.
+
+    (x0, y0, w, h) is the pixel extent of the component and ``area`` its pixel count; ``region`` comes from
+    the centre of the box the winning template was fitted in (see ``candidate_boxes``).
+    """
 
     colour: str
     shape: str
@@ -114,7 +118,7 @@ def detect_objects(image: np.ndarray) -> list[DetectedObject]:
     """Find the objects in a shapes image: uint8 (H, W, 3) with H = W in (32, 64)."""
     canvas = check_image(image)
     foreground = image.max(axis=2) >= FOREGROUND_THRESHOLD
-    labels, count = ndimage.label(foreground, structure=np.ones((3, 3), dtype=bool))  # 8-connectivity
+    labels, _ = ndimage.label(foreground, structure=np.ones((3, 3), dtype=bool))  # 8-connectivity
     objects = []
     for index, slices in enumerate(ndimage.find_objects(labels), start=1):
         component = labels == index
@@ -145,7 +149,9 @@ def class_accuracy(images, labels) -> float:
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if len(images) == 0:
         raise ValueError("class_accuracy needs at least one image")
-    return float(np.mean([verify_class(image, int(label)) for image, label in zip(images, labels)]))
+    return float(
+        np.mean([verify_class(image, int(label)) for image, label in zip(images, labels, strict=True)])
+    )
 
 
 def verify_objects(image: np.ndarray, expected: list[ShapeObject]) -> bool:
