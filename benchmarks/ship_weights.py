@@ -1,6 +1,6 @@
 """Copy trained weights from runs/ into the package: only config.json + model.safetensors (no optimizer).
 
-    python -m benchmarks.ship_weights [--tokenizer runs/vq-shapes32] [--generator runs/gen-shapes-c2i]
+python -m benchmarks.ship_weights [--tokenizer runs/vq-shapes32] [--generator runs/gen-shapes-c2i]
 """
 
 from __future__ import annotations
