@@ -27,6 +27,7 @@ from arstudio.training.common import (
     make_accelerator,
     resume_checkpoint,
     save_checkpoint,
+    seeded,
     set_lr,
 )
 
@@ -125,8 +126,8 @@ def train_classifier(
     if seed == HELDOUT_SEED:
         raise ValueError(f"seed {seed} is the held-out seed of FD-shapes: train with another")
     out_dir = Path(out_dir)
-    torch.manual_seed(seed)  # weight init only; data and noise come from per-step seeds below
-    model = ShapesClassifier(ClassifierConfig(resolution=resolution))
+    # Weight init from the seed; data and noise come from per-step seeds below.
+    model = seeded(lambda: ShapesClassifier(ClassifierConfig(resolution=resolution)), seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()

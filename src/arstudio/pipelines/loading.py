@@ -8,6 +8,14 @@ from arstudio.generators.image import ClassImageGenerator
 from arstudio.pipelines.image import ImagePipeline
 from arstudio.presets import get_preset
 from arstudio.tokenizers.vq import VQTokenizer
+from arstudio.training.common import seeded
+
+
+def _random_generator(config) -> ClassImageGenerator:
+    generator = ClassImageGenerator(config)
+    # The head starts at zero (uniform logits); give random presets non-trivial outputs.
+    torch.nn.init.normal_(generator.head.output.weight, std=0.02)
+    return generator
 
 
 def default_device() -> torch.device:
@@ -24,12 +32,8 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
             f"dtype={dtype} is not supported; use torch.float32, torch.bfloat16 or torch.float16"
         )
     if preset.weights_dir is None:
-        with torch.random.fork_rng():  # a seeded init that leaves the caller's global RNG alone
-            torch.manual_seed(preset.init_seed)
-            tokenizer = VQTokenizer(preset.tokenizer)
-            generator = ClassImageGenerator(preset.generator)
-            # The head starts at zero (uniform logits); give random presets non-trivial outputs.
-            torch.nn.init.normal_(generator.head.output.weight, std=0.02)
+        tokenizer = seeded(lambda: VQTokenizer(preset.tokenizer), preset.init_seed)
+        generator = seeded(lambda: _random_generator(preset.generator), preset.init_seed + 1)
     else:
         tokenizer = VQTokenizer.from_pretrained(preset.weights_dir / "tokenizer")
         generator = ClassImageGenerator.from_pretrained(preset.weights_dir / "generator")

@@ -19,6 +19,17 @@ def make_accelerator():
     return Accelerator()
 
 
+def seeded(build, seed: int):
+    """``build()`` under ``torch.manual_seed(seed)`` without touching the caller's global RNG state.
+
+    Weight init draws from the global generator; forking keeps a seeded init from leaking into, or being
+    changed by, whatever else the process does.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup

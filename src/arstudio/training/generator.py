@@ -23,6 +23,7 @@ from arstudio.training.common import (
     make_accelerator,
     resume_checkpoint,
     save_checkpoint,
+    seeded,
     set_lr,
 )
 
@@ -74,9 +75,7 @@ def train_generator(
         raise ValueError(f"tokenizer grid {tokenizer.grid_size} != backbone grid {config.backbone.grid_size}")
     tokens, labels = _load_or_make_tokens(out_dir, tokenizer, num_images, seed)
 
-    with torch.random.fork_rng():  # seeded weight init without touching the caller's global RNG
-        torch.manual_seed(seed)
-        model = ClassImageGenerator(config)
+    model = seeded(lambda: ClassImageGenerator(config), seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(

@@ -22,6 +22,7 @@ from arstudio.training.common import (
     make_accelerator,
     resume_checkpoint,
     save_checkpoint,
+    seeded,
     set_lr,
 )
 
@@ -48,9 +49,7 @@ def train_tokenizer(
 ) -> VQTokenizer:
     out_dir = Path(out_dir)
     config = config or VQConfig()
-    with torch.random.fork_rng():  # seeded weight init without touching the caller's global RNG
-        torch.manual_seed(seed)
-        model = VQTokenizer(config)
+    model = seeded(lambda: VQTokenizer(config), seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
