@@ -15,7 +15,7 @@ from arstudio.data.photos import photo_crops
 from arstudio.data.shapes import class_batch, make_text_item
 from arstudio.evaluation.metrics import psnr
 from arstudio.evaluation.verifier import verify_objects
-from arstudio.pipelines.loading import load_pipeline
+from arstudio.pipelines.loading import load_tokenizer
 from arstudio.tokenizers.vq import codebook_usage
 from arstudio.training.common import images_to_tensor, tensor_to_images
 from benchmarks.common import finish, header
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=480)
     args = parser.parse_args()
     info = header("tokenizer")
-    tokenizer = load_pipeline(args.preset, device="cpu").tokenizer
+    tokenizer = load_tokenizer(args.preset, device="cpu")
     size = tokenizer.config.resolution
 
     images, _, objects = class_batch(HELDOUT_SEED, args.count, size)

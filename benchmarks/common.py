@@ -26,10 +26,17 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def reproduce_command() -> str:
+    """How this run was started, as ``python -m benchmarks.<name> <args>`` when run as a module."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    entry = ["-m", spec.name] if spec is not None else [sys.argv[0]]
+    return " ".join(["python", *entry, *sys.argv[1:]])
+
+
 def header(name: str) -> dict:
     info = {
         "benchmark": name,
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": reproduce_command(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
