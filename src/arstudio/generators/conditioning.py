@@ -50,3 +50,35 @@ class ClassConditioning(nn.Module):
         """labels (B,) -> prefix (B, 1, dim)."""
         self.check_labels(labels)
         return self.embedding_table(labels)[:, None, :]
+
+
+class TextConditioning(nn.Module):
+    """Text-encoder states (B, L, text_dim) -> prefix (B, L, dim) through a 2-layer MLP (LlamaGen's
+    ``CaptionEmbedder``). The null condition is a learned (L, text_dim) ``uncond_embedding``: CFG's
+    unconditional stream, and what captions are replaced by under caption dropout in training.
+    """
+
+    def __init__(self, text_dim: int, text_len: int, dim: int, dropout_prob: float = 0.1):
+        super().__init__()
+        self.text_len = text_len
+        self.prefix_len = text_len
+        self.dropout_prob = dropout_prob
+        self.cap_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.uncond_embedding = nn.Parameter(torch.randn(text_len, text_dim) / text_dim**0.5)
+
+    def check(self, states: torch.Tensor) -> None:
+        expected = (self.text_len, self.uncond_embedding.shape[1])
+        if states.ndim != 3 or tuple(states.shape[1:]) != expected:
+            raise ValueError(f"text states must be (B, {expected[0]}, {expected[1]}), got {tuple(states.shape)}")
+
+    def drop(self, states: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        drop = torch.rand(states.shape[0], generator=generator, device=states.device) < self.dropout_prob
+        null = self.uncond_embedding.detach().to(states.dtype)[None].expand_as(states)
+        return torch.where(drop[:, None, None], null, states)
+
+    def null(self, batch_size: int, device=None) -> torch.Tensor:
+        return self.uncond_embedding.detach()[None].expand(batch_size, -1, -1).to(device)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        self.check(states)
+        return self.cap_proj(states.to(self.uncond_embedding.dtype))
