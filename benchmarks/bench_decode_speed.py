@@ -16,7 +16,7 @@ import torch
 
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.logits import SamplingParams
-from arstudio.generators.image import ClassImageGenerator
+from arstudio.generators.image import ImageGenerator
 from arstudio.pipelines.loading import load_pipeline
 from arstudio.presets import get_preset
 from benchmarks.common import cpu_pressure, finish, header
@@ -43,7 +43,7 @@ def main() -> None:
     big = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, grid_size=16))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        models = {"256 tokens (16x16)": ClassImageGenerator(big).eval(),
+        models = {"256 tokens (16x16)": ImageGenerator(big).eval(),
                   "64 tokens (shapes-c2i)": load_pipeline("shapes-c2i", device="cpu").generator}  # fmt: skip
     results = {}
     for name, model in models.items():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from arstudio.generators.image import ClassImageGenerator
+from arstudio.generators.image import ImageGenerator
 from arstudio.io import CONFIG_NAME, WEIGHTS_NAME
 from arstudio.presets import WEIGHTS_ROOT
 
@@ -37,7 +37,7 @@ def main() -> None:
         destination = WEIGHTS_ROOT / target
         destination.mkdir(parents=True, exist_ok=True)
         if name in HALF:
-            ClassImageGenerator.from_pretrained(source).save_pretrained(destination, dtype=torch.float16)
+            ImageGenerator.from_pretrained(source).save_pretrained(destination, dtype=torch.float16)
         else:
             for file in (CONFIG_NAME, WEIGHTS_NAME):
                 shutil.copyfile(source / file, destination / file)

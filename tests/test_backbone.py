@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from arstudio.generators.backbone import Backbone, BackboneConfig
-from arstudio.generators.image import ClassImageGenerator, GeneratorConfig
+from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.generators.rope import apply_rope, rope_2d_table
 
 
@@ -10,7 +10,7 @@ def tiny_generator(n_kv_head=None, prefix_len=1):
     torch.manual_seed(0)
     cfg = GeneratorConfig(vocab_size=40, num_classes=5, backbone=BackboneConfig(
         dim=32, n_layer=2, n_head=4, n_kv_head=n_kv_head, grid_size=4, prefix_len=prefix_len))  # fmt: skip
-    model = ClassImageGenerator(cfg).eval()
+    model = ImageGenerator(cfg).eval()
     torch.nn.init.normal_(model.head.output.weight, std=0.5)  # the zero init would make every logit equal
     return model
 
@@ -94,7 +94,7 @@ def test_label_dropout_rate():
 def test_generator_save_load_round_trip(tmp_path):
     model = tiny_generator(n_kv_head=2)
     model.save_pretrained(tmp_path)
-    again = ClassImageGenerator.from_pretrained(tmp_path)
+    again = ImageGenerator.from_pretrained(tmp_path)
     assert again.config == model.config
     tokens, labels = torch.randint(0, 40, (1, 16)), torch.tensor([2])
     assert torch.equal(model(tokens, labels), again(tokens, labels))

@@ -23,7 +23,7 @@ from arstudio.convert import (
     load_official_checkpoint,
 )
 from arstudio.generators.backbone import BackboneConfig
-from arstudio.generators.image import ClassImageGenerator, GeneratorConfig
+from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer
 
 DIM, LAYERS, HEADS, VOCAB, CLASSES, GRID = 32, 2, 4, 32, 5, 4
@@ -324,8 +324,8 @@ def test_official_configs_match_llamagen_sizes():
         counts = [
             sum(p.numel() for p in model.parameters()) / 1e6
             for model in (
-                ClassImageGenerator(b),
-                ClassImageGenerator(llamagen_gpt_config("GPT-L")),
+                ImageGenerator(b),
+                ImageGenerator(llamagen_gpt_config("GPT-L")),
                 VQTokenizer(llamagen_vq_config("VQ-16")),
                 VQTokenizer(llamagen_vq_config("VQ-8")),
             )
@@ -343,7 +343,7 @@ def test_convert_to_pretrained_folders(tmp_path):
     out = convert_llamagen_to_pretrained(
         vq_path, gpt_path, tmp_path / "out", gpt_model=GPT_CFG, vq_model=VQ_CFG
     )
-    generator = ClassImageGenerator.from_pretrained(out / "generator")
+    generator = ImageGenerator.from_pretrained(out / "generator")
     tokenizer = VQTokenizer.from_pretrained(out / "tokenizer")
     assert generator.config == GPT_CFG and tokenizer.config == VQ_CFG
     assert torch.equal(generator.backbone.norm.weight, official_gpt_state()["norm.weight"])

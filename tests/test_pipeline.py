@@ -14,7 +14,7 @@ def pipe():
 
 def test_list_presets_and_unknown_preset():
     assert {"shapes-c2i", "test-tiny-c2i"} <= set(arstudio.list_presets())
-    assert arstudio.list_presets("test-*") == ["test-tiny-c2i"]
+    assert arstudio.list_presets("test-*") == ["test-tiny-c2i", "test-tiny-t2i"]
     with pytest.raises(KeyError, match="unknown preset 'nope'.*shapes-c2i"):
         arstudio.load_pipeline("nope")
 
@@ -67,6 +67,8 @@ def test_prompt_names_map_to_labels(pipe):
         ({"class_labels": [0], "num_images_per_prompt": 0}, "num_images_per_prompt=0"),
         ({"class_labels": [0, 1], "generator": [torch.Generator()]}, "1 generators for 2 images"),
         ({}, "exactly one of prompt"),
+        ({"class_labels": [1.5]}, "class label 1.5 is not an integer"),
+        ({"class_labels": [0], "negative_prompt": "red"}, "negative_prompt needs a text-to-image preset"),
     ],
 )
 def test_bad_input(pipe, kwargs, message):
@@ -86,3 +88,48 @@ def test_shipped_shapes_preset_generates():
     out = pipe(prompt=["green square"], generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images[0].shape == (32, 32, 3)
     assert out.metadata[0]["class_name"] == "green square"
+
+
+@pytest.fixture(scope="module")
+def text_pipe():
+    return arstudio.load_pipeline("test-tiny-t2i", device="cpu")
+
+
+def test_text_pipeline_outputs_and_metadata(text_pipe):
+    out = text_pipe(prompt=["a small red circle at the top left", "a large blue square in the center"],
+                    num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert len(out.images) == 4 and out.tokens.shape == (4, 4, 4)
+    assert [m["prompt"] for m in out.metadata][1:3] == [
+        "a small red circle at the top left", "a large blue square in the center"
+    ]  # fmt: skip
+    assert out.metadata[0]["negative_prompt"] is None
+
+
+def test_text_pipeline_is_deterministic_and_negative_prompts_change_the_result(text_pipe):
+    kwargs = dict(prompt="a large green diamond at the bottom", output_type="np", guidance_scale=4.0)
+    a = text_pipe(generator=[torch.Generator().manual_seed(3)], **kwargs)
+    b = text_pipe(generator=[torch.Generator().manual_seed(3)], **kwargs)
+    c = text_pipe(
+        generator=[torch.Generator().manual_seed(3)], negative_prompt="a small red circle", **kwargs
+    )
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(a.tokens, c.tokens)
+    assert c.metadata[0]["negative_prompt"] == "a small red circle"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt": ""}, "prompt is empty"),
+        ({"prompt": ["ok", "   "]}, "prompt is empty"),
+        ({"prompt": 42}, "prompt must be a string"),
+        ({"prompt": ["a red circle", 7]}, "prompt 7 is a int"),
+        ({"prompt": "red " * 13}, "prompt has 13 words; at most 12 fit"),
+        ({"prompt": "a red circle", "negative_prompt": ["x", "y"]}, "2 negative prompts for 1 prompts"),
+        ({"prompt": None}, "needs a prompt"),
+        ({"class_labels": [0]}, "pass prompt, not class_labels"),
+    ],
+)
+def test_text_bad_input(text_pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        text_pipe(**kwargs)

@@ -1,7 +1,7 @@
 import torch
 
 from arstudio.generators.backbone import BackboneConfig
-from arstudio.generators.image import ClassImageGenerator, GeneratorConfig
+from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.io import load_safetensors
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer
 from arstudio.training.common import TRAIN_STATE
@@ -33,9 +33,9 @@ def test_generator_training_lowers_the_loss_and_resumes(tmp_path):
         gen_dir, vq_dir, GEN, steps=30, batch_size=16, lr=3e-3, num_images=64, save_every=15
     )
     tokens = load_safetensors(gen_dir / "train_tokens.safetensors")
-    logits = model(tokens["tokens"][:32].long(), tokens["labels"][:32])
+    logits = model(tokens["tokens"][:32].long(), tokens["cond"][:32])
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 16), tokens["tokens"][:32].long().reshape(-1))
     assert loss < torch.log(torch.tensor(16.0))  # better than uniform over the 16 codes
-    again = ClassImageGenerator.from_pretrained(gen_dir)
+    again = ImageGenerator.from_pretrained(gen_dir)
     assert torch.equal(again.head.output.weight, model.head.output.weight)
     assert torch.load(gen_dir / TRAIN_STATE, weights_only=True)["step"] == 30

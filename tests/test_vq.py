@@ -92,6 +92,6 @@ def test_pickle_checkpoint_is_refused_on_the_safetensors_path(vq, tmp_path):
 
 
 def test_config_of_another_class_is_refused(tmp_path):
-    (tmp_path / "config.json").write_text('{"class": "ClassImageGenerator"}')
+    (tmp_path / "config.json").write_text('{"class": "ImageGenerator"}')
     with pytest.raises(ValueError, match="expected a 'VQTokenizer'"):
         VQTokenizer.from_pretrained(tmp_path)

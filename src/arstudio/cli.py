@@ -21,6 +21,8 @@ def _add_train_tokenizer(sub) -> None:
     p.add_argument(
         "--photo-fraction", type=float, default=0.2, help="share of each batch that is photo crops"
     )
+    p.add_argument("--text-fraction", type=float, default=0.0, help="share of 1-2 object caption-set images")
+    p.add_argument("--init-from", default=None, help="start from this tokenizer's weights (fine-tuning)")
     p.set_defaults(func=_run_train_tokenizer)
 
 
@@ -30,12 +32,15 @@ def _run_train_tokenizer(args) -> None:
 
     config = VQConfig(resolution=args.resolution, codebook_size=args.codebook_size)
     train_tokenizer(args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, photo_fraction=args.photo_fraction)  # fmt: skip
+                    seed=args.seed, photo_fraction=args.photo_fraction, text_fraction=args.text_fraction,
+                    init_from=args.init_from)  # fmt: skip
     print(f"tokenizer saved to {args.out}")
 
 
 def _add_train_generator(sub) -> None:
-    p = sub.add_parser("generator", help="train a class-conditional AR generator on tokens of shapes")
+    p = sub.add_parser(
+        "generator", help="train a class- or text-conditioned AR generator on tokens of shapes"
+    )
     p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
     p.add_argument("--tokenizer", required=True, help="directory of a trained tokenizer")
     p.add_argument("--preset", default="shapes-c2i", help="preset whose generator architecture to train")
@@ -51,9 +56,14 @@ def _run_train_generator(args) -> None:
     from arstudio.presets import get_preset
     from arstudio.training.generator import train_generator
 
-    config = get_preset(args.preset).generator
-    train_generator(args.out, args.tokenizer, config, steps=args.steps, batch_size=args.batch_size,
-                    lr=args.lr, num_images=args.num_images, seed=args.seed)  # fmt: skip
+    preset = get_preset(args.preset)
+    text_encoder = None
+    if preset.text_encoder is not None:
+        from arstudio.generators.text_encoders import load_text_encoder
+
+        text_encoder = load_text_encoder(preset.text_encoder, preset.text_len)
+    train_generator(args.out, args.tokenizer, preset.generator, steps=args.steps, batch_size=args.batch_size,
+                    lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder)  # fmt: skip
     print(f"generator saved to {args.out}")
 
 

@@ -21,13 +21,18 @@ WEIGHTS_ROOT = Path(__file__).parent / "weights"
 class Preset:
     name: str
     description: str
-    task: str  # "class-to-image" for now; text, control and video tasks come with their issues
+    task: str  # "class-to-image" or "text-to-image"; control and video tasks come with their issues
     tokenizer: VQConfig
     generator: GeneratorConfig
     weights: str | None = None  # folder under arstudio/weights with tokenizer/ and generator/; None = random
     init_seed: int = 0  # random-init presets are built from this seed
     defaults: dict = field(default_factory=dict)  # sampling defaults: guidance_scale, temperature, ...
     class_names: tuple[str, ...] = ()
+    text_encoder: str | None = None  # "minilm" / "tiny" for text-to-image presets
+
+    @property
+    def text_len(self) -> int:
+        return self.generator.backbone.prefix_len
 
     @property
     def weights_dir(self) -> Path | None:
@@ -61,6 +66,8 @@ def _shapes_class_names() -> tuple[str, ...]:
     return tuple(class_name(i) for i in range(NUM_CLASSES))
 
 
+_TINY_TOKENIZER = VQConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=32,
+                           codebook_embed_dim=4, norm_groups=4, decoder_res_blocks=1)  # fmt: skip
 SHAPES_TOKENIZER = VQConfig(resolution=32, ch=32, ch_mult=(1, 2, 2), z_channels=64, codebook_size=512)
 
 register_preset(
@@ -102,5 +109,40 @@ register_preset(
         ),
         defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
         class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="shapes-t2i",
+        description="Text-to-image on procedural shapes captions (1-2 objects), MiniLM text encoder, 32 px",
+        task="text-to-image",
+        tokenizer=SHAPES_TOKENIZER,
+        generator=GeneratorConfig(
+            vocab_size=512,
+            condition="text",
+            text_dim=384,
+            backbone=BackboneConfig(dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=24),
+        ),
+        weights="shapes-t2i",
+        text_encoder="minilm",
+        defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+    )
+)
+
+register_preset(
+    Preset(
+        name="test-tiny-t2i",
+        description="Tiny random-init text-to-image model with the tiny word encoder, for tests (16 px)",
+        task="text-to-image",
+        tokenizer=_TINY_TOKENIZER,
+        generator=GeneratorConfig(
+            vocab_size=32,
+            condition="text",
+            text_dim=32,
+            backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=4, prefix_len=12),
+        ),
+        text_encoder="tiny",
+        defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
     )
 )

@@ -1,4 +1,4 @@
-"""LlamaGen's official checkpoints (FoundationVision/LlamaGen) -> ``VQTokenizer`` / ``ClassImageGenerator``.
+"""LlamaGen's official checkpoints (FoundationVision/LlamaGen) -> ``VQTokenizer`` / ``ImageGenerator``.
 
 Facts used here, from LlamaGen's code (``tokenizer/tokenizer_image/vq_model.py``,
 ``autoregressive/models/gpt.py``, ``autoregressive/sample/sample_c2i.py``):
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from arstudio.generators.backbone import BackboneConfig
-from arstudio.generators.image import ClassImageGenerator, GeneratorConfig
+from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.io import check_state_dict, load_safetensors
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer
 
@@ -271,12 +271,12 @@ def _gpt_key(key: str) -> str:
 
 
 def convert_llamagen_gpt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official c2i GPT state dict -> ``ClassImageGenerator`` names, minus recomputed buffers."""
+    """Official c2i GPT state dict -> ``ImageGenerator`` names, minus recomputed buffers."""
     state = _strip_wrapper_prefixes(state)
     if any(k.startswith("cls_embedding.cap_proj.") or k == "cls_embedding.uncond_embedding" for k in state):
         raise ValueError(
             "this is a LlamaGen text-to-image (t2i) checkpoint (it has cls_embedding.cap_proj / "
-            "uncond_embedding); only class-to-image (c2i) checkpoints convert to ClassImageGenerator"
+            "uncond_embedding); only class-to-image (c2i) checkpoints convert to ImageGenerator"
         )
     return {_gpt_key(k): v for k, v in state.items() if k not in GPT_DROPPED_KEYS and ".kv_cache." not in k}
 
@@ -285,8 +285,8 @@ def load_llamagen_gpt(
     path_or_state: str | Path | dict[str, torch.Tensor],
     config: GeneratorConfig | str,
     use_ema: bool = False,
-) -> ClassImageGenerator:
-    """A ``ClassImageGenerator`` (eval mode, fp32) from an official LlamaGen c2i checkpoint or state dict.
+) -> ImageGenerator:
+    """A ``ImageGenerator`` (eval mode, fp32) from an official LlamaGen c2i checkpoint or state dict.
 
     Args:
         config: a ``GeneratorConfig`` or a LlamaGen name such as ``"GPT-B"`` (256 px, ds16, 1000 classes).
@@ -294,7 +294,7 @@ def load_llamagen_gpt(
     if isinstance(config, str):
         config = llamagen_gpt_config(config)
     state, source = _state_from(path_or_state, use_ema)
-    return _load_into(ClassImageGenerator(config), convert_llamagen_gpt(state), source)
+    return _load_into(ImageGenerator(config), convert_llamagen_gpt(state), source)
 
 
 # --------------------------------------------------------------------------------------------------------

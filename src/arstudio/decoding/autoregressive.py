@@ -27,22 +27,28 @@ class DecodeResult:
 @torch.no_grad()
 def sample_autoregressive(
     model,
-    labels: torch.Tensor,
+    cond: torch.Tensor,
     generators: list[torch.Generator],
     params: SamplingParams | None = None,
     callback: StepCallback | None = None,
     use_cache: bool = True,
+    negative_cond: torch.Tensor | None = None,
 ) -> DecodeResult:
-    """Sample (B, N) tokens from ``model`` (a ClassImageGenerator-like object) for ``labels`` (B,).
+    """Sample (B, N) tokens from ``model`` (an ImageGenerator-like object) for ``cond`` (B, ...).
 
-    With guidance the batch is doubled to [cond; null]; both halves receive the same sampled token.
+    ``cond`` is what the model's condition module takes: class labels (B,) or text states (B, L, D).
+    With guidance the batch is doubled to [cond; uncond], uncond being ``negative_cond`` (e.g. a negative
+    prompt) or the model's null condition; both halves receive the same sampled token.
     """
     params = params or SamplingParams()
-    batch, total = labels.shape[0], model.seq_len
-    device = labels.device
+    batch, total = cond.shape[0], model.seq_len
+    device = cond.device
     if params.uses_cfg:
-        labels = torch.cat([labels, model.cls_embedding.null(batch, device)])
-    rows = labels.shape[0]
+        uncond = model.cls_embedding.null(batch, device) if negative_cond is None else negative_cond
+        if uncond.shape != cond.shape:
+            raise ValueError(f"negative condition {tuple(uncond.shape)} does not match {tuple(cond.shape)}")
+        cond = torch.cat([cond, uncond.to(device)])
+    rows = cond.shape[0]
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
     forwards = 0
     start = time.perf_counter()
@@ -59,10 +65,10 @@ def sample_autoregressive(
 
     if use_cache:
         model.setup_cache(rows, device=device)
-        logits = model.prefill(labels)
+        logits = model.prefill(cond)
     else:
         # Full pass over [prefix]: the placeholder token is never embedded (forward drops the last token).
-        logits = model(torch.zeros(rows, 1, dtype=torch.long, device=device), labels)[:, -1]
+        logits = model(torch.zeros(rows, 1, dtype=torch.long, device=device), cond)[:, -1]
     forwards += 1
     try:
         for index in range(total):
@@ -80,7 +86,7 @@ def sample_autoregressive(
             else:
                 so_far = tokens[:, : index + 1].repeat(rows // batch, 1)
                 padded = torch.cat([so_far, so_far[:, -1:]], dim=1)  # last column is the unused placeholder
-                logits = model(padded, labels)[:, -1]
+                logits = model(padded, cond)[:, -1]
             forwards += 1
     finally:
         model.backbone.reset_cache()  # free the cache memory between calls

@@ -63,13 +63,17 @@ class TextConditioning(nn.Module):
         self.text_len = text_len
         self.prefix_len = text_len
         self.dropout_prob = dropout_prob
-        self.cap_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.cap_proj = nn.Sequential(
+            nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+        )
         self.uncond_embedding = nn.Parameter(torch.randn(text_len, text_dim) / text_dim**0.5)
 
     def check(self, states: torch.Tensor) -> None:
         expected = (self.text_len, self.uncond_embedding.shape[1])
         if states.ndim != 3 or tuple(states.shape[1:]) != expected:
-            raise ValueError(f"text states must be (B, {expected[0]}, {expected[1]}), got {tuple(states.shape)}")
+            raise ValueError(
+                f"text states must be (B, {expected[0]}, {expected[1]}), got {tuple(states.shape)}"
+            )
 
     def drop(self, states: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         drop = torch.rand(states.shape[0], generator=generator, device=states.device) < self.dropout_prob

@@ -1,5 +1,8 @@
 """The discrete image generator: condition prefix + token embeddings -> backbone -> categorical head.
 
+The condition is a class id (one prefix token) or text-encoder states (``text_len`` prefix tokens); either
+way it sits in ``cls_embedding``, as in LlamaGen's c2i and t2i models.
+
 It only computes: ``forward`` for teacher-forced training and ``prefill`` / ``step`` for decoding.
 Sampling loops live in ``arstudio.decoding``.
 """
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from arstudio.generators.backbone import Backbone, BackboneConfig
-from arstudio.generators.conditioning import ClassConditioning
+from arstudio.generators.conditioning import ClassConditioning, TextConditioning
 from arstudio.generators.heads import CategoricalHead
 from arstudio.io import PretrainedMixin
 
@@ -21,17 +24,27 @@ from arstudio.io import PretrainedMixin
 class GeneratorConfig:
     vocab_size: int = 512
     num_classes: int = 24
-    class_dropout_prob: float = 0.1
+    class_dropout_prob: float = 0.1  # label / caption dropout to the null condition (teaches CFG)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     initializer_range: float = 0.02
+    condition: str = "class"  # "class" (num_classes) or "text" (text_dim states, backbone.prefix_len long)
+    text_dim: int = 0
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):  # from config.json
             object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
+        if self.condition not in ("class", "text"):
+            raise ValueError(f"condition={self.condition!r} is not allowed: use 'class' or 'text'")
+        if self.condition == "text" and self.text_dim <= 0:
+            raise ValueError("a text-conditioned generator needs text_dim > 0 (the text encoder's width)")
+        if self.condition == "class" and self.backbone.prefix_len != 1:
+            raise ValueError(
+                f"class conditioning is one prefix token, got prefix_len={self.backbone.prefix_len}"
+            )
 
 
-class ClassImageGenerator(PretrainedMixin, nn.Module):
-    """Class-conditional AR model over a grid of discrete tokens (LlamaGen c2i layout)."""
+class ImageGenerator(PretrainedMixin, nn.Module):
+    """AR model over a grid of discrete tokens, conditioned by a class or text prefix (LlamaGen layout)."""
 
     config_class = GeneratorConfig
 
@@ -39,7 +52,12 @@ class ClassImageGenerator(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = config
         dim = config.backbone.dim
-        self.cls_embedding = ClassConditioning(config.num_classes, dim, config.class_dropout_prob)
+        if config.condition == "class":
+            self.cls_embedding = ClassConditioning(config.num_classes, dim, config.class_dropout_prob)
+        else:
+            self.cls_embedding = TextConditioning(
+                config.text_dim, config.backbone.prefix_len, dim, config.class_dropout_prob
+            )
         self.tok_embeddings = nn.Embedding(config.vocab_size, dim)
         self.backbone = Backbone(config.backbone)
         self.head = CategoricalHead(dim, config.vocab_size)
@@ -67,19 +85,20 @@ class ClassImageGenerator(PretrainedMixin, nn.Module):
                 f"token ids span [{int(tokens.min())}, {int(tokens.max())}]; allowed 0..{vocab - 1}"
             )
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: tokens (B, N) raster order, labels (B,) -> logits (B, N, vocab) for tokens[:, i]."""
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: tokens (B, N) raster order + condition (labels (B,) or text states (B, L, D))
+        -> logits (B, N, vocab), row i predicting tokens[:, i]."""
         self.check_tokens(tokens)
-        x = torch.cat([self.cls_embedding(labels), self.tok_embeddings(tokens[:, :-1])], dim=1)
+        x = torch.cat([self.cls_embedding(cond), self.tok_embeddings(tokens[:, :-1])], dim=1)
         hidden = self.backbone(x)  # (B, P + N - 1, dim)
         return self.head(hidden[:, self.prefix_len - 1 :])
 
     def setup_cache(self, batch_size: int, device=None, dtype=None) -> None:
         self.backbone.setup_cache(batch_size, device, dtype)
 
-    def prefill(self, labels: torch.Tensor) -> torch.Tensor:
+    def prefill(self, cond: torch.Tensor) -> torch.Tensor:
         """Write the condition prefix into the cache; returns logits (B, vocab) for the first token."""
-        prefix = self.cls_embedding(labels)
+        prefix = self.cls_embedding(cond)
         positions = torch.arange(prefix.shape[1], device=prefix.device)
         return self.head(self.backbone.step(prefix, positions))[:, -1]
 

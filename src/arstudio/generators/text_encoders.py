@@ -94,3 +94,17 @@ class MiniLMTextEncoder(nn.Module):
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         return self.model(**batch).last_hidden_state  # (B, max_tokens, 384)
+
+
+TEXT_ENCODERS = ("minilm", "tiny")
+
+
+def load_text_encoder(name: str, max_tokens: int, device=None) -> nn.Module:
+    """A frozen text encoder by name: "minilm" (real, 384-d) or "tiny" (tests, 32-d)."""
+    if name == "minilm":
+        encoder = MiniLMTextEncoder(max_tokens)
+    elif name == "tiny":
+        encoder = TinyTextEncoder(max_tokens=max_tokens)
+    else:
+        raise ValueError(f"unknown text encoder {name!r}; allowed: {TEXT_ENCODERS}")
+    return encoder.to(device or "cpu").eval()

@@ -12,6 +12,7 @@ import torch
 from arstudio.decoding import DECODING_STRATEGIES
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.logits import SamplingParams
+from arstudio.generators.text_encoders import check_prompts
 from arstudio.training.common import tensor_to_images
 
 OUTPUT_TYPES = ("pil", "np")
@@ -27,27 +28,44 @@ class ImageOutput:
     metadata: list[dict] = field(default_factory=list)  # one dict per image
 
 
+@dataclass
+class Conditions:
+    """What the generator is conditioned on, one row per image, and how to describe each row."""
+
+    cond: torch.Tensor  # labels (B,) or text states (B, L, D)
+    negative: torch.Tensor | None  # same shape as cond, or None for the model's null condition
+    describe: list[dict]  # per image: class_label/class_name or prompt/negative_prompt
+
+
 def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 class ImagePipeline:
-    """Call with ``class_labels`` (ids) or ``prompt`` (class names such as "red circle")."""
+    """Class presets take ``class_labels`` (ids) or ``prompt`` (class names such as "red circle");
+    text presets take ``prompt`` (free text) and optionally ``negative_prompt``."""
 
-    def __init__(self, tokenizer, generator, preset, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, tokenizer, generator, preset, device: torch.device, dtype: torch.dtype, text_encoder=None
+    ):
         self.tokenizer = tokenizer
         self.generator = generator
         self.preset = preset
         self.device = device
         self.dtype = dtype
+        self.text_encoder = text_encoder
 
     def __repr__(self) -> str:
         return f"ImagePipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
 
     # ---- input handling -------------------------------------------------------------------------
-    def _labels(self, prompt, class_labels) -> list[int]:
+    def _class_conditions(self, prompt, class_labels, negative_prompt, repeat: int) -> Conditions:
         if (prompt is None) == (class_labels is None):
             raise ValueError("pass exactly one of prompt (class names) or class_labels (class ids)")
+        if negative_prompt is not None:
+            raise ValueError(
+                f"negative_prompt needs a text-to-image preset; {self.preset.name!r} is class-conditional"
+            )
         names = self.preset.class_names
         num_classes = self.generator.config.num_classes
         if prompt is not None:
@@ -59,14 +77,49 @@ class ImagePipeline:
                         f"prompt {text!r} is not a class of {self.preset.name}; allowed: {list(names)}"
                     )
                 labels.append(names.index(key))
-            return labels
-        labels = [int(x) for x in torch.as_tensor(class_labels).reshape(-1).tolist()]
-        for raw, label in zip(_as_list(class_labels), labels, strict=False):
-            if isinstance(raw, float) and not raw.is_integer():
-                raise ValueError(f"class label {raw!r} is not an integer")
-            if not 0 <= label < num_classes:
-                raise ValueError(f"class label {label} is out of range: allowed are 0..{num_classes - 1}")
-        return labels
+        else:
+            labels = []
+            for raw in _as_list(
+                class_labels.tolist() if isinstance(class_labels, torch.Tensor) else class_labels
+            ):
+                if isinstance(raw, bool) or not isinstance(raw, (int, np.integer)):
+                    raise ValueError(f"class label {raw!r} is not an integer")
+                if not 0 <= raw < num_classes:
+                    raise ValueError(f"class label {raw} is out of range: allowed are 0..{num_classes - 1}")
+                labels.append(int(raw))
+        labels = [label for label in labels for _ in range(repeat)]
+        describe = [{"class_label": lab, "class_name": names[lab] if names else None} for lab in labels]
+        cond = torch.tensor(labels, dtype=torch.long, device=self.device)
+        return Conditions(cond, None, describe)
+
+    def _text_conditions(self, prompt, class_labels, negative_prompt, repeat: int) -> Conditions:
+        if class_labels is not None:
+            raise ValueError(f"{self.preset.name!r} is text-to-image: pass prompt, not class_labels")
+        if prompt is None:
+            raise ValueError(
+                f"{self.preset.name!r} needs a prompt, e.g. 'a large red circle at the top left'"
+            )
+        prompts = check_prompts(prompt)
+        negatives = None
+        if negative_prompt is not None:
+            negatives = check_prompts(negative_prompt)
+            if len(negatives) == 1:
+                negatives = negatives * len(prompts)
+            if len(negatives) != len(prompts):
+                raise ValueError(
+                    f"got {len(negatives)} negative prompts for {len(prompts)} prompts; pass 1 or one each"
+                )
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            states = self.text_encoder(texts).to(device=self.device, dtype=self.dtype)
+            return states.repeat_interleave(repeat, dim=0)
+
+        describe = [
+            {"prompt": p, "negative_prompt": negatives[i] if negatives else None}
+            for i, p in enumerate(prompts)
+            for _ in range(repeat)
+        ]
+        return Conditions(encode(prompts), encode(negatives) if negatives else None, describe)
 
     @staticmethod
     def _generators(generator, count: int) -> tuple[list[torch.Generator], list[int]]:
@@ -103,13 +156,14 @@ class ImagePipeline:
         decoding: str = "ar",
         output_type: str = "pil",
         callback_on_step_end=None,
+        negative_prompt: str | list[str] | None = None,
     ) -> ImageOutput:
         """Generate images.
 
         Args:
-            prompt: class names of the preset (e.g. "red circle"), one per image group.
-            class_labels: class ids instead of names.
-            num_images_per_prompt: images per label; they get consecutive places in the output.
+            prompt: text for text presets; class names of the preset (e.g. "red circle") for class presets.
+            class_labels: class ids instead of names (class presets).
+            num_images_per_prompt: images per prompt/label; they get consecutive places in the output.
             generator: one torch.Generator (per-image seeds are drawn from it), a list with one per image,
                 or None (fresh random seeds, reported in ``.seeds``).
             guidance_scale, temperature, top_k, top_p: sampling; None takes the preset's default.
@@ -117,6 +171,8 @@ class ImagePipeline:
             decoding: strategy name, one of ``arstudio.decoding.DECODING_STRATEGIES``.
             output_type: "pil" or "np" (uint8 H x W x 3 arrays).
             callback_on_step_end: ``fn(step, num_steps, tokens_so_far)``; return False to stop early.
+            negative_prompt: text presets only: what guidance steers away from (one, or one per prompt);
+                None uses the learned null condition. Needs guidance_scale != 1 to have an effect.
         """
         t0 = time.perf_counter()
         defaults = self.preset.defaults
@@ -133,45 +189,47 @@ class ImagePipeline:
             raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be an integer >= 1")
-        labels = [lab for lab in self._labels(prompt, class_labels) for _ in range(num_images_per_prompt)]
-        generators, seeds = self._generators(generator, len(labels))
+        make = self._text_conditions if self.text_encoder is not None else self._class_conditions
+        conditions = make(prompt, class_labels, negative_prompt, num_images_per_prompt)
+        count = len(conditions.describe)
+        generators, seeds = self._generators(generator, count)
 
-        label_tensor = torch.tensor(labels, dtype=torch.long, device=self.device)
-        result = sample_autoregressive(self.generator, label_tensor, generators, params, callback_on_step_end)
+        result = sample_autoregressive(self.generator, conditions.cond, generators, params, callback_on_step_end,
+                                       negative_cond=conditions.negative)  # fmt: skip
         t1 = time.perf_counter()
         grid = self.tokenizer.grid_size
         tokens = result.tokens
         complete = tokens.shape[1] == grid * grid
-        if complete:
+        images = []
+        if complete:  # a callback may have stopped sampling early: then there is nothing to decode
             pixels = tensor_to_images(self.tokenizer.decode(tokens.view(-1, grid, grid)).float())
-        else:  # stopped early by the callback: nothing to decode yet
-            pixels = np.zeros((len(labels), 0, 0, 3), dtype=np.uint8)
-        t2 = time.perf_counter()
-        if output_type == "pil":
-            from PIL import Image
+            if output_type == "pil":
+                from PIL import Image
 
-            images = [Image.fromarray(p) for p in pixels] if complete else []
-        else:
-            images = list(pixels) if complete else []
-        timings = {"sampling_s": t1 - t0, "decode_s": t2 - t1, "total_s": time.perf_counter() - t0,
-                   "images_per_s": len(labels) / (time.perf_counter() - t0)}  # fmt: skip
+                images = [Image.fromarray(p) for p in pixels]
+            else:
+                images = list(pixels)
+        t2 = time.perf_counter()
+        timings = {
+            "sampling_s": t1 - t0,
+            "decode_s": t2 - t1,
+            "total_s": t2 - t0,
+            "images_per_s": count / (t2 - t0),
+        }
+        shared = {
+            "preset": self.preset.name,
+            "guidance_scale": params.guidance_scale,
+            "temperature": params.temperature,
+            "top_k": params.top_k,
+            "top_p": params.top_p,
+            "cfg_interval": list(params.cfg_interval),
+            "decoding": decoding,
+            "resolution": self.tokenizer.config.resolution,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
         metadata = [
-            {
-                "preset": self.preset.name,
-                "class_label": label,
-                "class_name": self.preset.class_names[label] if self.preset.class_names else None,
-                "seed": seed,
-                "guidance_scale": params.guidance_scale,
-                "temperature": params.temperature,
-                "top_k": params.top_k,
-                "top_p": params.top_p,
-                "cfg_interval": list(params.cfg_interval),
-                "decoding": decoding,
-                "resolution": self.tokenizer.config.resolution,
-                "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."),
-            }
-            for label, seed in zip(labels, seeds, strict=True)
+            {**shared, **row, "seed": seed} for row, seed in zip(conditions.describe, seeds, strict=True)
         ]
         return ImageOutput(
             images=images,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from arstudio.generators.image import ClassImageGenerator
+from arstudio.generators.image import ImageGenerator
+from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.pipelines.image import ImagePipeline
 from arstudio.presets import Preset, get_preset
 from arstudio.tokenizers.vq import VQTokenizer
@@ -17,8 +18,8 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _random_generator(config) -> ClassImageGenerator:
-    generator = ClassImageGenerator(config)
+def _random_generator(config) -> ImageGenerator:
+    generator = ImageGenerator(config)
     # The head starts at zero (uniform logits); give random presets non-trivial outputs.
     torch.nn.init.normal_(generator.head.output.weight, std=0.02)
     return generator
@@ -30,6 +31,11 @@ def _load_component(preset: Preset, part: str, cls, config, random_init, device,
         offset = {"tokenizer": 0, "generator": 1}[part]
         model = seeded(lambda: random_init(config), preset.init_seed + offset)
     else:
+        if not (preset.weights_dir / part).is_dir():
+            raise FileNotFoundError(
+                f"the {part} weights of preset {preset.name!r} are missing from {preset.weights_dir / part}; "
+                "docs/training.md has the commands that make them"
+            )
         model = cls.from_pretrained(preset.weights_dir / part)
         if model.config != config:
             raise ValueError(
@@ -59,6 +65,9 @@ def load_pipeline(name: str, device: str | torch.device | None = None, dtype: to
     device, dtype = _resolve(device, dtype)
     tokenizer = load_tokenizer(name, device, dtype)
     generator = _load_component(
-        preset, "generator", ClassImageGenerator, preset.generator, _random_generator, device, dtype
+        preset, "generator", ImageGenerator, preset.generator, _random_generator, device, dtype
     )
-    return ImagePipeline(tokenizer, generator, preset, device, dtype)
+    text_encoder = None
+    if preset.text_encoder is not None:
+        text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device)
+    return ImagePipeline(tokenizer, generator, preset, device, dtype, text_encoder)

@@ -1,20 +1,22 @@
-"""Train a class-conditional AR generator on tokens of procedural shapes.
+"""Train an AR generator (class- or text-conditioned) on tokens of procedural shapes.
 
-1. Render ``num_images`` shapes (class-conditional set, seeded) and encode them once with the frozen
-   tokenizer; the token table is saved beside the checkpoint so a resumed run skips this.
-2. Teacher-forced cross-entropy on (B, N) tokens with label dropout (the null class teaches CFG).
+1. Render ``num_images`` shapes (class set for class conditioning, caption set for text) and encode them
+   once with the frozen tokenizer; captions go through the frozen text encoder once too. The table is
+   saved beside the checkpoint, so a resumed run skips this.
+2. Teacher-forced cross-entropy on (B, N) tokens with condition dropout (the null condition teaches CFG).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from arstudio.data.shapes import class_batch
-from arstudio.generators.image import ClassImageGenerator, GeneratorConfig
+from arstudio.data.shapes import class_batch, make_text_item
+from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.io import atomic_write_bytes, load_safetensors
 from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.common import (
@@ -30,29 +32,41 @@ from arstudio.training.common import (
 TOKENS_FILE = "train_tokens.safetensors"
 
 
+def _shapes_chunk(condition: str, seed: int, start: int, count: int, resolution: int, text_encoder):
+    """Images (count, H, W, 3) and their condition: labels (count,) or text states (count, L, D) in fp16."""
+    if condition == "class":
+        images, labels, _ = class_batch(seed, count, resolution, start=start)
+        return images, torch.from_numpy(labels)
+    items = [make_text_item(seed, start + i, resolution) for i in range(count)]
+    states = text_encoder([caption for _, caption, _ in items])
+    return np.stack([image for image, _, _ in items]), states.to(torch.float16)
+
+
 @torch.no_grad()
-def tokenize_shapes(tokenizer: VQTokenizer, num_images: int, seed: int, chunk: int = 256):
-    """(tokens (num_images, N) int64, labels (num_images,) int64) of the seeded class-conditional set."""
+def tokenize_shapes(tokenizer: VQTokenizer, num_images: int, seed: int, condition: str = "class",
+                    text_encoder=None, chunk: int = 256):  # fmt: skip
+    """(tokens (num_images, N) int64, conditions) of the seeded class or caption set."""
     resolution = tokenizer.config.resolution
-    all_tokens, all_labels = [], []
+    all_tokens, all_conds = [], []
     for start in tqdm(range(0, num_images, chunk), desc="tokenizing"):
-        images, labels, _ = class_batch(seed, min(chunk, num_images - start), resolution, start=start)
+        count = min(chunk, num_images - start)
+        images, cond = _shapes_chunk(condition, seed, start, count, resolution, text_encoder)
         all_tokens.append(tokenizer.encode(images_to_tensor(images)).flatten(1))
-        all_labels.append(torch.from_numpy(labels))
-    return torch.cat(all_tokens), torch.cat(all_labels)
+        all_conds.append(cond)
+    return torch.cat(all_tokens), torch.cat(all_conds)
 
 
-def _load_or_make_tokens(out_dir: Path, tokenizer: VQTokenizer, num_images: int, seed: int):
+def _load_or_make_tokens(out_dir: Path, tokenizer, num_images: int, seed: int, condition: str, text_encoder):
     from safetensors.torch import save
 
     path = out_dir / TOKENS_FILE
     if path.is_file():
         table = load_safetensors(path)
         if table["tokens"].shape[0] == num_images:
-            return table["tokens"].long(), table["labels"].long()
-    tokens, labels = tokenize_shapes(tokenizer, num_images, seed)
-    atomic_write_bytes(path, save({"tokens": tokens.to(torch.int16), "labels": labels}))
-    return tokens, labels
+            return table["tokens"].long(), table["cond"]
+    tokens, cond = tokenize_shapes(tokenizer, num_images, seed, condition, text_encoder)
+    atomic_write_bytes(path, save({"tokens": tokens.to(torch.int16), "cond": cond.contiguous()}))
+    return tokens, cond
 
 
 def train_generator(
@@ -65,7 +79,9 @@ def train_generator(
     num_images: int = 60_000,
     seed: int = 0,
     save_every: int = 250,
-) -> ClassImageGenerator:
+    text_encoder=None,
+) -> ImageGenerator:
+    """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = VQTokenizer.from_pretrained(tokenizer_dir)
@@ -73,9 +89,11 @@ def train_generator(
         raise ValueError(f"tokenizer has {tokenizer.codebook_size} codes but vocab_size={config.vocab_size}")
     if tokenizer.grid_size != config.backbone.grid_size:
         raise ValueError(f"tokenizer grid {tokenizer.grid_size} != backbone grid {config.backbone.grid_size}")
-    tokens, labels = _load_or_make_tokens(out_dir, tokenizer, num_images, seed)
+    if config.condition == "text" and text_encoder is None:
+        raise ValueError("a text-conditioned generator needs a text_encoder to encode the captions")
+    tokens, conds = _load_or_make_tokens(out_dir, tokenizer, num_images, seed, config.condition, text_encoder)
 
-    model = seeded(lambda: ClassImageGenerator(config), seed)
+    model = seeded(lambda: ImageGenerator(config), seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -94,9 +112,11 @@ def train_generator(
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=100))
         index = torch.randint(0, num_images, (batch_size,), generator=data_gen)
-        batch_labels = unwrapped.cls_embedding.drop(labels[index], generator=data_gen)
+        batch_cond = conds[index]
+        batch_cond = batch_cond.float() if batch_cond.is_floating_point() else batch_cond
+        batch_cond = unwrapped.cls_embedding.drop(batch_cond, generator=data_gen)
         batch_tokens = tokens[index].to(accelerator.device)
-        logits = model(batch_tokens, batch_labels.to(accelerator.device))
+        logits = model(batch_tokens, batch_cond.to(accelerator.device))
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch_tokens.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from arstudio.data.photos import photo_crops
-from arstudio.data.shapes import class_batch
+from arstudio.data.shapes import class_batch, make_text_item
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer, codebook_usage
 from arstudio.training.common import (
     cosine_lr,
@@ -27,11 +27,22 @@ from arstudio.training.common import (
 )
 
 
-def tokenizer_batch(step: int, batch_size: int, resolution: int, seed: int, photo_fraction: float):
-    """Batch ``step`` of the training stream: deterministic, never repeats, shapes first then photos."""
+def tokenizer_batch(step: int, batch_size: int, resolution: int, seed: int, photo_fraction: float,
+                    text_fraction: float = 0.0):  # fmt: skip
+    """Batch ``step`` of the training stream: deterministic, never repeats.
+
+    Order inside a batch: one-object class items, then 1-2 object text items, then photo crops.
+    """
     n_photos = int(round(batch_size * photo_fraction))
-    shapes, _, _ = class_batch(seed, batch_size - n_photos, resolution, start=step * batch_size)
-    parts = [shapes]
+    n_text = int(round(batch_size * text_fraction))
+    n_class = batch_size - n_photos - n_text
+    if n_class < 0:
+        raise ValueError(f"photo_fraction + text_fraction = {photo_fraction + text_fraction} exceeds 1")
+    parts = [class_batch(seed, n_class, resolution, start=step * batch_size)[0]]
+    if n_text:
+        parts.append(
+            np.stack([make_text_item(seed, step * batch_size + i, resolution)[0] for i in range(n_text)])
+        )
     if n_photos:
         parts.append(photo_crops(n_photos, resolution, seed=seed * 1_000_003 + step, split="train"))
     return images_to_tensor(np.concatenate(parts))
@@ -45,11 +56,18 @@ def train_tokenizer(
     lr: float = 1e-3,
     seed: int = 0,
     photo_fraction: float = 0.2,
+    text_fraction: float = 0.0,
     save_every: int = 250,
+    init_from: str | Path | None = None,
 ) -> VQTokenizer:
+    """Train (or, with ``init_from``, fine-tune from another tokenizer's weights) and save to ``out_dir``."""
     out_dir = Path(out_dir)
     config = config or VQConfig()
     model = seeded(lambda: VQTokenizer(config), seed)
+    if init_from is not None:
+        model = VQTokenizer.from_pretrained(init_from).train()
+        if model.config != config:
+            raise ValueError(f"init_from tokenizer has config {model.config}, expected {config}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
@@ -57,7 +75,7 @@ def train_tokenizer(
     bar = tqdm(range(start, steps), desc="tokenizer", initial=start, total=steps)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=50))
-        images = tokenizer_batch(step, batch_size, config.resolution, seed, photo_fraction)
+        images = tokenizer_batch(step, batch_size, config.resolution, seed, photo_fraction, text_fraction)
         images = images.to(accelerator.device)
         recon, ids, vq_loss = model(images)
         rec_loss = F.mse_loss(recon, images)

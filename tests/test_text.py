@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from arstudio.generators.backbone import BackboneConfig
+from arstudio.generators.conditioning import TextConditioning
+from arstudio.generators.image import GeneratorConfig, ImageGenerator
+from arstudio.generators.text_encoders import MiniLMTextEncoder, TinyTextEncoder, load_text_encoder
+from arstudio.tokenizers.vq import VQConfig
+from arstudio.training.generator import train_generator
+from arstudio.training.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return MiniLMTextEncoder(max_tokens=24)
+
+
+def test_minilm_gives_contextual_token_states_offline(minilm):
+    states = minilm(["a large red circle at the top left", "a small blue square"])
+    assert states.shape == (2, 24, 384)
+    # Same word, different context: MiniLM's states differ (the tiny encoder's would not).
+    red_a = minilm(["a red circle"])[0, 2]
+    red_b = minilm(["a red square"])[0, 2]
+    assert not torch.allclose(red_a, red_b, atol=1e-3)
+    assert torch.equal(minilm(["a red circle"]), minilm(["a red circle"]))
+
+
+def test_minilm_refuses_over_long_prompts_instead_of_truncating(minilm):
+    with pytest.raises(ValueError, match=r"prompt is \d+ tokens long .* at most 24 fit"):
+        minilm(["a large red circle at the top left " * 4])
+
+
+def test_tiny_encoder_and_factory():
+    encoder = load_text_encoder("tiny", max_tokens=6)
+    states = encoder(["a red circle", "zebra"])
+    assert states.shape == (2, 6, 32)
+    assert torch.equal(states[0, 3:], states[1, 1:4])  # padding is the same "<pad>" vector everywhere
+    assert not torch.equal(states[1, 0], encoder(["a"])[0, 0])  # unknown words map to "<unk>", not "a"
+    with pytest.raises(ValueError, match="unknown text encoder 'bert'"):
+        load_text_encoder("bert", 6)
+    assert isinstance(load_text_encoder("tiny", 6), TinyTextEncoder)
+
+
+def test_text_conditioning_null_dropout_and_shape_checks():
+    module = TextConditioning(text_dim=8, text_len=5, dim=16, dropout_prob=0.5)
+    states = torch.randn(400, 5, 8)
+    dropped = module.drop(states, torch.Generator().manual_seed(0))
+    is_null = (dropped == module.uncond_embedding.detach()).all(dim=(1, 2))
+    assert 0.4 < is_null.float().mean() < 0.6
+    assert torch.equal(dropped[~is_null], states[~is_null])
+    assert module(states).shape == (400, 5, 16)
+    assert torch.equal(module.null(3)[1], module.uncond_embedding.detach())
+    with pytest.raises(ValueError, match=r"text states must be \(B, 5, 8\)"):
+        module(torch.zeros(2, 4, 8))
+
+
+def test_text_generator_config_checks():
+    with pytest.raises(ValueError, match="text_dim > 0"):
+        GeneratorConfig(condition="text")
+    with pytest.raises(ValueError, match="condition='image'"):
+        GeneratorConfig(condition="image")
+    with pytest.raises(ValueError, match="one prefix token"):
+        GeneratorConfig(backbone=BackboneConfig(prefix_len=3))
+
+
+def test_text_generator_trains_and_reloads(tmp_path):
+    vq_config = VQConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=16,
+                         codebook_embed_dim=4, norm_groups=4, decoder_res_blocks=1)  # fmt: skip
+    config = GeneratorConfig(vocab_size=16, condition="text", text_dim=32,
+                             backbone=BackboneConfig(dim=32, n_layer=1, n_head=4, grid_size=8, prefix_len=20))  # fmt: skip
+    train_tokenizer(tmp_path / "vq", vq_config, steps=1, batch_size=2, photo_fraction=0.0, text_fraction=0.5)
+    encoder = load_text_encoder("tiny", max_tokens=20)
+    model = train_generator(tmp_path / "gen", tmp_path / "vq", config, steps=3, batch_size=8, num_images=16,
+                            text_encoder=encoder)  # fmt: skip
+    again = ImageGenerator.from_pretrained(tmp_path / "gen")
+    states = encoder(["a large red circle at the top left"])
+    tokens = torch.zeros(1, 64, dtype=torch.long)
+    assert torch.equal(model(tokens, states), again(tokens, states))
+    with pytest.raises(ValueError, match="needs a text_encoder"):
+        train_generator(tmp_path / "gen2", tmp_path / "vq", config, steps=1, batch_size=2, num_images=4)
