@@ -1,0 +1,54 @@
+"""Copy trained weights from runs/ into the package: only config.json + model.safetensors (no optimizer).
+
+Generators are stored in float16 (half the bytes; they load back into float32): the shipped-file budget is
+a few MB, and the benchmark numbers in the closing notes were measured on the float16 copies.
+
+    python scripts/ship_weights.py            # everything that has been trained
+    python scripts/ship_weights.py shapes-t2i/generator
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from arstudio.generators.image import ImageGenerator
+from arstudio.io import CONFIG_NAME, WEIGHTS_NAME
+from arstudio.presets import WEIGHTS_ROOT
+
+# package folder under arstudio/weights -> (training output folder, store as float16)
+SHIPPED = {
+    "shapes-c2i/tokenizer": ("runs/vq-shapes32", False),
+    "shapes-c2i/generator": ("runs/gen-shapes-c2i", True),
+    "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", False),
+    "shapes-t2i/generator": ("runs/gen-shapes-t2i", True),
+    "fd-shapes-classifier": ("runs/fd-shapes-classifier", False),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="*", choices=[[], *SHIPPED], help="default: all")
+    args = parser.parse_args()
+    for target in args.targets or SHIPPED:
+        source, half = SHIPPED[target]
+        source = Path(source)
+        if not (source / WEIGHTS_NAME).is_file():
+            print(f"skip {target}: no {WEIGHTS_NAME} in {source}")
+            continue
+        destination = WEIGHTS_ROOT / target
+        destination.mkdir(parents=True, exist_ok=True)
+        if half:
+            ImageGenerator.from_pretrained(source).save_pretrained(destination, dtype=torch.float16)
+        else:
+            for file in (CONFIG_NAME, WEIGHTS_NAME):
+                shutil.copyfile(source / file, destination / file)
+        size = (destination / WEIGHTS_NAME).stat().st_size / 2**20
+        print(f"{target}: {source} -> {destination} ({size:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
