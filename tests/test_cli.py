@@ -43,3 +43,10 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
         main(["generate", "--preset", "test-tiny-c2i", "--class-labels", "99", "--out", str(tmp_path)]) == 2
     )
     assert "class label 99 is out of range" in capsys.readouterr().err
+
+
+def test_generate_from_a_text_preset(tmp_path):
+    assert main(["generate", "--preset", "test-tiny-t2i", "--prompt", "a small red circle at the top",
+                 "--negative-prompt", "a blue square", "--out", str(tmp_path)]) == 0  # fmt: skip
+    meta = read_png_metadata(next(tmp_path.glob("0000_*.png")))
+    assert meta["prompt"] == "a small red circle at the top" and meta["negative_prompt"] == "a blue square"

@@ -91,7 +91,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--out", default="outputs", help="output folder")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--class-labels", type=int, nargs="+", help="class ids (default: every class)")
-    group.add_argument("--prompt", nargs="+", help='class names, e.g. "red circle"')
+    group.add_argument("--prompt", nargs="+", help='text (text presets) or class names, e.g. "red circle"')
+    p.add_argument("--negative-prompt", nargs="+", default=None, help="text presets: one, or one per prompt")
     p.add_argument("--num-images-per-prompt", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="seed of the generator the per-image seeds come from")
     p.add_argument("--guidance-scale", type=float, default=None, help="default: the preset's")
@@ -111,11 +112,12 @@ def _run_generate(args) -> None:
 
     pipe = load_pipeline(args.preset, device=args.device)
     labels = args.class_labels
-    if args.prompt is None and labels is None:
+    if args.prompt is None and labels is None and pipe.text_encoder is None:
         labels = list(range(pipe.generator.config.num_classes))
     out = pipe(prompt=args.prompt, class_labels=labels, num_images_per_prompt=args.num_images_per_prompt,
                generator=torch.Generator().manual_seed(args.seed), guidance_scale=args.guidance_scale,
-               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)  # fmt: skip
+               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+               negative_prompt=args.negative_prompt)  # fmt: skip
     paths = save_images(out, args.out, grid_columns=None if args.no_grid else args.num_images_per_prompt)
     print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
 
