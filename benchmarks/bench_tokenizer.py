@@ -15,9 +15,9 @@ from arstudio.data.photos import photo_crops
 from arstudio.data.shapes import class_batch, make_text_item
 from arstudio.evaluation.metrics import psnr
 from arstudio.evaluation.verifier import verify_objects
+from arstudio.images import images_to_tensor, tensor_to_images
 from arstudio.pipelines.loading import load_tokenizer
 from arstudio.tokenizers.vq import codebook_usage
-from arstudio.training.common import images_to_tensor, tensor_to_images
 from benchmarks.common import finish, header
 
 HELDOUT_SEED = 12345  # training used seed 0; item streams of other seeds are disjoint draws

@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 
 from arstudio.data.shapes import NUM_CLASSES, REGIONS, SIZES, class_batch
 from arstudio.evaluation.metrics import as_image_batch
+from arstudio.images import images_to_tensor
 from arstudio.io import CONFIG_NAME, PretrainedMixin
 from arstudio.training.common import (
     cosine_lr,
-    images_to_tensor,
     make_accelerator,
     resume_checkpoint,
     save_checkpoint,

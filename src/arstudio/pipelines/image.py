@@ -13,7 +13,7 @@ from arstudio.decoding import DECODING_STRATEGIES
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.logits import SamplingParams
 from arstudio.generators.text_encoders import check_prompts
-from arstudio.training.common import tensor_to_images
+from arstudio.images import tensor_to_images
 
 OUTPUT_TYPES = ("pil", "np")
 

@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from arstudio.data.shapes import class_batch, make_text_item
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
+from arstudio.images import images_to_tensor
 from arstudio.io import atomic_write_bytes, load_safetensors
 from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.common import (
     cosine_lr,
-    images_to_tensor,
     make_accelerator,
     resume_checkpoint,
     save_checkpoint,

@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 
 from arstudio.data.photos import photo_crops
 from arstudio.data.shapes import class_batch, make_text_item
+from arstudio.images import images_to_tensor
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer, codebook_usage
 from arstudio.training.common import (
     cosine_lr,
-    images_to_tensor,
     make_accelerator,
     resume_checkpoint,
     save_checkpoint,
