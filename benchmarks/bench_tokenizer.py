@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--preset", default="shapes-c2i")
     parser.add_argument("--count", type=int, default=480)
     args = parser.parse_args()
-    info = header("tokenizer")
+    info = header(f"tokenizer_{args.preset}")
     tokenizer = load_tokenizer(args.preset, device="cpu")
     size = tokenizer.config.resolution
 
