@@ -179,12 +179,21 @@ def make_text_item(seed: int, index: int, canvas: int = 64):
     rng = np.random.default_rng([seed, index])
     objects = [sample_object(rng, canvas)]
     if rng.random() < 0.5:
-        while True:  # rejection sampling: about half of the random placements are apart
-            other = sample_object(rng, canvas)
-            if _boxes_apart(objects[0], other):
-                objects.append(other)
-                break
+        objects = _place_second(rng, canvas, objects[0])
     return render(objects, canvas), caption(objects), objects
+
+
+def _place_second(
+    rng: np.random.Generator, canvas: int, first: ShapeObject, tries: int = 50
+) -> list[ShapeObject]:
+    """Two objects apart, by rejection sampling. A large centred first object can leave no room at all
+    for a second one, so after ``tries`` misses the first object is redrawn too (deterministic: same rng)."""
+    while True:
+        for _ in range(tries):
+            other = sample_object(rng, canvas)
+            if _boxes_apart(first, other):
+                return [first, other]
+        first = sample_object(rng, canvas)
 
 
 def class_batch(seed: int, count: int, canvas: int = 64, start: int = 0):
