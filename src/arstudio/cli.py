@@ -100,6 +100,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--weights", default=None, help="local weights folder instead of the preset's own")
+    p.add_argument(
+        "--download", action="store_true", help="hub presets: download the official files if missing"
+    )
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     p.set_defaults(func=_run_generate)
 
@@ -110,16 +114,22 @@ def _run_generate(args) -> None:
     from arstudio.export import save_images
     from arstudio.pipelines.loading import load_pipeline
 
-    pipe = load_pipeline(args.preset, device=args.device)
+    pipe = load_pipeline(args.preset, device=args.device, weights=args.weights, download=args.download)
     labels = args.class_labels
     if args.prompt is None and labels is None and pipe.text_encoder is None:
-        labels = list(range(pipe.generator.config.num_classes))
+        num_classes = pipe.generator.config.num_classes
+        if num_classes > MAX_DEFAULT_CLASSES:
+            raise ValueError(f"{args.preset} has {num_classes} classes: pick some with --class-labels")
+        labels = list(range(num_classes))
     out = pipe(prompt=args.prompt, class_labels=labels, num_images_per_prompt=args.num_images_per_prompt,
                generator=torch.Generator().manual_seed(args.seed), guidance_scale=args.guidance_scale,
                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                negative_prompt=args.negative_prompt)  # fmt: skip
     paths = save_images(out, args.out, grid_columns=None if args.no_grid else args.num_images_per_prompt)
     print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
+
+
+MAX_DEFAULT_CLASSES = 100  # without --class-labels, generate shows every class of small presets
 
 
 def _add_presets(sub) -> None:
@@ -132,7 +142,7 @@ def _run_presets(args) -> None:
 
     for name in list_presets():
         preset = get_preset(name)
-        source = "shipped weights" if preset.weights else "random init"
+        source = "hub weights" if preset.hub else "shipped weights" if preset.weights else "random init"
         print(f"{name:16s} {preset.task:15s} {source:16s} {preset.description}")
 
 

@@ -1,7 +1,9 @@
 """Named presets: architecture configs + where the weights come from + sampling defaults.
 
 A preset is data. A new model is a new entry here, not a new code path. ``test-*`` presets are tiny,
-randomly initialised from a fixed seed, and exist so tests run in seconds.
+randomly initialised from a fixed seed, and exist so tests run in seconds. Hub presets (``llamagen-*``)
+name official checkpoints on the Hugging Face Hub; ``arstudio.convert.hub`` finds a local copy of them
+or, only when asked (``download=True``), downloads and converts them.
 """
 
 from __future__ import annotations
@@ -10,11 +12,30 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arstudio.convert.llamagen import llamagen_gpt_config, llamagen_vq_config
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.image import GeneratorConfig
 from arstudio.tokenizers.vq import VQConfig
 
 WEIGHTS_ROOT = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """Where a hub preset's official checkpoint files live and how they become our modules."""
+
+    repo_id: str  # Hugging Face Hub repository, e.g. "FoundationVision/LlamaGen"
+    tokenizer_file: str  # file names in that repository
+    generator_file: str
+    revision: str = "main"
+    converter: str = "llamagen"  # key of arstudio.convert.hub.CONVERTERS
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {"tokenizer": self.tokenizer_file, "generator": self.generator_file}
+
+    def url(self, filename: str) -> str:
+        return f"https://huggingface.co/{self.repo_id}/resolve/{self.revision}/{filename}"
 
 
 @dataclass(frozen=True)
@@ -29,6 +50,7 @@ class Preset:
     defaults: dict = field(default_factory=dict)  # sampling defaults: guidance_scale, temperature, ...
     class_names: tuple[str, ...] = ()
     text_encoder: str | None = None  # "minilm" / "tiny" for text-to-image presets
+    hub: HubWeights | None = None  # official checkpoints on the Hub (then ``weights`` is None)
 
     @property
     def text_len(self) -> int:
@@ -146,3 +168,27 @@ register_preset(
         defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
     )
 )
+
+
+# LlamaGen class-to-image models at 256 px (16x16 tokens, vq_ds16_c2i), weights from their Hub repo. File names
+# from LlamaGen's README tables. Sampling defaults are LlamaGen's ImageNet FID settings: GETTING_STARTED.md
+# evaluates GPT-B and GPT-L with --cfg-scale 2.0, and sample_c2i_ddp.py (the FID sampler) defaults to top-k 0,
+# temperature 1.0, top-p 1.0. ImageNet class names are not shipped: pass class_labels (0..999).
+for _size, _params, _fid in (("B", "111M", "5.46"), ("L", "343M", "3.80")):
+    register_preset(
+        Preset(
+            name=f"llamagen-{_size.lower()}-256",
+            description=f"LlamaGen-{_size} ({_params}) ImageNet class-to-image, 256 px, 16x16 tokens "
+            f"(FID {_fid}); official weights from the Hub",
+            task="class-to-image",
+            tokenizer=llamagen_vq_config("VQ-16", resolution=256),
+            generator=llamagen_gpt_config(f"GPT-{_size}", image_size=256),
+            hub=HubWeights(
+                repo_id="FoundationVision/LlamaGen",
+                tokenizer_file="vq_ds16_c2i.pt",
+                generator_file=f"c2i_{_size}_256.pt",
+            ),
+            defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        )
+    )
+del _size, _params, _fid

@@ -68,6 +68,10 @@ class ImagePipeline:
             )
         names = self.preset.class_names
         num_classes = self.generator.config.num_classes
+        if prompt is not None and not names:
+            raise ValueError(
+                f"{self.preset.name!r} has no class names: pass class_labels (0..{num_classes - 1})"
+            )
         if prompt is not None:
             labels = []
             for text in _as_list(prompt):

@@ -1,6 +1,9 @@
-"""Build a pipeline from a preset: shipped weights, or a seeded random init for ``test-*`` presets."""
+"""Build a pipeline from a preset: shipped weights, hub weights (local copy or an asked-for download, see
+``arstudio.convert.hub``), a local override (``weights=``), or a seeded random init for ``test-*`` presets."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -25,21 +28,54 @@ def _random_generator(config) -> ImageGenerator:
     return generator
 
 
-def _load_component(preset: Preset, part: str, cls, config, random_init, device, dtype):
-    """One model of a preset: shipped weights (checked against the preset's config) or a seeded init."""
-    if preset.weights_dir is None:
+def _source(preset: Preset, weights, download: bool):
+    """Where a preset's models come from: a ``WeightsSource`` (hub or override), its shipped folder, or None
+    for a seeded random init."""
+    if preset.hub is not None:
+        from arstudio.convert.hub import resolve_weights
+
+        return resolve_weights(preset, weights, download)
+    if weights is not None:
+        folder = Path(weights).expanduser()
+        if not ((folder / "tokenizer").is_dir() and (folder / "generator").is_dir()):
+            raise FileNotFoundError(
+                f"weights={str(weights)!r} for preset {preset.name!r} must be a folder holding tokenizer/ and "
+                "generator/ (each config.json + model.safetensors, as save_pretrained writes them)"
+            )
+        return folder
+    return preset.weights_dir
+
+
+def _load_component(preset: Preset, part: str, cls, config, random_init, device, dtype, source):
+    """One model of a preset: from ``source`` (checked against the preset's config) or a seeded init."""
+    if source is None:
         offset = {"tokenizer": 0, "generator": 1}[part]
         model = seeded(lambda: random_init(config), preset.init_seed + offset)
+    elif not isinstance(source, Path):  # a hub WeightsSource
+        from arstudio.convert.hub import converter_for
+
+        path = source.path(part)
+        if source.layout == "official":
+            converter = converter_for(preset)
+            load = converter.load_tokenizer if part == "tokenizer" else converter.load_generator
+            model = load(path, config)
+        else:
+            model = cls.from_pretrained(path)
+            if model.config != config:
+                raise ValueError(
+                    f"the {part} in {path} ({source.origin}) does not match preset {preset.name!r}: "
+                    f"{model.config} != {config}"
+                )
     else:
-        if not (preset.weights_dir / part).is_dir():
+        if not (source / part).is_dir():
             raise FileNotFoundError(
-                f"the {part} weights of preset {preset.name!r} are missing from {preset.weights_dir / part}; "
+                f"the {part} weights of preset {preset.name!r} are missing from {source / part}; "
                 "docs/training.md has the commands that make them"
             )
-        model = cls.from_pretrained(preset.weights_dir / part)
+        model = cls.from_pretrained(source / part)
         if model.config != config:
             raise ValueError(
-                f"shipped {part} of {preset.name!r} does not match the preset's config: {model.config}"
+                f"the {part} in {source} does not match preset {preset.name!r}'s config: {model.config}"
             )
     return model.to(device=device, dtype=dtype).eval()
 
@@ -52,20 +88,46 @@ def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def load_tokenizer(name: str, device=None, dtype=None) -> VQTokenizer:
-    """Only the tokenizer of a preset (for reconstruction work and benchmarks)."""
+def load_tokenizer(
+    name: str, device=None, dtype=None, weights: str | Path | None = None, download: bool = False
+) -> VQTokenizer:
+    """Only the tokenizer of a preset (for reconstruction work and benchmarks); ``weights`` and ``download``
+    as in ``load_pipeline``."""
     preset = get_preset(name)
     device, dtype = _resolve(device, dtype)
-    return _load_component(preset, "tokenizer", VQTokenizer, preset.tokenizer, VQTokenizer, device, dtype)
+    source = _source(preset, weights, download)
+    return _load_component(
+        preset, "tokenizer", VQTokenizer, preset.tokenizer, VQTokenizer, device, dtype, source
+    )
 
 
-def load_pipeline(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """Load a preset by name (see ``list_presets()``). CPU/fp32 unless told otherwise or CUDA is present."""
+def load_pipeline(
+    name: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    weights: str | Path | None = None,
+    download: bool = False,
+):
+    """Load a preset by name (see ``list_presets()``). CPU/fp32 unless told otherwise or CUDA is present.
+
+    Args:
+        weights: a local folder to take the weights from instead of the preset's own: ``tokenizer/`` +
+            ``generator/`` as ``save_pretrained`` writes them, or, for hub presets (``llamagen-*``), the
+            official checkpoint files (e.g. ``vq_ds16_c2i.pt`` + ``c2i_B_256.pt``). Checked against the
+            preset's configs.
+        download: hub presets only: if no local copy is found (``weights``, ``$ARSTUDIO_WEIGHTS_DIR``, the
+            converted cache, the Hugging Face cache), download the official files from the Hub and convert
+            them once. False (the default) never touches the network and raises
+            ``arstudio.convert.hub.HubWeightsNotFoundError`` saying what to download and where to put it.
+    """
     preset = get_preset(name)
     device, dtype = _resolve(device, dtype)
-    tokenizer = load_tokenizer(name, device, dtype)
+    source = _source(preset, weights, download)  # before building anything: missing weights fail fast
+    tokenizer = _load_component(
+        preset, "tokenizer", VQTokenizer, preset.tokenizer, VQTokenizer, device, dtype, source
+    )
     generator = _load_component(
-        preset, "generator", ImageGenerator, preset.generator, _random_generator, device, dtype
+        preset, "generator", ImageGenerator, preset.generator, _random_generator, device, dtype, source
     )
     text_encoder = None
     if preset.text_encoder is not None:

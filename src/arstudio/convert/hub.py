@@ -1,0 +1,319 @@
+"""Weights of hub presets: official checkpoints on the Hugging Face Hub, found locally or fetched on request.
+
+Nothing here touches the network unless asked (``download=True``). Where the weights of a hub preset such as
+``llamagen-b-256`` come from, first match wins:
+
+1. ``weights=PATH`` (``load_pipeline(name, weights=PATH)``): only that folder is used. It holds either our
+   converted layout (``tokenizer/`` + ``generator/``, each ``config.json`` + ``model.safetensors``) or the
+   official files named in the preset (e.g. ``vq_ds16_c2i.pt`` + ``c2i_B_256.pt``), which are loaded
+   directly with ``torch.load(weights_only=True)``, no conversion on disk.
+2. ``$ARSTUDIO_WEIGHTS_DIR/<preset name>/``, then ``$ARSTUDIO_WEIGHTS_DIR/`` itself (so one folder of
+   official files can serve both LlamaGen presets, which share the VQ file), either layout.
+3. The converted cache ``$ARSTUDIO_CACHE/hub/<preset name>/`` (default ``~/.cache/arstudio``, or
+   ``$XDG_CACHE_HOME/arstudio``), written by an earlier download.
+4. The Hugging Face cache (files fetched before with ``hf_hub_download`` / ``hf download``), read with
+   ``local_files_only=True``.
+5. Only with ``download=True``: ``huggingface_hub.hf_hub_download`` fetches the official files into the
+   Hugging Face cache and they are converted once into (3); later loads use (3).
+
+Without a copy and without ``download=True``, ``HubWeightsNotFoundError`` (a ``FileNotFoundError``) names
+the files, the Hub repository, where to put them and how to download them. Offline (``HF_HUB_OFFLINE=1``,
+or the Hub cannot be reached) a download fails with ``HubOfflineError`` saying so.
+
+Command line: ``python -m arstudio.convert.hub llamagen-b-256`` downloads and converts (= ``download=True``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from arstudio.convert.llamagen import convert_llamagen_to_pretrained, load_llamagen_gpt, load_llamagen_vq
+from arstudio.presets import HubWeights, Preset
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "ARSTUDIO_WEIGHTS_DIR"
+CACHE_DIR_ENV = "ARSTUDIO_CACHE"
+PARTS = ("tokenizer", "generator")
+
+
+@dataclass(frozen=True)
+class Converter:
+    """How a hub's official files become our modules: loaded directly, or written as our layout."""
+
+    load_tokenizer: object  # (path, VQConfig) -> VQTokenizer
+    load_generator: object  # (path, GeneratorConfig) -> ImageGenerator
+    to_pretrained: object  # (tokenizer_file, generator_file, out_dir, gpt_model=, vq_model=) -> Path
+
+
+CONVERTERS: dict[str, Converter] = {
+    "llamagen": Converter(load_llamagen_vq, load_llamagen_gpt, convert_llamagen_to_pretrained),
+}
+
+
+class HubWeightsNotFoundError(FileNotFoundError):
+    """A hub preset's weights are not on this machine (and were not, or could not be, downloaded)."""
+
+
+class HubOfflineError(HubWeightsNotFoundError):
+    """A download was asked for while offline (HF_HUB_OFFLINE) or while the Hub could not be reached."""
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a preset's two models are read from."""
+
+    layout: str  # "pretrained": tokenizer/ and generator/ folders; "official": the hub's checkpoint files
+    tokenizer: Path
+    generator: Path
+    origin: str  # for messages: "weights=...", "$ARSTUDIO_WEIGHTS_DIR/...", "converted cache", ...
+
+    def path(self, part: str) -> Path:
+        return {"tokenizer": self.tokenizer, "generator": self.generator}[part]
+
+
+def _hub(preset: Preset) -> HubWeights:
+    if preset.hub is None:
+        raise ValueError(f"preset {preset.name!r} has no hub weights")
+    if preset.hub.converter not in CONVERTERS:
+        raise ValueError(f"preset {preset.name!r}: unknown converter {preset.hub.converter!r}")
+    return preset.hub
+
+
+def converter_for(preset: Preset) -> Converter:
+    return CONVERTERS[_hub(preset).converter]
+
+
+def cache_root() -> Path:
+    """``$ARSTUDIO_CACHE``, else ``$XDG_CACHE_HOME/arstudio``, else ``~/.cache/arstudio``."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "arstudio"
+
+
+def converted_dir(preset: Preset) -> Path:
+    """Where a download of ``preset`` is converted to (our layout), and found on later loads."""
+    return cache_root() / "hub" / preset.name
+
+
+def find_in_folder(folder: str | Path, preset: Preset) -> WeightsSource | None:
+    """The weights of ``preset`` in ``folder``: our converted layout or the official files; None if neither."""
+    folder = Path(folder).expanduser()
+    if (folder / "tokenizer").is_dir() and (folder / "generator").is_dir():
+        return WeightsSource("pretrained", folder / "tokenizer", folder / "generator", str(folder))
+    files = {part: folder / name for part, name in _hub(preset).files.items()}
+    if all(path.is_file() for path in files.values()):
+        return WeightsSource("official", files["tokenizer"], files["generator"], str(folder))
+    return None
+
+
+def _env_folders(preset: Preset) -> list[Path]:
+    root = os.environ.get(WEIGHTS_DIR_ENV)
+    if not root:
+        return []
+    root = Path(root).expanduser()
+    return [root / preset.name, root]
+
+
+def _offline_env() -> str | None:
+    """The variable that puts the Hugging Face Hub offline, if one is set (read at call time)."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return name
+    return None
+
+
+def _hf_errors():
+    """huggingface_hub's error classes (``errors`` module since 0.23; ``utils`` before)."""
+    try:
+        from huggingface_hub import errors
+    except ImportError:  # pragma: no cover - old huggingface_hub
+        from huggingface_hub import utils as errors
+    return errors
+
+
+def _hf_download(hub: HubWeights, filename: str, local_files_only: bool) -> Path:
+    import huggingface_hub  # lazy: an optional network dependency (diffusers/transformers bring it)
+
+    return Path(
+        huggingface_hub.hf_hub_download(
+            hub.repo_id, filename, revision=hub.revision, local_files_only=local_files_only
+        )
+    )
+
+
+def _from_hf_cache(preset: Preset) -> WeightsSource | None:
+    """The official files if the Hugging Face cache already holds them; never touches the network."""
+    try:
+        errors = _hf_errors()
+    except ImportError:
+        return None
+    paths = {}
+    for part, filename in _hub(preset).files.items():
+        try:
+            paths[part] = _hf_download(preset.hub, filename, local_files_only=True)
+        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, FileNotFoundError):
+            return None
+    return WeightsSource("official", paths["tokenizer"], paths["generator"], "Hugging Face cache")
+
+
+def _instructions(preset: Preset) -> str:
+    hub = _hub(preset)
+    files = " and ".join(hub.files.values())
+    urls = "\n".join(f"      {hub.url(name)}" for name in hub.files.values())
+    return (
+        f"To fix it, either:\n"
+        f"  * download {files} from https://huggingface.co/{hub.repo_id}:\n{urls}\n"
+        f"    put them in a folder and pass it: load_pipeline({preset.name!r}, weights='that/folder'); or put "
+        f"them in $ARSTUDIO_WEIGHTS_DIR/{preset.name}/ (or $ARSTUDIO_WEIGHTS_DIR/) and set "
+        f"{WEIGHTS_DIR_ENV};\n"
+        f"  * or, online, let arstudio download and convert them once (into {converted_dir(preset)}): "
+        f"load_pipeline({preset.name!r}, download=True), or on the command line "
+        f"`python -m arstudio.convert.hub {preset.name}`."
+    )
+
+
+def resolve_weights(
+    preset: Preset, weights: str | Path | None = None, download: bool = False
+) -> WeightsSource:
+    """Find (or, with ``download=True``, fetch and convert) the weights of a hub preset; see the module doc.
+
+    Raises:
+        HubWeightsNotFoundError: no local copy, and ``download`` is False; or ``weights`` holds neither layout.
+        HubOfflineError: ``download=True`` while offline or while the Hub cannot be reached.
+    """
+    hub = _hub(preset)
+    if weights is not None:
+        found = find_in_folder(weights, preset)
+        if found is None:
+            folder = Path(weights).expanduser()
+            if folder.is_dir():
+                what = f"holds {sorted(p.name for p in folder.iterdir())[:10] or 'nothing'}"
+            else:
+                what = "is not a folder" if folder.exists() else "does not exist"
+            raise HubWeightsNotFoundError(
+                f"weights={str(weights)!r} for preset {preset.name!r} {what}; it must hold either the official "
+                f"files {' + '.join(hub.files.values())} (from https://huggingface.co/{hub.repo_id}) or the "
+                f"converted tokenizer/ + generator/ folders.\n{_instructions(preset)}"
+            )
+        return found
+    looked = []
+    for folder in [*_env_folders(preset), converted_dir(preset)]:
+        looked.append(str(folder))
+        found = find_in_folder(folder, preset)
+        if found is not None:
+            return found
+    found = _from_hf_cache(preset)
+    if found is not None:
+        return found
+    looked.append("the Hugging Face cache")
+    if not download:
+        env_note = "" if os.environ.get(WEIGHTS_DIR_ENV) else f" (${WEIGHTS_DIR_ENV} is not set)"
+        raise HubWeightsNotFoundError(
+            f"preset {preset.name!r} needs the official checkpoints {' + '.join(hub.files.values())} from the "
+            f"Hugging Face Hub repository {hub.repo_id}, and they are not on this machine; nothing is "
+            f"downloaded unless you ask (download=True). Looked in: {', '.join(looked)}{env_note}.\n"
+            f"{_instructions(preset)}"
+        )
+    return download_and_convert(preset)
+
+
+def _offline_message(preset: Preset, reason: str) -> str:
+    hub = _hub(preset)
+    return (
+        f"cannot download the weights of preset {preset.name!r} ({' + '.join(hub.files.values())} from "
+        f"{hub.repo_id}): {reason}. Go online (and unset HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE) and retry, "
+        f"or put the files in a local folder by hand.\n{_instructions(preset)}"
+    )
+
+
+def download_and_convert(preset: Preset) -> WeightsSource:
+    """Fetch the preset's official files with ``hf_hub_download`` and convert them into ``converted_dir``."""
+    hub = _hub(preset)
+    offline = _offline_env()
+    try:
+        errors = _hf_errors()
+    except ImportError as err:
+        raise HubWeightsNotFoundError(
+            f"download=True needs huggingface_hub (pip install huggingface_hub).\n{_instructions(preset)}"
+        ) from err
+    unreachable = (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError, ConnectionError, TimeoutError)
+    try:
+        import httpx
+
+        unreachable += (httpx.TransportError,)
+    except ImportError:  # pragma: no cover - huggingface_hub < 1.0 uses requests (its errors are OSErrors)
+        pass
+    paths = {}
+    for part, filename in hub.files.items():
+        try:
+            # Offline, only the Hugging Face cache is read: no request leaves the machine.
+            paths[part] = _hf_download(hub, filename, local_files_only=offline is not None)
+        except unreachable as err:
+            reason = (
+                f"{offline}=1 is set, so the Hub is offline and {filename} is not in the Hugging Face cache"
+                if offline or isinstance(err, errors.OfflineModeIsEnabled)
+                else f"the Hugging Face Hub could not be reached (no network?): {type(err).__name__}: {err}"
+            )
+            raise HubOfflineError(_offline_message(preset, reason)) from err
+        except (
+            errors.RepositoryNotFoundError,
+            errors.RevisionNotFoundError,
+            errors.EntryNotFoundError,
+        ) as err:
+            raise HubWeightsNotFoundError(
+                f"the Hub has no {filename} in {hub.repo_id}@{hub.revision} ({type(err).__name__}); the preset "
+                f"{preset.name!r} may be out of date.\n{_instructions(preset)}"
+            ) from err
+    out = converted_dir(preset)
+    logger.info("converting %s + %s into %s", paths["tokenizer"], paths["generator"], out)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        converter_for(preset).to_pretrained(
+            paths["tokenizer"], paths["generator"], tmp, gpt_model=preset.generator, vq_model=preset.tokenizer
+        )
+        source = {"repo_id": hub.repo_id, "revision": hub.revision, "files": hub.files}
+        (tmp / "source.json").write_text(json.dumps(source, indent=2))
+        if out.exists():  # a converted folder the loader rejected before (e.g. an older layout)
+            shutil.rmtree(out)
+        os.replace(tmp, out)  # readers only ever see a complete folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return WeightsSource("pretrained", out / "tokenizer", out / "generator", "converted cache (downloaded)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m arstudio.convert.hub PRESET...``: download and convert hub presets' weights."""
+    from arstudio.presets import get_preset, list_presets
+
+    hub_presets = [name for name in list_presets() if get_preset(name).hub is not None]
+    parser = argparse.ArgumentParser(
+        prog="python -m arstudio.convert.hub",
+        description="Download a hub preset's official checkpoints and convert them for arstudio "
+        f"(into {cache_root() / 'hub'}; set {CACHE_DIR_ENV} to change it).",
+    )
+    parser.add_argument(
+        "presets", nargs="+", choices=hub_presets, metavar="PRESET", help=", ".join(hub_presets)
+    )
+    args = parser.parse_args(argv)
+    for name in args.presets:
+        try:
+            source = resolve_weights(get_preset(name), download=True)
+        except HubWeightsNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"{name}: {source.layout} weights in {source.tokenizer.parent} ({source.origin})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Hub presets (llamagen-*): listed, a clear error offline or without a local copy, a local override, and the
+download path with ``hf_hub_download`` replaced by a local copy (no request ever leaves the machine).
+
+The real LlamaGen files are large, so the loading tests use a tiny preset of the same kind whose "official"
+files are written here with LlamaGen's key layout (the helpers of test_convert_llamagen.py).
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import arstudio
+from arstudio import presets
+from arstudio.convert import convert_llamagen_to_pretrained, hub
+from arstudio.convert.hub import HubOfflineError, HubWeightsNotFoundError
+from arstudio.pipelines.loading import load_pipeline, load_tokenizer
+from arstudio.presets import HubWeights, Preset, get_preset
+from tests.test_convert_llamagen import GPT_CFG, VQ_CFG, official_gpt_state, official_vq_state
+
+TINY = "test-tiny-hub"
+TINY_HUB = HubWeights(
+    repo_id="example/tiny-llamagen", tokenizer_file="vq_tiny.pt", generator_file="c2i_tiny.pt"
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No weights dir, an empty arstudio cache and Hugging Face cache, offline, and the tiny hub preset."""
+    monkeypatch.delenv(hub.WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.setenv(hub.CACHE_DIR_ENV, str(tmp_path / "arstudio-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    tiny = Preset(name=TINY, description="tiny hub-style preset for tests", task="class-to-image",
+                  tokenizer=VQ_CFG, generator=GPT_CFG, hub=TINY_HUB,
+                  defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0})  # fmt: skip
+    monkeypatch.setitem(presets._REGISTRY, TINY, tiny)
+
+
+@pytest.fixture
+def official_dir(tmp_path) -> Path:
+    """A folder with the tiny preset's two official-layout checkpoints, as LlamaGen's training saves them."""
+    folder = tmp_path / "official"
+    folder.mkdir()
+    torch.save({"model": official_vq_state(1)}, folder / TINY_HUB.tokenizer_file)
+    torch.save({"model": official_gpt_state(2), "steps": 10}, folder / TINY_HUB.generator_file)
+    return folder
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, official_dir, tmp_path):
+    """``hf_hub_download`` served from ``official_dir`` into a fake HF cache; records every call."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+    cache = tmp_path / "fake-hf-cache"
+
+    def fake_download(repo_id, filename, *, revision=None, local_files_only=False, **kwargs):
+        calls.append((repo_id, filename, revision, local_files_only))
+        cached = cache / repo_id / filename
+        if not cached.exists():
+            if local_files_only:
+                raise LocalEntryNotFoundError(f"{filename} is not in the cache")
+            assert repo_id == TINY_HUB.repo_id, "only the tiny preset may be downloaded"
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(official_dir / filename, cached)
+        return str(cached)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    return calls
+
+
+def sample(pipe, seed=0):
+    return pipe(class_labels=[0, 3], generator=torch.Generator().manual_seed(seed), output_type="np")
+
+
+def test_llamagen_presets_are_listed_with_their_hub_files():
+    assert arstudio.list_presets("llamagen-*") == ["llamagen-b-256", "llamagen-l-256"]
+    for name, gpt_file, (layers, dim) in (("llamagen-b-256", "c2i_B_256.pt", (12, 768)),
+                                          ("llamagen-l-256", "c2i_L_256.pt", (24, 1024))):  # fmt: skip
+        preset = get_preset(name)
+        assert preset.weights is None and preset.hub.repo_id == "FoundationVision/LlamaGen"
+        assert preset.hub.files == {"tokenizer": "vq_ds16_c2i.pt", "generator": gpt_file}
+        backbone = preset.generator.backbone
+        assert (backbone.n_layer, backbone.dim, backbone.grid_size, preset.tokenizer.resolution) == (
+            layers, dim, 16, 256)  # fmt: skip
+        assert preset.generator.num_classes == 1000 and preset.defaults["guidance_scale"] == 2.0
+
+
+@pytest.mark.parametrize("name", ["llamagen-b-256", "llamagen-l-256"])
+def test_real_hub_preset_without_a_local_copy_names_the_files_and_the_fix(name, monkeypatch):
+    import huggingface_hub
+
+    real = huggingface_hub.hf_hub_download
+
+    def only_local(*args, **kwargs):  # the cache lookup may run; a network request must not
+        assert kwargs.get("local_files_only"), "a download was attempted"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", only_local)
+    with pytest.raises(HubWeightsNotFoundError) as err:
+        load_pipeline(name, device="cpu")
+    message = str(err.value)
+    hub_files = get_preset(name).hub.files.values()
+    for needle in (*hub_files, "FoundationVision/LlamaGen", "download=True", "weights=", "ARSTUDIO_WEIGHTS_DIR",
+                   f"python -m arstudio.convert.hub {name}", "https://huggingface.co/FoundationVision/LlamaGen/resolve/main/"):  # fmt: skip
+        assert needle in message
+    assert isinstance(err.value, FileNotFoundError)  # the CLI turns these into a one-line error
+
+    with pytest.raises(HubOfflineError, match="HF_HUB_OFFLINE=1 is set"):
+        load_pipeline(name, device="cpu", download=True)
+
+
+def test_download_when_the_hub_is_unreachable_says_so(monkeypatch):
+    import httpx
+    import huggingface_hub
+
+    def unreachable(repo_id, filename, *, local_files_only=False, **kwargs):
+        if local_files_only:
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            raise LocalEntryNotFoundError("not cached")
+        raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(HubOfflineError, match="could not be reached") as err:
+        load_tokenizer("llamagen-b-256", device="cpu", download=True)
+    assert "vq_ds16_c2i.pt" in str(err.value) and "weights=" in str(err.value)
+
+
+def test_local_override_with_official_files_or_converted_folder(official_dir, tmp_path):
+    pipe = load_pipeline(TINY, device="cpu", weights=official_dir)
+    out = sample(pipe)
+    assert len(out.images) == 2 and out.images[0].shape == (8, 8, 3)
+    assert out.metadata[0]["guidance_scale"] == 2.0  # the preset's default
+    # The same weights converted to our layout give the same images.
+    converted = convert_llamagen_to_pretrained(official_dir / TINY_HUB.tokenizer_file,
+                                               official_dir / TINY_HUB.generator_file, tmp_path / "converted",
+                                               gpt_model=GPT_CFG, vq_model=VQ_CFG)  # fmt: skip
+    again = sample(load_pipeline(TINY, device="cpu", weights=converted))
+    assert torch.equal(out.tokens, again.tokens)
+    assert (out.images[0] == again.images[0]).all()
+
+
+def test_weights_dir_env_var(official_dir, tmp_path, monkeypatch):
+    root = tmp_path / "weights-root"
+    (root / TINY).mkdir(parents=True)
+    for name in TINY_HUB.files.values():
+        shutil.copy(official_dir / name, root / TINY / name)
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(root))
+    assert hub.resolve_weights(get_preset(TINY)).origin == str(root / TINY)
+    reference = sample(load_pipeline(TINY, device="cpu", weights=official_dir))
+    assert torch.equal(sample(load_pipeline(TINY, device="cpu")).tokens, reference.tokens)
+    # The files directly in the root work too (one folder for presets that share files).
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(official_dir))
+    assert hub.resolve_weights(get_preset(TINY)).origin == str(official_dir)
+
+
+def test_override_folder_without_the_files_is_a_clear_error(official_dir, tmp_path):
+    (official_dir / TINY_HUB.generator_file).unlink()
+    with pytest.raises(HubWeightsNotFoundError, match="c2i_tiny.pt") as err:
+        load_pipeline(TINY, device="cpu", weights=official_dir)
+    assert "vq_tiny.pt" in str(err.value)  # what the folder holds
+    with pytest.raises(HubWeightsNotFoundError, match="does not exist"):
+        load_pipeline(TINY, device="cpu", weights=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="tokenizer/ and generator/"):
+        load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path / "nowhere")
+
+
+def test_download_converts_once_and_reuses_the_converted_cache(fake_hub, official_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(HubWeightsNotFoundError, match="download=True"):  # asked for nothing: no download
+        load_pipeline(TINY, device="cpu")
+    assert all(local for *_, local in fake_hub)
+
+    pipe = load_pipeline(TINY, device="cpu", download=True)
+    downloads = [(file, revision) for _, file, revision, local in fake_hub if not local]
+    assert downloads == [("vq_tiny.pt", "main"), ("c2i_tiny.pt", "main")]
+    converted = hub.converted_dir(get_preset(TINY))
+    assert (converted / "generator" / "model.safetensors").is_file() and (converted / "source.json").is_file()
+    assert not list(converted.parent.glob("*.tmp-*"))
+    reference = sample(load_pipeline(TINY, device="cpu", weights=official_dir))
+    assert torch.equal(sample(pipe).tokens, reference.tokens)
+
+    # Next time, offline and without download=True: the converted cache, no Hub call at all.
+    fake_hub.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.resolve_weights(get_preset(TINY)).origin == str(converted)
+    assert torch.equal(sample(load_pipeline(TINY, device="cpu")).tokens, reference.tokens)
+    assert fake_hub == []
+
+
+def test_hf_cache_copy_is_used_without_download(fake_hub, official_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    hub.download_and_convert(get_preset(TINY))  # fills the fake HF cache
+    shutil.rmtree(hub.converted_dir(get_preset(TINY)))
+    fake_hub.clear()
+    source = hub.resolve_weights(get_preset(TINY))
+    assert (source.layout, source.origin) == ("official", "Hugging Face cache")
+    assert all(local for *_, local in fake_hub)
+
+
+def test_download_command_line(fake_hub, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert hub.main([TINY]) == 0
+    assert TINY in capsys.readouterr().out
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub.main(["llamagen-b-256"]) == 2
+    assert "HF_HUB_OFFLINE=1 is set" in capsys.readouterr().err
