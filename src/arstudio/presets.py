@@ -148,7 +148,9 @@ register_preset(
         ),
         weights="shapes-t2i",
         text_encoder="minilm",
-        defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        # Picked on 200 captions of seed 5151 (the benchmark uses seed 4242): CFG 3 hurt (0.21 vs 0.36
+        # unguided); 2.0 with temperature 0.7 was best of {1, 1.25, 1.5, 2} x {1, 0.7}.
+        defaults={"guidance_scale": 2.0, "temperature": 0.7, "top_k": 0, "top_p": 1.0},
     )
 )
 
