@@ -133,3 +133,13 @@ def test_text_pipeline_is_deterministic_and_negative_prompts_change_the_result(t
 def test_text_bad_input(text_pipe, kwargs, message):
     with pytest.raises(ValueError, match=message):
         text_pipe(**kwargs)
+
+
+def test_shipped_text_preset_generates():
+    pipe = arstudio.load_pipeline("shapes-t2i", device="cpu")
+    out = pipe(prompt="a large red circle at the top left", generator=torch.Generator().manual_seed(0),
+               output_type="np")  # fmt: skip
+    assert out.images[0].shape == (32, 32, 3)
+    assert out.metadata[0]["prompt"] == "a large red circle at the top left"
+    with pytest.raises(ValueError, match="tokens long"):
+        pipe(prompt="a large red circle at the top left and " * 4)
