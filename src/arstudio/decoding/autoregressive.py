@@ -56,12 +56,10 @@ def sample_autoregressive(
     def guide(logits: torch.Tensor, index: int) -> torch.Tensor:
         if not params.uses_cfg:
             return logits
-        cond, uncond = logits[:batch], logits[batch:]
-        return (
-            classifier_free_guidance(cond, uncond, params.guidance_scale)
-            if params.guided(index, total)
-            else cond
-        )
+        guided, unguided = logits[:batch], logits[batch:]  # rows of [cond; uncond]
+        if not params.guided(index, total):
+            return guided
+        return classifier_free_guidance(guided, unguided, params.guidance_scale)
 
     if use_cache:
         model.setup_cache(rows, device=device)
