@@ -56,10 +56,10 @@ def sample_autoregressive(
     def guide(logits: torch.Tensor, index: int) -> torch.Tensor:
         if not params.uses_cfg:
             return logits
-        guided, unguided = logits[:batch], logits[batch:]  # rows of [cond; uncond]
+        cond_logits, uncond_logits = logits[:batch], logits[batch:]
         if not params.guided(index, total):
-            return guided
-        return classifier_free_guidance(guided, unguided, params.guidance_scale)
+            return cond_logits
+        return classifier_free_guidance(cond_logits, uncond_logits, params.guidance_scale)
 
     if use_cache:
         model.setup_cache(rows, device=device)
