@@ -60,24 +60,24 @@ def _load_component(preset: Preset, part: str, cls, config, random_init, device,
             load = converter.load_tokenizer if part == "tokenizer" else converter.load_generator
             model = load(path, config)
         else:
-            model = cls.from_pretrained(path)
-            if model.config != config:
-                raise ValueError(
-                    f"the {part} in {path} ({source.origin}) does not match preset {preset.name!r}: "
-                    f"{model.config} != {config}"
-                )
+            model = _from_folder(cls, path, config, f"the {part} in {path} ({source.origin})", preset)
     else:
         if not (source / part).is_dir():
             raise FileNotFoundError(
                 f"the {part} weights of preset {preset.name!r} are missing from {source / part}; "
                 "docs/training.md has the commands that make them"
             )
-        model = cls.from_pretrained(source / part)
-        if model.config != config:
-            raise ValueError(
-                f"the {part} in {source} does not match preset {preset.name!r}'s config: {model.config}"
-            )
+        model = _from_folder(cls, source / part, config, f"the {part} in {source}", preset)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def _from_folder(cls, path: Path, config, what: str, preset: Preset):
+    """``cls.from_pretrained(path)``, refused unless its config is the preset's (same keys are not enough:
+    a different grid or vocabulary would load and then generate garbage)."""
+    model = cls.from_pretrained(path)
+    if model.config != config:
+        raise ValueError(f"{what} does not match preset {preset.name!r}: {model.config} != {config}")
+    return model
 
 
 def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
