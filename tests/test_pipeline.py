@@ -62,7 +62,7 @@ def test_prompt_names_map_to_labels(pipe):
         ({"class_labels": [0], "top_p": 0.0}, "top_p=0.0"),
         ({"class_labels": [0], "temperature": 0.0}, "temperature=0.0"),
         ({"class_labels": [0], "top_k": -3}, "top_k=-3"),
-        ({"class_labels": [0], "decoding": "magic"}, "decoding='magic'"),
+        ({"class_labels": [0], "decoding": "magic"}, "decoding='magic' is unknown"),
         ({"class_labels": [0], "output_type": "jpg"}, "output_type='jpg'"),
         ({"class_labels": [0], "num_images_per_prompt": 0}, "num_images_per_prompt=0"),
         ({"class_labels": [0, 1], "generator": [torch.Generator()]}, "1 generators for 2 images"),
@@ -143,3 +143,32 @@ def test_shipped_text_preset_generates():
     assert out.metadata[0]["prompt"] == "a large red circle at the top left"
     with pytest.raises(ValueError, match="tokens long"):
         pipe(prompt="a large red circle at the top left and " * 4)
+
+
+def test_preview_shows_generated_part_and_greys_the_rest(pipe):
+    out = pipe(class_labels=[3], generator=torch.Generator().manual_seed(2), output_type="np")
+    tokens = out.tokens.view(1, -1)
+    half = pipe.preview(tokens[:, :8])[0]  # 4x4 grid: the first two token rows
+    full = pipe.preview(tokens)[0]
+    half, full = np.asarray(half), np.asarray(full)
+    assert np.array_equal(full, out.images[0])
+    assert (half[8:] == 128).all()  # rows not generated yet are grey
+    assert not (half[:8] == 128).all()
+
+
+def test_strategies_unknown_and_unavailable(pipe):
+    assert pipe.decoding_strategies[0] == "ar"
+    with pytest.raises(ValueError, match="decoding='nope' is unknown"):
+        pipe(class_labels=[0], decoding="nope")
+
+
+def test_decoding_param_ranges():
+    from arstudio.decoding import DECODING_PARAMS
+
+    delta = {p.name: p for p in DECODING_PARAMS["lantern"]}["lantern_delta"]
+    assert delta.check(0.5) == 0.5
+    with pytest.raises(ValueError, match=r"lantern_delta=1.5 is out of range: allowed are \[0.0, 1.0\]"):
+        delta.check(1.5)
+    draft = DECODING_PARAMS["speculative"][0]
+    with pytest.raises(ValueError, match="draft_tokens=2.5 must be an integer"):
+        draft.check(2.5)

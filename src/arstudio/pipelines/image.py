@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from arstudio.decoding import DECODING_STRATEGIES
+from arstudio.decoding import DECODING_PARAMS
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.logits import SamplingParams
 from arstudio.generators.text_encoders import check_prompts
@@ -57,6 +57,30 @@ class ImagePipeline:
 
     def __repr__(self) -> str:
         return f"ImagePipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
+
+    @property
+    def decoding_strategies(self) -> tuple[str, ...]:
+        """Strategies this preset can run: plain AR always; the others need a drafter for its generator."""
+        return ("ar",)
+
+    def preview(self, tokens_so_far: torch.Tensor) -> list:
+        """Decode a partial raster-order token sequence (B, n) to PIL images for progress previews.
+
+        Positions not generated yet are filled with token 0 for the decoder and then painted mid-grey, so
+        the preview shows exactly the part of the image that exists.
+        """
+        from PIL import Image
+
+        grid = self.tokenizer.grid_size
+        batch, done = tokens_so_far.shape
+        full = torch.zeros(batch, grid * grid, dtype=torch.long, device=tokens_so_far.device)
+        full[:, :done] = tokens_so_far
+        pixels = tensor_to_images(self.tokenizer.decode(full.view(-1, grid, grid)).float())
+        scale = pixels.shape[1] // grid  # pixels per token side
+        known = (torch.arange(grid * grid) < done).view(grid, grid).numpy()
+        known = known.repeat(scale, axis=0).repeat(scale, axis=1)  # (H, W) True where generated
+        pixels[:, ~known] = 128
+        return [Image.fromarray(p) for p in pixels]
 
     # ---- input handling -------------------------------------------------------------------------
     def _class_conditions(self, prompt, class_labels, negative_prompt, repeat: int) -> Conditions:
@@ -172,7 +196,7 @@ class ImagePipeline:
                 or None (fresh random seeds, reported in ``.seeds``).
             guidance_scale, temperature, top_k, top_p: sampling; None takes the preset's default.
             cfg_interval: guide only tokens whose index / N lies in [lo, hi).
-            decoding: strategy name, one of ``arstudio.decoding.DECODING_STRATEGIES``.
+            decoding: strategy name, one of ``self.decoding_strategies``.
             output_type: "pil" or "np" (uint8 H x W x 3 arrays).
             callback_on_step_end: ``fn(step, num_steps, tokens_so_far)``; return False to stop early.
             negative_prompt: text presets only: what guidance steers away from (one, or one per prompt);
@@ -187,8 +211,13 @@ class ImagePipeline:
             top_p=defaults.get("top_p", 1.0) if top_p is None else top_p,
             cfg_interval=tuple(cfg_interval),
         )
-        if decoding not in DECODING_STRATEGIES:
-            raise ValueError(f"decoding={decoding!r} is not available; allowed: {DECODING_STRATEGIES}")
+        if decoding not in DECODING_PARAMS:
+            raise ValueError(f"decoding={decoding!r} is unknown; allowed: {tuple(DECODING_PARAMS)}")
+        if decoding not in self.decoding_strategies:
+            raise ValueError(
+                f"decoding={decoding!r} is not available for preset {self.preset.name!r} (it ships no drafter "
+                f"for it); allowed: {self.decoding_strategies}"
+            )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
