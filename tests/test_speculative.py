@@ -41,7 +41,9 @@ def test_greedy_speculative_equals_plain_ar_token_for_token(guidance):
     cond = torch.tensor([0, 1, 2, 1])
     plain = sample_autoregressive(target, cond, _gens(4), params).tokens
     for gamma in (1, 3, 6):
-        spec = sample_speculative(target, drafter, cond, _gens(4), params, SpeculativeParams(draft_tokens=gamma))
+        spec = sample_speculative(
+            target, drafter, cond, _gens(4), params, SpeculativeParams(draft_tokens=gamma)
+        )
         assert torch.equal(spec.tokens, plain)
 
 
@@ -65,7 +67,9 @@ def _chi_square_p(samples, sequences, expected_probs, vocab):
     keep = expected >= 5  # pool rare sequences so the chi-square approximation holds
     observed = torch.cat([counts[keep], counts[~keep].sum()[None]])
     expected = torch.cat([expected[keep], expected[~keep].sum()[None]])
-    return chisquare(observed.numpy(), expected.numpy() * observed.sum().item() / expected.sum().item()).pvalue
+    return chisquare(
+        observed.numpy(), expected.numpy() * observed.sum().item() / expected.sum().item()
+    ).pvalue
 
 
 def test_speculative_samples_the_plain_ar_distribution():
@@ -173,3 +177,101 @@ def test_bad_neighbour_count_and_foreign_drafter():
     drafter.check_target(target)
     with pytest.raises(ValueError, match="trained for target .* fingerprint is"):
         drafter.check_target(other)
+
+
+# ---- through the pipeline ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    import arstudio
+
+    return arstudio.load_pipeline("test-tiny-c2i", device="cpu")
+
+
+def test_pipeline_strategies_knobs_stats_and_metadata(pipe):
+    assert pipe.decoding_strategies == ("ar", "speculative", "lantern")
+    kwargs = dict(class_labels=[0, 4], top_k=1, output_type="np")
+    plain = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+    spec = pipe(generator=torch.Generator().manual_seed(0), decoding="speculative", draft_tokens=3, **kwargs)
+    assert torch.equal(plain.tokens, spec.tokens)  # greedy: exact
+    assert spec.metadata[0]["decoding"] == "speculative" and spec.metadata[0]["draft_tokens"] == 3
+    assert {"forwards", "acceptance_rate", "mean_accepted_length", "tokens_per_forward"} <= set(spec.stats)
+    lantern = pipe(class_labels=[1], decoding="lantern", lantern_k=4, lantern_delta=0.3, lantern_lambda=2.0,
+                   generator=torch.Generator().manual_seed(1))  # fmt: skip
+    meta = lantern.metadata[0]
+    knobs = ("lantern_k", "lantern_delta", "lantern_lambda", "draft_tokens")
+    assert [meta[k] for k in knobs] == [4, 0.3, 2.0, 4]
+    assert len(lantern.images) == 1
+
+
+def test_text_pipeline_speculative_is_exact_when_greedy():
+    import arstudio
+
+    t2i = arstudio.load_pipeline("test-tiny-t2i", device="cpu")
+    kwargs = dict(prompt=["a red circle", "two blue squares"], top_k=1, guidance_scale=3.0,
+                  negative_prompt="a green diamond")  # fmt: skip
+    plain = t2i(generator=torch.Generator().manual_seed(5), **kwargs)
+    spec = t2i(generator=torch.Generator().manual_seed(5), decoding="speculative", **kwargs)
+    assert torch.equal(plain.tokens, spec.tokens)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"draft_tokens": 2},
+            r"draft_tokens=2 applies to decoding in \['speculative', 'lantern'\], not decoding='ar'",
+        ),
+        ({"decoding": "speculative", "lantern_k": 3}, r"lantern_k=3 applies to decoding in \['lantern'\]"),
+        ({"decoding": "lantern", "lantern_k": 32}, r"lantern_k=32 is out of range: allowed are 1..31"),
+        ({"decoding": "lantern", "lantern_k": 0}, r"lantern_k=0 is out of range"),
+        ({"decoding": "lantern", "lantern_delta": 2}, r"lantern_delta=2 is out of range"),
+        ({"decoding": "speculative", "draft_tokens": 0}, r"draft_tokens=0 is out of range"),
+    ],
+)
+def test_pipeline_rejects_bad_decoding_knobs(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(class_labels=[0], **kwargs)
+
+
+def test_lantern_needs_a_codebook_and_drafters_their_target(pipe, tmp_path):
+    import copy
+
+    import arstudio
+
+    no_codebook = copy.copy(pipe)
+    no_codebook.tokenizer = object()  # e.g. a continuous tokenizer: no codebook, no neighbourhoods
+    assert no_codebook.decoding_strategies == ("ar", "speculative")
+    with pytest.raises(ValueError, match="decoding='lantern' is not available"):
+        no_codebook(class_labels=[0], decoding="lantern")
+    # A drafter trained for another generator is refused when the pipeline loads.
+    pipe.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    pipe.generator.save_pretrained(tmp_path / "generator")
+    _, foreign = _models(seed=7)
+    foreign.save_pretrained(tmp_path / "drafter")
+    with pytest.raises(ValueError, match="trained for target"):
+        arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
+    pipe.drafter.save_pretrained(tmp_path / "drafter")
+    assert arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path).drafter is not None
+
+
+def test_drafter_training_loss_goes_down():
+    from arstudio.training.drafter import drafter_loss
+
+    target, drafter = _models(seed=2)
+    target.requires_grad_(False)
+    tokens = torch.randint(0, 32, (16, 16), generator=torch.Generator().manual_seed(0))
+    tokens[:, ::2] = 3  # learnable structure: every other token is the same
+    labels = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.Adam(drafter.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = drafter_loss(
+            drafter, target, tokens, labels, noise_std=0.2, generator=torch.Generator().manual_seed(2)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]

@@ -191,6 +191,7 @@ def sample_speculative(
     stats = {
         "forwards": forwards,
         "drafter_forwards": int(rounds_per_image.max()) * gamma + 1,
+        "forwards_per_image": float((rounds_per_image + 1).float().mean()),  # prefill + verify rounds
         "tokens_per_forward": float((total / (rounds_per_image + 1).float()).mean()),
         "acceptance_rate": accepted_total / max(proposed_total, 1),
         # tokens fixed per round and image: accepted drafts + the residual/bonus token
