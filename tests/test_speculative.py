@@ -30,6 +30,22 @@ def _models(vocab=32, grid=4, head_std=0.3, seed=0):
     return seeded(build, seed)
 
 
+def _draft_model(target, dim=8, seed=5):
+    """An independent small generator speaking the target's tokens (classic speculative decoding)."""
+    config = GeneratorConfig(
+        vocab_size=target.config.vocab_size, num_classes=3,
+        backbone=BackboneConfig(dim=dim, n_layer=1, n_head=2, grid_size=target.config.backbone.grid_size,
+                                prefix_len=1),
+    )  # fmt: skip
+
+    def build():
+        model = ImageGenerator(config).eval()
+        torch.nn.init.normal_(model.head.output.weight, std=0.5)
+        return model
+
+    return seeded(build, seed)
+
+
 def _gens(n, offset=0):
     return [torch.Generator().manual_seed(offset + i) for i in range(n)]
 
@@ -40,9 +56,9 @@ def test_greedy_speculative_equals_plain_ar_token_for_token(guidance):
     params = SamplingParams(guidance_scale=guidance, top_k=1)
     cond = torch.tensor([0, 1, 2, 1])
     plain = sample_autoregressive(target, cond, _gens(4), params).tokens
-    for gamma in (1, 3, 6):
+    for gamma, draft in ((1, drafter), (3, drafter), (6, drafter), (3, _draft_model(target))):
         spec = sample_speculative(
-            target, drafter, cond, _gens(4), params, SpeculativeParams(draft_tokens=gamma)
+            target, draft, cond, _gens(4), params, SpeculativeParams(draft_tokens=gamma)
         )
         assert torch.equal(spec.tokens, plain)
 
@@ -80,9 +96,13 @@ def test_speculative_samples_the_plain_ar_distribution():
     params = SamplingParams(guidance_scale=2.0)
     sequences, probs = _exact_joint(target, 1, params, vocab, grid * grid)
     cond = torch.ones(n, dtype=torch.long)
-    exact = sample_speculative(target, drafter, cond, _gens(n), params, SpeculativeParams(draft_tokens=2))
-    assert _chi_square_p(exact.tokens, sequences, probs, vocab) > 1e-3
-    assert 0.05 < exact.stats["acceptance_rate"] < 0.95  # both branches (accept, residual) were exercised
+    independent = _draft_model(target)
+    for greedy, draft in ((True, drafter), (False, drafter), (False, independent)):
+        # drafts as point masses (the default) or samples of q; EAGLE drafter or independent draft model
+        spec = SpeculativeParams(draft_tokens=2, greedy_drafts=greedy)
+        exact = sample_speculative(target, draft, cond, _gens(n), params, spec)
+        assert _chi_square_p(exact.tokens, sequences, probs, vocab) > 1e-3
+        assert 0.05 < exact.stats["acceptance_rate"] < 0.95  # both branches (accept, residual) were exercised
     neighbours = torch.tensor([[1, 2], [0, 2], [0, 1]])
     relaxed = sample_speculative(target, drafter, cond, _gens(n), params,
                                  SpeculativeParams(draft_tokens=2, lantern_delta=0.9), neighbours)  # fmt: skip
@@ -165,6 +185,13 @@ def test_callback_can_stop_speculative_decoding():
 def test_bad_speculative_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SpeculativeParams(**kwargs)
+
+
+def test_independent_draft_model_must_fit_the_target():
+    target, _ = _models()
+    misfit = _draft_model(_models(vocab=16)[0])
+    with pytest.raises(ValueError, match="does not fit the target .*vocab_size: target 32, draft model 16"):
+        sample_speculative(target, misfit, torch.tensor([0]), _gens(1))
 
 
 def test_bad_neighbour_count_and_foreign_drafter():
@@ -254,6 +281,15 @@ def test_lantern_needs_a_codebook_and_drafters_their_target(pipe, tmp_path):
         arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
     pipe.drafter.save_pretrained(tmp_path / "drafter")
     assert arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path).drafter is not None
+    # An independent draft model works as a drafter when it shares the tokens and condition.
+    config = pipe.generator.config
+    small = ImageGenerator(GeneratorConfig(vocab_size=config.vocab_size, num_classes=config.num_classes,
+                                           backbone=BackboneConfig(dim=16, n_layer=1, n_head=2, grid_size=4)))  # fmt: skip
+    small.save_pretrained(tmp_path / "drafter")
+    loaded = arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
+    assert isinstance(loaded.drafter, ImageGenerator)
+    out = loaded(class_labels=[2], decoding="speculative", generator=torch.Generator().manual_seed(0))
+    assert len(out.images) == 1
 
 
 def test_drafter_training_loss_goes_down():

@@ -49,6 +49,9 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num-images", type=int, default=60_000, help="size of the tokenized training set")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", help="warm start from another generator run's weights (same config)")
+    p.add_argument("--two-object-weight", type=float, default=1.0,
+                   help="text presets: draw two-object captions this many times as often as one-object ones")  # fmt: skip
     p.set_defaults(func=_run_train_generator)
 
 
@@ -63,7 +66,8 @@ def _run_train_generator(args) -> None:
 
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len)
     train_generator(args.out, args.tokenizer, preset.generator, steps=args.steps, batch_size=args.batch_size,
-                    lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder)  # fmt: skip
+                    lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
+                    init_from=args.init_from, two_object_weight=args.two_object_weight)  # fmt: skip
     print(f"generator saved to {args.out}")
 
 

@@ -1,8 +1,11 @@
 """Batched speculative decoding with an EAGLE-style drafter: exact (Leviathan/Chen acceptance) or LANTERN-relaxed.
 
 One round, for every image at once (each at its own position):
-1. The drafter proposes ``draft_tokens`` (gamma) tokens, sampling each from its own CFG-guided, filtered
-   distribution q.
+1. The drafter proposes ``draft_tokens`` (gamma) tokens from its own CFG-guided, filtered distribution:
+   by default its most likely token, i.e. the proposal q is a point mass (as EAGLE-2 and LANTERN draft),
+   or a sample from it (``greedy_drafts=False``). Either way the acceptance rule keeps the result exact;
+   point masses win on peaked visual-token distributions, where the target's top token usually holds
+   most of the mass, and they skip a sampling step per draft.
 2. The target reads [last decided token, drafts] (gamma + 1 positions) in one cached forward: the target
    distribution p at every draft and one past them.
 3. Draft i is accepted if u_i <= p~(d_i) / q(d_i) (p~ = p for exact decoding, LANTERN's relaxed target
@@ -14,9 +17,9 @@ One round, for every image at once (each at its own position):
 Rows accept different numbers of tokens, so the KV caches are addressed per row: ``input_pos`` (B, T).
 Entries left by rejected drafts sit past a row's position and are overwritten before they can be seen.
 
-Randomness: every round, each image draws 2 gamma + 1 uniforms from its own generator (gamma for the
-drafts, gamma for the acceptance tests, one for the residual/bonus token), so an image's result does not
-depend on its batch-mates.
+Randomness: every round, each image draws 2 gamma + 1 uniforms from its own generator (gamma for
+sampled drafts, unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus
+token), so an image's result does not depend on its batch-mates.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from arstudio.decoding.autoregressive import DecodeResult, StepCallback
+from arstudio.decoding.drafting import drafting_for
 from arstudio.decoding.lantern import relaxed_target, residual
 from arstudio.decoding.logits import (
     SamplingParams,
@@ -41,6 +45,7 @@ class SpeculativeParams:
     draft_tokens: int = 4
     lantern_delta: float = 0.0  # 0: exact speculative decoding
     lantern_lambda: float = 1.0  # > 1: LANTERN++ cap on the relaxed mass
+    greedy_drafts: bool = True  # drafts are the drafter's top token (q = point mass) rather than samples
     # (lantern_k lives in the neighbour table the caller passes)
 
     def __post_init__(self):
@@ -103,21 +108,19 @@ def sample_speculative(
         return x.repeat(streams, *([1] * (x.ndim - 1)))
 
     guide = _Guide(params, batch, total)
-    embed = target.tok_embeddings
+    drafting = drafting_for(target, drafter)
     start = time.perf_counter()
     target.setup_cache(rows, device=device, extra=gamma + 1)
-    drafter.setup_cache(rows, device=device, extra=gamma + 1)
+    drafting.setup(rows, device, extra=gamma + 1)
     try:
-        # Token 0 from the target's prefill; the drafter reads the prefix to predict the hidden state after it.
+        # Token 0 from the target's prefill; the drafter reads the prefix and token 0 to draft token 1.
         logits, prefix_hidden = target.prefill(cond, return_hidden=True)  # (R, V), (R, P, dim)
         first_u = torch.stack([torch.rand((), generator=g) for g in generators]).to(device)
         zero = torch.zeros(batch, dtype=torch.long, device=device)
         tokens = torch.zeros(batch, total + gamma + 1, dtype=torch.long, device=device)
         tokens[:, 0] = sample_with_uniform(guide(logits, zero), first_u)
-        prefix = target.cls_embedding(cond)  # (R, P, dim)
-        next_embeddings = torch.cat([prefix[:, 1:], embed(both(tokens[:, :1]))], dim=1)
-        drafted_hidden = drafter.step(next_embeddings, prefix_hidden, torch.arange(prefix_len, device=device))
-        drafted_hidden = drafted_hidden[:, -1]  # (R, dim): predicts token 1
+        draft_logits = drafting.start(cond[:batch], negative_cond, params.uses_cfg, prefix_hidden,
+                                      both(tokens[:, :1]))  # fmt: skip
         decided = torch.ones(batch, dtype=torch.long, device=device)  # tokens fixed so far, per image
         forwards, rounds_per_image = 1, torch.zeros(batch, dtype=torch.long, device=device)
         accepted_total = proposed_total = 0
@@ -129,21 +132,23 @@ def sample_speculative(
             cursor = decided.clamp(max=total - 1)
             u = torch.stack([torch.rand(2 * gamma + 1, generator=g) for g in generators]).to(device)
 
-            # 1. Draft gamma tokens; draft i is token decided + i.
+            # 1. Draft gamma tokens; draft i is token cursor + i.
             drafts = torch.zeros(batch, gamma, dtype=torch.long, device=device)
             q = []
             for i in range(gamma):
-                q_i = guide(target.head(drafted_hidden), cursor + i)  # (B, V)
-                drafts[:, i] = sample_with_uniform(q_i, u[:, i])
+                q_i = guide(draft_logits, cursor + i)  # (B, V)
+                if spec.greedy_drafts:
+                    drafts[:, i] = q_i.argmax(-1)
+                    q_i = torch.zeros_like(q_i).scatter_(-1, drafts[:, i : i + 1], 1.0)
+                else:
+                    drafts[:, i] = sample_with_uniform(q_i, u[:, i])
                 q.append(q_i)
                 if i + 1 < gamma:
-                    position = (prefix_len + cursor - 1 + i)[:, None]  # drafter position of (d_i, f^)
-                    drafted_hidden = drafter.step(
-                        embed(both(drafts[:, i : i + 1])), drafted_hidden[:, None], both(position)
-                    )[:, 0]
+                    position = (prefix_len + cursor - 1 + i)[:, None]
+                    draft_logits = drafting.propose(both(drafts[:, i : i + 1]), both(position))
             q = torch.stack(q, dim=1)  # (B, gamma, V)
 
-            # 2. Verify: [last decided token, drafts] at positions P + decided - 1 + (0..gamma).
+            # 2. Verify: [last decided token, drafts] at positions P + cursor - 1 + (0..gamma).
             last = tokens.gather(1, (cursor - 1)[:, None])
             chunk = torch.cat([last, drafts], dim=1)  # (B, gamma + 1)
             positions = prefix_len + cursor[:, None] - 1 + steps  # (B, gamma + 1)
@@ -173,11 +178,9 @@ def sample_speculative(
             proposed_total += gamma * int(active.sum())
             rounds_per_image += active.long()
 
-            # 4. Drafter catch-up over the verified positions; keep its output at each row's new end.
-            caught_up = drafter.step(embed(both(new)), hidden, both(positions))  # (R, gamma + 1, dim)
+            # 4. The drafter catches up on the verified positions, reading on from each row's new end.
+            draft_logits = drafting.catch_up(both(new), hidden, both(positions), both(accepted))
             decided = torch.where(active, decided + accepted + 1, decided)
-            end = both(accepted)[:, None, None].expand(-1, 1, caught_up.shape[-1])
-            drafted_hidden = caught_up.gather(1, end)[:, 0]
             if callback is not None:
                 done = int(decided.clamp(max=total).min())
                 if callback(done - 1, total, tokens[:, :done]) is False:
@@ -185,7 +188,7 @@ def sample_speculative(
                     break
     finally:
         target.backbone.reset_cache()
-        drafter.reset_cache()
+        drafting.reset()
     elapsed = time.perf_counter() - start
     tokens = tokens[:, :total] if tokens.shape[1] > total else tokens
     stats = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -57,12 +58,18 @@ class Drafter(PretrainedMixin, nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
 
     def check_target(self, generator) -> None:
+        checked = self.__dict__.get("_checked_target")
+        if checked is not None and checked() is generator:  # hashing a large head costs ~0.1 s
+            return
         expected, found = self.config.target_fingerprint, target_fingerprint(generator)
         if expected != found:
             raise ValueError(
                 f"this drafter was trained for target {expected!r}, but the target's fingerprint is {found!r}; "
                 "train one for this target with `arstudio train drafter`"
             )
+        # A weak reference kept outside nn.Module's attribute handling, which would adopt the generator
+        # as a submodule (and save its weights with the drafter's).
+        self.__dict__["_checked_target"] = weakref.ref(generator)
 
     def _inputs(self, next_embeddings: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.cat([next_embeddings, hidden.to(next_embeddings.dtype)], dim=-1))

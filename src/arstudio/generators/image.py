@@ -29,6 +29,7 @@ class GeneratorConfig:
     initializer_range: float = 0.02
     condition: str = "class"  # "class" (num_classes) or "text" (text_dim states, backbone.prefix_len long)
     text_dim: int = 0
+    text_positions: bool = False  # learned positions for the text prefix (see TextConditioning)
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):  # from config.json
@@ -56,7 +57,11 @@ class ImageGenerator(PretrainedMixin, nn.Module):
             self.cls_embedding = ClassConditioning(config.num_classes, dim, config.class_dropout_prob)
         else:
             self.cls_embedding = TextConditioning(
-                config.text_dim, config.backbone.prefix_len, dim, config.class_dropout_prob
+                config.text_dim,
+                config.backbone.prefix_len,
+                dim,
+                config.class_dropout_prob,
+                config.text_positions,
             )
         self.tok_embeddings = nn.Embedding(config.vocab_size, dim)
         self.backbone = Backbone(config.backbone)
