@@ -134,7 +134,7 @@ def parse_job(raw, line: int = 1) -> Job:
                 spec[name] = param.check(raw[name])
         return Job(line=line, spec=spec, seeds=_check_seeds(raw))
     except (ValueError, KeyError, TypeError) as err:
-        raise JobError(line, _describe(err)) from err
+        raise JobError(line, describe_error(err)) from err
 
 
 def read_jobs(path: str | Path) -> tuple[list[Job], list[JobError]]:
@@ -342,7 +342,7 @@ def render_batch(
                 pipelines[preset] = load_pipeline(preset, device=device or _own_device(state))
             summary.rendered += _render_chunk(pipelines[preset], job, start, seeds, done, out_dir)
         except Exception as err:  # one bad job must not stop the others; the message names the cause
-            failed_lines[job.line] = f"line {job.line}: {_describe(err)}"
+            failed_lines[job.line] = f"line {job.line}: {describe_error(err)}"
         bar.update(len(seeds))
     bar.close()
     summary.failed += list(failed_lines.values())
@@ -367,8 +367,9 @@ def _own_device(state):
     return state.device if state.device is not None and state.device.type != "cpu" else None
 
 
-def _describe(err: Exception) -> str:
-    """Our own errors are written for users; anything else also names its type."""
+def describe_error(err: BaseException) -> str:
+    """The message a user should see: ours (ValueError, FileNotFoundError, KeyError) are written for people;
+    anything else also names its type. Shared by the CLI summary and the studio."""
     if isinstance(err, KeyError) and err.args:
         return str(err.args[0])
     return str(err) if isinstance(err, (ValueError, FileNotFoundError)) else f"{type(err).__name__}: {err}"
