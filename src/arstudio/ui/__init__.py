@@ -20,7 +20,7 @@ from arstudio.ui.decoding_lab import build_decoding_lab  # noqa: E402
 from arstudio.ui.image_tab import build_image_tab  # noqa: E402
 from arstudio.ui.tokenizer_lab import build_tokenizer_lab  # noqa: E402
 
-__all__ = ["create_app", "launch"]
+__all__ = ["MAX_UPLOAD", "create_app", "launch"]
 QUEUE_SIZE = 32  # waiting requests beyond this are refused with a message instead of piling up
 
 

@@ -45,7 +45,9 @@ def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
     gr.Markdown("Runs the **Image** tab's request (preset, condition, seed, sampling, knobs) with plain AR and "
                 "every accelerated strategy this preset supports, on the same seeds.")  # fmt: skip
     run = gr.Button("Compare strategies", variant="primary", elem_id="compare")
-    gallery = gr.Gallery(label="Images per strategy", columns=4, height="auto", format="png")
+    gallery = gr.Gallery(
+        label="Images per strategy", columns=4, height="auto", format="png", elem_id="decoding-gallery"
+    )
     table = gr.Dataframe(headers=COLUMNS, label="Speed", interactive=False)
     chart = gr.BarPlot(
         x="strategy", y="seconds", title="Wall-clock per strategy (lower is faster)", height=240
@@ -54,7 +56,8 @@ def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
     def on_run(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
         try:
             items, frame = compare_strategies(cache, controls, values, progress)
-            return items, frame, frame
+            top = float(frame["seconds"].max()) * 1.15 or 1.0
+            return items, frame, gr.update(value=frame, y_lim=[0, top])  # bars start at zero
         except Exception as err:
             raise user_error(err) from None
 

@@ -60,7 +60,13 @@ def build_tokenizer_lab(cache: PipelineCache, presets: list[str], preset: str) -
         picture = gr.Dropdown(list(sample_pictures()), value="red circle", label="Built-in picture")
         upload = gr.File(label="...or upload an image", file_types=["image"], type="filepath")
     run = gr.Button("Tokenize and reconstruct", variant="primary", elem_id="tokenize")
-    gallery = gr.Gallery(label="Input · reconstruction · token grid", columns=3, height="auto", format="png")
+    gallery = gr.Gallery(
+        label="Input · reconstruction · token grid",
+        columns=3,
+        height="auto",
+        format="png",
+        elem_id="tokenizer-gallery",
+    )
     table = gr.Dataframe(headers=COLUMNS, label="Per tokenizer", interactive=False)
 
     def on_run(names, picture_name, upload_path):
