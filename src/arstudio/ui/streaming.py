@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,17 +32,27 @@ def previews_every(total: int, count: int = 8) -> int:
     return max(1, total // count)
 
 
-def generate_with_previews(pipe, kwargs: dict, previews: int = 8) -> Iterator[Preview | Done]:
-    """Yield ``Preview`` items while ``pipe(**kwargs)`` samples, then one ``Done``; re-raise its error."""
+def generate_with_previews(
+    pipe, kwargs: dict, previews: int = 8, min_interval_s: float = 0.5
+) -> Iterator[Preview | Done]:
+    """Yield ``Preview`` items while ``pipe(**kwargs)`` samples, then one ``Done``; re-raise its error.
+
+    At most ``previews`` per image, at least ``min_interval_s`` apart, and never while the last one is
+    still waiting: each preview costs a decode here and an image encode in Gradio, so a fast request gets
+    few or none and a slow one (hundreds of tokens) gets a steady stream.
+    """
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
+    last = [time.monotonic()]
 
     def on_step(step: int, total: int, tokens) -> bool:
         if stop.is_set():
             return False
-        done = step + 1
-        if done % previews_every(total, previews) == 0 and done < total:
+        done, now = step + 1, time.monotonic()
+        due = done % previews_every(total, previews) == 0 and now - last[0] >= min_interval_s
+        if due and done < total and events.empty():
             events.put(Preview(done, total, pipe.preview(tokens)))
+            last[0] = now
         return True
 
     def work() -> None:
