@@ -54,21 +54,28 @@ def ui_vs_api(repeats: int, count: int) -> dict:
     """Median wall-clock of the same request through gradio_client -> the served app (previews, PNGs with
     recipes, gallery; the client does not download the files), and straight to the pipeline (interleaved,
     so CPU pressure from other work hits both alike)."""
+    import gradio as gr
     from gradio_client import Client
 
     import arstudio
     from arstudio.ui import create_app
 
     app = create_app(preset=PRESET, presets=[PRESET])
+    with app:  # Gradio's own floor: a round trip through the same queue that does no work
+        box = gr.Number(visible=False)
+        box.change(lambda x: x, box, box, api_name="echo")
     app.launch(
         server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
     )
     client = Client(app.local_url, verbose=False, download_files=False)
     pipe = arstudio.load_pipeline(PRESET)
     args = [PRESET, "red circle", 0, "", "", 11, False, count, 3.0, 1.0, 0, 1.0, "ar", 4, 4, 8, 0.2, 1.0]
-    ui_s, api_s = [], []
+    ui_s, api_s, echo_s = [], [], []
     client.predict(*args, api_name="/generate")  # warm-up: first-call allocations, file cache
     for _ in range(repeats):
+        t = time.perf_counter()
+        client.predict(1, api_name="/echo")
+        echo_s.append(time.perf_counter() - t)
         t = time.perf_counter()
         client.predict(*args, api_name="/generate")
         ui_s.append(time.perf_counter() - t)
@@ -79,7 +86,8 @@ def ui_vs_api(repeats: int, count: int) -> dict:
     app.close()
     ui, api = statistics.median(ui_s), statistics.median(api_s)
     return {"images_per_request": count, "ui_median_s": round(ui, 3), "api_median_s": round(api, 3),
-            "overhead_pct": round(100 * (ui - api) / api, 1), "ui_runs_s": [round(x, 3) for x in ui_s],
+            "overhead_pct": round(100 * (ui - api) / api, 1), "gradio_echo_median_s": round(statistics.median(echo_s), 3),
+            "ui_runs_s": [round(x, 3) for x in ui_s],
             "api_runs_s": [round(x, 3) for x in api_s], "cpu_pressure": cpu_pressure()}  # fmt: skip
 
 

@@ -176,3 +176,19 @@ def test_reconstruct_refuses_non_images_and_huge_images():
         load_image(b"hello")
     with pytest.raises(ValueError, match="at most 100 pixels"):
         load_image(png_bytes(np.zeros((20, 20, 3), np.uint8)), max_pixels=100)
+
+
+@pytest.mark.parametrize("command", ["ui", "render"])
+def test_cli_subcommands_have_help(command, capsys):
+    from arstudio.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    assert info.value.code == 0 and f"usage: arstudio {command}" in capsys.readouterr().out
+
+
+def test_ui_with_missing_hub_weights_fails_at_start_with_the_fix(capsys):
+    from arstudio.cli import main
+
+    assert main(["ui", "--preset", "llamagen-b-256", "--port", "0"]) == 2
+    assert "needs the official checkpoints" in capsys.readouterr().err
