@@ -80,11 +80,11 @@ def test_generate_round_trips_images_and_recipes(client):
 
     for path, expected in zip(files, api.images, strict=True):
         assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), expected)
-    # Drop the PNG back in: the controls come back set to reproduce that one image.
+    # Drop the PNG back in: the controls come back set to redo its batch (seed 7, 2 images) exactly.
     updates = client.predict(gradio_client.handle_file(files[1]), api_name="/load_recipe")
     values = {i: u.get("value") for i, u in enumerate(updates[:-1]) if isinstance(u, dict)}
-    assert values[0] == "test-tiny-c2i" and values[1] == "blue square" and values[5] == 8 and values[7] == 1
-    assert "loaded the recipe of seed 8" in updates[-1]
+    assert values[0] == "test-tiny-c2i" and values[1] == "blue square" and values[5] == 7 and values[7] == 2
+    assert values[6] is False and "loaded the recipe of seed 8" in updates[-1] and "batch of 2" in updates[-1]
 
 
 def test_randomised_seed_is_reported(client):
@@ -192,3 +192,11 @@ def test_ui_with_missing_hub_weights_fails_at_start_with_the_fix(capsys):
 
     assert main(["ui", "--preset", "llamagen-b-256", "--port", "0"]) == 2
     assert "needs the official checkpoints" in capsys.readouterr().err
+
+
+def test_a_recipe_restores_its_batch_when_the_studio_can_redo_it():
+    from arstudio.ui.controls import batch_of
+
+    assert batch_of({"seed": 9, "batch_seeds": [7, 8, 9]}) == (7, 3)
+    assert batch_of({"seed": 9, "batch_seeds": [9, 3]}) == (9, 1)  # a render chunk of non-consecutive seeds
+    assert batch_of({"seed": 9}) == (9, 1)

@@ -8,7 +8,15 @@ The public names load lazily so ``import arstudio`` (and the CLI's ``--help``) d
 """
 
 __version__ = "0.1.0"
-__all__ = ["ImageOutput", "ImagePipeline", "RenderSummary", "list_presets", "load_pipeline", "reconstruct", "render_batch"]
+__all__ = [
+    "ImageOutput",
+    "ImagePipeline",
+    "RenderSummary",
+    "list_presets",
+    "load_pipeline",
+    "reconstruct",
+    "render_batch",
+]
 
 _LAZY = {
     "load_pipeline": "arstudio.pipelines.loading",

@@ -279,7 +279,8 @@ def _render_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict
         name = job.file_name(seed)
         if name in done:
             continue
-        data = png_bytes(image, {**meta, "job": job.spec, "job_line": job.line})
+        # batch_seeds: batch composition can change pixels, so the recipe names the batch it was made in.
+        data = png_bytes(image, {**meta, "job": job.spec, "job_line": job.line, "batch_seeds": list(seeds)})
         atomic_write_bytes(out_dir / name, data)
         append_manifest(out_dir, {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "line": job.line,
                                   "job": job.spec, "seed": seed, "seed_index": start + offset,

@@ -178,7 +178,12 @@ def build_request(
 
 
 def recipe_updates(controls: Controls, pipe, meta: dict) -> dict:
-    """Controls set to reproduce the image whose recipe ``meta`` is (one image, its own seed)."""
+    """Controls set to reproduce the image whose recipe ``meta`` is.
+
+    Batch composition can change pixels (batched matmuls round differently), so when the recipe names the
+    batch the image was made in (``batch_seeds``, consecutive as the studio makes them) the whole batch is
+    restored; otherwise the image alone, from its own seed.
+    """
     updates = preset_updates(controls, pipe)
     updates[controls.preset] = gr.update(value=meta["preset"])
     if "prompt" in meta and is_text_preset(pipe):
@@ -189,9 +194,10 @@ def recipe_updates(controls: Controls, pipe, meta: dict) -> dict:
                                                  value=meta["class_name"])  # fmt: skip
     elif "class_label" in meta:
         updates[controls.class_id] = gr.update(visible=True, value=meta["class_label"])
-    updates[controls.seed] = gr.update(value=meta["seed"])
+    first, count = batch_of(meta)
+    updates[controls.seed] = gr.update(value=first)
     updates[controls.randomize] = gr.update(value=False)
-    updates[controls.num_images] = gr.update(value=1)
+    updates[controls.num_images] = gr.update(value=count)
     for key in ("guidance_scale", "temperature", "top_k", "top_p"):
         if key in meta:
             updates[getattr(controls, key)] = gr.update(value=meta[key])
@@ -202,3 +208,14 @@ def recipe_updates(controls: Controls, pipe, meta: dict) -> dict:
         if p.name in meta:
             updates[controls.knobs[(strategy, p.name)]] = gr.update(value=meta[p.name])
     return updates
+
+
+def batch_of(meta: dict) -> tuple[int, int]:
+    """(first seed, number of images) of the request that reproduces ``meta``'s image exactly."""
+    seeds = meta.get("batch_seeds")
+    consecutive = (
+        isinstance(seeds, list) and seeds == list(range(seeds[0], seeds[0] + len(seeds))) if seeds else False
+    )
+    if consecutive and meta["seed"] in seeds and len(seeds) <= MAX_IMAGES:
+        return seeds[0], len(seeds)
+    return meta["seed"], 1

@@ -9,19 +9,28 @@ import gradio as gr
 
 from arstudio.export import png_bytes, read_png_metadata
 from arstudio.ui.common import MODEL_QUEUE, PipelineCache, output_dir, user_error
-from arstudio.ui.controls import Controls, build_controls, build_request, preset_updates, recipe_updates
+from arstudio.ui.controls import (
+    Controls,
+    batch_of,
+    build_controls,
+    build_request,
+    preset_updates,
+    recipe_updates,
+)
 from arstudio.ui.streaming import Done, generate_with_previews
 
 MAX_RECIPE_BYTES = 20 * 2**20
 
 
 def save_outputs(output, knobs: dict) -> list[Path]:
-    """Each image as a PNG whose text chunk holds its full recipe (the strategy's knobs included)."""
+    """Each image as a PNG whose text chunk holds its full recipe (the strategy's knobs and the seeds of
+    its batch included: batch composition can change pixels, see ``controls.recipe_updates``)."""
     folder = output_dir()
     paths = []
+    batch = {"batch_seeds": list(output.seeds)}
     for index, (image, meta) in enumerate(zip(output.images, output.metadata, strict=True)):
         path = folder / f"arstudio_{meta['preset']}_{meta['seed']}_{index}.png"
-        path.write_bytes(png_bytes(image, {**knobs, **meta}))
+        path.write_bytes(png_bytes(image, {**knobs, **meta, **batch}))
         paths.append(path)
     return paths
 
@@ -96,7 +105,9 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
         try:
             meta = read_recipe(path)
             updates = recipe_updates(controls, cache.get(meta["preset"]), meta)
-            return {**updates, status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']})"}
+            first, count = batch_of(meta)
+            note = f" (made in a batch of {count} from seed {first}: restored whole)" if count > 1 else ""
+            return {**updates, status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}"}
         except Exception as err:
             raise user_error(err) from None
 
