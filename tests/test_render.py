@@ -116,7 +116,7 @@ def _render_cmd(jobs: Path, out: Path) -> list[str]:
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     lines = [{"preset": "test-tiny-c2i", "class": c, "seed": 100 * c, "count": 5} for c in range(12)]
     jobs = _write_jobs(tmp_path / "jobs.jsonl", lines)
-    subprocess.run(_render_cmd(jobs, tmp_path / "ref"), env=ENV, check=True, capture_output=True)
+    render_batch(jobs, tmp_path / "ref", batch_size=2, progress=False)  # uninterrupted, in this process
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(
