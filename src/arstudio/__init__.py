@@ -8,13 +8,24 @@ The public names load lazily so ``import arstudio`` (and the CLI's ``--help``) d
 """
 
 __version__ = "0.1.0"
-__all__ = ["ImageOutput", "ImagePipeline", "list_presets", "load_pipeline"]
+__all__ = [
+    "ImageOutput",
+    "ImagePipeline",
+    "RenderSummary",
+    "list_presets",
+    "load_pipeline",
+    "reconstruct",
+    "render_batch",
+]
 
 _LAZY = {
     "load_pipeline": "arstudio.pipelines.loading",
     "ImagePipeline": "arstudio.pipelines.image",
     "ImageOutput": "arstudio.pipelines.image",
     "list_presets": "arstudio.presets",
+    "render_batch": "arstudio.render",
+    "reconstruct": "arstudio.reconstruction",
+    "RenderSummary": "arstudio.render",
 }
 
 

@@ -170,11 +170,54 @@ def _run_presets(args) -> None:
         print(f"{name:16s} {preset.task:15s} {source:16s} {preset.description}")
 
 
+def _add_render(sub) -> None:
+    p = sub.add_parser("render", help="render a JSONL jobs file into a folder (resumable; accelerate-aware)")
+    p.add_argument("jobs", help='JSONL, one job a line, e.g. {"preset": "shapes-c2i", "class": 0, "seed": 1}')
+    p.add_argument("--out", required=True, help="output folder (PNGs + manifest.jsonl); rerun to resume")
+    p.add_argument("--batch-size", type=int, default=4, help="seeds of one job rendered per call")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_render)
+
+
+def _run_render(args) -> None:
+    from arstudio.render import render_batch
+
+    summary = render_batch(args.jobs, args.out, device=args.device, batch_size=args.batch_size,
+                           progress=not args.no_progress)  # fmt: skip
+    if summary.main_process:
+        print(summary)
+    if summary.failed:
+        raise RenderFailed(f"{len(summary.failed)} job(s) failed; the others were rendered")
+
+
+class RenderFailed(ValueError):
+    """Some jobs failed: exit status 2, after the others were rendered and the summary printed."""
+
+
+def _add_ui(sub) -> None:
+    p = sub.add_parser("ui", help="open the Gradio studio in the browser (offline, on 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", choices=("false", "true"), default="false", help="Gradio share link (online)")
+    p.add_argument("--preset", default=None, help="preset selected at start (default: shapes-c2i)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=_run_ui)
+
+
+def _run_ui(args) -> None:
+    from arstudio.ui import launch
+
+    launch(host=args.host, port=args.port, share=args.share == "true", preset=args.preset, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arstudio", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_presets(sub)
+    _add_render(sub)
+    _add_ui(sub)
     train = sub.add_parser("train", help="train tokenizers, generators and the FD-shapes classifier")
     train_sub = train.add_subparsers(dest="what", required=True)
     _add_train_tokenizer(train_sub)

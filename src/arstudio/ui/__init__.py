@@ -1,0 +1,54 @@
+"""The arstudio studio: a Gradio app over the public API. ``create_app()`` builds it; ``launch()`` serves it.
+
+Offline by design: Gradio's analytics and version check are switched off before Gradio is imported, the
+server listens on 127.0.0.1 unless told otherwise, and no share link is made unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _key, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
+                     ("GRADIO_SSR_MODE", "False")):  # fmt: skip
+    os.environ.setdefault(_key, _value)
+
+import gradio as gr  # noqa: E402
+
+import arstudio  # noqa: E402
+from arstudio.ui.common import DEFAULT_PRESET, MAX_UPLOAD, PipelineCache  # noqa: E402
+from arstudio.ui.decoding_lab import build_decoding_lab  # noqa: E402
+from arstudio.ui.image_tab import build_image_tab  # noqa: E402
+from arstudio.ui.tokenizer_lab import build_tokenizer_lab  # noqa: E402
+
+__all__ = ["MAX_UPLOAD", "create_app", "launch"]
+QUEUE_SIZE = 32  # waiting requests beyond this are refused with a message instead of piling up
+
+
+def create_app(preset: str | None = None, device=None, presets: list[str] | None = None) -> gr.Blocks:
+    """Build the studio. ``preset``: selected at start (loaded now, so the first request is quick);
+    ``presets``: those offered (default: all); ``device``: passed to ``arstudio.load_pipeline``."""
+    presets = list(presets or arstudio.list_presets())
+    preset = preset or (DEFAULT_PRESET if DEFAULT_PRESET in presets else presets[0])
+    if preset not in presets:
+        raise ValueError(f"preset {preset!r} is not among the offered presets {presets}")
+    cache = PipelineCache(device)
+    cache.get(preset)  # fail at start-up, with the loader's message, rather than on first click
+    with gr.Blocks(title="arstudio") as app:
+        gr.Markdown("# arstudio\nAutoregressive image generation: pick a preset, generate, inspect, compare.")
+        with gr.Tab("Image", id="image"):
+            controls = build_image_tab(cache, presets, preset)
+        with gr.Tab("Decoding lab", id="decoding"):
+            build_decoding_lab(cache, controls)
+        with gr.Tab("Tokenizer lab", id="tokenizer"):
+            build_tokenizer_lab(cache, presets, preset)
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
+    return app
+
+
+def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, preset: str | None = None,
+           device=None, block: bool = True, **kwargs):  # fmt: skip
+    """Serve the studio; ``block=False`` returns at once (tests, benchmarks). Returns the app."""
+    app = create_app(preset=preset, device=device)
+    app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, show_error=True,
+               prevent_thread_lock=not block, ssr_mode=False, **kwargs)  # fmt: skip
+    return app

@@ -1,0 +1,53 @@
+"""What every tab shares: one cache of loaded pipelines, readable errors, and where output files go.
+
+The studio imports only the public API: ``arstudio``'s top-level names and the public modules listed in
+``tests/test_ui.py`` (export, decoding's table of strategies, reconstruction, render); that test checks it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+import arstudio
+from arstudio.render import describe_error
+
+DEFAULT_PRESET = "shapes-c2i"
+MAX_IMAGES = 16  # per request: a CPU Space should answer in seconds, not minutes
+MAX_UPLOAD = "20mb"  # Gradio refuses larger uploads before our code sees them
+# Every event that runs a model shares this id, so one model call runs at a time (the KV cache is static).
+MODEL_QUEUE = "model"
+
+
+class PipelineCache:
+    """Pipelines loaded on first use and kept; loading is serialised so two tabs never load twice."""
+
+    def __init__(self, device=None):
+        self.device = device
+        self._pipes: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, preset: str):
+        with self._lock:
+            if preset not in self._pipes:
+                self._pipes[preset] = arstudio.load_pipeline(preset, device=self.device)
+            return self._pipes[preset]
+
+
+def user_error(err: BaseException) -> gr.Error:
+    """A gr.Error for ``err``: the browser shows the message, never a traceback, and the app keeps serving."""
+    if isinstance(err, gr.Error):
+        return err
+    return gr.Error(describe_error(err), print_exception=False)
+
+
+def output_dir() -> Path:
+    """A fresh folder per request for the PNGs a user downloads (inside the temp dir Gradio may serve)."""
+    return Path(tempfile.mkdtemp(prefix="arstudio-"))
+
+
+def is_text_preset(pipe) -> bool:
+    return pipe.text_encoder is not None

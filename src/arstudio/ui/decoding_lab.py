@@ -1,0 +1,66 @@
+"""The Decoding lab: the Image tab's request run once per decoding strategy the preset supports, side by
+side: images, wall-clock, target forwards, tokens per forward and accepted length.
+
+Strategies come from ``pipe.decoding_strategies``, so speculative and LANTERN appear here as soon as a
+preset ships a drafter for them; each runs with its own knobs from the Image tab's advanced controls.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from arstudio.ui.common import MODEL_QUEUE, PipelineCache, user_error
+from arstudio.ui.controls import Controls, build_request
+
+COLUMNS = ["strategy", "seconds", "forwards", "tokens_per_forward", "accepted_length", "speedup_vs_ar"]
+
+
+def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, progress=None):
+    """Run the request with every strategy (one shared seed); return (gallery items, table rows)."""
+    first = build_request(cache, controls, values)
+    values = {**values, controls.randomize: False, controls.seed: first.seed}  # every strategy, same seeds
+    items, rows = [], []
+    strategies = list(first.pipe.decoding_strategies)
+    for number, strategy in enumerate(strategies):
+        if progress is not None:
+            progress((number, len(strategies)), desc=f"running {strategy}")
+        request = build_request(cache, controls, values, decoding=strategy)
+        output = request.pipe(**request.kwargs)
+        stats, seconds = output.stats, output.timings["total_s"]
+        items += [
+            (image, f"{strategy} · seed {seed}")
+            for image, seed in zip(output.images, output.seeds, strict=True)
+        ]
+        accepted = stats.get("accepted_length", stats.get("mean_accepted_length"))
+        rows.append([strategy, round(seconds, 3), stats.get("forwards"), stats.get("tokens_per_forward"),
+                     accepted, None])  # fmt: skip
+    ar_seconds = next((r[1] for r in rows if r[0] == "ar"), None)
+    for row in rows:
+        row[5] = round(ar_seconds / row[1], 2) if ar_seconds and row[1] else None
+    return items, pd.DataFrame(rows, columns=COLUMNS)
+
+
+def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
+    gr.Markdown("Runs the **Image** tab's request (preset, condition, seed, sampling, knobs) with plain AR and "
+                "every accelerated strategy this preset supports, on the same seeds.")  # fmt: skip
+    run = gr.Button("Compare strategies", variant="primary", elem_id="compare")
+    gallery = gr.Gallery(
+        label="Images per strategy", columns=4, height="auto", format="png", elem_id="decoding-gallery"
+    )
+    table = gr.Dataframe(headers=COLUMNS, label="Speed", interactive=False)
+    chart = gr.BarPlot(
+        x="strategy", y="seconds", title="Wall-clock per strategy (lower is faster)", height=240
+    )
+
+    def on_run(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
+        try:
+            items, frame = compare_strategies(cache, controls, values, progress)
+            top = float(frame["seconds"].max()) * 1.15 or 1.0
+            return items, frame, gr.update(value=frame, y_lim=[0, top])  # bars start at zero
+        except Exception as err:
+            raise user_error(err) from None
+
+    run.click(
+        on_run, controls.inputs(), [gallery, table, chart], api_name="compare", concurrency_id=MODEL_QUEUE
+    )

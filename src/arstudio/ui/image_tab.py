@@ -1,0 +1,119 @@
+"""The Image tab: controls, Generate with streaming previews and progress, gallery, PNG downloads that carry
+their recipe, Stop, and "load recipe from image"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from arstudio.export import png_bytes, read_png_metadata
+from arstudio.ui.common import MODEL_QUEUE, PipelineCache, output_dir, user_error
+from arstudio.ui.controls import (
+    Controls,
+    batch_of,
+    build_controls,
+    build_request,
+    preset_updates,
+    recipe_updates,
+)
+from arstudio.ui.streaming import Done, generate_with_previews
+
+MAX_RECIPE_BYTES = 20 * 2**20
+
+
+def save_outputs(output, knobs: dict) -> list[Path]:
+    """Each image as a PNG whose text chunk holds its full recipe (the strategy's knobs and the seeds of
+    its batch included: batch composition can change pixels, see ``controls.recipe_updates``)."""
+    folder = output_dir()
+    paths = []
+    batch = {"batch_seeds": list(output.seeds)}
+    for index, (image, meta) in enumerate(zip(output.images, output.metadata, strict=True)):
+        path = folder / f"arstudio_{meta['preset']}_{meta['seed']}_{index}.png"
+        path.write_bytes(png_bytes(image, {**knobs, **meta, **batch}))
+        paths.append(path)
+    return paths
+
+
+def read_recipe(path) -> dict:
+    """The recipe inside a PNG this studio (or ``arstudio generate/render``) wrote; clear errors otherwise."""
+    if path is None:
+        raise ValueError("drop a PNG made by arstudio to load its recipe")
+    path = Path(path)
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ValueError(
+            f"{path.name} is {path.stat().st_size / 2**20:.0f} MB; recipes come from PNGs under 20 MB"
+        )
+    try:
+        meta = read_png_metadata(path)
+    except KeyError as err:
+        raise ValueError(
+            f"{path.name} has no arstudio recipe: only PNGs saved by arstudio carry one"
+        ) from err
+    except Exception as err:  # PIL's errors for non-images vary by format
+        raise ValueError(f"{path.name} is not a PNG image arstudio can read") from err
+    if not isinstance(meta, dict) or "preset" not in meta or "seed" not in meta:
+        raise ValueError(f"{path.name} carries an arstudio text chunk without a preset and seed")
+    return meta
+
+
+def caption(meta: dict) -> str:
+    return (
+        f"{meta.get('class_name') or meta.get('prompt') or meta.get('class_label', '')} · seed {meta['seed']}"
+    )
+
+
+def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Controls:
+    controls = build_controls(presets, cache.get(preset))
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary", elem_id="generate")
+        stop = gr.Button("Stop", variant="stop", elem_id="stop")
+    gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="gallery", format="png")
+    with gr.Row():
+        seed_used = gr.Number(label="Seed used (image i: seed + i)", precision=0, interactive=False)
+        status = gr.Markdown(elem_id="status")
+    files = gr.File(label="PNGs with their recipe", file_count="multiple", interactive=False)
+    recipe = gr.File(label="Load recipe from image: drop a PNG made by arstudio", file_types=[".png"],
+                     elem_id="recipe")  # fmt: skip
+
+    def on_generate(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
+        try:
+            request = build_request(cache, controls, values)
+            for event in generate_with_previews(request.pipe, request.kwargs):
+                if isinstance(event, Done):
+                    break
+                progress((event.step, event.total), desc="tokens")
+                yield {gallery: event.images, seed_used: request.seed,
+                       status: f"token {event.step} / {event.total}"}  # fmt: skip
+            output = event.output
+            paths = save_outputs(output, request.knobs)
+            seconds, forwards = output.timings["total_s"], output.stats.get("forwards")
+            yield {gallery: [(str(p), caption(m)) for p, m in zip(paths, output.metadata, strict=True)],
+                   seed_used: request.seed, files: [str(p) for p in paths],
+                   status: f"{len(paths)} image(s) in {seconds:.2f} s · {forwards} forwards · "
+                   f"{request.kwargs['decoding']}"}  # fmt: skip
+        except Exception as err:
+            raise user_error(err) from None
+
+    def on_preset(name: str):
+        try:
+            return preset_updates(controls, cache.get(name))
+        except Exception as err:
+            raise user_error(err) from None
+
+    def on_recipe(path):
+        try:
+            meta = read_recipe(path)
+            updates = recipe_updates(controls, cache.get(meta["preset"]), meta)
+            first, count = batch_of(meta)
+            note = f" (made in a batch of {count} from seed {first}: restored whole)" if count > 1 else ""
+            return {**updates, status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}"}
+        except Exception as err:
+            raise user_error(err) from None
+
+    event = generate.click(on_generate, controls.inputs(), [gallery, seed_used, status, files],
+                           api_name="generate", concurrency_id=MODEL_QUEUE)  # fmt: skip
+    stop.click(None, None, None, cancels=[event])
+    controls.preset.input(on_preset, controls.preset, controls.updatable(), api_name="preset")
+    recipe.upload(on_recipe, recipe, [*controls.updatable(), status], api_name="load_recipe")
+    return controls

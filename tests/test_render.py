@@ -1,0 +1,159 @@
+"""Batch rendering: job validation, manifest, resume after damage and after kill -9, multi-process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from arstudio.export import read_png_metadata
+from arstudio.render import MANIFEST_NAME, JobError, parse_job, read_jobs, render_batch, sha256_file
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+# Subprocesses: this checkout's code, one thread (OpenMP on shared cores is 10x slower, see conftest.py).
+ENV = {
+    **os.environ,
+    "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    "OMP_NUM_THREADS": "1",
+}
+TINY = {"preset": "test-tiny-c2i", "class": "red circle", "seed": 5, "count": 3}
+
+
+@pytest.mark.parametrize(
+    "job, message",
+    [
+        ({"class": 1, "seed": 0}, "missing preset"),
+        ({**TINY, "preset": "nope"}, "unknown preset 'nope'"),
+        ({**TINY, "colour": "red"}, "unknown key(s) ['colour']"),
+        ({**TINY, "top_p": 1.5}, "top_p=1.5 is not allowed"),
+        ({**TINY, "temperature": 0}, "temperature=0 is not allowed"),
+        ({**TINY, "decoding": "magic"}, "decoding='magic' is unknown"),
+        ({**TINY, "draft_tokens": 4}, "unknown key(s) ['draft_tokens']"),  # ar has no such knob
+        ({**TINY, "decoding": "speculative", "draft_tokens": 99}, "draft_tokens=99 is out of range"),
+        ({**TINY, "prompt": "red circle"}, "exactly one of prompt"),
+        ({"preset": "test-tiny-c2i", "class": 1}, "give seeds (a list) or seed"),
+        ({**TINY, "count": 0}, "count=0 must be an integer"),
+        ({"preset": "test-tiny-c2i", "class": 1, "seeds": [1, 1]}, "has repeats"),
+        ({"preset": "test-tiny-c2i", "class": True, "seed": 1}, "class=True must be"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_bad_jobs_are_rejected_with_line_and_reason(job, message):
+    with pytest.raises(JobError) as info:
+        parse_job(job, line=7)
+    assert str(info.value).startswith("line 7: ") and message in str(info.value)
+
+
+def test_a_good_job_expands_its_seeds_and_keeps_knobs():
+    job = parse_job({**TINY, "decoding": "lantern", "lantern_delta": 0.5, "guidance_scale": 3}, line=2)
+    assert job.seeds == (5, 6, 7) and job.spec["lantern_delta"] == 0.5 and job.spec["guidance_scale"] == 3
+    assert job.file_name(6).startswith("red-circle_") and job.file_name(6).endswith("_6.png")
+
+
+def _write_jobs(path: Path, lines: list) -> Path:
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def _snapshot(out: Path) -> tuple[list, dict]:
+    """Manifest without timings, and the sha256 of every file in the folder."""
+    entries = [json.loads(line) for line in (out / MANIFEST_NAME).read_text().splitlines()]
+    for entry in entries:
+        entry.pop("timings"), entry.pop("stats")
+    files = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.name != MANIFEST_NAME}
+    return entries, files
+
+
+def test_bad_lines_are_reported_and_the_rest_is_rendered(tmp_path):
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [
+        TINY, "{not json", {**TINY, "class": 99}, "", {"preset": "test-tiny-t2i", "prompt": "a blue square",
+        "seeds": [1, 2], "negative_prompt": "red"}, {**TINY, "sharpness": 2},
+    ])  # fmt: skip
+    summary = render_batch(jobs, tmp_path / "out", progress=False)
+    assert summary.rendered == 5 and summary.skipped == 0
+    assert [m.split(":")[0] for m in summary.failed] == ["line 2", "line 3", "line 6"]
+    assert "class label 99 is out of range" in summary.failed[1] and "sharpness" in summary.failed[2]
+    entries, files = _snapshot(tmp_path / "out")
+    assert [(e["line"], e["seed"]) for e in entries] == [(1, 5), (1, 6), (1, 7), (5, 1), (5, 2)]
+    assert all(files[e["file"]] == e["sha256"] for e in entries) and len(files) == 5
+    meta = read_png_metadata(tmp_path / "out" / entries[3]["file"])
+    assert meta["prompt"] == "a blue square" and meta["negative_prompt"] == "red" and meta["seed"] == 1
+
+
+def test_resume_repairs_damage_and_matches_a_clean_run(tmp_path):
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl",
+        [TINY, {"preset": "test-tiny-c2i", "class": 4, "seeds": [11, 12, 13, 14, 15]}],
+    )
+    render_batch(jobs, tmp_path / "clean", progress=False, batch_size=2)
+    reference = _snapshot(tmp_path / "clean")
+
+    out = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "clean", out)
+    entries = (out / MANIFEST_NAME).read_text().splitlines()
+    lost = json.loads(entries[-1])["file"]
+    corrupt = json.loads(entries[0])["file"]
+    (out / MANIFEST_NAME).write_text("\n".join(entries[:-2]) + "\n" + entries[-2][:30])  # torn last line
+    (out / corrupt).write_bytes(b"half a png")  # sha mismatch: must be rendered again
+    (out / lost).unlink()
+    (out / f".{lost}.abc123.tmp").write_bytes(b"stray")  # an interrupted atomic write
+    summary = render_batch(jobs, out, progress=False, batch_size=2)
+    assert summary.rendered == 3 and summary.skipped == 5 and not summary.failed
+    assert _snapshot(out) == reference
+    assert render_batch(jobs, out, progress=False, batch_size=2).rendered == 0  # all done: nothing to redo
+
+
+def _render_cmd(jobs: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "arstudio.cli", "render", str(jobs), "--out", str(out), "--batch-size", "2",
+            "--no-progress"]  # fmt: skip
+
+
+def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
+    lines = [{"preset": "test-tiny-c2i", "class": c, "seed": 100 * c, "count": 5} for c in range(12)]
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", lines)
+    render_batch(jobs, tmp_path / "ref", batch_size=2, progress=False)  # uninterrupted, in this process
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _render_cmd(jobs, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    manifest = out / MANIFEST_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        manifest.is_file() and manifest.read_bytes().count(b"\n") >= 1
+    ):
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = manifest.read_bytes().count(b"\n")
+    assert 1 <= done_before < 60, "the kill must land mid-run"
+    finished = subprocess.run(_render_cmd(jobs, out), env=ENV, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert f"{60 - done_before} image(s), {done_before} already done" in finished.stdout
+    assert _snapshot(out) == _snapshot(tmp_path / "ref")
+
+
+def test_jobs_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_jobs(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="batch_size=0"):
+        render_batch([TINY], tmp_path, batch_size=0)
+
+
+@pytest.mark.slow
+def test_two_accelerate_processes_split_the_jobs_and_match_one_process(tmp_path):
+    lines = [{"preset": "test-tiny-c2i", "class": c, "seed": c, "count": 4} for c in range(6)] + ["oops"]
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", lines)
+    subprocess.run(_render_cmd(jobs, tmp_path / "one"), env=ENV, capture_output=True)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "arstudio.cli",
+              *_render_cmd(jobs, tmp_path / "two")[3:]]  # fmt: skip
+    result = subprocess.run(launch, env=ENV, capture_output=True, text=True, timeout=300)
+    assert "rendered 24 image(s), 0 already done, 1 job(s) failed" in result.stdout, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout and "line 7: not valid JSON" in result.stdout
+    assert _snapshot(tmp_path / "two") == _snapshot(tmp_path / "one")

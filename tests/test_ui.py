@@ -1,0 +1,202 @@
+"""The studio served on 127.0.0.1 and driven through gradio_client, plus its pieces without a server."""
+
+import ast
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import arstudio
+from arstudio.export import png_bytes, read_png_metadata
+
+gradio_client = pytest.importorskip("gradio_client")
+UI_DIR = Path(arstudio.__file__).parent / "ui"
+# The studio's allowed imports from arstudio: the top-level API and these public modules, nothing private.
+PUBLIC_MODULES = {
+    "arstudio",
+    "arstudio.export",
+    "arstudio.decoding",
+    "arstudio.reconstruction",
+    "arstudio.render",
+}
+PRESETS = ["test-tiny-c2i", "test-tiny-t2i", "llamagen-b-256"]
+KNOBS = [4, 4, 8, 0.2, 1.0]  # speculative/lantern knob fields (hidden while the preset offers only "ar")
+
+
+def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed=7, randomize=False, count=2,
+             top_k=0, decoding="ar"):  # fmt: skip
+    return [preset, class_name, 0, prompt, "", seed, randomize, count, 2.0, 1.0, top_k, 1.0, decoding, *KNOBS]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from arstudio.ui import create_app
+
+    app = create_app(preset="test-tiny-c2i", presets=PRESETS)
+    app.launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
+    )
+    try:
+        assert app.local_url.startswith("http://127.0.0.1:")
+        yield gradio_client.Client(app.local_url, verbose=False)
+    finally:
+        app.close()
+
+
+def test_the_ui_imports_only_the_public_api():
+    for path in UI_DIR.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("arstudio"):
+                module, names = node.module, [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                module, names = None, [a.name for a in node.names if a.name.startswith("arstudio")]
+            else:
+                continue
+            if module is None:  # import arstudio / import arstudio.ui.x
+                assert all(n == "arstudio" or n.startswith("arstudio.ui") for n in names), (path.name, names)
+                continue
+            if module.startswith("arstudio.ui"):
+                continue
+            assert module in PUBLIC_MODULES, f"{path.name} imports {module}"
+            assert not any(n.startswith("_") for n in names), f"{path.name} imports private {names}"
+            if module == "arstudio":
+                assert set(names) <= set(arstudio.__all__), f"{path.name}: {names} not in arstudio.__all__"
+        assert "arstudio._" not in path.read_text() and "pipe._" not in path.read_text(), path.name
+
+
+def test_generate_round_trips_images_and_recipes(client):
+    gallery, seed, status, files = client.predict(*_request(), api_name="/generate")
+    assert seed == 7 and "2 image(s)" in status and len(gallery) == len(files) == 2
+    metas = [read_png_metadata(f) for f in files]
+    assert [m["seed"] for m in metas] == [7, 8] and {m["class_name"] for m in metas} == {"blue square"}
+    assert metas[0]["preset"] == "test-tiny-c2i" and metas[0]["decoding"] == "ar"
+    # The UI's image is the Python API's image for the same recipe.
+    pipe = arstudio.load_pipeline("test-tiny-c2i")
+    api = pipe(prompt="blue square", num_images_per_prompt=2, guidance_scale=2.0, output_type="np",
+               generator=[torch.Generator().manual_seed(s) for s in (7, 8)])  # fmt: skip
+    from PIL import Image
+
+    for path, expected in zip(files, api.images, strict=True):
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), expected)
+    # Drop the PNG back in: the controls come back set to redo its batch (seed 7, 2 images) exactly.
+    updates = client.predict(gradio_client.handle_file(files[1]), api_name="/load_recipe")
+    values = {i: u.get("value") for i, u in enumerate(updates[:-1]) if isinstance(u, dict)}
+    assert values[0] == "test-tiny-c2i" and values[1] == "blue square" and values[5] == 7 and values[7] == 2
+    assert values[6] is False and "loaded the recipe of seed 8" in updates[-1] and "batch of 2" in updates[-1]
+
+
+def test_randomised_seed_is_reported(client):
+    _, seed, _, files = client.predict(*_request(seed=0, randomize=True, count=1), api_name="/generate")
+    assert isinstance(seed, int) and read_png_metadata(files[0])["seed"] == seed
+
+
+def test_bad_input_gets_a_readable_message_and_the_app_keeps_serving(client, tmp_path):
+    errors = gradio_client.exceptions.AppError
+    with pytest.raises(errors, match="needs the official checkpoints"):
+        client.predict(*_request(preset="llamagen-b-256"), api_name="/generate")
+    with pytest.raises(errors, match="write a prompt first"):
+        client.predict(*_request(preset="test-tiny-t2i", prompt="  "), api_name="/generate")
+    with pytest.raises(errors, match="-1 is less than minimum value 0"):  # Gradio's own range check
+        client.predict(*_request(top_k=-1), api_name="/generate")
+    with pytest.raises(errors, match="not a class of test-tiny-c2i"):
+        client.predict(*_request(class_name="purple blob"), api_name="/generate")
+    with pytest.raises(errors, match="decoding='lantern' is not available"):
+        client.predict(*_request(decoding="lantern"), api_name="/generate")
+    plain = tmp_path / "plain.png"
+    plain.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    with pytest.raises(errors, match="has no arstudio recipe"):
+        client.predict(gradio_client.handle_file(str(plain)), api_name="/load_recipe")
+    fake = tmp_path / "fake.png"
+    fake.write_text("not a picture")
+    with pytest.raises(errors, match="not a PNG image"):
+        client.predict(gradio_client.handle_file(str(fake)), api_name="/load_recipe")
+    with pytest.raises(errors, match="not an image"):
+        client.predict(
+            ["test-tiny-c2i"], "red circle", gradio_client.handle_file(str(fake)), api_name="/tokenize"
+        )
+    gallery, _, _, _ = client.predict(*_request(count=1), api_name="/generate")  # still serving
+    assert len(gallery) == 1
+
+
+def test_text_preset_through_the_ui(client):
+    _, _, _, files = client.predict(*_request(preset="test-tiny-t2i", prompt="a red circle", count=1),
+                                    api_name="/generate")  # fmt: skip
+    meta = read_png_metadata(files[0])
+    assert meta["prompt"] == "a red circle" and meta["preset"] == "test-tiny-t2i"
+
+
+def test_labs(client):
+    gallery, table = client.predict(["test-tiny-c2i"], "red circle", None, api_name="/tokenize")
+    assert len(gallery) == 3 and table["data"][0][0] == "test-tiny-c2i" and table["data"][0][4] > 0  # PSNR
+    gallery, table, _ = client.predict(*_request(count=1), api_name="/compare")
+    assert [row[0] for row in table["data"]] == list(
+        arstudio.load_pipeline("test-tiny-c2i").decoding_strategies
+    )
+    assert table["data"][0][2] == 16  # forwards: one per token of the 4x4 grid
+
+
+def test_previews_stream_and_stop_halts_the_pipeline():
+    from arstudio.ui.streaming import Done, Preview, generate_with_previews
+
+    pipe = arstudio.load_pipeline("test-tiny-c2i")
+    kwargs = {"prompt": "red circle", "generator": torch.Generator().manual_seed(0)}
+    events = []
+    for event in generate_with_previews(pipe, kwargs, previews=4, min_interval_s=0):
+        events.append(event)
+        time.sleep(0.05)  # a slow consumer: previews must not pile up behind it
+    assert isinstance(events[-1], Done) and 1 <= len(events) - 1 <= 3
+    assert all(e.step in (4, 8, 12) for e in events[:-1])
+    assert events[0].images[0].size == (16, 16)
+
+    answers = []
+
+    class Slow:  # the real pipeline, 10 ms per token, recording what the callback answered
+        preview = staticmethod(pipe.preview)
+
+        def __call__(self, callback_on_step_end, **kw):
+            def callback(*args):
+                time.sleep(0.01)
+                answers.append(callback_on_step_end(*args))
+                return answers[-1]
+
+            return pipe(callback_on_step_end=callback, **kw)
+
+    stream = generate_with_previews(Slow(), kwargs, previews=8, min_interval_s=0)
+    assert isinstance(next(stream), Preview)
+    stream.close()  # what Gradio does on Stop
+    assert answers[-1] is False and len(answers) < 16
+
+
+def test_reconstruct_refuses_non_images_and_huge_images():
+    from arstudio.reconstruction import load_image
+
+    with pytest.raises(ValueError, match="not an image"):
+        load_image(b"hello")
+    with pytest.raises(ValueError, match="at most 100 pixels"):
+        load_image(png_bytes(np.zeros((20, 20, 3), np.uint8)), max_pixels=100)
+
+
+@pytest.mark.parametrize("command", ["ui", "render"])
+def test_cli_subcommands_have_help(command, capsys):
+    from arstudio.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    assert info.value.code == 0 and f"usage: arstudio {command}" in capsys.readouterr().out
+
+
+def test_ui_with_missing_hub_weights_fails_at_start_with_the_fix(capsys):
+    from arstudio.cli import main
+
+    assert main(["ui", "--preset", "llamagen-b-256", "--port", "0"]) == 2
+    assert "needs the official checkpoints" in capsys.readouterr().err
+
+
+def test_a_recipe_restores_its_batch_when_the_studio_can_redo_it():
+    from arstudio.ui.controls import batch_of
+
+    assert batch_of({"seed": 9, "batch_seeds": [7, 8, 9]}) == (7, 3)
+    assert batch_of({"seed": 9, "batch_seeds": [9, 3]}) == (9, 1)  # a render chunk of non-consecutive seeds
+    assert batch_of({"seed": 9}) == (9, 1)
