@@ -102,8 +102,8 @@ def test_bad_input_gets_a_readable_message_and_the_app_keeps_serving(client, tmp
         client.predict(*_request(top_k=-1), api_name="/generate")
     with pytest.raises(errors, match="not a class of test-tiny-c2i"):
         client.predict(*_request(class_name="purple blob"), api_name="/generate")
-    with pytest.raises(errors, match="decoding='lantern' is not available"):
-        client.predict(*_request(decoding="lantern"), api_name="/generate")
+    with pytest.raises(errors, match="decoding='magic' is not available for test-tiny-c2i"):
+        client.predict(*_request(decoding="magic"), api_name="/generate")
     plain = tmp_path / "plain.png"
     plain.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
     with pytest.raises(errors, match="has no arstudio recipe"):
