@@ -18,6 +18,7 @@ PUBLIC_MODULES = {
     "arstudio",
     "arstudio.export",
     "arstudio.decoding",
+    "arstudio.evaluation.verifier",
     "arstudio.reconstruction",
     "arstudio.render",
 }
@@ -130,7 +131,7 @@ def test_text_preset_through_the_ui(client):
 def test_labs(client):
     gallery, table = client.predict(["test-tiny-c2i"], "red circle", None, api_name="/tokenize")
     assert len(gallery) == 3 and table["data"][0][0] == "test-tiny-c2i" and table["data"][0][4] > 0  # PSNR
-    gallery, table, _ = client.predict(*_request(count=1), api_name="/compare")
+    gallery, table, _, _ = client.predict(*_request(count=1), api_name="/compare")
     assert [row[0] for row in table["data"]] == list(
         arstudio.load_pipeline("test-tiny-c2i").decoding_strategies
     )
@@ -200,3 +201,19 @@ def test_a_recipe_restores_its_batch_when_the_studio_can_redo_it():
     assert batch_of({"seed": 9, "batch_seeds": [7, 8, 9]}) == (7, 3)
     assert batch_of({"seed": 9, "batch_seeds": [9, 3]}) == (9, 1)  # a render chunk of non-consecutive seeds
     assert batch_of({"seed": 9}) == (9, 1)
+
+
+def test_decoding_lab_quality_axis_where_a_judge_exists():
+    from arstudio.ui.decoding_lab import verifier_accuracy
+
+    def run(preset, **kw):
+        pipe = arstudio.load_pipeline(preset)
+        return pipe(num_images_per_prompt=2, generator=torch.Generator().manual_seed(3), **kw)
+
+    assert (
+        0.5 <= verifier_accuracy(run("shapes-c2i", prompt="blue square")) <= 1.0
+    )  # shipped model: mostly right
+    assert (
+        verifier_accuracy(run("test-tiny-c2i", prompt="blue square")) is None
+    )  # 16 px: not a verifier canvas
+    assert verifier_accuracy(run("test-tiny-t2i", prompt="a blue square")) is None  # text: no class to judge
