@@ -144,7 +144,7 @@ def test_previews_stream_and_stop_halts_the_pipeline():
     pipe = arstudio.load_pipeline("test-tiny-c2i")
     kwargs = {"prompt": "red circle", "generator": torch.Generator().manual_seed(0)}
     events = []
-    for event in generate_with_previews(pipe, kwargs, previews=4, min_interval_s=0):
+    for event in generate_with_previews(pipe, kwargs, previews=4, min_interval_s=0, max_share=1.0):
         events.append(event)
         time.sleep(0.05)  # a slow consumer: previews must not pile up behind it
     assert isinstance(events[-1], Done) and 1 <= len(events) - 1 <= 3
@@ -164,7 +164,7 @@ def test_previews_stream_and_stop_halts_the_pipeline():
 
             return pipe(callback_on_step_end=callback, **kw)
 
-    stream = generate_with_previews(Slow(), kwargs, previews=8, min_interval_s=0)
+    stream = generate_with_previews(Slow(), kwargs, previews=8, min_interval_s=0, max_share=1.0)
     assert isinstance(next(stream), Preview)
     stream.close()  # what Gradio does on Stop
     assert answers[-1] is False and len(answers) < 16

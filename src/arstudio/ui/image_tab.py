@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
-from arstudio.export import png_bytes, read_png_metadata
+from arstudio.export import make_grid, png_bytes, read_png_metadata
 from arstudio.ui.common import MODEL_QUEUE, PipelineCache, output_dir, user_error
 from arstudio.ui.controls import (
     Controls,
@@ -57,6 +58,11 @@ def read_recipe(path) -> dict:
     return meta
 
 
+def preview_sheet(images: list) -> np.ndarray:
+    """All previews of a request as one picture: Gradio encodes one image per update instead of one each."""
+    return make_grid([np.asarray(image) for image in images], columns=min(4, len(images)))
+
+
 def caption(meta: dict) -> str:
     return (
         f"{meta.get('class_name') or meta.get('prompt') or meta.get('class_label', '')} · seed {meta['seed']}"
@@ -83,7 +89,7 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
                 if isinstance(event, Done):
                     break
                 progress((event.step, event.total), desc="tokens")
-                yield {gallery: event.images, seed_used: request.seed,
+                yield {gallery: [preview_sheet(event.images)], seed_used: request.seed,
                        status: f"token {event.step} / {event.total}"}  # fmt: skip
             output = event.output
             paths = save_outputs(output, request.knobs)
