@@ -56,7 +56,8 @@ def run_lab(cache: PipelineCache, presets: list[str], picture: str | None, uploa
 
 def build_tokenizer_lab(cache: PipelineCache, presets: list[str], preset: str) -> None:
     with gr.Row():
-        chosen = gr.CheckboxGroup(presets, value=[preset], label="Tokenizers of these presets")
+        chosen = gr.CheckboxGroup(presets, value=[preset], label="Tokenizers of these presets",
+                                  elem_id="tokenizer-presets")  # fmt: skip
         picture = gr.Dropdown(list(sample_pictures()), value="red circle", label="Built-in picture")
         upload = gr.File(label="...or upload an image", file_types=["image"], type="filepath")
     run = gr.Button("Tokenize and reconstruct", variant="primary", elem_id="tokenize")
