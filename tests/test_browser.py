@@ -63,6 +63,7 @@ def test_browser_generates_and_every_tab_renders(studio_url, tmp_path):
         page.click("#tokenize", timeout=TIMEOUT_MS)
         page.get_by_text("tick at least one preset").first.wait_for(timeout=TIMEOUT_MS)
         assert "Traceback" not in page.content()
+        page.locator(".toast-close").first.click()  # dismiss it, for a clean screenshot
         chosen.check()
         page.click("#tokenize", timeout=TIMEOUT_MS)
         page.wait_for_selector("#tokenizer-gallery img", timeout=TIMEOUT_MS)
