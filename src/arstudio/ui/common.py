@@ -6,6 +6,8 @@ The studio imports only the public API: ``arstudio``'s top-level names and the p
 
 from __future__ import annotations
 
+import functools
+import inspect
 import shutil
 import tempfile
 import threading
@@ -48,6 +50,29 @@ def user_error(err: BaseException) -> gr.Error:
 
 OUTPUT_ROOT = Path(tempfile.gettempdir()) / "arstudio-studio"
 OUTPUT_LIFETIME_S = 3600  # a long-running Space must not fill its disk with old downloads
+
+
+def readable_errors(handler):
+    """Wrap a Gradio handler (plain or generator) so any error reaches the user as ``user_error``."""
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def stream(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except Exception as err:
+                raise user_error(err) from None
+
+        return stream
+
+    @functools.wraps(handler)
+    def call(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Exception as err:
+            raise user_error(err) from None
+
+    return call
 
 
 def output_dir() -> Path:

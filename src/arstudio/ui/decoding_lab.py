@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from arstudio.ui.common import MODEL_QUEUE, PipelineCache, user_error
+from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
 from arstudio.ui.controls import Controls, build_request
 
 COLUMNS = ["strategy", "seconds", "forwards", "tokens_per_forward", "accepted_length", "speedup_vs_ar",
@@ -70,15 +70,13 @@ def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
         quality = gr.BarPlot(x="strategy", y="verifier_accuracy", visible=False,
                              title="Verifier accuracy: images showing their class (higher is better)")  # fmt: skip
 
+    @readable_errors
     def on_run(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
-        try:
-            items, frame = compare_strategies(cache, controls, values, progress)
-            top = float(frame["seconds"].max()) * 1.15 or 1.0
-            judged = frame["verifier_accuracy"].notna().all()
-            return (items, frame, gr.update(value=frame, y_lim=[0, top]),  # bars start at zero
-                    gr.update(value=frame, visible=bool(judged), y_lim=[0, 1]))  # fmt: skip
-        except Exception as err:
-            raise user_error(err) from None
+        items, frame = compare_strategies(cache, controls, values, progress)
+        top = float(frame["seconds"].max()) * 1.15 or 1.0
+        judged = frame["verifier_accuracy"].notna().all()
+        return (items, frame, gr.update(value=frame, y_lim=[0, top]),  # bars start at zero
+                gr.update(value=frame, visible=bool(judged), y_lim=[0, 1]))  # fmt: skip
 
     run.click(
         on_run,

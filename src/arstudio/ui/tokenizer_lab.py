@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 import arstudio
-from arstudio.ui.common import MODEL_QUEUE, PipelineCache, user_error
+from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
 
 COLUMNS = ["preset", "resolution", "token grid", "codebook", "PSNR dB", "codes used", "codebook usage %"]
 
@@ -70,11 +70,9 @@ def build_tokenizer_lab(cache: PipelineCache, presets: list[str], preset: str) -
     )
     table = gr.Dataframe(headers=COLUMNS, label="Per tokenizer", interactive=False)
 
+    @readable_errors
     def on_run(names, picture_name, upload_path):
-        try:
-            return run_lab(cache, names, picture_name, upload_path)
-        except Exception as err:
-            raise user_error(err) from None
+        return run_lab(cache, names, picture_name, upload_path)
 
     run.click(
         on_run, [chosen, picture, upload], [gallery, table], api_name="tokenize", concurrency_id=MODEL_QUEUE
