@@ -49,6 +49,9 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num-images", type=int, default=60_000, help="size of the tokenized training set")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", help="warm start from another generator run's weights (same config)")
+    p.add_argument("--two-object-weight", type=float, default=1.0,
+                   help="text presets: draw two-object captions this many times as often as one-object ones")  # fmt: skip
     p.set_defaults(func=_run_train_generator)
 
 
@@ -63,8 +66,29 @@ def _run_train_generator(args) -> None:
 
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len)
     train_generator(args.out, args.tokenizer, preset.generator, steps=args.steps, batch_size=args.batch_size,
-                    lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder)  # fmt: skip
+                    lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
+                    init_from=args.init_from, two_object_weight=args.two_object_weight)  # fmt: skip
     print(f"generator saved to {args.out}")
+
+
+def _add_train_drafter(sub) -> None:
+    p = sub.add_parser("drafter", help="train a speculative-decoding drafter for a preset's generator")
+    p.add_argument("--preset", required=True, help="preset whose (shipped) generator is the target")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--num-images", type=int, default=20_000, help="size of the tokenized training set")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_drafter)
+
+
+def _run_train_drafter(args) -> None:
+    from arstudio.training.drafter import train_drafter
+
+    train_drafter(args.out, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                  num_images=args.num_images, seed=args.seed)  # fmt: skip
+    print(f"drafter saved to {args.out}")
 
 
 def _add_train_classifier(sub) -> None:
@@ -199,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_tokenizer(train_sub)
     _add_train_generator(train_sub)
     _add_train_classifier(train_sub)
+    _add_train_drafter(train_sub)
     return parser
 
 

@@ -37,13 +37,15 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Raise if ``state`` does not match ``model`` key for key and shape for shape.
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                     allow_missing: tuple[str, ...] = ()) -> None:  # fmt: skip
+    """Raise if ``state`` does not match ``model`` key for key and shape for shape (``allow_missing``: keys
+    that may be absent and keep the model's own values, e.g. a parameter added since a warm start's run).
 
     ``load_state_dict(strict=True)`` would also refuse, but its message buries the few names that matter.
     """
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - set(allow_missing))
     unexpected = sorted(set(state) - set(expected))
     wrong = [
         f"{k}: {tuple(state[k].shape)} in {source}, model wants {tuple(v.shape)}"
@@ -115,13 +117,15 @@ def read_config(directory: str | Path, config_cls, expected_class: str):
     return config_cls(**raw)
 
 
-def load_weights_into(model: nn.Module, directory: str | Path) -> nn.Module:
+def load_weights_into(
+    model: nn.Module, directory: str | Path, allow_missing: tuple[str, ...] = ()
+) -> nn.Module:
     """Load ``directory/model.safetensors`` into ``model`` after checking every key and shape."""
     path = Path(directory) / WEIGHTS_NAME
     state = load_safetensors(path)
-    check_state_dict(model, state, source=str(path))
+    check_state_dict(model, state, source=str(path), allow_missing=allow_missing)
     reference = model.state_dict()
-    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()}, strict=not allow_missing)
     return model
 
 

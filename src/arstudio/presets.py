@@ -164,6 +164,7 @@ register_preset(
             vocab_size=32,
             condition="text",
             text_dim=32,
+            text_positions=True,
             backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=4, prefix_len=12),
         ),
         text_encoder="tiny",

@@ -58,7 +58,9 @@ class TextConditioning(nn.Module):
     unconditional stream, and what captions are replaced by under caption dropout in training.
     """
 
-    def __init__(self, text_dim: int, text_len: int, dim: int, dropout_prob: float = 0.1):
+    def __init__(
+        self, text_dim: int, text_len: int, dim: int, dropout_prob: float = 0.1, positions: bool = False
+    ):
         super().__init__()
         self.text_len = text_len
         self.prefix_len = text_len
@@ -67,6 +69,11 @@ class TextConditioning(nn.Module):
             nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
         )
         self.uncond_embedding = nn.Parameter(torch.randn(text_len, text_dim) / text_dim**0.5)
+        # Prefix tokens get no RoPE, so without positions the backbone reads the caption as a bag of word
+        # states and swaps attributes between two objects ("a large red circle ... and a small blue square"
+        # came out as a small red square and a large blue circle). Zero-init: a model trained without it
+        # starts out unchanged when fine-tuned with it.
+        self.position_embedding = nn.Parameter(torch.zeros(text_len, dim)) if positions else None
 
     def check(self, states: torch.Tensor) -> None:
         expected = (self.text_len, self.uncond_embedding.shape[1])
@@ -85,4 +92,5 @@ class TextConditioning(nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         self.check(states)
-        return self.cap_proj(states.to(self.uncond_embedding.dtype))
+        prefix = self.cap_proj(states.to(self.uncond_embedding.dtype))
+        return prefix if self.position_embedding is None else prefix + self.position_embedding

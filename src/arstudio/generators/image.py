@@ -29,6 +29,7 @@ class GeneratorConfig:
     initializer_range: float = 0.02
     condition: str = "class"  # "class" (num_classes) or "text" (text_dim states, backbone.prefix_len long)
     text_dim: int = 0
+    text_positions: bool = False  # learned positions for the text prefix (see TextConditioning)
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):  # from config.json
@@ -56,7 +57,11 @@ class ImageGenerator(PretrainedMixin, nn.Module):
             self.cls_embedding = ClassConditioning(config.num_classes, dim, config.class_dropout_prob)
         else:
             self.cls_embedding = TextConditioning(
-                config.text_dim, config.backbone.prefix_len, dim, config.class_dropout_prob
+                config.text_dim,
+                config.backbone.prefix_len,
+                dim,
+                config.class_dropout_prob,
+                config.text_positions,
             )
         self.tok_embeddings = nn.Embedding(config.vocab_size, dim)
         self.backbone = Backbone(config.backbone)
@@ -93,18 +98,32 @@ class ImageGenerator(PretrainedMixin, nn.Module):
         hidden = self.backbone(x)  # (B, P + N - 1, dim)
         return self.head(hidden[:, self.prefix_len - 1 :])
 
-    def setup_cache(self, batch_size: int, device=None, dtype=None) -> None:
-        self.backbone.setup_cache(batch_size, device, dtype)
+    def hidden_states(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing without the head: [prefix, all N tokens] -> hidden (B, P + N, dim).
 
-    def prefill(self, cond: torch.Tensor) -> torch.Tensor:
-        """Write the condition prefix into the cache; returns logits (B, vocab) for the first token."""
+        Hidden state p predicts the token at p + 1 (the last one predicts nothing); drafters learn these.
+        """
+        self.check_tokens(tokens)
+        return self.backbone(torch.cat([self.cls_embedding(cond), self.tok_embeddings(tokens)], dim=1))
+
+    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
+        self.backbone.setup_cache(batch_size, device, dtype, extra)
+
+    def prefill(self, cond: torch.Tensor, return_hidden: bool = False):
+        """Write the condition prefix into the cache; returns logits (B, vocab) for the first token (and
+        the prefix's hidden states (B, P, dim) if ``return_hidden``)."""
         prefix = self.cls_embedding(cond)
         positions = torch.arange(prefix.shape[1], device=prefix.device)
-        return self.head(self.backbone.step(prefix, positions))[:, -1]
+        hidden = self.backbone.step(prefix, positions)
+        logits = self.head(hidden[:, -1:])[:, -1]
+        return (logits, hidden) if return_hidden else logits
 
-    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) placed at sequence positions ``input_pos`` (T,) -> logits (B, T, vocab).
+    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor, return_hidden: bool = False):
+        """tokens (B, T) placed at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> logits
+        (B, T, vocab) (and hidden (B, T, dim) if ``return_hidden``).
 
         Logits at position p predict the token at p + 1, as in training.
         """
-        return self.head(self.backbone.step(self.tok_embeddings(tokens), input_pos))
+        hidden = self.backbone.step(self.tok_embeddings(tokens), input_pos)
+        logits = self.head(hidden)
+        return (logits, hidden) if return_hidden else logits

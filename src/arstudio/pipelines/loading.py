@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from arstudio.decoding.drafting import check_draft_model
+from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.pipelines.image import ImagePipeline
@@ -132,4 +135,28 @@ def load_pipeline(
     text_encoder = None
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device)
-    return ImagePipeline(tokenizer, generator, preset, device, dtype, text_encoder)
+    drafter = _load_drafter(preset, generator, source, device, dtype)
+    return ImagePipeline(tokenizer, generator, preset, device, dtype, text_encoder, drafter)
+
+
+def _load_drafter(preset: Preset, generator, source, device, dtype):
+    """The speculative-decoding drafter: ``drafter/`` beside the generator when there is one, either an
+    EAGLE-style ``Drafter`` (checked to be trained for this generator) or an independent small
+    ``ImageGenerator`` (checked to share its tokens and condition); a seeded random ``Drafter`` for random
+    presets; none for hub presets."""
+    if source is None:
+        drafter = seeded(lambda: Drafter(DrafterConfig.for_target(generator)), preset.init_seed + 2)
+    elif isinstance(source, Path) and (source / "drafter").is_dir():
+        folder = source / "drafter"
+        kind = json.loads((folder / "config.json").read_text()).get("class")
+        if kind == "Drafter":
+            drafter = Drafter.from_pretrained(folder)
+            drafter.check_target(generator)
+        elif kind == "ImageGenerator":
+            drafter = ImageGenerator.from_pretrained(folder)
+            check_draft_model(generator, drafter)
+        else:
+            raise ValueError(f"{folder} holds a {kind!r}; a drafter is a 'Drafter' or an 'ImageGenerator'")
+    else:
+        return None
+    return drafter.to(device=device, dtype=dtype).eval()

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from arstudio.data.shapes import class_batch, make_text_item
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.images import images_to_tensor
-from arstudio.io import atomic_write_bytes, load_safetensors
+from arstudio.io import atomic_write_bytes, load_safetensors, load_weights_into
 from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.common import (
     cosine_lr,
@@ -30,6 +30,7 @@ from arstudio.training.common import (
 )
 
 TOKENS_FILE = "train_tokens.safetensors"
+WARM_START_NEW_KEYS = ("cls_embedding.position_embedding",)  # added after shapes-t2i v1 was trained
 
 
 def _shapes_chunk(condition: str, seed: int, start: int, count: int, resolution: int, text_encoder):
@@ -56,7 +57,8 @@ def tokenize_shapes(tokenizer: VQTokenizer, num_images: int, seed: int, conditio
     return torch.cat(all_tokens), torch.cat(all_conds)
 
 
-def _load_or_make_tokens(out_dir: Path, tokenizer, num_images: int, seed: int, condition: str, text_encoder):
+def load_or_make_tokens(out_dir: Path, tokenizer, num_images: int, seed: int, condition: str, text_encoder):
+    """The tokenized training set, cached in ``out_dir`` (a resumed run reuses it)."""
     from safetensors.torch import save
 
     path = out_dir / TOKENS_FILE
@@ -80,8 +82,15 @@ def train_generator(
     seed: int = 0,
     save_every: int = 250,
     text_encoder=None,
+    init_from: str | Path | None = None,
+    two_object_weight: float = 1.0,
 ) -> ImageGenerator:
-    """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``."""
+    """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``.
+
+    ``init_from``: warm start from another run's weights (same config; parameters added since, such as the
+    text prefix's position embedding, keep their zero init). ``two_object_weight``: text only, how much more
+    often two-object captions are drawn than one-object ones (binding two objects is the hard part).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = VQTokenizer.from_pretrained(tokenizer_dir)
@@ -91,9 +100,24 @@ def train_generator(
         raise ValueError(f"tokenizer grid {tokenizer.grid_size} != backbone grid {config.backbone.grid_size}")
     if config.condition == "text" and text_encoder is None:
         raise ValueError("a text-conditioned generator needs a text_encoder to encode the captions")
-    tokens, conds = _load_or_make_tokens(out_dir, tokenizer, num_images, seed, config.condition, text_encoder)
+    tokens, conds = load_or_make_tokens(out_dir, tokenizer, num_images, seed, config.condition, text_encoder)
 
     model = seeded(lambda: ImageGenerator(config), seed)
+    if init_from is not None:
+        load_weights_into(model, init_from, allow_missing=WARM_START_NEW_KEYS)
+    weights = None
+    if two_object_weight != 1.0:
+        if config.condition != "text":
+            raise ValueError("two_object_weight applies to text-conditioned generators only")
+        two = torch.tensor([len(make_text_item(seed, i, tokenizer.config.resolution)[2]) == 2
+                            for i in range(num_images)])  # fmt: skip
+        weights = torch.where(two, two_object_weight, 1.0)
+
+    def draw_batch() -> torch.Tensor:
+        if weights is None:
+            return torch.randint(0, num_images, (batch_size,), generator=data_gen)
+        return torch.multinomial(weights, batch_size, replacement=True, generator=data_gen)
+
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -105,13 +129,13 @@ def train_generator(
     model, optimizer = accelerator.prepare(model, optimizer)
     data_gen = torch.Generator().manual_seed(seed + 1)
     for _ in range(start):  # replay the batch order so a resumed run sees the same batches
-        torch.randint(0, num_images, (batch_size,), generator=data_gen)
+        draw_batch()
         torch.rand(batch_size, generator=data_gen)
     bar = tqdm(range(start, steps), desc="generator", initial=start, total=steps)
     unwrapped = accelerator.unwrap_model(model)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=100))
-        index = torch.randint(0, num_images, (batch_size,), generator=data_gen)
+        index = draw_batch()
         batch_cond = conds[index]
         batch_cond = batch_cond.float() if batch_cond.is_floating_point() else batch_cond
         batch_cond = unwrapped.cls_embedding.drop(batch_cond, generator=data_gen)

@@ -1,0 +1,115 @@
+"""Where speculative drafts come from. The sampler (``speculative.py``) only asks a drafting source for
+next-token logits; two sources exist:
+
+* ``HiddenStateDrafting``: an EAGLE-style ``Drafter`` reading the target's hidden states and sharing its
+  embedding and head (LANTERN's drafter). Cheap and accurate, but tied to one target (fingerprinted).
+* ``ModelDrafting``: an independent small ``ImageGenerator`` with its own prefix, cache and head (classic
+  speculative decoding). It only has to share the token vocabulary, grid and kind of condition.
+
+Positions follow the sampler's convention: ``position`` is the target position holding the last decided
+token (the one whose hidden state predicts the draft), so a draft for token i is made "at" P + i - 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class HiddenStateDrafting:
+    def __init__(self, target, drafter):
+        drafter.check_target(target)
+        self.target, self.drafter = target, drafter
+        self.hidden = None  # (R, dim): the drafter's latest predicted target hidden state
+
+    def setup(self, rows: int, device, extra: int) -> None:
+        self.drafter.setup_cache(rows, device=device, extra=extra)
+
+    def reset(self) -> None:
+        self.drafter.reset_cache()
+
+    def start(self, cond, negative_cond, uses_cfg, prefix_hidden, first_tokens) -> torch.Tensor:
+        """After the target's prefill: read (prefix embedding j+1, f_j) for the prefix and token 0.
+        ``first_tokens`` (R, 1); returns draft logits (R, V) for token 1."""
+        cond_rows = self.target.cls_embedding(_rows(self.target, cond, negative_cond, uses_cfg))
+        next_embeddings = torch.cat([cond_rows[:, 1:], self.target.tok_embeddings(first_tokens)], dim=1)
+        positions = torch.arange(prefix_hidden.shape[1], device=prefix_hidden.device)
+        self.hidden = self.drafter.step(next_embeddings, prefix_hidden, positions)[:, -1]
+        return self.target.head(self.hidden)
+
+    def propose(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """The draft just made (R, 1) at ``position`` (R, 1) -> logits (R, V) for the token after it."""
+        self.hidden = self.drafter.step(self.target.tok_embeddings(tokens), self.hidden[:, None], position)[
+            :, 0
+        ]
+        return self.target.head(self.hidden)
+
+    def catch_up(self, tokens, target_hidden, positions, accepted) -> torch.Tensor:
+        """Re-read the verified chunk with the target's true hidden states: tokens (R, T) (the token after
+        each position), target_hidden (R, T, dim), positions (R, T); keep the prediction at index
+        ``accepted`` (R,), the row's new end -> logits (R, V)."""
+        out = self.drafter.step(self.target.tok_embeddings(tokens), target_hidden, positions)
+        self.hidden = out.gather(1, accepted[:, None, None].expand(-1, 1, out.shape[-1]))[:, 0]
+        return self.target.head(self.hidden)
+
+
+class ModelDrafting:
+    def __init__(self, target, draft_model):
+        check_draft_model(target, draft_model)
+        self.target, self.model = target, draft_model
+
+    def setup(self, rows: int, device, extra: int) -> None:
+        self.model.setup_cache(rows, device=device, extra=extra)
+
+    def reset(self) -> None:
+        self.model.backbone.reset_cache()
+
+    def start(self, cond, negative_cond, uses_cfg, prefix_hidden, first_tokens) -> torch.Tensor:
+        self.model.prefill(_rows(self.model, cond, negative_cond, uses_cfg))
+        position = torch.tensor([self.model.prefix_len], device=first_tokens.device)
+        return self.model.step(first_tokens, position)[:, -1]
+
+    def propose(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        # The draft model's input at position p is the token at p: one past the sampler's position.
+        return self.model.step(tokens, position + 1)[:, -1]
+
+    def catch_up(self, tokens, target_hidden, positions, accepted) -> torch.Tensor:
+        logits = self.model.step(tokens, positions + 1)  # (R, T, V)
+        return logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+
+
+def _rows(model, cond, negative_cond, uses_cfg: bool) -> torch.Tensor:
+    """The condition rows [cond; uncond] as ``model`` sees them: its own null condition unless a negative
+    condition (e.g. a negative prompt's text states) was given."""
+    if not uses_cfg:
+        return cond
+    uncond = model.cls_embedding.null(cond.shape[0], cond.device) if negative_cond is None else negative_cond
+    return torch.cat([cond, uncond.to(cond.device)])
+
+
+def check_draft_model(target, draft_model) -> None:
+    """An independent draft model must speak the target's tokens, grid and condition."""
+    t, d = target.config, draft_model.config
+    fields = {
+        "vocab_size": (t.vocab_size, d.vocab_size),
+        "grid_size": (t.backbone.grid_size, d.backbone.grid_size),
+        "prefix_len": (t.backbone.prefix_len, d.backbone.prefix_len),
+        "condition": (t.condition, d.condition),
+        "num_classes" if t.condition == "class" else "text_dim": (
+            (t.num_classes, d.num_classes) if t.condition == "class" else (t.text_dim, d.text_dim)
+        ),
+    }
+    bad = {name: pair for name, pair in fields.items() if pair[0] != pair[1]}
+    if bad:
+        detail = ", ".join(f"{name}: target {a}, draft model {b}" for name, (a, b) in bad.items())
+        raise ValueError(f"the draft model does not fit the target ({detail})")
+
+
+def drafting_for(target, drafter):
+    """The drafting source for a drafter object: an EAGLE ``Drafter`` or an independent ``ImageGenerator``."""
+    from arstudio.generators.drafter import Drafter
+
+    return (
+        HiddenStateDrafting(target, drafter)
+        if isinstance(drafter, Drafter)
+        else ModelDrafting(target, drafter)
+    )
