@@ -139,6 +139,18 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert _snapshot(out) == _snapshot(tmp_path / "ref")
 
 
+def test_a_strategy_knob_reaches_the_pipeline_and_the_recipe(tmp_path):
+    job = {**TINY, "count": 1, "decoding": "speculative", "draft_tokens": 2}
+    summary = render_batch([job], tmp_path, progress=False)
+    if summary.failed and "not available" in summary.failed[0]:
+        pytest.skip(summary.failed[0])
+    (png,) = tmp_path.glob("*.png")
+    meta = read_png_metadata(png)
+    assert (
+        meta["decoding"] == "speculative" and meta["draft_tokens"] == 2 and meta["job"]["draft_tokens"] == 2
+    )
+
+
 def test_a_repeated_image_is_rendered_once_and_noted(tmp_path):
     summary = render_batch([TINY, {**TINY, "count": 3}, {**TINY, "seed": 6}], tmp_path, progress=False)
     assert summary.rendered == 4 and len(list(tmp_path.glob("*.png"))) == 4  # seeds 5, 6, 7 and 8

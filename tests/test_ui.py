@@ -27,8 +27,8 @@ KNOBS = [4, 4, 8, 0.2, 1.0]  # speculative/lantern knob fields (hidden while the
 
 
 def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed=7, randomize=False, count=2,
-             top_k=0, decoding="ar"):  # fmt: skip
-    return [preset, class_name, 0, prompt, "", seed, randomize, count, 2.0, 1.0, top_k, 1.0, decoding, *KNOBS]
+             top_k=0, decoding="ar", knobs=KNOBS):  # fmt: skip
+    return [preset, class_name, 0, prompt, "", seed, randomize, count, 2.0, 1.0, top_k, 1.0, decoding, *knobs]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,25 @@ def test_generate_round_trips_images_and_recipes(client):
     assert values[6] is False and "loaded the recipe of seed 8" in updates[-1] and "batch of 2" in updates[-1]
 
 
+def test_a_strategy_and_its_knobs_travel_into_the_recipe_and_back(client):
+    strategies = arstudio.load_pipeline("test-tiny-c2i").decoding_strategies
+    if "lantern" not in strategies:
+        pytest.skip(f"test-tiny-c2i offers only {strategies}")
+    knobs = [4, 3, 5, 0.4, 2.0]  # speculative: draft_tokens; lantern: draft_tokens, k, delta, lambda
+    _, _, status, files = client.predict(*_request(decoding="lantern", knobs=knobs), api_name="/generate")
+    meta = read_png_metadata(files[0])
+    assert "lantern" in status and meta["decoding"] == "lantern"
+    assert (meta["draft_tokens"], meta["lantern_k"], meta["lantern_delta"], meta["lantern_lambda"]) == (
+        3,
+        5,
+        0.4,
+        2.0,
+    )
+    updates = client.predict(gradio_client.handle_file(files[0]), api_name="/load_recipe")
+    values = [u.get("value") for u in updates[:-1] if isinstance(u, dict)]
+    assert "lantern" in values and 0.4 in values and 5 in values
+
+
 def test_randomised_seed_is_reported(client):
     _, seed, _, files = client.predict(*_request(seed=0, randomize=True, count=1), api_name="/generate")
     assert isinstance(seed, int) and read_png_metadata(files[0])["seed"] == seed
@@ -103,8 +122,8 @@ def test_bad_input_gets_a_readable_message_and_the_app_keeps_serving(client, tmp
         client.predict(*_request(top_k=-1), api_name="/generate")
     with pytest.raises(errors, match="not a class of test-tiny-c2i"):
         client.predict(*_request(class_name="purple blob"), api_name="/generate")
-    with pytest.raises(errors, match="decoding='lantern' is not available"):
-        client.predict(*_request(decoding="lantern"), api_name="/generate")
+    with pytest.raises(errors, match="decoding='magic' is not available"):
+        client.predict(*_request(decoding="magic"), api_name="/generate")
     plain = tmp_path / "plain.png"
     plain.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
     with pytest.raises(errors, match="has no arstudio recipe"):
