@@ -32,6 +32,10 @@ def verifier_accuracy(output) -> float | None:
         return None
 
 
+def _round(value, digits: int = 2):
+    return None if value is None else round(float(value), digits)
+
+
 def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, progress=None):
     """Run the request with every strategy (one shared seed); return (gallery items, table rows)."""
     first = build_request(cache, controls, values)
@@ -49,8 +53,8 @@ def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, p
             for image, seed in zip(output.images, output.seeds, strict=True)
         ]
         accepted = stats.get("accepted_length", stats.get("mean_accepted_length"))
-        rows.append([strategy, round(seconds, 3), stats.get("forwards"), stats.get("tokens_per_forward"),
-                     accepted, None, verifier_accuracy(output)])  # fmt: skip
+        rows.append([strategy, round(seconds, 3), stats.get("forwards"), _round(stats.get("tokens_per_forward")),
+                     _round(accepted), None, verifier_accuracy(output)])  # fmt: skip
     ar_seconds = next((r[1] for r in rows if r[0] == "ar"), None)
     for row in rows:
         row[5] = round(ar_seconds / row[1], 2) if ar_seconds and row[1] else None
