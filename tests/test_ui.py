@@ -236,3 +236,20 @@ def test_decoding_lab_quality_axis_where_a_judge_exists():
         verifier_accuracy(run("test-tiny-c2i", prompt="blue square")) is None
     )  # 16 px: not a verifier canvas
     assert verifier_accuracy(run("test-tiny-t2i", prompt="a blue square")) is None  # text: no class to judge
+
+
+def test_spaces_entry_and_readme_first_command(monkeypatch):
+    import runpy
+
+    import gradio as gr
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    header = readme.split("---")[1]
+    assert "sdk: gradio" in header and "app_file: app.py" in header
+    first_command = readme.split("```bash\n")[1].split("```")[0]
+    assert first_command.strip().endswith("arstudio ui")
+    assert ".[ui,text]" in (root / "requirements.txt").read_text()
+    monkeypatch.setenv("ARSTUDIO_PRESET", "test-tiny-c2i")
+    app = runpy.run_path(str(root / "app.py"), run_name="spaces")["demo"]  # built, not launched
+    assert isinstance(app, gr.Blocks)
