@@ -1,6 +1,6 @@
 """Copy trained weights from runs/ into the package: only config.json + model.safetensors (no optimizer).
 
-Generators are stored in float16 (half the bytes; they load back into float32): the shipped-file budget is
+Generators and drafters are stored in float16 (half the bytes; they load back into float32): the shipped-file budget is
 a few MB, and the benchmark numbers in the closing notes were measured on the float16 copies.
 
     python scripts/ship_weights.py            # everything that has been trained
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from arstudio.generators.drafter import Drafter
 from arstudio.generators.image import ImageGenerator
 from arstudio.io import CONFIG_NAME, WEIGHTS_NAME
 from arstudio.presets import WEIGHTS_ROOT
@@ -23,8 +24,10 @@ from arstudio.presets import WEIGHTS_ROOT
 SHIPPED = {
     "shapes-c2i/tokenizer": ("runs/vq-shapes32", False),
     "shapes-c2i/generator": ("runs/gen-shapes-c2i", True),
+    "shapes-c2i/drafter": ("runs/drafter-shapes-c2i", True),
     "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", False),
     "shapes-t2i/generator": ("runs/gen-shapes-t2i", True),
+    "shapes-t2i/drafter": ("runs/drafter-shapes-t2i", True),
     "fd-shapes-classifier": ("runs/fd-shapes-classifier", False),
 }
 
@@ -42,7 +45,8 @@ def main() -> None:
         destination = WEIGHTS_ROOT / target
         destination.mkdir(parents=True, exist_ok=True)
         if half:
-            ImageGenerator.from_pretrained(source).save_pretrained(destination, dtype=torch.float16)
+            model_class = Drafter if target.endswith("/drafter") else ImageGenerator
+            model_class.from_pretrained(source).save_pretrained(destination, dtype=torch.float16)
         else:
             for file in (CONFIG_NAME, WEIGHTS_NAME):
                 shutil.copyfile(source / file, destination / file)

@@ -206,6 +206,8 @@ class Backbone(nn.Module):
         """
         if self.caches is None or self.caches[0].k.shape[0] != x.shape[0]:
             raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
+        if input_pos.ndim == 2 and bool((input_pos == input_pos[:1]).all()):
+            input_pos = input_pos[0]  # rows in step (batch 1, or all rows aligned): the cheaper shared path
         mask = None
         if x.shape[1] > 1 or input_pos.ndim == 2:
             # Each query sees the cached keys at positions <= its own: a boolean mask

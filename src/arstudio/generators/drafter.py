@@ -9,9 +9,8 @@ sixth of a 6-layer target. Its config carries a fingerprint of the target it was
 from __future__ import annotations
 
 import hashlib
-import json
 import weakref
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -21,9 +20,14 @@ from arstudio.io import PretrainedMixin
 
 
 def target_fingerprint(generator) -> str:
-    """A short hash of a target's config, embedding and head, stable across fp32/fp16/bf16 loads of the
-    same weights (values are rounded to bf16 first), so a drafter can refuse a different target."""
-    digest = hashlib.sha256(json.dumps(asdict(generator.config), sort_keys=True).encode())
+    """A short hash of a target's parameter names and shapes and of its embedding and head values.
+
+    Values are rounded to bf16 first, so fp32/fp16/bf16 loads of the same weights agree; config fields are
+    left out, so a new (defaulted) config option does not orphan every trained drafter.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in generator.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
     for tensor in (generator.tok_embeddings.weight, generator.head.output.weight):
         digest.update(tensor.detach().to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
