@@ -49,11 +49,13 @@ def test_browser_generates_and_every_tab_renders(studio_url, tmp_path):
         )
         page.wait_for_selector("#gallery img", timeout=TIMEOUT_MS)
         assert page.locator("#gallery img").count() >= 4  # the default is 4 images
+        page.wait_for_timeout(800)  # let charts and images finish laying out
         page.screenshot(path=str(shots / "studio-image.png"), full_page=True)
 
         page.get_by_role("tab", name="Decoding lab").click()
         page.click("#compare", timeout=TIMEOUT_MS)
         page.wait_for_selector("#decoding-gallery img", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(800)  # let charts and images finish laying out
         page.screenshot(path=str(shots / "studio-decoding-lab.png"), full_page=True)
 
         page.get_by_role("tab", name="Tokenizer lab").click()
@@ -67,6 +69,7 @@ def test_browser_generates_and_every_tab_renders(studio_url, tmp_path):
         chosen.check()
         page.click("#tokenize", timeout=TIMEOUT_MS)
         page.wait_for_selector("#tokenizer-gallery img", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(800)  # let charts and images finish laying out
         page.screenshot(path=str(shots / "studio-tokenizer-lab.png"), full_page=True)
         browser.close()
     assert not outside, f"the page made requests off this machine: {outside[:5]}"
