@@ -29,6 +29,7 @@ HELDOUT_SEED = 4242  # generators trained on seed 0
 SETTINGS = {
     "ar": {"decoding": "ar"},
     "speculative": {"decoding": "speculative"},
+    "speculative g2": {"decoding": "speculative", "draft_tokens": 2},
     "lantern k=8 d=0.1": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 0.1},
     "lantern k=8 d=0.25": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 0.25},
     "lantern k=32 d=0.25": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.25},

@@ -1,5 +1,6 @@
 """A real browser: headless Chromium (Debian's ``chromium``, installed by .ci/run) loads the studio, clicks
-Generate, waits for the gallery and saves screenshots; no request may leave 127.0.0.1.
+Generate, waits for the gallery, runs each lab, sees a bad request answered with a readable message, and
+saves screenshots; no request may leave 127.0.0.1.
 
 Screenshots go to pytest's tmp dir, or to $ARSTUDIO_SCREENSHOTS (docs/img/ was made that way with
 ARSTUDIO_SCREENSHOT_PRESET=shapes-c2i).
@@ -48,16 +49,27 @@ def test_browser_generates_and_every_tab_renders(studio_url, tmp_path):
         )
         page.wait_for_selector("#gallery img", timeout=TIMEOUT_MS)
         assert page.locator("#gallery img").count() >= 4  # the default is 4 images
+        page.wait_for_timeout(800)  # let charts and images finish laying out
         page.screenshot(path=str(shots / "studio-image.png"), full_page=True)
 
         page.get_by_role("tab", name="Decoding lab").click()
         page.click("#compare", timeout=TIMEOUT_MS)
         page.wait_for_selector("#decoding-gallery img", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(800)  # let charts and images finish laying out
         page.screenshot(path=str(shots / "studio-decoding-lab.png"), full_page=True)
 
         page.get_by_role("tab", name="Tokenizer lab").click()
+        # A bad request shows a readable message, not a traceback, and the app keeps serving.
+        chosen = page.locator("#tokenizer-presets input[type=checkbox]").first
+        chosen.uncheck()
+        page.click("#tokenize", timeout=TIMEOUT_MS)
+        page.get_by_text("tick at least one preset").first.wait_for(timeout=TIMEOUT_MS)
+        assert "Traceback" not in page.content()
+        page.locator(".toast-close").first.click()  # dismiss it, for a clean screenshot
+        chosen.check()
         page.click("#tokenize", timeout=TIMEOUT_MS)
         page.wait_for_selector("#tokenizer-gallery img", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(800)  # let charts and images finish laying out
         page.screenshot(path=str(shots / "studio-tokenizer-lab.png"), full_page=True)
         browser.close()
     assert not outside, f"the page made requests off this machine: {outside[:5]}"

@@ -38,6 +38,7 @@ TINY = {"preset": "test-tiny-c2i", "class": "red circle", "seed": 5, "count": 3}
         ({**TINY, "prompt": "red circle"}, "exactly one of prompt"),
         ({"preset": "test-tiny-c2i", "class": 1}, "give seeds (a list) or seed"),
         ({**TINY, "count": 0}, "count=0 must be an integer"),
+        ({**TINY, "seed": 2**63 - 2}, "runs past 2**63"),
         ({"preset": "test-tiny-c2i", "class": 1, "seeds": [1, 1]}, "has repeats"),
         ({"preset": "test-tiny-c2i", "class": True, "seed": 1}, "class=True must be"),
         ([1, 2], "must be a JSON object"),
@@ -136,6 +137,25 @@ def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert f"{60 - done_before} image(s), {done_before} already done" in finished.stdout
     assert _snapshot(out) == _snapshot(tmp_path / "ref")
+
+
+def test_a_strategy_knob_reaches_the_pipeline_and_the_recipe(tmp_path):
+    job = {**TINY, "count": 1, "decoding": "speculative", "draft_tokens": 2}
+    summary = render_batch([job], tmp_path, progress=False)
+    if summary.failed and "not available" in summary.failed[0]:
+        pytest.skip(summary.failed[0])
+    (png,) = tmp_path.glob("*.png")
+    meta = read_png_metadata(png)
+    assert (
+        meta["decoding"] == "speculative" and meta["draft_tokens"] == 2 and meta["job"]["draft_tokens"] == 2
+    )
+
+
+def test_a_repeated_image_is_rendered_once_and_noted(tmp_path):
+    summary = render_batch([TINY, {**TINY, "count": 3}, {**TINY, "seed": 6}], tmp_path, progress=False)
+    assert summary.rendered == 4 and len(list(tmp_path.glob("*.png"))) == 4  # seeds 5, 6, 7 and 8
+    assert not summary.failed and summary.notes == ["line 2: seeds [5, 6, 7] repeat line(s) [1]; rendered once",
+                              "line 3: seeds [6, 7] repeat line(s) [1]; rendered once"]  # fmt: skip
 
 
 def test_jobs_file_errors(tmp_path):

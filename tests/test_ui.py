@@ -18,6 +18,7 @@ PUBLIC_MODULES = {
     "arstudio",
     "arstudio.export",
     "arstudio.decoding",
+    "arstudio.evaluation.verifier",
     "arstudio.reconstruction",
     "arstudio.render",
 }
@@ -26,8 +27,8 @@ KNOBS = [4, 4, 8, 0.2, 1.0]  # speculative/lantern knob fields (hidden while the
 
 
 def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed=7, randomize=False, count=2,
-             top_k=0, decoding="ar"):  # fmt: skip
-    return [preset, class_name, 0, prompt, "", seed, randomize, count, 2.0, 1.0, top_k, 1.0, decoding, *KNOBS]
+             top_k=0, decoding="ar", knobs=KNOBS):  # fmt: skip
+    return [preset, class_name, 0, prompt, "", seed, randomize, count, 2.0, 1.0, top_k, 1.0, decoding, *knobs]
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,25 @@ def test_generate_round_trips_images_and_recipes(client):
     assert values[6] is False and "loaded the recipe of seed 8" in updates[-1] and "batch of 2" in updates[-1]
 
 
+def test_a_strategy_and_its_knobs_travel_into_the_recipe_and_back(client):
+    strategies = arstudio.load_pipeline("test-tiny-c2i").decoding_strategies
+    if "lantern" not in strategies:
+        pytest.skip(f"test-tiny-c2i offers only {strategies}")
+    knobs = [4, 3, 5, 0.4, 2.0]  # speculative: draft_tokens; lantern: draft_tokens, k, delta, lambda
+    _, _, status, files = client.predict(*_request(decoding="lantern", knobs=knobs), api_name="/generate")
+    meta = read_png_metadata(files[0])
+    assert "lantern" in status and meta["decoding"] == "lantern"
+    assert (meta["draft_tokens"], meta["lantern_k"], meta["lantern_delta"], meta["lantern_lambda"]) == (
+        3,
+        5,
+        0.4,
+        2.0,
+    )
+    updates = client.predict(gradio_client.handle_file(files[0]), api_name="/load_recipe")
+    values = [u.get("value") for u in updates[:-1] if isinstance(u, dict)]
+    assert "lantern" in values and 0.4 in values and 5 in values
+
+
 def test_randomised_seed_is_reported(client):
     _, seed, _, files = client.predict(*_request(seed=0, randomize=True, count=1), api_name="/generate")
     assert isinstance(seed, int) and read_png_metadata(files[0])["seed"] == seed
@@ -130,7 +150,7 @@ def test_text_preset_through_the_ui(client):
 def test_labs(client):
     gallery, table = client.predict(["test-tiny-c2i"], "red circle", None, api_name="/tokenize")
     assert len(gallery) == 3 and table["data"][0][0] == "test-tiny-c2i" and table["data"][0][4] > 0  # PSNR
-    gallery, table, _ = client.predict(*_request(count=1), api_name="/compare")
+    gallery, table, _, _ = client.predict(*_request(count=1), api_name="/compare")
     assert [row[0] for row in table["data"]] == list(
         arstudio.load_pipeline("test-tiny-c2i").decoding_strategies
     )
@@ -143,7 +163,7 @@ def test_previews_stream_and_stop_halts_the_pipeline():
     pipe = arstudio.load_pipeline("test-tiny-c2i")
     kwargs = {"prompt": "red circle", "generator": torch.Generator().manual_seed(0)}
     events = []
-    for event in generate_with_previews(pipe, kwargs, previews=4, min_interval_s=0):
+    for event in generate_with_previews(pipe, kwargs, previews=4, min_interval_s=0, max_share=1.0):
         events.append(event)
         time.sleep(0.05)  # a slow consumer: previews must not pile up behind it
     assert isinstance(events[-1], Done) and 1 <= len(events) - 1 <= 3
@@ -163,7 +183,7 @@ def test_previews_stream_and_stop_halts_the_pipeline():
 
             return pipe(callback_on_step_end=callback, **kw)
 
-    stream = generate_with_previews(Slow(), kwargs, previews=8, min_interval_s=0)
+    stream = generate_with_previews(Slow(), kwargs, previews=8, min_interval_s=0, max_share=1.0)
     assert isinstance(next(stream), Preview)
     stream.close()  # what Gradio does on Stop
     assert answers[-1] is False and len(answers) < 16
@@ -200,3 +220,36 @@ def test_a_recipe_restores_its_batch_when_the_studio_can_redo_it():
     assert batch_of({"seed": 9, "batch_seeds": [7, 8, 9]}) == (7, 3)
     assert batch_of({"seed": 9, "batch_seeds": [9, 3]}) == (9, 1)  # a render chunk of non-consecutive seeds
     assert batch_of({"seed": 9}) == (9, 1)
+
+
+def test_decoding_lab_quality_axis_where_a_judge_exists():
+    from arstudio.ui.decoding_lab import verifier_accuracy
+
+    def run(preset, **kw):
+        pipe = arstudio.load_pipeline(preset)
+        return pipe(num_images_per_prompt=2, generator=torch.Generator().manual_seed(3), **kw)
+
+    assert (
+        0.5 <= verifier_accuracy(run("shapes-c2i", prompt="blue square")) <= 1.0
+    )  # shipped model: mostly right
+    assert (
+        verifier_accuracy(run("test-tiny-c2i", prompt="blue square")) is None
+    )  # 16 px: not a verifier canvas
+    assert verifier_accuracy(run("test-tiny-t2i", prompt="a blue square")) is None  # text: no class to judge
+
+
+def test_spaces_entry_and_readme_first_command(monkeypatch):
+    import runpy
+
+    import gradio as gr
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    header = readme.split("---")[1]
+    assert "sdk: gradio" in header and "app_file: app.py" in header
+    first_command = readme.split("```bash\n")[1].split("```")[0]
+    assert first_command.strip().endswith("arstudio ui")
+    assert ".[ui,text]" in (root / "requirements.txt").read_text()
+    monkeypatch.setenv("ARSTUDIO_PRESET", "test-tiny-c2i")
+    app = runpy.run_path(str(root / "app.py"), run_name="spaces")["demo"]  # built, not launched
+    assert isinstance(app, gr.Blocks)

@@ -22,6 +22,7 @@ rewrites the manifest once, sorted by (line, seed) and without superseded entrie
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -84,6 +85,8 @@ def _check_seeds(raw: dict) -> tuple[int, ...]:
             raise ValueError(f"seed={seed!r} must be an integer in [0, 2**63)")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_IMAGES_PER_JOB:
             raise ValueError(f"count={count!r} must be an integer in [1, {MAX_IMAGES_PER_JOB}]")
+        if seed + count > 2**63:
+            raise ValueError(f"seed={seed} + count={count} runs past 2**63; start lower")
         seeds = [seed + i for i in range(count)]
     if len(seeds) > MAX_IMAGES_PER_JOB:
         raise ValueError(f"{len(seeds)} seeds in one job; at most {MAX_IMAGES_PER_JOB}")
@@ -231,6 +234,7 @@ class RenderSummary:
     rendered: int = 0  # images written by this call
     skipped: int = 0  # images already in the manifest with a matching file
     failed: list[str] = field(default_factory=list)  # "line N: message", invalid or failing jobs
+    notes: list[str] = field(default_factory=list)  # "line N: message", e.g. seeds an earlier job renders
     seconds: float = 0.0
     processes: int = 1
     main_process: bool = True  # under accelerate, only the main process prints the (gathered) summary
@@ -239,7 +243,27 @@ class RenderSummary:
         rate = self.rendered / self.seconds if self.seconds > 0 else 0.0
         text = (f"rendered {self.rendered} image(s), {self.skipped} already done, {len(self.failed)} job(s) "
                 f"failed, {self.seconds:.1f} s ({rate:.2f} images/s, {self.processes} process(es))")  # fmt: skip
-        return "\n".join([text, *(f"  failed {message}" for message in self.failed)])
+        return "\n".join(
+            [text, *(f"  failed {m}" for m in self.failed), *(f"  note {m}" for m in self.notes)]
+        )
+
+
+def _drop_repeated_jobs(jobs: list[Job]) -> tuple[list[Job], list[str]]:
+    """An image an earlier job already renders (same spec and seed, so the same file) is rendered once: the
+    later job keeps only its other seeds, and the repeat is reported rather than silently counted twice."""
+    seen: dict[tuple[str, int], int] = {}
+    kept, repeats = [], []
+    for job in jobs:
+        earlier = sorted({seen[(job.key, s)] for s in job.seeds if (job.key, s) in seen})
+        fresh = tuple(s for s in job.seeds if (job.key, s) not in seen)
+        if earlier:
+            repeated = [s for s in job.seeds if s not in fresh]
+            repeats.append(f"line {job.line}: seeds {repeated} repeat line(s) {earlier}; rendered once")
+        for seed in fresh:
+            seen[(job.key, seed)] = job.line
+        if fresh:
+            kept.append(dataclasses.replace(job, seeds=fresh))
+    return kept, repeats
 
 
 def _chunks(jobs: list[Job], batch_size: int) -> list[tuple[Job, int, tuple[int, ...]]]:
@@ -317,6 +341,7 @@ def render_batch(
             except JobError as err:
                 summary.failed.append(str(err))
         jobs = parsed
+    jobs, summary.notes = _drop_repeated_jobs(jobs)
     out_dir = Path(out_dir)
     state = _process_state(device)
     summary.processes, summary.main_process = state.num_processes, state.is_main_process

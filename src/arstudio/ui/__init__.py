@@ -33,7 +33,8 @@ def create_app(preset: str | None = None, device=None, presets: list[str] | None
         raise ValueError(f"preset {preset!r} is not among the offered presets {presets}")
     cache = PipelineCache(device)
     cache.get(preset)  # fail at start-up, with the loader's message, rather than on first click
-    with gr.Blocks(title="arstudio") as app:
+    # delete_cache: Gradio's own copies of served files, cleared hourly (files older than a day go).
+    with gr.Blocks(title="arstudio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# arstudio\nAutoregressive image generation: pick a preset, generate, inspect, compare.")
         with gr.Tab("Image", id="image"):
             controls = build_image_tab(cache, presets, preset)

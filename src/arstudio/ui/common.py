@@ -6,8 +6,12 @@ The studio imports only the public API: ``arstudio``'s top-level names and the p
 
 from __future__ import annotations
 
+import functools
+import inspect
+import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -44,9 +48,42 @@ def user_error(err: BaseException) -> gr.Error:
     return gr.Error(describe_error(err), print_exception=False)
 
 
+OUTPUT_ROOT = Path(tempfile.gettempdir()) / "arstudio-studio"
+OUTPUT_LIFETIME_S = 3600  # a long-running Space must not fill its disk with old downloads
+
+
+def readable_errors(handler):
+    """Wrap a Gradio handler (plain or generator) so any error reaches the user as ``user_error``."""
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def stream(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except Exception as err:
+                raise user_error(err) from None
+
+        return stream
+
+    @functools.wraps(handler)
+    def call(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Exception as err:
+            raise user_error(err) from None
+
+    return call
+
+
 def output_dir() -> Path:
-    """A fresh folder per request for the PNGs a user downloads (inside the temp dir Gradio may serve)."""
-    return Path(tempfile.mkdtemp(prefix="arstudio-"))
+    """A fresh folder per request for the PNGs a user downloads (inside the temp dir Gradio may serve);
+    folders of requests older than an hour are removed on the way."""
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUTPUT_ROOT.iterdir():
+        if old.is_dir() and now - old.stat().st_mtime > OUTPUT_LIFETIME_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=OUTPUT_ROOT))
 
 
 def is_text_preset(pipe) -> bool:

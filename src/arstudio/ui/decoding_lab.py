@@ -8,12 +8,32 @@ preset ships a drafter for them; each runs with its own knobs from the Image tab
 from __future__ import annotations
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
-from arstudio.ui.common import MODEL_QUEUE, PipelineCache, user_error
+from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
 from arstudio.ui.controls import Controls, build_request
 
-COLUMNS = ["strategy", "seconds", "forwards", "tokens_per_forward", "accepted_length", "speedup_vs_ar"]
+COLUMNS = ["strategy", "seconds", "forwards", "tokens_per_forward", "accepted_length", "speedup_vs_ar",
+           "verifier_accuracy"]  # fmt: skip
+
+
+def verifier_accuracy(output) -> float | None:
+    """Quality where a judge exists: the share of images the rule-based shapes verifier reads as their
+    class (shapes class presets at a canvas it supports); None elsewhere."""
+    from arstudio.evaluation.verifier import class_accuracy
+
+    labels = [m.get("class_label") for m in output.metadata]
+    if not output.images or None in labels or not all(m.get("class_name") for m in output.metadata):
+        return None
+    try:
+        return round(class_accuracy([np.asarray(i) for i in output.images], labels), 3)
+    except ValueError:  # a canvas or class the verifier does not know
+        return None
+
+
+def _round(value, digits: int = 2):
+    return None if value is None else round(float(value), digits)
 
 
 def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, progress=None):
@@ -33,8 +53,8 @@ def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, p
             for image, seed in zip(output.images, output.seeds, strict=True)
         ]
         accepted = stats.get("accepted_length", stats.get("mean_accepted_length"))
-        rows.append([strategy, round(seconds, 3), stats.get("forwards"), stats.get("tokens_per_forward"),
-                     accepted, None])  # fmt: skip
+        rows.append([strategy, round(seconds, 3), stats.get("forwards"), _round(stats.get("tokens_per_forward")),
+                     _round(accepted), None, verifier_accuracy(output)])  # fmt: skip
     ar_seconds = next((r[1] for r in rows if r[0] == "ar"), None)
     for row in rows:
         row[5] = round(ar_seconds / row[1], 2) if ar_seconds and row[1] else None
@@ -48,19 +68,24 @@ def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
     gallery = gr.Gallery(
         label="Images per strategy", columns=4, height="auto", format="png", elem_id="decoding-gallery"
     )
-    table = gr.Dataframe(headers=COLUMNS, label="Speed", interactive=False)
-    chart = gr.BarPlot(
-        x="strategy", y="seconds", title="Wall-clock per strategy (lower is faster)", height=240
-    )
+    table = gr.Dataframe(headers=COLUMNS, label="Speed and quality", interactive=False)
+    with gr.Row():
+        chart = gr.BarPlot(x="strategy", y="seconds", title="Wall-clock per strategy (lower is faster)")
+        quality = gr.BarPlot(x="strategy", y="verifier_accuracy", visible=False,
+                             title="Verifier accuracy: images showing their class (higher is better)")  # fmt: skip
 
+    @readable_errors
     def on_run(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
-        try:
-            items, frame = compare_strategies(cache, controls, values, progress)
-            top = float(frame["seconds"].max()) * 1.15 or 1.0
-            return items, frame, gr.update(value=frame, y_lim=[0, top])  # bars start at zero
-        except Exception as err:
-            raise user_error(err) from None
+        items, frame = compare_strategies(cache, controls, values, progress)
+        top = float(frame["seconds"].max()) * 1.15 or 1.0
+        judged = frame["verifier_accuracy"].notna().all()
+        return (items, frame, gr.update(value=frame, y_lim=[0, top]),  # bars start at zero
+                gr.update(value=frame, visible=bool(judged), y_lim=[0, 1]))  # fmt: skip
 
     run.click(
-        on_run, controls.inputs(), [gallery, table, chart], api_name="compare", concurrency_id=MODEL_QUEUE
+        on_run,
+        controls.inputs(),
+        [gallery, table, chart, quality],
+        api_name="compare",
+        concurrency_id=MODEL_QUEUE,
     )

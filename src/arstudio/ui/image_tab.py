@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
-from arstudio.export import png_bytes, read_png_metadata
-from arstudio.ui.common import MODEL_QUEUE, PipelineCache, output_dir, user_error
+from arstudio.export import make_grid, png_bytes, read_png_metadata
+from arstudio.ui.common import MODEL_QUEUE, PipelineCache, output_dir, readable_errors
 from arstudio.ui.controls import (
     Controls,
     batch_of,
@@ -57,6 +58,11 @@ def read_recipe(path) -> dict:
     return meta
 
 
+def preview_sheet(images: list) -> np.ndarray:
+    """All previews of a request as one picture: Gradio encodes one image per update instead of one each."""
+    return make_grid([np.asarray(image) for image in images], columns=min(4, len(images)))
+
+
 def caption(meta: dict) -> str:
     return (
         f"{meta.get('class_name') or meta.get('prompt') or meta.get('class_label', '')} · seed {meta['seed']}"
@@ -76,40 +82,34 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
     recipe = gr.File(label="Load recipe from image: drop a PNG made by arstudio", file_types=[".png"],
                      elem_id="recipe")  # fmt: skip
 
+    @readable_errors
     def on_generate(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
-        try:
-            request = build_request(cache, controls, values)
-            for event in generate_with_previews(request.pipe, request.kwargs):
-                if isinstance(event, Done):
-                    break
-                progress((event.step, event.total), desc="tokens")
-                yield {gallery: event.images, seed_used: request.seed,
-                       status: f"token {event.step} / {event.total}"}  # fmt: skip
-            output = event.output
-            paths = save_outputs(output, request.knobs)
-            seconds, forwards = output.timings["total_s"], output.stats.get("forwards")
-            yield {gallery: [(str(p), caption(m)) for p, m in zip(paths, output.metadata, strict=True)],
-                   seed_used: request.seed, files: [str(p) for p in paths],
-                   status: f"{len(paths)} image(s) in {seconds:.2f} s · {forwards} forwards · "
-                   f"{request.kwargs['decoding']}"}  # fmt: skip
-        except Exception as err:
-            raise user_error(err) from None
+        request = build_request(cache, controls, values)
+        for event in generate_with_previews(request.pipe, request.kwargs):
+            if isinstance(event, Done):
+                break
+            progress((event.step, event.total), desc="tokens")
+            yield {gallery: [preview_sheet(event.images)], seed_used: request.seed,
+                   status: f"token {event.step} / {event.total}"}  # fmt: skip
+        output = event.output
+        paths = save_outputs(output, request.knobs)
+        seconds, forwards = output.timings["total_s"], output.stats.get("forwards")
+        yield {gallery: [(str(p), caption(m)) for p, m in zip(paths, output.metadata, strict=True)],
+               seed_used: request.seed, files: [str(p) for p in paths],
+               status: f"{len(paths)} image(s) in {seconds:.2f} s · {forwards} forwards · "
+               f"{request.kwargs['decoding']}"}  # fmt: skip
 
+    @readable_errors
     def on_preset(name: str):
-        try:
-            return preset_updates(controls, cache.get(name))
-        except Exception as err:
-            raise user_error(err) from None
+        return preset_updates(controls, cache.get(name))
 
+    @readable_errors
     def on_recipe(path):
-        try:
-            meta = read_recipe(path)
-            updates = recipe_updates(controls, cache.get(meta["preset"]), meta)
-            first, count = batch_of(meta)
-            note = f" (made in a batch of {count} from seed {first}: restored whole)" if count > 1 else ""
-            return {**updates, status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}"}
-        except Exception as err:
-            raise user_error(err) from None
+        meta = read_recipe(path)
+        updates = recipe_updates(controls, cache.get(meta["preset"]), meta)
+        first, count = batch_of(meta)
+        note = f" (made in a batch of {count} from seed {first}: restored whole)" if count > 1 else ""
+        return {**updates, status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}"}
 
     event = generate.click(on_generate, controls.inputs(), [gallery, seed_used, status, files],
                            api_name="generate", concurrency_id=MODEL_QUEUE)  # fmt: skip

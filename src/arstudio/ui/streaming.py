@@ -33,26 +33,31 @@ def previews_every(total: int, count: int = 8) -> int:
 
 
 def generate_with_previews(
-    pipe, kwargs: dict, previews: int = 8, min_interval_s: float = 0.5
+    pipe, kwargs: dict, previews: int = 8, min_interval_s: float = 0.5, max_share: float = 0.05
 ) -> Iterator[Preview | Done]:
     """Yield ``Preview`` items while ``pipe(**kwargs)`` samples, then one ``Done``; re-raise its error.
 
-    At most ``previews`` per image, at least ``min_interval_s`` apart, and never while the last one is
-    still waiting: each preview costs a decode here and an image encode in Gradio, so a fast request gets
-    few or none and a slow one (hundreds of tokens) gets a steady stream.
+    Previews cost a decode in the sampling thread (and an image encode in Gradio), so they are rationed:
+    at most ``previews`` per image, the first after ``min_interval_s``, each next one only once the time
+    since the last is ``1 / max_share`` times what the last one cost (so previews take about ``max_share``
+    of the run), and never while the last one is still waiting to be shown. A quick request gets one or
+    none; a long one (hundreds of tokens, a big model) gets a steady stream.
     """
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
-    last = [time.monotonic()]
+    last = {"at": time.monotonic(), "cost": 0.0}
 
     def on_step(step: int, total: int, tokens) -> bool:
         if stop.is_set():
             return False
         done, now = step + 1, time.monotonic()
-        due = done % previews_every(total, previews) == 0 and now - last[0] >= min_interval_s
+        wait = max(min_interval_s, last["cost"] / max_share)
+        due = done % previews_every(total, previews) == 0 and now - last["at"] >= wait
         if due and done < total and events.empty():
-            events.put(Preview(done, total, pipe.preview(tokens)))
-            last[0] = now
+            images = pipe.preview(tokens)
+            events.put(Preview(done, total, images))
+            last["at"] = time.monotonic()
+            last["cost"] = last["at"] - now
         return True
 
     def work() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 import arstudio
-from arstudio.ui.common import MODEL_QUEUE, PipelineCache, user_error
+from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
 
 COLUMNS = ["preset", "resolution", "token grid", "codebook", "PSNR dB", "codes used", "codebook usage %"]
 
@@ -16,7 +16,7 @@ COLUMNS = ["preset", "resolution", "token grid", "codebook", "PSNR dB", "codes u
 def sample_pictures(side: int = 96) -> dict[str, np.ndarray]:
     """A few pictures drawn here, so the lab works before anyone uploads anything."""
     y, x = np.mgrid[0:side, 0:side] / side
-    circle = np.full((side, side, 3), 255, np.uint8)
+    circle = np.zeros((side, side, 3), np.uint8)  # on black, like the shapes the shipped models know
     circle[(x - 0.5) ** 2 + (y - 0.5) ** 2 < 0.09] = (220, 40, 40)
     squares = np.full((side, side, 3), 20, np.uint8)
     squares[side // 8 : side // 2, side // 8 : side // 2] = (40, 90, 230)
@@ -56,7 +56,8 @@ def run_lab(cache: PipelineCache, presets: list[str], picture: str | None, uploa
 
 def build_tokenizer_lab(cache: PipelineCache, presets: list[str], preset: str) -> None:
     with gr.Row():
-        chosen = gr.CheckboxGroup(presets, value=[preset], label="Tokenizers of these presets")
+        chosen = gr.CheckboxGroup(presets, value=[preset], label="Tokenizers of these presets",
+                                  elem_id="tokenizer-presets")  # fmt: skip
         picture = gr.Dropdown(list(sample_pictures()), value="red circle", label="Built-in picture")
         upload = gr.File(label="...or upload an image", file_types=["image"], type="filepath")
     run = gr.Button("Tokenize and reconstruct", variant="primary", elem_id="tokenize")
@@ -69,11 +70,9 @@ def build_tokenizer_lab(cache: PipelineCache, presets: list[str], preset: str) -
     )
     table = gr.Dataframe(headers=COLUMNS, label="Per tokenizer", interactive=False)
 
+    @readable_errors
     def on_run(names, picture_name, upload_path):
-        try:
-            return run_lab(cache, names, picture_name, upload_path)
-        except Exception as err:
-            raise user_error(err) from None
+        return run_lab(cache, names, picture_name, upload_path)
 
     run.click(
         on_run, [chosen, picture, upload], [gallery, table], api_name="tokenize", concurrency_id=MODEL_QUEUE
