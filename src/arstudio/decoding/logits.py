@@ -2,7 +2,10 @@
 and per-image random draws.
 
 Each image has its own ``torch.Generator``; a row's sample depends only on that row's logits and that
-row's generator, so an image does not change when its batch-mates do.
+row's generator, so an image's random draws do not depend on its batch-mates. (Its logits can, at the
+level of float rounding: batched matmuls pick kernels by batch size, which now and then flips a
+near-tied token. Same seeds in the same batch reproduce pixels exactly; the studio's recipes record the
+batch for that reason.)
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Entries left by rejected drafts sit past a row's position and are overwritten be
 
 Randomness: every round, each image draws 2 gamma + 1 uniforms from its own generator (gamma for
 sampled drafts, unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus
-token), so an image's result does not depend on its batch-mates.
+token), so an image's random draws do not depend on its batch-mates (see ``logits.py`` on rounding).
 """
 
 from __future__ import annotations
