@@ -37,6 +37,28 @@ def _run_train_tokenizer(args) -> None:
     print(f"tokenizer saved to {args.out}")
 
 
+def _add_train_kl_tokenizer(sub) -> None:
+    p = sub.add_parser("kl-tokenizer", help="train the continuous KL tokenizer (diffusers AutoencoderKL)")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--latent-channels", type=int, default=8, help="token dimension d (default 8)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_kl_tokenizer)
+
+
+def _run_train_kl_tokenizer(args) -> None:
+    from arstudio.tokenizers.kl import KLConfig
+    from arstudio.training.kl_tokenizer import train_kl_tokenizer
+
+    config = KLConfig(latent_channels=args.latent_channels)
+    train_kl_tokenizer(
+        args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    print(f"kl tokenizer saved to {args.out}")
+
+
 def _add_train_generator(sub) -> None:
     p = sub.add_parser(
         "generator", help="train a class- or text-conditioned AR generator on tokens of shapes"
@@ -154,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train tokenizers, generators and the FD-shapes classifier")
     train_sub = train.add_subparsers(dest="what", required=True)
     _add_train_tokenizer(train_sub)
+    _add_train_kl_tokenizer(train_sub)
     _add_train_generator(train_sub)
     _add_train_classifier(train_sub)
     return parser
