@@ -59,6 +59,25 @@ def _run_train_kl_tokenizer(args) -> None:
     print(f"kl tokenizer saved to {args.out}")
 
 
+def _add_train_bridge_tokenizer(sub) -> None:
+    p = sub.add_parser("bridge-tokenizer", help="TokenBridge: quantise a trained KL tokenizer per dimension")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--kl", required=True, help="directory of a trained KL tokenizer")
+    p.add_argument("--levels", type=int, default=64, help="quantisation levels per dimension (default 64)")
+    p.add_argument("--num-images", type=int, default=4096, help="images whose latents fit the statistics")
+    p.set_defaults(func=_run_train_bridge_tokenizer)
+
+
+def _run_train_bridge_tokenizer(args) -> None:
+    from arstudio.training.kl_tokenizer import build_bridge_tokenizer
+
+    _, table = build_bridge_tokenizer(args.out, args.kl, levels=args.levels, num_images=args.num_images)
+    for row in table:
+        print(f"bits/dim {row['bits']!s:>4} {row['method']!s:9}  latent MSE / var {row['relative_latent_mse']:.4f}  "
+              f"PSNR {row['psnr']:.2f} dB")  # fmt: skip
+    print(f"bridge tokenizer saved to {args.out}")
+
+
 def _add_train_generator(sub) -> None:
     p = sub.add_parser(
         "generator", help="train a class- or text-conditioned AR generator on tokens of shapes"
@@ -177,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_sub = train.add_subparsers(dest="what", required=True)
     _add_train_tokenizer(train_sub)
     _add_train_kl_tokenizer(train_sub)
+    _add_train_bridge_tokenizer(train_sub)
     _add_train_generator(train_sub)
     _add_train_classifier(train_sub)
     return parser

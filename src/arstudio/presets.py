@@ -237,3 +237,54 @@ register_preset(
         class_names=_shapes_class_names(),
     )
 )
+
+SHAPES_KL = KLConfig(resolution=32, block_out_channels=(32, 64, 64), latent_channels=8, scaling_factor=1.0)
+_SHAPES_CONTINUOUS_BACKBONE = BackboneConfig(dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=1)
+
+register_preset(
+    Preset(
+        name="shapes-c2i-continuous",
+        description="Class-conditional shapes from continuous tokens: KL tokenizer (8x8 latents of 8 dims) + "
+        "per-token diffusion head on the shapes-c2i backbone size",
+        task="class-to-image",
+        tokenizer=SHAPES_KL,
+        generator=ContinuousGeneratorConfig(
+            token_dim=8,
+            head="diffusion",
+            head_width=128,
+            head_depth=3,
+            batch_mul=4,
+            backbone=_SHAPES_CONTINUOUS_BACKBONE,
+        ),  # fmt: skip
+        weights="shapes-c2i-continuous",
+        defaults={
+            "guidance_scale": 3.0,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "num_inference_steps": 25,
+        },
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="shapes-c2i-bridge",
+        description="Class-conditional shapes from TokenBridge tokens: the shapes-c2i-continuous KL latents "
+        "quantised to 64 levels per dimension + a per-dimension AR head",
+        task="class-to-image",
+        tokenizer=BridgeConfig(kl=SHAPES_KL, levels=64),
+        generator=ContinuousGeneratorConfig(
+            token_dim=8,
+            head="bridge",
+            levels=64,
+            head_width=128,
+            head_depth=2,
+            backbone=_SHAPES_CONTINUOUS_BACKBONE,
+        ),  # fmt: skip
+        weights="shapes-c2i-bridge",
+        defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        class_names=_shapes_class_names(),
+    )
+)

@@ -63,8 +63,10 @@ class ContinuousImageGenerator(PrefixARGenerator):
         if config.head == "bridge":
             from arstudio.tokenizers.bridge import gaussian_bins
 
-            # Standardised value of each level (the same for every dimension): how ids enter the backbone.
-            self.register_buffer("bin_values", gaussian_bins(config.levels)[1].float(), persistent=False)
+            # (d, levels) standardised value of each level: ids enter the backbone as their de-quantised
+            # values (TokenBridge). Saved with the weights; training copies them from the bridge tokenizer.
+            values = gaussian_bins(config.levels)[1].float().repeat(config.token_dim, 1)
+            self.register_buffer("bin_values", values)
 
     @property
     def token_kind(self) -> str:
@@ -87,7 +89,8 @@ class ContinuousImageGenerator(PrefixARGenerator):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, d) latents or level ids -> (B, T, dim)."""
         if self.token_kind == "bridge":
-            tokens = self.bin_values[tokens]  # ids -> standardised bin values, (B, T, d)
+            dims = torch.arange(tokens.shape[-1], device=tokens.device)
+            tokens = self.bin_values[dims, tokens]  # ids -> standardised bin values, (B, T, d)
         return self.tok_embeddings(tokens.to(self.tok_embeddings.weight.dtype))
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

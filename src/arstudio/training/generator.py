@@ -128,6 +128,8 @@ def train_generator(
         [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.95),
     )  # fmt: skip
+    if continuous and config.head == "bridge":
+        model.bin_values.copy_(tokenizer.quantizer.values)  # the generator embeds ids as de-quantised values
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -80,3 +80,30 @@ def train_kl_tokenizer(
     save_checkpoint(unwrapped, optimizer, steps, out_dir)
     print(f"scaling factor {scale:.4f}")
     return unwrapped
+
+
+@torch.no_grad()
+def build_bridge_tokenizer(out_dir: str | Path, kl_dir: str | Path, levels: int = 64, num_images: int = 4096,
+                           seed: int = 0, batch_size: int = 256):  # fmt: skip
+    """TokenBridge's post-training step: fit the per-dimension quantiser of a trained KL tokenizer on the
+    latents of ``num_images`` training-set images (class set, seed ``seed``) and save the bridge tokenizer.
+
+    Returns (tokenizer, the reconstruction-error vs bits-per-dimension table on held-out images).
+    """
+    from arstudio.data.shapes import class_batch
+    from arstudio.images import images_to_tensor
+    from arstudio.tokenizers.bridge import BridgeTokenizer, quantisation_sweep
+
+    kl = KLTokenizer.from_pretrained(kl_dir)
+    resolution = kl.config.resolution
+    latents = [
+        kl.encode(
+            images_to_tensor(class_batch(seed, min(batch_size, num_images - i), resolution, start=i)[0])
+        )
+        for i in range(0, num_images, batch_size)
+    ]
+    latents = torch.cat(latents)  # (num_images, h, w, d)
+    bridge = BridgeTokenizer.from_kl(kl, levels, latents)
+    bridge.save_pretrained(out_dir)
+    held_out = images_to_tensor(class_batch(seed + 7919, 512, resolution)[0])
+    return bridge, quantisation_sweep(kl, held_out, latents)
