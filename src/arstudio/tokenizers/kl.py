@@ -29,6 +29,7 @@ class KLConfig:
     norm_num_groups: int = 8
     scaling_factor: float = 1.0  # latents are multiplied by this after encoding (set after training)
     kl_weight: float = 1e-5  # training only: weight of the per-element KL term against the per-pixel l2
+    encoder_attention: bool = False  # attention blocks in the encoder's last level (MAR's KL-16 has them)
 
     @property
     def downsample(self) -> int:
@@ -44,10 +45,11 @@ def build_autoencoder(config: KLConfig):
     from diffusers import AutoencoderKL
 
     levels = len(config.block_out_channels)
+    last = "AttnDownEncoderBlock2D" if config.encoder_attention else "DownEncoderBlock2D"
     return AutoencoderKL(
         in_channels=config.in_channels,
         out_channels=config.in_channels,
-        down_block_types=("DownEncoderBlock2D",) * levels,
+        down_block_types=("DownEncoderBlock2D",) * (levels - 1) + (last,),
         up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=tuple(config.block_out_channels),
         layers_per_block=config.layers_per_block,
