@@ -56,8 +56,7 @@ class ContinuousImageGenerator(PrefixARGenerator):
     def __init__(self, config: ContinuousGeneratorConfig):
         super().__init__()
         self.config = config
-        self._build_trunk(config)
-        self.tok_embeddings = nn.Linear(config.token_dim, config.backbone.dim)
+        self._build_trunk(config, lambda: nn.Linear(config.token_dim, config.backbone.dim))
         self.apply(self._init_weights)
         self.head = make_continuous_head(config, config.backbone.dim)  # keeps its own (zero) init
         if config.head == "bridge":

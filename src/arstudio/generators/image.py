@@ -51,11 +51,12 @@ def check_condition_config(config) -> None:
 class PrefixARGenerator(PretrainedMixin, nn.Module):
     """What every image generator shares: condition prefix (``cls_embedding``) + ``backbone``.
 
-    Subclasses add ``tok_embeddings`` (how a token enters the backbone: ``embed``) and ``head`` (what the
-    hidden state predicts). Hidden state i is the one that predicts token i.
+    Subclasses give ``tok_embeddings`` (how a token enters the backbone: ``embed``) and add ``head`` (what
+    the hidden state predicts). Hidden state i is the one that predicts token i.
     """
 
-    def _build_trunk(self, config) -> None:
+    def _build_trunk(self, config, make_tok_embeddings) -> None:
+        """Condition prefix, token input, backbone, created in this order (seeded random inits depend on it)."""
         dim = config.backbone.dim
         if config.condition == "class":
             self.cls_embedding = ClassConditioning(config.num_classes, dim, config.class_dropout_prob)
@@ -63,6 +64,7 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
             self.cls_embedding = TextConditioning(
                 config.text_dim, config.backbone.prefix_len, dim, config.class_dropout_prob
             )
+        self.tok_embeddings = make_tok_embeddings()
         self.backbone = Backbone(config.backbone)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -110,8 +112,7 @@ class ImageGenerator(PrefixARGenerator):
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.config = config
-        self._build_trunk(config)
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.backbone.dim)
+        self._build_trunk(config, lambda: nn.Embedding(config.vocab_size, config.backbone.dim))
         self.head = CategoricalHead(config.backbone.dim, config.vocab_size)
         self.apply(self._init_weights)
         nn.init.zeros_(self.head.output.weight)
