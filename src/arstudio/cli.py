@@ -108,6 +108,26 @@ def _run_train_generator(args) -> None:
     print(f"generator saved to {args.out}")
 
 
+def _add_train_drafter(sub) -> None:
+    p = sub.add_parser("drafter", help="train a speculative-decoding drafter for a preset's generator")
+    p.add_argument("--preset", required=True, help="preset whose (shipped) generator is the target")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--num-images", type=int, default=20_000, help="size of the tokenized training set")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_drafter)
+
+
+def _run_train_drafter(args) -> None:
+    from arstudio.training.drafter import train_drafter
+
+    train_drafter(args.out, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                  num_images=args.num_images, seed=args.seed)  # fmt: skip
+    print(f"drafter saved to {args.out}")
+
+
 def _add_train_classifier(sub) -> None:
     p = sub.add_parser("classifier", help="train the FD-shapes feature classifier")
     p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
@@ -199,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_bridge_tokenizer(train_sub)
     _add_train_generator(train_sub)
     _add_train_classifier(train_sub)
+    _add_train_drafter(train_sub)
     return parser
 
 

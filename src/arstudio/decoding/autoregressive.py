@@ -89,5 +89,6 @@ def sample_autoregressive(
     finally:
         model.backbone.reset_cache()  # free the cache memory between calls
     elapsed = time.perf_counter() - start
-    return DecodeResult(tokens, {"forwards": forwards, "tokens_per_forward": tokens.shape[1] / forwards,
-                                 "decode_seconds": elapsed})  # fmt: skip
+    stats = {"forwards": forwards, "forwards_per_image": forwards, "tokens_per_forward": tokens.shape[1] / forwards,
+             "decode_seconds": elapsed}  # fmt: skip
+    return DecodeResult(tokens, stats)

@@ -82,6 +82,11 @@ def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor
     if len(generators) != probs.shape[0]:
         raise ValueError(f"got {len(generators)} generators for a batch of {probs.shape[0]}")
     u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(probs.device)
+    return sample_with_uniform(probs, u)
+
+
+def sample_with_uniform(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: probs (..., V) (need not sum to 1) and uniforms u (...) in [0, 1) -> ids (...)."""
     cdf = probs.cumsum(dim=-1)
-    ids = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1)
+    ids = torch.searchsorted(cdf, (u * cdf[..., -1])[..., None]).squeeze(-1)
     return ids.clamp_(max=probs.shape[-1] - 1)  # guards u * total landing past the last cumsum by rounding

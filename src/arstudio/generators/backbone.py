@@ -77,13 +77,19 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, kv_heads, T, head_dim) at the consecutive positions ``input_pos`` (T,).
+        """Write k, v (B, kv_heads, T, head_dim) at positions ``input_pos``: (T,) consecutive positions
+        shared by all rows, or (B, T) when every row has its own (speculative decoding).
 
-        Returns the whole caches. A slice copy is cheaper than an index_put on every decoding step.
+        Returns the whole caches. A slice copy is cheaper than a scatter on every plain decoding step.
         """
-        start = int(input_pos[0])
-        self.k[:, :, start : start + k.shape[2]] = k
-        self.v[:, :, start : start + v.shape[2]] = v
+        if input_pos.ndim == 1:
+            start = int(input_pos[0])
+            self.k[:, :, start : start + k.shape[2]] = k
+            self.v[:, :, start : start + v.shape[2]] = v
+        else:
+            index = input_pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            self.k.scatter_(2, index, k)
+            self.v.scatter_(2, index, v)
         return self.k, self.v
 
 
@@ -108,7 +114,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(input_pos, k, v)  # (B, kv_heads, max_len, head_dim)
             # Only positions written so far matter; slicing saves attention work and a full-length mask.
-            kv_len = mask.shape[-1] if mask is not None else int(input_pos[-1]) + 1
+            kv_len = mask.shape[-1] if mask is not None else int(input_pos.max()) + 1
             k, v = k[:, :, :kv_len], v[:, :, :kv_len]
         if cfg.kv_heads != cfg.n_head:
             repeat = cfg.n_head // cfg.kv_heads
@@ -166,14 +172,17 @@ class Backbone(nn.Module):
         self.register_buffer("rope", table, persistent=False)
         self.caches: list[KVCache] | None = None
 
-    def setup_cache(self, batch_size: int, device=None, dtype=None) -> None:
-        """Allocate one static cache per layer for ``batch_size`` sequences of up to ``max_len`` tokens."""
+    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
+        """Allocate one static cache per layer for ``batch_size`` sequences of up to ``max_len`` tokens.
+
+        ``extra`` adds room past the end: speculative decoding verifies drafts that may run beyond the last
+        image token (they are discarded, but they are written before they are judged).
+        """
         ref = self.norm.weight
         cfg = self.cfg
+        length = cfg.max_len + extra
         self.caches = [
-            KVCache(
-                batch_size, cfg.kv_heads, cfg.max_len, cfg.head_dim, device or ref.device, dtype or ref.dtype
-            )
+            KVCache(batch_size, cfg.kv_heads, length, cfg.head_dim, device or ref.device, dtype or ref.dtype)
             for _ in self.layers
         ]
 
@@ -188,19 +197,24 @@ class Backbone(nn.Module):
         return self.norm(x)
 
     def step(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """Cached pass: x (B, T, dim) at increasing sequence positions ``input_pos`` (T,) -> hidden (B, T, dim).
+        """Cached pass: x (B, T, dim) at increasing sequence positions -> hidden (B, T, dim).
 
-        Prefill is a step over positions 0..P-1; decoding steps one position (or k, for speculation).
+        ``input_pos`` is (T,) when all rows share positions (prefill is a step over 0..P-1; plain decoding
+        steps one position), or (B, T) when each row is at its own place (batched speculative decoding,
+        where rows accept different numbers of drafts). Keys past a row's position are never seen, so a
+        rejected draft left in the cache is harmless: it is overwritten before it could be attended to.
         """
         if self.caches is None or self.caches[0].k.shape[0] != x.shape[0]:
             raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
         mask = None
-        if x.shape[1] > 1:
-            # Several positions at once (prefill, speculative chunks): each query sees the cached keys at
-            # positions <= its own. (1, 1, T, kv_len) boolean mask, kv_len = last position + 1.
-            keys = torch.arange(int(input_pos[-1]) + 1, device=x.device)
-            mask = (keys[None, :] <= input_pos[:, None])[None, None]
-        rope = self.rope[input_pos]
+        if x.shape[1] > 1 or input_pos.ndim == 2:
+            # Each query sees the cached keys at positions <= its own: a boolean mask
+            # (1 or B, 1, T, kv_len), kv_len = last position + 1.
+            keys = torch.arange(int(input_pos.max()) + 1, device=x.device)
+            mask = keys <= input_pos[..., None]  # ([B,] T, kv_len)
+            mask = mask[:, None] if input_pos.ndim == 2 else mask[None, None]
+        # Positions past the image (speculative overshoot, discarded anyway) reuse the last rotation.
+        rope = self.rope[input_pos.clamp(max=self.rope.shape[0] - 1)]
         for layer, cache in zip(self.layers, self.caches, strict=True):
             x = layer(x, rope, cache, input_pos, mask)
         return self.norm(x)

@@ -104,7 +104,7 @@ class ContinuousImageGenerator(PrefixARGenerator):
 
     def prefill(self, cond: torch.Tensor) -> torch.Tensor:
         """Write the condition prefix into the cache; returns z (B, dim) for the first token."""
-        return self.prefill_hidden(cond)
+        return self.prefix_hidden(cond)[:, -1]
 
     def step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, d) at sequence positions ``input_pos`` (T,) -> z (B, T, dim) for the next tokens."""

@@ -89,17 +89,19 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         x = torch.cat([self.cls_embedding(cond), self.embed(tokens[:, :-1])], dim=1)
         return self.backbone(x)[:, self.prefix_len - 1 :]  # (B, P + N - 1, dim) -> (B, N, dim)
 
-    def setup_cache(self, batch_size: int, device=None, dtype=None) -> None:
-        self.backbone.setup_cache(batch_size, device, dtype)
+    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
+        self.backbone.setup_cache(batch_size, device, dtype, extra)
 
-    def prefill_hidden(self, cond: torch.Tensor) -> torch.Tensor:
-        """Write the condition prefix into the cache; returns the hidden state (B, dim) for the first token."""
+    def prefix_hidden(self, cond: torch.Tensor) -> torch.Tensor:
+        """Write the condition prefix into the cache; returns its hidden states (B, P, dim), the last of
+        which predicts the first token."""
         prefix = self.cls_embedding(cond)
         positions = torch.arange(prefix.shape[1], device=prefix.device)
-        return self.backbone.step(prefix, positions)[:, -1]
+        return self.backbone.step(prefix, positions)
 
     def step_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T, ...) at sequence positions ``input_pos`` (T,) -> hidden (B, T, dim) for the next ones."""
+        """tokens (B, T, ...) at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> hidden (B, T, dim)
+        for the next ones."""
         return self.backbone.step(self.embed(tokens), input_pos)
 
 
@@ -138,13 +140,27 @@ class ImageGenerator(PrefixARGenerator):
         self.check_tokens(tokens)
         return self.head(self.hidden(tokens, cond))
 
-    def prefill(self, cond: torch.Tensor) -> torch.Tensor:
-        """Write the condition prefix into the cache; returns logits (B, vocab) for the first token."""
-        return self.head(self.prefill_hidden(cond))
+    def hidden_states(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing without the head: [prefix, all N tokens] -> hidden (B, P + N, dim).
 
-    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) placed at sequence positions ``input_pos`` (T,) -> logits (B, T, vocab).
+        Hidden state p predicts the token at p + 1 (the last one predicts nothing); drafters learn these.
+        """
+        self.check_tokens(tokens)
+        return self.backbone(torch.cat([self.cls_embedding(cond), self.tok_embeddings(tokens)], dim=1))
+
+    def prefill(self, cond: torch.Tensor, return_hidden: bool = False):
+        """Write the condition prefix into the cache; returns logits (B, vocab) for the first token (and
+        the prefix's hidden states (B, P, dim) if ``return_hidden``)."""
+        hidden = self.prefix_hidden(cond)
+        logits = self.head(hidden[:, -1:])[:, -1]
+        return (logits, hidden) if return_hidden else logits
+
+    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor, return_hidden: bool = False):
+        """tokens (B, T) placed at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> logits
+        (B, T, vocab) (and hidden (B, T, dim) if ``return_hidden``).
 
         Logits at position p predict the token at p + 1, as in training.
         """
-        return self.head(self.step_hidden(tokens, input_pos))
+        hidden = self.step_hidden(tokens, input_pos)
+        logits = self.head(hidden)
+        return (logits, hidden) if return_hidden else logits

@@ -34,11 +34,12 @@ def rope_2d_table(grid_size: int, head_dim: int, prefix_len: int, base: float = 
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """x: (B, L, heads, head_dim); table: (L, head_dim // 2, 2) (cos, sin) for those positions.
+    """x: (B, L, heads, head_dim); table: (L, head_dim // 2, 2) (cos, sin) for those positions, or
+    (B, L, head_dim // 2, 2) when each row sits at its own positions (batched speculative decoding).
 
     Each pair (x0, x1) becomes (x0 cos - x1 sin, x1 cos + x0 sin): a complex product, which is a handful of
     kernels instead of a dozen (this runs twice per layer on every decoding step).
     """
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, L, heads, head_dim // 2)
-    rotation = torch.view_as_complex(table.float().contiguous())[:, None, :]  # (L, 1, head_dim // 2)
+    rotation = torch.view_as_complex(table.float().contiguous()).unsqueeze(-2)  # ([B,] L, 1, head_dim // 2)
     return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)

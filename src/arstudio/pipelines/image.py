@@ -12,7 +12,9 @@ import torch
 from arstudio.decoding import DECODING_PARAMS
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.continuous import sample_continuous
+from arstudio.decoding.lantern import latent_neighbours
 from arstudio.decoding.logits import SamplingParams
+from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
 from arstudio.generators.text_encoders import check_prompts
 from arstudio.images import tensor_to_images
 
@@ -47,22 +49,57 @@ class ImagePipeline:
     text presets take ``prompt`` (free text) and optionally ``negative_prompt``."""
 
     def __init__(
-        self, tokenizer, generator, preset, device: torch.device, dtype: torch.dtype, text_encoder=None
-    ):
+        self, tokenizer, generator, preset, device: torch.device, dtype: torch.dtype, text_encoder=None,
+        drafter=None,
+    ):  # fmt: skip
         self.tokenizer = tokenizer
         self.generator = generator
         self.preset = preset
         self.device = device
         self.dtype = dtype
         self.text_encoder = text_encoder
+        self.drafter = drafter  # speculative decoding's draft model, checked against the generator at load
+        self._neighbours: dict[int, torch.Tensor] = {}  # LANTERN's latent-neighbour tables, per k
 
     def __repr__(self) -> str:
         return f"ImagePipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
 
     @property
     def decoding_strategies(self) -> tuple[str, ...]:
-        """Strategies this preset can run: plain AR always; the others need a drafter for its generator."""
-        return ("ar",)
+        """Strategies this preset can run: plain AR always; the others need a drafter for its generator,
+        and LANTERN a tokenizer with a codebook (its latent neighbourhoods)."""
+        if self.drafter is None:
+            return ("ar",)
+        if not hasattr(self.tokenizer, "codebook_vectors"):
+            return ("ar", "speculative")
+        return ("ar", "speculative", "lantern")
+
+    def _decoding_knobs(self, decoding: str, given: dict) -> dict:
+        """The strategy's knobs: given values checked against their ranges, defaults for the rest. A knob
+        the strategy does not use is an error rather than silently ignored."""
+        params = {p.name: p for p in DECODING_PARAMS[decoding]}
+        for name, value in given.items():
+            if value is not None and name not in params:
+                users = [s for s, knobs in DECODING_PARAMS.items() if name in {k.name for k in knobs}]
+                raise ValueError(
+                    f"{name}={value!r} applies to decoding in {users}, not decoding={decoding!r}"
+                )
+        knobs = {}
+        for name, param in params.items():
+            value = given.get(name)
+            knobs[name] = param.default if value is None else param.check(value)
+        if "lantern_k" in knobs:
+            vocab = self.tokenizer.codebook_size
+            if knobs["lantern_k"] >= vocab:
+                raise ValueError(
+                    f"lantern_k={knobs['lantern_k']} is out of range: allowed are 1..{vocab - 1} (codebook size {vocab})"
+                )
+        return knobs
+
+    def _lantern_neighbours(self, k: int) -> torch.Tensor:
+        if k not in self._neighbours:
+            self._neighbours[k] = latent_neighbours(self.tokenizer.codebook_vectors(), k).to(self.device)
+        return self._neighbours[k]
 
     def preview(self, tokens_so_far: torch.Tensor) -> list:
         """Decode a partial raster-order token sequence (B, n) to PIL images for progress previews.
@@ -200,6 +237,10 @@ class ImagePipeline:
         output_type: str = "pil",
         callback_on_step_end=None,
         negative_prompt: str | list[str] | None = None,
+        draft_tokens: int | None = None,
+        lantern_k: int | None = None,
+        lantern_delta: float | None = None,
+        lantern_lambda: float | None = None,
         num_inference_steps: int | None = None,
     ) -> ImageOutput:
         """Generate images.
@@ -217,6 +258,9 @@ class ImagePipeline:
             callback_on_step_end: ``fn(step, num_steps, tokens_so_far)``; return False to stop early.
             negative_prompt: text presets only: what guidance steers away from (one, or one per prompt);
                 None uses the learned null condition. Needs guidance_scale != 1 to have an effect.
+            draft_tokens: speculative/lantern: tokens drafted per target forward (default 4).
+            lantern_k, lantern_delta, lantern_lambda: LANTERN's neighbourhood size, total-variation budget
+                per token (0 = exact) and LANTERN++ cap (1 = off); see ``arstudio.decoding.lantern``.
             num_inference_steps: sampling steps of a diffusion/flow head per token (None: the preset's
                 default); other heads have no such steps and refuse it.
         """
@@ -236,6 +280,8 @@ class ImagePipeline:
                 f"decoding={decoding!r} is not available for preset {self.preset.name!r} (it ships no drafter "
                 f"for it); allowed: {self.decoding_strategies}"
             )
+        knobs = self._decoding_knobs(decoding, {"draft_tokens": draft_tokens, "lantern_k": lantern_k,
+                                                "lantern_delta": lantern_delta, "lantern_lambda": lantern_lambda})  # fmt: skip
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -247,12 +293,19 @@ class ImagePipeline:
 
         head = getattr(self.generator.head, "kind", "categorical")
         steps = self._head_steps(head, num_inference_steps)
-        if steps is None:
+        if steps is not None:  # vector tokens: the continuous sampler (plain AR is its only strategy)
+            result = sample_continuous(self.generator, conditions.cond, generators, params, steps,
+                                       callback_on_step_end, negative_cond=conditions.negative)  # fmt: skip
+        elif decoding == "ar":
             result = sample_autoregressive(self.generator, conditions.cond, generators, params,
                                            callback_on_step_end, negative_cond=conditions.negative)  # fmt: skip
         else:
-            result = sample_continuous(self.generator, conditions.cond, generators, params, steps,
-                                       callback_on_step_end, negative_cond=conditions.negative)  # fmt: skip
+            lantern = decoding == "lantern"
+            spec = SpeculativeParams(knobs["draft_tokens"], knobs.get("lantern_delta", 0.0),
+                                     knobs.get("lantern_lambda", 1.0))  # fmt: skip
+            neighbours = self._lantern_neighbours(knobs["lantern_k"]) if lantern else None
+            result = sample_speculative(self.generator, self.drafter, conditions.cond, generators, params, spec,
+                                        neighbours, conditions.negative, callback_on_step_end)  # fmt: skip
         t1 = time.perf_counter()
         grid = self.tokenizer.grid_size
         tokens = result.tokens
@@ -282,6 +335,7 @@ class ImagePipeline:
             "top_p": params.top_p,
             "cfg_interval": list(params.cfg_interval),
             "decoding": decoding,
+            **knobs,
             "tokenizer": type(self.tokenizer).__name__,
             "head": head,
             "num_inference_steps": None if head in ("categorical", "bridge") else steps,

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
+from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.pipelines.image import ImagePipeline
@@ -146,4 +147,20 @@ def load_pipeline(
     text_encoder = None
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device)
-    return ImagePipeline(tokenizer, generator, preset, device, dtype, text_encoder)
+    drafter = _load_drafter(preset, generator, source, device, dtype)
+    return ImagePipeline(tokenizer, generator, preset, device, dtype, text_encoder, drafter)
+
+
+def _load_drafter(preset: Preset, generator, source, device, dtype) -> Drafter | None:
+    """The speculative-decoding drafter: ``drafter/`` beside the generator when there is one (checked to
+    be trained for this generator), a seeded random one for random presets, none for hub presets."""
+    if generator.token_kind != "discrete":
+        return None  # drafters exist for categorical heads only
+    if source is None:
+        drafter = seeded(lambda: Drafter(DrafterConfig.for_target(generator)), preset.init_seed + 2)
+    elif isinstance(source, Path) and (source / "drafter").is_dir():
+        drafter = Drafter.from_pretrained(source / "drafter")
+        drafter.check_target(generator)
+    else:
+        return None
+    return drafter.to(device=device, dtype=dtype).eval()

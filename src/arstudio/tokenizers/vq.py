@@ -224,6 +224,10 @@ class VQTokenizer(PretrainedMixin, nn.Module):
     def grid_size(self) -> int:
         return self.config.grid_size
 
+    def codebook_vectors(self) -> torch.Tensor:
+        """(codebook_size, dim) vectors as the decoder sees them (l2-normalised): LANTERN's latent space."""
+        return self.quantize.codebook()
+
     def check_images(self, images: torch.Tensor) -> None:
         r, c = self.config.resolution, self.config.in_channels
         if not isinstance(images, torch.Tensor) or images.ndim != 4:

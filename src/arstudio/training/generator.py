@@ -60,7 +60,8 @@ def tokenize_shapes(tokenizer: VQTokenizer, num_images: int, seed: int, conditio
     return torch.cat(all_tokens), torch.cat(all_conds)
 
 
-def _load_or_make_tokens(out_dir: Path, tokenizer, num_images: int, seed: int, condition: str, text_encoder):
+def load_or_make_tokens(out_dir: Path, tokenizer, num_images: int, seed: int, condition: str, text_encoder):
+    """The tokenized training set, cached in ``out_dir`` (a resumed run reuses it)."""
     from safetensors.torch import save
 
     path = out_dir / TOKENS_FILE
@@ -118,7 +119,7 @@ def train_generator(
     tokenizer = _load_tokenizer(tokenizer_dir, config)
     if config.condition == "text" and text_encoder is None:
         raise ValueError("a text-conditioned generator needs a text_encoder to encode the captions")
-    tokens, conds = _load_or_make_tokens(out_dir, tokenizer, num_images, seed, config.condition, text_encoder)
+    tokens, conds = load_or_make_tokens(out_dir, tokenizer, num_images, seed, config.condition, text_encoder)
 
     continuous = isinstance(config, ContinuousGeneratorConfig)
     model = seeded(lambda: (ContinuousImageGenerator if continuous else ImageGenerator)(config), seed)

@@ -1,0 +1,155 @@
+"""Speculative decoding on shapes-c2i and shapes-t2i: plain AR vs exact speculative vs LANTERN over a
+(k, delta) sweep, side by side in one run.
+
+For each setting: wall-clock speed-up over plain AR at batch 1 and batch 8 (median of interleaved
+repeats, so machine noise hits every setting alike), target forwards per image, acceptance, verifier
+accuracy (class presets: the requested object; text presets: exactly the described objects) and
+FD-shapes beside the real-vs-real baseline at the same N. Writes results JSON and a PNG chart.
+
+    python -m benchmarks.bench_speculative [--presets shapes-c2i shapes-t2i] [--count 240] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from arstudio.data.shapes import NUM_CLASSES, class_batch, make_text_item
+from arstudio.evaluation.fd_shapes import fd_shapes, load_shipped_classifier
+from arstudio.evaluation.verifier import verify_class, verify_objects
+from arstudio.pipelines.loading import load_pipeline
+from benchmarks.common import RESULTS, finish, header
+
+HELDOUT_SEED = 4242  # generators trained on seed 0
+
+SETTINGS = {
+    "ar": {"decoding": "ar"},
+    "speculative": {"decoding": "speculative"},
+    "lantern k=8 d=0.1": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 0.1},
+    "lantern k=8 d=0.25": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 0.25},
+    "lantern k=32 d=0.25": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.25},
+    "lantern k=32 d=0.5": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.5},
+    "lantern++ k=8 l=5": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "lantern_lambda": 5.0},
+}
+
+
+def requests(pipe, count: int) -> tuple[list[dict], list, np.ndarray, np.ndarray]:
+    """``count`` single-image requests, a checker per image, and two sets of real images of the same
+    distribution (the reference, and a second one for the real-vs-real FD baseline)."""
+    size = pipe.tokenizer.config.resolution
+    if pipe.text_encoder is None:
+        labels = [i % NUM_CLASSES for i in range(count)]
+        checks = [lambda image, label=label: verify_class(image, label) for label in labels]
+        real = class_batch(1001, count, size)[0], class_batch(2002, count, size)[0]
+        return [{"class_labels": [label]} for label in labels], checks, *real
+    items = [make_text_item(HELDOUT_SEED, i, size) for i in range(count)]
+    checks = [lambda image, objects=objects: verify_objects(image, objects) for _, _, objects in items]
+    real = [np.stack([make_text_item(seed, i, size)[0] for i in range(count)]) for seed in (1001, 2002)]
+    return [{"prompt": [caption]} for _, caption, _ in items], checks, *real
+
+
+def merge(batch: list[dict]) -> dict:
+    key = next(iter(batch[0]))
+    return {key: [value for request in batch for value in request[key]]}
+
+
+def quality(pipe, reqs, checks, real, setting, batch: int, classifier) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    images, stats = [], []
+    for i in range(0, len(reqs), batch):
+        out = pipe(**merge(reqs[i : i + batch]), generator=generator, output_type="np", **setting)
+        images += out.images
+        stats.append(out.stats)
+    images = np.stack(images)
+    mean = lambda key: float(np.mean([s[key] for s in stats if key in s])) if key in stats[0] else None  # noqa: E731
+    return {
+        "verifier_accuracy": float(
+            np.mean([check(image) for check, image in zip(checks, images, strict=True)])
+        ),
+        "fd_shapes": fd_shapes(images, real, classifier),
+        "forwards_per_image": mean("forwards_per_image"),
+        "acceptance_rate": mean("acceptance_rate"),
+        "mean_accepted_length": mean("mean_accepted_length"),
+    }
+
+
+def timing(pipe, reqs, settings: dict, batch: int, repeats: int) -> dict[str, float]:
+    """Median seconds per image of each setting; settings interleaved within every repeat."""
+    seconds = {name: [] for name in settings}
+    call = merge(reqs[:batch])
+    for repeat in range(repeats + 1):
+        for name, setting in settings.items():
+            start = time.perf_counter()
+            pipe(**call, generator=torch.Generator().manual_seed(repeat), output_type="np", **setting)
+            if repeat:  # the first round warms up caches and neighbour tables
+                seconds[name].append((time.perf_counter() - start) / batch)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def chart(results: dict, path) -> None:
+    """Speed-up at batch 1 (x) against verifier accuracy (y), one colour per preset."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 720, 480, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
+    points = [(p, name, row["speedup_batch1"], row["verifier_accuracy"])
+              for p, rows in results.items() for name, row in rows.items()]  # fmt: skip
+    xmax = max(3.0, max(x for _, _, x, _ in points) * 1.1)
+    colours = ["#1f77b4", "#d62728", "#2ca02c"]
+    for i, preset in enumerate(results):
+        draw.text((pad + 10, pad + 10 + 14 * i), preset, fill=colours[i % 3])
+    for preset, name, x, y in points:
+        px = pad + (width - 2 * pad) * x / xmax
+        py = height - pad - (height - 2 * pad) * y
+        colour = colours[list(results).index(preset) % 3]
+        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+        draw.text((px + 6, py - 6), name, fill=colour)
+    draw.text(
+        (width // 2 - 80, height - pad + 20),
+        f"speed-up over plain AR, batch 1 (0..{xmax:.1f}x)",
+        fill="black",
+    )
+    draw.text((5, pad - 20), "verifier accuracy (0..1)", fill="black")
+    image.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["shapes-c2i", "shapes-t2i"])
+    parser.add_argument("--count", type=int, default=240, help="images per setting for quality")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per setting and batch size")
+    args = parser.parse_args()
+    info = header("speculative")
+    classifier = load_shipped_classifier()
+    results = {}
+    for preset in args.presets:
+        pipe = load_pipeline(preset, device="cpu")
+        reqs, checks, real, real_again = requests(pipe, args.count)
+        baseline = fd_shapes(real_again, real, classifier)
+        per_image = {b: timing(pipe, reqs, SETTINGS, b, args.repeats) for b in (1, 8)}
+        rows = {}
+        for name, setting in SETTINGS.items():
+            row = quality(pipe, reqs, checks, real, setting, 8, classifier)
+            for b in (1, 8):
+                row[f"ms_per_image_batch{b}"] = round(1000 * per_image[b][name], 2)
+                row[f"speedup_batch{b}"] = per_image[b]["ar"] / per_image[b][name]
+            rows[name] = row
+            print(f"{preset:11s} {name:22s} x{row['speedup_batch1']:.2f} (b1) x{row['speedup_batch8']:.2f} (b8)  "
+                  f"fwd/img {row['forwards_per_image']:.1f}  acc {row['verifier_accuracy']:.3f}  "
+                  f"FD {row['fd_shapes']:.1f}  accept {row['acceptance_rate']}")  # fmt: skip
+        results[preset] = rows
+        results[f"{preset} fd_shapes_real_vs_real"] = baseline
+        print(f"{preset:11s} FD-shapes real vs real (same N): {baseline:.1f}")
+    RESULTS.mkdir(exist_ok=True)
+    chart({k: v for k, v in results.items() if isinstance(v, dict)}, RESULTS / "speculative.png")
+    finish(info, {"settings": SETTINGS, "count": args.count, "results": results})
+
+
+if __name__ == "__main__":
+    main()

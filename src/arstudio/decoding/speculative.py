@@ -1,0 +1,202 @@
+"""Batched speculative decoding with an EAGLE-style drafter: exact (Leviathan/Chen acceptance) or LANTERN-relaxed.
+
+One round, for every image at once (each at its own position):
+1. The drafter proposes ``draft_tokens`` (gamma) tokens, sampling each from its own CFG-guided, filtered
+   distribution q.
+2. The target reads [last decided token, drafts] (gamma + 1 positions) in one cached forward: the target
+   distribution p at every draft and one past them.
+3. Draft i is accepted if u_i <= p~(d_i) / q(d_i) (p~ = p for exact decoding, LANTERN's relaxed target
+   otherwise) and all drafts before it were; the first rejected position samples the residual
+   max(p~ - q, 0), and a fully accepted row takes a bonus token from p at the end.
+4. The drafter catches up on the gamma + 1 positions the target just computed, reading its prediction
+   for the next round at the row's new position.
+
+Rows accept different numbers of tokens, so the KV caches are addressed per row: ``input_pos`` (B, T).
+Entries left by rejected drafts sit past a row's position and are overwritten before they can be seen.
+
+Randomness: every round, each image draws 2 gamma + 1 uniforms from its own generator (gamma for the
+drafts, gamma for the acceptance tests, one for the residual/bonus token), so an image's result does not
+depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from arstudio.decoding.autoregressive import DecodeResult, StepCallback
+from arstudio.decoding.lantern import relaxed_target, residual
+from arstudio.decoding.logits import (
+    SamplingParams,
+    classifier_free_guidance,
+    filter_logits,
+    sample_with_uniform,
+)
+
+
+@dataclass(frozen=True)
+class SpeculativeParams:
+    draft_tokens: int = 4
+    lantern_delta: float = 0.0  # 0: exact speculative decoding
+    lantern_lambda: float = 1.0  # > 1: LANTERN++ cap on the relaxed mass
+    # (lantern_k lives in the neighbour table the caller passes)
+
+    def __post_init__(self):
+        from arstudio.decoding import DECODING_PARAMS
+
+        knobs = {p.name: p for p in DECODING_PARAMS["lantern"]}
+        for name in ("draft_tokens", "lantern_delta", "lantern_lambda"):
+            knobs[name].check(getattr(self, name))
+
+
+class _Guide:
+    """CFG + filtering for logits of rows [cond; uncond] at per-image token indices."""
+
+    def __init__(self, params: SamplingParams, batch: int, total: int):
+        self.params, self.batch, self.total = params, batch, total
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """logits (R, ..., V) with R = B or 2B; index (B, ...) token indices -> probabilities (B, ..., V)."""
+        p = self.params
+        if p.uses_cfg:
+            cond, uncond = logits[: self.batch], logits[self.batch :]
+            lo, hi = p.cfg_interval
+            fraction = index.float() / self.total
+            guided = ((fraction >= lo) & (fraction < hi))[..., None]
+            logits = torch.where(guided, classifier_free_guidance(cond, uncond, p.guidance_scale), cond)
+        return filter_logits(logits, p.temperature, p.top_k, p.top_p)
+
+
+@torch.no_grad()
+def sample_speculative(
+    target,
+    drafter,
+    cond: torch.Tensor,
+    generators: list[torch.Generator],
+    params: SamplingParams | None = None,
+    spec: SpeculativeParams | None = None,
+    neighbours: torch.Tensor | None = None,
+    negative_cond: torch.Tensor | None = None,
+    callback: StepCallback | None = None,
+) -> DecodeResult:
+    """Sample (B, N) tokens from ``target`` with drafts from ``drafter``.
+
+    ``neighbours`` (V, k) latent-neighbour ids turn on LANTERN's relaxed acceptance (with
+    ``spec.lantern_delta`` > 0); without them the result is distributed exactly as plain AR sampling.
+    """
+    params, spec = params or SamplingParams(), spec or SpeculativeParams()
+    gamma, batch, total, prefix_len = spec.draft_tokens, cond.shape[0], target.seq_len, target.prefix_len
+    if len(generators) != batch:
+        raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
+    device = cond.device
+    if params.uses_cfg:
+        uncond = target.cls_embedding.null(batch, device) if negative_cond is None else negative_cond
+        if uncond.shape != cond.shape:
+            raise ValueError(f"negative condition {tuple(uncond.shape)} does not match {tuple(cond.shape)}")
+        cond = torch.cat([cond, uncond.to(device)])
+    rows = cond.shape[0]
+    streams = rows // batch  # 2 with guidance: every token goes to both the cond and the uncond row
+
+    def both(x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (R, ...)
+        return x.repeat(streams, *([1] * (x.ndim - 1)))
+
+    guide = _Guide(params, batch, total)
+    embed = target.tok_embeddings
+    start = time.perf_counter()
+    target.setup_cache(rows, device=device, extra=gamma + 1)
+    drafter.setup_cache(rows, device=device, extra=gamma + 1)
+    try:
+        # Token 0 from the target's prefill; the drafter reads the prefix to predict the hidden state after it.
+        logits, prefix_hidden = target.prefill(cond, return_hidden=True)  # (R, V), (R, P, dim)
+        first_u = torch.stack([torch.rand((), generator=g) for g in generators]).to(device)
+        zero = torch.zeros(batch, dtype=torch.long, device=device)
+        tokens = torch.zeros(batch, total + gamma + 1, dtype=torch.long, device=device)
+        tokens[:, 0] = sample_with_uniform(guide(logits, zero), first_u)
+        prefix = target.cls_embedding(cond)  # (R, P, dim)
+        next_embeddings = torch.cat([prefix[:, 1:], embed(both(tokens[:, :1]))], dim=1)
+        drafted_hidden = drafter.step(next_embeddings, prefix_hidden, torch.arange(prefix_len, device=device))
+        drafted_hidden = drafted_hidden[:, -1]  # (R, dim): predicts token 1
+        decided = torch.ones(batch, dtype=torch.long, device=device)  # tokens fixed so far, per image
+        forwards, rounds_per_image = 1, torch.zeros(batch, dtype=torch.long, device=device)
+        accepted_total = proposed_total = 0
+        steps = torch.arange(gamma + 1, device=device)
+        while bool((decided < total).any()):
+            active = decided < total
+            # Finished rows ride along (their results are discarded) parked at the last token, which keeps
+            # their positions inside the cache.
+            cursor = decided.clamp(max=total - 1)
+            u = torch.stack([torch.rand(2 * gamma + 1, generator=g) for g in generators]).to(device)
+
+            # 1. Draft gamma tokens; draft i is token decided + i.
+            drafts = torch.zeros(batch, gamma, dtype=torch.long, device=device)
+            q = []
+            for i in range(gamma):
+                q_i = guide(target.head(drafted_hidden), cursor + i)  # (B, V)
+                drafts[:, i] = sample_with_uniform(q_i, u[:, i])
+                q.append(q_i)
+                if i + 1 < gamma:
+                    position = (prefix_len + cursor - 1 + i)[:, None]  # drafter position of (d_i, f^)
+                    drafted_hidden = drafter.step(
+                        embed(both(drafts[:, i : i + 1])), drafted_hidden[:, None], both(position)
+                    )[:, 0]
+            q = torch.stack(q, dim=1)  # (B, gamma, V)
+
+            # 2. Verify: [last decided token, drafts] at positions P + decided - 1 + (0..gamma).
+            last = tokens.gather(1, (cursor - 1)[:, None])
+            chunk = torch.cat([last, drafts], dim=1)  # (B, gamma + 1)
+            positions = prefix_len + cursor[:, None] - 1 + steps  # (B, gamma + 1)
+            logits, hidden = target.step(both(chunk), both(positions), return_hidden=True)
+            forwards += 1
+            p = guide(logits, cursor[:, None] + steps)  # (B, gamma + 1, V): token cursor + i
+
+            # 3. Accept the longest prefix of drafts that pass; then one residual or bonus token.
+            relaxed = relaxed_target(
+                p[:, :gamma], drafts, neighbours, spec.lantern_delta, spec.lantern_lambda
+            )
+            p_draft = relaxed.gather(-1, drafts[..., None]).squeeze(-1)  # (B, gamma)
+            q_draft = q.gather(-1, drafts[..., None]).squeeze(-1)
+            passed = u[:, gamma : 2 * gamma] * q_draft <= p_draft  # u <= p~/q without dividing by q
+            accepted = passed.long().cumprod(dim=1).sum(dim=1)  # (B,) in 0..gamma
+            at = accepted.clamp(max=gamma - 1)[:, None, None].expand(-1, 1, p.shape[-1])
+            after_reject = residual(relaxed.gather(1, at), q.gather(1, at))[:, 0]  # (B, V)
+            final_probs = torch.where((accepted == gamma)[:, None], p[:, gamma], after_reject)
+            final = sample_with_uniform(final_probs, u[:, 2 * gamma])
+
+            new = torch.cat([drafts, final[:, None]], dim=1)  # (B, gamma + 1)
+            new.scatter_(1, accepted[:, None], final[:, None])  # token at index `accepted` is the final one
+            write = (steps[None, :] <= accepted[:, None]) & active[:, None]
+            index = cursor[:, None] + steps
+            tokens.scatter_(1, index, torch.where(write, new, tokens.gather(1, index)))
+            accepted_total += int(accepted[active].sum())
+            proposed_total += gamma * int(active.sum())
+            rounds_per_image += active.long()
+
+            # 4. Drafter catch-up over the verified positions; keep its output at each row's new end.
+            caught_up = drafter.step(embed(both(new)), hidden, both(positions))  # (R, gamma + 1, dim)
+            decided = torch.where(active, decided + accepted + 1, decided)
+            end = both(accepted)[:, None, None].expand(-1, 1, caught_up.shape[-1])
+            drafted_hidden = caught_up.gather(1, end)[:, 0]
+            if callback is not None:
+                done = int(decided.clamp(max=total).min())
+                if callback(done - 1, total, tokens[:, :done]) is False:
+                    tokens = tokens[:, :done]
+                    break
+    finally:
+        target.backbone.reset_cache()
+        drafter.reset_cache()
+    elapsed = time.perf_counter() - start
+    tokens = tokens[:, :total] if tokens.shape[1] > total else tokens
+    stats = {
+        "forwards": forwards,
+        "drafter_forwards": int(rounds_per_image.max()) * gamma + 1,
+        "forwards_per_image": float((rounds_per_image + 1).float().mean()),  # prefill + verify rounds
+        "tokens_per_forward": float((total / (rounds_per_image + 1).float()).mean()),
+        "acceptance_rate": accepted_total / max(proposed_total, 1),
+        # tokens fixed per round and image: accepted drafts + the residual/bonus token
+        "mean_accepted_length": (accepted_total + int(rounds_per_image.sum()))
+        / max(int(rounds_per_image.sum()), 1),
+        "decode_seconds": elapsed,
+    }
+    return DecodeResult(tokens, stats)

@@ -1,0 +1,85 @@
+"""EAGLE-style drafter for speculative decoding (as LANTERN trains it for LlamaGen).
+
+One backbone block reads, at position j, the target's hidden state f_j next to the embedding of the token
+the target consumed at j + 1, and predicts f_{j+1}. The target's own token embedding and head turn that
+prediction into draft logits, so the drafter owns only ``fc`` (2 dim -> dim) and one block: about a
+sixth of a 6-layer target. Its config carries a fingerprint of the target it was trained for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+from arstudio.generators.backbone import Backbone, BackboneConfig
+from arstudio.io import PretrainedMixin
+
+
+def target_fingerprint(generator) -> str:
+    """A short hash of a target's config, embedding and head, stable across fp32/fp16/bf16 loads of the
+    same weights (values are rounded to bf16 first), so a drafter can refuse a different target."""
+    digest = hashlib.sha256(json.dumps(asdict(generator.config), sort_keys=True).encode())
+    for tensor in (generator.tok_embeddings.weight, generator.head.output.weight):
+        digest.update(tensor.detach().to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DrafterConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    target_fingerprint: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.backbone, dict):  # from config.json
+            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
+
+    @classmethod
+    def for_target(cls, generator, n_layer: int = 1) -> DrafterConfig:
+        """Same width, grid and prefix as ``generator`` (so positions line up), ``n_layer`` blocks."""
+        return cls(replace(generator.config.backbone, n_layer=n_layer), target_fingerprint(generator))
+
+
+class Drafter(PretrainedMixin, nn.Module):
+    config_class = DrafterConfig
+
+    def __init__(self, config: DrafterConfig):
+        super().__init__()
+        self.config = config
+        dim = config.backbone.dim
+        self.fc = nn.Linear(2 * dim, dim)
+        self.backbone = Backbone(config.backbone)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+
+    def check_target(self, generator) -> None:
+        expected, found = self.config.target_fingerprint, target_fingerprint(generator)
+        if expected != found:
+            raise ValueError(
+                f"this drafter was trained for target {expected!r}, but the target's fingerprint is {found!r}; "
+                "train one for this target with `arstudio train drafter`"
+            )
+
+    def _inputs(self, next_embeddings: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.cat([next_embeddings, hidden.to(next_embeddings.dtype)], dim=-1))
+
+    def forward(self, next_embeddings: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Training: next_embeddings, hidden (B, L, dim), position j holding (e_{j+1}, f_j) -> predicted
+        f_{j+1} (B, L, dim)."""
+        return self.backbone(self._inputs(next_embeddings, hidden))
+
+    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
+        self.backbone.setup_cache(batch_size, device, dtype, extra)
+
+    def reset_cache(self) -> None:
+        self.backbone.reset_cache()
+
+    def step(
+        self, next_embeddings: torch.Tensor, hidden: torch.Tensor, input_pos: torch.Tensor
+    ) -> torch.Tensor:
+        """Cached: (B, T, dim) pairs at positions ``input_pos`` ((T,) or (B, T)) -> predicted hidden (B, T, dim)."""
+        return self.backbone.step(self._inputs(next_embeddings, hidden), input_pos)

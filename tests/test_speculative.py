@@ -1,0 +1,277 @@
+"""Speculative and LANTERN decoding: exactness, the per-token TVD bound, batching, bad input."""
+
+import itertools
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from arstudio.decoding.autoregressive import sample_autoregressive
+from arstudio.decoding.lantern import latent_neighbours, relaxed_target, residual, total_variation
+from arstudio.decoding.logits import SamplingParams, filter_logits
+from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
+from arstudio.generators.backbone import BackboneConfig
+from arstudio.generators.drafter import Drafter, DrafterConfig
+from arstudio.generators.image import GeneratorConfig, ImageGenerator
+from arstudio.training.common import seeded
+
+
+def _models(vocab=32, grid=4, head_std=0.3, seed=0):
+    config = GeneratorConfig(
+        vocab_size=vocab, num_classes=3,
+        backbone=BackboneConfig(dim=16, n_layer=2, n_head=2, grid_size=grid, prefix_len=1),
+    )  # fmt: skip
+
+    def build():
+        target = ImageGenerator(config).eval()
+        torch.nn.init.normal_(target.head.output.weight, std=head_std)  # peaked, position-dependent outputs
+        return target, Drafter(DrafterConfig.for_target(target)).eval()
+
+    return seeded(build, seed)
+
+
+def _gens(n, offset=0):
+    return [torch.Generator().manual_seed(offset + i) for i in range(n)]
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_greedy_speculative_equals_plain_ar_token_for_token(guidance):
+    target, drafter = _models()
+    params = SamplingParams(guidance_scale=guidance, top_k=1)
+    cond = torch.tensor([0, 1, 2, 1])
+    plain = sample_autoregressive(target, cond, _gens(4), params).tokens
+    for gamma in (1, 3, 6):
+        spec = sample_speculative(
+            target, drafter, cond, _gens(4), params, SpeculativeParams(draft_tokens=gamma)
+        )
+        assert torch.equal(spec.tokens, plain)
+
+
+@torch.no_grad()
+def _exact_joint(target, label, params, vocab, length):
+    """Probability of every token sequence under plain AR (teacher forcing with CFG and filtering)."""
+    sequences = torch.tensor(list(itertools.product(range(vocab), repeat=length)))
+    n = sequences.shape[0]
+    logits = target(sequences, torch.full((n,), label))
+    if params.uses_cfg:
+        uncond = target(sequences, target.cls_embedding.null(n))
+        logits = uncond + params.guidance_scale * (logits - uncond)
+    probs = filter_logits(logits, params.temperature, params.top_k, params.top_p)
+    return sequences, probs.gather(-1, sequences[..., None]).squeeze(-1).prod(-1)
+
+
+def _chi_square_p(samples, sequences, expected_probs, vocab):
+    codes = (samples * vocab ** torch.arange(samples.shape[1] - 1, -1, -1)).sum(-1)
+    counts = torch.bincount(codes, minlength=sequences.shape[0]).double()
+    expected = expected_probs.double() * samples.shape[0]
+    keep = expected >= 5  # pool rare sequences so the chi-square approximation holds
+    observed = torch.cat([counts[keep], counts[~keep].sum()[None]])
+    expected = torch.cat([expected[keep], expected[~keep].sum()[None]])
+    return chisquare(
+        observed.numpy(), expected.numpy() * observed.sum().item() / expected.sum().item()
+    ).pvalue
+
+
+def test_speculative_samples_the_plain_ar_distribution():
+    """3-token vocabulary, 2x2 grid: all 81 sequences enumerated. 4000 speculative samples must fit the exact
+    AR distribution; LANTERN with a large budget must not (so the test can fail)."""
+    vocab, grid, n = 3, 2, 4000
+    target, drafter = _models(vocab=vocab, grid=grid, head_std=1.0, seed=3)
+    params = SamplingParams(guidance_scale=2.0)
+    sequences, probs = _exact_joint(target, 1, params, vocab, grid * grid)
+    cond = torch.ones(n, dtype=torch.long)
+    exact = sample_speculative(target, drafter, cond, _gens(n), params, SpeculativeParams(draft_tokens=2))
+    assert _chi_square_p(exact.tokens, sequences, probs, vocab) > 1e-3
+    assert 0.05 < exact.stats["acceptance_rate"] < 0.95  # both branches (accept, residual) were exercised
+    neighbours = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    relaxed = sample_speculative(target, drafter, cond, _gens(n), params,
+                                 SpeculativeParams(draft_tokens=2, lantern_delta=0.9), neighbours)  # fmt: skip
+    assert _chi_square_p(relaxed.tokens, sequences, probs, vocab) < 1e-6
+    assert relaxed.stats["acceptance_rate"] > exact.stats["acceptance_rate"]
+
+
+def test_lantern_with_zero_budget_is_exact_speculative_decoding():
+    target, drafter = _models()
+    neighbours = latent_neighbours(torch.randn(32, 4), k=5)
+    params = SamplingParams(guidance_scale=2.0)
+    cond = torch.tensor([0, 2, 1])
+    exact = sample_speculative(target, drafter, cond, _gens(3), params, SpeculativeParams(3))
+    zero = sample_speculative(target, drafter, cond, _gens(3), params, SpeculativeParams(3, 0.0), neighbours)
+    assert torch.equal(exact.tokens, zero.tokens)
+
+
+def test_relaxed_target_respects_the_tvd_budget_and_lambda_cap():
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(200, 16) * 2, dim=-1)
+    draft = torch.randint(0, 16, (200,))
+    neighbours = latent_neighbours(torch.randn(16, 3), k=6)
+    for delta in (0.0, 0.05, 0.2, 0.6):
+        relaxed = relaxed_target(p, draft, neighbours, delta)
+        assert torch.allclose(relaxed.sum(-1), torch.ones(200))
+        tvd = total_variation(relaxed, p)
+        assert (tvd <= delta + 1e-6).all()
+        gained = relaxed.gather(-1, draft[:, None]) - p.gather(-1, draft[:, None])
+        assert torch.allclose(gained.squeeze(-1), tvd, atol=1e-6)  # all the moved mass lands on the draft
+    assert relaxed_target(p, draft, neighbours, 0.6).ne(p).any()  # a budget does relax something
+    capped = relaxed_target(p, draft, neighbours, 1.0, lam=1.5)
+    p_draft = p.gather(-1, draft[:, None]).squeeze(-1)
+    assert (total_variation(capped, p) <= 0.5 * p_draft + 1e-6).all()  # moved mass <= (lambda - 1) p(x)
+
+
+def test_residual_zeroes_the_rejected_draft_and_moved_neighbours():
+    p = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    neighbours = torch.tensor([[1, 2], [0, 2], [1, 3], [2, 1]])
+    relaxed = relaxed_target(p, torch.tensor([0]), neighbours, 0.35)  # moves token 1 (0.3) onto token 0
+    assert torch.allclose(relaxed, torch.tensor([[0.7, 0.0, 0.2, 0.1]]))
+    q = torch.tensor([[0.9, 0.05, 0.05, 0.0]])  # rejected draft 0 had q > p~
+    rest = residual(relaxed, q)
+    assert rest[0, 0] == 0 and rest[0, 1] == 0 and torch.isclose(rest.sum(), torch.tensor(1.0))
+
+
+def test_latent_neighbours_are_nearest_first_and_exclude_self():
+    codebook = torch.tensor([[0.0], [1.0], [3.0], [10.0]])
+    assert latent_neighbours(codebook, 2, chunk=3).tolist() == [[1, 2], [0, 2], [1, 0], [2, 1]]
+
+
+def test_batched_rows_do_not_depend_on_batch_mates():
+    target, drafter = _models()
+    params = SamplingParams(guidance_scale=2.0)
+    together = sample_speculative(target, drafter, torch.tensor([0, 1, 2]), _gens(3), params)
+    alone = sample_speculative(target, drafter, torch.tensor([1]), _gens(1, offset=1), params)
+    assert torch.equal(together.tokens[1], alone.tokens[0])
+
+
+def test_callback_can_stop_speculative_decoding():
+    target, drafter = _models()
+    seen = []
+
+    def stop_early(step, total, tokens):
+        seen.append(tokens.shape[1])
+        return False
+
+    out = sample_speculative(target, drafter, torch.tensor([0]), _gens(1), callback=stop_early)
+    assert seen and out.tokens.shape[1] == seen[0] < 16
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"draft_tokens": 0}, r"draft_tokens=0 is out of range"),
+        ({"lantern_delta": 1.5}, r"lantern_delta=1.5 is out of range: allowed are \[0.0, 1.0\]"),
+        ({"lantern_delta": -0.1}, r"lantern_delta=-0.1 is out of range"),
+        ({"lantern_lambda": 0.5}, r"lantern_lambda=0.5 is out of range"),
+    ],
+)
+def test_bad_speculative_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpeculativeParams(**kwargs)
+
+
+def test_bad_neighbour_count_and_foreign_drafter():
+    with pytest.raises(ValueError, match=r"lantern_k=0 is out of range: allowed are 1..31"):
+        latent_neighbours(torch.randn(32, 4), 0)
+    with pytest.raises(ValueError, match=r"lantern_k=32 is out of range"):
+        latent_neighbours(torch.randn(32, 4), 32)
+    target, drafter = _models(seed=0)
+    other, _ = _models(seed=1)
+    drafter.check_target(target)
+    with pytest.raises(ValueError, match="trained for target .* fingerprint is"):
+        drafter.check_target(other)
+
+
+# ---- through the pipeline ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    import arstudio
+
+    return arstudio.load_pipeline("test-tiny-c2i", device="cpu")
+
+
+def test_pipeline_strategies_knobs_stats_and_metadata(pipe):
+    assert pipe.decoding_strategies == ("ar", "speculative", "lantern")
+    kwargs = dict(class_labels=[0, 4], top_k=1, output_type="np")
+    plain = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+    spec = pipe(generator=torch.Generator().manual_seed(0), decoding="speculative", draft_tokens=3, **kwargs)
+    assert torch.equal(plain.tokens, spec.tokens)  # greedy: exact
+    assert spec.metadata[0]["decoding"] == "speculative" and spec.metadata[0]["draft_tokens"] == 3
+    assert {"forwards", "acceptance_rate", "mean_accepted_length", "tokens_per_forward"} <= set(spec.stats)
+    lantern = pipe(class_labels=[1], decoding="lantern", lantern_k=4, lantern_delta=0.3, lantern_lambda=2.0,
+                   generator=torch.Generator().manual_seed(1))  # fmt: skip
+    meta = lantern.metadata[0]
+    knobs = ("lantern_k", "lantern_delta", "lantern_lambda", "draft_tokens")
+    assert [meta[k] for k in knobs] == [4, 0.3, 2.0, 4]
+    assert len(lantern.images) == 1
+
+
+def test_text_pipeline_speculative_is_exact_when_greedy():
+    import arstudio
+
+    t2i = arstudio.load_pipeline("test-tiny-t2i", device="cpu")
+    kwargs = dict(prompt=["a red circle", "two blue squares"], top_k=1, guidance_scale=3.0,
+                  negative_prompt="a green diamond")  # fmt: skip
+    plain = t2i(generator=torch.Generator().manual_seed(5), **kwargs)
+    spec = t2i(generator=torch.Generator().manual_seed(5), decoding="speculative", **kwargs)
+    assert torch.equal(plain.tokens, spec.tokens)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"draft_tokens": 2},
+            r"draft_tokens=2 applies to decoding in \['speculative', 'lantern'\], not decoding='ar'",
+        ),
+        ({"decoding": "speculative", "lantern_k": 3}, r"lantern_k=3 applies to decoding in \['lantern'\]"),
+        ({"decoding": "lantern", "lantern_k": 32}, r"lantern_k=32 is out of range: allowed are 1..31"),
+        ({"decoding": "lantern", "lantern_k": 0}, r"lantern_k=0 is out of range"),
+        ({"decoding": "lantern", "lantern_delta": 2}, r"lantern_delta=2 is out of range"),
+        ({"decoding": "speculative", "draft_tokens": 0}, r"draft_tokens=0 is out of range"),
+    ],
+)
+def test_pipeline_rejects_bad_decoding_knobs(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(class_labels=[0], **kwargs)
+
+
+def test_lantern_needs_a_codebook_and_drafters_their_target(pipe, tmp_path):
+    import copy
+
+    import arstudio
+
+    no_codebook = copy.copy(pipe)
+    no_codebook.tokenizer = object()  # e.g. a continuous tokenizer: no codebook, no neighbourhoods
+    assert no_codebook.decoding_strategies == ("ar", "speculative")
+    with pytest.raises(ValueError, match="decoding='lantern' is not available"):
+        no_codebook(class_labels=[0], decoding="lantern")
+    # A drafter trained for another generator is refused when the pipeline loads.
+    pipe.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    pipe.generator.save_pretrained(tmp_path / "generator")
+    _, foreign = _models(seed=7)
+    foreign.save_pretrained(tmp_path / "drafter")
+    with pytest.raises(ValueError, match="trained for target"):
+        arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
+    pipe.drafter.save_pretrained(tmp_path / "drafter")
+    assert arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path).drafter is not None
+
+
+def test_drafter_training_loss_goes_down():
+    from arstudio.training.drafter import drafter_loss
+
+    target, drafter = _models(seed=2)
+    target.requires_grad_(False)
+    tokens = torch.randint(0, 32, (16, 16), generator=torch.Generator().manual_seed(0))
+    tokens[:, ::2] = 3  # learnable structure: every other token is the same
+    labels = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.Adam(drafter.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = drafter_loss(
+            drafter, target, tokens, labels, noise_std=0.2, generator=torch.Generator().manual_seed(2)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
