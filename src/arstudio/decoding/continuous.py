@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from arstudio.decoding.autoregressive import DecodeResult, StepCallback
+from arstudio.decoding.autoregressive import DecodeResult, StepCallback, with_unconditional
 from arstudio.decoding.logits import SamplingParams, classifier_free_guidance, draw, filter_logits
 
 
@@ -110,10 +110,7 @@ def sample_continuous(
     batch, total, d = cond.shape[0], model.seq_len, model.config.token_dim
     device = cond.device
     if params.uses_cfg:
-        uncond = model.cls_embedding.null(batch, device) if negative_cond is None else negative_cond
-        if uncond.shape != cond.shape:
-            raise ValueError(f"negative condition {tuple(uncond.shape)} does not match {tuple(cond.shape)}")
-        cond = torch.cat([cond, uncond.to(device)])
+        cond = with_unconditional(model, cond, negative_cond)
     rows = cond.shape[0]
     dtype = torch.long if model.token_kind == "bridge" else model.tok_embeddings.weight.dtype
     tokens = torch.zeros(batch, total, d, dtype=dtype, device=device)
