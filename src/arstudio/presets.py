@@ -238,7 +238,10 @@ register_preset(
     )
 )
 
-SHAPES_KL = KLConfig(resolution=32, block_out_channels=(32, 64, 64), latent_channels=8, scaling_factor=1.0)
+# scaling_factor: measured by `arstudio train kl-tokenizer` at the end of training (runs/kl-shapes32/config.json)
+SHAPES_KL = KLConfig(
+    resolution=32, block_out_channels=(32, 64, 64), latent_channels=8, scaling_factor=0.5696869492530823
+)
 _SHAPES_CONTINUOUS_BACKBONE = BackboneConfig(dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=1)
 
 register_preset(
