@@ -10,11 +10,13 @@ a few MB, and the benchmark numbers in the closing notes were measured on the fl
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
 import torch
 
+from arstudio.generators.continuous import ContinuousImageGenerator
 from arstudio.generators.drafter import Drafter
 from arstudio.generators.image import ImageGenerator
 from arstudio.io import CONFIG_NAME, WEIGHTS_NAME
@@ -29,7 +31,12 @@ SHIPPED = {
     "shapes-t2i/generator": ("runs/gen-shapes-t2i", True),
     "shapes-t2i/drafter": ("runs/drafter-shapes-t2i", True),
     "fd-shapes-classifier": ("runs/fd-shapes-classifier", False),
+    "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", False),
+    "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", True),
+    "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", False),
+    "shapes-c2i-bridge/generator": ("runs/gen-shapes-c2i-bridge", True),
 }
+MODELS = {cls.__name__: cls for cls in (ImageGenerator, ContinuousImageGenerator, Drafter)}
 
 
 def main() -> None:
@@ -45,8 +52,8 @@ def main() -> None:
         destination = WEIGHTS_ROOT / target
         destination.mkdir(parents=True, exist_ok=True)
         if half:
-            model_class = Drafter if target.endswith("/drafter") else ImageGenerator
-            model_class.from_pretrained(source).save_pretrained(destination, dtype=torch.float16)
+            cls = MODELS[json.loads((source / CONFIG_NAME).read_text())["class"]]
+            cls.from_pretrained(source).save_pretrained(destination, dtype=torch.float16)
         else:
             for file in (CONFIG_NAME, WEIGHTS_NAME):
                 shutil.copyfile(source / file, destination / file)

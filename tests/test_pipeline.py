@@ -14,7 +14,7 @@ def pipe():
 
 def test_list_presets_and_unknown_preset():
     assert {"shapes-c2i", "test-tiny-c2i"} <= set(arstudio.list_presets())
-    assert arstudio.list_presets("test-*") == ["test-tiny-c2i", "test-tiny-t2i"]
+    assert {"test-tiny-c2i", "test-tiny-t2i"} <= set(arstudio.list_presets("test-*"))
     with pytest.raises(KeyError, match="unknown preset 'nope'.*shapes-c2i"):
         arstudio.load_pipeline("nope")
 

@@ -37,6 +37,47 @@ def _run_train_tokenizer(args) -> None:
     print(f"tokenizer saved to {args.out}")
 
 
+def _add_train_kl_tokenizer(sub) -> None:
+    p = sub.add_parser("kl-tokenizer", help="train the continuous KL tokenizer (diffusers AutoencoderKL)")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--latent-channels", type=int, default=8, help="token dimension d (default 8)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_kl_tokenizer)
+
+
+def _run_train_kl_tokenizer(args) -> None:
+    from arstudio.tokenizers.kl import KLConfig
+    from arstudio.training.kl_tokenizer import train_kl_tokenizer
+
+    config = KLConfig(latent_channels=args.latent_channels)
+    train_kl_tokenizer(
+        args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    print(f"kl tokenizer saved to {args.out}")
+
+
+def _add_train_bridge_tokenizer(sub) -> None:
+    p = sub.add_parser("bridge-tokenizer", help="TokenBridge: quantise a trained KL tokenizer per dimension")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--kl", required=True, help="directory of a trained KL tokenizer")
+    p.add_argument("--levels", type=int, default=64, help="quantisation levels per dimension (default 64)")
+    p.add_argument("--num-images", type=int, default=4096, help="images whose latents fit the statistics")
+    p.set_defaults(func=_run_train_bridge_tokenizer)
+
+
+def _run_train_bridge_tokenizer(args) -> None:
+    from arstudio.training.kl_tokenizer import build_bridge_tokenizer
+
+    _, table = build_bridge_tokenizer(args.out, args.kl, levels=args.levels, num_images=args.num_images)
+    for row in table:
+        print(f"bits/dim {row['bits']!s:>4} {row['method']!s:9}  latent MSE / var {row['relative_latent_mse']:.4f}  "
+              f"PSNR {row['psnr']:.2f} dB")  # fmt: skip
+    print(f"bridge tokenizer saved to {args.out}")
+
+
 def _add_train_generator(sub) -> None:
     p = sub.add_parser(
         "generator", help="train a class- or text-conditioned AR generator on tokens of shapes"
@@ -50,8 +91,6 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--num-images", type=int, default=60_000, help="size of the tokenized training set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", help="warm start from another generator run's weights (same config)")
-    p.add_argument("--two-object-weight", type=float, default=1.0,
-                   help="text presets: draw two-object captions this many times as often as one-object ones")  # fmt: skip
     p.set_defaults(func=_run_train_generator)
 
 
@@ -67,7 +106,7 @@ def _run_train_generator(args) -> None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len)
     train_generator(args.out, args.tokenizer, preset.generator, steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
-                    init_from=args.init_from, two_object_weight=args.two_object_weight)  # fmt: skip
+                    init_from=args.init_from)  # fmt: skip
     print(f"generator saved to {args.out}")
 
 
@@ -221,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train tokenizers, generators and the FD-shapes classifier")
     train_sub = train.add_subparsers(dest="what", required=True)
     _add_train_tokenizer(train_sub)
+    _add_train_kl_tokenizer(train_sub)
+    _add_train_bridge_tokenizer(train_sub)
     _add_train_generator(train_sub)
     _add_train_classifier(train_sub)
     _add_train_drafter(train_sub)

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from arstudio.convert.llamagen import llamagen_gpt_config, llamagen_vq_config
 from arstudio.generators.backbone import BackboneConfig
+from arstudio.generators.continuous import ContinuousGeneratorConfig
 from arstudio.generators.image import GeneratorConfig
+from arstudio.tokenizers.bridge import BridgeConfig
+from arstudio.tokenizers.kl import KLConfig
 from arstudio.tokenizers.vq import VQConfig
 
 WEIGHTS_ROOT = Path(__file__).parent / "weights"
@@ -43,11 +46,12 @@ class Preset:
     name: str
     description: str
     task: str  # "class-to-image" or "text-to-image"; control and video tasks come with their issues
-    tokenizer: VQConfig
-    generator: GeneratorConfig
+    tokenizer: VQConfig | KLConfig | BridgeConfig
+    generator: GeneratorConfig | ContinuousGeneratorConfig
     weights: str | None = None  # folder under arstudio/weights with tokenizer/ and generator/; None = random
     init_seed: int = 0  # random-init presets are built from this seed
     defaults: dict = field(default_factory=dict)  # sampling defaults: guidance_scale, temperature, ...
+    # (continuous heads add num_inference_steps)
     class_names: tuple[str, ...] = ()
     text_encoder: str | None = None  # "minilm" / "tiny" for text-to-image presets
     hub: HubWeights | None = None  # official checkpoints on the Hub (then ``weights`` is None)
@@ -195,3 +199,96 @@ for _size, _params, _fid in (("B", "111M", "5.46"), ("L", "343M", "3.80")):
         )
     )
 del _size, _params, _fid
+
+
+# ---- continuous tokens (issue 4): KL latents + diffusion head, and TokenBridge ids + per-dimension head ----
+_TINY_KL = KLConfig(resolution=16, block_out_channels=(8, 16, 16), latent_channels=4, norm_num_groups=4)
+_TINY_BACKBONE = BackboneConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=4, prefix_len=1)
+
+register_preset(
+    Preset(
+        name="test-tiny-continuous",
+        description="Tiny random-init KL tokenizer + diffusion head for tests (16 px, 4x4 tokens of 4 dims)",
+        task="class-to-image",
+        tokenizer=_TINY_KL,
+        generator=ContinuousGeneratorConfig(
+            token_dim=4, head="diffusion", head_width=32, head_depth=2, backbone=_TINY_BACKBONE
+        ),  # fmt: skip
+        defaults={
+            "guidance_scale": 2.0,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "num_inference_steps": 8,
+        },
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="test-tiny-bridge",
+        description="Tiny random-init TokenBridge (8 levels per dimension) + per-dimension head for tests",
+        task="class-to-image",
+        tokenizer=BridgeConfig(kl=_TINY_KL, levels=8),
+        generator=ContinuousGeneratorConfig(
+            token_dim=4, head="bridge", levels=8, head_width=32, head_depth=1, backbone=_TINY_BACKBONE
+        ),  # fmt: skip
+        defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        class_names=_shapes_class_names(),
+    )
+)
+
+# scaling_factor: measured by `arstudio train kl-tokenizer` at the end of training (runs/kl-shapes32/config.json)
+SHAPES_KL = KLConfig(
+    resolution=32, block_out_channels=(32, 64, 64), latent_channels=8, scaling_factor=0.5696869492530823
+)
+_SHAPES_CONTINUOUS_BACKBONE = BackboneConfig(dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=1)
+
+register_preset(
+    Preset(
+        name="shapes-c2i-continuous",
+        description="Class-conditional shapes from continuous tokens: KL tokenizer (8x8 latents of 8 dims) + "
+        "per-token diffusion head on the shapes-c2i backbone size",
+        task="class-to-image",
+        tokenizer=SHAPES_KL,
+        generator=ContinuousGeneratorConfig(
+            token_dim=8,
+            head="diffusion",
+            head_width=128,
+            head_depth=3,
+            batch_mul=4,
+            backbone=_SHAPES_CONTINUOUS_BACKBONE,
+        ),  # fmt: skip
+        weights="shapes-c2i-continuous",
+        defaults={
+            "guidance_scale": 3.0,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "num_inference_steps": 25,
+        },
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="shapes-c2i-bridge",
+        description="Class-conditional shapes from TokenBridge tokens: the shapes-c2i-continuous KL latents "
+        "quantised to 64 levels per dimension + a per-dimension AR head",
+        task="class-to-image",
+        tokenizer=BridgeConfig(kl=SHAPES_KL, levels=64),
+        generator=ContinuousGeneratorConfig(
+            token_dim=8,
+            head="bridge",
+            levels=64,
+            head_width=128,
+            head_depth=2,
+            backbone=_SHAPES_CONTINUOUS_BACKBONE,
+        ),  # fmt: skip
+        weights="shapes-c2i-bridge",
+        defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        class_names=_shapes_class_names(),
+    )
+)

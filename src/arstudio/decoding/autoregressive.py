@@ -24,6 +24,14 @@ class DecodeResult:
     stats: dict = field(default_factory=dict)
 
 
+def with_unconditional(model, cond: torch.Tensor, negative_cond: torch.Tensor | None) -> torch.Tensor:
+    """CFG's doubled batch [cond; uncond] (2B, ...): uncond is ``negative_cond`` or the model's null condition."""
+    uncond = model.cls_embedding.null(cond.shape[0], cond.device) if negative_cond is None else negative_cond
+    if uncond.shape != cond.shape:
+        raise ValueError(f"negative condition {tuple(uncond.shape)} does not match {tuple(cond.shape)}")
+    return torch.cat([cond, uncond.to(cond.device)])
+
+
 @torch.no_grad()
 def sample_autoregressive(
     model,
@@ -44,10 +52,7 @@ def sample_autoregressive(
     batch, total = cond.shape[0], model.seq_len
     device = cond.device
     if params.uses_cfg:
-        uncond = model.cls_embedding.null(batch, device) if negative_cond is None else negative_cond
-        if uncond.shape != cond.shape:
-            raise ValueError(f"negative condition {tuple(uncond.shape)} does not match {tuple(cond.shape)}")
-        cond = torch.cat([cond, uncond.to(device)])
+        cond = with_unconditional(model, cond, negative_cond)
     rows = cond.shape[0]
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
     forwards = 0

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from arstudio.decoding.autoregressive import with_unconditional
+
 
 class HiddenStateDrafting:
     def __init__(self, target, drafter):
@@ -80,10 +82,7 @@ class ModelDrafting:
 def _rows(model, cond, negative_cond, uses_cfg: bool) -> torch.Tensor:
     """The condition rows [cond; uncond] as ``model`` sees them: its own null condition unless a negative
     condition (e.g. a negative prompt's text states) was given."""
-    if not uses_cfg:
-        return cond
-    uncond = model.cls_embedding.null(cond.shape[0], cond.device) if negative_cond is None else negative_cond
-    return torch.cat([cond, uncond.to(cond.device)])
+    return with_unconditional(model, cond, negative_cond) if uses_cfg else cond
 
 
 def check_draft_model(target, draft_model) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arstudio.decoding.autoregressive import DecodeResult, StepCallback
+from arstudio.decoding.autoregressive import DecodeResult, StepCallback, with_unconditional
 from arstudio.decoding.drafting import drafting_for
 from arstudio.decoding.lantern import relaxed_target, residual
 from arstudio.decoding.logits import (
@@ -97,10 +97,7 @@ def sample_speculative(
         raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
     device = cond.device
     if params.uses_cfg:
-        uncond = target.cls_embedding.null(batch, device) if negative_cond is None else negative_cond
-        if uncond.shape != cond.shape:
-            raise ValueError(f"negative condition {tuple(uncond.shape)} does not match {tuple(cond.shape)}")
-        cond = torch.cat([cond, uncond.to(device)])
+        cond = with_unconditional(target, cond, negative_cond)
     rows = cond.shape[0]
     streams = rows // batch  # 2 with guidance: every token goes to both the cond and the uncond row
 

@@ -1,16 +1,33 @@
-"""Heads turn backbone hidden states into a distribution over the next token.
+"""Heads turn a backbone hidden state into a distribution over the next token.
 
-The discrete head is a linear layer to codebook logits; continuous heads (per-token diffusion/flow MLPs,
-TokenBridge's per-dimension head) plug in next to it with the same input.
+- ``CategoricalHead``: codebook logits (discrete VQ tokens).
+- ``DiffusionHead``: MAR's per-token diffusion loss. A small AdaLN MLP denoises one d-dim token at a time,
+  conditioned on the hidden state z (no attention across tokens); epsilon-prediction with a cosine schedule
+  of ``num_timesteps`` training steps; sampling uses fewer, respaced steps (``decoding/continuous.py``).
+- ``FlowHead``: the same MLP predicting a rectified-flow velocity (xAR/FAR style), sampled with Euler steps.
+- ``DimensionwiseHead``: TokenBridge's head. A token's d quantised dimensions are predicted one by one,
+  each from z and the dimensions before it.
+
+Heads only compute (predictions and training losses); every sampling loop lives in ``arstudio.decoding``.
+Training noise comes from an explicit ``torch.Generator`` when one is given.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from arstudio.generators.adaln_mlp import AdaLNMLP, ResidualMLP
+
+CONTINUOUS_HEADS = ("diffusion", "flow", "bridge")
 
 
 class CategoricalHead(nn.Module):
+    kind = "categorical"
+
     def __init__(self, dim: int, vocab_size: int):
         super().__init__()
         self.output = nn.Linear(dim, vocab_size, bias=False)
@@ -19,3 +36,146 @@ class CategoricalHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (B, T, dim) -> logits (B, T, vocab) in fp32 (sampling needs the precision)."""
         return self.output(hidden).float()
+
+
+def cosine_alphas_cumprod(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """ᾱ_t for t = 0..T-1 of the improved-DDPM cosine schedule (betas clipped at ``max_beta``), float64."""
+    steps = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class DiffusionHead(nn.Module):
+    """p(x | z) for one d-dim token by per-token DDPM (epsilon prediction, cosine schedule).
+
+    ``batch_mul``: each (target, z) pair is trained ``batch_mul`` times with independent t and noise (MAR's
+    ``diffusion_batch_mul``: the head is cheap next to the backbone pass that made z).
+    """
+
+    kind = "diffusion"
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, num_timesteps: int = 1000,
+                 batch_mul: int = 4):  # fmt: skip
+        super().__init__()
+        self.token_dim = token_dim
+        self.num_timesteps = num_timesteps
+        self.batch_mul = batch_mul
+        self.net = AdaLNMLP(token_dim, cond_dim, width, depth)
+        self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(num_timesteps), persistent=False)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Noisy tokens (M, d) at integer timesteps t (M,), conditions z (M, cond_dim) -> predicted noise (M, d)."""
+        return self.net(x_t, t.float(), z)
+
+    def loss(self, target: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None):
+        """target (M, d), z (M, cond_dim) -> mean squared error of the noise prediction."""
+        target, z = target.repeat(self.batch_mul, 1), z.repeat(self.batch_mul, 1)
+        t = torch.randint(0, self.num_timesteps, (target.shape[0],), generator=generator, device=z.device)
+        noise = _randn_like(target, generator)
+        abar = self.alphas_cumprod.to(target.dtype)[t][:, None]
+        x_t = abar.sqrt() * target + (1 - abar).sqrt() * noise
+        return F.mse_loss(self(x_t, t, z), noise)
+
+
+class FlowHead(nn.Module):
+    """p(x | z) for one d-dim token by rectified flow: x_t = (1 - t) x + t ε, the net predicts v = ε - x.
+
+    Training t is logit-normal (SD3/xAR), which spends capacity on mid noise levels. The time fed to the MLP
+    is t * 1000 so it shares the diffusion head's timestep embedding scale.
+    """
+
+    kind = "flow"
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, batch_mul: int = 4):
+        super().__init__()
+        self.token_dim = token_dim
+        self.batch_mul = batch_mul
+        self.net = AdaLNMLP(token_dim, cond_dim, width, depth)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """x_t (M, d) at times t (M,) in [0, 1] (1 = pure noise), z (M, cond_dim) -> velocity (M, d)."""
+        return self.net(x_t, t.float() * 1000, z)
+
+    def loss(self, target: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None):
+        target, z = target.repeat(self.batch_mul, 1), z.repeat(self.batch_mul, 1)
+        t = torch.sigmoid(torch.randn(target.shape[0], generator=generator, device=z.device))
+        noise = _randn_like(target, generator)
+        x_t = (1 - t[:, None]) * target + t[:, None] * noise
+        return F.mse_loss(self(x_t, t, z), noise - target)
+
+
+class DimensionwiseHead(nn.Module):
+    """TokenBridge's per-dimension AR head: p(i_1..i_d | z) = prod_j p(i_j | z, i_<j), each over ``levels``.
+
+    The input for dimension j is proj(z) + pos_j + sum_{k<j} E[k, i_k]: the previous dimensions enter as a
+    sum of (dimension, level) embeddings, so teacher forcing is one parallel pass (an exclusive cumsum) and
+    sampling d cheap MLP passes. (TokenBridge uses a small causal transformer over the channels instead.)
+    """
+
+    kind = "bridge"
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, levels: int):
+        super().__init__()
+        self.token_dim = token_dim
+        self.levels = levels
+        self.cond_proj = nn.Linear(cond_dim, width)
+        self.dim_pos = nn.Parameter(torch.zeros(token_dim, width))
+        self.level_embed = nn.Embedding(
+            token_dim * levels, width
+        )  # row k * levels + i: dimension k at level i
+        self.net = ResidualMLP(width, depth)
+        self.output = nn.Linear(width, levels)
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        if ids.is_floating_point() or ids.shape[-1] > self.token_dim:
+            raise ValueError(
+                f"a bridge head takes integer level ids (..., <= {self.token_dim}); got {ids.dtype} "
+                f"{tuple(ids.shape)}"
+            )
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.levels):
+            raise ValueError(
+                f"level ids span [{int(ids.min())}, {int(ids.max())}]; allowed 0..{self.levels - 1}"
+            )
+
+    def _previous(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (M, j) -> (M, j + 1, width): for each dimension 0..j, the summed embeddings of those before it."""
+        offsets = torch.arange(ids.shape[1], device=ids.device) * self.levels
+        emb = self.level_embed(ids + offsets)  # (M, j, width)
+        zero = emb.new_zeros(emb.shape[0], 1, emb.shape[2])
+        return torch.cat([zero, emb], dim=1).cumsum(dim=1)  # exclusive prefix sums
+
+    def forward(self, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: ids (M, d), z (M, cond_dim) -> logits (M, d, levels), row j predicting ids[:, j]."""
+        self.check_ids(ids)
+        h = self.cond_proj(z)[:, None] + self.dim_pos + self._previous(ids[:, :-1])
+        return self.output(self.net(h)).float()
+
+    def next_logits(self, ids_so_far: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Sampling: the first j dimensions (M, j) -> logits (M, levels) of dimension j."""
+        self.check_ids(ids_so_far)
+        j = ids_so_far.shape[1]
+        h = self.cond_proj(z) + self.dim_pos[j] + self._previous(ids_so_far)[:, -1]
+        return self.output(self.net(h)).float()
+
+    def loss(self, target: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None):
+        logits = self(target, z)
+        return F.cross_entropy(logits.reshape(-1, self.levels), target.reshape(-1))
+
+
+def make_continuous_head(config, cond_dim: int) -> nn.Module:
+    """The head a ``ContinuousGeneratorConfig`` names."""
+    if config.head == "diffusion":
+        return DiffusionHead(config.token_dim, cond_dim, config.head_width, config.head_depth,
+                             config.num_timesteps, config.batch_mul)  # fmt: skip
+    if config.head == "flow":
+        return FlowHead(config.token_dim, cond_dim, config.head_width, config.head_depth, config.batch_mul)
+    if config.head == "bridge":
+        return DimensionwiseHead(
+            config.token_dim, cond_dim, config.head_width, config.head_depth, config.levels
+        )
+    raise ValueError(f"head={config.head!r} is unknown; allowed: {CONTINUOUS_HEADS}")

@@ -32,26 +32,32 @@ class GeneratorConfig:
     text_positions: bool = False  # learned positions for the text prefix (see TextConditioning)
 
     def __post_init__(self):
-        if isinstance(self.backbone, dict):  # from config.json
-            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
-        if self.condition not in ("class", "text"):
-            raise ValueError(f"condition={self.condition!r} is not allowed: use 'class' or 'text'")
-        if self.condition == "text" and self.text_dim <= 0:
-            raise ValueError("a text-conditioned generator needs text_dim > 0 (the text encoder's width)")
-        if self.condition == "class" and self.backbone.prefix_len != 1:
-            raise ValueError(
-                f"class conditioning is one prefix token, got prefix_len={self.backbone.prefix_len}"
-            )
+        check_condition_config(self)
 
 
-class ImageGenerator(PretrainedMixin, nn.Module):
-    """AR model over a grid of discrete tokens, conditioned by a class or text prefix (LlamaGen layout)."""
+def check_condition_config(config) -> None:
+    """Shared by every generator config: backbone from a dict (config.json), a known condition kind."""
+    if isinstance(config.backbone, dict):  # from config.json
+        object.__setattr__(config, "backbone", BackboneConfig(**config.backbone))
+    if config.condition not in ("class", "text"):
+        raise ValueError(f"condition={config.condition!r} is not allowed: use 'class' or 'text'")
+    if config.condition == "text" and config.text_dim <= 0:
+        raise ValueError("a text-conditioned generator needs text_dim > 0 (the text encoder's width)")
+    if config.condition == "class" and config.backbone.prefix_len != 1:
+        raise ValueError(
+            f"class conditioning is one prefix token, got prefix_len={config.backbone.prefix_len}"
+        )
 
-    config_class = GeneratorConfig
 
-    def __init__(self, config: GeneratorConfig):
-        super().__init__()
-        self.config = config
+class PrefixARGenerator(PretrainedMixin, nn.Module):
+    """What every image generator shares: condition prefix (``cls_embedding``) + ``backbone``.
+
+    Subclasses give ``tok_embeddings`` (how a token enters the backbone: ``embed``) and add ``head`` (what
+    the hidden state predicts). Hidden state i is the one that predicts token i.
+    """
+
+    def _build_trunk(self, config, make_tok_embeddings) -> None:
+        """Condition prefix, token input, backbone, created in this order (seeded random inits depend on it)."""
         dim = config.backbone.dim
         if config.condition == "class":
             self.cls_embedding = ClassConditioning(config.num_classes, dim, config.class_dropout_prob)
@@ -63,11 +69,8 @@ class ImageGenerator(PretrainedMixin, nn.Module):
                 config.class_dropout_prob,
                 config.text_positions,
             )
-        self.tok_embeddings = nn.Embedding(config.vocab_size, dim)
+        self.tok_embeddings = make_tok_embeddings()
         self.backbone = Backbone(config.backbone)
-        self.head = CategoricalHead(dim, config.vocab_size)
-        self.apply(self._init_weights)
-        nn.init.zeros_(self.head.output.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -83,20 +86,64 @@ class ImageGenerator(PretrainedMixin, nn.Module):
     def prefix_len(self) -> int:
         return self.config.backbone.prefix_len
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def hidden(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: tokens (B, N, ...) + condition -> hidden (B, N, dim), row i predicting token i."""
+        x = torch.cat([self.cls_embedding(cond), self.embed(tokens[:, :-1])], dim=1)
+        return self.backbone(x)[:, self.prefix_len - 1 :]  # (B, P + N - 1, dim) -> (B, N, dim)
+
+    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
+        self.backbone.setup_cache(batch_size, device, dtype, extra)
+
+    def prefix_hidden(self, cond: torch.Tensor) -> torch.Tensor:
+        """Write the condition prefix into the cache; returns its hidden states (B, P, dim), the last of
+        which predicts the first token."""
+        prefix = self.cls_embedding(cond)
+        positions = torch.arange(prefix.shape[1], device=prefix.device)
+        return self.backbone.step(prefix, positions)
+
+    def step_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T, ...) at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> hidden (B, T, dim)
+        for the next ones."""
+        return self.backbone.step(self.embed(tokens), input_pos)
+
+
+class ImageGenerator(PrefixARGenerator):
+    """AR model over a grid of discrete tokens, conditioned by a class or text prefix (LlamaGen layout)."""
+
+    config_class = GeneratorConfig
+    token_kind = "discrete"
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+        self._build_trunk(config, lambda: nn.Embedding(config.vocab_size, config.backbone.dim))
+        self.head = CategoricalHead(config.backbone.dim, config.vocab_size)
+        self.apply(self._init_weights)
+        nn.init.zeros_(self.head.output.weight)
+
     def check_tokens(self, tokens: torch.Tensor) -> None:
+        if tokens.is_floating_point():
+            raise ValueError(
+                f"a discrete generator takes integer token ids, got {tokens.dtype} (continuous latents go to "
+                "a ContinuousImageGenerator)"
+            )
         vocab = self.config.vocab_size
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
             raise ValueError(
                 f"token ids span [{int(tokens.min())}, {int(tokens.max())}]; allowed 0..{vocab - 1}"
             )
 
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.tok_embeddings(tokens)
+
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: tokens (B, N) raster order + condition (labels (B,) or text states (B, L, D))
         -> logits (B, N, vocab), row i predicting tokens[:, i]."""
         self.check_tokens(tokens)
-        x = torch.cat([self.cls_embedding(cond), self.tok_embeddings(tokens[:, :-1])], dim=1)
-        hidden = self.backbone(x)  # (B, P + N - 1, dim)
-        return self.head(hidden[:, self.prefix_len - 1 :])
+        return self.head(self.hidden(tokens, cond))
 
     def hidden_states(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Teacher forcing without the head: [prefix, all N tokens] -> hidden (B, P + N, dim).
@@ -106,15 +153,10 @@ class ImageGenerator(PretrainedMixin, nn.Module):
         self.check_tokens(tokens)
         return self.backbone(torch.cat([self.cls_embedding(cond), self.tok_embeddings(tokens)], dim=1))
 
-    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
-        self.backbone.setup_cache(batch_size, device, dtype, extra)
-
     def prefill(self, cond: torch.Tensor, return_hidden: bool = False):
         """Write the condition prefix into the cache; returns logits (B, vocab) for the first token (and
         the prefix's hidden states (B, P, dim) if ``return_hidden``)."""
-        prefix = self.cls_embedding(cond)
-        positions = torch.arange(prefix.shape[1], device=prefix.device)
-        hidden = self.backbone.step(prefix, positions)
+        hidden = self.prefix_hidden(cond)
         logits = self.head(hidden[:, -1:])[:, -1]
         return (logits, hidden) if return_hidden else logits
 
@@ -124,6 +166,6 @@ class ImageGenerator(PretrainedMixin, nn.Module):
 
         Logits at position p predict the token at p + 1, as in training.
         """
-        hidden = self.backbone.step(self.tok_embeddings(tokens), input_pos)
+        hidden = self.step_hidden(tokens, input_pos)
         logits = self.head(hidden)
         return (logits, hidden) if return_hidden else logits

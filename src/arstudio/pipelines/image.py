@@ -11,6 +11,7 @@ import torch
 
 from arstudio.decoding import DECODING_PARAMS
 from arstudio.decoding.autoregressive import sample_autoregressive
+from arstudio.decoding.continuous import sample_continuous
 from arstudio.decoding.lantern import latent_neighbours
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
@@ -23,7 +24,7 @@ OUTPUT_TYPES = ("pil", "np")
 @dataclass
 class ImageOutput:
     images: list  # PIL images ("pil") or uint8 (H, W, 3) arrays ("np")
-    tokens: torch.Tensor  # (num_images, h, w) token ids
+    tokens: torch.Tensor  # (num_images, h, w) token ids; (num_images, h, w, d) latents or level ids
     seeds: list[int]  # seed of each image's generator: generator=[torch.Generator().manual_seed(s)] redoes it
     timings: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
@@ -109,10 +110,11 @@ class ImagePipeline:
         from PIL import Image
 
         grid = self.tokenizer.grid_size
-        batch, done = tokens_so_far.shape
-        full = torch.zeros(batch, grid * grid, dtype=torch.long, device=tokens_so_far.device)
+        batch, done = tokens_so_far.shape[:2]
+        rest = tokens_so_far.shape[2:]  # () for ids, (d,) for vector tokens
+        full = tokens_so_far.new_zeros(batch, grid * grid, *rest)
         full[:, :done] = tokens_so_far
-        pixels = tensor_to_images(self.tokenizer.decode(full.view(-1, grid, grid)).float())
+        pixels = tensor_to_images(self.tokenizer.decode(full.view(-1, grid, grid, *rest)).float())
         scale = pixels.shape[1] // grid  # pixels per token side
         known = (torch.arange(grid * grid) < done).view(grid, grid).numpy()
         known = known.repeat(scale, axis=0).repeat(scale, axis=1)  # (H, W) True where generated
@@ -205,6 +207,19 @@ class ImagePipeline:
             )
         return [torch.Generator().manual_seed(s) for s in seeds], seeds
 
+    def _head_steps(self, head: str, num_inference_steps) -> int | None:
+        """Head sampling steps for continuous heads (the bridge head's are its d dimensions); None selects
+        the discrete sampler."""
+        if head in ("diffusion", "flow"):
+            steps = self.preset.defaults.get("num_inference_steps", 25)
+            return steps if num_inference_steps is None else num_inference_steps
+        if num_inference_steps is not None:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps!r} applies to diffusion/flow heads; preset "
+                f"{self.preset.name!r} has a {head} head: leave it None"
+            )
+        return self.generator.config.token_dim if head == "bridge" else None
+
     # ---- the call -----------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -226,6 +241,7 @@ class ImagePipeline:
         lantern_k: int | None = None,
         lantern_delta: float | None = None,
         lantern_lambda: float | None = None,
+        num_inference_steps: int | None = None,
     ) -> ImageOutput:
         """Generate images.
 
@@ -245,6 +261,8 @@ class ImagePipeline:
             draft_tokens: speculative/lantern: tokens drafted per target forward (default 4).
             lantern_k, lantern_delta, lantern_lambda: LANTERN's neighbourhood size, total-variation budget
                 per token (0 = exact) and LANTERN++ cap (1 = off); see ``arstudio.decoding.lantern``.
+            num_inference_steps: sampling steps of a diffusion/flow head per token (None: the preset's
+                default); other heads have no such steps and refuse it.
         """
         t0 = time.perf_counter()
         defaults = self.preset.defaults
@@ -273,7 +291,12 @@ class ImagePipeline:
         count = len(conditions.describe)
         generators, seeds = self._generators(generator, count)
 
-        if decoding == "ar":
+        head = getattr(self.generator.head, "kind", "categorical")
+        steps = self._head_steps(head, num_inference_steps)
+        if steps is not None:  # vector tokens: the continuous sampler (plain AR is its only strategy)
+            result = sample_continuous(self.generator, conditions.cond, generators, params, steps,
+                                       callback_on_step_end, negative_cond=conditions.negative)  # fmt: skip
+        elif decoding == "ar":
             result = sample_autoregressive(self.generator, conditions.cond, generators, params,
                                            callback_on_step_end, negative_cond=conditions.negative)  # fmt: skip
         else:
@@ -287,9 +310,10 @@ class ImagePipeline:
         grid = self.tokenizer.grid_size
         tokens = result.tokens
         complete = tokens.shape[1] == grid * grid
+        grid_shape = (-1, grid, grid, *tokens.shape[2:])  # (B, N, ...) raster order -> (B, h, w, ...)
         images = []
         if complete:  # a callback may have stopped sampling early: then there is nothing to decode
-            pixels = tensor_to_images(self.tokenizer.decode(tokens.view(-1, grid, grid)).float())
+            pixels = tensor_to_images(self.tokenizer.decode(tokens.view(grid_shape)).float())
             if output_type == "pil":
                 from PIL import Image
 
@@ -312,6 +336,9 @@ class ImagePipeline:
             "cfg_interval": list(params.cfg_interval),
             "decoding": decoding,
             **knobs,
+            "tokenizer": type(self.tokenizer).__name__,
+            "head": head,
+            "num_inference_steps": None if head in ("categorical", "bridge") else steps,
             "resolution": self.tokenizer.config.resolution,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -321,7 +348,7 @@ class ImagePipeline:
         ]
         return ImageOutput(
             images=images,
-            tokens=tokens.view(-1, grid, grid) if complete else tokens,
+            tokens=tokens.view(grid_shape) if complete else tokens,
             seeds=seeds,
             timings=timings,
             stats=result.stats,

@@ -9,11 +9,14 @@ from pathlib import Path
 import torch
 
 from arstudio.decoding.drafting import check_draft_model
+from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.pipelines.image import ImagePipeline
 from arstudio.presets import Preset, get_preset
+from arstudio.tokenizers.bridge import BridgeConfig, BridgeTokenizer
+from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.common import seeded
 
@@ -24,10 +27,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _random_generator(config) -> ImageGenerator:
-    generator = ImageGenerator(config)
-    # The head starts at zero (uniform logits); give random presets non-trivial outputs.
-    torch.nn.init.normal_(generator.head.output.weight, std=0.02)
+def _tokenizer_class(config):
+    """The tokenizer class of a preset's tokenizer config: VQ ids, KL latents, or TokenBridge level ids."""
+    return {KLConfig: KLTokenizer, BridgeConfig: BridgeTokenizer}.get(type(config), VQTokenizer)
+
+
+def _generator_class(config):
+    return ContinuousImageGenerator if isinstance(config, ContinuousGeneratorConfig) else ImageGenerator
+
+
+def _random_generator(config):
+    generator = _generator_class(config)(config)
+    # Heads start at zero (uniform logits, zero noise prediction); give random presets non-trivial outputs.
+    for name, param in generator.head.named_parameters():
+        if name.endswith("output.weight"):
+            torch.nn.init.normal_(param, std=0.02)
     return generator
 
 
@@ -93,15 +107,14 @@ def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
 
 def load_tokenizer(
     name: str, device=None, dtype=None, weights: str | Path | None = None, download: bool = False
-) -> VQTokenizer:
+) -> VQTokenizer | KLTokenizer | BridgeTokenizer:
     """Only the tokenizer of a preset (for reconstruction work and benchmarks); ``weights`` and ``download``
     as in ``load_pipeline``."""
     preset = get_preset(name)
     device, dtype = _resolve(device, dtype)
     source = _source(preset, weights, download)
-    return _load_component(
-        preset, "tokenizer", VQTokenizer, preset.tokenizer, VQTokenizer, device, dtype, source
-    )
+    cls = _tokenizer_class(preset.tokenizer)
+    return _load_component(preset, "tokenizer", cls, preset.tokenizer, cls, device, dtype, source)
 
 
 def load_pipeline(
@@ -126,11 +139,12 @@ def load_pipeline(
     preset = get_preset(name)
     device, dtype = _resolve(device, dtype)
     source = _source(preset, weights, download)  # before building anything: missing weights fail fast
+    tokenizer_cls, generator_cls = _tokenizer_class(preset.tokenizer), _generator_class(preset.generator)
     tokenizer = _load_component(
-        preset, "tokenizer", VQTokenizer, preset.tokenizer, VQTokenizer, device, dtype, source
+        preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device, dtype, source
     )
     generator = _load_component(
-        preset, "generator", ImageGenerator, preset.generator, _random_generator, device, dtype, source
+        preset, "generator", generator_cls, preset.generator, _random_generator, device, dtype, source
     )
     text_encoder = None
     if preset.text_encoder is not None:
@@ -144,6 +158,8 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
     EAGLE-style ``Drafter`` (checked to be trained for this generator) or an independent small
     ``ImageGenerator`` (checked to share its tokens and condition); a seeded random ``Drafter`` for random
     presets; none for hub presets."""
+    if generator.token_kind != "discrete":
+        return None  # drafters exist for categorical heads only
     if source is None:
         drafter = seeded(lambda: Drafter(DrafterConfig.for_target(generator)), preset.init_seed + 2)
     elif isinstance(source, Path) and (source / "drafter").is_dir():

@@ -4,6 +4,8 @@
    once with the frozen tokenizer; captions go through the frozen text encoder once too. The table is
    saved beside the checkpoint, so a resumed run skips this.
 2. Teacher-forced cross-entropy on (B, N) tokens with condition dropout (the null condition teaches CFG).
+   Continuous generators (KL latents (B, N, d) or bridge level ids) train their head's loss instead
+   (diffusion / flow MSE, per-dimension cross-entropy), on the same backbone and the same batches.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from arstudio.data.shapes import class_batch, make_text_item
+from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.images import images_to_tensor
 from arstudio.io import atomic_write_bytes, load_safetensors, load_weights_into
@@ -46,13 +49,14 @@ def _shapes_chunk(condition: str, seed: int, start: int, count: int, resolution:
 @torch.no_grad()
 def tokenize_shapes(tokenizer: VQTokenizer, num_images: int, seed: int, condition: str = "class",
                     text_encoder=None, chunk: int = 256):  # fmt: skip
-    """(tokens (num_images, N) int64, conditions) of the seeded class or caption set."""
+    """(tokens (num_images, N) int64 or (num_images, N, d) vectors, conditions) of the seeded class or
+    caption set."""
     resolution = tokenizer.config.resolution
     all_tokens, all_conds = [], []
     for start in tqdm(range(0, num_images, chunk), desc="tokenizing"):
         count = min(chunk, num_images - start)
         images, cond = _shapes_chunk(condition, seed, start, count, resolution, text_encoder)
-        all_tokens.append(tokenizer.encode(images_to_tensor(images)).flatten(1))
+        all_tokens.append(tokenizer.encode(images_to_tensor(images)).flatten(1, 2))  # grid -> raster order
         all_conds.append(cond)
     return torch.cat(all_tokens), torch.cat(all_conds)
 
@@ -65,16 +69,43 @@ def load_or_make_tokens(out_dir: Path, tokenizer, num_images: int, seed: int, co
     if path.is_file():
         table = load_safetensors(path)
         if table["tokens"].shape[0] == num_images:
-            return table["tokens"].long(), table["cond"]
+            tokens = table["tokens"]
+            return (tokens if tokens.is_floating_point() else tokens.long()), table["cond"]
     tokens, cond = tokenize_shapes(tokenizer, num_images, seed, condition, text_encoder)
-    atomic_write_bytes(path, save({"tokens": tokens.to(torch.int16), "cond": cond.contiguous()}))
+    stored = tokens if tokens.is_floating_point() else tokens.to(torch.int16)
+    atomic_write_bytes(path, save({"tokens": stored.contiguous(), "cond": cond.contiguous()}))
     return tokens, cond
+
+
+def _load_tokenizer(tokenizer_dir, config):
+    """The tokenizer a generator config trains on, checked against it."""
+    if isinstance(config, ContinuousGeneratorConfig):
+        from arstudio.tokenizers.bridge import BridgeTokenizer
+        from arstudio.tokenizers.kl import KLTokenizer
+
+        bridge = config.head == "bridge"
+        tokenizer = (BridgeTokenizer if bridge else KLTokenizer).from_pretrained(tokenizer_dir)
+        if tokenizer.token_dim != config.token_dim:
+            raise ValueError(
+                f"tokenizer emits {tokenizer.token_dim}-dim tokens but token_dim={config.token_dim}"
+            )
+        if bridge and tokenizer.config.levels != config.levels:
+            raise ValueError(f"tokenizer has {tokenizer.config.levels} levels but levels={config.levels}")
+    else:
+        tokenizer = VQTokenizer.from_pretrained(tokenizer_dir)
+        if tokenizer.codebook_size != config.vocab_size:
+            raise ValueError(
+                f"tokenizer has {tokenizer.codebook_size} codes but vocab_size={config.vocab_size}"
+            )
+    if tokenizer.grid_size != config.backbone.grid_size:
+        raise ValueError(f"tokenizer grid {tokenizer.grid_size} != backbone grid {config.backbone.grid_size}")
+    return tokenizer
 
 
 def train_generator(
     out_dir: str | Path,
     tokenizer_dir: str | Path,
-    config: GeneratorConfig,
+    config: GeneratorConfig | ContinuousGeneratorConfig,
     steps: int = 1500,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -83,65 +114,55 @@ def train_generator(
     save_every: int = 250,
     text_encoder=None,
     init_from: str | Path | None = None,
-    two_object_weight: float = 1.0,
-) -> ImageGenerator:
+) -> ImageGenerator | ContinuousImageGenerator:
     """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``.
 
     ``init_from``: warm start from another run's weights (same config; parameters added since, such as the
-    text prefix's position embedding, keep their zero init). ``two_object_weight``: text only, how much more
-    often two-object captions are drawn than one-object ones (binding two objects is the hard part).
+    text prefix's position embedding, keep their zero init).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = VQTokenizer.from_pretrained(tokenizer_dir)
-    if tokenizer.codebook_size != config.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.codebook_size} codes but vocab_size={config.vocab_size}")
-    if tokenizer.grid_size != config.backbone.grid_size:
-        raise ValueError(f"tokenizer grid {tokenizer.grid_size} != backbone grid {config.backbone.grid_size}")
+    tokenizer = _load_tokenizer(tokenizer_dir, config)
     if config.condition == "text" and text_encoder is None:
         raise ValueError("a text-conditioned generator needs a text_encoder to encode the captions")
     tokens, conds = load_or_make_tokens(out_dir, tokenizer, num_images, seed, config.condition, text_encoder)
 
-    model = seeded(lambda: ImageGenerator(config), seed)
+    continuous = isinstance(config, ContinuousGeneratorConfig)
+    model = seeded(lambda: (ContinuousImageGenerator if continuous else ImageGenerator)(config), seed)
     if init_from is not None:
         load_weights_into(model, init_from, allow_missing=WARM_START_NEW_KEYS)
-    weights = None
-    if two_object_weight != 1.0:
-        if config.condition != "text":
-            raise ValueError("two_object_weight applies to text-conditioned generators only")
-        two = torch.tensor([len(make_text_item(seed, i, tokenizer.config.resolution)[2]) == 2
-                            for i in range(num_images)])  # fmt: skip
-        weights = torch.where(two, two_object_weight, 1.0)
-
-    def draw_batch() -> torch.Tensor:
-        if weights is None:
-            return torch.randint(0, num_images, (batch_size,), generator=data_gen)
-        return torch.multinomial(weights, batch_size, replacement=True, generator=data_gen)
-
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.95),
     )  # fmt: skip
+    if continuous and config.head == "bridge":
+        model.bin_values.copy_(tokenizer.quantizer.values)  # the generator embeds ids as de-quantised values
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
     data_gen = torch.Generator().manual_seed(seed + 1)
     for _ in range(start):  # replay the batch order so a resumed run sees the same batches
-        draw_batch()
+        torch.randint(0, num_images, (batch_size,), generator=data_gen)
         torch.rand(batch_size, generator=data_gen)
+    head_noise = torch.Generator().manual_seed(
+        seed + 2
+    )  # diffusion/flow training noise (not replayed on resume)
     bar = tqdm(range(start, steps), desc="generator", initial=start, total=steps)
     unwrapped = accelerator.unwrap_model(model)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=100))
-        index = draw_batch()
+        index = torch.randint(0, num_images, (batch_size,), generator=data_gen)
         batch_cond = conds[index]
         batch_cond = batch_cond.float() if batch_cond.is_floating_point() else batch_cond
         batch_cond = unwrapped.cls_embedding.drop(batch_cond, generator=data_gen)
         batch_tokens = tokens[index].to(accelerator.device)
-        logits = model(batch_tokens, batch_cond.to(accelerator.device))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch_tokens.reshape(-1))
+        if continuous:
+            loss = unwrapped.loss(batch_tokens, batch_cond.to(accelerator.device), generator=head_noise)
+        else:
+            logits = model(batch_tokens, batch_cond.to(accelerator.device))
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch_tokens.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
