@@ -1,11 +1,13 @@
-"""Batched speculative decoding with an EAGLE-style drafter: exact (Leviathan/Chen acceptance) or LANTERN-relaxed.
+"""Batched speculative decoding, exact (Leviathan/Chen acceptance) or LANTERN-relaxed.
+
+Drafts come from a drafting source (``drafting.py``): an EAGLE-style drafter or an independent small model.
 
 One round, for every image at once (each at its own position):
 1. The drafter proposes ``draft_tokens`` (gamma) tokens from its own CFG-guided, filtered distribution:
    by default its most likely token, i.e. the proposal q is a point mass (as EAGLE-2 and LANTERN draft),
-   or a sample from it (``greedy_drafts=False``). Either way the acceptance rule keeps the result exact;
-   point masses win on peaked visual-token distributions, where the target's top token usually holds
-   most of the mass, and they skip a sampling step per draft.
+   or a sample from it (``greedy_drafts=False``). Either way the acceptance rule keeps the result exact.
+   Point masses skip a sampling step per draft; which proposal is accepted more often depends on the
+   drafter (a sampled proposal accepts with sum min(p, q), a point mass with p(top of q)).
 2. The target reads [last decided token, drafts] (gamma + 1 positions) in one cached forward: the target
    distribution p at every draft and one past them.
 3. Draft i is accepted if u_i <= p~(d_i) / q(d_i) (p~ = p for exact decoding, LANTERN's relaxed target

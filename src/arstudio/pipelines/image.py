@@ -276,9 +276,10 @@ class ImagePipeline:
         if decoding not in DECODING_PARAMS:
             raise ValueError(f"decoding={decoding!r} is unknown; allowed: {tuple(DECODING_PARAMS)}")
         if decoding not in self.decoding_strategies:
+            why = "it ships no drafter" if self.drafter is None else "its tokenizer has no codebook"
             raise ValueError(
-                f"decoding={decoding!r} is not available for preset {self.preset.name!r} (it ships no drafter "
-                f"for it); allowed: {self.decoding_strategies}"
+                f"decoding={decoding!r} is not available for preset {self.preset.name!r} ({why}); "
+                f"allowed: {self.decoding_strategies}"
             )
         knobs = self._decoding_knobs(decoding, {"draft_tokens": draft_tokens, "lantern_k": lantern_k,
                                                 "lantern_delta": lantern_delta, "lantern_lambda": lantern_lambda})  # fmt: skip
