@@ -73,3 +73,22 @@ def test_heads_and_shapes_must_fit():
         sample_continuous_speculative(
             target, tiny_generator("flow"), torch.tensor([0]), gens(0), PARAMS, SPEC
         )
+
+
+def test_pipeline_continuous_speculative_on_the_tiny_preset():
+    import arstudio
+
+    pipe = arstudio.load_pipeline("test-tiny-continuous", device="cpu")
+    assert pipe.decoding_strategies == ("ar", "continuous_speculative")
+    out = pipe(class_labels=[2, 3], decoding="continuous_speculative", draft_tokens=2, cspd_inner_temperature=2.0,
+               num_inference_steps=4, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert len(out.images) == 2 and out.metadata[0]["cspd_inner_temperature"] == 2.0
+    assert (
+        out.metadata[0]["decoding"] == "continuous_speculative"
+        and out.metadata[0]["num_inference_steps"] == 4
+    )
+    assert {"acceptance_rate", "forwards_per_image"} <= set(out.stats)
+    with pytest.raises(ValueError, match=r"cspd_inner_temperature=0.5 is out of range"):
+        pipe(class_labels=[0], decoding="continuous_speculative", cspd_inner_temperature=0.5)
+    with pytest.raises(ValueError, match="decoding='lantern' is not available"):
+        pipe(class_labels=[0], decoding="lantern")

@@ -248,7 +248,7 @@ def test_text_pipeline_speculative_is_exact_when_greedy():
     [
         (
             {"draft_tokens": 2},
-            r"draft_tokens=2 applies to decoding in \['speculative', 'lantern'\], not decoding='ar'",
+            r"draft_tokens=2 applies to decoding in \['speculative', 'lantern', 'continuous_speculative'\], not decoding='ar'",
         ),
         ({"decoding": "speculative", "lantern_k": 3}, r"lantern_k=3 applies to decoding in \['lantern'\]"),
         ({"decoding": "lantern", "lantern_k": 32}, r"lantern_k=32 is out of range: allowed are 1..31"),

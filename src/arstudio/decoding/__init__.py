@@ -48,5 +48,18 @@ DECODING_PARAMS: dict[str, tuple[DecodingParam, ...]] = {
         DecodingParam("lantern_delta", 0.2, 0.0, 1.0, False, "total-variation budget per token; 0 is exact"),
         DecodingParam("lantern_lambda", 1.0, 1.0, 1e6, False, "LANTERN++ relaxation factor; 1 turns it off"),
     ),
+    "continuous_speculative": (
+        DecodingParam(
+            "draft_tokens", 3, 1, 16, True, "vector tokens the draft model proposes per target forward"
+        ),
+        DecodingParam(
+            "cspd_inner_temperature",
+            1.0,
+            1.0,
+            1000.0,
+            False,
+            "relaxed CSpD: tempers the trajectory density ratio; 1 is exact",
+        ),
+    ),
 }
 DECODING_STRATEGIES = tuple(DECODING_PARAMS)

@@ -12,6 +12,10 @@ import torch
 from arstudio.decoding import DECODING_PARAMS
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.continuous import sample_continuous
+from arstudio.decoding.continuous_speculative import (
+    ContinuousSpeculativeParams,
+    sample_continuous_speculative,
+)
 from arstudio.decoding.lantern import latent_neighbours
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
@@ -70,6 +74,8 @@ class ImagePipeline:
         and LANTERN a tokenizer with a codebook (its latent neighbourhoods)."""
         if self.drafter is None:
             return ("ar",)
+        if getattr(self.generator, "token_kind", "discrete") != "discrete":
+            return ("ar", "continuous_speculative")
         if not hasattr(self.tokenizer, "codebook_vectors"):
             return ("ar", "speculative")
         return ("ar", "speculative", "lantern")
@@ -241,6 +247,7 @@ class ImagePipeline:
         lantern_k: int | None = None,
         lantern_delta: float | None = None,
         lantern_lambda: float | None = None,
+        cspd_inner_temperature: float | None = None,
         num_inference_steps: int | None = None,
     ) -> ImageOutput:
         """Generate images.
@@ -261,6 +268,8 @@ class ImagePipeline:
             draft_tokens: speculative/lantern: tokens drafted per target forward (default 4).
             lantern_k, lantern_delta, lantern_lambda: LANTERN's neighbourhood size, total-variation budget
                 per token (0 = exact) and LANTERN++ cap (1 = off); see ``arstudio.decoding.lantern``.
+            cspd_inner_temperature: continuous_speculative: 1 is the exact acceptance test, > 1 relaxes it
+                (see ``arstudio.decoding.continuous_speculative``).
             num_inference_steps: sampling steps of a diffusion/flow head per token (None: the preset's
                 default); other heads have no such steps and refuse it.
         """
@@ -282,7 +291,8 @@ class ImagePipeline:
                 f"allowed: {self.decoding_strategies}"
             )
         knobs = self._decoding_knobs(decoding, {"draft_tokens": draft_tokens, "lantern_k": lantern_k,
-                                                "lantern_delta": lantern_delta, "lantern_lambda": lantern_lambda})  # fmt: skip
+                                                "lantern_delta": lantern_delta, "lantern_lambda": lantern_lambda,
+                                                "cspd_inner_temperature": cspd_inner_temperature})  # fmt: skip
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -294,7 +304,11 @@ class ImagePipeline:
 
         head = getattr(self.generator.head, "kind", "categorical")
         steps = self._head_steps(head, num_inference_steps)
-        if steps is not None:  # vector tokens: the continuous sampler (plain AR is its only strategy)
+        if decoding == "continuous_speculative":
+            spec = ContinuousSpeculativeParams(knobs["draft_tokens"], steps, knobs["cspd_inner_temperature"])
+            result = sample_continuous_speculative(self.generator, self.drafter, conditions.cond, generators,
+                                                   params, spec, conditions.negative, callback_on_step_end)  # fmt: skip
+        elif steps is not None:  # vector tokens: the continuous sampler
             result = sample_continuous(self.generator, conditions.cond, generators, params, steps,
                                        callback_on_step_end, negative_cond=conditions.negative)  # fmt: skip
         elif decoding == "ar":

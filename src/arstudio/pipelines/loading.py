@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from arstudio.decoding.continuous_speculative import check_draft_for_cspd
 from arstudio.decoding.drafting import check_draft_model
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
 from arstudio.generators.drafter import Drafter, DrafterConfig
@@ -159,7 +160,7 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
     ``ImageGenerator`` (checked to share its tokens and condition); a seeded random ``Drafter`` for random
     presets; none for hub presets."""
     if generator.token_kind != "discrete":
-        return None  # drafters exist for categorical heads only
+        return _load_continuous_draft_model(preset, generator, source, device, dtype)
     if source is None:
         drafter = seeded(lambda: Drafter(DrafterConfig.for_target(generator)), preset.init_seed + 2)
     elif isinstance(source, Path) and (source / "drafter").is_dir():
@@ -176,3 +177,19 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
     else:
         return None
     return drafter.to(device=device, dtype=dtype).eval()
+
+
+def _load_continuous_draft_model(preset: Preset, generator, source, device, dtype):
+    """Continuous speculative decoding's draft model (diffusion heads only): an independent small
+    ``ContinuousImageGenerator`` in ``drafter/``, or a seeded random one with the preset's config for
+    random presets."""
+    if generator.head.kind != "diffusion":
+        return None
+    if source is None:
+        draft = seeded(lambda: _random_generator(preset.generator), preset.init_seed + 2)
+    elif isinstance(source, Path) and (source / "drafter").is_dir():
+        draft = ContinuousImageGenerator.from_pretrained(source / "drafter")
+    else:
+        return None
+    check_draft_for_cspd(generator, draft)
+    return draft.to(device=device, dtype=dtype).eval()
