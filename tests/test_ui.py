@@ -23,7 +23,7 @@ PUBLIC_MODULES = {
     "arstudio.render",
 }
 PRESETS = ["test-tiny-c2i", "test-tiny-t2i", "llamagen-b-256"]
-KNOBS = [4, 4, 8, 0.2, 1.0]  # speculative/lantern knob fields (hidden while the preset offers only "ar")
+KNOBS = [4, 4, 8, 0.2, 1.0, 3, 1.0]  # knob fields: speculative, lantern, continuous_speculative
 
 
 def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed=7, randomize=False, count=2,
