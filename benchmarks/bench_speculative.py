@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=240, help="images per setting for quality")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per setting and batch size")
     args = parser.parse_args()
-    info = header("speculative")
+    info = header("speculative_" + "+".join(args.presets))
     classifier = load_shipped_classifier()
     results = {}
     for preset in args.presets:
@@ -148,7 +148,7 @@ def main() -> None:
         results[f"{preset} fd_shapes_real_vs_real"] = baseline
         print(f"{preset:11s} FD-shapes real vs real (same N): {baseline:.1f}")
     RESULTS.mkdir(exist_ok=True)
-    chart({k: v for k, v in results.items() if isinstance(v, dict)}, RESULTS / "speculative.png")
+    chart({k: v for k, v in results.items() if isinstance(v, dict)}, RESULTS / f"{info['benchmark']}.png")
     finish(info, {"settings": SETTINGS, "count": args.count, "results": results})
 
 
