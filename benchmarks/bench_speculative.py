@@ -92,31 +92,27 @@ def timing(pipe, reqs, settings: dict, batch: int, repeats: int) -> dict[str, fl
 
 
 def chart(results: dict, path) -> None:
-    """Speed-up at batch 1 (x) against verifier accuracy (y), one colour per preset."""
+    """Horizontal bars per preset and setting: speed-up over plain AR at batch 1 (dark) and batch 8 (light),
+    a dashed line at 1x, and each setting's target forwards per image and verifier accuracy."""
     from PIL import Image, ImageDraw
 
-    width, height, pad = 720, 480, 60
-    image = Image.new("RGB", (width, height), "white")
+    rows = [(preset, name, row) for preset, settings in results.items() for name, row in settings.items()]
+    top, line, left, scale = 40, 30, 190, 220  # pixels: header, per row, label column, per 1x
+    xmax = max(1.5, max(max(r["speedup_batch1"], r["speedup_batch8"]) for _, _, r in rows))
+    image = Image.new("RGB", (left + int(scale * xmax) + 230, top + line * len(rows) + 20), "white")
     draw = ImageDraw.Draw(image)
-    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
-    points = [(p, name, row["speedup_batch1"], row["verifier_accuracy"])
-              for p, rows in results.items() for name, row in rows.items()]  # fmt: skip
-    xmax = max(3.0, max(x for _, _, x, _ in points) * 1.1)
-    colours = ["#1f77b4", "#d62728", "#2ca02c"]
-    for i, preset in enumerate(results):
-        draw.text((pad + 10, pad + 10 + 14 * i), preset, fill=colours[i % 3])
-    for preset, name, x, y in points:
-        px = pad + (width - 2 * pad) * x / xmax
-        py = height - pad - (height - 2 * pad) * y
-        colour = colours[list(results).index(preset) % 3]
-        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-        draw.text((px + 6, py - 6), name, fill=colour)
-    draw.text(
-        (width // 2 - 80, height - pad + 20),
-        f"speed-up over plain AR, batch 1 (0..{xmax:.1f}x)",
-        fill="black",
-    )
-    draw.text((5, pad - 20), "verifier accuracy (0..1)", fill="black")
+    draw.text((10, 10), "speed-up over plain AR (dark: batch 1, light: batch 8); target forwards per image; "
+              "verifier accuracy", fill="black")  # fmt: skip
+    for i, (preset, name, row) in enumerate(rows):
+        y = top + i * line
+        draw.text((10, y + 6), f"{preset} {name}", fill="black")
+        for j, (key, colour) in enumerate((("speedup_batch1", "#1f4e9c"), ("speedup_batch8", "#8fb3e8"))):
+            draw.rectangle([left, y + 2 + 12 * j, left + scale * row[key], y + 12 + 12 * j], fill=colour)
+        draw.text((left + int(scale * xmax) + 10, y + 6),
+                  f"x{row['speedup_batch1']:.2f} / x{row['speedup_batch8']:.2f}  fwd {row['forwards_per_image']:.0f}  "
+                  f"acc {row['verifier_accuracy']:.2f}", fill="black")  # fmt: skip
+    for y in range(top, top + line * len(rows), 6):  # 1x reference
+        draw.line([left + scale, y, left + scale, y + 3], fill="red")
     image.save(path)
 
 
