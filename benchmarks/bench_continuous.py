@@ -79,8 +79,10 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="continuous", help="results file benchmarks/results/<name>.json")
+    parser.add_argument("--no-bits-table", action="store_true", help="skip the TokenBridge bits/dim table")
     args = parser.parse_args()
-    info = header("continuous")
+    info = header(args.name)
     classifier = load_shipped_classifier()
     n = args.per_class * NUM_CLASSES
     real_a, _, _ = class_batch(1001, n, 32)
@@ -94,7 +96,7 @@ def main() -> None:
         row = evaluate(name, args.per_class, args.batch, args.seed, classifier, real_a)
         results["presets"][name] = row
         print(name, {k: v for k, v in row.items() if k != "defaults"})
-    results["bridge_bits_per_dimension"] = bits_table()
+    results["bridge_bits_per_dimension"] = [] if args.no_bits_table else bits_table()
     for row in results["bridge_bits_per_dimension"]:
         print(f"bits/dim {row['bits']!s:>4} {row['method']!s:9} relative latent MSE "
               f"{row['relative_latent_mse']:.4f}  PSNR {row['psnr']:.2f} dB")  # fmt: skip

@@ -215,3 +215,13 @@ def test_bridge_pipeline_and_preview():
     assert (out.metadata[0]["tokenizer"], out.metadata[0]["head"]) == ("BridgeTokenizer", "bridge")
     previews = pipe.preview(out.tokens.flatten(1, 2)[:, :5])
     assert len(previews) == 2 and previews[0].size == (16, 16)
+
+
+def test_shipped_continuous_preset_loads_and_generates():
+    from arstudio.pipelines.loading import load_pipeline
+
+    pipe = load_pipeline("shapes-c2i-continuous", device="cpu")
+    out = pipe(
+        class_labels=[0], generator=torch.Generator().manual_seed(0), num_inference_steps=5, output_type="np"
+    )
+    assert out.images[0].shape == (32, 32, 3) and out.tokens.shape == (1, 8, 8, 8)
