@@ -36,6 +36,18 @@ SETTINGS = {
     "lantern k=32 d=0.5": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.5},
     "lantern++ k=8 l=5": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "lantern_lambda": 5.0},
 }
+# Diffusion-head presets with a draft model (continuous speculative decoding, CSpD)
+CONTINUOUS_SETTINGS = {
+    "ar": {"decoding": "ar"},
+    "cspd": {"decoding": "continuous_speculative"},
+    "cspd g2": {"decoding": "continuous_speculative", "draft_tokens": 2},
+    "cspd relaxed tau=5": {"decoding": "continuous_speculative", "cspd_inner_temperature": 5.0},
+    "cspd relaxed tau=50": {"decoding": "continuous_speculative", "cspd_inner_temperature": 50.0},
+}
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def requests(pipe, count: int) -> tuple[list[dict], list, np.ndarray, np.ndarray]:
@@ -109,7 +121,7 @@ def chart(results: dict, path) -> None:
         for j, (key, colour) in enumerate((("speedup_batch1", "#1f4e9c"), ("speedup_batch8", "#8fb3e8"))):
             draw.rectangle([left, y + 2 + 12 * j, left + scale * row[key], y + 12 + 12 * j], fill=colour)
         draw.text((left + int(scale * xmax) + 10, y + 6),
-                  f"x{row['speedup_batch1']:.2f} / x{row['speedup_batch8']:.2f}  fwd {row['forwards_per_image']:.0f}  "
+                  f"x{row['speedup_batch1']:.2f} / x{row['speedup_batch8']:.2f}  fwd {fmt(row['forwards_per_image'], '.0f')}  "
                   f"acc {row['verifier_accuracy']:.2f}", fill="black")  # fmt: skip
     for y in range(top, top + line * len(rows), 6):  # 1x reference
         draw.line([left + scale, y, left + scale, y + 3], fill="red")
@@ -129,23 +141,31 @@ def main() -> None:
         pipe = load_pipeline(preset, device="cpu")
         reqs, checks, real, real_again = requests(pipe, args.count)
         baseline = fd_shapes(real_again, real, classifier)
-        per_image = {b: timing(pipe, reqs, SETTINGS, b, args.repeats) for b in (1, 8)}
+        settings = CONTINUOUS_SETTINGS if "continuous_speculative" in pipe.decoding_strategies else SETTINGS
+        per_image = {b: timing(pipe, reqs, settings, b, args.repeats) for b in (1, 8)}
         rows = {}
-        for name, setting in SETTINGS.items():
+        for name, setting in settings.items():
             row = quality(pipe, reqs, checks, real, setting, 8, classifier)
             for b in (1, 8):
                 row[f"ms_per_image_batch{b}"] = round(1000 * per_image[b][name], 2)
                 row[f"speedup_batch{b}"] = per_image[b]["ar"] / per_image[b][name]
             rows[name] = row
             print(f"{preset:11s} {name:22s} x{row['speedup_batch1']:.2f} (b1) x{row['speedup_batch8']:.2f} (b8)  "
-                  f"fwd/img {row['forwards_per_image']:.1f}  acc {row['verifier_accuracy']:.3f}  "
+                  f"fwd/img {fmt(row['forwards_per_image'], '.1f')}  acc {row['verifier_accuracy']:.3f}  "
                   f"FD {row['fd_shapes']:.1f}  accept {row['acceptance_rate']}")  # fmt: skip
         results[preset] = rows
         results[f"{preset} fd_shapes_real_vs_real"] = baseline
         print(f"{preset:11s} FD-shapes real vs real (same N): {baseline:.1f}")
     RESULTS.mkdir(exist_ok=True)
     chart({k: v for k, v in results.items() if isinstance(v, dict)}, RESULTS / f"{info['benchmark']}.png")
-    finish(info, {"settings": SETTINGS, "count": args.count, "results": results})
+    finish(
+        info,
+        {
+            "settings": {"discrete": SETTINGS, "continuous": CONTINUOUS_SETTINGS},
+            "count": args.count,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -92,3 +92,15 @@ def test_pipeline_continuous_speculative_on_the_tiny_preset():
         pipe(class_labels=[0], decoding="continuous_speculative", cspd_inner_temperature=0.5)
     with pytest.raises(ValueError, match="decoding='lantern' is not available"):
         pipe(class_labels=[0], decoding="lantern")
+
+
+def test_batched_trajectory_density_equals_the_step_by_step_sum():
+    head = tiny_generator("diffusion").head
+    steps = DiffusionSteps(head, 6, temperature=0.9, x0_clip=5.0)
+    z = torch.randn(5, 32, generator=torch.Generator().manual_seed(3))
+    xs = steps.sample(z, gens(*range(5)))
+    reference = torch.zeros(5)
+    for i in range(5):  # the 5 noisy steps of 6
+        std = steps.coefs[i][3]
+        reference -= ((xs[i + 1] - steps.mean(i, xs[i], z)) ** 2).sum(-1) / (2 * std**2)
+    torch.testing.assert_close(steps.log_density(xs, z), reference, rtol=1e-4, atol=1e-3)

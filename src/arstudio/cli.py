@@ -91,7 +91,27 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--num-images", type=int, default=60_000, help="size of the tokenized training set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", help="warm start from another generator run's weights (same config)")
+    size = p.add_argument_group("a smaller model than the preset's (e.g. a draft model for speculation)")
+    size.add_argument("--backbone-dim", type=int, help="backbone width")
+    size.add_argument("--backbone-layers", type=int, help="backbone blocks")
+    size.add_argument("--backbone-heads", type=int, help="attention heads")
+    size.add_argument("--head-width", type=int, help="continuous heads: MLP width")
+    size.add_argument("--head-depth", type=int, help="continuous heads: MLP blocks")
     p.set_defaults(func=_run_train_generator)
+
+
+def _resized(config, args):
+    """The preset's generator config with the size overrides given on the command line."""
+    from dataclasses import replace
+
+    backbone = {k: v for k, v in (("dim", args.backbone_dim), ("n_layer", args.backbone_layers),
+                                  ("n_head", args.backbone_heads)) if v is not None}  # fmt: skip
+    head = {
+        k: v for k, v in (("head_width", args.head_width), ("head_depth", args.head_depth)) if v is not None
+    }
+    if head and not hasattr(config, "head_width"):
+        raise SystemExit("--head-width/--head-depth apply to continuous presets only")
+    return replace(config, backbone=replace(config.backbone, **backbone), **head)
 
 
 def _run_train_generator(args) -> None:
@@ -104,7 +124,7 @@ def _run_train_generator(args) -> None:
         from arstudio.generators.text_encoders import load_text_encoder
 
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len)
-    train_generator(args.out, args.tokenizer, preset.generator, steps=args.steps, batch_size=args.batch_size,
+    train_generator(args.out, args.tokenizer, _resized(preset.generator, args), steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
                     init_from=args.init_from)  # fmt: skip
     print(f"generator saved to {args.out}")

@@ -146,6 +146,6 @@ def sample_continuous(
             forwards += 1
     finally:
         model.backbone.reset_cache()
-    stats = {"forwards": forwards, "head_steps": num_inference_steps if model.head.kind != "bridge" else d,
+    stats = {"forwards": forwards, "forwards_per_image": forwards, "head_steps": num_inference_steps if model.head.kind != "bridge" else d,
              "decode_seconds": time.perf_counter() - start}  # fmt: skip
     return DecodeResult(tokens, stats)

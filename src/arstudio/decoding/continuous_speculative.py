@@ -87,12 +87,21 @@ class DiffusionSteps:
 
     def log_density(self, xs: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         """log density (B,) of the noisy transitions x_i -> x_{i+1} of ``xs`` under conditioning z, up to
-        a constant shared by every model on this schedule (it cancels in ratios)."""
-        total = torch.zeros(z.shape[0], device=z.device)
-        for i in range(len(self.timesteps) - 1):  # the last step is deterministic
-            std = self.coefs[i][3]
-            total -= ((xs[i + 1] - self.mean(i, xs[i], z)) ** 2).sum(-1) / (2 * std**2)
-        return total
+        a constant shared by every model on this schedule (it cancels in ratios).
+
+        The trajectory is known, so all its steps go through the head in one batched call.
+        """
+        noisy = len(self.timesteps) - 1  # the last step is deterministic
+        batch = z.shape[0]
+        x = torch.cat(xs[:noisy])  # (S * B, d), step-major
+        t = torch.tensor(self.timesteps[:noisy], device=z.device).repeat_interleave(batch)
+        eps = self.head(x, t, z.repeat(noisy, 1))
+        coefs = torch.tensor(self.coefs[:noisy], device=z.device, dtype=x.dtype).repeat_interleave(batch, 0)
+        a_t, c_x0, c_xt, std = (c[:, None] for c in coefs.unbind(-1))  # (S * B, 1) each
+        x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-self.x0_clip, self.x0_clip)
+        mean = c_x0 * x0 + c_xt * x
+        log = -((torch.cat(xs[1 : noisy + 1]) - mean) ** 2).sum(-1, keepdim=True) / (2 * std**2)
+        return log.view(noisy, batch).sum(0)
 
 
 def check_draft_for_cspd(target, draft) -> None:
@@ -236,4 +245,6 @@ def _residual_sample(p_steps, q_steps, z_p, z_q, generators, max_tries: int) -> 
         take = ~done & (u < keep_prob)
         result = xs[-1] if result is None else torch.where(~done[:, None], xs[-1], result)  # newest draw
         done |= take
+        if bool(done.all()):
+            break
     return result
