@@ -225,8 +225,13 @@ def _run_presets(args) -> None:
 
     for name in list_presets():
         preset = get_preset(name)
-        source = "hub weights" if preset.hub else "shipped weights" if preset.weights else "random init"
-        print(f"{name:16s} {preset.task:15s} {source:16s} {preset.description}")
+        if preset.hub:
+            source = "hub weights"
+        elif preset.weights:  # a preset may be registered before its weights are trained (docs/training.md)
+            source = "shipped weights" if (preset.weights_dir / "generator").is_dir() else "not trained yet"
+        else:
+            source = "random init"
+        print(f"{name:22s} {preset.task:15s} {source:16s} {preset.description}")
 
 
 def _add_render(sub) -> None:
