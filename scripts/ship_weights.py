@@ -33,7 +33,6 @@ SHIPPED = {
     "fd-shapes-classifier": ("runs/fd-shapes-classifier", False),
     "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", False),
     "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", True),
-    "shapes-c2i-continuous/drafter": ("runs/draft-shapes-c2i-continuous", True),
     "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", False),
     "shapes-c2i-bridge/generator": ("runs/gen-shapes-c2i-bridge", True),
 }

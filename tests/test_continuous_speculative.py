@@ -104,3 +104,17 @@ def test_batched_trajectory_density_equals_the_step_by_step_sum():
         std = steps.coefs[i][3]
         reference -= ((xs[i + 1] - steps.mean(i, xs[i], z)) ** 2).sum(-1) / (2 * std**2)
     torch.testing.assert_close(steps.log_density(xs, z), reference, rtol=1e-4, atol=1e-3)
+
+
+def test_a_narrower_draft_model_works():
+    from dataclasses import replace
+
+    from arstudio.generators.continuous import ContinuousImageGenerator
+
+    target = tiny_generator("diffusion")
+    config = target.config
+    small = ContinuousImageGenerator(
+        replace(config, backbone=replace(config.backbone, dim=16, n_head=2, n_kv_head=1))
+    )
+    out = sample_continuous_speculative(target, small.eval(), torch.tensor([0, 1]), gens(0, 1), PARAMS, SPEC)
+    assert out.tokens.shape == (2, 9, 4) and torch.isfinite(out.tokens).all()

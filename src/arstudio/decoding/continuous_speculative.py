@@ -197,7 +197,8 @@ def sample_continuous_speculative(
             accepted = passed.long().cumprod(1).sum(1)  # (B,)
             at = accepted.clamp(max=gamma - 1)
             z_p_at = z_p.gather(1, at[:, None, None].expand(-1, 1, z_p.shape[-1]))[:, 0]
-            z_q_at = torch.stack(z_drafts, 1).gather(1, at[:, None, None].expand(-1, 1, z_p.shape[-1]))[:, 0]
+            z_drafts = torch.stack(z_drafts, 1)  # (B, gamma, draft width): the draft may be narrower
+            z_q_at = z_drafts.gather(1, at[:, None, None].expand(-1, 1, z_drafts.shape[-1]))[:, 0]
             fixed = _residual_sample(p_steps, q_steps, z_p_at, z_q_at, generators, spec.max_tries)
             bonus = p_steps.sample(z_p[:, gamma], generators)[-1]
             final = torch.where((accepted == gamma)[:, None], bonus, fixed)
