@@ -23,8 +23,10 @@ from arstudio.evaluation.metrics import as_image_batch
 from arstudio.images import images_to_tensor
 from arstudio.io import CONFIG_NAME, PretrainedMixin
 from arstudio.training.common import (
+    checkpoint_due,
     cosine_lr,
     make_accelerator,
+    optimizer_step,
     resume_checkpoint,
     save_checkpoint,
     seeded,
@@ -143,12 +145,10 @@ def train_classifier(
         logits = model(images.to(accelerator.device))
         losses = {k: F.cross_entropy(logits[k], targets[k].to(accelerator.device)) for k in logits}
         loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
+        optimizer_step(accelerator, model, optimizer, loss)
         if step % 25 == 0:
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in losses.items()})
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+        if checkpoint_due(step, steps, save_every):
             save_checkpoint(accelerator.unwrap_model(model), optimizer, step + 1, out_dir)
     return accelerator.unwrap_model(model).eval()
 

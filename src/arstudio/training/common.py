@@ -62,3 +62,17 @@ def resume_checkpoint(model, optimizer, out_dir: Path) -> int:
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def optimizer_step(accelerator, model, optimizer, loss, max_grad_norm: float | None = None) -> None:
+    """One update: zero the gradients, backward through accelerate (mixed precision, DDP), clip, step."""
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+
+
+def checkpoint_due(step: int, steps: int, save_every: int) -> bool:
+    """Save every ``save_every`` steps and after the last one (so a killed run loses little)."""
+    return (step + 1) % save_every == 0 or step + 1 == steps

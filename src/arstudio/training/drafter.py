@@ -20,8 +20,10 @@ from tqdm.auto import tqdm
 
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.training.common import (
+    checkpoint_due,
     cosine_lr,
     make_accelerator,
+    optimizer_step,
     resume_checkpoint,
     save_checkpoint,
     seeded,
@@ -97,12 +99,9 @@ def train_drafter(
         cond = cond.float() if cond.is_floating_point() else cond
         cond = target.cls_embedding.drop(cond, generator=data_gen).to(accelerator.device)
         loss = drafter_loss(drafter, target, tokens[index].to(accelerator.device), cond, noise_std, noise_gen)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(drafter.parameters(), 0.5)
-        optimizer.step()
+        optimizer_step(accelerator, drafter, optimizer, loss, 0.5)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+        if checkpoint_due(step, steps, save_every):
             save_checkpoint(unwrapped, optimizer, step + 1, out_dir)
     return unwrapped.eval()

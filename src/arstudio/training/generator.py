@@ -24,8 +24,10 @@ from arstudio.images import images_to_tensor
 from arstudio.io import atomic_write_bytes, load_safetensors, load_weights_into
 from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.common import (
+    checkpoint_due,
     cosine_lr,
     make_accelerator,
+    optimizer_step,
     resume_checkpoint,
     save_checkpoint,
     seeded,
@@ -163,12 +165,9 @@ def train_generator(
         else:
             logits = model(batch_tokens, batch_cond.to(accelerator.device))
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch_tokens.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(accelerator, model, optimizer, loss, 1.0)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+        if checkpoint_due(step, steps, save_every):
             save_checkpoint(unwrapped, optimizer, step + 1, out_dir)
     return unwrapped.eval()

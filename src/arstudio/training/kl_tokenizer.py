@@ -18,6 +18,7 @@ from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 from arstudio.training.common import (
     cosine_lr,
     make_accelerator,
+    optimizer_step,
     resume_checkpoint,
     save_checkpoint,
     seeded,
@@ -67,9 +68,7 @@ def train_kl_tokenizer(
         rec_loss = F.mse_loss(recon, images)
         kl = posterior.kl().mean() / posterior.mean[0].numel()  # per latent element
         loss = rec_loss + config.kl_weight * kl
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
+        optimizer_step(accelerator, model, optimizer, loss)
         if step % 25 == 0:
             bar.set_postfix(rec=f"{rec_loss.item():.4f}", kl=f"{kl.item():.2f}")
         if (step + 1) % save_every == 0 and step + 1 < steps:

@@ -18,8 +18,10 @@ from arstudio.data.shapes import class_batch, make_text_item
 from arstudio.images import images_to_tensor
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer, codebook_usage
 from arstudio.training.common import (
+    checkpoint_due,
     cosine_lr,
     make_accelerator,
+    optimizer_step,
     resume_checkpoint,
     save_checkpoint,
     seeded,
@@ -80,12 +82,10 @@ def train_tokenizer(
         recon, ids, vq_loss = model(images)
         rec_loss = F.mse_loss(recon, images)
         loss = rec_loss + vq_loss
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
+        optimizer_step(accelerator, model, optimizer, loss)
         if step % 25 == 0:
             usage = codebook_usage(ids, config.codebook_size)["usage"]
             bar.set_postfix(rec=f"{rec_loss.item():.4f}", vq=f"{vq_loss.item():.4f}", usage=f"{usage:.2f}")
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+        if checkpoint_due(step, steps, save_every):
             save_checkpoint(accelerator.unwrap_model(model), optimizer, step + 1, out_dir)
     return accelerator.unwrap_model(model).eval()
