@@ -40,9 +40,8 @@ class HiddenStateDrafting:
 
     def propose(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """The draft just made (R, 1) at ``position`` (R, 1) -> logits (R, V) for the token after it."""
-        self.hidden = self.drafter.step(self.target.tok_embeddings(tokens), self.hidden[:, None], position)[
-            :, 0
-        ]
+        embedded = self.target.tok_embeddings(tokens)
+        self.hidden = self.drafter.step(embedded, self.hidden[:, None], position)[:, 0]
         return self.target.head(self.hidden)
 
     def catch_up(self, tokens, target_hidden, positions, accepted) -> torch.Tensor:
