@@ -31,6 +31,7 @@ import torch
 from arstudio.decoding.autoregressive import DecodeResult, StepCallback, with_unconditional
 from arstudio.decoding.continuous import per_row_randn
 from arstudio.decoding.logits import SamplingParams, classifier_free_guidance
+from arstudio.decoding.rounds import SpeculationLedger, take_at
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def sample_continuous_speculative(
     gamma, batch, total, prefix_len = spec.draft_tokens, cond.shape[0], target.seq_len, target.prefix_len
     if len(generators) != batch:
         raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
-    device, d = cond.device, target.config.token_dim
+    device = cond.device
     target_cond = with_unconditional(target, cond, negative_cond) if params.uses_cfg else cond
     draft_cond = with_unconditional(draft, cond, negative_cond) if params.uses_cfg else cond
     rows = target_cond.shape[0]
@@ -157,17 +158,15 @@ def sample_continuous_speculative(
     target.setup_cache(rows, device=device, extra=gamma + 1)
     draft.setup_cache(rows, device=device, extra=gamma + 1)
     try:
-        tokens = torch.zeros(batch, total + gamma + 1, d, device=device)
-        tokens[:, 0] = p_steps.sample(guide(target.prefill(target_cond)), generators)[-1]
+        first = p_steps.sample(guide(target.prefill(target_cond)), generators)[-1]
+        ledger = SpeculationLedger(
+            first.float(), total, gamma
+        )  # latents kept in fp32 whatever the model dtype
         draft.prefill(draft_cond)
-        z_q = draft.step(both(tokens[:, :1]), torch.tensor([prefix_len], device=device))[:, -1]
-        decided = torch.ones(batch, dtype=torch.long, device=device)
-        forwards, rounds = 1, torch.zeros(batch, dtype=torch.long, device=device)
-        accepted_total = proposed_total = 0
-        steps = torch.arange(gamma + 1, device=device)
-        while bool((decided < total).any()):
-            active = decided < total
-            cursor = decided.clamp(max=total - 1)
+        z_q = draft.step(both(ledger.tokens[:, :1]), torch.tensor([prefix_len], device=device))[:, -1]
+        steps = ledger.steps
+        while ledger.running:
+            cursor = ledger.cursor
             # 1. Draft gamma tokens with their trajectories and the draft's log density of each.
             trajectories, z_drafts, log_q = [], [], []
             for i in range(gamma):
@@ -182,12 +181,9 @@ def sample_continuous_speculative(
             drafts = torch.stack([xs[-1] for xs in trajectories], dim=1)  # (B, gamma, d)
 
             # 2. Verify: [last decided token, drafts] at positions P + cursor - 1 + (0..gamma).
-            last = tokens.gather(1, (cursor - 1)[:, None, None].expand(-1, 1, d))
             positions = prefix_len + cursor[:, None] - 1 + steps
-            z_p = guide(
-                target.step(both(torch.cat([last, drafts], dim=1)), both(positions))
-            )  # (B, gamma+1, dim)
-            forwards += 1
+            chunk = torch.cat([ledger.last_decided(cursor), drafts], dim=1)
+            z_p = guide(target.step(both(chunk), both(positions)))  # (B, gamma + 1, dim)
 
             # 3. Trajectory-aligned acceptance, longest accepted prefix, then a residual or bonus token.
             log_p = torch.stack([p_steps.log_density(xs, z_p[:, i]) for i, xs in enumerate(trajectories)], 1)
@@ -196,43 +192,27 @@ def sample_continuous_speculative(
             passed = u.clamp_min(1e-30).log() <= log_ratio.clamp(max=0)
             accepted = passed.long().cumprod(1).sum(1)  # (B,)
             at = accepted.clamp(max=gamma - 1)
-            z_p_at = z_p.gather(1, at[:, None, None].expand(-1, 1, z_p.shape[-1]))[:, 0]
-            z_drafts = torch.stack(z_drafts, 1)  # (B, gamma, draft width): the draft may be narrower
-            z_q_at = z_drafts.gather(1, at[:, None, None].expand(-1, 1, z_drafts.shape[-1]))[:, 0]
+            # The draft's z may be narrower than the target's: each is gathered from its own stack.
+            z_p_at, z_q_at = take_at(z_p, at), take_at(torch.stack(z_drafts, 1), at)
             fixed = _residual_sample(p_steps, q_steps, z_p_at, z_q_at, generators, spec.max_tries)
             bonus = p_steps.sample(z_p[:, gamma], generators)[-1]
             final = torch.where((accepted == gamma)[:, None], bonus, fixed)
-
-            new = torch.cat([drafts, final[:, None]], dim=1)  # (B, gamma + 1, d)
-            new.scatter_(1, accepted[:, None, None].expand(-1, 1, d), final[:, None])
-            write = ((steps[None, :] <= accepted[:, None]) & active[:, None])[..., None]
-            index = (cursor[:, None] + steps)[..., None].expand(-1, -1, d)
-            tokens.scatter_(1, index, torch.where(write, new, tokens.gather(1, index)))
-            accepted_total += int(accepted[active].sum())
-            proposed_total += gamma * int(active.sum())
-            rounds += active.long()
+            new = ledger.commit(cursor, drafts, final, accepted)
 
             # 4. The draft model reads the verified tokens; its output at each row's new end drafts next.
             z_new = draft.step(both(new), both(positions + 1))  # token cursor + k sits at P + cursor + k
-            z_q = z_new.gather(1, both(accepted)[:, None, None].expand(-1, 1, z_new.shape[-1]))[:, 0]
-            decided = torch.where(active, decided + accepted + 1, decided)
-            if callback is not None:
-                done = int(decided.clamp(max=total).min())
-                if callback(done - 1, total, tokens[:, :done]) is False:
-                    tokens = tokens[:, :done]
-                    break
+            z_q = take_at(z_new, both(accepted))
+            if ledger.report(callback):
+                break
     finally:
         target.backbone.reset_cache()
         draft.backbone.reset_cache()
     stats = {
-        "forwards": forwards,
-        "forwards_per_image": float((rounds + 1).float().mean()),
-        "acceptance_rate": accepted_total / max(proposed_total, 1),
-        "mean_accepted_length": (accepted_total + int(rounds.sum())) / max(int(rounds.sum()), 1),
+        **ledger.stats(),
         "head_steps": spec.num_inference_steps,
         "decode_seconds": time.perf_counter() - start,
     }
-    return DecodeResult(tokens[:, :total] if tokens.shape[1] > total else tokens, stats)
+    return DecodeResult(ledger.result(), stats)
 
 
 def _residual_sample(p_steps, q_steps, z_p, z_q, generators, max_tries: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from arstudio.decoding.autoregressive import with_unconditional
+from arstudio.decoding.rounds import take_at
 
 
 class HiddenStateDrafting:
@@ -49,7 +50,7 @@ class HiddenStateDrafting:
         each position), target_hidden (R, T, dim), positions (R, T); keep the prediction at index
         ``accepted`` (R,), the row's new end -> logits (R, V)."""
         out = self.drafter.step(self.target.tok_embeddings(tokens), target_hidden, positions)
-        self.hidden = out.gather(1, accepted[:, None, None].expand(-1, 1, out.shape[-1]))[:, 0]
+        self.hidden = take_at(out, accepted)
         return self.target.head(self.hidden)
 
 
@@ -75,7 +76,7 @@ class ModelDrafting:
 
     def catch_up(self, tokens, target_hidden, positions, accepted) -> torch.Tensor:
         logits = self.model.step(tokens, positions + 1)  # (R, T, V)
-        return logits.gather(1, accepted[:, None, None].expand(-1, 1, logits.shape[-1]))[:, 0]
+        return take_at(logits, accepted)
 
 
 def _rows(model, cond, negative_cond, uses_cfg: bool) -> torch.Tensor:

@@ -40,6 +40,7 @@ from arstudio.decoding.logits import (
     filter_logits,
     sample_with_uniform,
 )
+from arstudio.decoding.rounds import SpeculationLedger, take_at
 
 
 @dataclass(frozen=True)
@@ -116,19 +117,12 @@ def sample_speculative(
         logits, prefix_hidden = target.prefill(cond, return_hidden=True)  # (R, V), (R, P, dim)
         first_u = torch.stack([torch.rand((), generator=g) for g in generators]).to(device)
         zero = torch.zeros(batch, dtype=torch.long, device=device)
-        tokens = torch.zeros(batch, total + gamma + 1, dtype=torch.long, device=device)
-        tokens[:, 0] = sample_with_uniform(guide(logits, zero), first_u)
+        ledger = SpeculationLedger(sample_with_uniform(guide(logits, zero), first_u), total, gamma)
         draft_logits = drafting.start(cond[:batch], negative_cond, params.uses_cfg, prefix_hidden,
-                                      both(tokens[:, :1]))  # fmt: skip
-        decided = torch.ones(batch, dtype=torch.long, device=device)  # tokens fixed so far, per image
-        forwards, rounds_per_image = 1, torch.zeros(batch, dtype=torch.long, device=device)
-        accepted_total = proposed_total = 0
-        steps = torch.arange(gamma + 1, device=device)
-        while bool((decided < total).any()):
-            active = decided < total
-            # Finished rows ride along (their results are discarded) parked at the last token, which keeps
-            # their positions inside the cache.
-            cursor = decided.clamp(max=total - 1)
+                                      both(ledger.tokens[:, :1]))  # fmt: skip
+        steps = ledger.steps
+        while ledger.running:
+            cursor = ledger.cursor
             u = torch.stack([torch.rand(2 * gamma + 1, generator=g) for g in generators]).to(device)
 
             # 1. Draft gamma tokens; draft i is token cursor + i.
@@ -148,11 +142,9 @@ def sample_speculative(
             q = torch.stack(q, dim=1)  # (B, gamma, V)
 
             # 2. Verify: [last decided token, drafts] at positions P + cursor - 1 + (0..gamma).
-            last = tokens.gather(1, (cursor - 1)[:, None])
-            chunk = torch.cat([last, drafts], dim=1)  # (B, gamma + 1)
+            chunk = torch.cat([ledger.last_decided(cursor), drafts], dim=1)  # (B, gamma + 1)
             positions = prefix_len + cursor[:, None] - 1 + steps  # (B, gamma + 1)
             logits, hidden = target.step(both(chunk), both(positions), return_hidden=True)
-            forwards += 1
             p = guide(logits, cursor[:, None] + steps)  # (B, gamma + 1, V): token cursor + i
 
             # 3. Accept the longest prefix of drafts that pass; then one residual or bonus token.
@@ -163,42 +155,21 @@ def sample_speculative(
             q_draft = q.gather(-1, drafts[..., None]).squeeze(-1)
             passed = u[:, gamma : 2 * gamma] * q_draft <= p_draft  # u <= p~/q without dividing by q
             accepted = passed.long().cumprod(dim=1).sum(dim=1)  # (B,) in 0..gamma
-            at = accepted.clamp(max=gamma - 1)[:, None, None].expand(-1, 1, p.shape[-1])
-            after_reject = residual(relaxed.gather(1, at), q.gather(1, at))[:, 0]  # (B, V)
+            at = accepted.clamp(max=gamma - 1)
+            after_reject = residual(take_at(relaxed, at), take_at(q, at))  # (B, V)
             final_probs = torch.where((accepted == gamma)[:, None], p[:, gamma], after_reject)
-            final = sample_with_uniform(final_probs, u[:, 2 * gamma])
-
-            new = torch.cat([drafts, final[:, None]], dim=1)  # (B, gamma + 1)
-            new.scatter_(1, accepted[:, None], final[:, None])  # token at index `accepted` is the final one
-            write = (steps[None, :] <= accepted[:, None]) & active[:, None]
-            index = cursor[:, None] + steps
-            tokens.scatter_(1, index, torch.where(write, new, tokens.gather(1, index)))
-            accepted_total += int(accepted[active].sum())
-            proposed_total += gamma * int(active.sum())
-            rounds_per_image += active.long()
+            new = ledger.commit(cursor, drafts, sample_with_uniform(final_probs, u[:, 2 * gamma]), accepted)
 
             # 4. The drafter catches up on the verified positions, reading on from each row's new end.
             draft_logits = drafting.catch_up(both(new), hidden, both(positions), both(accepted))
-            decided = torch.where(active, decided + accepted + 1, decided)
-            if callback is not None:
-                done = int(decided.clamp(max=total).min())
-                if callback(done - 1, total, tokens[:, :done]) is False:
-                    tokens = tokens[:, :done]
-                    break
+            if ledger.report(callback):
+                break
     finally:
         target.backbone.reset_cache()
         drafting.reset()
-    elapsed = time.perf_counter() - start
-    tokens = tokens[:, :total] if tokens.shape[1] > total else tokens
     stats = {
-        "forwards": forwards,
-        "drafter_forwards": int(rounds_per_image.max()) * gamma + 1,
-        "forwards_per_image": float((rounds_per_image + 1).float().mean()),  # prefill + verify rounds
-        "tokens_per_forward": float((total / (rounds_per_image + 1).float()).mean()),
-        "acceptance_rate": accepted_total / max(proposed_total, 1),
-        # tokens fixed per round and image: accepted drafts + the residual/bonus token
-        "mean_accepted_length": (accepted_total + int(rounds_per_image.sum()))
-        / max(int(rounds_per_image.sum()), 1),
-        "decode_seconds": elapsed,
+        **ledger.stats(),
+        "drafter_forwards": int(ledger.rounds.max()) * gamma + 1,
+        "decode_seconds": time.perf_counter() - start,
     }
-    return DecodeResult(tokens, stats)
+    return DecodeResult(ledger.result(), stats)

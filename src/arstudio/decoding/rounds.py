@@ -1,0 +1,93 @@
+"""Bookkeeping shared by the batched speculative samplers (discrete ``speculative.py`` and continuous
+``continuous_speculative.py``): where each image stands, writing what a round fixed, the step callback and
+the statistics. The strategies differ in how they draft and accept; this part is the same for both.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def take_at(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, T, ...) and per-row positions index (B,) -> x[b, index[b]], (B, ...)."""
+    return x[torch.arange(x.shape[0], device=x.device), index]
+
+
+class SpeculationLedger:
+    """Per-image progress of one batched speculative run.
+
+    Tokens are (B, N + gamma + 1, ...): a round may write up to gamma + 1 tokens past the last decided one,
+    and a row that finishes keeps riding along (its extra tokens are dropped by ``result``).
+    """
+
+    def __init__(self, first: torch.Tensor, total: int, gamma: int):
+        """``first`` (B, ...): token 0 of every image, from the target's prefill."""
+        batch, device = first.shape[0], first.device
+        self.total, self.gamma = total, gamma
+        self.tokens = first.new_zeros(batch, total + gamma + 1, *first.shape[1:])
+        self.tokens[:, 0] = first
+        self.decided = torch.ones(batch, dtype=torch.long, device=device)  # tokens fixed so far, per image
+        self.rounds = torch.zeros(batch, dtype=torch.long, device=device)  # verify rounds each image needed
+        self.forwards = 1  # target forwards of the batch: the prefill, then one verify per round
+        self.accepted_total = self.proposed_total = 0
+        self.steps = torch.arange(gamma + 1, device=device)
+
+    @property
+    def running(self) -> bool:
+        return bool((self.decided < self.total).any())
+
+    @property
+    def cursor(self) -> torch.Tensor:
+        """(B,) index of each image's next token. Finished rows are parked at the last token, which keeps
+        their positions inside the cache."""
+        return self.decided.clamp(max=self.total - 1)
+
+    def last_decided(self, cursor: torch.Tensor) -> torch.Tensor:
+        """(B, 1, ...) the token before ``cursor``: the first input of the verify forward."""
+        return take_at(self.tokens, cursor - 1)[:, None]
+
+    def commit(self, cursor: torch.Tensor, drafts: torch.Tensor, final: torch.Tensor,
+               accepted: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Fix a verified round: the first ``accepted`` (B,) of ``drafts`` (B, gamma, ...), then ``final``
+        (B, ...) (the residual or bonus token). Returns the round's tokens at cursor .. cursor + gamma
+        (B, gamma + 1, ...), ``final`` at index ``accepted`` (what the drafter reads next)."""
+        active = self.decided < self.total
+        rows = torch.arange(drafts.shape[0], device=drafts.device)
+        new = torch.cat([drafts, final[:, None]], dim=1)
+        new[rows, accepted] = final
+        write = (self.steps[None, :] <= accepted[:, None]) & active[:, None]  # (B, gamma + 1)
+        index = (rows[:, None], cursor[:, None] + self.steps)
+        write = write.view(*write.shape, *([1] * (new.ndim - 2)))
+        self.tokens[index] = torch.where(write, new, self.tokens[index])
+        self.forwards += 1
+        self.accepted_total += int(accepted[active].sum())
+        self.proposed_total += self.gamma * int(active.sum())
+        self.rounds += active.long()
+        self.decided = torch.where(active, self.decided + accepted + 1, self.decided)
+        return new
+
+    def report(self, callback) -> bool:
+        """Call ``callback(step, total, tokens)`` with the tokens every image has fixed; True if it asks
+        to stop (the tokens are then cut there)."""
+        if callback is None:
+            return False
+        done = int(self.decided.clamp(max=self.total).min())
+        if callback(done - 1, self.total, self.tokens[:, :done]) is False:
+            self.tokens = self.tokens[:, :done]
+            return True
+        return False
+
+    def result(self) -> torch.Tensor:
+        return self.tokens[:, : self.total]
+
+    def stats(self) -> dict:
+        per_image = (self.rounds + 1).float()  # prefill + verify rounds
+        rounds = int(self.rounds.sum())
+        return {
+            "forwards": self.forwards,
+            "forwards_per_image": float(per_image.mean()),
+            "tokens_per_forward": float((self.total / per_image).mean()),
+            "acceptance_rate": self.accepted_total / max(self.proposed_total, 1),
+            # tokens fixed per round and image: accepted drafts + the residual/bonus token
+            "mean_accepted_length": (self.accepted_total + rounds) / max(rounds, 1),
+        }
