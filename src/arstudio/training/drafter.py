@@ -29,7 +29,7 @@ from arstudio.training.common import (
     seeded,
     set_lr,
 )
-from arstudio.training.generator import load_or_make_tokens
+from arstudio.training.generator import ConditionedBatches, load_or_make_tokens
 
 
 def drafter_loss(drafter: Drafter, target, tokens: torch.Tensor, cond: torch.Tensor, noise_std: float,
@@ -86,19 +86,14 @@ def train_drafter(
     drafter, optimizer = accelerator.prepare(drafter, optimizer)
     target.to(accelerator.device)
     unwrapped = accelerator.unwrap_model(drafter)
-    data_gen = torch.Generator().manual_seed(seed + 1)
-    for _ in range(start):  # replay the batch order so a resumed run sees the same batches
-        torch.randint(0, num_images, (batch_size,), generator=data_gen)
-        torch.rand(batch_size, generator=data_gen)
+    batches = ConditionedBatches(tokens, conds, batch_size, seed, target.cls_embedding)
+    batches.skip(start)
     noise_gen = torch.Generator().manual_seed(seed + 2)
     bar = tqdm(range(start, steps), desc="drafter", initial=start, total=steps)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=50))
-        index = torch.randint(0, num_images, (batch_size,), generator=data_gen)
-        cond = conds[index]
-        cond = cond.float() if cond.is_floating_point() else cond
-        cond = target.cls_embedding.drop(cond, generator=data_gen).to(accelerator.device)
-        loss = drafter_loss(drafter, target, tokens[index].to(accelerator.device), cond, noise_std, noise_gen)
+        batch_tokens, cond = batches.next(accelerator.device)
+        loss = drafter_loss(drafter, target, batch_tokens, cond, noise_std, noise_gen)
         optimizer_step(accelerator, drafter, optimizer, loss, 0.5)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")

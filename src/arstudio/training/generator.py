@@ -104,6 +104,28 @@ def _load_tokenizer(tokenizer_dir, config):
     return tokenizer
 
 
+class ConditionedBatches:
+    """Seeded random batches of (tokens, condition) from a tokenized table, conditions dropped to the null
+    condition at the model's rate (what teaches CFG). ``skip(n)`` replays n batches' draws, so a resumed run
+    sees the batches an uninterrupted one would have."""
+
+    def __init__(self, tokens: torch.Tensor, conds: torch.Tensor, batch_size: int, seed: int, conditioning):
+        self.tokens, self.conds, self.batch_size = tokens, conds, batch_size
+        self.conditioning = conditioning  # the model's cls_embedding: its ``drop`` does the dropout
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def skip(self, steps: int) -> None:
+        for _ in range(steps):
+            self.next()
+
+    def next(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(0, self.tokens.shape[0], (self.batch_size,), generator=self.generator)
+        cond = self.conds[index]
+        cond = cond.float() if cond.is_floating_point() else cond  # text states are stored in fp16
+        cond = self.conditioning.drop(cond, generator=self.generator)
+        return self.tokens[index].to(device), cond.to(device)
+
+
 def train_generator(
     out_dir: str | Path,
     tokenizer_dir: str | Path,
@@ -144,26 +166,20 @@ def train_generator(
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
-    data_gen = torch.Generator().manual_seed(seed + 1)
-    for _ in range(start):  # replay the batch order so a resumed run sees the same batches
-        torch.randint(0, num_images, (batch_size,), generator=data_gen)
-        torch.rand(batch_size, generator=data_gen)
+    unwrapped = accelerator.unwrap_model(model)
+    batches = ConditionedBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding)
+    batches.skip(start)
     head_noise = torch.Generator().manual_seed(
         seed + 2
     )  # diffusion/flow training noise (not replayed on resume)
     bar = tqdm(range(start, steps), desc="generator", initial=start, total=steps)
-    unwrapped = accelerator.unwrap_model(model)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=100))
-        index = torch.randint(0, num_images, (batch_size,), generator=data_gen)
-        batch_cond = conds[index]
-        batch_cond = batch_cond.float() if batch_cond.is_floating_point() else batch_cond
-        batch_cond = unwrapped.cls_embedding.drop(batch_cond, generator=data_gen)
-        batch_tokens = tokens[index].to(accelerator.device)
+        batch_tokens, batch_cond = batches.next(accelerator.device)
         if continuous:
-            loss = unwrapped.loss(batch_tokens, batch_cond.to(accelerator.device), generator=head_noise)
+            loss = unwrapped.loss(batch_tokens, batch_cond, generator=head_noise)
         else:
-            logits = model(batch_tokens, batch_cond.to(accelerator.device))
+            logits = model(batch_tokens, batch_cond)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch_tokens.reshape(-1))
         optimizer_step(accelerator, model, optimizer, loss, 1.0)
         if step % 10 == 0:
