@@ -62,4 +62,3 @@ DECODING_PARAMS: dict[str, tuple[DecodingParam, ...]] = {
         ),
     ),
 }
-DECODING_STRATEGIES = tuple(DECODING_PARAMS)

@@ -145,14 +145,6 @@ class ImageGenerator(PrefixARGenerator):
         self.check_tokens(tokens)
         return self.head(self.hidden(tokens, cond))
 
-    def hidden_states(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing without the head: [prefix, all N tokens] -> hidden (B, P + N, dim).
-
-        Hidden state p predicts the token at p + 1 (the last one predicts nothing); drafters learn these.
-        """
-        self.check_tokens(tokens)
-        return self.backbone(torch.cat([self.cls_embedding(cond), self.tok_embeddings(tokens)], dim=1))
-
     def prefill(self, cond: torch.Tensor, return_hidden: bool = False):
         """Write the condition prefix into the cache; returns logits (B, vocab) for the first token (and
         the prefix's hidden states (B, P, dim) if ``return_hidden``)."""

@@ -94,13 +94,7 @@ class ImagePipeline:
         for name, param in params.items():
             value = given.get(name)
             knobs[name] = param.default if value is None else param.check(value)
-        if "lantern_k" in knobs:
-            vocab = self.tokenizer.codebook_size
-            if knobs["lantern_k"] >= vocab:
-                raise ValueError(
-                    f"lantern_k={knobs['lantern_k']} is out of range: allowed are 1..{vocab - 1} (codebook size {vocab})"
-                )
-        return knobs
+        return knobs  # lantern_k against the codebook size: latent_neighbours checks it, before sampling
 
     def _lantern_neighbours(self, k: int) -> torch.Tensor:
         if k not in self._neighbours:
