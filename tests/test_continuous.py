@@ -106,6 +106,29 @@ def test_bridge_round_trip_error_is_bounded():
         assert counts.min() > 0.5 * counts.mean()
 
 
+def test_bridge_warm_start_keeps_the_trunk_function_of_the_same_latent():
+    """A bridge generator warm-started from a diffusion run embeds level ids exactly as the diffusion run
+    embedded their de-quantised latents, so its backbone states match; the head keeps its own init."""
+    from arstudio.training.generator import warm_start_bridge_trunk
+
+    source, bridge = tiny_generator("diffusion", seed=1), tiny_generator("bridge", seed=2)
+    torch.manual_seed(3)
+    quantizer = BridgeQuantizer(4, 8).fit(torch.randn(2000, 4) * torch.tensor([0.5, 2, 1, 3]) + 0.7)
+    bridge.bin_values.copy_(quantizer.values)
+    head_before = {k: v.clone() for k, v in bridge.head.state_dict().items()}
+    warm_start_bridge_trunk(bridge, source.state_dict(), quantizer, "diffusion run")
+    ids = torch.randint(0, 8, (2, 9, 4), generator=torch.Generator().manual_seed(4))
+    labels = torch.tensor([3, 5])
+    with torch.no_grad():
+        expected = source(quantizer.dequantize(ids), labels)
+        assert torch.allclose(bridge(ids, labels), expected, atol=1e-5)
+    assert all(torch.equal(v, bridge.head.state_dict()[k]) for k, v in head_before.items())
+    other = ContinuousImageGenerator(ContinuousGeneratorConfig(token_dim=4, head="diffusion", backbone=BackboneConfig(
+        dim=16, n_layer=1, n_head=2, grid_size=3, prefix_len=1)))  # fmt: skip
+    with pytest.raises(ValueError, match="missing or misshapen"):
+        warm_start_bridge_trunk(bridge, other.state_dict(), quantizer, "small run")
+
+
 def test_gaussian_bins_are_ordered_and_symmetric():
     edges, values = gaussian_bins(8)
     assert torch.all(edges[1:] > edges[:-1]) and torch.all(values[1:] > values[:-1])

@@ -90,7 +90,11 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num-images", type=int, default=60_000, help="size of the tokenized training set")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-from", help="warm start from another generator run's weights (same config)")
+    p.add_argument(
+        "--init-from",
+        help="warm start from another generator run's weights (same config; a bridge "
+        "generator may start from a diffusion/flow run on the same KL latents: trunk only)",
+    )
     size = p.add_argument_group("a smaller model than the preset's (e.g. a draft model for speculation)")
     size.add_argument("--backbone-dim", type=int, help="backbone width")
     size.add_argument("--backbone-layers", type=int, help="backbone blocks")

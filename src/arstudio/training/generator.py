@@ -21,7 +21,7 @@ from arstudio.data.shapes import class_batch, make_text_item
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.images import images_to_tensor
-from arstudio.io import atomic_write_bytes, load_safetensors, load_weights_into
+from arstudio.io import WEIGHTS_NAME, atomic_write_bytes, load_safetensors, load_weights_into
 from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.common import (
     checkpoint_due,
@@ -126,6 +126,31 @@ class ConditionedBatches:
         return self.tokens[index].to(device), cond.to(device)
 
 
+def warm_start_bridge_trunk(
+    model: ContinuousImageGenerator, state: dict[str, torch.Tensor], quantizer, source: str
+) -> None:
+    """Load the trunk (backbone, condition embedding, token input) of a generator trained on the bridge's
+    unquantised latents (a diffusion/flow head run) into a bridge generator; the bridge head keeps its init.
+
+    TokenBridge quantises a trained autoencoder's latents without retraining it, so the same images give the
+    same latents; a backbone that already models them only needs a new head. The source embedded scaled
+    latents x as W x + b; the bridge embeds standardised values s = (x - mean) / std, so the input layer
+    becomes (W * std) s + (b + W mean): the same function of the same latent.
+    """
+    own = model.state_dict()
+    trunk_keys = [k for k in own if not k.startswith("head.") and k != "bin_values"]
+    missing = [k for k in trunk_keys if k not in state or state[k].shape != own[k].shape]
+    if missing:
+        raise ValueError(
+            f"{source} does not hold this bridge generator's trunk; missing or misshapen: {missing[:6]}"
+        )
+    trunk = {k: state[k].to(own[k].dtype) for k in trunk_keys}
+    weight, bias = trunk["tok_embeddings.weight"], trunk["tok_embeddings.bias"]  # (dim, d), (dim,)
+    trunk["tok_embeddings.bias"] = bias + weight @ quantizer.mean
+    trunk["tok_embeddings.weight"] = weight * quantizer.std
+    model.load_state_dict(trunk, strict=False)
+
+
 def train_generator(
     out_dir: str | Path,
     tokenizer_dir: str | Path,
@@ -142,7 +167,8 @@ def train_generator(
     """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``.
 
     ``init_from``: warm start from another run's weights (same config; parameters added since, such as the
-    text prefix's position embedding, keep their zero init).
+    text prefix's position embedding, keep their zero init). A bridge generator may instead start from a
+    diffusion/flow generator on the same KL latents (``warm_start_bridge_trunk``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,16 +179,21 @@ def train_generator(
 
     continuous = isinstance(config, ContinuousGeneratorConfig)
     model = seeded(lambda: (ContinuousImageGenerator if continuous else ImageGenerator)(config), seed)
+    bridge = continuous and config.head == "bridge"
+    if bridge:
+        model.bin_values.copy_(tokenizer.quantizer.values)  # the generator embeds ids as de-quantised values
     if init_from is not None:
-        load_weights_into(model, init_from, allow_missing=WARM_START_NEW_KEYS)
+        source = load_safetensors(Path(init_from) / WEIGHTS_NAME)
+        if bridge and "bin_values" not in source:  # a diffusion/flow run on the same latents
+            warm_start_bridge_trunk(model, source, tokenizer.quantizer, str(init_from))
+        else:
+            load_weights_into(model, init_from, allow_missing=WARM_START_NEW_KEYS)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
         lr=lr, betas=(0.9, 0.95),
     )  # fmt: skip
-    if continuous and config.head == "bridge":
-        model.bin_values.copy_(tokenizer.quantizer.values)  # the generator embeds ids as de-quantised values
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
