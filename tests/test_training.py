@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import torch
 
 from arstudio.generators.backbone import BackboneConfig
@@ -39,3 +41,37 @@ def test_generator_training_lowers_the_loss_and_resumes(tmp_path):
     again = ImageGenerator.from_pretrained(gen_dir)
     assert torch.equal(again.head.output.weight, model.head.output.weight)
     assert torch.load(gen_dir / TRAIN_STATE, weights_only=True)["step"] == 30
+
+
+def test_bridge_head_training_moves_only_the_head_and_resumes(tmp_path):
+    from arstudio.generators.continuous import ContinuousImageGenerator
+    from arstudio.presets import get_preset
+    from arstudio.tokenizers.bridge import BridgeTokenizer
+    from arstudio.tokenizers.kl import KLTokenizer
+    from arstudio.training.bridge_head import trunk_states, train_bridge_head
+
+    # the tiny presets at 32 px (8x8 latents): the training data are shapes, drawn at 32 or 64 px only
+    tiny_bridge, tiny_trunk = get_preset("test-tiny-bridge"), get_preset("test-tiny-continuous").generator
+    kl_config = replace(tiny_bridge.tokenizer.kl, resolution=32)
+    config = replace(tiny_bridge.generator, backbone=replace(tiny_bridge.generator.backbone, grid_size=8))
+    torch.manual_seed(0)
+    kl = KLTokenizer(kl_config)
+    BridgeTokenizer.from_kl(kl, config.levels, torch.randn(500, 4)).save_pretrained(tmp_path / "tok")
+    trunk = ContinuousImageGenerator(replace(tiny_trunk, backbone=config.backbone))
+    trunk.save_pretrained(tmp_path / "trunk")
+    out = tmp_path / "bridge"
+    model = train_bridge_head(out, tmp_path / "tok", config, tmp_path / "trunk", steps=40, batch_tokens=256,
+                              lr=1e-2, num_images=24, save_every=20)  # fmt: skip
+    for name, value in trunk.state_dict().items():
+        if name.startswith("blocks.") or name.startswith("norm."):  # untouched by head training
+            assert torch.equal(model.state_dict()[name], value), name
+    table = load_safetensors(out / "train_tokens.safetensors")
+    tokens, labels = table["tokens"].long(), table["cond"].long()
+    states = trunk_states(model, tokens, labels).float()
+    loss = model.head.loss(tokens.flatten(0, 1), states)
+    assert loss < torch.log(torch.tensor(8.0)) - 0.1  # better than uniform over the 8 levels
+    assert torch.load(out / TRAIN_STATE, weights_only=True)["step"] == 40
+    resumed = train_bridge_head(out, tmp_path / "tok", config, tmp_path / "trunk", steps=41, batch_tokens=256,
+                                lr=1e-2, num_images=24, save_every=20)  # fmt: skip
+    assert torch.load(out / TRAIN_STATE, weights_only=True)["step"] == 41
+    assert not torch.equal(resumed.head.output.weight, model.head.output.weight)

@@ -78,6 +78,30 @@ def _run_train_bridge_tokenizer(args) -> None:
     print(f"bridge tokenizer saved to {args.out}")
 
 
+def _add_train_bridge_head(sub) -> None:
+    p = sub.add_parser("bridge-head", help="train a bridge generator's per-dimension head on a frozen trunk")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--tokenizer", required=True, help="directory of the bridge tokenizer")
+    p.add_argument("--trunk", required=True, help="generator (diffusion/flow head) trained on the same KL latents")
+    p.add_argument("--preset", default="shapes-c2i-bridge", help="preset whose bridge generator to train")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-tokens", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--num-images", type=int, default=6000, help="images whose trunk states are cached")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_bridge_head)
+
+
+def _run_train_bridge_head(args) -> None:
+    from arstudio.presets import get_preset
+    from arstudio.training.bridge_head import train_bridge_head
+
+    train_bridge_head(args.out, args.tokenizer, get_preset(args.preset).generator, args.trunk, steps=args.steps,
+                      batch_tokens=args.batch_tokens, lr=args.lr, num_images=args.num_images,
+                      seed=args.seed)  # fmt: skip
+    print(f"bridge generator saved to {args.out}")
+
+
 def _add_train_generator(sub) -> None:
     p = sub.add_parser(
         "generator", help="train a class- or text-conditioned AR generator on tokens of shapes"
@@ -292,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_kl_tokenizer(train_sub)
     _add_train_bridge_tokenizer(train_sub)
     _add_train_generator(train_sub)
+    _add_train_bridge_head(train_sub)
     _add_train_classifier(train_sub)
     _add_train_drafter(train_sub)
     return parser
