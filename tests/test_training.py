@@ -48,7 +48,7 @@ def test_bridge_head_training_moves_only_the_head_and_resumes(tmp_path):
     from arstudio.presets import get_preset
     from arstudio.tokenizers.bridge import BridgeTokenizer
     from arstudio.tokenizers.kl import KLTokenizer
-    from arstudio.training.bridge_head import trunk_states, train_bridge_head
+    from arstudio.training.bridge_head import train_bridge_head, trunk_states
 
     # the tiny presets at 32 px (8x8 latents): the training data are shapes, drawn at 32 or 64 px only
     tiny_bridge, tiny_trunk = get_preset("test-tiny-bridge"), get_preset("test-tiny-continuous").generator

@@ -82,7 +82,9 @@ def _add_train_bridge_head(sub) -> None:
     p = sub.add_parser("bridge-head", help="train a bridge generator's per-dimension head on a frozen trunk")
     p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
     p.add_argument("--tokenizer", required=True, help="directory of the bridge tokenizer")
-    p.add_argument("--trunk", required=True, help="generator (diffusion/flow head) trained on the same KL latents")
+    p.add_argument(
+        "--trunk", required=True, help="generator (diffusion/flow head) trained on the same KL latents"
+    )
     p.add_argument("--preset", default="shapes-c2i-bridge", help="preset whose bridge generator to train")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-tokens", type=int, default=2048)

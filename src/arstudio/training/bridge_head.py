@@ -37,10 +37,14 @@ from arstudio.training.generator import _load_tokenizer, load_or_make_tokens, wa
 
 
 @torch.no_grad()
-def trunk_states(model: ContinuousImageGenerator, tokens: torch.Tensor, labels: torch.Tensor, chunk: int = 100):
+def trunk_states(
+    model: ContinuousImageGenerator, tokens: torch.Tensor, labels: torch.Tensor, chunk: int = 100
+):
     """Teacher-forced head conditions for every token: (N, T, d) ids + (N,) labels -> (N * T, dim) float16."""
     model.eval()
-    states = [model(tokens[i : i + chunk], labels[i : i + chunk]).half() for i in range(0, len(tokens), chunk)]
+    states = [
+        model(tokens[i : i + chunk], labels[i : i + chunk]).half() for i in range(0, len(tokens), chunk)
+    ]
     return torch.cat(states).flatten(0, 1)
 
 
