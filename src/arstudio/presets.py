@@ -287,7 +287,7 @@ register_preset(
             head="bridge",
             levels=64,
             head_width=128,
-            head_depth=2,
+            head_depth=3,
             backbone=_SHAPES_CONTINUOUS_BACKBONE,
         ),  # fmt: skip
         weights="shapes-c2i-bridge",
