@@ -1,0 +1,199 @@
+"""DD2: conditional score distillation (CSD) of the teacher into a one-step generator (arXiv 2510.21003).
+
+No pre-defined noise -> token map. Per step, with x = G(noise) the generator's one-step tokens (B, N, d):
+1. Teacher score. The prefix x_<i is snapped to codes and read by the teacher (teacher forcing, CFG at the
+   preset's guidance, one forward for all N positions), giving p(. | x_<i). Noised as
+   y = t x_i + (1 - t) eps (DD1's rectified-flow path), the teacher's conditional is the Gaussian mixture
+   sum_v p_v N(t c_v, (1 - t)^2 I), whose denoiser is closed-form (``mixture_posterior_mean``); the score is
+   (t x̂_real - y) / (1 - t)^2.
+2. Fake score: ``FakeScore`` learns the score of the generator's own outputs, conditioned on the same
+   prefix, by denoising score matching on x.detach() (``fake_updates`` updates per generator update).
+3. Generator update: per position, the gradient (x̂_fake - x̂_real) / mean|x - x̂_real| (DMD's
+   normalisation) through x, as the loss 0.5 |x - sg(x - grad)|^2.
+
+Choices where the paper leaves them open (tested in tests/test_distilled.py):
+- Generator initialised from DD1 (``--init``; from the teacher when none is given).
+- The generator's early positions (argmax in sampling) get their gradient through a straight-through
+  estimator (forward the argmax code, backward through softmax(logits) @ codebook); later positions are the
+  vector head's output.
+- ``FakeScore`` starts *equal* to the teacher's denoiser: a trainable copy of the teacher whose head adds
+  zero-initialised logits to the teacher's guided log-probabilities, plus a zero-initialised AdaLN MLP
+  correction of the mixture mean (off-codebook outputs of the vector head need it). At step 0 the CSD
+  gradient is therefore zero, and it grows only as the fake model learns where the generator differs.
+- t ~ U(0.02, 0.98) per position; the prefix is not noised (the condition is the clean previous tokens).
+- A DD1 regression term on the teacher's pairs (``dd1_weight``, DMD's paired regression loss) keeps the
+  generator anchored while the fake model is still weak; 0 turns it off.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from arstudio.decoding.autoregressive import with_unconditional
+from arstudio.decoding.flow_map import mixture_posterior_mean
+from arstudio.decoding.logits import classifier_free_guidance, filter_logits
+from arstudio.generators.adaln_mlp import AdaLNMLP
+from arstudio.generators.distilled import DDGenerator, nearest_codes, straight_through_codes
+from arstudio.io import atomic_write_bytes, load_weights_into
+from arstudio.training.common import checkpoint_due, cosine_lr, make_accelerator, set_lr
+from arstudio.training.distill import _optimizer, dd1_loss
+from arstudio.training.distill_data import load_or_make_pairs, teacher_sampling
+
+T_RANGE = (0.02, 0.98)
+FAKE_DIR = "fake_score"
+
+
+class FakeScore(nn.Module):
+    """Denoiser of the generator's distribution at position i given the clean prefix: (y, t) -> x̂."""
+
+    def __init__(self, teacher, token_dim: int, width: int = 128, depth: int = 2):
+        super().__init__()
+        self.trunk = copy.deepcopy(teacher).requires_grad_(True)
+        nn.init.zeros_(self.trunk.head.output.weight)  # its logits are a delta on the teacher's
+        dim = teacher.config.backbone.dim
+        self.correction = AdaLNMLP(token_dim, dim, width, depth)
+
+    def forward(self, y, t, ids, cond, teacher_log_probs, codebook):
+        """y (B, N, d) noised tokens at times t (B, N); ids (B, N) the clean tokens (prefix of each
+        position); teacher_log_probs (B, N, V) -> x̂ (B, N, d)."""
+        hidden = self.trunk.hidden(ids, cond)  # (B, N, dim), row i reads tokens < i
+        log_probs = (teacher_log_probs + self.trunk.head(hidden)).log_softmax(-1)
+        flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (B, N, k) -> (B N, k)
+        mean = mixture_posterior_mean(flat(y), t.reshape(-1), 1 - t.reshape(-1), flat(log_probs), codebook)
+        correction = self.correction(flat(y), 1000 * t.reshape(-1), flat(hidden))
+        return (mean + correction).view(y.shape)
+
+
+def generator_tokens(model: DDGenerator, noise, cond, codebook):
+    """One step, differentiable: (B, N, d) tokens, straight-through codes before ``logits_tokens``."""
+    logits, vectors = model(noise, 0, cond)
+    early = torch.arange(noise.shape[1])[None, :, None] < model.config.logits_tokens
+    return torch.where(early, straight_through_codes(logits, codebook), vectors)
+
+
+@torch.no_grad()
+def teacher_log_probs(teacher, ids, cond, params):
+    """log p(. | x_<i) (B, N, V) at the teacher's sampling settings, one (CFG-doubled) forward."""
+    rows = with_unconditional(teacher, cond, None) if params.uses_cfg else cond
+    logits = teacher(ids.repeat(rows.shape[0] // ids.shape[0], 1), rows)  # (rows, N, V)
+    if params.uses_cfg:
+        logits = classifier_free_guidance(logits[: ids.shape[0]], logits[ids.shape[0] :], params.guidance_scale)
+    shape = logits.shape
+    probs = filter_logits(logits.reshape(-1, shape[-1]), params.temperature, params.top_k, params.top_p)
+    return probs.clamp_min(1e-30).log().view(shape)  # filtered tokens: tiny, not -inf (keeps softmax finite)
+
+
+def _noised(x, generator):
+    t = torch.empty(x.shape[:2]).uniform_(*T_RANGE, generator=generator)
+    eps = torch.randn(x.shape, generator=generator)
+    return t, t[..., None] * x + (1 - t[..., None]) * eps
+
+
+def csd_step_losses(model, fake, teacher, noise, cond, codebook, params, generator):
+    """(generator loss, fake loss, stats) for one batch: the CSD surrogate and denoising score matching."""
+    x = generator_tokens(model, noise, cond, codebook)  # (B, N, d), with grad
+    ids = nearest_codes(x.detach(), codebook)
+    log_p = teacher_log_probs(teacher, ids, cond, params)
+    t, y = _noised(x.detach(), generator)
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    with torch.no_grad():
+        real = mixture_posterior_mean(flat(y), t.reshape(-1), 1 - t.reshape(-1), flat(log_p), codebook)
+        real = real.view(x.shape)
+        fake_x = fake(y, t, ids, cond, log_p, codebook)
+        scale = (x.detach() - real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-4)
+        grad = (fake_x - real) / scale
+    generator_loss = 0.5 * (x - (x - grad).detach()).pow(2).sum(-1).mean()
+    t2, y2 = _noised(x.detach(), generator)
+    fake_loss = (fake(y2, t2, ids, cond, log_p, codebook) - x.detach()).pow(2).sum(-1).mean()
+    return generator_loss, fake_loss, {"grad": grad.abs().mean().item(), "fake": fake_loss.item()}
+
+
+def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path | None = None,
+              steps: int = 400, batch_size: int = 32, lr: float = 1e-4, fake_lr: float = 3e-4,
+              fake_updates: int = 1, dd1_weight: float = 0.25, seed: int = 0, save_every: int = 50,
+              num_pairs: int = 0) -> DDGenerator:  # fmt: skip
+    """CSD from ``init`` (a DD1 run or shipped folder; None: from the teacher). ``num_pairs`` > 0 with
+    ``dd1_weight`` > 0 reuses/makes DD1's pairs in ``init`` for the regression term."""
+    from arstudio.pipelines.loading import load_pipeline
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline(teacher, device="cpu")
+    teacher_model = pipe.generator.requires_grad_(False)
+    codebook = pipe.tokenizer.codebook_vectors().detach().float()
+    params = teacher_sampling(pipe)
+    if init is None:
+        model = DDGenerator.from_teacher(teacher_model, pipe.tokenizer, method="dd2")
+    else:
+        model = DDGenerator.from_pretrained(init)
+        model.check_pairing(teacher_model, pipe.tokenizer)
+        model.config = replace(model.config, method="dd2")
+    pairs = None
+    if dd1_weight > 0 and num_pairs > 0:
+        pairs = load_or_make_pairs(Path(init) if init is not None else out_dir, pipe, num_pairs, seed)
+    fake = FakeScore(teacher_model, model.config.token_dim)
+    optimizer = _optimizer(model, lr)
+    fake_optimizer = torch.optim.AdamW(fake.parameters(), lr=fake_lr, betas=(0.0, 0.99), weight_decay=0.0)
+    start = _resume(model, fake, optimizer, fake_optimizer, out_dir)
+    accelerator = make_accelerator()
+    model, fake, optimizer, fake_optimizer = accelerator.prepare(model, fake, optimizer, fake_optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    draws = torch.Generator().manual_seed(seed + 1000 + start)  # a resumed run draws fresh batches
+    bar = tqdm(range(start, steps), desc="dd2", initial=start, total=steps)
+    for step in bar:
+        set_lr(optimizer, cosine_lr(step, steps, lr, warmup=20))
+        labels = torch.randint(0, teacher_model.config.num_classes, (batch_size,), generator=draws)
+        noise = torch.randn(batch_size, model.seq_len, model.config.token_dim, generator=draws)
+        for update in range(fake_updates):
+            gen_loss, fake_loss, stats = csd_step_losses(model, fake, teacher_model, noise, labels, codebook,
+                                                         params, draws)  # fmt: skip
+            fake_optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(fake_loss)
+            accelerator.clip_grad_norm_(fake.parameters(), 1.0)
+            fake_optimizer.step()
+        loss = gen_loss
+        if pairs is not None:
+            index = torch.randint(0, pairs["tokens"].shape[0], (batch_size,), generator=draws)
+            regression, _ = dd1_loss(model, pairs["noise"][index], pairs["tokens"][index], pairs["cond"][index],
+                                     codebook, draws)  # fmt: skip
+            loss = loss + dd1_weight * regression
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 5 == 0:
+            bar.set_postfix(grad=f"{stats['grad']:.3f}", fake=f"{stats['fake']:.3f}")
+        if checkpoint_due(step, steps, save_every):
+            _save(unwrapped, accelerator.unwrap_model(fake), optimizer, fake_optimizer, step + 1, out_dir)
+    return unwrapped.eval()
+
+
+def _save(model, fake, optimizer, fake_optimizer, step, out_dir: Path) -> None:
+    import io
+
+    from safetensors.torch import save
+
+    model.save_pretrained(out_dir)
+    atomic_write_bytes(out_dir / FAKE_DIR / "model.safetensors", save({k: v.contiguous() for k, v in fake.state_dict().items()}))
+    buffer = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "fake_optimizer": fake_optimizer.state_dict(), "step": step},
+               buffer)  # fmt: skip
+    atomic_write_bytes(out_dir / "train_state.pt", buffer.getvalue())
+
+
+def _resume(model, fake, optimizer, fake_optimizer, out_dir: Path) -> int:
+    state_path = out_dir / "train_state.pt"
+    if not state_path.is_file():
+        return 0
+    load_weights_into(model, out_dir)
+    load_weights_into(fake, out_dir / FAKE_DIR)
+    state = torch.load(state_path, weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    fake_optimizer.load_state_dict(state["fake_optimizer"])
+    return int(state["step"])
