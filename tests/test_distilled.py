@@ -181,7 +181,7 @@ def test_fake_score_starts_as_the_teacher_so_the_first_csd_gradient_is_zero(pipe
 
     teacher, codebook = pipe.generator, pipe.tokenizer.codebook_vectors().detach()
     model = DDGenerator.from_teacher(teacher, pipe.tokenizer)
-    fake = FakeScore(teacher, 4)
+    fake = FakeScore(teacher.config.backbone.dim, teacher.config.vocab_size, 4)
     noise = torch.randn(3, 16, 4)
     labels = torch.tensor([0, 1, 2])
     params = SamplingParams(guidance_scale=2.0)

@@ -81,8 +81,8 @@ class ImagePipeline:
             return ("ar", *distilled)
         if getattr(self.generator, "token_kind", "discrete") != "discrete":
             return ("ar", "continuous_speculative")
-        if not hasattr(self.tokenizer, "codebook_vectors"):
-            return ("ar", "speculative", *distilled)
+        if not hasattr(self.tokenizer, "codebook_vectors"):  # DD maps noise into the codebook space too
+            return ("ar", "speculative")
         return ("ar", "speculative", "lantern", *distilled)
 
     def _decoding_knobs(self, decoding: str, given: dict) -> dict:
