@@ -57,7 +57,11 @@ def timing(pipe, reqs, settings: dict, batch: int, repeats: int) -> dict[str, di
         for name, setting in settings.items():
             out = pipe(**call, generator=torch.Generator().manual_seed(repeat), output_type="np", **setting)
             if repeat:  # the first round warms up
-                for key, timing_key in (("tokens", "sampling_s"), ("decode", "decode_s"), ("total", "total_s")):
+                for key, timing_key in (
+                    ("tokens", "sampling_s"),
+                    ("decode", "decode_s"),
+                    ("total", "total_s"),
+                ):
                     seconds[name][key].append(out.timings[timing_key] / batch)
     return {name: {k: statistics.median(v) for k, v in parts.items()} for name, parts in seconds.items()}
 

@@ -89,7 +89,9 @@ def test_chained_map_reproduces_the_teachers_per_position_distribution(pipe):
 def test_dd_model_from_teacher_copies_the_trunk_and_checks_its_pairing(pipe, tmp_path):
     teacher, tokenizer = pipe.generator, pipe.tokenizer
     model = DDGenerator.from_teacher(teacher, tokenizer)
-    assert torch.equal(model.backbone.layers[0].attention.wqkv.weight, teacher.backbone.layers[0].attention.wqkv.weight)
+    assert torch.equal(
+        model.backbone.layers[0].attention.wqkv.weight, teacher.backbone.layers[0].attention.wqkv.weight
+    )
     assert torch.equal(model.head.output.weight, teacher.head.output.weight)
     # the input projection is the least-squares fit of the teacher's embeddings from the codes
     codes = tokenizer.codebook_vectors()
@@ -201,7 +203,9 @@ def test_dd1_and_dd2_training_run_and_resume(tmp_path):
     assert (run / "dd1_pairs.safetensors").is_file() and first.config.method == "dd1"
     resumed = train_dd1(run, "test-tiny-c2i", steps=3, batch_size=4, num_pairs=6, save_every=1)
     assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 3 and resumed is not None
-    dd2 = train_dd2(tmp_path / "dd2", "test-tiny-c2i", init=run, steps=2, batch_size=3, num_pairs=6, save_every=1)
+    dd2 = train_dd2(
+        tmp_path / "dd2", "test-tiny-c2i", init=run, steps=2, batch_size=3, num_pairs=6, save_every=1
+    )
     assert dd2.config.method == "dd2"
     assert DDGenerator.from_pretrained(tmp_path / "dd2").config.method == "dd2"
 

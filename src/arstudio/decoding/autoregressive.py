@@ -64,7 +64,9 @@ def sample_autoregressive(
     known = 0 if prefix is None else prefix.shape[1]
     if prefix is not None:
         if use_cache is False or prefix.shape[0] != batch or not 0 < known < total:
-            raise ValueError(f"prefix must be (B={batch}, k < {total}) with the cache on, got {tuple(prefix.shape)}")
+            raise ValueError(
+                f"prefix must be (B={batch}, k < {total}) with the cache on, got {tuple(prefix.shape)}"
+            )
         tokens[:, :known] = prefix
     pick = pick or (lambda probs, index: draw(probs, generators))
     forwards = 0

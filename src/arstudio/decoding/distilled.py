@@ -88,7 +88,9 @@ def sample_distilled(model, cond: torch.Tensor, noise: torch.Tensor, codebook: t
                      steps: int = 1) -> DecodeResult:  # fmt: skip
     """``steps`` DD forwards: noise (B, N, d) -> tokens (B, N) and decoded vectors (B, N, d)."""
     if steps not in DISTILLED_STEPS:
-        raise ValueError(f"num_inference_steps={steps!r} is not supported by distilled decoding: use one of {DISTILLED_STEPS}")
+        raise ValueError(
+            f"num_inference_steps={steps!r} is not supported by distilled decoding: use one of {DISTILLED_STEPS}"
+        )
     config = model.config
     check_noise(noise, cond.shape[0], model.seq_len, config.token_dim)
     start = time.perf_counter()
@@ -129,7 +131,9 @@ def sample_distilled_hybrid(model, teacher, cond: torch.Tensor, noise: torch.Ten
     kept = None
     if start:
         logits, vectors = model(noise, 0, cond)
-        kept = _tokens_from_outputs(logits, vectors, noise, 0, codebook, model.config.logits_tokens)[0][:, :start]
+        kept = _tokens_from_outputs(logits, vectors, noise, 0, codebook, model.config.logits_tokens)[0][
+            :, :start
+        ]
         forwards += 1
     teacher_part = teacher_flow_tokens(teacher, cond, noise, codebook, params, kept, switch, negative_cond)
     forwards += teacher_part.stats["forwards"]

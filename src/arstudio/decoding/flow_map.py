@@ -71,7 +71,9 @@ def flow_to_codebook(
     statistical test in tests/test_distilled.py bounds).
     """
     if noise.ndim != 2 or probs.ndim != 2 or noise.shape[0] != probs.shape[0]:
-        raise ValueError(f"noise (M, d) and probs (M, V) must pair up; got {tuple(noise.shape)}, {tuple(probs.shape)}")
+        raise ValueError(
+            f"noise (M, d) and probs (M, V) must pair up; got {tuple(noise.shape)}, {tuple(probs.shape)}"
+        )
     if codebook.shape != (probs.shape[1], noise.shape[1]):
         raise ValueError(
             f"codebook must be (V={probs.shape[1]}, d={noise.shape[1]}), got {tuple(codebook.shape)}"

@@ -12,11 +12,11 @@ import torch
 from arstudio.decoding import DECODING_PARAMS, DISTILLED_STRATEGIES
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.continuous import sample_continuous
-from arstudio.decoding.distilled import draw_noise, sample_distilled, sample_distilled_hybrid
 from arstudio.decoding.continuous_speculative import (
     ContinuousSpeculativeParams,
     sample_continuous_speculative,
 )
+from arstudio.decoding.distilled import draw_noise, sample_distilled, sample_distilled_hybrid
 from arstudio.decoding.lantern import latent_neighbours
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
@@ -321,7 +321,9 @@ class ImagePipeline:
             raise ValueError(f"num_inference_steps={num_inference_steps!r} does not apply to dd1_hybrid (its "
                              "forwards follow from dd_hybrid_start); leave it None")  # fmt: skip
         if noise is not None and not distilled:
-            raise ValueError(f"noise= applies to decoding in {DISTILLED_STRATEGIES}, not decoding={decoding!r}")
+            raise ValueError(
+                f"noise= applies to decoding in {DISTILLED_STRATEGIES}, not decoding={decoding!r}"
+            )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -360,7 +362,9 @@ class ImagePipeline:
         images = []
         if complete:  # a callback may have stopped sampling early: then there is nothing to decode
             if result.vectors is not None:  # distilled decoding's regressed positions go to the decoder as is
-                decoded = self.tokenizer.decode_vectors(result.vectors.view(-1, grid, grid, result.vectors.shape[-1]))
+                decoded = self.tokenizer.decode_vectors(
+                    result.vectors.view(-1, grid, grid, result.vectors.shape[-1])
+                )
             else:
                 decoded = self.tokenizer.decode(tokens.view(grid_shape))
             pixels = tensor_to_images(decoded.float())
@@ -388,7 +392,9 @@ class ImagePipeline:
             **knobs,
             "tokenizer": type(self.tokenizer).__name__,
             "head": head,
-            "num_inference_steps": knobs.get("num_inference_steps", None if head in ("categorical", "bridge") else steps),
+            "num_inference_steps": knobs.get(
+                "num_inference_steps", None if head in ("categorical", "bridge") else steps
+            ),
             "resolution": self.tokenizer.config.resolution,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),

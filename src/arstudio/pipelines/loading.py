@@ -10,8 +10,8 @@ import torch
 
 from arstudio.decoding.continuous_speculative import check_draft_for_cspd
 from arstudio.decoding.drafting import check_draft_model
-from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
+from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder

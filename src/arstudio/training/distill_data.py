@@ -66,4 +66,8 @@ def load_or_make_pairs(out_dir: Path, pipe, num_pairs: int, seed: int = 0, chunk
             atomic_write_bytes(path, save(merged))
             table = {k: [v] for k, v in merged.items()}
     merged = {k: torch.cat(v)[:num_pairs] for k, v in table.items()}
-    return {"noise": merged["noise"].float(), "tokens": merged["tokens"].long(), "cond": merged["cond"].long()}
+    return {
+        "noise": merged["noise"].float(),
+        "tokens": merged["tokens"].long(),
+        "cond": merged["cond"].long(),
+    }

@@ -84,7 +84,9 @@ def teacher_log_probs(teacher, ids, cond, params):
     hidden = teacher.hidden(ids.repeat(rows.shape[0] // ids.shape[0], 1), rows)  # (rows, N, dim)
     logits = teacher.head(hidden)
     if params.uses_cfg:
-        logits = classifier_free_guidance(logits[: ids.shape[0]], logits[ids.shape[0] :], params.guidance_scale)
+        logits = classifier_free_guidance(
+            logits[: ids.shape[0]], logits[ids.shape[0] :], params.guidance_scale
+        )
     shape = logits.shape
     probs = filter_logits(logits.reshape(-1, shape[-1]), params.temperature, params.top_k, params.top_p)
     # filtered tokens: tiny, not -inf (keeps the fake model's softmax finite)
@@ -140,7 +142,9 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
     pairs = None
     if dd1_weight > 0 and num_pairs > 0:
         pairs = load_or_make_pairs(Path(init) if init is not None else out_dir, pipe, num_pairs, seed)
-    fake = FakeScore(teacher_model.config.backbone.dim, teacher_model.config.vocab_size, model.config.token_dim)
+    fake = FakeScore(
+        teacher_model.config.backbone.dim, teacher_model.config.vocab_size, model.config.token_dim
+    )
     optimizer = _optimizer(model, lr)
     fake_optimizer = torch.optim.AdamW(fake.parameters(), lr=fake_lr, betas=(0.0, 0.99), weight_decay=0.0)
     start = _resume(model, fake, optimizer, fake_optimizer, out_dir)
@@ -153,7 +157,7 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=20))
         labels = torch.randint(0, teacher_model.config.num_classes, (batch_size,), generator=draws)
         noise = torch.randn(batch_size, model.seq_len, model.config.token_dim, generator=draws)
-        for update in range(fake_updates):
+        for _ in range(fake_updates):  # the generator loss of the last round is used
             gen_loss, fake_loss, stats = csd_step_losses(model, fake, teacher_model, noise, labels, codebook,
                                                          params, draws)  # fmt: skip
             fake_optimizer.zero_grad(set_to_none=True)
@@ -185,7 +189,10 @@ def _save(model, fake, optimizer, fake_optimizer, step, out_dir: Path) -> None:
     from safetensors.torch import save
 
     model.save_pretrained(out_dir)
-    atomic_write_bytes(out_dir / FAKE_DIR / "model.safetensors", save({k: v.contiguous() for k, v in fake.state_dict().items()}))
+    atomic_write_bytes(
+        out_dir / FAKE_DIR / "model.safetensors",
+        save({k: v.contiguous() for k, v in fake.state_dict().items()}),
+    )
     buffer = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "fake_optimizer": fake_optimizer.state_dict(), "step": step},
                buffer)  # fmt: skip
