@@ -179,19 +179,24 @@ def test_straight_through_codes_forward_a_code_and_pass_gradients():
 
 
 def test_fake_score_starts_as_the_teacher_so_the_first_csd_gradient_is_zero(pipe):
-    from arstudio.training.distill_dd2 import FakeScore, csd_step_losses
+    from arstudio.training.distill_dd2 import FakeScore, csd_batch, csd_generator_loss, fake_loss
 
     teacher, codebook = pipe.generator, pipe.tokenizer.codebook_vectors().detach()
     model = DDGenerator.from_teacher(teacher, pipe.tokenizer)
     fake = FakeScore(teacher.config.backbone.dim, teacher.config.vocab_size, 4)
-    noise = torch.randn(3, 16, 4)
-    labels = torch.tensor([0, 1, 2])
-    params = SamplingParams(guidance_scale=2.0)
-    gen_loss, fake_loss, stats = csd_step_losses(model, fake, teacher, noise, labels, codebook, params,
-                                                 torch.Generator().manual_seed(0))  # fmt: skip
-    assert stats["grad"] < 1e-6 and gen_loss.item() < 1e-9 and fake_loss.item() > 0  # zero up to rounding
-    fake_loss.backward()
-    assert fake.correction.output.weight.grad.abs().sum() > 0  # the fake model learns from the generator
+    batch = csd_batch(model, teacher, torch.randn(3, 16, 4), torch.tensor([0, 1, 2]), codebook,
+                      SamplingParams(guidance_scale=2.0))  # fmt: skip
+    draws = torch.Generator().manual_seed(0)
+    loss, grad = csd_generator_loss(fake, batch, codebook, draws)
+    assert grad < 1e-6 and loss.item() < 1e-9  # zero up to rounding
+    denoising = fake_loss(fake, batch, codebook, draws)
+    denoising.backward()
+    assert (
+        denoising.item() > 0 and fake.correction.output.weight.grad.abs().sum() > 0
+    )  # the fake model learns
+    torch.optim.SGD(fake.parameters(), lr=1.0).step()
+    _, grad_after = csd_generator_loss(fake, batch, codebook, draws)
+    assert grad_after > 1e-4  # once it differs from the teacher, the generator gets a gradient
 
 
 def test_dd1_and_dd2_training_run_and_resume(tmp_path):

@@ -8,7 +8,7 @@ No pre-defined noise -> token map. Per step, with x = G(noise) the generator's o
    (t x̂_real - y) / (1 - t)^2.
 2. Fake score: ``FakeScore`` learns the score of the generator's own outputs, conditioned on the same
    prefix, by denoising score matching on x.detach() (``fake_updates`` updates per generator update).
-3. Generator update: per position, the gradient (x̂_fake - x̂_real) / mean|x - x̂_real| (DMD's
+3. Generator update (after the fake model's updates on the same batch): per position, the gradient (x̂_fake - x̂_real) / mean|x - x̂_real| (DMD's
    normalisation) through x, as the loss 0.5 |x - sg(x - grad)|^2.
 
 Choices where the paper leaves them open (tested in tests/test_distilled.py):
@@ -29,7 +29,7 @@ Choices where the paper leaves them open (tested in tests/test_distilled.py):
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -99,28 +99,45 @@ def _noised(x, generator):
     return t, t[..., None] * x + (1 - t[..., None]) * eps
 
 
-def csd_step_losses(model, fake, teacher, noise, cond, codebook, params, generator):
-    """(generator loss, fake loss, stats) for one batch: the CSD surrogate and denoising score matching."""
-    x = generator_tokens(model, noise, cond, codebook)  # (B, N, d), with grad
-    ids = nearest_codes(x.detach(), codebook)
-    log_p, hidden = teacher_log_probs(teacher, ids, cond, params)
+@dataclass
+class CSDBatch:
+    """One batch of the generator's tokens and what the teacher says about each position's prefix."""
+
+    x: torch.Tensor  # (B, N, d) generator tokens, with grad
+    log_p: torch.Tensor  # (B, N, V) teacher log-probabilities given the (snapped) prefix
+    hidden: torch.Tensor  # (B, N, dim) teacher hidden states for that prefix (the fake model's input)
+
+
+def csd_batch(model, teacher, noise, cond, codebook, params) -> CSDBatch:
+    x = generator_tokens(model, noise, cond, codebook)
+    log_p, hidden = teacher_log_probs(teacher, nearest_codes(x.detach(), codebook), cond, params)
+    return CSDBatch(x, log_p, hidden)
+
+
+def fake_loss(fake, batch: CSDBatch, codebook, generator) -> torch.Tensor:
+    """Denoising score matching of the fake model on the generator's (detached) tokens."""
+    t, y = _noised(batch.x.detach(), generator)
+    return (fake(y, t, batch.hidden, batch.log_p, codebook) - batch.x.detach()).pow(2).sum(-1).mean()
+
+
+def csd_generator_loss(fake, batch: CSDBatch, codebook, generator) -> tuple[torch.Tensor, float]:
+    """The CSD surrogate 0.5 |x - sg(x - grad)|^2 whose gradient in x is (x̂_fake - x̂_real) / scale, and
+    the mean |grad|."""
+    x = batch.x
     t, y = _noised(x.detach(), generator)
-    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731  (B, N, k) -> (B N, k)
     with torch.no_grad():
-        real = mixture_posterior_mean(flat(y), t.reshape(-1), 1 - t.reshape(-1), flat(log_p), codebook)
+        real = mixture_posterior_mean(flat(y), t.reshape(-1), 1 - t.reshape(-1), flat(batch.log_p), codebook)
         real = real.view(x.shape)
-        fake_x = fake(y, t, hidden, log_p, codebook)
+        fake_x = fake(y, t, batch.hidden, batch.log_p, codebook)
         scale = (x.detach() - real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-4)
         grad = (fake_x - real) / scale
-    generator_loss = 0.5 * (x - (x - grad).detach()).pow(2).sum(-1).mean()
-    t2, y2 = _noised(x.detach(), generator)
-    fake_loss = (fake(y2, t2, hidden, log_p, codebook) - x.detach()).pow(2).sum(-1).mean()
-    return generator_loss, fake_loss, {"grad": grad.abs().mean().item(), "fake": fake_loss.item()}
+    return 0.5 * (x - (x - grad).detach()).pow(2).sum(-1).mean(), grad.abs().mean().item()
 
 
 def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path | None = None,
-              steps: int = 400, batch_size: int = 32, lr: float = 1e-4, fake_lr: float = 3e-4,
-              fake_updates: int = 1, dd1_weight: float = 0.25, seed: int = 0, save_every: int = 50,
+              steps: int = 400, batch_size: int = 32, lr: float = 1e-4, fake_lr: float = 1e-3,
+              fake_updates: int = 2, dd1_weight: float = 0.25, seed: int = 0, save_every: int = 50,
               num_pairs: int = 0, snapshot_every: int = 0) -> DDGenerator:  # fmt: skip
     """CSD from ``init`` (a DD1 run or shipped folder; None: from the teacher). ``num_pairs`` > 0 with
     ``dd1_weight`` > 0 reuses/makes DD1's pairs in ``init`` for the regression term. ``snapshot_every`` > 0
@@ -157,14 +174,15 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=20))
         labels = torch.randint(0, teacher_model.config.num_classes, (batch_size,), generator=draws)
         noise = torch.randn(batch_size, model.seq_len, model.config.token_dim, generator=draws)
-        for _ in range(fake_updates):  # the generator loss of the last round is used
-            gen_loss, fake_loss, stats = csd_step_losses(model, fake, teacher_model, noise, labels, codebook,
-                                                         params, draws)  # fmt: skip
+        batch = csd_batch(model, teacher_model, noise, labels, codebook, params)
+        for _ in range(fake_updates):  # the fake model first catches up with the current generator
+            denoising = fake_loss(fake, batch, codebook, draws)
             fake_optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(fake_loss)
+            accelerator.backward(denoising)
             accelerator.clip_grad_norm_(fake.parameters(), 1.0)
             fake_optimizer.step()
-        loss = gen_loss
+        loss, grad = csd_generator_loss(fake, batch, codebook, draws)
+        stats = {"grad": grad, "fake": denoising.item()}
         if pairs is not None:
             index = torch.randint(0, pairs["tokens"].shape[0], (batch_size,), generator=draws)
             regression, _ = dd1_loss(model, pairs["noise"][index], pairs["tokens"][index], pairs["cond"][index],
@@ -175,7 +193,7 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 5 == 0:
-            bar.set_postfix(grad=f"{stats['grad']:.3f}", fake=f"{stats['fake']:.3f}")
+            bar.set_postfix(grad=f"{stats['grad']:.4f}", fake=f"{stats['fake']:.3f}")
         if snapshot_every and (step + 1) % snapshot_every == 0:
             unwrapped.save_pretrained(out_dir / "snapshots" / f"step-{step + 1}")
         if checkpoint_due(step, steps, save_every):
