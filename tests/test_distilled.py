@@ -222,3 +222,23 @@ def test_cli_train_distill_dd1(tmp_path):
     assert main(["train", "distill", "--method", "dd1", "--teacher", "test-tiny-c2i", "--out", str(out),
                  "--steps", "1", "--batch-size", "2", "--pairs", "3"]) == 0  # fmt: skip
     assert (out / "model.safetensors").is_file()
+
+
+def test_shipped_dd_models_load_with_shapes_c2i_and_refuse_another_teacher(tmp_path):
+    import shutil
+
+    from arstudio.presets import WEIGHTS_ROOT
+
+    pipe = arstudio.load_pipeline("shapes-c2i", device="cpu")
+    assert set(pipe.distilled) == {"dd1", "dd2"} and pipe.decoding_strategies[-3:] == ("dd1", "dd1_hybrid", "dd2")
+    out = pipe(class_labels=[0], decoding="dd2", generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images[0].shape == (32, 32, 3) and out.stats["forwards_per_image"] == 1
+    shipped = WEIGHTS_ROOT / "shapes-c2i"
+    for part in ("tokenizer", "dd1"):
+        shutil.copytree(shipped / part, tmp_path / part)
+    generator = pipe.generator
+    with torch.no_grad():
+        generator.tok_embeddings.weight[0] += 1.0  # another teacher (e.g. retrained): another fingerprint
+    generator.save_pretrained(tmp_path / "generator")
+    with pytest.raises(ValueError, match="distilled from teacher"):
+        arstudio.load_pipeline("shapes-c2i", device="cpu", weights=tmp_path)
