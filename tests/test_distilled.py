@@ -230,7 +230,11 @@ def test_shipped_dd_models_load_with_shapes_c2i_and_refuse_another_teacher(tmp_p
     from arstudio.presets import WEIGHTS_ROOT
 
     pipe = arstudio.load_pipeline("shapes-c2i", device="cpu")
-    assert set(pipe.distilled) == {"dd1", "dd2"} and pipe.decoding_strategies[-3:] == ("dd1", "dd1_hybrid", "dd2")
+    assert set(pipe.distilled) == {"dd1", "dd2"} and pipe.decoding_strategies[-3:] == (
+        "dd1",
+        "dd1_hybrid",
+        "dd2",
+    )
     out = pipe(class_labels=[0], decoding="dd2", generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images[0].shape == (32, 32, 3) and out.stats["forwards_per_image"] == 1
     shipped = WEIGHTS_ROOT / "shapes-c2i"
