@@ -156,8 +156,10 @@ def _add_train_distill(sub) -> None:
     p.add_argument("--teacher", required=True, help="preset whose shipped generator is the teacher")
     p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
     p.add_argument("--init", default=None, help="dd2: the DD1 run (or shipped dd1/ folder) to start from")
-    p.add_argument("--steps", type=int, default=None, help="default: 1200 (dd1), 300 (dd2)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 64 (dd1), 32 (dd2)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="default: 600 (dd1), 200 (dd2): the shipped recipes"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 (dd1), 16 (dd2)")
     p.add_argument("--lr", type=float, default=None, help="default: 5e-4 (dd1), 1e-4 (dd2)")
     p.add_argument("--pairs", type=int, default=8192, help="teacher (noise, tokens) pairs for DD1's loss")
     p.add_argument("--dd1-weight", type=float, default=0.25, help="dd2: weight of the DD1 regression term")
@@ -168,7 +170,7 @@ def _add_train_distill(sub) -> None:
 
 def _run_train_distill(args) -> None:
     dd1 = args.method == "dd1"
-    options = {"steps": args.steps or (1200 if dd1 else 300), "batch_size": args.batch_size or (64 if dd1 else 32),
+    options = {"steps": args.steps or (600 if dd1 else 200), "batch_size": args.batch_size or (64 if dd1 else 16),
                "lr": args.lr or (5e-4 if dd1 else 1e-4), "seed": args.seed}  # fmt: skip
     if dd1:
         from arstudio.training.distill import train_dd1
