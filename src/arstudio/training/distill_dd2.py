@@ -138,10 +138,11 @@ def csd_generator_loss(fake, batch: CSDBatch, codebook, generator) -> tuple[torc
 def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path | None = None,
               steps: int = 400, batch_size: int = 32, lr: float = 1e-4, fake_lr: float = 1e-3,
               fake_updates: int = 2, dd1_weight: float = 0.25, seed: int = 0, save_every: int = 50,
-              num_pairs: int = 0, snapshot_every: int = 0) -> DDGenerator:  # fmt: skip
+              num_pairs: int = 0, snapshot_every: int = 0, csd_weight: float = 1.0) -> DDGenerator:  # fmt: skip
     """CSD from ``init`` (a DD1 run or shipped folder; None: from the teacher). ``num_pairs`` > 0 with
     ``dd1_weight`` > 0 reuses/makes DD1's pairs in ``init`` for the regression term. ``snapshot_every`` > 0
-    also keeps the generator every that many steps in ``snapshots/step-N`` (the quality curve)."""
+    also keeps the generator every that many steps in ``snapshots/step-N`` (the quality curve).
+    ``csd_weight=0`` is the ablation: the same run with only the DD1 term."""
     from arstudio.pipelines.loading import load_pipeline
 
     out_dir = Path(out_dir)
@@ -182,6 +183,7 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
             accelerator.clip_grad_norm_(fake.parameters(), 1.0)
             fake_optimizer.step()
         loss, grad = csd_generator_loss(fake, batch, codebook, draws)
+        loss = csd_weight * loss
         stats = {"grad": grad, "fake": denoising.item()}
         if pairs is not None:
             index = torch.randint(0, pairs["tokens"].shape[0], (batch_size,), generator=draws)
