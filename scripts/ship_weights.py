@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from arstudio.generators.continuous import ContinuousImageGenerator
+from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.drafter import Drafter
 from arstudio.generators.image import ImageGenerator
 from arstudio.io import CONFIG_NAME, WEIGHTS_NAME
@@ -27,6 +28,8 @@ SHIPPED = {
     "shapes-c2i/tokenizer": ("runs/vq-shapes32", False),
     "shapes-c2i/generator": ("runs/gen-shapes-c2i", True),
     "shapes-c2i/drafter": ("runs/drafter-shapes-c2i", True),
+    "shapes-c2i/dd1": ("runs/dd1-shapes-c2i", True),
+    "shapes-c2i/dd2": ("runs/dd2-shapes-c2i", True),
     "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", False),
     "shapes-t2i/generator": ("runs/gen-shapes-t2i", True),
     "shapes-t2i/drafter": ("runs/drafter-shapes-t2i", True),
@@ -36,7 +39,7 @@ SHIPPED = {
     "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", False),
     "shapes-c2i-bridge/generator": ("runs/gen-shapes-c2i-bridge", True),
 }
-MODELS = {cls.__name__: cls for cls in (ImageGenerator, ContinuousImageGenerator, Drafter)}
+MODELS = {cls.__name__: cls for cls in (ImageGenerator, ContinuousImageGenerator, Drafter, DDGenerator)}
 
 
 def main() -> None:

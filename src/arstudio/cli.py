@@ -180,6 +180,40 @@ def _run_train_drafter(args) -> None:
     print(f"drafter saved to {args.out}")
 
 
+def _add_train_distill(sub) -> None:
+    p = sub.add_parser("distill", help="distil a preset's AR generator into a one-step DD model (dd1 or dd2)")
+    p.add_argument("--method", required=True, choices=("dd1", "dd2"))
+    p.add_argument("--teacher", required=True, help="preset whose shipped generator is the teacher")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--init", default=None, help="dd2: the DD1 run (or shipped dd1/ folder) to start from")
+    p.add_argument(
+        "--steps", type=int, default=None, help="default: 600 (dd1), 200 (dd2): the shipped recipes"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default: 64 (dd1), 16 (dd2)")
+    p.add_argument("--lr", type=float, default=None, help="default: 5e-4 (dd1), 1e-4 (dd2)")
+    p.add_argument("--pairs", type=int, default=8192, help="teacher (noise, tokens) pairs for DD1's loss")
+    p.add_argument("--dd1-weight", type=float, default=0.25, help="dd2: weight of the DD1 regression term")
+    p.add_argument("--snapshot-every", type=int, default=0, help="dd2: keep the generator every N steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_distill)
+
+
+def _run_train_distill(args) -> None:
+    dd1 = args.method == "dd1"
+    options = {"steps": args.steps or (600 if dd1 else 200), "batch_size": args.batch_size or (64 if dd1 else 16),
+               "lr": args.lr or (5e-4 if dd1 else 1e-4), "seed": args.seed}  # fmt: skip
+    if dd1:
+        from arstudio.training.distill import train_dd1
+
+        train_dd1(args.out, args.teacher, num_pairs=args.pairs, **options)
+    else:
+        from arstudio.training.distill_dd2 import train_dd2
+
+        train_dd2(args.out, args.teacher, init=args.init, dd1_weight=args.dd1_weight,
+                  num_pairs=args.pairs if args.init else 0, snapshot_every=args.snapshot_every, **options)  # fmt: skip
+    print(f"{args.method} model saved to {args.out}")
+
+
 def _add_train_classifier(sub) -> None:
     p = sub.add_parser("classifier", help="train the FD-shapes feature classifier")
     p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
@@ -321,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_bridge_head(train_sub)
     _add_train_classifier(train_sub)
     _add_train_drafter(train_sub)
+    _add_train_distill(train_sub)
     return parser
 
 

@@ -37,6 +37,9 @@ class DecodingParam:
 _DRAFT_TOKENS = DecodingParam(
     "draft_tokens", 4, 1, 16, True, "tokens the drafter proposes per target forward"
 )
+_DD_STEPS = DecodingParam(
+    "num_inference_steps", 1, 1, 2, True, "distilled-decoding forwards: 1, or 2 (keep a prefix, re-run)"
+)
 DECODING_PARAMS: dict[str, tuple[DecodingParam, ...]] = {
     "ar": (),
     "speculative": (_DRAFT_TOKENS,),
@@ -61,4 +64,17 @@ DECODING_PARAMS: dict[str, tuple[DecodingParam, ...]] = {
             "relaxed CSpD: tempers the trajectory density ratio; 1 is exact",
         ),
     ),
+    "dd1": (_DD_STEPS,),
+    "dd1_hybrid": (
+        DecodingParam(
+            "dd_hybrid_start",
+            4,
+            0,
+            4095,
+            True,
+            "tokens kept from the first DD step before the teacher continues (below the model's switch point)",
+        ),
+    ),
+    "dd2": (_DD_STEPS,),
 }
+DISTILLED_STRATEGIES = ("dd1", "dd1_hybrid", "dd2")

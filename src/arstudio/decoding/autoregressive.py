@@ -22,6 +22,7 @@ StepCallback = Callable[[int, int, torch.Tensor], "bool | None"]
 class DecodeResult:
     tokens: torch.Tensor  # (B, N) int64, raster order
     stats: dict = field(default_factory=dict)
+    vectors: torch.Tensor | None = None  # (B, N, d) what the decoder should read instead of the ids' codes
 
 
 def with_unconditional(model, cond: torch.Tensor, negative_cond: torch.Tensor | None) -> torch.Tensor:
@@ -41,12 +42,17 @@ def sample_autoregressive(
     callback: StepCallback | None = None,
     use_cache: bool = True,
     negative_cond: torch.Tensor | None = None,
+    prefix: torch.Tensor | None = None,
+    pick: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> DecodeResult:
     """Sample (B, N) tokens from ``model`` (an ImageGenerator-like object) for ``cond`` (B, ...).
 
     ``cond`` is what the model's condition module takes: class labels (B,) or text states (B, L, D).
     With guidance the batch is doubled to [cond; uncond], uncond being ``negative_cond`` (e.g. a negative
     prompt) or the model's null condition; both halves receive the same sampled token.
+
+    ``prefix`` (B, k): tokens already known (read in one cached forward); sampling continues at k.
+    ``pick(probs (B, V), index) -> ids (B,)`` replaces the random draw (Distilled Decoding's flow map).
     """
     params = params or SamplingParams()
     batch, total = cond.shape[0], model.seq_len
@@ -55,6 +61,14 @@ def sample_autoregressive(
         cond = with_unconditional(model, cond, negative_cond)
     rows = cond.shape[0]
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
+    known = 0 if prefix is None else prefix.shape[1]
+    if prefix is not None:
+        if use_cache is False or prefix.shape[0] != batch or not 0 < known < total:
+            raise ValueError(
+                f"prefix must be (B={batch}, k < {total}) with the cache on, got {tuple(prefix.shape)}"
+            )
+        tokens[:, :known] = prefix
+    pick = pick or (lambda probs, index: draw(probs, generators))
     forwards = 0
     start = time.perf_counter()
 
@@ -69,14 +83,18 @@ def sample_autoregressive(
     if use_cache:
         model.setup_cache(rows, device=device)
         logits = model.prefill(cond)
+        if known:
+            positions = torch.arange(model.prefix_len, model.prefix_len + known, device=device)
+            logits = model.step(prefix.repeat(rows // batch, 1), positions)[:, -1]
+            forwards += 1
     else:
         # Full pass over [prefix]: the placeholder token is never embedded (forward drops the last token).
         logits = model(torch.zeros(rows, 1, dtype=torch.long, device=device), cond)[:, -1]
     forwards += 1
     try:
-        for index in range(total):
+        for index in range(known, total):
             probs = filter_logits(guide(logits, index), params.temperature, params.top_k, params.top_p)
-            tokens[:, index] = draw(probs, generators)
+            tokens[:, index] = pick(probs, index)
             if callback is not None and callback(index, total, tokens[:, : index + 1]) is False:
                 tokens = tokens[:, : index + 1]
                 break

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from arstudio.decoding import DECODING_PARAMS
+from arstudio.decoding import DECODING_PARAMS, DISTILLED_STRATEGIES
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.continuous import sample_continuous
 from arstudio.decoding.continuous_speculative import (
     ContinuousSpeculativeParams,
     sample_continuous_speculative,
 )
+from arstudio.decoding.distilled import draw_noise, sample_distilled, sample_distilled_hybrid
 from arstudio.decoding.lantern import latent_neighbours
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
@@ -54,7 +55,7 @@ class ImagePipeline:
 
     def __init__(
         self, tokenizer, generator, preset, device: torch.device, dtype: torch.dtype, text_encoder=None,
-        drafter=None,
+        drafter=None, distilled: dict | None = None,
     ):  # fmt: skip
         self.tokenizer = tokenizer
         self.generator = generator
@@ -64,6 +65,7 @@ class ImagePipeline:
         self.text_encoder = text_encoder
         self.drafter = drafter  # speculative decoding's draft model, checked against the generator at load
         self._neighbours: dict[int, torch.Tensor] = {}  # LANTERN's latent-neighbour tables, per k
+        self.distilled = distilled or {}  # "dd1" / "dd2": DDGenerator, checked against generator + tokenizer
 
     def __repr__(self) -> str:
         return f"ImagePipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
@@ -71,14 +73,17 @@ class ImagePipeline:
     @property
     def decoding_strategies(self) -> tuple[str, ...]:
         """Strategies this preset can run: plain AR always; the others need a drafter for its generator,
-        and LANTERN a tokenizer with a codebook (its latent neighbourhoods)."""
+        and LANTERN a tokenizer with a codebook (its latent neighbourhoods); distilled decoding a DD model."""
+        distilled = (("dd1", "dd1_hybrid") if "dd1" in self.distilled else ()) + (
+            ("dd2",) if "dd2" in self.distilled else ()
+        )
         if self.drafter is None:
-            return ("ar",)
+            return ("ar", *distilled)
         if getattr(self.generator, "token_kind", "discrete") != "discrete":
             return ("ar", "continuous_speculative")
-        if not hasattr(self.tokenizer, "codebook_vectors"):
+        if not hasattr(self.tokenizer, "codebook_vectors"):  # DD maps noise into the codebook space too
             return ("ar", "speculative")
-        return ("ar", "speculative", "lantern")
+        return ("ar", "speculative", "lantern", *distilled)
 
     def _decoding_knobs(self, decoding: str, given: dict) -> dict:
         """The strategy's knobs: given values checked against their ranges, defaults for the rest. A knob
@@ -220,6 +225,18 @@ class ImagePipeline:
             )
         return self.generator.config.token_dim if head == "bridge" else None
 
+    def _sample_distilled(self, decoding, knobs, conditions: Conditions, generators, params, noise):
+        """dd1 / dd2 (1 or 2 forwards) or dd1_hybrid; noise from each image's generator unless given."""
+        model = self.distilled[decoding.removesuffix("_hybrid")]
+        codebook = self.tokenizer.codebook_vectors().detach()
+        if noise is None:
+            noise = draw_noise(generators, model.seq_len, model.config.token_dim, self.device)
+        noise = noise.to(self.device)
+        if decoding == "dd1_hybrid":
+            return sample_distilled_hybrid(model, self.generator, conditions.cond, noise, codebook, params,
+                                           knobs["dd_hybrid_start"], conditions.negative)  # fmt: skip
+        return sample_distilled(model, conditions.cond, noise, codebook, knobs["num_inference_steps"])
+
     # ---- the call -----------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -243,6 +260,8 @@ class ImagePipeline:
         lantern_lambda: float | None = None,
         cspd_inner_temperature: float | None = None,
         num_inference_steps: int | None = None,
+        dd_hybrid_start: int | None = None,
+        noise: torch.Tensor | None = None,
     ) -> ImageOutput:
         """Generate images.
 
@@ -265,7 +284,12 @@ class ImagePipeline:
             cspd_inner_temperature: continuous_speculative: 1 is the exact acceptance test, > 1 relaxes it
                 (see ``arstudio.decoding.continuous_speculative``).
             num_inference_steps: sampling steps of a diffusion/flow head per token (None: the preset's
-                default); other heads have no such steps and refuse it.
+                default); with decoding "dd1"/"dd2" the DD model's forwards (1 or 2, default 1); other
+                heads have no such steps and refuse it.
+            dd_hybrid_start: dd1_hybrid: tokens kept from the first DD step before the teacher continues
+                (see ``arstudio.decoding.distilled``).
+            noise: dd1/dd1_hybrid/dd2: the (images, tokens, codebook dims) noise to map, instead of drawing
+                it from each image's generator.
         """
         t0 = time.perf_counter()
         defaults = self.preset.defaults
@@ -280,13 +304,26 @@ class ImagePipeline:
             raise ValueError(f"decoding={decoding!r} is unknown; allowed: {tuple(DECODING_PARAMS)}")
         if decoding not in self.decoding_strategies:
             why = "it ships no drafter" if self.drafter is None else "its tokenizer has no codebook"
+            if decoding in DISTILLED_STRATEGIES:
+                why = f"it ships no {decoding.removesuffix('_hybrid')} model"
             raise ValueError(
                 f"decoding={decoding!r} is not available for preset {self.preset.name!r} ({why}); "
                 f"allowed: {self.decoding_strategies}"
             )
         knobs = self._decoding_knobs(decoding, {"draft_tokens": draft_tokens, "lantern_k": lantern_k,
                                                 "lantern_delta": lantern_delta, "lantern_lambda": lantern_lambda,
-                                                "cspd_inner_temperature": cspd_inner_temperature})  # fmt: skip
+                                                "cspd_inner_temperature": cspd_inner_temperature,
+                                                "dd_hybrid_start": dd_hybrid_start})  # fmt: skip
+        distilled = decoding in DISTILLED_STRATEGIES
+        if distilled and decoding != "dd1_hybrid":  # here num_inference_steps counts DD forwards
+            knobs.update(self._decoding_knobs(decoding, {"num_inference_steps": num_inference_steps}))
+        elif distilled and num_inference_steps is not None:
+            raise ValueError(f"num_inference_steps={num_inference_steps!r} does not apply to dd1_hybrid (its "
+                             "forwards follow from dd_hybrid_start); leave it None")  # fmt: skip
+        if noise is not None and not distilled:
+            raise ValueError(
+                f"noise= applies to decoding in {DISTILLED_STRATEGIES}, not decoding={decoding!r}"
+            )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
@@ -297,8 +334,10 @@ class ImagePipeline:
         generators, seeds = self._generators(generator, count)
 
         head = getattr(self.generator.head, "kind", "categorical")
-        steps = self._head_steps(head, num_inference_steps)
-        if decoding == "continuous_speculative":
+        steps = None if distilled else self._head_steps(head, num_inference_steps)
+        if distilled:
+            result = self._sample_distilled(decoding, knobs, conditions, generators, params, noise)
+        elif decoding == "continuous_speculative":
             spec = ContinuousSpeculativeParams(knobs["draft_tokens"], steps, knobs["cspd_inner_temperature"])
             result = sample_continuous_speculative(self.generator, self.drafter, conditions.cond, generators,
                                                    params, spec, conditions.negative, callback_on_step_end)  # fmt: skip
@@ -322,7 +361,13 @@ class ImagePipeline:
         grid_shape = (-1, grid, grid, *tokens.shape[2:])  # (B, N, ...) raster order -> (B, h, w, ...)
         images = []
         if complete:  # a callback may have stopped sampling early: then there is nothing to decode
-            pixels = tensor_to_images(self.tokenizer.decode(tokens.view(grid_shape)).float())
+            if result.vectors is not None:  # distilled decoding's regressed positions go to the decoder as is
+                decoded = self.tokenizer.decode_vectors(
+                    result.vectors.view(-1, grid, grid, result.vectors.shape[-1])
+                )
+            else:
+                decoded = self.tokenizer.decode(tokens.view(grid_shape))
+            pixels = tensor_to_images(decoded.float())
             if output_type == "pil":
                 from PIL import Image
 
@@ -347,7 +392,9 @@ class ImagePipeline:
             **knobs,
             "tokenizer": type(self.tokenizer).__name__,
             "head": head,
-            "num_inference_steps": None if head in ("categorical", "bridge") else steps,
+            "num_inference_steps": knobs.get(
+                "num_inference_steps", None if head in ("categorical", "bridge") else steps
+            ),
             "resolution": self.tokenizer.config.resolution,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),

@@ -11,6 +11,7 @@ import torch
 from arstudio.decoding.continuous_speculative import check_draft_for_cspd
 from arstudio.decoding.drafting import check_draft_model
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
+from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder
@@ -151,7 +152,28 @@ def load_pipeline(
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device)
     drafter = _load_drafter(preset, generator, source, device, dtype)
-    return ImagePipeline(tokenizer, generator, preset, device, dtype, text_encoder, drafter)
+    distilled = _load_distilled(preset, generator, tokenizer, source, device, dtype)
+    return ImagePipeline(tokenizer, generator, preset, device, dtype, text_encoder, drafter, distilled)
+
+
+def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype) -> dict:
+    """Distilled-decoding models: ``dd1/`` and ``dd2/`` beside the generator (checked to be distilled from this
+    generator and tokenizer); for random presets, seeded DD models made from the random generator (so tests
+    run the samplers); none for continuous generators or hub presets."""
+    if generator.token_kind != "discrete" or not hasattr(tokenizer, "codebook_vectors"):
+        return {}
+    models = {}
+    for offset, method in enumerate(("dd1", "dd2")):
+        if source is None:
+            model = seeded(lambda m=method: DDGenerator.from_teacher(generator, tokenizer, method=m),
+                           preset.init_seed + 3 + offset)  # fmt: skip
+        elif isinstance(source, Path) and (source / method).is_dir():
+            model = DDGenerator.from_pretrained(source / method)
+            model.check_pairing(generator, tokenizer)
+        else:
+            continue
+        models[method] = model.to(device=device, dtype=dtype).eval()
+    return models
 
 
 def _load_drafter(preset: Preset, generator, source, device, dtype):

@@ -266,7 +266,16 @@ class VQTokenizer(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, h, w) -> images (B, 3, H, W) in about [-1, 1] (not clamped)."""
-        z_q = self.embed(ids).permute(0, 3, 1, 2)
+        return self.decode_vectors(self.embed(ids))
+
+    @torch.no_grad()
+    def decode_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Codebook-space vectors (B, h, w, D), on the codebook or not (distilled decoding regresses them)
+        -> images (B, 3, H, W)."""
+        g, d = self.grid_size, self.config.codebook_embed_dim
+        if vectors.ndim != 4 or tuple(vectors.shape[1:]) != (g, g, d):
+            raise ValueError(f"vectors must be (B, {g}, {g}, {d}), got {tuple(vectors.shape)}")
+        z_q = vectors.to(self.post_quant_conv.weight.dtype).permute(0, 3, 1, 2)
         return self.decoder(self.post_quant_conv(z_q))
 
 
