@@ -91,6 +91,7 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--num-images", type=int, default=60_000, help="size of the tokenized training set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-from", help="warm start from another generator run's weights (same config)")
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint every this many steps")
     size = p.add_argument_group("a smaller model than the preset's (e.g. a draft model for speculation)")
     size.add_argument("--backbone-dim", type=int, help="backbone width")
     size.add_argument("--backbone-layers", type=int, help="backbone blocks")
@@ -126,7 +127,7 @@ def _run_train_generator(args) -> None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len)
     train_generator(args.out, args.tokenizer, _resized(preset.generator, args), steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
-                    init_from=args.init_from)  # fmt: skip
+                    init_from=args.init_from, save_every=args.save_every)  # fmt: skip
     print(f"generator saved to {args.out}")
 
 

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from arstudio.decoding.logits import SamplingParams, classifier_free_guidance, draw, filter_logits
+from arstudio.decoding.guidance import ControlSignal, guidance_rows, guide, with_unconditional
+from arstudio.decoding.logits import SamplingParams, draw, filter_logits
+
+__all__ = ["DecodeResult", "StepCallback", "sample_autoregressive", "with_unconditional"]
 
 # callback(step_index, num_steps, tokens_so_far (B, step_index + 1)) -> None | False (False stops early)
 StepCallback = Callable[[int, int, torch.Tensor], "bool | None"]
@@ -24,14 +27,6 @@ class DecodeResult:
     stats: dict = field(default_factory=dict)
 
 
-def with_unconditional(model, cond: torch.Tensor, negative_cond: torch.Tensor | None) -> torch.Tensor:
-    """CFG's doubled batch [cond; uncond] (2B, ...): uncond is ``negative_cond`` or the model's null condition."""
-    uncond = model.cls_embedding.null(cond.shape[0], cond.device) if negative_cond is None else negative_cond
-    if uncond.shape != cond.shape:
-        raise ValueError(f"negative condition {tuple(uncond.shape)} does not match {tuple(cond.shape)}")
-    return torch.cat([cond, uncond.to(cond.device)])
-
-
 @torch.no_grad()
 def sample_autoregressive(
     model,
@@ -41,41 +36,38 @@ def sample_autoregressive(
     callback: StepCallback | None = None,
     use_cache: bool = True,
     negative_cond: torch.Tensor | None = None,
+    control: ControlSignal | None = None,
 ) -> DecodeResult:
     """Sample (B, N) tokens from ``model`` (an ImageGenerator-like object) for ``cond`` (B, ...).
 
     ``cond`` is what the model's condition module takes: class labels (B,) or text states (B, L, D).
     With guidance the batch is doubled to [cond; uncond], uncond being ``negative_cond`` (e.g. a negative
-    prompt) or the model's null condition; both halves receive the same sampled token.
+    prompt) or the model's null condition; both halves receive the same sampled token. ``control``: control
+    tokens for a model with a control encoder, guided as ``decoding/guidance.py`` describes.
     """
     params = params or SamplingParams()
     batch, total = cond.shape[0], model.seq_len
     device = cond.device
-    if params.uses_cfg:
-        cond = with_unconditional(model, cond, negative_cond)
+    cond = guidance_rows(model, cond, negative_cond, params, control)
     rows = cond.shape[0]
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
     forwards = 0
     start = time.perf_counter()
-
-    def guide(logits: torch.Tensor, index: int) -> torch.Tensor:
-        if not params.uses_cfg:
-            return logits
-        cond_logits, uncond_logits = logits[:batch], logits[batch:]
-        if not params.guided(index, total):
-            return cond_logits
-        return classifier_free_guidance(cond_logits, uncond_logits, params.guidance_scale)
-
-    if use_cache:
-        model.setup_cache(rows, device=device)
-        logits = model.prefill(cond)
-    else:
-        # Full pass over [prefix]: the placeholder token is never embedded (forward drops the last token).
-        logits = model(torch.zeros(rows, 1, dtype=torch.long, device=device), cond)[:, -1]
-    forwards += 1
     try:
+        if use_cache:
+            model.setup_cache(rows, device=device)
+            logits = model.prefill(cond)
+        else:
+            # Full pass over [prefix]: the placeholder token is never embedded (forward drops the last token).
+            logits = model(torch.zeros(rows, 1, dtype=torch.long, device=device), cond)[:, -1]
+        forwards += 1
         for index in range(total):
-            probs = filter_logits(guide(logits, index), params.temperature, params.top_k, params.top_p)
+            probs = filter_logits(
+                guide(logits, batch, params, index, total, control),
+                params.temperature,
+                params.top_k,
+                params.top_p,
+            )
             tokens[:, index] = draw(probs, generators)
             if callback is not None and callback(index, total, tokens[:, : index + 1]) is False:
                 tokens = tokens[:, : index + 1]
@@ -93,6 +85,8 @@ def sample_autoregressive(
             forwards += 1
     finally:
         model.backbone.reset_cache()  # free the cache memory between calls
+        if control is not None:
+            model.set_control(None)
     elapsed = time.perf_counter() - start
     stats = {"forwards": forwards, "forwards_per_image": forwards, "tokens_per_forward": tokens.shape[1] / forwards,
              "decode_seconds": elapsed}  # fmt: skip

@@ -43,6 +43,10 @@ def _random_generator(config):
     for name, param in generator.head.named_parameters():
         if name.endswith("output.weight"):
             torch.nn.init.normal_(param, std=0.02)
+    # Control fusion starts at zero too (a warm start begins unchanged); random presets should feel the control.
+    if generator.control_encoder is not None and generator.config.control.mode == "fusion":
+        for layer in generator.control_encoder.fusion:
+            torch.nn.init.normal_(layer.weight, std=0.2)
     return generator
 
 

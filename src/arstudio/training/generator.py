@@ -118,11 +118,15 @@ class ConditionedBatches:
         for _ in range(steps):
             self.next()
 
-    def next(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row indices (B,) of the next batch and their conditions after dropout."""
         index = torch.randint(0, self.tokens.shape[0], (self.batch_size,), generator=self.generator)
         cond = self.conds[index]
         cond = cond.float() if cond.is_floating_point() else cond  # text states are stored in fp16
-        cond = self.conditioning.drop(cond, generator=self.generator)
+        return index, self.conditioning.drop(cond, generator=self.generator)
+
+    def next(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        index, cond = self.draw()
         return self.tokens[index].to(device), cond.to(device)
 
 
@@ -142,7 +146,8 @@ def train_generator(
     """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``.
 
     ``init_from``: warm start from another run's weights (same config; parameters added since, such as the
-    text prefix's position embedding, keep their zero init).
+    text prefix's position embedding or a new control encoder, keep their init).
+    A config with a control encoder trains with control maps of the same images (training/control.py).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +159,8 @@ def train_generator(
     continuous = isinstance(config, ContinuousGeneratorConfig)
     model = seeded(lambda: (ContinuousImageGenerator if continuous else ImageGenerator)(config), seed)
     if init_from is not None:
-        load_weights_into(model, init_from, allow_missing=WARM_START_NEW_KEYS)
+        new_keys = [k for k in model.state_dict() if k.startswith("control_encoder.")]
+        load_weights_into(model, init_from, allow_missing=(*WARM_START_NEW_KEYS, *new_keys))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -167,7 +173,15 @@ def train_generator(
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    batches = ConditionedBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding)
+    if config.control is None:
+        batches = ConditionedBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding)
+    else:
+        from arstudio.training.control import ControlledBatches, load_or_make_controls
+
+        controls = load_or_make_controls(out_dir, config.condition, seed, num_images,
+                                         tokenizer.config.resolution, config.control.types)  # fmt: skip
+        batches = ControlledBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding, controls,
+                                    config.control.dropout_prob)  # fmt: skip
     batches.skip(start)
     head_noise = torch.Generator().manual_seed(
         seed + 2
@@ -175,11 +189,14 @@ def train_generator(
     bar = tqdm(range(start, steps), desc="generator", initial=start, total=steps)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=100))
-        batch_tokens, batch_cond = batches.next(accelerator.device)
+        batch_tokens, batch_cond, *rest = batches.next(accelerator.device)
+        control = None
+        if rest:  # control tokens, through the (wrapped) model's encoder so gradients reach it
+            control = unwrapped.encode_control(rest[0].maps, rest[0].kinds, keep=rest[0].keep)
         if continuous:
-            loss = unwrapped.loss(batch_tokens, batch_cond, generator=head_noise)
+            loss = unwrapped.loss(batch_tokens, batch_cond, generator=head_noise, control=control)
         else:
-            logits = model(batch_tokens, batch_cond)
+            logits = model(batch_tokens, batch_cond, control)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch_tokens.reshape(-1))
         optimizer_step(accelerator, model, optimizer, loss, 1.0)
         if step % 10 == 0:
