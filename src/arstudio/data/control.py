@@ -68,7 +68,9 @@ def check_control_map(control, resolution: int) -> np.ndarray:
     uint8 (0..255), bool, or float in [0, 1]. Anything else (RGB, the wrong size, values out of range) is
     refused with what was expected: controls are never resized or converted silently.
     """
-    if hasattr(control, "mode") and hasattr(control, "size"):  # a PIL image
+    from PIL import Image
+
+    if isinstance(control, Image.Image):
         if control.mode not in ("L", "1"):
             raise ValueError(
                 f"a control image must have one channel (PIL mode 'L' or '1'), got mode {control.mode!r}; "
