@@ -56,6 +56,7 @@ class Preset:
     class_names: tuple[str, ...] = ()
     text_encoder: str | None = None  # "minilm" / "tiny" for text-to-image presets
     hub: HubWeights | None = None  # official checkpoints on the Hub (then ``weights`` is None)
+    shared_tokenizer: str | None = None  # folder under arstudio/weights whose tokenizer/ this fine-tune kept
 
     @property
     def text_len(self) -> int:
@@ -315,6 +316,7 @@ register_preset(
             control=ControlConfig(mode="fusion", resolution=32, layers=(0, 2, 4)),
         ),
         weights="shapes-control",
+        shared_tokenizer="shapes-c2i",
         defaults=_CONTROL_DEFAULTS,
         class_names=_shapes_class_names(),
     )
@@ -336,6 +338,7 @@ register_preset(
             control=ControlConfig(mode="prefill", resolution=32),
         ),
         weights="shapes-control-prefill",
+        shared_tokenizer="shapes-c2i",
         defaults=_CONTROL_DEFAULTS,
         class_names=_shapes_class_names(),
     )

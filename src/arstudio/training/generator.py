@@ -142,11 +142,14 @@ def train_generator(
     save_every: int = 250,
     text_encoder=None,
     init_from: str | Path | None = None,
+    warm_lr_scale: float = 1.0,
 ) -> ImageGenerator | ContinuousImageGenerator:
     """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``.
 
     ``init_from``: warm start from another run's weights (same config; parameters added since, such as the
-    text prefix's position embedding or a new control encoder, keep their init).
+    text prefix's position embedding or a new control encoder, keep their init). ``warm_lr_scale`` scales
+    the learning rate of the warm-started parameters (new ones train at ``lr``): a fine-tune that adds a
+    control encoder moves the trained backbone slowly and the new encoder fast.
     A config with a control encoder trains with control maps of the same images (training/control.py).
     """
     out_dir = Path(out_dir)
@@ -158,15 +161,19 @@ def train_generator(
 
     continuous = isinstance(config, ContinuousGeneratorConfig)
     model = seeded(lambda: (ContinuousImageGenerator if continuous else ImageGenerator)(config), seed)
+    new_keys = [k for k in model.state_dict() if k.startswith("control_encoder.")] + list(WARM_START_NEW_KEYS)
     if init_from is not None:
-        new_keys = [k for k in model.state_dict() if k.startswith("control_encoder.")]
-        load_weights_into(model, init_from, allow_missing=(*WARM_START_NEW_KEYS, *new_keys))
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95),
-    )  # fmt: skip
+        load_weights_into(model, init_from, allow_missing=tuple(new_keys))
+    groups = []
+    for is_new in (False, True):
+        scale = warm_lr_scale if init_from is not None and not is_new else 1.0
+        # Without a warm start every parameter is "old": two groups, as checkpoints of earlier runs hold.
+        params = [
+            (n, p) for n, p in model.named_parameters() if (init_from is not None and n in new_keys) == is_new
+        ]
+        groups += [{"params": [p for n, p in params if p.ndim >= 2], "weight_decay": 0.05, "lr_scale": scale},
+                   {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
     if continuous and config.head == "bridge":
         model.bin_values.copy_(tokenizer.quantizer.values)  # the generator embeds ids as de-quantised values
     start = resume_checkpoint(model, optimizer, out_dir)
