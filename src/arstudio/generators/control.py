@@ -63,7 +63,7 @@ def check_strength(strength) -> float:
 class ControlEncoder(nn.Module):
     """(B, 1, R, R) control maps + type ids -> control tokens (B, grid**2, dim)."""
 
-    def __init__(self, config: ControlConfig, dim: int, grid_size: int, n_layer: int):
+    def __init__(self, config: ControlConfig, dim: int, grid_size: int, n_layer: int, token_scale: float = 1.0):
         super().__init__()
         if config.resolution % grid_size:
             raise ValueError(
@@ -86,12 +86,15 @@ class ControlEncoder(nn.Module):
         )
         self.type_embedding = nn.Embedding(len(config.types), dim)
         self.proj = nn.Linear(dim, dim)
-        # Unit-scale tokens: with the generator's small inits (std 0.02) the CNN's output is ~1e-3, so the
-        # zero-initialised fusion projections would add ~1e-5 for hundreds of steps (measured: no effect after
-        # 100 fine-tuning steps without this norm).
+        # Control tokens at the token embeddings' scale (``token_scale``, the generator's init std): unnormalised,
+        # the CNN's output is ~1e-3 and the zero-initialised fusion learned nothing in 100 fine-tuning steps;
+        # at unit scale, Adam's first updates made additions ~10x the residual stream and wrecked the
+        # warm-started model (loss 0.55 -> 3.0 in 20 steps).
         self.norm = nn.LayerNorm(dim)
+        nn.init.constant_(self.norm.weight, token_scale)
         if config.mode == "fusion":
-            self.fusion = nn.ModuleList(nn.Linear(dim, dim) for _ in config.layers)
+            # No bias: the null control (zeros) must add exactly nothing, whatever was learned.
+            self.fusion = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in config.layers)
         else:
             self.null_token = nn.Parameter(torch.zeros(dim))
 
@@ -101,7 +104,6 @@ class ControlEncoder(nn.Module):
         if self.config.mode == "fusion":
             for layer in self.fusion:
                 nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
 
     @property
     def num_tokens(self) -> int:
@@ -159,7 +161,5 @@ class ControlEncoder(nn.Module):
         else:
             picked = torch.gather(control, 1, safe[..., None].expand(-1, -1, control.shape[-1]))
             valid = valid[..., None]
-        picked = picked * valid
-        return {
-            block: proj(picked) * valid for block, proj in zip(self.config.layers, self.fusion, strict=True)
-        }
+        picked = picked * valid  # bias-free projections keep these rows at zero
+        return {block: proj(picked) for block, proj in zip(self.config.layers, self.fusion, strict=True)}

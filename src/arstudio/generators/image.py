@@ -101,7 +101,9 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         self.control_encoder = None
         if config.control is not None:
             cfg = config.backbone
-            self.control_encoder = ControlEncoder(config.control, dim, cfg.grid_size, cfg.n_layer)
+            self.control_encoder = ControlEncoder(
+                config.control, dim, cfg.grid_size, cfg.n_layer, config.initializer_range
+            )
 
     def _init_control(self) -> None:
         if self.control_encoder is not None:
