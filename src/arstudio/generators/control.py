@@ -63,7 +63,9 @@ def check_strength(strength) -> float:
 class ControlEncoder(nn.Module):
     """(B, 1, R, R) control maps + type ids -> control tokens (B, grid**2, dim)."""
 
-    def __init__(self, config: ControlConfig, dim: int, grid_size: int, n_layer: int, token_scale: float = 1.0):
+    def __init__(
+        self, config: ControlConfig, dim: int, grid_size: int, n_layer: int, token_scale: float = 1.0
+    ):
         super().__init__()
         if config.resolution % grid_size:
             raise ValueError(

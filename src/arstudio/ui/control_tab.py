@@ -52,8 +52,10 @@ def control_map(editor_value, kind: str, resolution: int, from_photo: bool) -> n
 
 def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
     offered = control_presets(presets)
-    start = cache.get(offered[0])
-    names = list(start.preset.class_names)
+    start = arstudio.get_preset(
+        offered[0]
+    )  # not loaded here: a preset without weights fails on use, readably
+    names = list(start.class_names)
     with gr.Row():
         preset = gr.Dropdown(offered, value=offered[0], label="Control preset")
         class_name = gr.Dropdown(names, value=names[0] if names else None, label="Class",
@@ -61,7 +63,7 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
         kind = gr.Radio(list(CONTROL_TYPES), value=CONTROL_TYPES[0], label="Control type")
     with gr.Row():
         strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control strength")
-        guidance = gr.Slider(0.0, 10.0, value=start.preset.defaults.get("guidance_scale", 1.0), step=0.1,
+        guidance = gr.Slider(0.0, 10.0, value=start.defaults.get("guidance_scale", 1.0), step=0.1,
                              label="Guidance scale (class)")  # fmt: skip
         separate = gr.Checkbox(False, label="Separate control guidance")
         control_guidance = gr.Slider(0.0, 10.0, value=3.0, step=0.1, label="Control guidance scale")
@@ -108,8 +110,7 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
         )
 
     def on_preset(name):
-        pipe = cache.get(name)
-        labels = list(pipe.preset.class_names)
+        labels = list(arstudio.get_preset(name).class_names)
         return gr.update(choices=labels, value=labels[0] if labels else None)
 
     inputs = [preset, class_name, kind, strength, guidance, separate, control_guidance, seed, count, from_photo,
