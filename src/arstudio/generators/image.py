@@ -151,8 +151,8 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         if self.control_encoder is None:
             return None
         control = self.decode_control if control is None else control
-        if control is None:
-            return self.control_encoder.null(batch)
+        if control is None:  # fusion's null control adds nothing: skip the additions altogether
+            return None if self.config.control.mode == "fusion" else self.control_encoder.null(batch)
         if control.shape[0] != batch:
             raise ValueError(f"control tokens for {control.shape[0]} rows but the batch has {batch}")
         return control
