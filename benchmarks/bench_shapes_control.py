@@ -9,6 +9,7 @@ between centres), the verifier's accuracy for the requested class, and the time 
 control image (its null control: the class-conditional model it was fine-tuned from, plus fine-tuning).
 
     python -m benchmarks.bench_shapes_control [--per-class 4] [--batch 24] [--seed 7777]
+        [--strength 1.0] [--control-guidance S] [--tag _strong]
 """
 
 from __future__ import annotations
@@ -95,19 +96,24 @@ def main() -> None:
     parser.add_argument(
         "--control-guidance", type=float, default=None, help="separate control guidance scale"
     )
+    parser.add_argument("--strength", type=float, default=1.0, help="control_strength")
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args()
-    info = header("shapes_control")
+    info = header(f"shapes_control{args.tag}")
     pipes = {
         "fusion": load_pipeline(args.fusion, device="cpu"),
         "prefill": load_pipeline(args.prefill, device="cpu"),
     }
     canvas = pipes["fusion"].tokenizer.config.resolution
     items = held_out(args.seed, args.per_class, canvas)
-    extra = {} if args.control_guidance is None else {"control_guidance_scale": args.control_guidance}
+    extra = {"control_strength": args.strength}
+    if args.control_guidance is not None:
+        extra["control_guidance_scale"] = args.control_guidance
     variants = [("none", "fusion", None)] + [
         (f"{mode}-{kind}", mode, kind) for mode in ("fusion", "prefill") for kind in CONTROL_TYPES
     ]
-    results = {"images_per_variant": len(items), "defaults": pipes["fusion"].preset.defaults, "variants": {}}
+    results = {"images_per_variant": len(items), "defaults": pipes["fusion"].preset.defaults, "control": extra,
+               "variants": {}}  # fmt: skip
     for name, mode, kind in variants:
         images, seconds = generate(pipes[mode], items, kind, args.batch, args.seed, extra if kind else {})
         row = score(images, items)
