@@ -197,3 +197,17 @@ def test_training_with_control_saves_resumes_and_reloads(tmp_path):
     assert model.control_encoder.fusion[0].weight.abs().sum() > 0  # the zero-init fusion learned something
     again = ImageGenerator.from_pretrained(gen_dir)
     assert again.config == config and again.config.control.layers == (1,)
+
+
+def test_fidelity_metrics_reward_following_the_control():
+    from arstudio.evaluation.control import edge_f1, mask_iou, position_error
+
+    obj = ShapeObject("circle", "red", "large", "bottom right", 16, 16, 14)
+    moved = ShapeObject("circle", "red", "large", "top left", 0, 0, 14)
+    image, elsewhere = render([obj], 32), render([moved], 32)
+    edges, mask = edge_map(image), object_mask([obj], 32)
+    assert edge_f1(edges, image) == 1.0 and mask_iou(mask, image) == 1.0
+    assert edge_f1(edges, elsewhere) == 0.0 and mask_iou(mask, elsewhere) == 0.0
+    assert position_error(image, (23.0, 23.0)) == 0.0
+    assert abs(position_error(elsewhere, (23.0, 23.0)) - np.hypot(16, 16)) < 1e-6
+    assert position_error(render([], 32), (23.0, 23.0)) is None
