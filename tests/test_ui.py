@@ -16,6 +16,7 @@ UI_DIR = Path(arstudio.__file__).parent / "ui"
 # The studio's allowed imports from arstudio: the top-level API and these public modules, nothing private.
 PUBLIC_MODULES = {
     "arstudio",
+    "arstudio.data.control",
     "arstudio.export",
     "arstudio.decoding",
     "arstudio.evaluation.verifier",
@@ -253,3 +254,49 @@ def test_spaces_entry_and_readme_first_command(monkeypatch):
     monkeypatch.setenv("ARSTUDIO_PRESET", "test-tiny-c2i")
     app = runpy.run_path(str(root / "app.py"), run_name="spaces")["demo"]  # built, not launched
     assert isinstance(app, gr.Blocks)
+
+
+def test_control_maps_from_drawings_and_pictures():
+    from arstudio.ui.control_tab import control_map
+
+    canvas = np.zeros((256, 256, 4), np.uint8)
+    canvas[64:128, 64:128] = 255  # a white square drawn on the transparent canvas
+    drawn = control_map({"composite": canvas}, "mask", 16, from_photo=False)
+    assert drawn.shape == (16, 16) and drawn[4:8, 4:8].all() and drawn.sum() == 16
+    photo = np.zeros((32, 32, 3), np.uint8)
+    photo[8:24, 8:24] = (230, 50, 50)
+    edges = control_map(photo, "edges", 32, from_photo=True)
+    assert edges[8:24, 8:24].sum() > 0 and edges[12:20, 12:20].sum() == 0  # an outline, not a filled square
+    with pytest.raises(ValueError, match="upload or draw a control image first"):
+        control_map({"composite": None}, "edges", 16, from_photo=False)
+
+
+def test_control_tab_generates_from_a_drawn_control(tmp_path):
+    from PIL import Image
+
+    from arstudio.ui import create_app
+
+    app = create_app(preset="test-tiny-control", presets=["test-tiny-control", "test-tiny-c2i"])
+    app.launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
+    )
+    try:
+        client = gradio_client.Client(app.local_url, verbose=False)
+        drawing = np.zeros((64, 64, 3), np.uint8)
+        drawing[16:40, 16:40] = 255
+        path = tmp_path / "drawing.png"
+        Image.fromarray(drawing).save(path)
+        file = gradio_client.handle_file(str(path))
+        editor = {"background": file, "layers": [], "composite": file}
+        used, gallery, status = client.predict("test-tiny-control", "red circle", "mask", 1.0, 2.0, False, 3.0, 7,
+                                               2, False, editor, api_name="/control_generate")  # fmt: skip
+        assert len(gallery) == 2 and "mask control" in status
+        seen = np.asarray(Image.open(used).convert("L"))[::8, ::8] > 0  # the 16x16 map, shown 8x larger
+        assert seen[4:10, 4:10].all() and seen.sum() == 36
+        with pytest.raises(
+            gradio_client.exceptions.AppError, match="2.5 is greater than maximum value 2.0"
+        ):  # Gradio's own check
+            client.predict("test-tiny-control", "red circle", "mask", 2.5, 2.0, False, 3.0, 7, 1, False, editor,
+                           api_name="/control_generate")  # fmt: skip
+    finally:
+        app.close()

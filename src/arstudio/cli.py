@@ -121,6 +121,9 @@ def _add_train_generator(sub) -> None:
         help="warm start from another generator run's weights (same config; a bridge "
         "generator may start from a diffusion/flow run on the same KL latents: trunk only)",
     )
+    p.add_argument("--save-every", type=int, default=250, help="checkpoint every this many steps")
+    p.add_argument("--warm-lr-scale", type=float, default=1.0,
+                   help="with --init-from: learning-rate factor of the warm-started parameters (new ones: 1)")  # fmt: skip
     size = p.add_argument_group("a smaller model than the preset's (e.g. a draft model for speculation)")
     size.add_argument("--backbone-dim", type=int, help="backbone width")
     size.add_argument("--backbone-layers", type=int, help="backbone blocks")
@@ -156,7 +159,8 @@ def _run_train_generator(args) -> None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len)
     train_generator(args.out, args.tokenizer, _resized(preset.generator, args), steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
-                    init_from=args.init_from)  # fmt: skip
+                    init_from=args.init_from, save_every=args.save_every,
+                    warm_lr_scale=args.warm_lr_scale)  # fmt: skip
     print(f"generator saved to {args.out}")
 
 

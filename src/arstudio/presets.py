@@ -15,7 +15,8 @@ from pathlib import Path
 from arstudio.convert.llamagen import llamagen_gpt_config, llamagen_vq_config
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.continuous import ContinuousGeneratorConfig
-from arstudio.generators.image import GeneratorConfig
+from arstudio.generators.control import ControlConfig
+from arstudio.generators.image import GeneratorConfig, condition_len
 from arstudio.tokenizers.bridge import BridgeConfig
 from arstudio.tokenizers.kl import KLConfig
 from arstudio.tokenizers.vq import VQConfig
@@ -55,10 +56,11 @@ class Preset:
     class_names: tuple[str, ...] = ()
     text_encoder: str | None = None  # "minilm" / "tiny" for text-to-image presets
     hub: HubWeights | None = None  # official checkpoints on the Hub (then ``weights`` is None)
+    shared_tokenizer: str | None = None  # folder under arstudio/weights whose tokenizer/ this fine-tune kept
 
     @property
     def text_len(self) -> int:
-        return self.generator.backbone.prefix_len
+        return condition_len(self.generator)
 
     @property
     def weights_dir(self) -> Path | None:
@@ -292,6 +294,114 @@ register_preset(
         ),  # fmt: skip
         weights="shapes-c2i-bridge",
         defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        class_names=_shapes_class_names(),
+    )
+)
+
+
+# ---- control-to-image (issue 9, ControlAR): class + an edge or mask control map -------------------------
+_CONTROL_DEFAULTS = {"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+_TINY_CONTROL = ControlConfig(mode="fusion", resolution=16, width=8, layers=(0, 1))
+
+register_preset(
+    Preset(
+        name="shapes-control",
+        description="shapes-c2i fine-tuned with a control encoder: class + edge or mask map (32x32), fused "
+        "per token into blocks 0, 2, 4 (ControlAR's conditional decoding)",
+        task="control-to-image",
+        tokenizer=SHAPES_TOKENIZER,
+        generator=GeneratorConfig(
+            vocab_size=512,
+            num_classes=24,
+            backbone=BackboneConfig(dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=1),
+            control=ControlConfig(mode="fusion", resolution=32, layers=(0, 2, 4)),
+        ),
+        weights="shapes-control",
+        shared_tokenizer="shapes-c2i",
+        defaults=_CONTROL_DEFAULTS,
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="shapes-control-prefill",
+        description="The comparison for shapes-control: the same control tokens prefilled after the class "
+        "token (sequence 65 + 64 long) instead of fused",
+        task="control-to-image",
+        tokenizer=SHAPES_TOKENIZER,
+        generator=GeneratorConfig(
+            vocab_size=512,
+            num_classes=24,
+            backbone=BackboneConfig(
+                dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=65, grid_prefix=True
+            ),
+            control=ControlConfig(mode="prefill", resolution=32),
+        ),
+        weights="shapes-control-prefill",
+        shared_tokenizer="shapes-c2i",
+        defaults=_CONTROL_DEFAULTS,
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="test-tiny-control",
+        description="Tiny random-init class + control (fusion) model for tests (16 px, 4x4 tokens)",
+        task="control-to-image",
+        tokenizer=_TINY_TOKENIZER,
+        generator=GeneratorConfig(
+            vocab_size=32,
+            num_classes=24,
+            backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=4, prefix_len=1),
+            control=_TINY_CONTROL,
+        ),
+        defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="test-tiny-control-prefill",
+        description="Tiny random-init class + prefilled control model for tests (16 px, 4x4 tokens)",
+        task="control-to-image",
+        tokenizer=_TINY_TOKENIZER,
+        generator=GeneratorConfig(
+            vocab_size=32,
+            num_classes=24,
+            backbone=BackboneConfig(
+                dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=4, prefix_len=17, grid_prefix=True
+            ),
+            control=ControlConfig(mode="prefill", resolution=16, width=8),
+        ),
+        defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="test-tiny-continuous-control",
+        description="Tiny random-init KL tokenizer + diffusion head with fused control, for tests (16 px)",
+        task="control-to-image",
+        tokenizer=_TINY_KL,
+        generator=ContinuousGeneratorConfig(
+            token_dim=4,
+            head="diffusion",
+            head_width=32,
+            head_depth=2,
+            backbone=_TINY_BACKBONE,
+            control=_TINY_CONTROL,
+        ),  # fmt: skip
+        defaults={
+            "guidance_scale": 2.0,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "num_inference_steps": 8,
+        },
         class_names=_shapes_class_names(),
     )
 )

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from arstudio.decoding.logits import SamplingParams, classifier_free_guidance, draw, filter_logits
+from arstudio.decoding.guidance import ControlSignal, guidance_rows, guide, with_unconditional
+from arstudio.decoding.logits import SamplingParams, draw, filter_logits
+
+__all__ = ["DecodeResult", "StepCallback", "sample_autoregressive", "with_unconditional"]
 
 # callback(step_index, num_steps, tokens_so_far (B, step_index + 1)) -> None | False (False stops early)
 StepCallback = Callable[[int, int, torch.Tensor], "bool | None"]
@@ -23,14 +26,6 @@ class DecodeResult:
     tokens: torch.Tensor  # (B, N) int64, raster order
     stats: dict = field(default_factory=dict)
     vectors: torch.Tensor | None = None  # (B, N, d) what the decoder should read instead of the ids' codes
-
-
-def with_unconditional(model, cond: torch.Tensor, negative_cond: torch.Tensor | None) -> torch.Tensor:
-    """CFG's doubled batch [cond; uncond] (2B, ...): uncond is ``negative_cond`` or the model's null condition."""
-    uncond = model.cls_embedding.null(cond.shape[0], cond.device) if negative_cond is None else negative_cond
-    if uncond.shape != cond.shape:
-        raise ValueError(f"negative condition {tuple(uncond.shape)} does not match {tuple(cond.shape)}")
-    return torch.cat([cond, uncond.to(cond.device)])
 
 
 @torch.no_grad()
@@ -44,12 +39,14 @@ def sample_autoregressive(
     negative_cond: torch.Tensor | None = None,
     prefix: torch.Tensor | None = None,
     pick: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    control: ControlSignal | None = None,
 ) -> DecodeResult:
     """Sample (B, N) tokens from ``model`` (an ImageGenerator-like object) for ``cond`` (B, ...).
 
     ``cond`` is what the model's condition module takes: class labels (B,) or text states (B, L, D).
     With guidance the batch is doubled to [cond; uncond], uncond being ``negative_cond`` (e.g. a negative
-    prompt) or the model's null condition; both halves receive the same sampled token.
+    prompt) or the model's null condition; both halves receive the same sampled token. ``control``: control
+    tokens for a model with a control encoder, guided as ``decoding/guidance.py`` describes.
 
     ``prefix`` (B, k): tokens already known (read in one cached forward); sampling continues at k.
     ``pick(probs (B, V), index) -> ids (B,)`` replaces the random draw (Distilled Decoding's flow map).
@@ -57,8 +54,7 @@ def sample_autoregressive(
     params = params or SamplingParams()
     batch, total = cond.shape[0], model.seq_len
     device = cond.device
-    if params.uses_cfg:
-        cond = with_unconditional(model, cond, negative_cond)
+    cond = guidance_rows(model, cond, negative_cond, params, control)
     rows = cond.shape[0]
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
     known = 0 if prefix is None else prefix.shape[1]
@@ -71,29 +67,25 @@ def sample_autoregressive(
     pick = pick or (lambda probs, index: draw(probs, generators))
     forwards = 0
     start = time.perf_counter()
-
-    def guide(logits: torch.Tensor, index: int) -> torch.Tensor:
-        if not params.uses_cfg:
-            return logits
-        cond_logits, uncond_logits = logits[:batch], logits[batch:]
-        if not params.guided(index, total):
-            return cond_logits
-        return classifier_free_guidance(cond_logits, uncond_logits, params.guidance_scale)
-
-    if use_cache:
-        model.setup_cache(rows, device=device)
-        logits = model.prefill(cond)
-        if known:
-            positions = torch.arange(model.prefix_len, model.prefix_len + known, device=device)
-            logits = model.step(prefix.repeat(rows // batch, 1), positions)[:, -1]
-            forwards += 1
-    else:
-        # Full pass over [prefix]: the placeholder token is never embedded (forward drops the last token).
-        logits = model(torch.zeros(rows, 1, dtype=torch.long, device=device), cond)[:, -1]
-    forwards += 1
     try:
+        if use_cache:
+            model.setup_cache(rows, device=device)
+            logits = model.prefill(cond)
+            if known:
+                positions = torch.arange(model.prefix_len, model.prefix_len + known, device=device)
+                logits = model.step(prefix.repeat(rows // batch, 1), positions)[:, -1]
+                forwards += 1
+        else:
+            # Full pass over [prefix]: the placeholder token is never embedded (forward drops the last token).
+            logits = model(torch.zeros(rows, 1, dtype=torch.long, device=device), cond)[:, -1]
+        forwards += 1
         for index in range(known, total):
-            probs = filter_logits(guide(logits, index), params.temperature, params.top_k, params.top_p)
+            probs = filter_logits(
+                guide(logits, batch, params, index, total, control),
+                params.temperature,
+                params.top_k,
+                params.top_p,
+            )
             tokens[:, index] = pick(probs, index)
             if callback is not None and callback(index, total, tokens[:, : index + 1]) is False:
                 tokens = tokens[:, : index + 1]
@@ -111,6 +103,8 @@ def sample_autoregressive(
             forwards += 1
     finally:
         model.backbone.reset_cache()  # free the cache memory between calls
+        if control is not None:
+            model.set_control(None)
     elapsed = time.perf_counter() - start
     stats = {"forwards": forwards, "forwards_per_image": forwards, "tokens_per_forward": tokens.shape[1] / forwards,
              "decode_seconds": elapsed}  # fmt: skip

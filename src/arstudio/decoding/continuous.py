@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from arstudio.decoding.autoregressive import DecodeResult, StepCallback, with_unconditional
-from arstudio.decoding.logits import SamplingParams, classifier_free_guidance, draw, filter_logits
+from arstudio.decoding.autoregressive import DecodeResult, StepCallback
+from arstudio.decoding.guidance import ControlSignal, guidance_rows, guide
+from arstudio.decoding.logits import SamplingParams, draw, filter_logits
 
 
 def check_num_inference_steps(steps, head) -> int:
@@ -99,6 +100,7 @@ def sample_continuous(
     callback: StepCallback | None = None,
     use_cache: bool = True,
     negative_cond: torch.Tensor | None = None,
+    control: ControlSignal | None = None,
 ) -> DecodeResult:
     """Sample (B, N, d) tokens (float latents, or level ids for a bridge head) from a
     ``ContinuousImageGenerator`` for ``cond`` (B, ...); arguments as in ``sample_autoregressive``."""
@@ -109,29 +111,21 @@ def sample_continuous(
         raise ValueError(f"got {len(generators)} generators for a batch of {cond.shape[0]}")
     batch, total, d = cond.shape[0], model.seq_len, model.config.token_dim
     device = cond.device
-    if params.uses_cfg:
-        cond = with_unconditional(model, cond, negative_cond)
+    cond = guidance_rows(model, cond, negative_cond, params, control)
     rows = cond.shape[0]
     dtype = torch.long if model.token_kind == "bridge" else model.tok_embeddings.weight.dtype
     tokens = torch.zeros(batch, total, d, dtype=dtype, device=device)
     forwards, start = 0, time.perf_counter()
-
-    def guide(z: torch.Tensor, index: int) -> torch.Tensor:
-        if not params.uses_cfg:
-            return z
-        if not params.guided(index, total):
-            return z[:batch]
-        return classifier_free_guidance(z[:batch], z[batch:], params.guidance_scale)
-
-    if use_cache:
-        model.setup_cache(rows, device=device)
-        z = model.prefill(cond)
-    else:
-        z = model(torch.zeros(rows, 1, d, dtype=dtype, device=device), cond)[:, -1]
-    forwards += 1
     try:
+        if use_cache:
+            model.setup_cache(rows, device=device)
+            z = model.prefill(cond)
+        else:
+            z = model(torch.zeros(rows, 1, d, dtype=dtype, device=device), cond)[:, -1]
+        forwards += 1
         for index in range(total):
-            tokens[:, index] = sample_head(model, guide(z, index), generators, params, num_inference_steps)
+            z_guided = guide(z, batch, params, index, total, control)
+            tokens[:, index] = sample_head(model, z_guided, generators, params, num_inference_steps)
             if callback is not None and callback(index, total, tokens[:, : index + 1]) is False:
                 tokens = tokens[:, : index + 1]
                 break
@@ -146,6 +140,8 @@ def sample_continuous(
             forwards += 1
     finally:
         model.backbone.reset_cache()
+        if control is not None:
+            model.set_control(None)
     stats = {"forwards": forwards, "forwards_per_image": forwards, "head_steps": num_inference_steps if model.head.kind != "bridge" else d,
              "decode_seconds": time.perf_counter() - start}  # fmt: skip
     return DecodeResult(tokens, stats)

@@ -32,6 +32,9 @@ class BackboneConfig:
     grid_size: int = 8  # tokens per side of the image grid
     prefix_len: int = 1  # condition tokens before the image tokens
     zero_prefix_rope: bool = False  # LlamaGen checkpoint quirk, see rope.py
+    grid_prefix: bool = (
+        False  # the prefix ends with grid_size**2 control tokens (prefill control), see rope.py
+    )
     dropout: float = 0.0
 
     @property
@@ -167,7 +170,7 @@ class Backbone(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         table = rope_2d_table(
-            cfg.grid_size, cfg.head_dim, cfg.prefix_len, cfg.rope_base, cfg.zero_prefix_rope
+            cfg.grid_size, cfg.head_dim, cfg.prefix_len, cfg.rope_base, cfg.zero_prefix_rope, cfg.grid_prefix
         )
         self.register_buffer("rope", table, persistent=False)
         self.caches: list[KVCache] | None = None
@@ -189,20 +192,28 @@ class Backbone(nn.Module):
     def reset_cache(self) -> None:
         self.caches = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Training / full pass without cache: x (B, L, dim) -> hidden (B, L, dim)."""
+    def forward(self, x: torch.Tensor, inject: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Training / full pass without cache: x (B, L, dim) -> hidden (B, L, dim).
+
+        ``inject``: {block index: (B, L, dim)} added to that block's input (ControlAR's control fusion).
+        """
         rope = self.rope[: x.shape[1]]
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
+            if inject and index in inject:
+                x = x + inject[index]
             x = layer(x, rope)
         return self.norm(x)
 
-    def step(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, input_pos: torch.Tensor, inject: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Cached pass: x (B, T, dim) at increasing sequence positions -> hidden (B, T, dim).
 
         ``input_pos`` is (T,) when all rows share positions (prefill is a step over 0..P-1; plain decoding
         steps one position), or (B, T) when each row is at its own place (batched speculative decoding,
         where rows accept different numbers of drafts). Keys past a row's position are never seen, so a
         rejected draft left in the cache is harmless: it is overwritten before it could be attended to.
+        ``inject`` as in ``forward``, for these T positions.
         """
         if self.caches is None or self.caches[0].k.shape[0] != x.shape[0]:
             raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
@@ -217,6 +228,8 @@ class Backbone(nn.Module):
             mask = mask[:, None] if input_pos.ndim == 2 else mask[None, None]
         # Positions past the image (speculative overshoot, discarded anyway) reuse the last rotation.
         rope = self.rope[input_pos.clamp(max=self.rope.shape[0] - 1)]
-        for layer, cache in zip(self.layers, self.caches, strict=True):
+        for index, (layer, cache) in enumerate(zip(self.layers, self.caches, strict=True)):
+            if inject and index in inject:
+                x = x + inject[index]
             x = layer(x, rope, cache, input_pos, mask)
         return self.norm(x)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from arstudio.generators.backbone import BackboneConfig
+from arstudio.generators.control import ControlConfig
 from arstudio.generators.heads import CONTINUOUS_HEADS, make_continuous_head
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
 
@@ -37,6 +38,7 @@ class ContinuousGeneratorConfig:
     initializer_range: float = 0.02
     condition: str = "class"
     text_dim: int = 0
+    control: ControlConfig | None = None  # spatial control (ControlAR), see generators/control.py
 
     def __post_init__(self):
         check_condition_config(self)
@@ -58,6 +60,7 @@ class ContinuousImageGenerator(PrefixARGenerator):
         self.config = config
         self._build_trunk(config, lambda: nn.Linear(config.token_dim, config.backbone.dim))
         self.apply(self._init_weights)
+        self._init_control()
         self.head = make_continuous_head(config, config.backbone.dim)  # keeps its own (zero) init
         if config.head == "bridge":
             from arstudio.tokenizers.bridge import gaussian_bins
@@ -92,14 +95,18 @@ class ContinuousImageGenerator(PrefixARGenerator):
             tokens = self.bin_values[dims, tokens]  # ids -> standardised bin values, (B, T, d)
         return self.tok_embeddings(tokens.to(self.tok_embeddings.weight.dtype))
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: tokens (B, N, d) + condition -> head conditions z (B, N, dim), z_i for token i."""
+    def forward(
+        self, tokens: torch.Tensor, cond: torch.Tensor, control: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher forcing: tokens (B, N, d) + condition (+ control tokens) -> head conditions z (B, N, dim),
+        z_i for token i."""
         self.check_tokens(tokens)
-        return self.hidden(tokens, cond)
+        return self.hidden(tokens, cond, control)
 
-    def loss(self, tokens: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None):
+    def loss(self, tokens: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None,
+             control: torch.Tensor | None = None):  # fmt: skip
         """The head's loss on every token of the batch (B, N, d)."""
-        z = self(tokens, cond)
+        z = self(tokens, cond, control)
         return self.head.loss(tokens.flatten(0, 1), z.flatten(0, 1), generator)
 
     def prefill(self, cond: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 from arstudio.generators.backbone import Backbone, BackboneConfig
 from arstudio.generators.conditioning import ClassConditioning, TextConditioning
+from arstudio.generators.control import ControlConfig, ControlEncoder
 from arstudio.generators.heads import CategoricalHead
 from arstudio.io import PretrainedMixin
 
@@ -30,23 +31,40 @@ class GeneratorConfig:
     condition: str = "class"  # "class" (num_classes) or "text" (text_dim states, backbone.prefix_len long)
     text_dim: int = 0
     text_positions: bool = False  # learned positions for the text prefix (see TextConditioning)
+    control: ControlConfig | None = None  # spatial control (ControlAR), see generators/control.py
 
     def __post_init__(self):
         check_condition_config(self)
 
 
 def check_condition_config(config) -> None:
-    """Shared by every generator config: backbone from a dict (config.json), a known condition kind."""
+    """Shared by every generator config: backbone and control from dicts (config.json), a known condition
+    kind, a prefix as long as the condition (plus the control grid for prefilled control)."""
     if isinstance(config.backbone, dict):  # from config.json
         object.__setattr__(config, "backbone", BackboneConfig(**config.backbone))
+    if isinstance(config.control, dict):
+        object.__setattr__(config, "control", ControlConfig(**config.control))
     if config.condition not in ("class", "text"):
         raise ValueError(f"condition={config.condition!r} is not allowed: use 'class' or 'text'")
     if config.condition == "text" and config.text_dim <= 0:
         raise ValueError("a text-conditioned generator needs text_dim > 0 (the text encoder's width)")
-    if config.condition == "class" and config.backbone.prefix_len != 1:
+    prefilled = config.control is not None and config.control.mode == "prefill"
+    if config.backbone.grid_prefix != prefilled:
         raise ValueError(
-            f"class conditioning is one prefix token, got prefix_len={config.backbone.prefix_len}"
+            f"backbone.grid_prefix={config.backbone.grid_prefix} but the control is "
+            f"{config.control.mode if config.control else None!r}: grid_prefix is for prefilled control only"
         )
+    if condition_len(config) < 1 or (config.condition == "class" and condition_len(config) != 1):
+        extra = " plus the control grid" if prefilled else ""
+        raise ValueError(
+            f"class conditioning is one prefix token{extra}, got prefix_len={config.backbone.prefix_len}"
+        )
+
+
+def condition_len(config) -> int:
+    """Prefix tokens of the class/text condition: the prefix minus a prefilled control grid."""
+    prefilled = config.control is not None and config.control.mode == "prefill"
+    return config.backbone.prefix_len - (config.backbone.grid_size**2 if prefilled else 0)
 
 
 class PrefixARGenerator(PretrainedMixin, nn.Module):
@@ -54,23 +72,42 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
 
     Subclasses give ``tok_embeddings`` (how a token enters the backbone: ``embed``) and add ``head`` (what
     the hidden state predicts). Hidden state i is the one that predicts token i.
+
+    With a control config, ``control_encoder`` turns control maps into control tokens (B, N, dim)
+    (``encode_control``) that are fused per position or prefilled (generators/control.py). Training passes
+    them to ``forward``; decoding loops, which only call ``prefill`` / ``step``, hand them over once with
+    ``set_control`` (like the KV cache, state that lives for one sampling call). No control is the null
+    control.
     """
 
+    decode_control: torch.Tensor | None = None
+
     def _build_trunk(self, config, make_tok_embeddings) -> None:
-        """Condition prefix, token input, backbone, created in this order (seeded random inits depend on it)."""
+        """Condition prefix, token input, backbone (and control encoder), created in this order (seeded random
+        inits depend on it)."""
         dim = config.backbone.dim
         if config.condition == "class":
             self.cls_embedding = ClassConditioning(config.num_classes, dim, config.class_dropout_prob)
         else:
             self.cls_embedding = TextConditioning(
                 config.text_dim,
-                config.backbone.prefix_len,
+                condition_len(config),
                 dim,
                 config.class_dropout_prob,
                 config.text_positions,
             )
         self.tok_embeddings = make_tok_embeddings()
         self.backbone = Backbone(config.backbone)
+        self.control_encoder = None
+        if config.control is not None:
+            cfg = config.backbone
+            self.control_encoder = ControlEncoder(
+                config.control, dim, cfg.grid_size, cfg.n_layer, config.initializer_range
+            )
+
+    def _init_control(self) -> None:
+        if self.control_encoder is not None:
+            self.control_encoder.zero_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -89,10 +126,61 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def hidden(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: tokens (B, N, ...) + condition -> hidden (B, N, dim), row i predicting token i."""
-        x = torch.cat([self.cls_embedding(cond), self.embed(tokens[:, :-1])], dim=1)
-        return self.backbone(x)[:, self.prefix_len - 1 :]  # (B, P + N - 1, dim) -> (B, N, dim)
+    # ---- control -------------------------------------------------------------------------------
+    def encode_control(self, maps: torch.Tensor, kinds: list[str], strength=1.0, keep=None) -> torch.Tensor:
+        """Control maps (B, 1, R, R) of types ``kinds`` -> control tokens (B, N, dim); see ControlEncoder."""
+        if self.control_encoder is None:
+            raise ValueError("this generator takes no control: its config has no control encoder")
+        types = self.control_encoder.type_ids(kinds, maps.device)
+        return self.control_encoder(maps, types, strength, keep)
+
+    def set_control(self, control: torch.Tensor | None) -> None:
+        """Control tokens (rows, N, dim) for the next decoding call's rows (one per cache row), or None."""
+        if control is not None:
+            if self.control_encoder is None:
+                raise ValueError("this generator takes no control: its config has no control encoder")
+            expected = (self.control_encoder.num_tokens, self.config.backbone.dim)
+            if control.ndim != 3 or tuple(control.shape[1:]) != expected:
+                raise ValueError(
+                    f"control tokens must be (B, {expected[0]}, {expected[1]}), got {tuple(control.shape)}"
+                )
+        self.decode_control = control
+
+    def _control_for(self, batch: int, control: torch.Tensor | None) -> torch.Tensor | None:
+        """The control tokens in effect for a batch: given, set for decoding, or the null control."""
+        if self.control_encoder is None:
+            return None
+        control = self.decode_control if control is None else control
+        if control is None:  # fusion's null control adds nothing: skip the additions altogether
+            return None if self.config.control.mode == "fusion" else self.control_encoder.null(batch)
+        if control.shape[0] != batch:
+            raise ValueError(f"control tokens for {control.shape[0]} rows but the batch has {batch}")
+        return control
+
+    def _inject(self, control, input_pos: torch.Tensor):
+        """Fusion additions for sequence positions ``input_pos``: position p predicts image token
+        p - (P - 1), P the prefix length (ControlAR's shift by one)."""
+        if control is None or self.config.control.mode != "fusion":
+            return None
+        return self.control_encoder.fusion_additions(control, input_pos - (self.prefix_len - 1))
+
+    def _prefix(self, cond: torch.Tensor, control) -> torch.Tensor:
+        """Condition prefix (B, P, dim), followed by the control tokens when they are prefilled."""
+        prefix = self.cls_embedding(cond)
+        if control is not None and self.config.control.mode == "prefill":
+            prefix = torch.cat([prefix, control.to(prefix.dtype)], dim=1)
+        return prefix
+
+    # ---- computing ------------------------------------------------------------------------------
+    def hidden(
+        self, tokens: torch.Tensor, cond: torch.Tensor, control: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher forcing: tokens (B, N, ...) + condition (+ control tokens (B, N, dim)) -> hidden (B, N, dim),
+        row i predicting token i."""
+        control = self._control_for(tokens.shape[0], control)
+        x = torch.cat([self._prefix(cond, control), self.embed(tokens[:, :-1])], dim=1)
+        inject = self._inject(control, torch.arange(x.shape[1], device=x.device))
+        return self.backbone(x, inject)[:, self.prefix_len - 1 :]  # (B, P + N - 1, dim) -> (B, N, dim)
 
     def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
         self.backbone.setup_cache(batch_size, device, dtype, extra)
@@ -100,14 +188,16 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
     def prefix_hidden(self, cond: torch.Tensor) -> torch.Tensor:
         """Write the condition prefix into the cache; returns its hidden states (B, P, dim), the last of
         which predicts the first token."""
-        prefix = self.cls_embedding(cond)
+        control = self._control_for(cond.shape[0], None)
+        prefix = self._prefix(cond, control)
         positions = torch.arange(prefix.shape[1], device=prefix.device)
-        return self.backbone.step(prefix, positions)
+        return self.backbone.step(prefix, positions, self._inject(control, positions))
 
     def step_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, ...) at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> hidden (B, T, dim)
         for the next ones."""
-        return self.backbone.step(self.embed(tokens), input_pos)
+        inject = self._inject(self._control_for(tokens.shape[0], None), input_pos)
+        return self.backbone.step(self.embed(tokens), input_pos, inject)
 
 
 class ImageGenerator(PrefixARGenerator):
@@ -123,6 +213,7 @@ class ImageGenerator(PrefixARGenerator):
         self.head = CategoricalHead(config.backbone.dim, config.vocab_size)
         self.apply(self._init_weights)
         nn.init.zeros_(self.head.output.weight)
+        self._init_control()
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
         if tokens.is_floating_point():
@@ -139,11 +230,14 @@ class ImageGenerator(PrefixARGenerator):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(tokens)
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, cond: torch.Tensor, control: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Teacher forcing: tokens (B, N) raster order + condition (labels (B,) or text states (B, L, D))
-        -> logits (B, N, vocab), row i predicting tokens[:, i]."""
+        (+ control tokens (B, N, dim) from ``encode_control``) -> logits (B, N, vocab), row i predicting
+        tokens[:, i]."""
         self.check_tokens(tokens)
-        return self.head(self.hidden(tokens, cond))
+        return self.head(self.hidden(tokens, cond, control))
 
     def prefill(self, cond: torch.Tensor, return_hidden: bool = False):
         """Write the condition prefix into the cache; returns logits (B, vocab) for the first token (and

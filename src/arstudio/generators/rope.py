@@ -12,8 +12,12 @@ import torch
 
 
 def rope_2d_table(grid_size: int, head_dim: int, prefix_len: int, base: float = 10000.0,
-                  zero_prefix: bool = False) -> torch.Tensor:  # fmt: skip
-    """(prefix_len + grid_size**2, head_dim // 2, 2) table of (cos, sin) per rotation pair, raster order."""
+                  zero_prefix: bool = False, grid_prefix: bool = False) -> torch.Tensor:  # fmt: skip
+    """(prefix_len + grid_size**2, head_dim // 2, 2) table of (cos, sin) per rotation pair, raster order.
+
+    ``grid_prefix``: the last grid_size**2 prefix positions are a control grid (prefilled control tokens):
+    each gets the rotation of the image token it describes, so "same place" is a relative offset of zero.
+    """
     if head_dim % 4:
         raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
     half = head_dim // 2  # dimensions per axis
@@ -27,10 +31,13 @@ def rope_2d_table(grid_size: int, head_dim: int, prefix_len: int, base: float = 
         dim=-1,
     )  # (grid, grid, head_dim // 2)
     table = torch.stack([grid.cos(), grid.sin()], dim=-1).flatten(0, 1)  # (grid*grid, head_dim // 2, 2)
-    prefix = torch.zeros(prefix_len, half, 2)
+    plain = prefix_len - table.shape[0] if grid_prefix else prefix_len
+    if plain < 0:
+        raise ValueError(f"a grid prefix needs prefix_len >= {table.shape[0]}, got {prefix_len}")
+    prefix = torch.zeros(plain, half, 2)
     if not zero_prefix:
         prefix[..., 0] = 1.0  # cos = 1, sin = 0: no rotation
-    return torch.cat([prefix, table])
+    return torch.cat([prefix, table, table] if grid_prefix else [prefix, table])
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from arstudio.data.control import check_control_map
 from arstudio.decoding import DECODING_PARAMS, DISTILLED_STRATEGIES
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.continuous import sample_continuous
@@ -17,9 +18,11 @@ from arstudio.decoding.continuous_speculative import (
     sample_continuous_speculative,
 )
 from arstudio.decoding.distilled import draw_noise, sample_distilled, sample_distilled_hybrid
+from arstudio.decoding.guidance import ControlSignal
 from arstudio.decoding.lantern import latent_neighbours
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
+from arstudio.generators.control import check_strength
 from arstudio.generators.text_encoders import check_prompts
 from arstudio.images import tensor_to_images
 
@@ -237,6 +240,46 @@ class ImagePipeline:
                                            knobs["dd_hybrid_start"], conditions.negative)  # fmt: skip
         return sample_distilled(model, conditions.cond, noise, codebook, knobs["num_inference_steps"])
 
+    def _control_signal(self, control_image, control_type, control_strength, control_guidance_scale,
+                        decoding: str, count: int, repeat: int) -> ControlSignal | None:  # fmt: skip
+        """The control tokens of a call (None without a control image), after checking every control knob."""
+        encoder = getattr(self.generator, "control_encoder", None)
+        given = {"control_image": control_image, "control_type": control_type,
+                 "control_guidance_scale": control_guidance_scale}  # fmt: skip
+        if control_strength != 1.0:
+            given["control_strength"] = control_strength
+        if encoder is None:
+            used = [name for name, value in given.items() if value is not None]
+            if used:
+                raise ValueError(f"{used[0]} needs a control preset; {self.preset.name!r} takes no control")
+            return None
+        kind = encoder.config.types[0] if control_type is None else control_type
+        if kind not in encoder.config.types:
+            raise ValueError(f"control_type={kind!r} is unknown; allowed: {encoder.config.types}")
+        strength = check_strength(control_strength)
+        if control_image is None:
+            if control_type is not None or control_guidance_scale is not None or control_strength != 1.0:
+                raise ValueError(
+                    "control_type / control_strength / control_guidance_scale need a control_image"
+                )
+            return None
+        if decoding != "ar":
+            raise ValueError(
+                f"control works with decoding='ar' only (the drafters take no control), got {decoding!r}"
+            )
+        maps = control_image if isinstance(control_image, (list, tuple)) else [control_image]
+        prompts = count // repeat
+        if len(maps) not in (1, prompts):
+            raise ValueError(
+                f"got {len(maps)} control images for {prompts} prompts/labels; pass 1 or one each"
+            )
+        resolution = encoder.config.resolution
+        arrays = [check_control_map(m, resolution) for m in maps] * (prompts if len(maps) == 1 else 1)
+        batch = torch.from_numpy(np.stack(arrays)).repeat_interleave(repeat, dim=0)[:, None]  # (B, 1, R, R)
+        batch = batch.to(device=self.device, dtype=self.dtype)
+        tokens = self.generator.encode_control(batch, [kind] * count, strength)
+        return ControlSignal(tokens, encoder.null(count), control_guidance_scale)
+
     # ---- the call -----------------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
@@ -262,6 +305,10 @@ class ImagePipeline:
         num_inference_steps: int | None = None,
         dd_hybrid_start: int | None = None,
         noise: torch.Tensor | None = None,
+        control_image=None,
+        control_type: str | None = None,
+        control_strength: float = 1.0,
+        control_guidance_scale: float | None = None,
     ) -> ImageOutput:
         """Generate images.
 
@@ -290,6 +337,13 @@ class ImagePipeline:
                 (see ``arstudio.decoding.distilled``).
             noise: dd1/dd1_hybrid/dd2: the (images, tokens, codebook dims) noise to map, instead of drawing
                 it from each image's generator.
+            control_image: control presets: a one-channel map at the tokenizer's resolution (uint8/bool/float
+                array (H, W), PIL "L"), one for all images or a list with one per prompt/label; see
+                ``arstudio.data.control`` (``make_control`` computes one from an RGB image).
+            control_type: one of the model's control types (e.g. "edges", "mask"); default the first.
+            control_strength: scales the control tokens, in [0, 2]: null + s * (control - null).
+            control_guidance_scale: guidance over the control on its own scale (three CFG streams); None
+                guides class/text and control jointly with ``guidance_scale``.
         """
         t0 = time.perf_counter()
         defaults = self.preset.defaults
@@ -332,6 +386,8 @@ class ImagePipeline:
         conditions = make(prompt, class_labels, negative_prompt, num_images_per_prompt)
         count = len(conditions.describe)
         generators, seeds = self._generators(generator, count)
+        control = self._control_signal(control_image, control_type, control_strength, control_guidance_scale,
+                                       decoding, count, num_images_per_prompt)  # fmt: skip
 
         head = getattr(self.generator.head, "kind", "categorical")
         steps = None if distilled else self._head_steps(head, num_inference_steps)
@@ -343,10 +399,12 @@ class ImagePipeline:
                                                    params, spec, conditions.negative, callback_on_step_end)  # fmt: skip
         elif steps is not None:  # vector tokens: the continuous sampler
             result = sample_continuous(self.generator, conditions.cond, generators, params, steps,
-                                       callback_on_step_end, negative_cond=conditions.negative)  # fmt: skip
+                                       callback_on_step_end, negative_cond=conditions.negative,
+                                       control=control)  # fmt: skip
         elif decoding == "ar":
             result = sample_autoregressive(self.generator, conditions.cond, generators, params,
-                                           callback_on_step_end, negative_cond=conditions.negative)  # fmt: skip
+                                           callback_on_step_end, negative_cond=conditions.negative,
+                                           control=control)  # fmt: skip
         else:
             lantern = decoding == "lantern"
             spec = SpeculativeParams(knobs["draft_tokens"], knobs.get("lantern_delta", 0.0),
@@ -399,6 +457,10 @@ class ImagePipeline:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+        if control is not None:
+            kind = control_type or self.generator.control_encoder.config.types[0]
+            shared.update(control_type=kind, control_strength=float(control_strength),
+                          control_guidance_scale=control_guidance_scale)  # fmt: skip
         metadata = [
             {**shared, **row, "seed": seed} for row, seed in zip(conditions.describe, seeds, strict=True)
         ]

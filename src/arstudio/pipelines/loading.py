@@ -16,7 +16,7 @@ from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.pipelines.image import ImagePipeline
-from arstudio.presets import Preset, get_preset
+from arstudio.presets import WEIGHTS_ROOT, Preset, get_preset
 from arstudio.tokenizers.bridge import BridgeConfig, BridgeTokenizer
 from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 from arstudio.tokenizers.vq import VQTokenizer
@@ -44,6 +44,10 @@ def _random_generator(config):
     for name, param in generator.head.named_parameters():
         if name.endswith("output.weight"):
             torch.nn.init.normal_(param, std=0.02)
+    # Control fusion starts at zero too (a warm start begins unchanged); random presets should feel the control.
+    if generator.control_encoder is not None and generator.config.control.mode == "fusion":
+        for layer in generator.control_encoder.fusion:
+            torch.nn.init.normal_(layer.weight, std=0.2)
     return generator
 
 
@@ -63,6 +67,14 @@ def _source(preset: Preset, weights, download: bool):
             )
         return folder
     return preset.weights_dir
+
+
+def _tokenizer_source(preset: Preset, source):
+    """Where the tokenizer comes from: a fine-tune that kept its base's tokenizer (``shared_tokenizer``)
+    reads the base's shipped folder unless a ``weights=`` override brings its own."""
+    if preset.shared_tokenizer is not None and source == preset.weights_dir:
+        return WEIGHTS_ROOT / preset.shared_tokenizer
+    return source
 
 
 def _load_component(preset: Preset, part: str, cls, config, random_init, device, dtype, source):
@@ -116,7 +128,9 @@ def load_tokenizer(
     device, dtype = _resolve(device, dtype)
     source = _source(preset, weights, download)
     cls = _tokenizer_class(preset.tokenizer)
-    return _load_component(preset, "tokenizer", cls, preset.tokenizer, cls, device, dtype, source)
+    return _load_component(
+        preset, "tokenizer", cls, preset.tokenizer, cls, device, dtype, _tokenizer_source(preset, source)
+    )
 
 
 def load_pipeline(
@@ -142,9 +156,9 @@ def load_pipeline(
     device, dtype = _resolve(device, dtype)
     source = _source(preset, weights, download)  # before building anything: missing weights fail fast
     tokenizer_cls, generator_cls = _tokenizer_class(preset.tokenizer), _generator_class(preset.generator)
-    tokenizer = _load_component(
-        preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device, dtype, source
-    )
+    tokenizer = _load_component(preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device, dtype,
+                                _tokenizer_source(preset, source))  # fmt: skip
+
     generator = _load_component(
         preset, "generator", generator_cls, preset.generator, _random_generator, device, dtype, source
     )

@@ -60,8 +60,9 @@ def resume_checkpoint(model, optimizer, out_dir: Path) -> int:
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """Set every group's learning rate: ``lr`` times the group's ``lr_scale`` (1 unless given)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def optimizer_step(accelerator, model, optimizer, loss, max_grad_norm: float | None = None) -> None:

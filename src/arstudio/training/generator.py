@@ -118,11 +118,15 @@ class ConditionedBatches:
         for _ in range(steps):
             self.next()
 
-    def next(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row indices (B,) of the next batch and their conditions after dropout."""
         index = torch.randint(0, self.tokens.shape[0], (self.batch_size,), generator=self.generator)
         cond = self.conds[index]
         cond = cond.float() if cond.is_floating_point() else cond  # text states are stored in fp16
-        cond = self.conditioning.drop(cond, generator=self.generator)
+        return index, self.conditioning.drop(cond, generator=self.generator)
+
+    def next(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        index, cond = self.draw()
         return self.tokens[index].to(device), cond.to(device)
 
 
@@ -163,12 +167,17 @@ def train_generator(
     save_every: int = 250,
     text_encoder=None,
     init_from: str | Path | None = None,
+    warm_lr_scale: float = 1.0,
 ) -> ImageGenerator | ContinuousImageGenerator:
     """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``.
 
     ``init_from``: warm start from another run's weights (same config; parameters added since, such as the
-    text prefix's position embedding, keep their zero init). A bridge generator may instead start from a
-    diffusion/flow generator on the same KL latents (``warm_start_bridge_trunk``).
+    text prefix's position embedding or a new control encoder, keep their init). ``warm_lr_scale`` scales
+    the learning rate of the warm-started parameters (new ones train at ``lr``): a fine-tune that adds a
+    control encoder moves the trained backbone slowly and the new encoder fast. A bridge generator may
+    instead start from a diffusion/flow generator on the same KL latents (``warm_start_bridge_trunk``; its
+    head is new). A config with a control encoder trains with control maps of the same images
+    (training/control.py).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,23 +191,37 @@ def train_generator(
     bridge = continuous and config.head == "bridge"
     if bridge:
         model.bin_values.copy_(tokenizer.quantizer.values)  # the generator embeds ids as de-quantised values
+    new_keys = [k for k in model.state_dict() if k.startswith("control_encoder.")] + list(WARM_START_NEW_KEYS)
     if init_from is not None:
         source = load_safetensors(Path(init_from) / WEIGHTS_NAME)
         if bridge and "bin_values" not in source:  # a diffusion/flow run on the same latents
             warm_start_bridge_trunk(model, source, tokenizer.quantizer, str(init_from))
+            new_keys += [k for k in model.state_dict() if k.startswith("head.")]
         else:
-            load_weights_into(model, init_from, allow_missing=WARM_START_NEW_KEYS)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95),
-    )  # fmt: skip
+            load_weights_into(model, init_from, allow_missing=tuple(new_keys))
+    groups = []
+    for is_new in (False, True):
+        scale = warm_lr_scale if init_from is not None and not is_new else 1.0
+        # Without a warm start every parameter is "old": two groups, as checkpoints of earlier runs hold.
+        params = [
+            (n, p) for n, p in model.named_parameters() if (init_from is not None and n in new_keys) == is_new
+        ]
+        groups += [{"params": [p for n, p in params if p.ndim >= 2], "weight_decay": 0.05, "lr_scale": scale},
+                   {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    batches = ConditionedBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding)
+    if config.control is None:
+        batches = ConditionedBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding)
+    else:
+        from arstudio.training.control import ControlledBatches, load_or_make_controls
+
+        controls = load_or_make_controls(out_dir, config.condition, seed, num_images,
+                                         tokenizer.config.resolution, config.control.types)  # fmt: skip
+        batches = ControlledBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding, controls,
+                                    config.control.dropout_prob)  # fmt: skip
     batches.skip(start)
     head_noise = torch.Generator().manual_seed(
         seed + 2
@@ -206,11 +229,14 @@ def train_generator(
     bar = tqdm(range(start, steps), desc="generator", initial=start, total=steps)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=100))
-        batch_tokens, batch_cond = batches.next(accelerator.device)
+        batch_tokens, batch_cond, *rest = batches.next(accelerator.device)
+        control = None
+        if rest:  # control tokens, through the (wrapped) model's encoder so gradients reach it
+            control = unwrapped.encode_control(rest[0].maps, rest[0].kinds, keep=rest[0].keep)
         if continuous:
-            loss = unwrapped.loss(batch_tokens, batch_cond, generator=head_noise)
+            loss = unwrapped.loss(batch_tokens, batch_cond, generator=head_noise, control=control)
         else:
-            logits = model(batch_tokens, batch_cond)
+            logits = model(batch_tokens, batch_cond, control)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch_tokens.reshape(-1))
         optimizer_step(accelerator, model, optimizer, loss, 1.0)
         if step % 10 == 0:

@@ -16,6 +16,7 @@ import gradio as gr  # noqa: E402
 
 import arstudio  # noqa: E402
 from arstudio.ui.common import DEFAULT_PRESET, MAX_UPLOAD, PipelineCache  # noqa: E402
+from arstudio.ui.control_tab import build_control_tab, control_presets  # noqa: E402
 from arstudio.ui.decoding_lab import build_decoding_lab  # noqa: E402
 from arstudio.ui.image_tab import build_image_tab  # noqa: E402
 from arstudio.ui.tokenizer_lab import build_tokenizer_lab  # noqa: E402
@@ -42,6 +43,9 @@ def create_app(preset: str | None = None, device=None, presets: list[str] | None
             build_decoding_lab(cache, controls)
         with gr.Tab("Tokenizer lab", id="tokenizer"):
             build_tokenizer_lab(cache, presets, preset)
+        if control_presets(presets):
+            with gr.Tab("Control", id="control"):
+                build_control_tab(cache, presets)
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return app
 
