@@ -130,6 +130,30 @@ def _run_train_generator(args) -> None:
     print(f"generator saved to {args.out}")
 
 
+def _add_train_video_generator(sub) -> None:
+    p = sub.add_parser("video-generator", help="train the FAR next-frame video generator on sprite clips")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--tokenizer", required=True, help="directory of a trained KL tokenizer")
+    p.add_argument("--preset", default="sprites-video", help="preset whose generator architecture to train")
+    p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--num-clips", type=int, default=3000, help="clips in the encoded training set")
+    p.add_argument("--clip-frames", type=int, default=16, help="frames per encoded clip (windows are drawn)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_video_generator)
+
+
+def _run_train_video_generator(args) -> None:
+    from arstudio.presets import get_preset
+    from arstudio.training.video import train_video_generator
+
+    train_video_generator(args.out, args.tokenizer, get_preset(args.preset).generator, steps=args.steps,
+                          batch_size=args.batch_size, lr=args.lr, num_clips=args.num_clips,
+                          clip_frames=args.clip_frames, seed=args.seed)  # fmt: skip
+    print(f"video generator saved to {args.out}")
+
+
 def _add_train_drafter(sub) -> None:
     p = sub.add_parser("drafter", help="train a speculative-decoding drafter for a preset's generator")
     p.add_argument("--preset", required=True, help="preset whose (shipped) generator is the target")
@@ -290,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_generator(train_sub)
     _add_train_classifier(train_sub)
     _add_train_drafter(train_sub)
+    _add_train_video_generator(train_sub)
     return parser
 
 
