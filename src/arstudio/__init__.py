@@ -12,6 +12,8 @@ __all__ = [
     "ImageOutput",
     "ImagePipeline",
     "RenderSummary",
+    "VideoOutput",
+    "VideoPipeline",
     "list_presets",
     "load_pipeline",
     "reconstruct",
@@ -26,6 +28,8 @@ _LAZY = {
     "render_batch": "arstudio.render",
     "reconstruct": "arstudio.reconstruction",
     "RenderSummary": "arstudio.render",
+    "VideoPipeline": "arstudio.pipelines.video",
+    "VideoOutput": "arstudio.pipelines.video",
 }
 
 
