@@ -135,7 +135,7 @@ def _add_train_video_generator(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
     p.add_argument("--tokenizer", required=True, help="directory of a trained KL tokenizer")
     p.add_argument("--preset", default="sprites-video", help="preset whose generator architecture to train")
-    p.add_argument("--steps", type=int, default=1600)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num-clips", type=int, default=3000, help="clips in the encoded training set")
