@@ -193,3 +193,20 @@ def _has_ffmpeg() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_render_batch_takes_video_jobs(tmp_path):
+    from arstudio.export import read_video
+    from arstudio.render import read_manifest, render_batch
+
+    jobs = [{"preset": "test-tiny-video", "class": "red circle", "seed": 3, "count": 2, "num_frames": 3,
+             "num_inference_steps": 2},
+            {"preset": "test-tiny-video", "class": 1, "seed": 0, "num_frames": 99},
+            {"preset": "test-tiny-video", "class": 1, "seed": 0, "top_k": 3}]  # fmt: skip
+    summary = render_batch(jobs, tmp_path, progress=False)
+    assert summary.rendered == 2 and len(summary.failed) == 2
+    assert "num_frames=99 is out of range" in summary.failed[0] and "top_k" in summary.failed[1]
+    entries = read_manifest(tmp_path)
+    assert len(entries) == 2 and all(name.endswith(".gif") for name in entries)
+    assert read_video(tmp_path / next(iter(entries))).shape == (3, 16, 16, 3)
+    assert render_batch(jobs[:1], tmp_path, progress=False).skipped == 2  # resumable: nothing redone

@@ -76,9 +76,10 @@ def register_preset(preset: Preset) -> Preset:
     return preset
 
 
-def list_presets(pattern: str = "*") -> list[str]:
-    """Names of the registered presets matching a glob pattern, sorted."""
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+def list_presets(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Names of the registered presets matching a glob pattern (and a task, e.g. "class-to-video"), sorted."""
+    return sorted(name for name, preset in _REGISTRY.items()
+                  if fnmatch.fnmatch(name, pattern) and task in (None, preset.task))  # fmt: skip
 
 
 def get_preset(name: str) -> Preset:

@@ -158,8 +158,10 @@ def sample_video(
         v = model.velocity(x_rows, t_rows, z)[:, 0]  # (rows, N, d)
         return v[batch:] + guidance_scale * (v[:batch] - v[batch:]) if guided else v
 
+    cache_bytes = 0
     if use_cache:
         model.backbone.setup_cache(rows, device=device, length=len(slots))
+        cache_bytes = sum(c.k.nbytes + c.v.nbytes for c in model.backbone.caches)
         write_block(model.cls_embedding(rows_cond), PREFIX_FRAME, PREFIX)
     try:
         for frame in range(num_frames):
@@ -184,6 +186,7 @@ def sample_video(
         "forwards": forwards,
         "decode_seconds": time.perf_counter() - start,
         "cache_slots": len(slots) if slots is not None else 0,
+        "cache_bytes": cache_bytes,  # keys + values of every layer, both CFG rows
         "context_frames": num_given,
     }
     return DecodeResult(latents, stats)

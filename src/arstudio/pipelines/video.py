@@ -109,7 +109,7 @@ class VideoPipeline(ImagePipeline):
         short_frames: int | None = None,
         use_cache: bool = True,
         output_type: str = "pil",
-        callback_on_frame_end=None,
+        callback_on_step_end=None,
     ) -> VideoOutput:
         """Generate videos.
 
@@ -124,7 +124,7 @@ class VideoPipeline(ImagePipeline):
             temporal_decay: FlexRoPE-style test-time decay (attention bias -decay x frame distance); 0 is off.
             short_frames: frames kept at full resolution as context (None: the model's; 0: never compress).
             use_cache: the frame KV cache; False recomputes the context every step (speed baseline).
-            callback_on_frame_end: ``fn(frame, num_frames, latents_so_far)``; return False to stop early.
+            callback_on_step_end: ``fn(frame, num_frames, latents_so_far)``; return False to stop early.
         """
         from arstudio.data.sprites import check_num_frames
 
@@ -150,7 +150,7 @@ class VideoPipeline(ImagePipeline):
         generators, seeds = self._generators(generator, count)
         context = self._context_latents(context_frames, count, num_frames)
         result = sample_video(self.generator, conditions.cond, generators, num_frames, context, guidance, temp,
-                              steps, float(temporal_decay), short_frames, use_cache, callback_on_frame_end)  # fmt: skip
+                              steps, float(temporal_decay), short_frames, use_cache, callback_on_step_end)  # fmt: skip
         t1 = time.perf_counter()
         pixels = self.decode_frames(result.tokens)
         if output_type == "pil":
