@@ -154,6 +154,26 @@ def _run_train_video_generator(args) -> None:
     print(f"video generator saved to {args.out}")
 
 
+def _add_train_causal_video_tokenizer(sub) -> None:
+    p = sub.add_parser("causal-video-tokenizer", help="train the causal (C-ViViT-style) video tokenizer")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-frames", type=int, default=5, help="frames per training clip: 1 + k * 2")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_causal_video_tokenizer)
+
+
+def _run_train_causal_video_tokenizer(args) -> None:
+    from arstudio.tokenizers.causal_video import CausalVideoConfig
+    from arstudio.training.video_tokenizer import train_causal_video_tokenizer
+
+    train_causal_video_tokenizer(args.out, CausalVideoConfig(), steps=args.steps, batch_size=args.batch_size,
+                                 num_frames=args.num_frames, lr=args.lr, seed=args.seed)  # fmt: skip
+    print(f"causal video tokenizer saved to {args.out}")
+
+
 def _add_train_drafter(sub) -> None:
     p = sub.add_parser("drafter", help="train a speculative-decoding drafter for a preset's generator")
     p.add_argument("--preset", required=True, help="preset whose (shipped) generator is the target")
@@ -315,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier(train_sub)
     _add_train_drafter(train_sub)
     _add_train_video_generator(train_sub)
+    _add_train_causal_video_tokenizer(train_sub)
     return parser
 
 
