@@ -19,6 +19,7 @@ import torch
 from arstudio.generators.continuous import ContinuousImageGenerator
 from arstudio.generators.drafter import Drafter
 from arstudio.generators.image import ImageGenerator
+from arstudio.generators.video import VideoGenerator
 from arstudio.io import CONFIG_NAME, WEIGHTS_NAME
 from arstudio.presets import WEIGHTS_ROOT
 
@@ -35,8 +36,11 @@ SHIPPED = {
     "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", True),
     "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", False),
     "shapes-c2i-bridge/generator": ("runs/gen-shapes-c2i-bridge", True),
+    "sprites-video/tokenizer": ("runs/kl-shapes32", False),
+    "sprites-video/generator": ("runs/sprites-video", True),
+    "causal-video-tokenizer": ("runs/causal-video-tokenizer", False),
 }
-MODELS = {cls.__name__: cls for cls in (ImageGenerator, ContinuousImageGenerator, Drafter)}
+MODELS = {cls.__name__: cls for cls in (ImageGenerator, ContinuousImageGenerator, Drafter, VideoGenerator)}
 
 
 def main() -> None:
