@@ -84,6 +84,13 @@ def _frames_array(frames) -> np.ndarray:
     return array
 
 
+def mp4_available() -> bool:
+    """Whether mp4 export works here (imageio-ffmpeg's bundled ffmpeg is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
 def video_bytes(frames, fmt: str = "mp4", fps: int = 8, scale: int = 1) -> bytes:
     """Encode frames as ``fmt`` ("mp4" or "gif"); ``scale`` enlarges pixels (nearest) for viewing."""
     import imageio.v3 as iio
@@ -95,10 +102,8 @@ def video_bytes(frames, fmt: str = "mp4", fps: int = 8, scale: int = 1) -> bytes
     array = _frames_array(frames).repeat(scale, axis=1).repeat(scale, axis=2)
     if fmt == "gif":
         return iio.imwrite("<bytes>", array, extension=".gif", duration=1000 / fps, loop=0)
-    try:
-        import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin needs its bundled binary)
-    except ImportError as err:
-        raise RuntimeError("mp4 export needs imageio-ffmpeg: pip install 'arstudio[video]'") from err
+    if not mp4_available():  # imageio's ffmpeg plugin needs the binary imageio-ffmpeg bundles
+        raise RuntimeError("mp4 export needs imageio-ffmpeg: pip install 'arstudio[video]' (gif works without)")
     # yuv420p (what every player reads) needs even sides; macro_block_size 16 pads the rest, 32 px is exact.
     return iio.imwrite("<bytes>", array, extension=".mp4", fps=fps, codec="libx264", macro_block_size=16)
 

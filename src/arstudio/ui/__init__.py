@@ -19,7 +19,7 @@ from arstudio.ui.common import DEFAULT_PRESET, MAX_UPLOAD, PipelineCache  # noqa
 from arstudio.ui.decoding_lab import build_decoding_lab  # noqa: E402
 from arstudio.ui.image_tab import build_image_tab  # noqa: E402
 from arstudio.ui.tokenizer_lab import build_tokenizer_lab  # noqa: E402
-from arstudio.ui.video_tab import VIDEO_TASK, build_video_tab  # noqa: E402
+from arstudio.ui.video_tab import VIDEO_TASK, build_video_tab, first_loadable  # noqa: E402
 
 __all__ = ["MAX_UPLOAD", "create_app", "launch"]
 QUEUE_SIZE = 32  # waiting requests beyond this are refused with a message instead of piling up
@@ -48,9 +48,10 @@ def create_app(preset: str | None = None, device=None, presets: list[str] | None
             build_decoding_lab(cache, controls)
         with gr.Tab("Tokenizer lab", id="tokenizer"):
             build_tokenizer_lab(cache, image_presets, preset)
-        if video_presets:
+        video_start = first_loadable(cache, video_presets)
+        if video_start is not None:
             with gr.Tab("Video", id="video"):
-                build_video_tab(cache, video_presets)
+                build_video_tab(cache, video_presets, video_start)
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return app
 

@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from arstudio.export import make_grid, read_video, save_videos
+from arstudio.export import make_grid, mp4_available, read_video, save_videos
 from arstudio.ui.common import MODEL_QUEUE, PipelineCache, output_dir, readable_errors
 from arstudio.ui.streaming import Done, generate_with_previews
 
@@ -30,11 +30,20 @@ def frame_sheet(frames: list) -> np.ndarray:
     return sheet.repeat(PREVIEW_SCALE, axis=0).repeat(PREVIEW_SCALE, axis=1)
 
 
-def build_video_tab(cache: PipelineCache, presets: list[str]) -> None:
-    start = cache.get(presets[0])
+def first_loadable(cache: PipelineCache, presets: list[str]):
+    """The first video preset whose weights load (None if none does: then there is no Video tab)."""
+    for name in presets:
+        try:
+            return cache.get(name)
+        except (FileNotFoundError, ValueError):
+            continue
+    return None
+
+
+def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
     names, defaults = list(start.preset.class_names), start.preset.defaults
     with gr.Row():
-        preset = gr.Dropdown(presets, value=presets[0], label="Video preset", scale=1)
+        preset = gr.Dropdown(presets, value=start.preset.name, label="Video preset", scale=1)
         class_name = gr.Dropdown(names, value=names[0], label="Class", scale=2, allow_custom_value=True)
     with gr.Row():
         num_frames = gr.Slider(1, start.max_frames, value=16, step=1, label="Frames")
@@ -85,9 +94,11 @@ def build_video_tab(cache: PipelineCache, presets: list[str]) -> None:
             progress((event.step, event.total), desc="frames")
             yield {preview: frame_sheet(event.images), status: f"frame {event.step} / {event.total}"}
         output = event.output
-        paths = save_videos(output, output_dir(), scale=PREVIEW_SCALE)
+        formats = ("mp4", "gif") if mp4_available() else ("gif",)  # gif needs no ffmpeg
+        paths = save_videos(output, output_dir(), formats=formats, scale=PREVIEW_SCALE)
         seconds = output.timings["total_s"]
-        yield {preview: frame_sheet([v[-1] for v in output.frames]), video: str(paths[0]),
+        shown = str(paths[0]) if formats[0] == "mp4" else None
+        yield {preview: frame_sheet([v[-1] for v in output.frames]), video: shown,
                files: [str(p) for p in paths],
                status: f"{count} video(s) x {output.latents.shape[1]} frames in {seconds:.2f} s "
                f"({output.timings['frames_per_s']:.1f} frames/s) · seed {first}"}  # fmt: skip
