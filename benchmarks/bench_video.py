@@ -122,7 +122,9 @@ def speed(pipe, batch: int, frames: int = 16, repeats: int = 2) -> dict:
         for r in range(repeats):
             gens = [torch.Generator().manual_seed(r * 100 + i) for i in range(batch)]
             start = time.perf_counter()
-            sample_video(model, cond, gens, frames, guidance_scale=guidance, num_inference_steps=steps, **kwargs)
+            sample_video(
+                model, cond, gens, frames, guidance_scale=guidance, num_inference_steps=steps, **kwargs
+            )
             times.append(time.perf_counter() - start)
         out[f"{name}_seconds"] = min(times)
     pipe_start = time.perf_counter()
@@ -156,7 +158,9 @@ def chart(curves: dict, path) -> None:
     width, height, left, top, bottom = 640, 360, 50, 30, 40
     image = Image.new("RGB", (width, height + 20 * len(curves)), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 8), "sprites-video: per-frame object accuracy vs frame (dashed: training length)", fill="black")
+    draw.text(
+        (10, 8), "sprites-video: per-frame object accuracy vs frame (dashed: training length)", fill="black"
+    )
     plot_w, plot_h = width - left - 20, height - top - bottom
     draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
     for tick in (0.0, 0.5, 1.0):
@@ -185,7 +189,9 @@ def main() -> None:
     parser.add_argument("--extrapolate", type=int, default=16, help="videos per extrapolation setting")
     parser.add_argument("--decays", type=float, nargs="+", default=[0.0, 0.5])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--weights", help="a folder with tokenizer/ and generator/ instead of the shipped ones")
+    parser.add_argument(
+        "--weights", help="a folder with tokenizer/ and generator/ instead of the shipped ones"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     info = header(f"video_{args.preset}")

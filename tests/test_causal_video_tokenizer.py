@@ -47,4 +47,7 @@ def test_training_reduces_reconstruction_error_and_resumes(tmp_path):
                                            save_every=15)  # fmt: skip
     assert error(trained) < 0.7 * error(before)
     again = train_causal_video_tokenizer(tmp_path, TINY, steps=30, batch_size=4, num_frames=3)  # nothing left
-    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(trained.state_dict().values(), again.state_dict().values(), strict=True)
+    )

@@ -178,7 +178,9 @@ def test_video_export_round_trips(pipe, tmp_path):
     assert [p.suffix for p in paths] == [f".{f}" for f in formats] + [".json"]
     gif = read_video(paths[0])
     assert gif.shape == (3, 32, 32, 3)
-    assert np.array_equal(gif[:, ::2, ::2], np.stack([np.asarray(f) for f in out.frames[0]]))  # gif is lossless
+    assert np.array_equal(
+        gif[:, ::2, ::2], np.stack([np.asarray(f) for f in out.frames[0]])
+    )  # gif is lossless
     if _has_ffmpeg():
         assert read_video(paths[1]).shape == (3, 32, 32, 3)
     with pytest.raises(ValueError, match="video format"):

@@ -21,7 +21,9 @@ def client():
     from arstudio.ui import create_app
 
     app = create_app(preset="test-tiny-c2i", presets=["test-tiny-c2i", "test-tiny-video"])
-    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    app.launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
+    )
     try:
         yield gradio_client.Client(app.local_url, verbose=False)
     finally:
@@ -53,7 +55,9 @@ def test_video_tab_predicts_from_an_uploaded_clip_and_refuses_bad_ones(client, t
     wrong_size = tmp_path / "big.gif"
     wrong_size.write_bytes(video_bytes(np.zeros((2, 32, 32, 3), np.uint8), "gif"))
     with pytest.raises(Exception, match="context_frames must be uint8 frames"):
-        client.predict(*_request(context=gradio_client.handle_file(str(wrong_size))), api_name="/generate_video")
+        client.predict(
+            *_request(context=gradio_client.handle_file(str(wrong_size))), api_name="/generate_video"
+        )
     broken = tmp_path / "broken.gif"
     broken.write_bytes(b"GIF89a this is not really a gif")
     with pytest.raises(Exception, match="could not be decoded"):

@@ -76,7 +76,12 @@ VIDEO_FORMATS = ("mp4", "gif")
 def _frames_array(frames) -> np.ndarray:
     """A list of PIL images / uint8 arrays, or a (T, H, W, 3) array -> uint8 (T, H, W, 3)."""
     array = np.stack([np.asarray(f) for f in frames]) if isinstance(frames, (list, tuple)) else frames
-    if not isinstance(array, np.ndarray) or array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+    if (
+        not isinstance(array, np.ndarray)
+        or array.ndim != 4
+        or array.shape[-1] != 3
+        or array.dtype != np.uint8
+    ):
         shape = getattr(array, "shape", type(array).__name__)
         raise ValueError(f"video frames must be uint8 (T, H, W, 3) with T >= 1; got {shape}")
     if len(array) == 0:
@@ -103,7 +108,9 @@ def video_bytes(frames, fmt: str = "mp4", fps: int = 8, scale: int = 1) -> bytes
     if fmt == "gif":
         return iio.imwrite("<bytes>", array, extension=".gif", duration=1000 / fps, loop=0)
     if not mp4_available():  # imageio's ffmpeg plugin needs the binary imageio-ffmpeg bundles
-        raise RuntimeError("mp4 export needs imageio-ffmpeg: pip install 'arstudio[video]' (gif works without)")
+        raise RuntimeError(
+            "mp4 export needs imageio-ffmpeg: pip install 'arstudio[video]' (gif works without)"
+        )
     # yuv420p (what every player reads) needs even sides; macro_block_size 16 pads the rest, 32 px is exact.
     return iio.imwrite("<bytes>", array, extension=".mp4", fps=fps, codec="libx264", macro_block_size=16)
 
@@ -127,13 +134,17 @@ def read_video(path: str | Path, max_frames: int = 1024) -> np.ndarray:
     if frames.ndim == 3:  # a one-frame gif comes back as (H, W, C)
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] not in (3, 4) or len(frames) == 0:
-        raise ValueError(f"{str(path)!r} decoded to an unexpected shape {frames.shape}; expected (T, H, W, 3)")
+        raise ValueError(
+            f"{str(path)!r} decoded to an unexpected shape {frames.shape}; expected (T, H, W, 3)"
+        )
     if len(frames) > max_frames:
         raise ValueError(f"{str(path)!r} has {len(frames)} frames; at most {max_frames} are allowed")
     return np.ascontiguousarray(frames[..., :3].astype(np.uint8))
 
 
-def save_videos(output, out_dir: str | Path, formats=VIDEO_FORMATS, fps: int = 8, scale: int = 1) -> list[Path]:
+def save_videos(
+    output, out_dir: str | Path, formats=VIDEO_FORMATS, fps: int = 8, scale: int = 1
+) -> list[Path]:
     """Write each video of a ``VideoOutput`` as ``{index:04d}_{seed}.{mp4,gif}`` plus a ``.json`` sidecar with
     its metadata (mp4/gif have no text chunk every reader keeps)."""
     out_dir = Path(out_dir)

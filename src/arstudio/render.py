@@ -164,7 +164,9 @@ def _parse_video_job(raw: dict, line: int) -> Job:
         if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 1):
             raise ValueError(f"{key}={raw[key]!r} must be an integer >= 1")
     for key in ("temporal_decay", *VIDEO_SAMPLING_KEYS):
-        if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], (int, float)) or raw[key] < 0):
+        if key in raw and (
+            isinstance(raw[key], bool) or not isinstance(raw[key], (int, float)) or raw[key] < 0
+        ):
             raise ValueError(f"{key}={raw[key]!r} must be a number >= 0")
     spec = {k: v for k, v in raw.items() if k not in ("seeds", "seed", "count")}
     spec.update(decoding="far", format=fmt)

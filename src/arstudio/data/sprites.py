@@ -74,7 +74,7 @@ def _reflect(p: int, span: int) -> int:
 
 
 def direction_name(vx: int, vy: int) -> str:
-    """"right", "up-left", ... from a velocity (image y grows downwards)."""
+    """ "right", "up-left", ... from a velocity (image y grows downwards)."""
     vertical = "up" if vy < 0 else "down" if vy > 0 else ""
     horizontal = "left" if vx < 0 else "right" if vx > 0 else ""
     return "-".join(part for part in (vertical, horizontal) if part)

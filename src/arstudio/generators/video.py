@@ -70,7 +70,9 @@ class VideoGeneratorConfig:
         if self.backbone.grid_size % self.long_pool:
             raise ValueError(f"long_pool={self.long_pool} must divide grid_size={self.backbone.grid_size}")
         if not 1 <= self.train_frames <= self.max_frames:
-            raise ValueError(f"need 1 <= train_frames ({self.train_frames}) <= max_frames ({self.max_frames})")
+            raise ValueError(
+                f"need 1 <= train_frames ({self.train_frames}) <= max_frames ({self.max_frames})"
+            )
         if not 0.0 <= self.clean_context_ratio < 1.0:
             raise ValueError(f"clean_context_ratio={self.clean_context_ratio} must be in [0, 1)")
 
@@ -211,7 +213,9 @@ class VideoGenerator(PrefixARGenerator):
         t = torch.sigmoid(torch.randn(b, f, generator=generator, device=device))
         clean = torch.rand(b, f, generator=generator, device=device) < self.config.clean_context_ratio
         noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-        x_t = torch.where(clean[..., None, None], x, (1 - t[..., None, None]) * x + t[..., None, None] * noise)
+        x_t = torch.where(
+            clean[..., None, None], x, (1 - t[..., None, None]) * x + t[..., None, None] * noise
+        )
         z = self.sequence_hidden(cond, long, x_t, t, clean)
         error = F.mse_loss(self.velocity(x_t, t, z), noise - x, reduction="none").mean(-1)  # (B, F, N)
         weight = (~clean).float()[..., None].expand_as(error)

@@ -83,13 +83,17 @@ class VideoPipeline(ImagePipeline):
         if array.ndim == 4:
             array = np.repeat(array[None], count, axis=0)
         if array.shape[0] != count:
-            raise ValueError(f"context_frames hold {array.shape[0]} clips for {count} videos; pass 1 or one each")
+            raise ValueError(
+                f"context_frames hold {array.shape[0]} clips for {count} videos; pass 1 or one each"
+            )
         given = array.shape[1]
         if not 1 <= given < num_frames:
             raise ValueError(
                 f"{given} context frames for num_frames={num_frames}: give 1..{num_frames - 1} frames"
             )
-        pixels = images_to_tensor(np.ascontiguousarray(array.reshape(-1, r, r, 3))).to(self.device, self.dtype)
+        pixels = images_to_tensor(np.ascontiguousarray(array.reshape(-1, r, r, 3))).to(
+            self.device, self.dtype
+        )
         latents = self.tokenizer.encode(pixels)  # (count * given, h, w, d)
         return latents.reshape(count, given, -1, latents.shape[-1])
 
@@ -134,12 +138,18 @@ class VideoPipeline(ImagePipeline):
             raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
         if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
             raise ValueError(f"num_videos_per_prompt={num_videos_per_prompt!r} must be an integer >= 1")
-        if isinstance(temporal_decay, bool) or not isinstance(temporal_decay, (int, float)) or temporal_decay < 0:
+        if (
+            isinstance(temporal_decay, bool)
+            or not isinstance(temporal_decay, (int, float))
+            or temporal_decay < 0
+        ):
             raise ValueError(f"temporal_decay={temporal_decay!r} must be a number >= 0 (0 turns it off)")
         defaults = self.preset.defaults
         guidance = defaults.get("guidance_scale", 1.0) if guidance_scale is None else float(guidance_scale)
         temp = defaults.get("temperature", 1.0) if temperature is None else float(temperature)
-        steps = defaults.get("num_inference_steps", 20) if num_inference_steps is None else num_inference_steps
+        steps = (
+            defaults.get("num_inference_steps", 20) if num_inference_steps is None else num_inference_steps
+        )
         check_num_inference_steps(steps, self.generator.head)
         if isinstance(prompt, str):
             prompt = MOTION_WORDS.sub("", prompt)
@@ -161,7 +171,12 @@ class VideoPipeline(ImagePipeline):
             frames = list(pixels)
         t2 = time.perf_counter()
         made = result.tokens.shape[1] * count
-        timings = {"sampling_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0, "frames_per_s": made / (t2 - t0)}
+        timings = {
+            "sampling_s": t1 - t0,
+            "decode_s": t2 - t1,
+            "total_s": t2 - t0,
+            "frames_per_s": made / (t2 - t0),
+        }
         g = self.tokenizer.grid_size
         shared = {
             "preset": self.preset.name,

@@ -67,7 +67,9 @@ class _Stack(nn.Module):
         self.spatial = nn.ModuleList(TransformerBlock(block) for _ in range(config.spatial_layers))
         self.temporal = nn.ModuleList(TransformerBlock(block) for _ in range(config.temporal_layers))
         self.norm = RMSNorm(config.dim, block.norm_eps)
-        self.register_buffer("spatial_rope", rope_2d_table(config.grid_size, block.head_dim, 0), persistent=False)
+        self.register_buffer(
+            "spatial_rope", rope_2d_table(config.grid_size, block.head_dim, 0), persistent=False
+        )
         self.head_dim = block.head_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +79,9 @@ class _Stack(nn.Module):
             if part == "spatial":
                 h = x.reshape(b * s, n, d)
                 for layer in self.spatial:
-                    h = layer(h, self.spatial_rope, mask=torch.ones(1, 1, n, n, dtype=torch.bool, device=x.device))
+                    h = layer(
+                        h, self.spatial_rope, mask=torch.ones(1, 1, n, n, dtype=torch.bool, device=x.device)
+                    )
                 x = h.view(b, s, n, d)
             else:
                 h = x.transpose(1, 2).reshape(b * n, s, d)  # one sequence over slices per grid position
@@ -154,7 +158,9 @@ class CausalVideoTokenizer(PretrainedMixin, nn.Module):
             video.append(self._unpatchify(self.tubelet_out(h[:, 1:]), self.config.temporal_patch))
         return torch.cat(video, dim=1)
 
-    def loss(self, video: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, video: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict]:
         mean, logvar = self.moments(video)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         recon = self.decode_tokens(mean + (0.5 * logvar).exp() * noise)

@@ -66,7 +66,9 @@ class ClipBatches:
     """Seeded batches of (clip windows (B, train_frames, N, d), labels with dropout, num_long); ``skip(n)``
     replays n draws so a resumed run sees the batches an uninterrupted one would have."""
 
-    def __init__(self, latents, labels, batch_size: int, config: VideoGeneratorConfig, seed: int, conditioning):
+    def __init__(
+        self, latents, labels, batch_size: int, config: VideoGeneratorConfig, seed: int, conditioning
+    ):
         self.latents, self.labels, self.batch_size, self.config = latents, labels, batch_size, config
         self.conditioning = conditioning
         self.generator = torch.Generator().manual_seed(seed + 1)
