@@ -30,6 +30,15 @@ def seeded(build, seed: int):
         return build()
 
 
+def generator_optimizer(model, lr: float):
+    """AdamW (betas 0.9 / 0.95) with weight decay 0.05 on matrices only: norms, biases and embeddings' 1-D
+    parameters are not pulled to zero (the generators' recipe)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup

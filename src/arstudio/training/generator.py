@@ -26,6 +26,7 @@ from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
+    generator_optimizer,
     make_accelerator,
     optimizer_step,
     resume_checkpoint,
@@ -155,12 +156,7 @@ def train_generator(
     model = seeded(lambda: (ContinuousImageGenerator if continuous else ImageGenerator)(config), seed)
     if init_from is not None:
         load_weights_into(model, init_from, allow_missing=WARM_START_NEW_KEYS)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95),
-    )  # fmt: skip
+    optimizer = generator_optimizer(model, lr)
     if continuous and config.head == "bridge":
         model.bin_values.copy_(tokenizer.quantizer.values)  # the generator embeds ids as de-quantised values
     start = resume_checkpoint(model, optimizer, out_dir)

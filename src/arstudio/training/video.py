@@ -22,6 +22,7 @@ from arstudio.tokenizers.kl import KLTokenizer
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
+    generator_optimizer,
     make_accelerator,
     optimizer_step,
     resume_checkpoint,
@@ -115,12 +116,7 @@ def train_video_generator(
         )
     latents, labels = load_or_encode(out_dir, tokenizer, num_clips, clip_frames, seed)
     model = seeded(lambda: VideoGenerator(config), seed)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.95),
-    )  # fmt: skip
+    optimizer = generator_optimizer(model, lr)
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
