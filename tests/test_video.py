@@ -212,3 +212,12 @@ def test_render_batch_takes_video_jobs(tmp_path):
     assert len(entries) == 2 and all(name.endswith(".gif") for name in entries)
     assert read_video(tmp_path / next(iter(entries))).shape == (3, 16, 16, 3)
     assert render_batch(jobs[:1], tmp_path, progress=False).skipped == 2  # resumable: nothing redone
+
+
+def test_cli_generates_videos(tmp_path):
+    from arstudio.cli import main
+
+    assert main(["generate", "--preset", "test-tiny-video", "--class-labels", "3", "--num-frames", "2",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert len(list(tmp_path.glob("*.gif"))) == 1 and len(list(tmp_path.glob("*.json"))) == 1
+    assert main(["generate", "--preset", "test-tiny-video", "--top-k", "3", "--out", str(tmp_path)]) == 2

@@ -232,6 +232,7 @@ def _add_generate(sub) -> None:
         "--download", action="store_true", help="hub presets: download the official files if missing"
     )
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
+    p.add_argument("--num-frames", type=int, default=16, help="video presets: frames per video (mp4 + gif)")
     p.set_defaults(func=_run_generate)
 
 
@@ -248,11 +249,28 @@ def _run_generate(args) -> None:
         if num_classes > MAX_DEFAULT_CLASSES:
             raise ValueError(f"{args.preset} has {num_classes} classes: pick some with --class-labels")
         labels = list(range(num_classes))
+    if pipe.preset.task == "class-to-video":
+        _generate_videos(pipe, args, labels)
+        return
     out = pipe(prompt=args.prompt, class_labels=labels, num_images_per_prompt=args.num_images_per_prompt,
                generator=torch.Generator().manual_seed(args.seed), guidance_scale=args.guidance_scale,
                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                negative_prompt=args.negative_prompt)  # fmt: skip
     paths = save_images(out, args.out, grid_columns=None if args.no_grid else args.num_images_per_prompt)
+    print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
+
+
+def _generate_videos(pipe, args, labels) -> None:
+    import torch
+
+    from arstudio.export import mp4_available, save_videos
+
+    if args.top_k is not None or args.top_p is not None or args.negative_prompt is not None:
+        raise ValueError("--top-k, --top-p and --negative-prompt do not apply to video presets")
+    out = pipe(prompt=args.prompt, class_labels=None if args.prompt else labels, num_frames=args.num_frames,
+               num_videos_per_prompt=args.num_images_per_prompt, generator=torch.Generator().manual_seed(args.seed),
+               guidance_scale=args.guidance_scale, temperature=args.temperature)  # fmt: skip
+    paths = save_videos(out, args.out, formats=("mp4", "gif") if mp4_available() else ("gif",), scale=4)
     print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
 
 
