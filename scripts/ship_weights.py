@@ -20,6 +20,7 @@ from arstudio.generators.continuous import ContinuousImageGenerator
 from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.drafter import Drafter
 from arstudio.generators.image import ImageGenerator
+from arstudio.generators.video import VideoGenerator
 from arstudio.io import CONFIG_NAME, WEIGHTS_NAME
 from arstudio.presets import WEIGHTS_ROOT
 
@@ -41,8 +42,14 @@ SHIPPED = {
     # control presets keep shapes-c2i's tokenizer (Preset.shared_tokenizer)
     "shapes-control/generator": ("runs/gen-shapes-control", True),
     "shapes-control-prefill/generator": ("runs/gen-shapes-control-prefill", True),
+    "sprites-video/tokenizer": ("runs/kl-shapes32", False),
+    "sprites-video/generator": ("runs/sprites-video", True),
+    "causal-video-tokenizer": ("runs/causal-video-tokenizer", False),
 }
-MODELS = {cls.__name__: cls for cls in (ImageGenerator, ContinuousImageGenerator, Drafter, DDGenerator)}
+MODELS = {
+    cls.__name__: cls
+    for cls in (ImageGenerator, ContinuousImageGenerator, Drafter, DDGenerator, VideoGenerator)
+}
 
 
 def main() -> None:

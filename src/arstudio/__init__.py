@@ -13,6 +13,8 @@ __all__ = [
     "ImagePipeline",
     "RenderSummary",
     "get_preset",
+    "VideoOutput",
+    "VideoPipeline",
     "list_presets",
     "load_pipeline",
     "reconstruct",
@@ -28,6 +30,8 @@ _LAZY = {
     "render_batch": "arstudio.render",
     "reconstruct": "arstudio.reconstruction",
     "RenderSummary": "arstudio.render",
+    "VideoPipeline": "arstudio.pipelines.video",
+    "VideoOutput": "arstudio.pipelines.video",
 }
 
 

@@ -164,6 +164,50 @@ def _run_train_generator(args) -> None:
     print(f"generator saved to {args.out}")
 
 
+def _add_train_video_generator(sub) -> None:
+    p = sub.add_parser("video-generator", help="train the FAR next-frame video generator on sprite clips")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--tokenizer", required=True, help="directory of a trained KL tokenizer")
+    p.add_argument("--preset", default="sprites-video", help="preset whose generator architecture to train")
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--num-clips", type=int, default=3000, help="clips in the encoded training set")
+    p.add_argument("--clip-frames", type=int, default=16, help="frames per encoded clip (windows are drawn)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_video_generator)
+
+
+def _run_train_video_generator(args) -> None:
+    from arstudio.presets import get_preset
+    from arstudio.training.video import train_video_generator
+
+    train_video_generator(args.out, args.tokenizer, get_preset(args.preset).generator, steps=args.steps,
+                          batch_size=args.batch_size, lr=args.lr, num_clips=args.num_clips,
+                          clip_frames=args.clip_frames, seed=args.seed)  # fmt: skip
+    print(f"video generator saved to {args.out}")
+
+
+def _add_train_causal_video_tokenizer(sub) -> None:
+    p = sub.add_parser("causal-video-tokenizer", help="train the causal (C-ViViT-style) video tokenizer")
+    p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-frames", type=int, default=5, help="frames per training clip: 1 + k * 2")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_causal_video_tokenizer)
+
+
+def _run_train_causal_video_tokenizer(args) -> None:
+    from arstudio.tokenizers.causal_video import CausalVideoConfig
+    from arstudio.training.video_tokenizer import train_causal_video_tokenizer
+
+    train_causal_video_tokenizer(args.out, CausalVideoConfig(), steps=args.steps, batch_size=args.batch_size,
+                                 num_frames=args.num_frames, lr=args.lr, seed=args.seed)  # fmt: skip
+    print(f"causal video tokenizer saved to {args.out}")
+
+
 def _add_train_drafter(sub) -> None:
     p = sub.add_parser("drafter", help="train a speculative-decoding drafter for a preset's generator")
     p.add_argument("--preset", required=True, help="preset whose (shipped) generator is the target")
@@ -256,6 +300,7 @@ def _add_generate(sub) -> None:
         "--download", action="store_true", help="hub presets: download the official files if missing"
     )
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
+    p.add_argument("--num-frames", type=int, default=16, help="video presets: frames per video (mp4 + gif)")
     p.set_defaults(func=_run_generate)
 
 
@@ -272,11 +317,28 @@ def _run_generate(args) -> None:
         if num_classes > MAX_DEFAULT_CLASSES:
             raise ValueError(f"{args.preset} has {num_classes} classes: pick some with --class-labels")
         labels = list(range(num_classes))
+    if pipe.preset.task == "class-to-video":
+        _generate_videos(pipe, args, labels)
+        return
     out = pipe(prompt=args.prompt, class_labels=labels, num_images_per_prompt=args.num_images_per_prompt,
                generator=torch.Generator().manual_seed(args.seed), guidance_scale=args.guidance_scale,
                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                negative_prompt=args.negative_prompt)  # fmt: skip
     paths = save_images(out, args.out, grid_columns=None if args.no_grid else args.num_images_per_prompt)
+    print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
+
+
+def _generate_videos(pipe, args, labels) -> None:
+    import torch
+
+    from arstudio.export import mp4_available, save_videos
+
+    if args.top_k is not None or args.top_p is not None or args.negative_prompt is not None:
+        raise ValueError("--top-k, --top-p and --negative-prompt do not apply to video presets")
+    out = pipe(prompt=args.prompt, class_labels=None if args.prompt else labels, num_frames=args.num_frames,
+               num_videos_per_prompt=args.num_images_per_prompt, generator=torch.Generator().manual_seed(args.seed),
+               guidance_scale=args.guidance_scale, temperature=args.temperature)  # fmt: skip
+    paths = save_videos(out, args.out, formats=("mp4", "gif") if mp4_available() else ("gif",), scale=4)
     print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
 
 
@@ -360,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier(train_sub)
     _add_train_drafter(train_sub)
     _add_train_distill(train_sub)
+    _add_train_video_generator(train_sub)
+    _add_train_causal_video_tokenizer(train_sub)
     return parser
 
 

@@ -67,3 +67,93 @@ def save_images(output, out_dir: str | Path, grid_columns: int | None = None) ->
         atomic_write_bytes(path, png_bytes(make_grid(arrays, max(1, grid_columns))))
         paths.append(path)
     return paths
+
+
+# ---- video: mp4 (H.264 through imageio's bundled ffmpeg) and gif (Pillow through imageio) ----------------
+VIDEO_FORMATS = ("mp4", "gif")
+
+
+def _frames_array(frames) -> np.ndarray:
+    """A list of PIL images / uint8 arrays, or a (T, H, W, 3) array -> uint8 (T, H, W, 3)."""
+    array = np.stack([np.asarray(f) for f in frames]) if isinstance(frames, (list, tuple)) else frames
+    if (
+        not isinstance(array, np.ndarray)
+        or array.ndim != 4
+        or array.shape[-1] != 3
+        or array.dtype != np.uint8
+    ):
+        shape = getattr(array, "shape", type(array).__name__)
+        raise ValueError(f"video frames must be uint8 (T, H, W, 3) with T >= 1; got {shape}")
+    if len(array) == 0:
+        raise ValueError("a video needs at least one frame")
+    return array
+
+
+def mp4_available() -> bool:
+    """Whether mp4 export works here (imageio-ffmpeg's bundled ffmpeg is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
+def video_bytes(frames, fmt: str = "mp4", fps: int = 8, scale: int = 1) -> bytes:
+    """Encode frames as ``fmt`` ("mp4" or "gif"); ``scale`` enlarges pixels (nearest) for viewing."""
+    import imageio.v3 as iio
+
+    if fmt not in VIDEO_FORMATS:
+        raise ValueError(f"video format {fmt!r} is not supported; use one of {VIDEO_FORMATS}")
+    if not isinstance(fps, int) or not 1 <= fps <= 60 or not isinstance(scale, int) or not 1 <= scale <= 16:
+        raise ValueError(f"fps={fps!r} must be an integer in [1, 60] and scale={scale!r} one in [1, 16]")
+    array = _frames_array(frames).repeat(scale, axis=1).repeat(scale, axis=2)
+    if fmt == "gif":
+        return iio.imwrite("<bytes>", array, extension=".gif", duration=1000 / fps, loop=0)
+    if not mp4_available():  # imageio's ffmpeg plugin needs the binary imageio-ffmpeg bundles
+        raise RuntimeError(
+            "mp4 export needs imageio-ffmpeg: pip install 'arstudio[video]' (gif works without)"
+        )
+    # yuv420p (what every player reads) needs even sides; macro_block_size 16 pads the rest, 32 px is exact.
+    return iio.imwrite("<bytes>", array, extension=".mp4", fps=fps, codec="libx264", macro_block_size=16)
+
+
+def read_video(path: str | Path, max_frames: int = 1024) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) of an mp4 or gif file; anything else, or a file that does not decode, is a
+    ValueError naming the file."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in VIDEO_FORMATS:
+        raise ValueError(f"{str(path)!r} is not a video file arstudio reads; allowed: {VIDEO_FORMATS}")
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {str(path)!r} does not exist")
+    try:
+        frames = iio.imread(path, index=None, extension=f".{suffix}")
+    except Exception as err:  # imageio/ffmpeg raise many types for a broken file
+        raise ValueError(f"{str(path)!r} could not be decoded as {suffix}: {err}".splitlines()[0]) from err
+    frames = np.asarray(frames)
+    if frames.ndim == 3:  # a one-frame gif comes back as (H, W, C)
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] not in (3, 4) or len(frames) == 0:
+        raise ValueError(
+            f"{str(path)!r} decoded to an unexpected shape {frames.shape}; expected (T, H, W, 3)"
+        )
+    if len(frames) > max_frames:
+        raise ValueError(f"{str(path)!r} has {len(frames)} frames; at most {max_frames} are allowed")
+    return np.ascontiguousarray(frames[..., :3].astype(np.uint8))
+
+
+def save_videos(
+    output, out_dir: str | Path, formats=VIDEO_FORMATS, fps: int = 8, scale: int = 1
+) -> list[Path]:
+    """Write each video of a ``VideoOutput`` as ``{index:04d}_{seed}.{mp4,gif}`` plus a ``.json`` sidecar with
+    its metadata (mp4/gif have no text chunk every reader keeps)."""
+    out_dir = Path(out_dir)
+    paths = []
+    for index, (frames, meta) in enumerate(zip(output.frames, output.metadata, strict=True)):
+        stem = f"{index:04d}_{meta['seed']}"
+        for fmt in formats:
+            atomic_write_bytes(out_dir / f"{stem}.{fmt}", video_bytes(frames, fmt, fps, scale))
+            paths.append(out_dir / f"{stem}.{fmt}")
+        atomic_write_bytes(out_dir / f"{stem}.json", json.dumps(meta, sort_keys=True, indent=1).encode())
+        paths.append(out_dir / f"{stem}.json")
+    return paths

@@ -17,6 +17,7 @@ from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.continuous import ContinuousGeneratorConfig
 from arstudio.generators.control import ControlConfig
 from arstudio.generators.image import GeneratorConfig, condition_len
+from arstudio.generators.video import VideoGeneratorConfig
 from arstudio.tokenizers.bridge import BridgeConfig
 from arstudio.tokenizers.kl import KLConfig
 from arstudio.tokenizers.vq import VQConfig
@@ -46,9 +47,9 @@ class HubWeights:
 class Preset:
     name: str
     description: str
-    task: str  # "class-to-image" or "text-to-image"; control and video tasks come with their issues
+    task: str  # "class-to-image", "text-to-image" or "class-to-video"; control comes with its issue
     tokenizer: VQConfig | KLConfig | BridgeConfig
-    generator: GeneratorConfig | ContinuousGeneratorConfig
+    generator: GeneratorConfig | ContinuousGeneratorConfig | VideoGeneratorConfig
     weights: str | None = None  # folder under arstudio/weights with tokenizer/ and generator/; None = random
     init_seed: int = 0  # random-init presets are built from this seed
     defaults: dict = field(default_factory=dict)  # sampling defaults: guidance_scale, temperature, ...
@@ -77,9 +78,10 @@ def register_preset(preset: Preset) -> Preset:
     return preset
 
 
-def list_presets(pattern: str = "*") -> list[str]:
-    """Names of the registered presets matching a glob pattern, sorted."""
-    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+def list_presets(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Names of the registered presets matching a glob pattern (and a task, e.g. "class-to-video"), sorted."""
+    return sorted(name for name, preset in _REGISTRY.items()
+                  if fnmatch.fnmatch(name, pattern) and task in (None, preset.task))  # fmt: skip
 
 
 def get_preset(name: str) -> Preset:
@@ -402,6 +404,50 @@ register_preset(
             "top_p": 1.0,
             "num_inference_steps": 8,
         },
+        class_names=_shapes_class_names(),
+    )
+)
+
+
+# ---- video (issue 8): FAR next-frame flow on frame-wise KL latents of sprite clips ----
+register_preset(
+    Preset(
+        name="sprites-video",
+        description="Class-conditional sprite videos (a shapes-c2i object bouncing around), 32 px frames as "
+        "8x8 KL latents, FAR next-frame flow matching trained on 8-frame windows",
+        task="class-to-video",
+        tokenizer=SHAPES_KL,
+        generator=VideoGeneratorConfig(
+            token_dim=8,
+            head_width=128,
+            head_depth=2,
+            train_frames=8,
+            max_frames=64,
+            backbone=BackboneConfig(dim=128, n_layer=4, n_head=4, grid_size=8, prefix_len=1),
+        ),
+        weights="sprites-video",
+        defaults={"guidance_scale": 1.5, "temperature": 1.0, "num_inference_steps": 20},
+        class_names=_shapes_class_names(),
+    )
+)
+
+register_preset(
+    Preset(
+        name="test-tiny-video",
+        description="Tiny random-init video generator for tests (16 px frames, 4x4 latents of 4 dims)",
+        task="class-to-video",
+        tokenizer=_TINY_KL,
+        generator=VideoGeneratorConfig(
+            token_dim=4,
+            head_width=32,
+            head_depth=1,
+            train_frames=4,
+            max_frames=16,
+            time_rope_pairs=2,
+            short_frames=2,
+            backbone=_TINY_BACKBONE,
+        ),
+        defaults={"guidance_scale": 1.5, "temperature": 1.0, "num_inference_steps": 4},
         class_names=_shapes_class_names(),
     )
 )

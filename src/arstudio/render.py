@@ -5,6 +5,8 @@
     (--multi_gpu also gives N CPU processes on a machine without GPUs; torchrun --nproc_per_node N works too)
 
 One job per line, e.g. ``{"preset": "shapes-c2i", "class": "red circle", "seed": 0, "count": 4}``.
+Video presets take video jobs: ``{"preset": "sprites-video", "class": "red circle", "seed": 0,
+"num_frames": 16, "format": "gif"}`` (one gif or mp4 per seed; ``VIDEO_KEYS``; the recipe is in the manifest).
 Keys: see ``JOB_KEYS``. Every image is identified by (job, seed), and its file name is derived from both,
 so a run can be killed at any moment (kill -9 included) and started again:
 
@@ -37,6 +39,8 @@ SAMPLING_KEYS = ("guidance_scale", "temperature", "top_k", "top_p", "cfg_interva
 JOB_KEYS = ("preset", "prompt", "class", "negative_prompt", "seeds", "seed", "count", "decoding",
             *SAMPLING_KEYS)  # fmt: skip
 MAX_IMAGES_PER_JOB = 10_000
+VIDEO_KEYS = ("num_frames", "num_inference_steps", "temporal_decay", "format")
+VIDEO_SAMPLING_KEYS = ("guidance_scale", "temperature")
 
 
 class JobError(ValueError):
@@ -61,7 +65,7 @@ class Job:
     def file_name(self, seed: int) -> str:
         condition = self.spec.get("prompt", self.spec.get("class", ""))
         slug = re.sub(r"[^a-z0-9]+", "-", str(condition).lower()).strip("-")[:40] or "image"
-        return f"{slug}_{self.key}_{seed}.png"
+        return f"{slug}_{self.key}_{seed}.{self.spec.get('format', 'png')}"
 
 
 # ---- jobs -------------------------------------------------------------------------------------------
@@ -102,6 +106,8 @@ def parse_job(raw, line: int = 1) -> Job:
     try:
         if not isinstance(raw, dict):
             raise ValueError(f"a job must be a JSON object, got {type(raw).__name__}")
+        if "preset" in raw and get_preset(raw["preset"]).task == "class-to-video":
+            return _parse_video_job(raw, line)
         decoding = raw.get("decoding", "ar")
         if decoding not in DECODING_PARAMS:
             raise ValueError(f"decoding={decoding!r} is unknown; allowed: {list(DECODING_PARAMS)}")
@@ -138,6 +144,33 @@ def parse_job(raw, line: int = 1) -> Job:
         return Job(line=line, spec=spec, seeds=_check_seeds(raw))
     except (ValueError, KeyError, TypeError) as err:
         raise JobError(line, describe_error(err)) from err
+
+
+def _parse_video_job(raw: dict, line: int) -> Job:
+    """A job for a video preset: class and seeds as for images, plus ``VIDEO_KEYS``; FAR decoding only."""
+    unknown = sorted(set(raw) - {"preset", "prompt", "class", "seeds", "seed", "count", "decoding",
+                                 *VIDEO_SAMPLING_KEYS, *VIDEO_KEYS})  # fmt: skip
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} for a video preset; allowed: "
+                         f"{['preset', 'class', 'prompt', 'seed', 'count', 'seeds', *VIDEO_SAMPLING_KEYS, *VIDEO_KEYS]}")  # fmt: skip
+    if raw.get("decoding", "far") != "far":
+        raise ValueError(f"decoding={raw['decoding']!r}: video presets decode with 'far' only")
+    if ("prompt" in raw) == ("class" in raw):
+        raise ValueError("give exactly one of prompt (a class name) or class (id or name)")
+    fmt = raw.get("format", "gif")
+    if fmt not in ("gif", "mp4"):
+        raise ValueError(f"format={fmt!r} is not a video format; allowed: ['gif', 'mp4']")
+    for key in ("num_frames", "num_inference_steps"):
+        if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 1):
+            raise ValueError(f"{key}={raw[key]!r} must be an integer >= 1")
+    for key in ("temporal_decay", *VIDEO_SAMPLING_KEYS):
+        if key in raw and (
+            isinstance(raw[key], bool) or not isinstance(raw[key], (int, float)) or raw[key] < 0
+        ):
+            raise ValueError(f"{key}={raw[key]!r} must be a number >= 0")
+    spec = {k: v for k, v in raw.items() if k not in ("seeds", "seed", "count")}
+    spec.update(decoding="far", format=fmt)
+    return Job(line=line, spec=spec, seeds=_check_seeds(raw))
 
 
 def read_jobs(path: str | Path) -> tuple[list[Job], list[JobError]]:
@@ -292,6 +325,8 @@ def _render_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict
     from arstudio.export import png_bytes
     from arstudio.io import atomic_write_bytes
 
+    if job.spec["decoding"] == "far":
+        return _render_video_chunk(pipe, job, start, seeds, done, out_dir)
     if job.spec["decoding"] not in pipe.decoding_strategies:
         raise ValueError(f"decoding={job.spec['decoding']!r} is not available for preset "
                          f"{job.spec['preset']!r}; allowed: {list(pipe.decoding_strategies)}")  # fmt: skip
@@ -309,6 +344,33 @@ def _render_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict
         append_manifest(out_dir, {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "line": job.line,
                                   "job": job.spec, "seed": seed, "seed_index": start + offset,
                                   "timings": {"seconds": per_image_s}, "stats": out.stats})  # fmt: skip
+        written += 1
+    return written
+
+
+def _render_video_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict, out_dir: Path) -> int:
+    """One gif/mp4 per seed (pipeline errors, e.g. num_frames over the preset's maximum, name the value)."""
+    import torch
+
+    from arstudio.export import video_bytes
+    from arstudio.io import atomic_write_bytes
+
+    kwargs = _call_kwargs(job)
+    kwargs.pop("decoding")
+    fmt = kwargs.pop("format")
+    out = pipe(**kwargs, num_videos_per_prompt=len(seeds), output_type="np",
+               generator=[torch.Generator().manual_seed(s) for s in seeds])  # fmt: skip
+    written = 0
+    for offset, (seed, frames, meta) in enumerate(zip(seeds, out.frames, out.metadata, strict=True)):
+        name = job.file_name(seed)
+        if name in done:
+            continue
+        data = video_bytes(frames, fmt)
+        atomic_write_bytes(out_dir / name, data)
+        append_manifest(out_dir, {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "line": job.line,
+                                  "job": job.spec, "seed": seed, "seed_index": start + offset,
+                                  "metadata": {**meta, "batch_seeds": list(seeds)},
+                                  "timings": {"seconds": out.timings["total_s"] / len(seeds)}})  # fmt: skip
         written += 1
     return written
 

@@ -6,6 +6,10 @@ It maps input embeddings (condition prefix + token embeddings) to hidden states.
 
 Blocks follow LlamaGen/Llama: pre-norm RMSNorm, fused ``wqkv`` with optional grouped-query attention,
 SwiGLU feed-forward, 2D RoPE, attention through ``scaled_dot_product_attention``.
+
+Video (``generators/video.py``) uses the same blocks with its own mask (block-causal over frames, plus an
+optional temporal-decay bias) and its own 3D RoPE rows, passed to ``forward`` / ``step``; its cache slots
+need not be sequence positions (rotations are applied before keys are cached, so a slot is just storage).
 """
 
 from __future__ import annotations
@@ -175,15 +179,17 @@ class Backbone(nn.Module):
         self.register_buffer("rope", table, persistent=False)
         self.caches: list[KVCache] | None = None
 
-    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
+    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0,
+                    length: int | None = None) -> None:  # fmt: skip
         """Allocate one static cache per layer for ``batch_size`` sequences of up to ``max_len`` tokens.
 
         ``extra`` adds room past the end: speculative decoding verifies drafts that may run beyond the last
-        image token (they are discarded, but they are written before they are judged).
+        image token (they are discarded, but they are written before they are judged). ``length`` replaces
+        ``max_len`` (video: the slots its frame layout needs).
         """
         ref = self.norm.weight
         cfg = self.cfg
-        length = cfg.max_len + extra
+        length = (cfg.max_len if length is None else length) + extra
         self.caches = [
             KVCache(batch_size, cfg.kv_heads, length, cfg.head_dim, device or ref.device, dtype or ref.dtype)
             for _ in self.layers
@@ -192,20 +198,29 @@ class Backbone(nn.Module):
     def reset_cache(self) -> None:
         self.caches = None
 
-    def forward(self, x: torch.Tensor, inject: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask=None, rope=None, inject: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """Training / full pass without cache: x (B, L, dim) -> hidden (B, L, dim).
 
+        Default: causal attention and the 2D table's first L rotations. ``mask`` (bool visibility or float
+        bias, broadcastable to (B, heads, L, L)) and ``rope`` rows (L, head_dim // 2, 2) replace them.
         ``inject``: {block index: (B, L, dim)} added to that block's input (ControlAR's control fusion).
         """
-        rope = self.rope[: x.shape[1]]
+        rope = self.rope[: x.shape[1]] if rope is None else rope
         for index, layer in enumerate(self.layers):
             if inject and index in inject:
                 x = x + inject[index]
-            x = layer(x, rope)
+            x = layer(x, rope, mask=mask)
         return self.norm(x)
 
     def step(
-        self, x: torch.Tensor, input_pos: torch.Tensor, inject: dict[int, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        input_pos: torch.Tensor,
+        mask=None,
+        rope=None,
+        inject: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Cached pass: x (B, T, dim) at increasing sequence positions -> hidden (B, T, dim).
 
@@ -213,21 +228,24 @@ class Backbone(nn.Module):
         steps one position), or (B, T) when each row is at its own place (batched speculative decoding,
         where rows accept different numbers of drafts). Keys past a row's position are never seen, so a
         rejected draft left in the cache is harmless: it is overwritten before it could be attended to.
+
+        ``mask`` (bool or float, (1 or B, 1, T, kv_len)) and ``rope`` rows (T, head_dim // 2, 2) replace the
+        causal-by-position defaults: video writes a frame's slots and says itself which slots it sees.
         ``inject`` as in ``forward``, for these T positions.
         """
         if self.caches is None or self.caches[0].k.shape[0] != x.shape[0]:
             raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
         if input_pos.ndim == 2 and bool((input_pos == input_pos[:1]).all()):
             input_pos = input_pos[0]  # rows in step (batch 1, or all rows aligned): the cheaper shared path
-        mask = None
-        if x.shape[1] > 1 or input_pos.ndim == 2:
+        if mask is None and (x.shape[1] > 1 or input_pos.ndim == 2):
             # Each query sees the cached keys at positions <= its own: a boolean mask
             # (1 or B, 1, T, kv_len), kv_len = last position + 1.
             keys = torch.arange(int(input_pos.max()) + 1, device=x.device)
             mask = keys <= input_pos[..., None]  # ([B,] T, kv_len)
             mask = mask[:, None] if input_pos.ndim == 2 else mask[None, None]
-        # Positions past the image (speculative overshoot, discarded anyway) reuse the last rotation.
-        rope = self.rope[input_pos.clamp(max=self.rope.shape[0] - 1)]
+        if rope is None:
+            # Positions past the image (speculative overshoot, discarded anyway) reuse the last rotation.
+            rope = self.rope[input_pos.clamp(max=self.rope.shape[0] - 1)]
         for index, (layer, cache) in enumerate(zip(self.layers, self.caches, strict=True)):
             if inject and index in inject:
                 x = x + inject[index]

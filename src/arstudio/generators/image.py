@@ -180,7 +180,7 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         control = self._control_for(tokens.shape[0], control)
         x = torch.cat([self._prefix(cond, control), self.embed(tokens[:, :-1])], dim=1)
         inject = self._inject(control, torch.arange(x.shape[1], device=x.device))
-        return self.backbone(x, inject)[:, self.prefix_len - 1 :]  # (B, P + N - 1, dim) -> (B, N, dim)
+        return self.backbone(x, inject=inject)[:, self.prefix_len - 1 :]  # (B, P + N - 1, dim) -> (B, N, dim)
 
     def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
         self.backbone.setup_cache(batch_size, device, dtype, extra)
@@ -191,13 +191,13 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         control = self._control_for(cond.shape[0], None)
         prefix = self._prefix(cond, control)
         positions = torch.arange(prefix.shape[1], device=prefix.device)
-        return self.backbone.step(prefix, positions, self._inject(control, positions))
+        return self.backbone.step(prefix, positions, inject=self._inject(control, positions))
 
     def step_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """tokens (B, T, ...) at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> hidden (B, T, dim)
         for the next ones."""
         inject = self._inject(self._control_for(tokens.shape[0], None), input_pos)
-        return self.backbone.step(self.embed(tokens), input_pos, inject)
+        return self.backbone.step(self.embed(tokens), input_pos, inject=inject)
 
 
 class ImageGenerator(PrefixARGenerator):

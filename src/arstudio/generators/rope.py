@@ -50,3 +50,20 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, L, heads, head_dim // 2)
     rotation = torch.view_as_complex(table.float().contiguous()).unsqueeze(-2)  # ([B,] L, 1, head_dim // 2)
     return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+
+
+def rope_axes_table(coords: torch.Tensor, pairs: tuple[int, ...], base: float = 10000.0) -> torch.Tensor:
+    """N-axis RoPE (video: frame, row, column): coords (L, A) float -> (L, sum(pairs), 2) (cos, sin).
+
+    Axis a gets ``pairs[a]`` rotation pairs with frequencies base^(-2i / (2 pairs[a])), as each axis of the
+    2D table does. NaN coordinates (condition prefix) get no rotation. Coordinates may be fractional: a
+    compressed long-term token sits at the centre of the patch it pools.
+    """
+    if coords.ndim != 2 or coords.shape[1] != len(pairs):
+        raise ValueError(f"coords must be (L, {len(pairs)}); got {tuple(coords.shape)}")
+    angles = []
+    for axis, n in enumerate(pairs):
+        freqs = 1.0 / (base ** (torch.arange(n, device=coords.device).float() * 2 / (2 * n)))
+        angles.append(coords[:, axis : axis + 1].float() * freqs[None])  # (L, n)
+    angles = torch.cat(angles, dim=1).nan_to_num(0.0)  # prefix rows: angle 0, i.e. cos 1 and sin 0
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)

@@ -15,7 +15,9 @@ from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder
+from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
 from arstudio.pipelines.image import ImagePipeline
+from arstudio.pipelines.video import VideoPipeline
 from arstudio.presets import WEIGHTS_ROOT, Preset, get_preset
 from arstudio.tokenizers.bridge import BridgeConfig, BridgeTokenizer
 from arstudio.tokenizers.kl import KLConfig, KLTokenizer
@@ -35,6 +37,8 @@ def _tokenizer_class(config):
 
 
 def _generator_class(config):
+    if isinstance(config, VideoGeneratorConfig):
+        return VideoGenerator
     return ContinuousImageGenerator if isinstance(config, ContinuousGeneratorConfig) else ImageGenerator
 
 
@@ -162,6 +166,8 @@ def load_pipeline(
     generator = _load_component(
         preset, "generator", generator_cls, preset.generator, _random_generator, device, dtype, source
     )
+    if isinstance(generator, VideoGenerator):
+        return VideoPipeline(tokenizer, generator, preset, device, dtype)
     text_encoder = None
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device)

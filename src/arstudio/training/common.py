@@ -30,6 +30,23 @@ def seeded(build, seed: int):
         return build()
 
 
+def generator_optimizer(model, lr: float, new_params=(), old_lr_scale: float = 1.0):
+    """AdamW (betas 0.9 / 0.95) with weight decay 0.05 on matrices only: norms, biases and embeddings' 1-D
+    parameters are not pulled to zero (the generators' recipe).
+
+    ``new_params``: names of parameters a warm start did not load (e.g. a new control encoder); they train
+    at ``lr`` while the loaded ones train at ``old_lr_scale * lr`` (``set_lr`` honours each group's
+    ``lr_scale``). Groups: loaded then new, each decay then no-decay; empty groups are left out, so a
+    run without a warm start has the two groups its checkpoints hold.
+    """
+    groups = []
+    for is_new, scale in ((False, old_lr_scale), (True, 1.0)):
+        params = [p for name, p in model.named_parameters() if (name in new_params) == is_new]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.05, "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
+
+
 def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup

@@ -26,6 +26,7 @@ from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
+    generator_optimizer,
     make_accelerator,
     optimizer_step,
     resume_checkpoint,
@@ -199,16 +200,8 @@ def train_generator(
             new_keys += [k for k in model.state_dict() if k.startswith("head.")]
         else:
             load_weights_into(model, init_from, allow_missing=tuple(new_keys))
-    groups = []
-    for is_new in (False, True):
-        scale = warm_lr_scale if init_from is not None and not is_new else 1.0
-        # Without a warm start every parameter is "old": two groups, as checkpoints of earlier runs hold.
-        params = [
-            (n, p) for n, p in model.named_parameters() if (init_from is not None and n in new_keys) == is_new
-        ]
-        groups += [{"params": [p for n, p in params if p.ndim >= 2], "weight_decay": 0.05, "lr_scale": scale},
-                   {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
+    warm = init_from is not None  # without a warm start nothing is "new": one learning rate for all
+    optimizer = generator_optimizer(model, lr, new_keys if warm else (), warm_lr_scale if warm else 1.0)
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -20,6 +20,7 @@ from arstudio.ui.control_tab import build_control_tab, control_presets  # noqa: 
 from arstudio.ui.decoding_lab import build_decoding_lab  # noqa: E402
 from arstudio.ui.image_tab import build_image_tab  # noqa: E402
 from arstudio.ui.tokenizer_lab import build_tokenizer_lab  # noqa: E402
+from arstudio.ui.video_tab import VIDEO_TASK, build_video_tab, first_loadable  # noqa: E402
 
 __all__ = ["MAX_UPLOAD", "create_app", "launch"]
 QUEUE_SIZE = 32  # waiting requests beyond this are refused with a message instead of piling up
@@ -34,15 +35,24 @@ def create_app(preset: str | None = None, device=None, presets: list[str] | None
         raise ValueError(f"preset {preset!r} is not among the offered presets {presets}")
     cache = PipelineCache(device)
     cache.get(preset)  # fail at start-up, with the loader's message, rather than on first click
+    # Video presets get their own tab; the image tabs offer the rest.
+    video_presets = [p for p in presets if p in set(arstudio.list_presets(task=VIDEO_TASK))]
+    image_presets = [p for p in presets if p not in video_presets]
+    if preset in video_presets:  # a video preset asked for at start: the image tabs start elsewhere
+        preset = image_presets[0] if image_presets else preset
     # delete_cache: Gradio's own copies of served files, cleared hourly (files older than a day go).
     with gr.Blocks(title="arstudio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# arstudio\nAutoregressive image generation: pick a preset, generate, inspect, compare.")
         with gr.Tab("Image", id="image"):
-            controls = build_image_tab(cache, presets, preset)
+            controls = build_image_tab(cache, image_presets, preset)
         with gr.Tab("Decoding lab", id="decoding"):
             build_decoding_lab(cache, controls)
         with gr.Tab("Tokenizer lab", id="tokenizer"):
-            build_tokenizer_lab(cache, presets, preset)
+            build_tokenizer_lab(cache, image_presets, preset)
+        video_start = first_loadable(cache, video_presets)
+        if video_start is not None:
+            with gr.Tab("Video", id="video"):
+                build_video_tab(cache, video_presets, video_start)
         if control_presets(presets):
             with gr.Tab("Control", id="control"):
                 build_control_tab(cache, presets)

@@ -1,0 +1,197 @@
+"""Video pipeline: KL tokenizer (frame-wise latents) + FAR video generator -> frames and metadata.
+
+Class conditions, seeds and generators follow ``ImagePipeline`` (whose helpers it inherits): class names
+("red circle", also "a red circle moving right": the motion words are not conditioned on) or class ids,
+one CPU generator per video. ``context_frames`` turns generation into video prediction.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arstudio.decoding.continuous import check_num_inference_steps
+from arstudio.decoding.video import sample_video
+from arstudio.images import images_to_tensor, tensor_to_images
+from arstudio.pipelines.image import OUTPUT_TYPES, ImagePipeline
+
+MOTION_WORDS = re.compile(r"\s+moving\s+[a-z-]+\s*$")
+
+
+@dataclass
+class VideoOutput:
+    frames: list  # per video: a list of PIL images ("pil") or a uint8 (T, H, W, 3) array ("np")
+    latents: torch.Tensor  # (num_videos, T, h, w, d)
+    seeds: list[int]
+    timings: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    metadata: list[dict] = field(default_factory=list)  # one dict per video
+
+
+class VideoPipeline(ImagePipeline):
+    """``pipe(class_labels=[3], num_frames=16)`` or ``pipe(prompt="red circle")``; ``context_frames`` (uint8
+    (C, H, W, 3) for every video, (B, C, H, W, 3) one clip each, a list of frames, or an mp4/gif path) are
+    kept as the first C frames and the rest is predicted."""
+
+    def __repr__(self) -> str:
+        return f"VideoPipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
+
+    @property
+    def decoding_strategies(self) -> tuple[str, ...]:
+        return ("far",)
+
+    @property
+    def max_frames(self) -> int:
+        return self.generator.config.max_frames
+
+    def decode_frames(self, latents: torch.Tensor) -> np.ndarray:
+        """(B, T, N, d) latents -> uint8 (B, T, H, W, 3)."""
+        b, t, n, d = latents.shape
+        g = self.tokenizer.grid_size
+        pixels = self.tokenizer.decode(latents.reshape(b * t, g, g, d).to(self.dtype)).float()
+        return tensor_to_images(pixels).reshape(b, t, *pixels.shape[2:], 3)
+
+    def preview(self, latents_so_far: torch.Tensor) -> list:
+        """The newest frame of each video (B, T, N, d) as PIL images: the studio's per-frame progress."""
+        from PIL import Image
+
+        return [Image.fromarray(video[-1]) for video in self.decode_frames(latents_so_far[:, -1:])]
+
+    def _context_latents(self, context_frames, count: int, num_frames: int) -> torch.Tensor | None:
+        if context_frames is None:
+            return None
+        if isinstance(context_frames, (str, Path)):
+            from arstudio.export import read_video
+
+            context_frames = read_video(context_frames, max_frames=self.max_frames)
+        if isinstance(context_frames, (list, tuple)):
+            context_frames = np.stack([np.asarray(f) for f in context_frames])
+        r = self.tokenizer.config.resolution
+        array = context_frames
+        if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim not in (4, 5) \
+                or tuple(array.shape[-3:]) != (r, r, 3):  # fmt: skip
+            shape = getattr(array, "shape", type(array).__name__)
+            raise ValueError(
+                f"context_frames must be uint8 frames ({r}, {r}, 3): (C, {r}, {r}, 3) or (videos, C, {r}, {r}, 3); "
+                f"got {shape}"
+            )
+        if array.ndim == 4:
+            array = np.repeat(array[None], count, axis=0)
+        if array.shape[0] != count:
+            raise ValueError(
+                f"context_frames hold {array.shape[0]} clips for {count} videos; pass 1 or one each"
+            )
+        given = array.shape[1]
+        if not 1 <= given < num_frames:
+            raise ValueError(
+                f"{given} context frames for num_frames={num_frames}: give 1..{num_frames - 1} frames"
+            )
+        pixels = images_to_tensor(np.ascontiguousarray(array.reshape(-1, r, r, 3))).to(
+            self.device, self.dtype
+        )
+        latents = self.tokenizer.encode(pixels)  # (count * given, h, w, d)
+        return latents.reshape(count, given, -1, latents.shape[-1])
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        num_frames: int = 16,
+        context_frames=None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        num_inference_steps: int | None = None,
+        temporal_decay: float = 0.0,
+        short_frames: int | None = None,
+        use_cache: bool = True,
+        output_type: str = "pil",
+        callback_on_step_end=None,
+    ) -> VideoOutput:
+        """Generate videos.
+
+        Args:
+            prompt / class_labels: class names or ids, as for class-to-image presets.
+            num_frames: frames per video, 1..``max_frames`` (the model trained on ``train_frames``; longer
+                clips extrapolate, where ``temporal_decay`` helps).
+            context_frames: given first frames (see the class docstring); they must be fewer than num_frames.
+            generator: one torch.Generator, one per video, or None (fresh seeds, in ``.seeds``).
+            guidance_scale, temperature, num_inference_steps: CFG on the velocity, initial-noise scale,
+                Euler steps per frame; None takes the preset's defaults.
+            temporal_decay: FlexRoPE-style test-time decay (attention bias -decay x frame distance); 0 is off.
+            short_frames: frames kept at full resolution as context (None: the model's; 0: never compress).
+            use_cache: the frame KV cache; False recomputes the context every step (speed baseline).
+            callback_on_step_end: ``fn(frame, num_frames, latents_so_far)``; return False to stop early.
+        """
+        from arstudio.data.sprites import check_num_frames
+
+        t0 = time.perf_counter()
+        num_frames = check_num_frames(num_frames, self.max_frames)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt={num_videos_per_prompt!r} must be an integer >= 1")
+        if (
+            isinstance(temporal_decay, bool)
+            or not isinstance(temporal_decay, (int, float))
+            or temporal_decay < 0
+        ):
+            raise ValueError(f"temporal_decay={temporal_decay!r} must be a number >= 0 (0 turns it off)")
+        defaults = self.preset.defaults
+        guidance = defaults.get("guidance_scale", 1.0) if guidance_scale is None else float(guidance_scale)
+        temp = defaults.get("temperature", 1.0) if temperature is None else float(temperature)
+        steps = (
+            defaults.get("num_inference_steps", 20) if num_inference_steps is None else num_inference_steps
+        )
+        check_num_inference_steps(steps, self.generator.head)
+        if isinstance(prompt, str):
+            prompt = MOTION_WORDS.sub("", prompt)
+        elif isinstance(prompt, (list, tuple)):
+            prompt = [MOTION_WORDS.sub("", str(p)) for p in prompt]
+        conditions = self._class_conditions(prompt, class_labels, None, num_videos_per_prompt)
+        count = len(conditions.describe)
+        generators, seeds = self._generators(generator, count)
+        context = self._context_latents(context_frames, count, num_frames)
+        result = sample_video(self.generator, conditions.cond, generators, num_frames, context, guidance, temp,
+                              steps, float(temporal_decay), short_frames, use_cache, callback_on_step_end)  # fmt: skip
+        t1 = time.perf_counter()
+        pixels = self.decode_frames(result.tokens)
+        if output_type == "pil":
+            from PIL import Image
+
+            frames = [[Image.fromarray(f) for f in video] for video in pixels]
+        else:
+            frames = list(pixels)
+        t2 = time.perf_counter()
+        made = result.tokens.shape[1] * count
+        timings = {
+            "sampling_s": t1 - t0,
+            "decode_s": t2 - t1,
+            "total_s": t2 - t0,
+            "frames_per_s": made / (t2 - t0),
+        }
+        g = self.tokenizer.grid_size
+        shared = {
+            "preset": self.preset.name,
+            "num_frames": int(result.tokens.shape[1]),
+            "context_frames": 0 if context is None else int(context.shape[1]),
+            "guidance_scale": guidance,
+            "temperature": temp,
+            "num_inference_steps": steps,
+            "temporal_decay": float(temporal_decay),
+            "short_frames": self.generator.config.short_frames if short_frames is None else short_frames,
+            "decoding": "far",
+            "resolution": self.tokenizer.config.resolution,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        metadata = [{**shared, **row, "seed": s} for row, s in zip(conditions.describe, seeds, strict=True)]
+        latents = result.tokens.reshape(count, -1, g, g, result.tokens.shape[-1])
+        return VideoOutput(frames, latents, seeds, timings, result.stats, metadata)

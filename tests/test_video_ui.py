@@ -1,0 +1,64 @@
+"""The studio's Video tab, served on 127.0.0.1 and driven through gradio_client."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import arstudio
+from arstudio.export import read_video, video_bytes
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+def _request(frames=3, count=1, seed=5, context=None):
+    return ["test-tiny-video", "blue square", frames, count, seed, False, 1.5, 1.0, 2, 0.0, context]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from arstudio.ui import create_app
+
+    app = create_app(preset="test-tiny-c2i", presets=["test-tiny-c2i", "test-tiny-video"])
+    app.launch(
+        server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
+    )
+    try:
+        yield gradio_client.Client(app.local_url, verbose=False)
+    finally:
+        app.close()
+
+
+def test_video_tab_generates_the_api_video_with_downloads(client):
+    preview, video, status, files = client.predict(*_request(), api_name="/generate_video")
+    assert "1 video(s) x 3 frames" in status and "seed 5" in status
+    suffixes = sorted(f.rsplit(".", 1)[1] for f in files)
+    assert suffixes == ["gif", "json", "mp4"] or suffixes == ["gif", "json"]
+    gif = read_video(next(f for f in files if f.endswith(".gif")))
+    meta = json.loads(open(next(f for f in files if f.endswith(".json"))).read())
+    assert meta["seed"] == 5 and meta["class_name"] == "blue square" and meta["num_frames"] == 3
+    pipe = arstudio.load_pipeline("test-tiny-video")
+    api = pipe(prompt="blue square", num_frames=3, num_inference_steps=2, guidance_scale=1.5, output_type="np",
+               generator=[torch.Generator().manual_seed(5)])  # fmt: skip
+    assert np.array_equal(gif[:, ::4, ::4], api.frames[0])  # the UI's video is the API's (gif is lossless)
+
+
+def test_video_tab_predicts_from_an_uploaded_clip_and_refuses_bad_ones(client, tmp_path):
+    clip = np.zeros((2, 16, 16, 3), np.uint8)
+    clip[:, 4:9, 4:9] = (60, 100, 240)
+    good = tmp_path / "context.gif"
+    good.write_bytes(video_bytes(clip, "gif"))
+    _, _, status, _ = client.predict(*_request(frames=4, context=gradio_client.handle_file(str(good))),
+                                     api_name="/generate_video")  # fmt: skip
+    assert "x 4 frames" in status
+    wrong_size = tmp_path / "big.gif"
+    wrong_size.write_bytes(video_bytes(np.zeros((2, 32, 32, 3), np.uint8), "gif"))
+    with pytest.raises(Exception, match="context_frames must be uint8 frames"):
+        client.predict(
+            *_request(context=gradio_client.handle_file(str(wrong_size))), api_name="/generate_video"
+        )
+    broken = tmp_path / "broken.gif"
+    broken.write_bytes(b"GIF89a this is not really a gif")
+    with pytest.raises(Exception, match="could not be decoded"):
+        client.predict(*_request(context=gradio_client.handle_file(str(broken))), api_name="/generate_video")
