@@ -42,17 +42,19 @@ def check_condition_config(config) -> None:
     kind, a prefix as long as the condition (plus the control grid for prefilled control)."""
     if isinstance(config.backbone, dict):  # from config.json
         object.__setattr__(config, "backbone", BackboneConfig(**config.backbone))
-    if isinstance(config.control, dict):
-        object.__setattr__(config, "control", ControlConfig(**config.control))
+    control = getattr(config, "control", None)  # video configs take no control
+    if isinstance(control, dict):
+        control = ControlConfig(**control)
+        object.__setattr__(config, "control", control)
     if config.condition not in ("class", "text"):
         raise ValueError(f"condition={config.condition!r} is not allowed: use 'class' or 'text'")
     if config.condition == "text" and config.text_dim <= 0:
         raise ValueError("a text-conditioned generator needs text_dim > 0 (the text encoder's width)")
-    prefilled = config.control is not None and config.control.mode == "prefill"
+    prefilled = control is not None and control.mode == "prefill"
     if config.backbone.grid_prefix != prefilled:
         raise ValueError(
             f"backbone.grid_prefix={config.backbone.grid_prefix} but the control is "
-            f"{config.control.mode if config.control else None!r}: grid_prefix is for prefilled control only"
+            f"{control.mode if control else None!r}: grid_prefix is for prefilled control only"
         )
     if condition_len(config) < 1 or (config.condition == "class" and condition_len(config) != 1):
         extra = " plus the control grid" if prefilled else ""
@@ -63,7 +65,8 @@ def check_condition_config(config) -> None:
 
 def condition_len(config) -> int:
     """Prefix tokens of the class/text condition: the prefix minus a prefilled control grid."""
-    prefilled = config.control is not None and config.control.mode == "prefill"
+    control = getattr(config, "control", None)
+    prefilled = control is not None and control.mode == "prefill"
     return config.backbone.prefix_len - (config.backbone.grid_size**2 if prefilled else 0)
 
 
@@ -99,10 +102,11 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         self.tok_embeddings = make_tok_embeddings()
         self.backbone = Backbone(config.backbone)
         self.control_encoder = None
-        if config.control is not None:
+        control = getattr(config, "control", None)  # configs of DD and video models have none
+        if control is not None:
             cfg = config.backbone
             self.control_encoder = ControlEncoder(
-                config.control, dim, cfg.grid_size, cfg.n_layer, config.initializer_range
+                control, dim, cfg.grid_size, cfg.n_layer, config.initializer_range
             )
 
     def _init_control(self) -> None:

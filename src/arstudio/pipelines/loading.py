@@ -179,8 +179,11 @@ def load_pipeline(
 def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype) -> dict:
     """Distilled-decoding models: ``dd1/`` and ``dd2/`` beside the generator (checked to be distilled from this
     generator and tokenizer); for random presets, seeded DD models made from the random generator (so tests
-    run the samplers); none for continuous generators or hub presets."""
+    run the samplers); none for continuous generators, control generators (control decodes with "ar" only)
+    or hub presets."""
     if generator.token_kind != "discrete" or not hasattr(tokenizer, "codebook_vectors"):
+        return {}
+    if getattr(generator, "control_encoder", None) is not None:
         return {}
     models = {}
     for offset, method in enumerate(("dd1", "dd2")):
