@@ -295,7 +295,9 @@ register_preset(
             backbone=_SHAPES_CONTINUOUS_BACKBONE,
         ),  # fmt: skip
         weights="shapes-c2i-bridge",
-        defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        # Picked on 240 images of seed 5151 (the benchmark uses seed 0): guidance / temperature 1.5 / 0.3 0.72,
+        # 1.5 / 0.1 0.75 (near-greedy: within the noise, and fewer distinct images), 1.5 / 0.6 0.72, 3.0 / 0.3 0.45.
+        defaults={"guidance_scale": 1.5, "temperature": 0.3, "top_k": 0, "top_p": 1.0},
         class_names=_shapes_class_names(),
     )
 )
