@@ -211,3 +211,12 @@ def test_fidelity_metrics_reward_following_the_control():
     assert position_error(image, (23.0, 23.0)) == 0.0
     assert abs(position_error(elsewhere, (23.0, 23.0)) - np.hypot(16, 16)) < 1e-6
     assert position_error(render([], 32), (23.0, 23.0)) is None
+
+
+@pytest.mark.parametrize("name", ["test-tiny-control", "test-tiny-control-prefill"])
+def test_control_presets_offer_only_plain_decoding(name):
+    """Drafters and DD models read the condition prefix without the control grid: control decodes with 'ar'."""
+    pipe = arstudio.load_pipeline(name)
+    assert pipe.decoding_strategies == ("ar",)
+    with pytest.raises(ValueError, match="not available"):
+        pipe(class_labels=[1], decoding="speculative", generator=torch.Generator().manual_seed(0))

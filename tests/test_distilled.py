@@ -246,3 +246,11 @@ def test_shipped_dd_models_load_with_shapes_c2i_and_refuse_another_teacher(tmp_p
     generator.save_pretrained(tmp_path / "generator")
     with pytest.raises(ValueError, match="distilled from teacher"):
         arstudio.load_pipeline("shapes-c2i", device="cpu", weights=tmp_path)
+
+
+def test_shipped_dd_models_load_in_half_precision():
+    """Pairing fingerprints are taken from float32 weights; a bf16/fp16 load must still pass the check."""
+    for dtype in (torch.bfloat16, torch.float16):
+        pipe = arstudio.load_pipeline("shapes-c2i", dtype=dtype)
+        assert {"dd1", "dd2"} <= set(pipe.decoding_strategies)
+        assert pipe.distilled["dd1"].flag_embedding.weight.dtype == dtype

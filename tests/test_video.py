@@ -149,6 +149,9 @@ def test_pipeline_video_prediction_keeps_the_context(pipe):
         ({"temporal_decay": -1.0}, "temporal_decay"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"output_type": "mp4"}, "output_type"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_scale": "abc"}, "guidance_scale"),
     ],
 )
 def test_pipeline_refuses_bad_input(pipe, kwargs, match):

@@ -54,8 +54,6 @@ def sample_autoregressive(
     params = params or SamplingParams()
     batch, total = cond.shape[0], model.seq_len
     device = cond.device
-    cond = guidance_rows(model, cond, negative_cond, params, control)
-    rows = cond.shape[0]
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
     known = 0 if prefix is None else prefix.shape[1]
     if prefix is not None:
@@ -64,6 +62,9 @@ def sample_autoregressive(
                 f"prefix must be (B={batch}, k < {total}) with the cache on, got {tuple(prefix.shape)}"
             )
         tokens[:, :known] = prefix
+    # After every check that can raise: guidance_rows sets the model's control, which only finally resets.
+    cond = guidance_rows(model, cond, negative_cond, params, control)
+    rows = cond.shape[0]
     pick = pick or (lambda probs, index: draw(probs, generators))
     forwards = 0
     start = time.perf_counter()

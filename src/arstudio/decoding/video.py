@@ -159,11 +159,11 @@ def sample_video(
         return v[batch:] + guidance_scale * (v[:batch] - v[batch:]) if guided else v
 
     cache_bytes = 0
-    if use_cache:
-        model.backbone.setup_cache(rows, device=device, length=len(slots))
-        cache_bytes = sum(c.k.nbytes + c.v.nbytes for c in model.backbone.caches)
-        write_block(model.cls_embedding(rows_cond), PREFIX_FRAME, PREFIX)
-    try:
+    try:  # the cache is set up inside: any failure from here on still frees it
+        if use_cache:
+            model.backbone.setup_cache(rows, device=device, length=len(slots))
+            cache_bytes = sum(c.k.nbytes + c.v.nbytes for c in model.backbone.caches)
+            write_block(model.cls_embedding(rows_cond), PREFIX_FRAME, PREFIX)
         for frame in range(num_frames):
             if use_cache and slots.leaving(frame) is not None:
                 old = slots.leaving(frame)

@@ -360,6 +360,8 @@ class ImagePipeline:
             why = "it ships no drafter" if self.drafter is None else "its tokenizer has no codebook"
             if decoding in DISTILLED_STRATEGIES:
                 why = f"it ships no {decoding.removesuffix('_hybrid')} model"
+            if getattr(self.generator, "control_encoder", None) is not None:
+                why = "a control preset decodes with decoding='ar' only"
             raise ValueError(
                 f"decoding={decoding!r} is not available for preset {self.preset.name!r} ({why}); "
                 f"allowed: {self.decoding_strategies}"

@@ -160,20 +160,26 @@ def load_pipeline(
     device, dtype = _resolve(device, dtype)
     source = _source(preset, weights, download)  # before building anything: missing weights fail fast
     tokenizer_cls, generator_cls = _tokenizer_class(preset.tokenizer), _generator_class(preset.generator)
-    tokenizer = _load_component(preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device, dtype,
+    # Everything loads in float32 and is cast at the end: drafters and DD models check their pairing with a
+    # fingerprint of the float32 weights, and a half-precision round trip would change the hashed values.
+    fp32 = torch.float32
+    tokenizer = _load_component(preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device, fp32,
                                 _tokenizer_source(preset, source))  # fmt: skip
-
     generator = _load_component(
-        preset, "generator", generator_cls, preset.generator, _random_generator, device, dtype, source
+        preset, "generator", generator_cls, preset.generator, _random_generator, device, fp32, source
     )
     if isinstance(generator, VideoGenerator):
-        return VideoPipeline(tokenizer, generator, preset, device, dtype)
+        return VideoPipeline(tokenizer.to(dtype=dtype), generator.to(dtype=dtype), preset, device, dtype)
     text_encoder = None
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device)
-    drafter = _load_drafter(preset, generator, source, device, dtype)
-    distilled = _load_distilled(preset, generator, tokenizer, source, device, dtype)
-    return ImagePipeline(tokenizer, generator, preset, device, dtype, text_encoder, drafter, distilled)
+    drafter = _load_drafter(preset, generator, source, device, fp32)
+    distilled = _load_distilled(preset, generator, tokenizer, source, device, fp32)
+    tokenizer = tokenizer.to(dtype=dtype)
+    drafter = None if drafter is None else drafter.to(dtype=dtype)
+    distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}
+    return ImagePipeline(tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter,
+                         distilled)  # fmt: skip
 
 
 def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype) -> dict:
@@ -203,7 +209,9 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
     """The speculative-decoding drafter: ``drafter/`` beside the generator when there is one, either an
     EAGLE-style ``Drafter`` (checked to be trained for this generator) or an independent small
     ``ImageGenerator`` (checked to share its tokens and condition); a seeded random ``Drafter`` for random
-    presets; none for hub presets."""
+    presets; none for hub presets or control generators (control decodes with "ar" only)."""
+    if getattr(generator, "control_encoder", None) is not None:
+        return None
     if generator.token_kind != "discrete":
         return _load_continuous_draft_model(preset, generator, source, device, dtype)
     if source is None:

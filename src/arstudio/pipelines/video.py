@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from arstudio.decoding.continuous import check_num_inference_steps
+from arstudio.decoding.logits import check_sampling_params
 from arstudio.decoding.video import sample_video
 from arstudio.images import images_to_tensor, tensor_to_images
 from arstudio.pipelines.image import OUTPUT_TYPES, ImagePipeline
@@ -145,8 +146,10 @@ class VideoPipeline(ImagePipeline):
         ):
             raise ValueError(f"temporal_decay={temporal_decay!r} must be a number >= 0 (0 turns it off)")
         defaults = self.preset.defaults
-        guidance = defaults.get("guidance_scale", 1.0) if guidance_scale is None else float(guidance_scale)
-        temp = defaults.get("temperature", 1.0) if temperature is None else float(temperature)
+        guidance = defaults.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale
+        temp = defaults.get("temperature", 1.0) if temperature is None else temperature
+        check_sampling_params(guidance, temp, 0, 1.0)  # top-k / top-p do not apply to the flow head
+        guidance, temp = float(guidance), float(temp)
         steps = (
             defaults.get("num_inference_steps", 20) if num_inference_steps is None else num_inference_steps
         )

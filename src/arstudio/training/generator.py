@@ -192,16 +192,19 @@ def train_generator(
     bridge = continuous and config.head == "bridge"
     if bridge:
         model.bin_values.copy_(tokenizer.quantizer.values)  # the generator embeds ids as de-quantised values
-    new_keys = [k for k in model.state_dict() if k.startswith("control_encoder.")] + list(WARM_START_NEW_KEYS)
+    if warm_lr_scale != 1.0 and init_from is None:
+        raise ValueError(f"warm_lr_scale={warm_lr_scale} applies to a warm start; pass init_from too")
+    new_keys = []  # parameters the warm start did not load: they train at the full rate
     if init_from is not None:
         source = load_safetensors(Path(init_from) / WEIGHTS_NAME)
         if bridge and "bin_values" not in source:  # a diffusion/flow run on the same latents
             warm_start_bridge_trunk(model, source, tokenizer.quantizer, str(init_from))
-            new_keys += [k for k in model.state_dict() if k.startswith("head.")]
+            new_keys = [k for k in model.state_dict() if k.startswith("head.")]
         else:
-            load_weights_into(model, init_from, allow_missing=tuple(new_keys))
-    warm = init_from is not None  # without a warm start nothing is "new": one learning rate for all
-    optimizer = generator_optimizer(model, lr, new_keys if warm else (), warm_lr_scale if warm else 1.0)
+            may_be_new = [k for k in model.state_dict() if k.startswith("control_encoder.")]
+            load_weights_into(model, init_from, allow_missing=tuple(may_be_new) + WARM_START_NEW_KEYS)
+            new_keys = [k for k in model.state_dict() if k not in source]
+    optimizer = generator_optimizer(model, lr, new_keys, warm_lr_scale)
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
