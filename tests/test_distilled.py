@@ -254,3 +254,15 @@ def test_shipped_dd_models_load_in_half_precision():
         pipe = arstudio.load_pipeline("shapes-c2i", dtype=dtype)
         assert {"dd1", "dd2"} <= set(pipe.decoding_strategies)
         assert pipe.distilled["dd1"].flag_embedding.weight.dtype == dtype
+
+
+def test_one_shot_dd_refuses_sampling_it_cannot_apply():
+    pipe = arstudio.load_pipeline("test-tiny-c2i")
+    default = pipe.preset.defaults["temperature"]
+    out = pipe(
+        class_labels=[1], decoding="dd1", temperature=default, generator=torch.Generator().manual_seed(0)
+    )
+    assert out.metadata[0]["temperature"] == default
+    for knob in ({"temperature": default / 2}, {"guidance_scale": 7.0}, {"top_k": 3}):
+        with pytest.raises(ValueError, match=f"{next(iter(knob))}=.*cannot apply"):
+            pipe(class_labels=[1], decoding="dd2", generator=torch.Generator().manual_seed(0), **knob)

@@ -376,6 +376,20 @@ class ImagePipeline:
         elif distilled and num_inference_steps is not None:
             raise ValueError(f"num_inference_steps={num_inference_steps!r} does not apply to dd1_hybrid (its "
                              "forwards follow from dd_hybrid_start); leave it None")  # fmt: skip
+        if decoding in ("dd1", "dd2"):  # one-shot DD samples the distribution it was distilled from
+            asked = {
+                "guidance_scale": guidance_scale,
+                "temperature": temperature,
+                "top_k": top_k,
+                "top_p": top_p,
+            }
+            fixed = [f"{k}={v!r}" for k, v in asked.items() if v is not None and v != defaults.get(k, v)]
+            if fixed:
+                raise ValueError(
+                    f"decoding={decoding!r} samples the teacher's default sampling it was distilled with "
+                    f"({', '.join(f'{k}={defaults.get(k)!r}' for k in asked)}); {', '.join(fixed)} cannot apply "
+                    "(use decoding='dd1_hybrid' or 'ar' to change it)"
+                )
         if noise is not None and not distilled:
             raise ValueError(
                 f"noise= applies to decoding in {DISTILLED_STRATEGIES}, not decoding={decoding!r}"
