@@ -224,3 +224,13 @@ def test_cli_generates_videos(tmp_path):
                  "--out", str(tmp_path)]) == 0  # fmt: skip
     assert len(list(tmp_path.glob("*.gif"))) == 1 and len(list(tmp_path.glob("*.json"))) == 1
     assert main(["generate", "--preset", "test-tiny-video", "--top-k", "3", "--out", str(tmp_path)]) == 2
+
+
+def test_video_config_refuses_text_condition_and_bad_pooling():
+    from dataclasses import replace
+
+    config = get_preset("test-tiny-video").generator
+    with pytest.raises(ValueError, match="class-conditioned"):
+        replace(config, condition="text", text_dim=8)
+    with pytest.raises(ValueError, match="long_pool=0"):
+        replace(config, long_pool=0)

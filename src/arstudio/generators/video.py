@@ -60,6 +60,10 @@ class VideoGeneratorConfig:
 
     def __post_init__(self):
         check_condition_config(self)
+        if self.condition != "class":
+            raise ValueError(f"condition={self.condition!r}: video generators are class-conditioned so far")
+        if not isinstance(self.long_pool, int) or self.long_pool < 1:
+            raise ValueError(f"long_pool={self.long_pool!r} must be an integer >= 1")
         half = self.backbone.head_dim // 2
         spatial = half - self.time_rope_pairs
         if not 0 < self.time_rope_pairs < half or spatial % 2:

@@ -29,6 +29,7 @@ Choices where the paper leaves them open (tested in tests/test_distilled.py):
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from arstudio.generators.distilled import DDGenerator, nearest_codes, straight_t
 from arstudio.io import atomic_write_bytes, load_weights_into
 from arstudio.training.common import checkpoint_due, cosine_lr, make_accelerator, set_lr
 from arstudio.training.distill import _optimizer, dd1_loss
-from arstudio.training.distill_data import load_or_make_pairs, teacher_sampling
+from arstudio.training.distill_data import PAIRS_FILE, load_or_make_pairs, teacher_sampling
 
 T_RANGE = (0.02, 0.98)
 FAKE_DIR = "fake_score"
@@ -159,7 +160,11 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
         model.config = replace(model.config, method="dd2")
     pairs = None
     if dd1_weight > 0 and num_pairs > 0:
-        pairs = load_or_make_pairs(Path(init) if init is not None else out_dir, pipe, num_pairs, seed)
+        # DD1's pairs are reused, copied here rather than extended in place (--init may be the shipped dd1/)
+        reused = Path(init) / PAIRS_FILE if init is not None else None
+        if reused is not None and reused.is_file() and not (out_dir / PAIRS_FILE).is_file():
+            shutil.copyfile(reused, out_dir / PAIRS_FILE)
+        pairs = load_or_make_pairs(out_dir, pipe, num_pairs, seed)
     fake = FakeScore(
         teacher_model.config.backbone.dim, teacher_model.config.vocab_size, model.config.token_dim
     )
