@@ -270,3 +270,10 @@ def test_one_shot_dd_refuses_sampling_it_cannot_apply():
     for knob in ({"temperature": default / 2}, {"guidance_scale": 7.0}, {"top_k": 3}):
         with pytest.raises(ValueError, match=f"{next(iter(knob))}=.*cannot apply"):
             pipe(class_labels=[1], decoding="dd2", generator=torch.Generator().manual_seed(0), **knob)
+
+
+def test_distillation_refuses_a_control_teacher(tmp_path):
+    from arstudio.training.distill import train_dd1
+
+    with pytest.raises(ValueError, match="control encoder"):
+        train_dd1(tmp_path / "dd1", "test-tiny-control", steps=1, batch_size=2, num_pairs=2)

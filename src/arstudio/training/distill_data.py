@@ -46,6 +46,11 @@ def load_or_make_pairs(out_dir: Path, pipe, num_pairs: int, seed: int = 0, chunk
 
     if pipe.generator.config.condition != "class":
         raise ValueError("DD pair generation supports class-conditional teachers (shapes-c2i) so far")
+    if getattr(pipe.generator, "control_encoder", None) is not None:
+        raise ValueError(
+            f"{pipe.preset.name!r} has a control encoder: control presets decode with 'ar' only, so a DD model "
+            "distilled from it could never be loaded; distil its base preset (e.g. shapes-c2i) instead"
+        )
     path = Path(out_dir) / PAIRS_FILE
     table = {"noise": [], "tokens": [], "cond": []}
     done = 0
