@@ -22,6 +22,7 @@ from arstudio.generators.distilled import DDGenerator
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
+    generator_optimizer,
     make_accelerator,
     optimizer_step,
     resume_checkpoint,
@@ -50,13 +51,6 @@ def dd1_loss(model: DDGenerator, noise, tokens, cond, codebook, generator, vecto
     return ce + vector_weight * mse, {"ce": ce.item(), "mse": mse.item()}
 
 
-def _optimizer(model, lr):
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))  # fmt: skip
-
-
 def train_dd1(out_dir: str | Path, teacher: str = "shapes-c2i", steps: int = 1500, batch_size: int = 64,
               lr: float = 5e-4, num_pairs: int = 10_000, seed: int = 0, save_every: int = 100,
               logits_tokens: int | None = None, two_step_start: int | None = None, vector_weight: float = 1.0) -> DDGenerator:  # fmt: skip
@@ -71,7 +65,7 @@ def train_dd1(out_dir: str | Path, teacher: str = "shapes-c2i", steps: int = 150
     split = {"logits_tokens": logits_tokens, "two_step_start": two_step_start}  # None: 5/16 of the tokens
     split = {k: v for k, v in split.items() if v is not None}
     model = DDGenerator.from_teacher(pipe.generator, pipe.tokenizer, method="dd1", **split)
-    optimizer = _optimizer(model, lr)
+    optimizer = generator_optimizer(model, lr)
     start = resume_checkpoint(model, optimizer, out_dir)
     accelerator = make_accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -43,8 +43,8 @@ from arstudio.decoding.logits import classifier_free_guidance, filter_logits
 from arstudio.generators.adaln_mlp import AdaLNMLP
 from arstudio.generators.distilled import DDGenerator, nearest_codes, straight_through_codes
 from arstudio.io import atomic_write_bytes, load_weights_into
-from arstudio.training.common import checkpoint_due, cosine_lr, make_accelerator, set_lr
-from arstudio.training.distill import _optimizer, dd1_loss
+from arstudio.training.common import checkpoint_due, cosine_lr, generator_optimizer, make_accelerator, set_lr
+from arstudio.training.distill import dd1_loss
 from arstudio.training.distill_data import PAIRS_FILE, load_or_make_pairs, teacher_sampling
 
 T_RANGE = (0.02, 0.98)
@@ -168,7 +168,7 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
     fake = FakeScore(
         teacher_model.config.backbone.dim, teacher_model.config.vocab_size, model.config.token_dim
     )
-    optimizer = _optimizer(model, lr)
+    optimizer = generator_optimizer(model, lr)
     fake_optimizer = torch.optim.AdamW(fake.parameters(), lr=fake_lr, betas=(0.0, 0.99), weight_decay=0.0)
     start = _resume(model, fake, optimizer, fake_optimizer, out_dir)
     accelerator = make_accelerator()
