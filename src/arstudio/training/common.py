@@ -64,6 +64,18 @@ def save_checkpoint(model, optimizer, step: int, out_dir: Path, extra: dict | No
     atomic_write_bytes(out_dir / TRAIN_STATE, buffer.getvalue())
 
 
+def start_training(model, optimizer, out_dir: Path):
+    """Resume from ``out_dir``'s checkpoint (if any), then hand model and optimizer to accelerate.
+
+    Returns (first step, accelerator, wrapped model, wrapped optimizer, the unwrapped model): the loop steps the
+    wrapped pair and calls the unwrapped model's own methods (loss, save) directly.
+    """
+    start = resume_checkpoint(model, optimizer, out_dir)
+    accelerator = make_accelerator()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return start, accelerator, model, optimizer, accelerator.unwrap_model(model)
+
+
 def resume_checkpoint(model, optimizer, out_dir: Path) -> int:
     """Load weights and optimizer state from ``out_dir``; returns the step to continue from (0 if none)."""
     state_path = out_dir / TRAIN_STATE

@@ -23,11 +23,10 @@ from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
     generator_optimizer,
-    make_accelerator,
     optimizer_step,
-    resume_checkpoint,
     save_checkpoint,
     set_lr,
+    start_training,
 )
 from arstudio.training.distill_data import load_or_make_pairs
 
@@ -66,10 +65,7 @@ def train_dd1(out_dir: str | Path, teacher: str = "shapes-c2i", steps: int = 150
     split = {k: v for k, v in split.items() if v is not None}
     model = DDGenerator.from_teacher(pipe.generator, pipe.tokenizer, method="dd1", **split)
     optimizer = generator_optimizer(model, lr)
-    start = resume_checkpoint(model, optimizer, out_dir)
-    accelerator = make_accelerator()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    start, accelerator, model, optimizer, unwrapped = start_training(model, optimizer, out_dir)
     draws = torch.Generator().manual_seed(seed + 1)
     for _ in range(start):  # replay the batch draws of the steps already done
         torch.randint(0, num_pairs, (batch_size,), generator=draws)

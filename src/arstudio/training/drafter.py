@@ -22,12 +22,11 @@ from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
-    make_accelerator,
     optimizer_step,
-    resume_checkpoint,
     save_checkpoint,
     seeded,
     set_lr,
+    start_training,
 )
 from arstudio.training.generator import ConditionedBatches, load_or_make_tokens
 
@@ -81,11 +80,8 @@ def train_drafter(
 
     drafter = seeded(lambda: Drafter(DrafterConfig.for_target(target)), seed)
     optimizer = torch.optim.AdamW(drafter.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    start = resume_checkpoint(drafter, optimizer, out_dir)
-    accelerator = make_accelerator()
-    drafter, optimizer = accelerator.prepare(drafter, optimizer)
+    start, accelerator, drafter, optimizer, unwrapped = start_training(drafter, optimizer, out_dir)
     target.to(accelerator.device)
-    unwrapped = accelerator.unwrap_model(drafter)
     batches = ConditionedBatches(tokens, conds, batch_size, seed, target.cls_embedding)
     batches.skip(start)
     noise_gen = torch.Generator().manual_seed(seed + 2)

@@ -27,12 +27,11 @@ from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
     generator_optimizer,
-    make_accelerator,
     optimizer_step,
-    resume_checkpoint,
     save_checkpoint,
     seeded,
     set_lr,
+    start_training,
 )
 
 TOKENS_FILE = "train_tokens.safetensors"
@@ -205,10 +204,7 @@ def train_generator(
             load_weights_into(model, init_from, allow_missing=tuple(may_be_new) + WARM_START_NEW_KEYS)
             new_keys = [k for k in model.state_dict() if k not in source]
     optimizer = generator_optimizer(model, lr, new_keys, warm_lr_scale)
-    start = resume_checkpoint(model, optimizer, out_dir)
-    accelerator = make_accelerator()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    start, accelerator, model, optimizer, unwrapped = start_training(model, optimizer, out_dir)
     if config.control is None:
         batches = ConditionedBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding)
     else:

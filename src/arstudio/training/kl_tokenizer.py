@@ -17,12 +17,11 @@ from tqdm.auto import tqdm
 from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 from arstudio.training.common import (
     cosine_lr,
-    make_accelerator,
     optimizer_step,
-    resume_checkpoint,
     save_checkpoint,
     seeded,
     set_lr,
+    start_training,
 )
 from arstudio.training.tokenizer import tokenizer_batch
 
@@ -53,10 +52,7 @@ def train_kl_tokenizer(
     config = config or KLConfig()
     model = seeded(lambda: KLTokenizer(config), seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    start = resume_checkpoint(model, optimizer, out_dir)
-    accelerator = make_accelerator()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    start, accelerator, model, optimizer, unwrapped = start_training(model, optimizer, out_dir)
     noise = torch.Generator().manual_seed(seed + 1)
     bar = tqdm(range(start, steps), desc="kl-tokenizer", initial=start, total=steps)
     for step in bar:

@@ -20,12 +20,11 @@ from arstudio.tokenizers.vq import VQConfig, VQTokenizer, codebook_usage
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
-    make_accelerator,
     optimizer_step,
-    resume_checkpoint,
     save_checkpoint,
     seeded,
     set_lr,
+    start_training,
 )
 
 
@@ -71,9 +70,7 @@ def train_tokenizer(
         if model.config != config:
             raise ValueError(f"init_from tokenizer has config {model.config}, expected {config}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    start = resume_checkpoint(model, optimizer, out_dir)
-    accelerator = make_accelerator()
-    model, optimizer = accelerator.prepare(model, optimizer)
+    start, accelerator, model, optimizer, _ = start_training(model, optimizer, out_dir)
     bar = tqdm(range(start, steps), desc="tokenizer", initial=start, total=steps)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=50))

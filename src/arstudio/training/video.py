@@ -23,12 +23,11 @@ from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
     generator_optimizer,
-    make_accelerator,
     optimizer_step,
-    resume_checkpoint,
     save_checkpoint,
     seeded,
     set_lr,
+    start_training,
 )
 
 LATENTS_FILE = "train_latents.safetensors"
@@ -117,10 +116,7 @@ def train_video_generator(
     latents, labels = load_or_encode(out_dir, tokenizer, num_clips, clip_frames, seed)
     model = seeded(lambda: VideoGenerator(config), seed)
     optimizer = generator_optimizer(model, lr)
-    start = resume_checkpoint(model, optimizer, out_dir)
-    accelerator = make_accelerator()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    start, accelerator, model, optimizer, unwrapped = start_training(model, optimizer, out_dir)
     batches = ClipBatches(latents, labels, batch_size, config, seed, unwrapped.cls_embedding)
     batches.skip(start)
     flow_noise = torch.Generator().manual_seed(seed + 2)  # per-frame t, clean draws, noise (not replayed)

@@ -18,12 +18,11 @@ from arstudio.tokenizers.causal_video import CausalVideoConfig, CausalVideoToken
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
-    make_accelerator,
     optimizer_step,
-    resume_checkpoint,
     save_checkpoint,
     seeded,
     set_lr,
+    start_training,
 )
 
 
@@ -42,10 +41,7 @@ def train_causal_video_tokenizer(out_dir: str | Path, config: CausalVideoConfig,
     config.slices(num_frames)  # refuses clip lengths that do not split into first frame + tubelets
     model = seeded(lambda: CausalVideoTokenizer(config), seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    start = resume_checkpoint(model, optimizer, out_dir)
-    accelerator = make_accelerator()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    start, accelerator, model, optimizer, unwrapped = start_training(model, optimizer, out_dir)
     noise = torch.Generator().manual_seed(seed + 2)
     bar = tqdm(range(start, steps), desc="causal video tokenizer", initial=start, total=steps)
     for step in bar:
