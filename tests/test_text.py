@@ -4,7 +4,12 @@ import torch
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.conditioning import TextConditioning
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
-from arstudio.generators.text_encoders import MiniLMTextEncoder, TinyTextEncoder, load_text_encoder
+from arstudio.generators.text_encoders import (
+    MiniLMTextEncoder,
+    TinyTextEncoder,
+    load_text_encoder,
+    split_phrases,
+)
 from arstudio.tokenizers.vq import VQConfig
 from arstudio.training.generator import train_generator
 from arstudio.training.tokenizer import train_tokenizer
@@ -28,6 +33,43 @@ def test_minilm_gives_contextual_token_states_offline(minilm):
 def test_minilm_refuses_over_long_prompts_instead_of_truncating(minilm):
     with pytest.raises(ValueError, match=r"prompt is \d+ tokens long .* at most 24 fit"):
         minilm(["a large red circle at the top left " * 4])
+
+
+def test_minilm_phrase_slots_keep_each_object_to_itself(minilm):
+    phrased = MiniLMTextEncoder(max_tokens=24, phrases=2)
+    a, b, c = "a large red circle at the top left", "a small blue square", "a small green triangle"
+    states = phrased([f"{a} and {b}", f"{a} and {c}", a])
+    assert states.shape == (3, 24, 384)
+    # Each phrase is encoded alone in its 12-token slot: changing the second object leaves the first slot
+    # exactly as it was, and the first slot is the phrase's own encoding ...
+    assert torch.allclose(states[0, :12], states[1, :12], atol=1e-5)
+    assert torch.allclose(states[0, :12], minilm._encode([a], 12, "phrase")[0], atol=1e-5)
+    assert not torch.allclose(states[0, 12:], states[1, 12:], atol=1e-3)
+    assert torch.allclose(states[2, 12:], minilm._encode([""], 12, "phrase")[0], atol=1e-5)  # no 2nd object
+    # ... while as one sentence every token state, the first object's too, hears about the second one.
+    whole = minilm([f"{a} and {b}", f"{a} and {c}"])
+    assert not torch.allclose(whole[0, 1:9], whole[1, 1:9], atol=1e-3)
+
+
+def test_phrase_splitting_and_its_errors():
+    assert split_phrases("a red circle at the top and a blue square, a cyan diamond") == [
+        "a red circle at the top", "a blue square", "a cyan diamond"]  # fmt: skip
+    assert split_phrases("Sand AND band") == ["Sand", "band"]  # whole words only, any case
+    assert split_phrases(" , ") == [","]
+    tiny = TinyTextEncoder(max_tokens=12, phrases=2)
+    two = tiny(["a red circle and a blue square", "a blue square and a red circle"])
+    assert torch.equal(two[0, :6], two[1, 6:]) and torch.equal(two[0, 6:], two[1, :6])  # one slot each
+    with pytest.raises(ValueError, match=r"prompt has 3 phrases .* at most 2, one per object"):
+        tiny(["a red circle, a blue square and a green triangle"])
+    with pytest.raises(ValueError, match=r"phrase has 7 words; at most 6 fit"):
+        tiny(["a large red circle at the top"])
+    with pytest.raises(ValueError, match=r"phrases=5 must be 0 or divide max_tokens=12"):
+        TinyTextEncoder(max_tokens=12, phrases=5)
+    with pytest.raises(ValueError, match=r"text_phrases=2 needs a text condition"):
+        GeneratorConfig(text_phrases=2)
+    with pytest.raises(ValueError, match=r"text_phrases=4 needs a text condition whose 6 prefix tokens"):
+        GeneratorConfig(condition="text", text_dim=8, text_phrases=4,
+                        backbone=BackboneConfig(dim=32, n_layer=1, n_head=4, grid_size=4, prefix_len=6))  # fmt: skip
 
 
 def test_tiny_encoder_and_factory():

@@ -156,7 +156,7 @@ def _run_train_generator(args) -> None:
     if preset.text_encoder is not None:
         from arstudio.generators.text_encoders import load_text_encoder
 
-        text_encoder = load_text_encoder(preset.text_encoder, preset.text_len)
+        text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, phrases=preset.text_phrases)
     train_generator(args.out, args.tokenizer, _resized(preset.generator, args), steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
                     init_from=args.init_from, save_every=args.save_every,

@@ -31,6 +31,7 @@ class GeneratorConfig:
     condition: str = "class"  # "class" (num_classes) or "text" (text_dim states, backbone.prefix_len long)
     text_dim: int = 0
     text_positions: bool = False  # learned positions for the text prefix (see TextConditioning)
+    text_phrases: int = 0  # > 0: the text encoder fills this many phrase slots (see text_encoders.py)
     control: ControlConfig | None = None  # spatial control (ControlAR), see generators/control.py
 
     def __post_init__(self):
@@ -50,6 +51,12 @@ def check_condition_config(config) -> None:
         raise ValueError(f"condition={config.condition!r} is not allowed: use 'class' or 'text'")
     if config.condition == "text" and config.text_dim <= 0:
         raise ValueError("a text-conditioned generator needs text_dim > 0 (the text encoder's width)")
+    phrases = getattr(config, "text_phrases", 0)
+    if phrases and (config.condition != "text" or phrases < 0 or condition_len(config) % phrases):
+        raise ValueError(
+            f"text_phrases={phrases} needs a text condition whose {condition_len(config)} prefix tokens it "
+            "divides into equal phrase slots"
+        )
     prefilled = control is not None and control.mode == "prefill"
     if config.backbone.grid_prefix != prefilled:
         raise ValueError(

