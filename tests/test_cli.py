@@ -50,3 +50,32 @@ def test_generate_from_a_text_preset(tmp_path):
                  "--negative-prompt", "a blue square", "--out", str(tmp_path)]) == 0  # fmt: skip
     meta = read_png_metadata(next(tmp_path.glob("0000_*.png")))
     assert meta["prompt"] == "a small red circle at the top" and meta["negative_prompt"] == "a blue square"
+
+
+def test_generate_takes_a_control_image(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import arstudio
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    Image.fromarray(mask, mode="L").save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    assert main(["generate", "--preset", "test-tiny-control", "--class-labels", "5", "--seed", "3", "--no-grid",
+                 "--control-image", str(tmp_path / "mask.png"), "--control-type", "mask",
+                 "--control-strength", "1.5", "--out", str(out)]) == 0  # fmt: skip
+    written = np.asarray(Image.open(next(out.glob("0000_*.png"))))
+    pipe = arstudio.load_pipeline("test-tiny-control")
+    api = pipe(class_labels=[5], generator=torch.Generator().manual_seed(3), control_image=mask,
+               control_type="mask", control_strength=1.5, output_type="np")  # fmt: skip
+    assert np.array_equal(written, api.images[0])  # the same call as the API's
+    plain = pipe(class_labels=[5], generator=torch.Generator().manual_seed(3), output_type="np")
+    assert not np.array_equal(written, plain.images[0])  # the control was used, not dropped
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "rgb.png")
+    assert main(["generate", "--preset", "test-tiny-control", "--control-image", str(tmp_path / "rgb.png"),
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "must have one channel" in capsys.readouterr().err
+    assert main(["generate", "--preset", "test-tiny-c2i", "--control-type", "edges", "--out", str(out)]) == 2
+    assert "control_type needs a control preset" in capsys.readouterr().err

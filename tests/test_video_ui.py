@@ -17,17 +17,23 @@ def _request(frames=3, count=1, seed=5, context=None):
 
 
 @pytest.fixture(scope="module")
-def client():
+def app():
     from arstudio.ui import create_app
 
-    app = create_app(preset="test-tiny-c2i", presets=["test-tiny-c2i", "test-tiny-video"])
+    # A video preset asked for at start: the Video tab starts with it, the image tabs with the image preset.
+    app = create_app(preset="test-tiny-video", presets=["test-tiny-c2i", "test-tiny-video"])
     app.launch(
         server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True, ssr_mode=False
     )
     try:
-        yield gradio_client.Client(app.local_url, verbose=False)
+        yield app
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return gradio_client.Client(app.local_url, verbose=False)
 
 
 def test_video_tab_generates_the_api_video_with_downloads(client):
@@ -62,3 +68,19 @@ def test_video_tab_predicts_from_an_uploaded_clip_and_refuses_bad_ones(client, t
     broken.write_bytes(b"GIF89a this is not really a gif")
     with pytest.raises(Exception, match="could not be decoded"):
         client.predict(*_request(context=gradio_client.handle_file(str(broken))), api_name="/generate_video")
+
+
+def _components(app, kind):
+    return [block for block in app.blocks.values() if type(block).__name__ == kind]
+
+
+def test_a_video_preset_asked_for_at_start_starts_the_video_tab(app):
+    from arstudio.ui import create_app
+
+    dropdowns = {d.label: d.value for d in _components(app, "Dropdown")}
+    assert dropdowns["Video preset"] == "test-tiny-video"
+    assert dropdowns["Preset"] == "test-tiny-c2i"
+    assert {t.id for t in _components(app, "Tab")} >= {"image", "video"}
+    # Only video presets offered: a Video tab and no image tabs with empty preset lists.
+    alone = create_app(preset="test-tiny-video", presets=["test-tiny-video"])
+    assert {t.id for t in _components(alone, "Tab")} == {"video"}

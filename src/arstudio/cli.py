@@ -301,7 +301,32 @@ def _add_generate(sub) -> None:
     )
     p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
     p.add_argument("--num-frames", type=int, default=16, help="video presets: frames per video (mp4 + gif)")
+    p.add_argument("--control-image", default=None,
+                   help="control presets: a one-channel PNG at the model's resolution (white edges/mask on black)")  # fmt: skip
+    p.add_argument(
+        "--control-type", default=None, help="control presets: e.g. edges or mask (default: the first)"
+    )
+    p.add_argument(
+        "--control-strength", type=float, default=None, help="control presets: in [0, 2] (default 1)"
+    )
+    p.add_argument("--control-guidance-scale", type=float, default=None,
+                   help="control presets: guidance over the control alone (default: joint with --guidance-scale)")  # fmt: skip
     p.set_defaults(func=_run_generate)
+
+
+def _control_kwargs(args) -> dict:
+    """The --control-* flags given, as pipeline keyword arguments (the pipeline checks them)."""
+    given = {name: getattr(args, name) for name in CONTROL_FLAGS if getattr(args, name) is not None}
+    if "control_image" in given:
+        from PIL import Image
+
+        with Image.open(given["control_image"]) as image:
+            image.load()
+            given["control_image"] = image
+    return given
+
+
+CONTROL_FLAGS = ("control_image", "control_type", "control_strength", "control_guidance_scale")
 
 
 def _run_generate(args) -> None:
@@ -317,13 +342,18 @@ def _run_generate(args) -> None:
         if num_classes > MAX_DEFAULT_CLASSES:
             raise ValueError(f"{args.preset} has {num_classes} classes: pick some with --class-labels")
         labels = list(range(num_classes))
+    control = _control_kwargs(args)
     if pipe.preset.task == "class-to-video":
+        if control:
+            raise ValueError(
+                f"{', '.join('--' + k.replace('_', '-') for k in control)}: video presets take no control"
+            )
         _generate_videos(pipe, args, labels)
         return
     out = pipe(prompt=args.prompt, class_labels=labels, num_images_per_prompt=args.num_images_per_prompt,
                generator=torch.Generator().manual_seed(args.seed), guidance_scale=args.guidance_scale,
                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-               negative_prompt=args.negative_prompt)  # fmt: skip
+               negative_prompt=args.negative_prompt, **control)  # fmt: skip
     paths = save_images(out, args.out, grid_columns=None if args.no_grid else args.num_images_per_prompt)
     print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
 

@@ -35,21 +35,26 @@ def create_app(preset: str | None = None, device=None, presets: list[str] | None
         raise ValueError(f"preset {preset!r} is not among the offered presets {presets}")
     cache = PipelineCache(device)
     cache.get(preset)  # fail at start-up, with the loader's message, rather than on first click
-    # Video presets get their own tab; the image tabs offer the rest.
+    # Video presets get their own tab; the image tabs offer the rest. The requested preset starts its own
+    # kind of tab; the other kind starts at its first preset.
     video_presets = [p for p in presets if p in set(arstudio.list_presets(task=VIDEO_TASK))]
     image_presets = [p for p in presets if p not in video_presets]
-    if preset in video_presets:  # a video preset asked for at start: the image tabs start elsewhere
-        preset = image_presets[0] if image_presets else preset
+    if preset in video_presets:
+        video_order = [preset] + [p for p in video_presets if p != preset]
+        image_start = image_presets[0] if image_presets else None
+    else:
+        video_order, image_start = video_presets, preset
     # delete_cache: Gradio's own copies of served files, cleared hourly (files older than a day go).
     with gr.Blocks(title="arstudio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# arstudio\nAutoregressive image generation: pick a preset, generate, inspect, compare.")
-        with gr.Tab("Image", id="image"):
-            controls = build_image_tab(cache, image_presets, preset)
-        with gr.Tab("Decoding lab", id="decoding"):
-            build_decoding_lab(cache, controls)
-        with gr.Tab("Tokenizer lab", id="tokenizer"):
-            build_tokenizer_lab(cache, image_presets, preset)
-        video_start = first_loadable(cache, video_presets)
+        if image_start is not None:  # only video presets offered: no image tabs with empty dropdowns
+            with gr.Tab("Image", id="image"):
+                controls = build_image_tab(cache, image_presets, image_start)
+            with gr.Tab("Decoding lab", id="decoding"):
+                build_decoding_lab(cache, controls)
+            with gr.Tab("Tokenizer lab", id="tokenizer"):
+                build_tokenizer_lab(cache, image_presets, image_start)
+        video_start = first_loadable(cache, video_order)
         if video_start is not None:
             with gr.Tab("Video", id="video"):
                 build_video_tab(cache, video_presets, video_start)
