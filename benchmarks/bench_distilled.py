@@ -103,7 +103,10 @@ def chart(rows: dict, path) -> None:
         px = x0 + 10 + (w - 20) * math.log(row["forwards_per_image"]) / math.log(max(most, 2))
         py = y0 + h - h * row["fd_shapes"] / top
         draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill="#c0392b")
-        draw.text((px + 6, py - 6), f"{name} (acc {row['verifier_accuracy']:.2f})", fill="black")
+        label = f"{name} (acc {row['verifier_accuracy']:.2f})"
+        # Labels of points in the right part of the panel go to their left, so none runs off the image.
+        tx = px + 6 if px < x0 + w * 0.6 else px - 6 - draw.textlength(label)
+        draw.text((tx, py - 6), label, fill="black")
     image.save(path)
 
 
