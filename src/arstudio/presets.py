@@ -305,7 +305,7 @@ register_preset(
 
 # ---- control-to-image (issue 9, ControlAR): class + an edge or mask control map -------------------------
 _CONTROL_DEFAULTS = {"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-_TINY_CONTROL = ControlConfig(mode="fusion", resolution=16, width=8, layers=(0, 1))
+_TINY_CONTROL = ControlConfig(mode="fusion", resolution=16, width=8, layers=(0, 1), context_layers=1)
 
 register_preset(
     Preset(

@@ -2,7 +2,9 @@
 
 A small CNN patchifies the (1, R, R) map with the tokenizer's downsampling factor, so its (grid, grid)
 output lines up with the image-token grid; a learned embedding of the control type (edges / mask) is
-added, so one model serves every type. How the tokens reach the backbone is the config's ``mode``:
+added, so one model serves every type. With ``context_layers`` > 0, bidirectional transformer blocks (the
+backbone's, 2D RoPE, no causal mask) then mix the grid, so every control token describes the whole map, as
+ControlAR's ViT (DINOv2) tokens do; the CNN alone sees ~one 4x4 patch per token. How the tokens reach the backbone is the config's ``mode``:
 
 - ``fusion`` (ControlAR's conditional decoding): at the input of blocks ``layers`` the hidden state of
   the position that *predicts* image token i gets ``fusion[k](control_i)`` added. Sequence length is
@@ -23,6 +25,8 @@ import torch
 from torch import nn
 
 from arstudio.data.control import CONTROL_TYPES
+from arstudio.generators.backbone import BackboneConfig, TransformerBlock
+from arstudio.generators.rope import rope_2d_table
 
 CONTROL_MODES = ("fusion", "prefill")
 STRENGTH_RANGE = (0.0, 2.0)
@@ -40,6 +44,10 @@ class ControlConfig:
         4,
     )  # fusion: blocks whose input gets the control (ControlAR: 0, L/3, 2L/3)
     dropout_prob: float = 0.1  # training: the control alone is replaced by the null control this often
+    # Bidirectional transformer blocks over the CNN's tokens (global receptive field); 0 = CNN only. Fusion
+    # needs them: the position predicting image token i gets control tokens 0..i only, so with CNN-only
+    # tokens it knows nothing of the object's edges further on in raster order.
+    context_layers: int = 0
 
     def __post_init__(self):
         for name in ("types", "layers"):  # from config.json, lists
@@ -49,6 +57,9 @@ class ControlConfig:
         unknown = [t for t in self.types if t not in CONTROL_TYPES]
         if unknown or not self.types:
             raise ValueError(f"control types {self.types!r} must be a non-empty subset of {CONTROL_TYPES}")
+        if isinstance(self.context_layers, bool) or not isinstance(self.context_layers, int) \
+                or self.context_layers < 0:  # fmt: skip
+            raise ValueError(f"control context_layers={self.context_layers!r} must be an integer >= 0")
         if self.mode == "fusion" and not self.layers:
             raise ValueError("a fusion control needs at least one layer to inject into")
 
@@ -64,8 +75,9 @@ class ControlEncoder(nn.Module):
     """(B, 1, R, R) control maps + type ids -> control tokens (B, grid**2, dim)."""
 
     def __init__(
-        self, config: ControlConfig, dim: int, grid_size: int, n_layer: int, token_scale: float = 1.0
-    ):
+        self, config: ControlConfig, dim: int, grid_size: int, n_layer: int, token_scale: float = 1.0,
+        n_head: int = 1,
+    ):  # fmt: skip
         super().__init__()
         if config.resolution % grid_size:
             raise ValueError(
@@ -87,6 +99,13 @@ class ControlEncoder(nn.Module):
             nn.GELU(),
         )
         self.type_embedding = nn.Embedding(len(config.types), dim)
+        if config.context_layers:
+            # The generator's block design at its width, without a prefix: the rotation of token i is image
+            # token i's, so attention between control tokens depends on their offset on the grid.
+            context = BackboneConfig(dim=dim, n_layer=config.context_layers, n_head=n_head,
+                                     grid_size=grid_size, prefix_len=0)  # fmt: skip
+            self.context = nn.ModuleList(TransformerBlock(context) for _ in range(config.context_layers))
+            self.register_buffer("rope", rope_2d_table(grid_size, context.head_dim, 0), persistent=False)
         self.proj = nn.Linear(dim, dim)
         # Control tokens at the token embeddings' scale (``token_scale``, the generator's init std): unnormalised,
         # the CNN's output is ~1e-3 and the zero-initialised fusion learned nothing in 100 fine-tuning steps;
@@ -140,6 +159,11 @@ class ControlEncoder(nn.Module):
             raise ValueError(f"need one control type per map: {tuple(types.shape)} for {maps.shape[0]} maps")
         features = self.cnn(maps.to(self.proj.weight.dtype))  # (B, dim, grid, grid)
         tokens = features.flatten(2).transpose(1, 2) + self.type_embedding(types)[:, None]  # (B, N, dim)
+        if self.config.context_layers:
+            n = tokens.shape[1]
+            everyone = torch.ones(1, 1, n, n, dtype=torch.bool, device=tokens.device)  # not causal
+            for block in self.context:
+                tokens = block(tokens, self.rope, mask=everyone)
         tokens = self.norm(self.proj(tokens))
         null = self.null(maps.shape[0])
         strength = torch.as_tensor(strength, dtype=tokens.dtype, device=tokens.device).reshape(-1, 1, 1)
