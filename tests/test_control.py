@@ -105,10 +105,11 @@ def test_fusion_starts_at_zero_so_a_warm_start_is_the_unchanged_generator():
     assert torch.allclose(controlled(tokens, labels, control), plain(tokens, labels))
 
 
-def _encoder_model(context_layers: int, mode: str = "fusion") -> ImageGenerator:
+def _encoder_model(context_layers: int, mode: str = "fusion", relative: bool = False) -> ImageGenerator:
     backbone = BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4, prefix_len=17 if mode == "prefill" else 1,
                               grid_prefix=mode == "prefill")  # fmt: skip
-    control = ControlConfig(mode=mode, resolution=16, width=8, layers=(0, 1), context_layers=context_layers)
+    control = ControlConfig(mode=mode, resolution=16, width=8, layers=(0, 1), context_layers=context_layers,
+                            relative_fusion=relative)  # fmt: skip
     return ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone, control=control)).eval()
 
 
@@ -126,9 +127,10 @@ def test_context_layers_give_control_tokens_a_global_receptive_field(context_lay
     assert torch.allclose(tokens[0, 0], tokens[1, 0]) == (context_layers == 0)
 
 
-def test_null_control_adds_nothing_with_context_layers():
+@pytest.mark.parametrize("relative", [False, True])
+def test_null_control_adds_nothing_with_context_layers(relative):
     torch.manual_seed(0)
-    model = _encoder_model(2)
+    model = _encoder_model(2, relative=relative)
     for proj in model.control_encoder.fusion:  # trained fusion projections, not the zero init
         torch.nn.init.normal_(proj.weight, std=0.5)
     tokens, labels = torch.randint(0, 32, (2, 16)), torch.tensor([1, 2])
@@ -140,6 +142,21 @@ def test_null_control_adds_nothing_with_context_layers():
         assert not torch.allclose(
             model.hidden(tokens, labels, model.encode_control(maps, ["edges", "mask"])), none
         )
+
+
+def test_relative_fusion_scales_each_addition_by_the_stream_it_joins():
+    torch.manual_seed(0)
+    model = _encoder_model(1, relative=True)
+    encoder = model.control_encoder
+    torch.nn.init.normal_(encoder.fusion[0].weight, std=0.5)
+    control = encoder(torch.rand(2, 1, 16, 16), torch.tensor([0, 1]))
+    assert 0.5 < control.pow(2).mean().sqrt() < 2  # unit-scale tokens (absolute fusion: the init std, 0.02)
+    x = torch.randn(2, 3, 32) * torch.tensor([0.01, 1.0, 30.0])[None, :, None]  # three very different scales
+    add = encoder.fusion_additions(control, torch.tensor([0, 1, 2]))[0](x)
+    plain = encoder.fusion[0](control[:, :3])
+    assert torch.allclose(add, plain * x.pow(2).mean(-1, keepdim=True).sqrt(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="relative_fusion applies to fusion only"):
+        ControlConfig(mode="prefill", relative_fusion=True)
 
 
 def test_configs_without_context_layers_load_as_cnn_only():

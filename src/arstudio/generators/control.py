@@ -20,6 +20,7 @@ interpolates between them: null + s * (control - null).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -48,6 +49,10 @@ class ControlConfig:
     # needs them: the position predicting image token i gets control tokens 0..i only, so with CNN-only
     # tokens it knows nothing of the object's edges further on in raster order.
     context_layers: int = 0
+    # Fusion additions scaled by the RMS of the hidden state they join, from unit-scale control tokens. The
+    # residual stream's scale differs per block (shapes-c2i: 0.03 at block 0, ~0.5 at blocks 2 and 4), so
+    # absolute additions that suit block 0 are ~1/20 of what blocks 2 and 4 would notice.
+    relative_fusion: bool = False
 
     def __post_init__(self):
         for name in ("types", "layers"):  # from config.json, lists
@@ -60,6 +65,8 @@ class ControlConfig:
         if isinstance(self.context_layers, bool) or not isinstance(self.context_layers, int) \
                 or self.context_layers < 0:  # fmt: skip
             raise ValueError(f"control context_layers={self.context_layers!r} must be an integer >= 0")
+        if self.relative_fusion and self.mode != "fusion":
+            raise ValueError(f"relative_fusion applies to fusion only; this control's mode is {self.mode!r}")
         if self.mode == "fusion" and not self.layers:
             raise ValueError("a fusion control needs at least one layer to inject into")
 
@@ -111,8 +118,10 @@ class ControlEncoder(nn.Module):
         # the CNN's output is ~1e-3 and the zero-initialised fusion learned nothing in 100 fine-tuning steps;
         # at unit scale, Adam's first updates made additions ~10x the residual stream and wrecked the
         # warm-started model (loss 0.55 -> 3.0 in 20 steps).
+        # Relative fusion wants unit-scale tokens, and a gain near 1: at 0.02, Adam's absolute steps (lr 2e-3)
+        # shrank the gain to 0.003 in 100 fine-tuning steps, before the zero-initialised fusion was any use.
         self.norm = nn.LayerNorm(dim)
-        nn.init.constant_(self.norm.weight, token_scale)
+        nn.init.constant_(self.norm.weight, 1.0 if config.relative_fusion else token_scale)
         if config.mode == "fusion":
             # No bias: the null control (zeros) must add exactly nothing, whatever was learned.
             self.fusion = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in config.layers)
@@ -188,4 +197,14 @@ class ControlEncoder(nn.Module):
             picked = torch.gather(control, 1, safe[..., None].expand(-1, -1, control.shape[-1]))
             valid = valid[..., None]
         picked = picked * valid  # bias-free projections keep these rows at zero
-        return {block: proj(picked) for block, proj in zip(self.config.layers, self.fusion, strict=True)}
+        additions = {block: proj(picked) for block, proj in zip(self.config.layers, self.fusion, strict=True)}
+        if self.config.relative_fusion:
+            return {block: partial(_scaled_by_stream, add) for block, add in additions.items()}
+        return additions
+
+
+def _scaled_by_stream(addition: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``addition`` (B, T, dim) times the RMS of each position of the hidden state x (B, T, dim) it joins
+    (detached: a pure rescaling, which must not teach the backbone to grow its stream)."""
+    rms = x.detach().float().pow(2).mean(-1, keepdim=True).sqrt()
+    return addition * rms.to(addition.dtype)
