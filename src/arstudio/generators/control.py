@@ -206,5 +206,6 @@ class ControlEncoder(nn.Module):
 def _scaled_by_stream(addition: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``addition`` (B, T, dim) times the RMS of each position of the hidden state x (B, T, dim) it joins
     (detached: a pure rescaling, which must not teach the backbone to grow its stream)."""
-    rms = x.detach().float().pow(2).mean(-1, keepdim=True).sqrt()
-    return addition * rms.to(addition.dtype)
+    # One norm kernel instead of pow / mean / sqrt: this runs per fused block on every decoding step.
+    norm = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True, dtype=torch.float32)
+    return addition * (norm * x.shape[-1] ** -0.5).to(addition.dtype)
