@@ -4,11 +4,13 @@ A small CNN patchifies the (1, R, R) map with the tokenizer's downsampling facto
 output lines up with the image-token grid; a learned embedding of the control type (edges / mask) is
 added, so one model serves every type. With ``context_layers`` > 0, bidirectional transformer blocks (the
 backbone's, 2D RoPE, no causal mask) then mix the grid, so every control token describes the whole map, as
-ControlAR's ViT (DINOv2) tokens do; the CNN alone sees ~one 4x4 patch per token. How the tokens reach the backbone is the config's ``mode``:
+ControlAR's ViT (DINOv2) tokens do; the CNN alone sees ~one 4x4 patch per token. How the tokens reach the
+backbone is the config's ``mode``:
 
 - ``fusion`` (ControlAR's conditional decoding): at the input of blocks ``layers`` the hidden state of
   the position that *predicts* image token i gets ``fusion[k](control_i)`` added. Sequence length is
-  unchanged. The projections start at zero, so a warm-started generator begins exactly as it was.
+  unchanged. The projections start at zero, so a warm-started generator begins exactly as it was. With
+  ``relative_fusion`` each addition is scaled by the RMS of the hidden state it joins (blocks differ ~20x).
 - ``prefill``: the control tokens sit after the condition prefix, sharing the 2D RoPE rotation of the image
   token they describe (see ``rope_2d_table(grid_prefix=True)``); the sequence grows by grid**2 tokens.
 
