@@ -105,6 +105,84 @@ def test_fusion_starts_at_zero_so_a_warm_start_is_the_unchanged_generator():
     assert torch.allclose(controlled(tokens, labels, control), plain(tokens, labels))
 
 
+def _encoder_model(context_layers: int, mode: str = "fusion", relative: bool = False) -> ImageGenerator:
+    backbone = BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4, prefix_len=17 if mode == "prefill" else 1,
+                              grid_prefix=mode == "prefill")  # fmt: skip
+    control = ControlConfig(mode=mode, resolution=16, width=8, layers=(0, 1), context_layers=context_layers,
+                            relative_fusion=relative)  # fmt: skip
+    return ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone, control=control)).eval()
+
+
+@pytest.mark.parametrize("context_layers", [0, 1])
+def test_context_layers_give_control_tokens_a_global_receptive_field(context_layers):
+    torch.manual_seed(0)
+    model = _encoder_model(context_layers)
+    maps = torch.zeros(2, 1, 16, 16)
+    maps[1, 0, 12:, 12:] = 1.0  # only the bottom-right token's patch differs
+    with torch.no_grad():
+        tokens = model.encode_control(maps, ["edges", "edges"])  # (2, 16, dim)
+    assert not torch.allclose(tokens[0, -1], tokens[1, -1])
+    # Token 0 (top-left, the one the class position's prediction gets) sees the corner only through the
+    # context blocks; the CNN's receptive field is its own 4x4 patch plus two pixels.
+    assert torch.allclose(tokens[0, 0], tokens[1, 0]) == (context_layers == 0)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_null_control_adds_nothing_with_context_layers(relative):
+    torch.manual_seed(0)
+    model = _encoder_model(2, relative=relative)
+    for proj in model.control_encoder.fusion:  # trained fusion projections, not the zero init
+        torch.nn.init.normal_(proj.weight, std=0.5)
+    tokens, labels = torch.randint(0, 32, (2, 16)), torch.tensor([1, 2])
+    null, maps = model.control_encoder.null(2), torch.rand(2, 1, 16, 16)
+    with torch.no_grad():  # hidden states: the head starts at zero, so logits would hide any difference
+        none = model.hidden(tokens, labels)
+        assert torch.equal(model.hidden(tokens, labels, null), none)
+        assert torch.equal(model.encode_control(maps, ["edges", "mask"], strength=0.0), null)
+        assert not torch.allclose(
+            model.hidden(tokens, labels, model.encode_control(maps, ["edges", "mask"])), none
+        )
+
+
+def test_relative_fusion_scales_each_addition_by_the_stream_it_joins():
+    torch.manual_seed(0)
+    model = _encoder_model(1, relative=True)
+    encoder = model.control_encoder
+    torch.nn.init.normal_(encoder.fusion[0].weight, std=0.5)
+    control = encoder(torch.rand(2, 1, 16, 16), torch.tensor([0, 1]))
+    assert 0.5 < control.pow(2).mean().sqrt() < 2  # unit-scale tokens (absolute fusion: the init std, 0.02)
+    x = torch.randn(2, 3, 32) * torch.tensor([0.01, 1.0, 30.0])[None, :, None]  # three very different scales
+    add = encoder.fusion_additions(control, torch.tensor([0, 1, 2]))[0](x)
+    plain = encoder.fusion[0](control[:, :3])
+    assert torch.allclose(add, plain * x.pow(2).mean(-1, keepdim=True).sqrt(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="relative_fusion applies to fusion only"):
+        ControlConfig(mode="prefill", relative_fusion=True)
+
+
+def test_configs_without_context_layers_load_as_cnn_only():
+    old = {
+        "mode": "prefill",
+        "types": ["edges", "mask"],
+        "resolution": 16,
+        "width": 8,
+        "layers": [0, 2, 4],
+        "dropout_prob": 0.1,
+    }  # a config.json written before context_layers existed
+    config = GeneratorConfig(vocab_size=32, backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4,
+                             prefix_len=17, grid_prefix=True), control=old)  # fmt: skip
+    assert (
+        config.control == ControlConfig(mode="prefill", resolution=16, width=8)
+        and not config.control.context_layers
+    )
+    keys = {k for k in ImageGenerator(config).state_dict() if k.startswith("control_encoder.")}
+    assert keys == {k for k in _encoder_model(0, "prefill").state_dict() if k.startswith("control_encoder.")}
+    assert not any(".context." in k for k in keys)  # old weights hold exactly these keys
+    assert any(".context." in k for k in _encoder_model(1, "prefill").state_dict())
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"context_layers={bad!r} must be an integer >= 0"):
+            ControlConfig(context_layers=bad)
+
+
 def test_separate_control_guidance_reduces_to_joint_and_changes_with_its_scale(fusion):
     kwargs = dict(class_labels=[4], control_image=square_mask(), control_type="mask", output_type="np")
     joint = fusion(generator=[torch.Generator().manual_seed(3)], guidance_scale=2.0, **kwargs)
@@ -184,7 +262,7 @@ def test_training_with_control_saves_resumes_and_reloads(tmp_path):
                   norm_groups=4, decoder_res_blocks=1)  # fmt: skip
     train_tokenizer(tmp_path / "vq", vq, steps=1, batch_size=2, photo_fraction=0.0)
     config = GeneratorConfig(vocab_size=16, backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=8),
-                             control=ControlConfig(resolution=32, width=8, layers=(1,)))  # fmt: skip
+                             control=ControlConfig(resolution=32, width=8, layers=(1,), context_layers=1))  # fmt: skip
     gen_dir = tmp_path / "gen"
     model = train_generator(
         gen_dir, tmp_path / "vq", config, steps=3, batch_size=4, num_images=8, save_every=2
@@ -197,6 +275,12 @@ def test_training_with_control_saves_resumes_and_reloads(tmp_path):
     assert model.control_encoder.fusion[0].weight.abs().sum() > 0  # the zero-init fusion learned something
     again = ImageGenerator.from_pretrained(gen_dir)
     assert again.config == config and again.config.control.layers == (1,)
+    assert again.config.control.context_layers == 1  # round trip through config.json
+    maps = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(
+            again.encode_control(maps, ["edges", "mask"]), model.encode_control(maps, ["edges", "mask"])
+        )
 
 
 def test_fidelity_metrics_reward_following_the_control():

@@ -305,20 +305,25 @@ register_preset(
 
 # ---- control-to-image (issue 9, ControlAR): class + an edge or mask control map -------------------------
 _CONTROL_DEFAULTS = {"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-_TINY_CONTROL = ControlConfig(mode="fusion", resolution=16, width=8, layers=(0, 1))
+_TINY_CONTROL = ControlConfig(
+    mode="fusion", resolution=16, width=8, layers=(0, 1), context_layers=1, relative_fusion=True
+)
 
 register_preset(
     Preset(
         name="shapes-control",
-        description="shapes-c2i fine-tuned with a control encoder: class + edge or mask map (32x32), fused "
-        "per token into blocks 0, 2, 4 (ControlAR's conditional decoding)",
+        description="shapes-c2i fine-tuned with a control encoder (CNN + 2 bidirectional transformer "
+        "blocks): class + edge or mask map (32x32), fused per token into blocks 0, 2, 4 (ControlAR's "
+        "conditional decoding)",
         task="control-to-image",
         tokenizer=SHAPES_TOKENIZER,
         generator=GeneratorConfig(
             vocab_size=512,
             num_classes=24,
             backbone=BackboneConfig(dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=1),
-            control=ControlConfig(mode="fusion", resolution=32, layers=(0, 2, 4)),
+            control=ControlConfig(
+                mode="fusion", resolution=32, layers=(0, 2, 4), context_layers=2, relative_fusion=True
+            ),
         ),
         weights="shapes-control",
         shared_tokenizer="shapes-c2i",

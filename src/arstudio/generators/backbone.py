@@ -161,6 +161,11 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def _addition(inject, x: torch.Tensor) -> torch.Tensor:
+    """What ``inject`` adds to a block's input x: a tensor as it is, a function applied to x."""
+    return inject(x) if callable(inject) else inject
+
+
 class Backbone(nn.Module):
     """Causal transformer over embeddings (B, L, dim) laid out as [prefix, image tokens in raster order]."""
 
@@ -205,12 +210,13 @@ class Backbone(nn.Module):
 
         Default: causal attention and the 2D table's first L rotations. ``mask`` (bool visibility or float
         bias, broadcastable to (B, heads, L, L)) and ``rope`` rows (L, head_dim // 2, 2) replace them.
-        ``inject``: {block index: (B, L, dim)} added to that block's input (ControlAR's control fusion).
+        ``inject``: {block index: (B, L, dim)} added to that block's input (ControlAR's control fusion), or a
+        function of the block's input x returning what to add (additions relative to the stream's scale).
         """
         rope = self.rope[: x.shape[1]] if rope is None else rope
         for index, layer in enumerate(self.layers):
             if inject and index in inject:
-                x = x + inject[index]
+                x = x + _addition(inject[index], x)
             x = layer(x, rope, mask=mask)
         return self.norm(x)
 
@@ -248,6 +254,6 @@ class Backbone(nn.Module):
             rope = self.rope[input_pos.clamp(max=self.rope.shape[0] - 1)]
         for index, (layer, cache) in enumerate(zip(self.layers, self.caches, strict=True)):
             if inject and index in inject:
-                x = x + inject[index]
+                x = x + _addition(inject[index], x)
             x = layer(x, rope, cache, input_pos, mask)
         return self.norm(x)

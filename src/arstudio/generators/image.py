@@ -113,7 +113,7 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         if control is not None:
             cfg = config.backbone
             self.control_encoder = ControlEncoder(
-                control, dim, cfg.grid_size, cfg.n_layer, config.initializer_range
+                control, dim, cfg.grid_size, cfg.n_layer, config.initializer_range, cfg.n_head
             )
 
     def _init_control(self) -> None:
