@@ -23,8 +23,8 @@ from benchmarks.common import finish, header
 HELDOUT_SEED = 4242  # training used seed 0
 
 
-def accuracy(pipe, items, batch: int, seed: int, negatives=None, **kwargs) -> tuple[float, float]:
-    """Exact-match share and images/s over ``items`` (image, caption, objects), ``batch`` prompts a call."""
+def accuracy(pipe, items, batch: int, seed: int, negatives=None, **kwargs) -> tuple[list[bool], float]:
+    """Exact match per item and images/s over ``items`` (image, caption, objects), ``batch`` prompts a call."""
     generator = torch.Generator().manual_seed(seed)
     correct, start = [], time.perf_counter()
     for i in range(0, len(items), batch):
@@ -37,7 +37,7 @@ def accuracy(pipe, items, batch: int, seed: int, negatives=None, **kwargs) -> tu
         correct += [
             verify_objects(image, objects) for image, (_, _, objects) in zip(out.images, chunk, strict=True)
         ]
-    return float(np.mean(correct)), len(items) / (time.perf_counter() - start)
+    return correct, len(items) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -61,9 +61,20 @@ def main() -> None:
     }
     results = {"preset": args.preset, "captions": args.count, "two_object_captions": two}
     for name, kwargs in settings.items():
-        acc, speed = accuracy(pipe, items, args.batch, args.seed, **kwargs)
-        results[name] = {"exact_match": acc, "images_per_s": round(speed, 1)}
-        print(f"{name:40s} exact match {acc:.3f}   {speed:.1f} images/s")
+        correct, speed = accuracy(pipe, items, args.batch, args.seed, **kwargs)
+        by_count = {
+            n: [ok for ok, (_, _, objs) in zip(correct, items, strict=True) if len(objs) == n] for n in (1, 2)
+        }
+        acc, one, both = (float(np.mean(c)) for c in (correct, by_count[1], by_count[2]))
+        results[name] = {
+            "exact_match": acc,
+            "one_object": one,
+            "two_objects": both,
+            "images_per_s": round(speed, 1),
+        }
+        print(
+            f"{name:40s} exact match {acc:.3f} (one object {one:.3f}, two {both:.3f})   {speed:.1f} images/s"
+        )
     finish(info, results)
 
 

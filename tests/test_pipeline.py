@@ -141,8 +141,10 @@ def test_shipped_text_preset_generates():
                output_type="np")  # fmt: skip
     assert out.images[0].shape == (32, 32, 3)
     assert out.metadata[0]["prompt"] == "a large red circle at the top left"
-    with pytest.raises(ValueError, match="tokens long"):
+    with pytest.raises(ValueError, match="prompt has 4 phrases .* at most 2, one per object"):
         pipe(prompt="a large red circle at the top left and " * 4)
+    with pytest.raises(ValueError, match="phrase is 13 tokens long .* at most 12 fit"):  # one slot each
+        pipe(prompt="a large red circle at the top left of the picture, please")
 
 
 def test_preview_shows_generated_part_and_greys_the_rest(pipe):

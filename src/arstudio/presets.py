@@ -64,6 +64,10 @@ class Preset:
         return condition_len(self.generator)
 
     @property
+    def text_phrases(self) -> int:
+        return getattr(self.generator, "text_phrases", 0)
+
+    @property
     def weights_dir(self) -> Path | None:
         return None if self.weights is None else WEIGHTS_ROOT / self.weights
 
@@ -152,6 +156,7 @@ register_preset(
             vocab_size=512,
             condition="text",
             text_dim=384,
+            text_phrases=2,  # two 12-token slots, one per object phrase, each encoded on its own
             backbone=BackboneConfig(dim=192, n_layer=6, n_head=8, grid_size=8, prefix_len=24),
         ),
         weights="shapes-t2i",
