@@ -18,8 +18,11 @@ from torch import nn
 
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.control import ControlConfig
-from arstudio.generators.heads import CONTINUOUS_HEADS, make_continuous_head
+from arstudio.generators.heads import BRIDGE_ARCHS, CONTINUOUS_HEADS, make_continuous_head
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
+
+
+GUIDANCE_TARGETS = ("condition", "logits")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,11 @@ class ContinuousGeneratorConfig:
     batch_mul: int = 4  # diffusion/flow heads: noise draws per token and training step
     x0_clip: float = 5.0  # diffusion sampling: |predicted x0| bound, in units of the (scaled) latents
     levels: int = 64  # bridge head: quantisation levels per dimension
+    head_arch: str = "mlp"  # bridge head: "mlp" or "transformer" over the dimensions (BRIDGE_ARCHS)
+    head_heads: int = 4  # bridge head, transformer: attention heads (head_width must divide by it)
+    # Where classifier-free guidance acts: "condition" = the head's conditioning vector z (every head),
+    # "logits" = each dimension's logits (bridge head only; see decoding/continuous.py).
+    guidance_on: str = "condition"
     num_classes: int = 24
     class_dropout_prob: float = 0.1
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -48,6 +56,22 @@ class ContinuousGeneratorConfig:
             raise ValueError(f"token_dim={self.token_dim!r} must be >= 1")
         if self.head == "bridge" and self.levels < 2:
             raise ValueError(f"levels={self.levels!r} is not allowed for a bridge head: use >= 2")
+        if self.head_arch not in BRIDGE_ARCHS or (self.head != "bridge" and self.head_arch != "mlp"):
+            raise ValueError(
+                f"head_arch={self.head_arch!r} is not allowed for a {self.head} head; allowed: "
+                f"{BRIDGE_ARCHS if self.head == 'bridge' else ('mlp',)}"
+            )
+        heads = self.head_heads
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or self.head_width % heads:
+            raise ValueError(
+                f"head_heads={heads!r} is not allowed: use an integer >= 1 that divides head_width="
+                f"{self.head_width}"
+            )
+        allowed = GUIDANCE_TARGETS if self.head == "bridge" else GUIDANCE_TARGETS[:1]
+        if self.guidance_on not in allowed:
+            raise ValueError(
+                f"guidance_on={self.guidance_on!r} is not allowed for a {self.head} head; allowed: {allowed}"
+            )
 
 
 class ContinuousImageGenerator(PrefixARGenerator):
