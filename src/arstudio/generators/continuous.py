@@ -21,7 +21,6 @@ from arstudio.generators.control import ControlConfig
 from arstudio.generators.heads import BRIDGE_ARCHS, CONTINUOUS_HEADS, make_continuous_head
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
 
-
 GUIDANCE_TARGETS = ("condition", "logits")
 
 
