@@ -106,6 +106,24 @@ def test_bridge_round_trip_error_is_bounded():
         assert counts.min() > 0.5 * counts.mean()
 
 
+def test_lloyd_bins_beat_equal_probability_bins_on_a_spike_with_tails():
+    """Shapes latents are a background spike plus object tails: MSE-optimal bins give the tails more levels."""
+    torch.manual_seed(0)
+    latents = torch.cat([0.05 * torch.randn(6000, 2), 3 * torch.randn(1500, 2)])
+    errors = {}
+    for method in ("empirical", "lloyd"):
+        quantizer = BridgeQuantizer(2, 16).fit(latents, method)
+        assert (quantizer.edges.diff(dim=1) > 0).all()  # sorted, distinct edges
+        ids = quantizer.quantize(latents)
+        assert int(ids.min()) >= 0 and int(ids.max()) < 16
+        errors[method] = float(((quantizer.dequantize(ids) - latents) ** 2).mean())
+    assert errors["lloyd"] < errors["empirical"] / 5, errors
+    with pytest.raises(
+        ValueError, match=r"method='kmeans' is unknown; allowed: \('empirical', 'gaussian', 'lloyd'\)"
+    ):
+        BridgeQuantizer(2, 16).fit(latents, "kmeans")
+
+
 def test_bridge_warm_start_keeps_the_trunk_function_of_the_same_latent():
     """A bridge generator warm-started from a diffusion run embeds level ids exactly as the diffusion run
     embedded their de-quantised latents, so its backbone states match; the head keeps its own init."""

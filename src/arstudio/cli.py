@@ -65,13 +65,17 @@ def _add_train_bridge_tokenizer(sub) -> None:
     p.add_argument("--kl", required=True, help="directory of a trained KL tokenizer")
     p.add_argument("--levels", type=int, default=64, help="quantisation levels per dimension (default 64)")
     p.add_argument("--num-images", type=int, default=4096, help="images whose latents fit the statistics")
+    p.add_argument("--method", default="empirical", choices=("empirical", "gaussian", "lloyd"),
+                   help="bins: equal-probability (default), TokenBridge's Gaussian ones, or MSE-optimal")  # fmt: skip
     p.set_defaults(func=_run_train_bridge_tokenizer)
 
 
 def _run_train_bridge_tokenizer(args) -> None:
     from arstudio.training.kl_tokenizer import build_bridge_tokenizer
 
-    _, table = build_bridge_tokenizer(args.out, args.kl, levels=args.levels, num_images=args.num_images)
+    _, table = build_bridge_tokenizer(
+        args.out, args.kl, levels=args.levels, num_images=args.num_images, method=args.method
+    )
     for row in table:
         print(f"bits/dim {row['bits']!s:>4} {row['method']!s:9}  latent MSE / var {row['relative_latent_mse']:.4f}  "
               f"PSNR {row['psnr']:.2f} dB")  # fmt: skip
