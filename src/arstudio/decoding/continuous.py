@@ -20,7 +20,7 @@ import torch
 
 from arstudio.decoding.autoregressive import DecodeResult, StepCallback
 from arstudio.decoding.guidance import ControlSignal, guidance_rows, guide
-from arstudio.decoding.logits import SamplingParams, classifier_free_guidance, draw, filter_logits
+from arstudio.decoding.logits import SamplingParams, draw, filter_logits
 
 
 def check_num_inference_steps(steps, head) -> int:
@@ -73,15 +73,10 @@ def euler_sample(head, z, generators, steps: int, temperature: float) -> torch.T
 
 
 def dimensionwise_sample(head, z, generators, params: SamplingParams) -> torch.Tensor:
-    """z (B, dim) -> level ids (B, d), one dimension at a time. With z of both guidance streams
-    (2B, dim: [cond; uncond]) each dimension's logits are guided instead, l_u + s (l_c - l_u)."""
-    batch = len(generators)
-    ids = torch.zeros(batch, 0, dtype=torch.long, device=z.device)
+    """z (B, dim) -> level ids (B, d), one dimension at a time."""
+    ids = torch.zeros(z.shape[0], 0, dtype=torch.long, device=z.device)
     for _ in range(head.token_dim):
-        logits = head.next_logits(ids.repeat(z.shape[0] // batch, 1), z)
-        if z.shape[0] != batch:
-            logits = classifier_free_guidance(logits[:batch], logits[batch:], params.guidance_scale)
-        probs = filter_logits(logits, params.temperature, params.top_k, params.top_p)
+        probs = filter_logits(head.next_logits(ids, z), params.temperature, params.top_k, params.top_p)
         ids = torch.cat([ids, draw(probs, generators)[:, None]], dim=1)
     return ids
 
@@ -128,13 +123,8 @@ def sample_continuous(
         else:
             z = model(torch.zeros(rows, 1, d, dtype=dtype, device=device), cond)[:, -1]
         forwards += 1
-        # A bridge head guided on its logits gets both streams' z (guided per dimension in its loop).
-        on_logits = getattr(model.config, "guidance_on", "condition") == "logits"
         for index in range(total):
-            if on_logits and z.shape[0] == 2 * batch and params.guided(index, total):
-                z_guided = z
-            else:
-                z_guided = guide(z, batch, params, index, total, control)
+            z_guided = guide(z, batch, params, index, total, control)
             tokens[:, index] = sample_head(model, z_guided, generators, params, num_inference_steps)
             if callback is not None and callback(index, total, tokens[:, : index + 1]) is False:
                 tokens = tokens[:, : index + 1]

@@ -21,9 +21,6 @@ from arstudio.generators.control import ControlConfig
 from arstudio.generators.heads import BRIDGE_ARCHS, CONTINUOUS_HEADS, make_continuous_head
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
 
-GUIDANCE_TARGETS = ("condition", "logits")
-
-
 @dataclass(frozen=True)
 class ContinuousGeneratorConfig:
     token_dim: int = 8  # d, the tokenizer's latent channels
@@ -36,9 +33,6 @@ class ContinuousGeneratorConfig:
     levels: int = 64  # bridge head: quantisation levels per dimension
     head_arch: str = "mlp"  # bridge head: "mlp" or "transformer" over the dimensions (BRIDGE_ARCHS)
     head_heads: int = 4  # bridge head, transformer: attention heads (head_width must divide by it)
-    # Where classifier-free guidance acts: "condition" = the head's conditioning vector z (every head),
-    # "logits" = each dimension's logits (bridge head only; see decoding/continuous.py).
-    guidance_on: str = "condition"
     num_classes: int = 24
     class_dropout_prob: float = 0.1
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -65,11 +59,6 @@ class ContinuousGeneratorConfig:
             raise ValueError(
                 f"head_heads={heads!r} is not allowed: use an integer >= 1 that divides head_width="
                 f"{self.head_width}"
-            )
-        allowed = GUIDANCE_TARGETS if self.head == "bridge" else GUIDANCE_TARGETS[:1]
-        if self.guidance_on not in allowed:
-            raise ValueError(
-                f"guidance_on={self.guidance_on!r} is not allowed for a {self.head} head; allowed: {allowed}"
             )
 
 
