@@ -21,6 +21,7 @@ from arstudio.generators.control import ControlConfig
 from arstudio.generators.heads import BRIDGE_ARCHS, CONTINUOUS_HEADS, make_continuous_head
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
 
+
 @dataclass(frozen=True)
 class ContinuousGeneratorConfig:
     token_dim: int = 8  # d, the tokenizer's latent channels
