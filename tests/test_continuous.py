@@ -13,9 +13,9 @@ from arstudio.tokenizers.bridge import BridgeQuantizer, gaussian_bins
 BACKBONE = BackboneConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=3, prefix_len=1)
 
 
-def tiny_generator(head: str, seed: int = 0) -> ContinuousImageGenerator:
+def tiny_generator(head: str, seed: int = 0, **options) -> ContinuousImageGenerator:
     config = ContinuousGeneratorConfig(token_dim=4, head=head, head_width=32, head_depth=2, levels=8,
-                                       backbone=BACKBONE)  # fmt: skip
+                                       backbone=BACKBONE, **options)  # fmt: skip
     torch.manual_seed(seed)
     model = ContinuousImageGenerator(config).eval()
     for param in model.head.parameters():  # zero-initialised outputs would make every sample trivial
@@ -106,6 +106,24 @@ def test_bridge_round_trip_error_is_bounded():
         assert counts.min() > 0.5 * counts.mean()
 
 
+def test_lloyd_bins_beat_equal_probability_bins_on_a_spike_with_tails():
+    """Shapes latents are a background spike plus object tails: MSE-optimal bins give the tails more levels."""
+    torch.manual_seed(0)
+    latents = torch.cat([0.05 * torch.randn(6000, 2), 3 * torch.randn(1500, 2)])
+    errors = {}
+    for method in ("empirical", "lloyd"):
+        quantizer = BridgeQuantizer(2, 16).fit(latents, method)
+        assert (quantizer.edges.diff(dim=1) > 0).all()  # sorted, distinct edges
+        ids = quantizer.quantize(latents)
+        assert int(ids.min()) >= 0 and int(ids.max()) < 16
+        errors[method] = float(((quantizer.dequantize(ids) - latents) ** 2).mean())
+    assert errors["lloyd"] < errors["empirical"] / 5, errors
+    with pytest.raises(
+        ValueError, match=r"method='kmeans' is unknown; allowed: \('empirical', 'gaussian', 'lloyd'\)"
+    ):
+        BridgeQuantizer(2, 16).fit(latents, "kmeans")
+
+
 def test_bridge_warm_start_keeps_the_trunk_function_of_the_same_latent():
     """A bridge generator warm-started from a diffusion run embeds level ids exactly as the diffusion run
     embedded their de-quantised latents, so its backbone states match; the head keeps its own init."""
@@ -135,15 +153,53 @@ def test_gaussian_bins_are_ordered_and_symmetric():
     torch.testing.assert_close(values, -values.flip(0))
 
 
-def test_dimensionwise_head_teacher_forcing_matches_its_sampling_steps():
+@pytest.mark.parametrize("arch", ["mlp", "transformer"])
+def test_dimensionwise_head_teacher_forcing_matches_its_sampling_steps(arch):
     torch.manual_seed(0)
-    head = DimensionwiseHead(token_dim=5, cond_dim=16, width=32, depth=2, levels=8)
+    head = DimensionwiseHead(token_dim=5, cond_dim=16, width=32, depth=2, levels=8, arch=arch)
     ids, z = torch.randint(0, 8, (3, 5)), torch.randn(3, 16)
     logits = head(ids, z)
     assert logits.shape == (3, 5, 8)
     for j in range(5):
         torch.testing.assert_close(head.next_logits(ids[:, :j], z), logits[:, j])
     assert head.loss(ids, z).ndim == 0
+
+
+def test_transformer_bridge_head_is_causal_over_dimensions():
+    torch.manual_seed(0)
+    head = DimensionwiseHead(token_dim=5, cond_dim=16, width=32, depth=2, levels=8, arch="transformer")
+    for p in head.parameters():  # zero-initialised level embeddings / outputs would hide any leak
+        torch.nn.init.normal_(p, std=0.3)
+    ids, z = torch.randint(0, 8, (3, 5)), torch.randn(3, 16)
+    changed = ids.clone()
+    changed[:, 2] = (ids[:, 2] + 1) % 8
+    before, after = head(ids, z), head(changed, z)
+    torch.testing.assert_close(before[:, :3], after[:, :3])  # rows 0..2 never see dimension 2
+    assert not torch.allclose(before[:, 3:], after[:, 3:])
+
+
+def test_transformer_bridge_head_round_trips_through_save_and_load(tmp_path):
+    model = tiny_generator("bridge", head_arch="transformer", head_heads=2)
+    model.save_pretrained(tmp_path)
+    loaded = ContinuousImageGenerator.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    ids, labels = torch.randint(0, 8, (2, 9, 4)), torch.tensor([1, 2])
+    torch.testing.assert_close(loaded.head(ids[:, 0], loaded(ids, labels)[:, 0]),
+                               model.head(ids[:, 0], model(ids, labels)[:, 0]))  # fmt: skip
+
+
+def test_old_bridge_configs_load_as_the_mlp_head(tmp_path):
+    import json
+
+    model = tiny_generator("bridge")
+    model.save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    for key in ("head_arch", "head_heads"):  # configs written before these options existed
+        raw.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    loaded = ContinuousImageGenerator.from_pretrained(tmp_path)
+    assert loaded.config.head_arch == "mlp"
+    assert loaded.config == model.config
 
 
 # ---- bad inputs --------------------------------------------------------------------------------
@@ -172,6 +228,18 @@ def test_bad_configs_and_steps_are_named():
         ContinuousGeneratorConfig(head="bridge", levels=1)
     with pytest.raises(ValueError, match="levels=1 is not allowed"):
         BridgeQuantizer(4, 1)
+    with pytest.raises(
+        ValueError,
+        match=r"head_arch='rnn' is not allowed for a bridge head; allowed: \('mlp', 'transformer'\)",
+    ):
+        ContinuousGeneratorConfig(head="bridge", head_arch="rnn")
+    with pytest.raises(ValueError, match="head_arch='transformer' is not allowed for a diffusion head"):
+        ContinuousGeneratorConfig(head="diffusion", head_arch="transformer")
+    for heads in (0, 3, 2.0, True):
+        with pytest.raises(ValueError, match=f"head_heads={heads!r} is not allowed.*head_width=32"):
+            ContinuousGeneratorConfig(head="bridge", head_arch="transformer", head_width=32, head_heads=heads)
+    with pytest.raises(ValueError, match="arch='rnn' is unknown"):
+        DimensionwiseHead(token_dim=5, cond_dim=16, width=32, depth=2, levels=8, arch="rnn")
     model = tiny_generator("diffusion")
     for bad in (0, -3, 2.5, 10_000):
         with pytest.raises(ValueError, match=f"num_inference_steps={bad!r} is not allowed"):

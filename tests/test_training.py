@@ -43,14 +43,14 @@ def test_generator_training_lowers_the_loss_and_resumes(tmp_path):
     assert torch.load(gen_dir / TRAIN_STATE, weights_only=True)["step"] == 30
 
 
-def test_bridge_head_training_moves_only_the_head_and_resumes(tmp_path):
+def tiny_bridge_setup(tmp_path):
+    """A tiny bridge tokenizer and continuous trunk saved under tmp_path (tok/, trunk/); returns (config,
+    trunk) of the test-tiny-bridge generator at 32 px (8x8 latents: shapes are drawn at 32 or 64 px only)."""
     from arstudio.generators.continuous import ContinuousImageGenerator
     from arstudio.presets import get_preset
     from arstudio.tokenizers.bridge import BridgeTokenizer
     from arstudio.tokenizers.kl import KLTokenizer
-    from arstudio.training.bridge_head import train_bridge_head, trunk_states
 
-    # the tiny presets at 32 px (8x8 latents): the training data are shapes, drawn at 32 or 64 px only
     tiny_bridge, tiny_trunk = get_preset("test-tiny-bridge"), get_preset("test-tiny-continuous").generator
     kl_config = replace(tiny_bridge.tokenizer.kl, resolution=32)
     config = replace(tiny_bridge.generator, backbone=replace(tiny_bridge.generator.backbone, grid_size=8))
@@ -59,6 +59,13 @@ def test_bridge_head_training_moves_only_the_head_and_resumes(tmp_path):
     BridgeTokenizer.from_kl(kl, config.levels, torch.randn(500, 4)).save_pretrained(tmp_path / "tok")
     trunk = ContinuousImageGenerator(replace(tiny_trunk, backbone=config.backbone))
     trunk.save_pretrained(tmp_path / "trunk")
+    return config, trunk
+
+
+def test_bridge_head_training_moves_only_the_head_and_resumes(tmp_path):
+    from arstudio.training.bridge_head import train_bridge_head, trunk_states
+
+    config, trunk = tiny_bridge_setup(tmp_path)
     out = tmp_path / "bridge"
     model = train_bridge_head(out, tmp_path / "tok", config, tmp_path / "trunk", steps=40, batch_tokens=256,
                               lr=1e-2, num_images=24, save_every=20)  # fmt: skip
@@ -75,3 +82,20 @@ def test_bridge_head_training_moves_only_the_head_and_resumes(tmp_path):
                                 lr=1e-2, num_images=24, save_every=20)  # fmt: skip
     assert torch.load(out / TRAIN_STATE, weights_only=True)["step"] == 41
     assert not torch.equal(resumed.head.output.weight, model.head.output.weight)
+
+
+def test_train_bridge_head_cli_can_swap_in_a_transformer_head(tmp_path, monkeypatch):
+    import arstudio.presets
+    from arstudio.cli import main
+    from arstudio.generators.continuous import ContinuousImageGenerator
+
+    config, _ = tiny_bridge_setup(tmp_path)
+    preset = replace(arstudio.presets.get_preset("test-tiny-bridge"), generator=config)  # at 32 px
+    monkeypatch.setattr(arstudio.presets, "get_preset", lambda name: preset)
+    out = tmp_path / "bridge"
+    args = ["train", "bridge-head", "--preset", "test-tiny-bridge", "--tokenizer", str(tmp_path / "tok"),
+            "--trunk", str(tmp_path / "trunk"), "--out", str(out), "--steps", "2", "--batch-tokens", "64",
+            "--num-images", "4", "--head-arch", "transformer", "--head-depth", "1", "--head-heads", "2"]  # fmt: skip
+    assert main(args) == 0
+    config = ContinuousImageGenerator.from_pretrained(out).config
+    assert (config.head_arch, config.head_depth, config.head_heads) == ("transformer", 1, 2)

@@ -65,13 +65,17 @@ def _add_train_bridge_tokenizer(sub) -> None:
     p.add_argument("--kl", required=True, help="directory of a trained KL tokenizer")
     p.add_argument("--levels", type=int, default=64, help="quantisation levels per dimension (default 64)")
     p.add_argument("--num-images", type=int, default=4096, help="images whose latents fit the statistics")
+    p.add_argument("--method", default="empirical", choices=("empirical", "gaussian", "lloyd"),
+                   help="bins: equal-probability (default), TokenBridge's Gaussian ones, or MSE-optimal")  # fmt: skip
     p.set_defaults(func=_run_train_bridge_tokenizer)
 
 
 def _run_train_bridge_tokenizer(args) -> None:
     from arstudio.training.kl_tokenizer import build_bridge_tokenizer
 
-    _, table = build_bridge_tokenizer(args.out, args.kl, levels=args.levels, num_images=args.num_images)
+    _, table = build_bridge_tokenizer(
+        args.out, args.kl, levels=args.levels, num_images=args.num_images, method=args.method
+    )
     for row in table:
         print(f"bits/dim {row['bits']!s:>4} {row['method']!s:9}  latent MSE / var {row['relative_latent_mse']:.4f}  "
               f"PSNR {row['psnr']:.2f} dB")  # fmt: skip
@@ -91,14 +95,24 @@ def _add_train_bridge_head(sub) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--num-images", type=int, default=6000, help="images whose trunk states are cached")
     p.add_argument("--seed", type=int, default=0)
+    head = p.add_argument_group("another head than the preset's")
+    head.add_argument("--head-arch", choices=("mlp", "transformer"), help="layers over a token's dimensions")
+    head.add_argument("--head-width", type=int, help="head width")
+    head.add_argument("--head-depth", type=int, help="MLP blocks / transformer layers")
+    head.add_argument("--head-heads", type=int, help="transformer: attention heads")
     p.set_defaults(func=_run_train_bridge_head)
 
 
 def _run_train_bridge_head(args) -> None:
+    from dataclasses import replace
+
     from arstudio.presets import get_preset
     from arstudio.training.bridge_head import train_bridge_head
 
-    train_bridge_head(args.out, args.tokenizer, get_preset(args.preset).generator, args.trunk, steps=args.steps,
+    options = (("head_arch", args.head_arch), ("head_width", args.head_width), ("head_depth", args.head_depth),
+               ("head_heads", args.head_heads))  # fmt: skip
+    config = replace(get_preset(args.preset).generator, **{k: v for k, v in options if v is not None})
+    train_bridge_head(args.out, args.tokenizer, config, args.trunk, steps=args.steps,
                       batch_tokens=args.batch_tokens, lr=args.lr, num_images=args.num_images,
                       seed=args.seed)  # fmt: skip
     print(f"bridge generator saved to {args.out}")

@@ -18,7 +18,7 @@ from torch import nn
 
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.control import ControlConfig
-from arstudio.generators.heads import CONTINUOUS_HEADS, make_continuous_head
+from arstudio.generators.heads import BRIDGE_ARCHS, CONTINUOUS_HEADS, make_continuous_head
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
 
 
@@ -32,6 +32,8 @@ class ContinuousGeneratorConfig:
     batch_mul: int = 4  # diffusion/flow heads: noise draws per token and training step
     x0_clip: float = 5.0  # diffusion sampling: |predicted x0| bound, in units of the (scaled) latents
     levels: int = 64  # bridge head: quantisation levels per dimension
+    head_arch: str = "mlp"  # bridge head: "mlp" or "transformer" over the dimensions (BRIDGE_ARCHS)
+    head_heads: int = 4  # bridge head, transformer: attention heads (head_width must divide by it)
     num_classes: int = 24
     class_dropout_prob: float = 0.1
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -48,6 +50,17 @@ class ContinuousGeneratorConfig:
             raise ValueError(f"token_dim={self.token_dim!r} must be >= 1")
         if self.head == "bridge" and self.levels < 2:
             raise ValueError(f"levels={self.levels!r} is not allowed for a bridge head: use >= 2")
+        if self.head_arch not in BRIDGE_ARCHS or (self.head != "bridge" and self.head_arch != "mlp"):
+            raise ValueError(
+                f"head_arch={self.head_arch!r} is not allowed for a {self.head} head; allowed: "
+                f"{BRIDGE_ARCHS if self.head == 'bridge' else ('mlp',)}"
+            )
+        heads = self.head_heads
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or self.head_width % heads:
+            raise ValueError(
+                f"head_heads={heads!r} is not allowed: use an integer >= 1 that divides head_width="
+                f"{self.head_width}"
+            )
 
 
 class ContinuousImageGenerator(PrefixARGenerator):

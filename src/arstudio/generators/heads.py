@@ -21,8 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from arstudio.generators.adaln_mlp import AdaLNMLP, ResidualMLP
+from arstudio.generators.backbone import BackboneConfig, RMSNorm, TransformerBlock
+from arstudio.generators.rope import rope_axes_table
 
 CONTINUOUS_HEADS = ("diffusion", "flow", "bridge")
+BRIDGE_ARCHS = ("mlp", "transformer")  # DimensionwiseHead's layers over a token's dimensions
 
 
 class CategoricalHead(nn.Module):
@@ -109,26 +112,55 @@ class FlowHead(nn.Module):
         return F.mse_loss(self(x_t, t, z), noise - target)
 
 
+class DimensionTransformer(nn.Module):
+    """A small causal transformer over a token's d dimensions (TokenBridge's per-dimension head): the
+    backbone's ``TransformerBlock``s with 1D RoPE over the dimension index; (M, L <= d, width) -> same."""
+
+    def __init__(self, width: int, depth: int, heads: int, length: int):
+        super().__init__()
+        cfg = BackboneConfig(dim=width, n_layer=depth, n_head=heads, multiple_of=32)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(depth))
+        self.norm = RMSNorm(width, cfg.norm_eps)
+        coords = torch.arange(length, dtype=torch.float32)[:, None]
+        self.register_buffer("rope", rope_axes_table(coords, (cfg.head_dim // 2,)), persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        rope = self.rope[: h.shape[1]]
+        for layer in self.layers:
+            h = layer(h, rope)  # causal: dimension j sees dimensions <= j
+        return self.norm(h)
+
+
 class DimensionwiseHead(nn.Module):
     """TokenBridge's per-dimension AR head: p(i_1..i_d | z) = prod_j p(i_j | z, i_<j), each over ``levels``.
 
-    The input for dimension j is proj(z) + pos_j + sum_{k<j} E[k, i_k]: the previous dimensions enter as a
-    sum of (dimension, level) embeddings, so teacher forcing is one parallel pass (an exclusive cumsum) and
-    sampling d cheap MLP passes. (TokenBridge uses a small causal transformer over the channels instead.)
+    ``arch="mlp"``: the input for dimension j is proj(z) + pos_j + sum_{k<j} E[k, i_k] (the previous
+    dimensions enter as a sum of (dimension, level) embeddings, so teacher forcing is one parallel pass, an
+    exclusive cumsum) through residual MLP blocks applied to each dimension on its own.
+    ``arch="transformer"``: TokenBridge's small causal transformer over the dimensions; position j holds
+    proj(z) + E[j - 1, i_{j-1}] (nothing at j = 0) and attends to the positions before it. Both teacher-force
+    in one pass; sampling runs d cheap passes.
     """
 
     kind = "bridge"
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, levels: int):
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, levels: int,
+                 arch: str = "mlp", heads: int = 4):  # fmt: skip
         super().__init__()
+        if arch not in BRIDGE_ARCHS:
+            raise ValueError(f"arch={arch!r} is unknown; allowed: {BRIDGE_ARCHS}")
         self.token_dim = token_dim
         self.levels = levels
+        self.arch = arch
         self.cond_proj = nn.Linear(cond_dim, width)
         self.dim_pos = nn.Parameter(torch.zeros(token_dim, width))
         self.level_embed = nn.Embedding(
             token_dim * levels, width
         )  # row k * levels + i: dimension k at level i
-        self.net = ResidualMLP(width, depth)
+        if arch == "mlp":
+            self.net = ResidualMLP(width, depth)
+        else:
+            self.net = DimensionTransformer(width, depth, heads, token_dim)
         self.output = nn.Linear(width, levels)
 
     def check_ids(self, ids: torch.Tensor) -> None:
@@ -143,24 +175,31 @@ class DimensionwiseHead(nn.Module):
             )
 
     def _previous(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (M, j) -> (M, j + 1, width): for each dimension 0..j, the summed embeddings of those before it."""
+        """ids (M, j) -> (M, j + 1, width): what each dimension 0..j knows of the ids before it (mlp: the
+        summed embeddings of all of them; transformer: the embedding of the one just before)."""
         offsets = torch.arange(ids.shape[1], device=ids.device) * self.levels
         emb = self.level_embed(ids + offsets)  # (M, j, width)
         zero = emb.new_zeros(emb.shape[0], 1, emb.shape[2])
-        return torch.cat([zero, emb], dim=1).cumsum(dim=1)  # exclusive prefix sums
+        shifted = torch.cat([zero, emb], dim=1)
+        return shifted.cumsum(dim=1) if self.arch == "mlp" else shifted  # mlp: exclusive prefix sums
+
+    def _inputs(self, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """ids (M, j) known dimensions, z (M, cond_dim) -> (M, j + 1, width) inputs of dimensions 0..j."""
+        j = ids.shape[1]
+        return self.cond_proj(z)[:, None] + self.dim_pos[: j + 1] + self._previous(ids)
 
     def forward(self, ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: ids (M, d), z (M, cond_dim) -> logits (M, d, levels), row j predicting ids[:, j]."""
         self.check_ids(ids)
-        h = self.cond_proj(z)[:, None] + self.dim_pos + self._previous(ids[:, :-1])
-        return self.output(self.net(h)).float()
+        return self.output(self.net(self._inputs(ids[:, :-1], z))).float()
 
     def next_logits(self, ids_so_far: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Sampling: the first j dimensions (M, j) -> logits (M, levels) of dimension j."""
         self.check_ids(ids_so_far)
-        j = ids_so_far.shape[1]
-        h = self.cond_proj(z) + self.dim_pos[j] + self._previous(ids_so_far)[:, -1]
-        return self.output(self.net(h)).float()
+        h = self._inputs(ids_so_far, z)
+        if self.arch == "mlp":  # dimensions do not interact: only the last one needs computing
+            return self.output(self.net(h[:, -1])).float()
+        return self.output(self.net(h)[:, -1]).float()
 
     def loss(self, target: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None):
         logits = self(target, z)
@@ -175,7 +214,6 @@ def make_continuous_head(config, cond_dim: int) -> nn.Module:
     if config.head == "flow":
         return FlowHead(config.token_dim, cond_dim, config.head_width, config.head_depth, config.batch_mul)
     if config.head == "bridge":
-        return DimensionwiseHead(
-            config.token_dim, cond_dim, config.head_width, config.head_depth, config.levels
-        )
+        return DimensionwiseHead(config.token_dim, cond_dim, config.head_width, config.head_depth,
+                                 config.levels, config.head_arch, config.head_heads)  # fmt: skip
     raise ValueError(f"head={config.head!r} is unknown; allowed: {CONTINUOUS_HEADS}")

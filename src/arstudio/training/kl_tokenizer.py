@@ -79,9 +79,10 @@ def train_kl_tokenizer(
 
 @torch.no_grad()
 def build_bridge_tokenizer(out_dir: str | Path, kl_dir: str | Path, levels: int = 64, num_images: int = 4096,
-                           seed: int = 0, batch_size: int = 256):  # fmt: skip
-    """TokenBridge's post-training step: fit the per-dimension quantiser of a trained KL tokenizer on the
-    latents of ``num_images`` training-set images (class set, seed ``seed``) and save the bridge tokenizer.
+                           seed: int = 0, batch_size: int = 256, method: str = "empirical"):  # fmt: skip
+    """TokenBridge's post-training step: fit the per-dimension quantiser (bins by ``method``, see
+    ``tokenizers/bridge.py``) of a trained KL tokenizer on the latents of ``num_images`` training-set images
+    (class set, seed ``seed``) and save the bridge tokenizer.
 
     Returns (tokenizer, the reconstruction-error vs bits-per-dimension table on held-out images).
     """
@@ -98,7 +99,7 @@ def build_bridge_tokenizer(out_dir: str | Path, kl_dir: str | Path, levels: int 
         for i in range(0, num_images, batch_size)
     ]
     latents = torch.cat(latents)  # (num_images, h, w, d)
-    bridge = BridgeTokenizer.from_kl(kl, levels, latents)
+    bridge = BridgeTokenizer.from_kl(kl, levels, latents, method)
     bridge.save_pretrained(out_dir)
     held_out = images_to_tensor(class_batch(seed + 7919, 512, resolution)[0])
     return bridge, quantisation_sweep(kl, held_out, latents)
