@@ -41,10 +41,23 @@ def class_id(shape: str, colour: str) -> int:
     return SHAPES.index(shape) * len(COLOURS) + COLOURS.index(colour)
 
 
+def class_parts(label: int) -> tuple[str, str]:
+    """(shape, colour) of a class id, the inverse of ``class_id``: 7 -> ("square", "green")."""
+    check_class_label(label)
+    return SHAPES[int(label) // len(COLOURS)], COLOURS[int(label) % len(COLOURS)]
+
+
 def class_name(label: int) -> str:
     """Human name of a class id, e.g. 7 -> "green square"."""
-    check_class_label(label)
-    return f"{COLOURS[label % len(COLOURS)]} {SHAPES[label // len(COLOURS)]}"
+    shape, colour = class_parts(label)
+    return f"{colour} {shape}"
+
+
+def pick_class(rng: np.random.Generator, label: int | None) -> tuple[int, str, str]:
+    """The label asked for (checked), or one drawn from ``rng`` when None, with its (shape, colour)."""
+    if label is None:
+        label = int(rng.integers(NUM_CLASSES))
+    return (label, *class_parts(label))
 
 
 def check_class_label(label: int) -> None:
@@ -166,10 +179,8 @@ def make_class_item(seed: int, index: int, canvas: int = 64, label: int | None =
     """Item ``index`` of the class-conditional set: (image uint8 HxWx3, label, object)."""
     check_canvas(canvas)
     rng = np.random.default_rng([seed, index])
-    if label is None:
-        label = int(rng.integers(NUM_CLASSES))
-    check_class_label(label)
-    obj = sample_object(rng, canvas, SHAPES[label // len(COLOURS)], COLOURS[label % len(COLOURS)])
+    label, shape, colour = pick_class(rng, label)
+    obj = sample_object(rng, canvas, shape, colour)
     return render([obj], canvas), label, obj
 
 

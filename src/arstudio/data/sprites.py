@@ -18,12 +18,11 @@ import numpy as np
 
 from arstudio.data.shapes import (
     COLOURS,
-    NUM_CLASSES,
     SHAPES,
     SIZES,
     ShapeObject,
     check_canvas,
-    check_class_label,
+    pick_class,
     region_of,
     render,
     side_range,
@@ -122,10 +121,8 @@ def make_class_clip(seed: int, index: int, num_frames: int = DEFAULT_FRAMES, can
     """Clip ``index`` of the class set: (frames uint8 (T, H, W, 3), label, sprite)."""
     check_canvas(canvas)
     rng = np.random.default_rng([seed, index])
-    if label is None:
-        label = int(rng.integers(NUM_CLASSES))
-    check_class_label(label)
-    sprite = sample_sprite(rng, canvas, SHAPES[label // len(COLOURS)], COLOURS[label % len(COLOURS)])
+    label, shape, colour = pick_class(rng, label)
+    sprite = sample_sprite(rng, canvas, shape, colour)
     return render_clip([sprite], num_frames, canvas), label, sprite
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from arstudio.data.shapes import COLOURS, SHAPES, check_class_label
+from arstudio.data.shapes import class_parts
 from arstudio.evaluation.verifier import DetectedObject, check_image, detect_objects
 
 MIN_MEAN_SPEED = 0.5  # px per frame (at 32 px): below this the object is standing still
@@ -50,8 +50,7 @@ def expected_objects(label: int | None = None, objects=None) -> list[tuple[str, 
     if (label is None) == (objects is None):
         raise ValueError("pass exactly one of label (a class id) or objects (the sprites to expect)")
     if label is not None:
-        check_class_label(label)
-        return [(SHAPES[int(label) // len(COLOURS)], COLOURS[int(label) % len(COLOURS)])]
+        return [class_parts(label)]
     return [(obj.shape, obj.colour) for obj in objects]
 
 

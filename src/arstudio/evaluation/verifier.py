@@ -21,7 +21,7 @@ from arstudio.data.shapes import (
     SIZE_RANGES,
     SUPPORTED_CANVAS,
     ShapeObject,
-    check_class_label,
+    class_parts,
     region_of,
     shape_mask,
     side_range,
@@ -137,9 +137,8 @@ def detect_objects(image: np.ndarray) -> list[DetectedObject]:
 
 def verify_class(image: np.ndarray, label: int) -> bool:
     """True when the image holds exactly one object, of the class's shape and colour."""
-    check_class_label(label)
+    shape, colour = class_parts(label)
     objects = detect_objects(image)
-    shape, colour = SHAPES[int(label) // len(COLOURS)], COLOURS[int(label) % len(COLOURS)]
     return len(objects) == 1 and objects[0].shape == shape and objects[0].colour == colour
 
 
