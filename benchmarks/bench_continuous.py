@@ -17,7 +17,7 @@ import torch
 from arstudio.data.shapes import NUM_CLASSES, class_batch
 from arstudio.evaluation.fd_shapes import fd_shapes, load_shipped_classifier
 from arstudio.evaluation.metrics import psnr
-from arstudio.evaluation.verifier import verify_class
+from arstudio.evaluation.verifier import class_accuracy
 from arstudio.pipelines.loading import load_pipeline
 from benchmarks.bench_tokenizer import HELDOUT_SEED, reconstruct
 from benchmarks.common import finish, header
@@ -54,7 +54,7 @@ def evaluate(name: str, per_class: int, batch: int, seed: int, classifier, real:
         "head": metadata["head"],
         "head_steps": metadata["num_inference_steps"] or (pipe.generator.config.token_dim if metadata["head"] == "bridge" else None),
         "defaults": pipe.preset.defaults,
-        "verifier_accuracy": float(np.mean([verify_class(im, lab) for im, lab in zip(images, labels, strict=True)])),
+        "verifier_accuracy": class_accuracy(images, labels),
         "fd_shapes_samples_vs_real": fd_shapes(images, real, classifier),
         "tokenizer_psnr_db": psnr(held_out, recon),
         "images_per_s_batch1": images_per_second(pipe, 1, 4),

@@ -23,7 +23,7 @@ import torch
 from arstudio.data.control import CONTROL_TYPES, make_control
 from arstudio.data.shapes import NUM_CLASSES, make_class_item
 from arstudio.evaluation.control import edge_f1, mask_iou, position_error
-from arstudio.evaluation.verifier import verify_class
+from arstudio.evaluation.verifier import class_accuracy
 from arstudio.pipelines.loading import load_pipeline
 from benchmarks.common import finish, header
 
@@ -75,7 +75,7 @@ def score(images, items) -> dict:
         "mask_iou": float(np.mean([mask_iou(it["controls"]["mask"], im) for im, it in zip(images, items, strict=True)])),
         "position_error_px": float(np.mean(found)) if found else None,
         "no_object_found": len(errors) - len(found),
-        "verifier_accuracy": float(np.mean([verify_class(im, it["label"]) for im, it in zip(images, items, strict=True)])),
+        "verifier_accuracy": class_accuracy(images, [it["label"] for it in items]),
     }  # fmt: skip
 
 

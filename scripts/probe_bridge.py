@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from arstudio.data.shapes import NUM_CLASSES
-from arstudio.evaluation.verifier import verify_class
+from arstudio.evaluation.verifier import class_accuracy
 from arstudio.generators.continuous import ContinuousImageGenerator
 from arstudio.pipelines.loading import load_pipeline
 
@@ -30,7 +29,7 @@ def accuracy(pipe, count: int, guidance: float, temperature: float, batch: int =
         out = pipe(class_labels=labels[start:stop], generator=generators, guidance_scale=guidance,
                    temperature=temperature, output_type="np")  # fmt: skip
         images.extend(out.images)
-    return float(np.mean([verify_class(image, label) for image, label in zip(images, labels, strict=True)]))
+    return class_accuracy(images, labels)
 
 
 def main() -> None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
 
 from arstudio.data.shapes import NUM_CLASSES, class_batch
 from arstudio.decoding.distilled import draw_noise, sample_distilled
 from arstudio.evaluation.fd_shapes import fd_shapes, load_shipped_classifier
-from arstudio.evaluation.verifier import verify_class
+from arstudio.evaluation.verifier import class_accuracy
 from arstudio.generators.distilled import DDGenerator
 from arstudio.images import tensor_to_images
 from arstudio.pipelines.loading import load_pipeline
@@ -39,9 +38,7 @@ def main() -> None:
             result = sample_distilled(model, labels, noise, codebook, steps)
             vectors = result.vectors.view(-1, grid, grid, result.vectors.shape[-1])
             images = tensor_to_images(pipe.tokenizer.decode_vectors(vectors).float())
-            accuracy = np.mean(
-                [verify_class(image, int(label)) for image, label in zip(images, labels, strict=True)]
-            )
+            accuracy = class_accuracy(images, labels)
             print(
                 f"{folder} {steps}-step: verifier {accuracy:.3f}  FD-shapes {fd_shapes(images, real, classifier):.1f}"
             )
