@@ -51,6 +51,26 @@ def test_minilm_phrase_slots_keep_each_object_to_itself(minilm):
     assert not torch.allclose(whole[0, 1:9], whole[1, 1:9], atol=1e-3)
 
 
+def test_remembered_phrases_match_fresh_encodings_and_skip_the_encoder(minilm, monkeypatch):
+    phrased = MiniLMTextEncoder(max_tokens=24, phrases=2)
+    prompts = ["a large red circle at the top left and a small blue square", "a small blue square"]
+    first = phrased(prompts)
+    fresh = MiniLMTextEncoder(max_tokens=24, phrases=2)(prompts)  # a new encoder remembers nothing
+    assert torch.allclose(first, fresh, atol=1e-5)
+    encoded = []
+    original = phrased._encode
+    monkeypatch.setattr(phrased, "_encode", lambda texts, *a: encoded.append(texts) or original(texts, *a))
+    again = phrased(prompts[::-1] + ["a small blue square and a small green triangle"])
+    assert encoded == [["a small green triangle"]]  # only the phrase it had not seen
+    assert torch.equal(again[0], first[1]) and torch.equal(again[1], first[0])
+    phrased.CACHE_SIZE = 1  # more distinct phrases than it may remember: still right, memory bounded
+    assert torch.allclose(phrased(["a red circle and a cyan diamond"])[0, 12:],
+                          minilm._encode(["a cyan diamond"], 12, "phrase")[0], atol=1e-5)  # fmt: skip
+    assert len(phrased._memory) <= 1
+    phrased.to(torch.float64)  # moving the encoder forgets states of the old dtype/device
+    assert phrased(["a small blue square"]).dtype == torch.float64
+
+
 def test_phrase_splitting_and_its_errors():
     assert split_phrases("a red circle at the top and a blue square, a cyan diamond") == [
         "a red circle at the top", "a blue square", "a cyan diamond"]  # fmt: skip
