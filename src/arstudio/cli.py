@@ -100,6 +100,7 @@ def _add_train_bridge_head(sub) -> None:
     head.add_argument("--head-width", type=int, help="head width")
     head.add_argument("--head-depth", type=int, help="MLP blocks / transformer layers")
     head.add_argument("--head-heads", type=int, help="transformer: attention heads")
+    head.add_argument("--levels", type=int, help="levels per dimension (the tokenizer's; default the preset's)")
     p.set_defaults(func=_run_train_bridge_head)
 
 
@@ -110,7 +111,7 @@ def _run_train_bridge_head(args) -> None:
     from arstudio.training.bridge_head import train_bridge_head
 
     options = (("head_arch", args.head_arch), ("head_width", args.head_width), ("head_depth", args.head_depth),
-               ("head_heads", args.head_heads))  # fmt: skip
+               ("head_heads", args.head_heads), ("levels", args.levels))  # fmt: skip
     config = replace(get_preset(args.preset).generator, **{k: v for k, v in options if v is not None})
     train_bridge_head(args.out, args.tokenizer, config, args.trunk, steps=args.steps,
                       batch_tokens=args.batch_tokens, lr=args.lr, num_images=args.num_images,
