@@ -100,7 +100,9 @@ def _add_train_bridge_head(sub) -> None:
     head.add_argument("--head-width", type=int, help="head width")
     head.add_argument("--head-depth", type=int, help="MLP blocks / transformer layers")
     head.add_argument("--head-heads", type=int, help="transformer: attention heads")
-    head.add_argument("--levels", type=int, help="levels per dimension (the tokenizer's; default the preset's)")
+    head.add_argument(
+        "--levels", type=int, help="levels per dimension: the tokenizer's (default: the preset's)"
+    )
     p.set_defaults(func=_run_train_bridge_head)
 
 
