@@ -1,4 +1,5 @@
-"""Quick verifier probe of shapes-c2i-bridge generators (shipped, or training runs and their checkpoints):
+"""Quick verifier probe of shapes-c2i-bridge generators (shipped, or training runs and their checkpoints, with
+the shipped bridge tokenizer or another one):
 ``count`` images, labels i % 24, one generator per image seeded 9000 + i (not the benchmark's seed 0), at each
 guidance / temperature setting.
 
@@ -16,6 +17,7 @@ from arstudio.data.shapes import NUM_CLASSES
 from arstudio.evaluation.verifier import class_accuracy
 from arstudio.generators.continuous import ContinuousImageGenerator
 from arstudio.pipelines.loading import load_pipeline
+from arstudio.tokenizers.bridge import BridgeTokenizer
 
 SEED = 9000
 
@@ -37,12 +39,17 @@ def main() -> None:
     parser.add_argument(
         "--weights", help="a generator folder (config.json + model.safetensors); default: shipped"
     )
+    parser.add_argument(
+        "--tokenizer", help="a bridge tokenizer folder (other bins or levels); default: shipped"
+    )
     parser.add_argument("--count", type=int, default=96)
     parser.add_argument("--settings", nargs="+", default=["1.5/0.3"], help="guidance/temperature pairs")
     args = parser.parse_args()
     pipe = load_pipeline("shapes-c2i-bridge", device="cpu")
     if args.weights:  # the tokenizer stays the preset's; the generator may have another head
         pipe.generator = ContinuousImageGenerator.from_pretrained(args.weights)
+    if args.tokenizer:
+        pipe.tokenizer = BridgeTokenizer.from_pretrained(args.tokenizer)
     for setting in args.settings:
         guidance, temperature = map(float, setting.split("/"))
         start = time.perf_counter()
