@@ -38,7 +38,7 @@ SHIPPED = {
     "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", False),
     "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", True),
     "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", False),
-    "shapes-c2i-bridge/generator": ("runs/gen-shapes-c2i-bridge", True),
+    "shapes-c2i-bridge/generator": ("runs/gen-bridge-joint", True),
     # control presets keep shapes-c2i's tokenizer (Preset.shared_tokenizer)
     "shapes-control/generator": ("runs/gen-shapes-control", True),
     "shapes-control-prefill/generator": ("runs/gen-shapes-control-prefill", True),

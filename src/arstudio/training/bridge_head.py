@@ -11,9 +11,11 @@ head alone lets the trunk run once per training image instead of once per step:
    per-token states z (N * tokens, dim) in float16 in memory (not saved: a resumed run recomputes them).
 3. Per-dimension cross-entropy of the head on random token batches of the cache; only the head moves.
 
-Why not fine-tune everything (``train_generator --init-from``)? Measured on shapes-c2i-bridge, 2 shared
-cores: 500 joint steps of 48 images (~20 min) reached a per-dimension cross-entropy of 2.7-3.2 nats and
-samples the verifier rejected; 2000 head-only steps of 2048 tokens reached 1.57.
+Why not fine-tune everything from the start (``train_generator --init-from``)? Measured on
+shapes-c2i-bridge, 2 shared cores: 500 joint steps of 48 images from the continuous trunk and a new head
+(~20 min) reached a per-dimension cross-entropy of 2.7-3.2 nats and samples the verifier rejected; 2000
+head-only steps of 2048 tokens reached 1.57. Once the head is trained, a joint fine-tune at a low learning
+rate is the second stage of the shipped recipe (docs/training.md): the trunk then adapts to the head.
 """
 
 from __future__ import annotations
