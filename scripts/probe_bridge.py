@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["1.5/0.3"], help="guidance/temperature pairs")
     args = parser.parse_args()
     pipe = load_pipeline("shapes-c2i-bridge", device="cpu")
-    if args.weights:  # the tokenizer stays the preset's; the generator may have another head
+    if args.weights:  # the generator may have another head (and, with --tokenizer, other levels)
         pipe.generator = ContinuousImageGenerator.from_pretrained(args.weights)
     if args.tokenizer:
         pipe.tokenizer = BridgeTokenizer.from_pretrained(args.tokenizer)
