@@ -331,6 +331,9 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=_run_generate)
 
 
+CONTROL_FLAGS = ("control_image", "control_type", "control_strength", "control_guidance_scale")
+
+
 def _control_kwargs(args) -> dict:
     """The --control-* flags given, as pipeline keyword arguments (the pipeline checks them)."""
     given = {name: getattr(args, name) for name in CONTROL_FLAGS if getattr(args, name) is not None}
@@ -341,9 +344,6 @@ def _control_kwargs(args) -> dict:
             image.load()
             given["control_image"] = image
     return given
-
-
-CONTROL_FLAGS = ("control_image", "control_type", "control_strength", "control_guidance_scale")
 
 
 def _run_generate(args) -> None:

@@ -78,6 +78,10 @@ class _TextEncoder(nn.Module):
 
     CACHE_SIZE = 4096
 
+    def __init__(self):
+        super().__init__()
+        self._memory = {}  # (text, length) -> states (length, dim); a plain dict, not a buffer
+
     @torch.no_grad()
     def forward(self, prompts) -> torch.Tensor:
         prompts = check_prompts(prompts)
@@ -88,7 +92,7 @@ class _TextEncoder(nn.Module):
         return states.reshape(len(prompts), self.max_tokens, self.dim)  # slots side by side
 
     def _encode_remembered(self, texts: list[str], length: int, what: str) -> torch.Tensor:
-        memory = self.__dict__.setdefault("_memory", {})  # (text, length) -> (length, dim); not a buffer
+        memory = self._memory
         known = {text: memory[(text, length)] for text in texts if (text, length) in memory}
         new = list(dict.fromkeys(text for text in texts if text not in known))
         if new:
@@ -101,7 +105,7 @@ class _TextEncoder(nn.Module):
         return torch.stack([known[text] for text in texts])
 
     def _apply(self, fn, *args, **kwargs):
-        self.__dict__.pop("_memory", None)  # .to(device/dtype) would leave remembered states behind
+        self._memory.clear()  # .to(device/dtype) would leave remembered states behind
         return super()._apply(fn, *args, **kwargs)
 
 
