@@ -1,5 +1,7 @@
 """FAR video generator, its sampler and the video pipeline (tiny random-init models)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,13 @@ import torch
 import arstudio
 from arstudio.decoding.video import sample_video
 from arstudio.generators.rope import rope_axes_table
-from arstudio.generators.video import VideoGenerator, block_mask, frame_coords, pool_latents
+from arstudio.generators.video import (
+    VideoGenerator,
+    block_mask,
+    clean_copy_mask,
+    frame_coords,
+    pool_latents,
+)
 from arstudio.presets import get_preset
 from arstudio.training.common import seeded
 
@@ -73,8 +81,38 @@ def test_frames_are_block_causal_in_training(model):
     assert not torch.allclose(base[:, 16], model.sequence_hidden(labels, None, inside, t)[:, 16])
 
 
-def test_loss_trains(model):
-    m = seeded(lambda: VideoGenerator(model.config), 1)
+def test_clean_copy_training_sees_what_sampling_sees(model):
+    """Teacher forcing: noisy frame j's output equals the sampling-time pass with frames < j clean."""
+    labels = torch.tensor([2, 7])
+    x, x_t = torch.randn(2, 3, 16, 4), torch.randn(2, 3, 16, 4)
+    t = torch.tensor([[0.3, 0.6, 0.9], [0.5, 0.2, 0.8]])
+    long = torch.randn(2, 1, 16, 4)
+    taught = model.clean_copy_hidden(labels, long, x, x_t, t).view(2, 3, 16, -1)
+    for j in range(3):
+        frames = torch.cat([x[:, :j], x_t[:, j : j + 1]], dim=1)
+        clean = torch.arange(j + 1).expand(2, -1) < j
+        alone = model.sequence_hidden(labels, long, frames, t[:, : j + 1], clean)[:, -16:]
+        assert torch.allclose(taught[:, j], alone, atol=1e-5)
+
+
+def test_clean_copy_mask_hides_the_answer():
+    frames = torch.tensor([-1, 0, 1, 0, 1, 2])
+    noisy = torch.tensor([False, False, False, True, True, True])
+    mask = clean_copy_mask(frames, noisy)[0, 0]
+    assert mask[4, 1] and not mask[4, 2]  # noisy frame 1 sees clean frame 0, not clean frame 1
+    assert mask[4, 4] and not mask[4, 3] and not mask[5, 4]  # only its own noisy frame
+    assert mask[2, 1] and not mask[2, 3] and mask[:, 0].all()  # clean frames: block-causal, never noise
+
+
+def test_context_mode_is_checked():
+    config = get_preset("test-tiny-video").generator
+    with pytest.raises(ValueError, match="context_mode='teacher'"):
+        dataclasses.replace(config, context_mode="teacher")
+
+
+@pytest.mark.parametrize("mode", ["stochastic", "clean_copy"])
+def test_loss_trains(model, mode):
+    m = seeded(lambda: VideoGenerator(dataclasses.replace(model.config, context_mode=mode)), 1)
     optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
     latents, labels = torch.randn(2, 4, 16, 4), torch.tensor([0, 1])
     losses = []

@@ -436,6 +436,7 @@ register_preset(
             head_depth=2,
             train_frames=8,
             max_frames=64,
+            context_mode="clean_copy",  # stochastic clean context (FAR's) left blobs at our budget: docs/training.md
             backbone=BackboneConfig(dim=128, n_layer=4, n_head=4, grid_size=8, prefix_len=1),
         ),
         weights="sprites-video",

@@ -9,9 +9,15 @@ flow time t, or, when it is clean context, plus a learned "clean" embedding (FAR
 backbone's output at each token conditions ``heads.FlowHead``, which predicts that token's velocity
 eps - x from (x_t, t, z): the whole frame is denoised jointly, through the backbone's in-frame attention.
 
-Training (``loss``): every frame gets its own logit-normal t; with probability ``clean_context_ratio`` a
-frame is replaced by its clean latents (stochastic clean context, FAR) and carries no loss. At sampling
-time every past frame is clean, which those clean frames make in-distribution.
+Training (``loss``), two ways to give a noisy frame the clean past it will have at sampling time
+(``context_mode``):
+- ``"stochastic"`` (FAR's stochastic clean context): every frame gets its own logit-normal t; with
+  probability ``clean_context_ratio`` a frame is replaced by its clean latents and carries no loss. A frame
+  then sees the frames before it partly clean, partly noisy.
+- ``"clean_copy"`` (teacher forcing): the sequence holds the clean frames and, after them, every frame
+  noisy at its own t; noisy frame f sees the clean frames before f and itself, never the other noisy
+  frames. Every frame carries a loss with exactly the context it has at sampling time, for a sequence
+  about twice as long.
 
 Long/short-term context: frames older than the last ``short_frames`` are *compressed*: each
 ``long_pool`` x ``long_pool`` patch of latents becomes one token (concatenated, through ``long_embed``),
@@ -37,6 +43,7 @@ from arstudio.generators.image import PrefixARGenerator, check_condition_config
 from arstudio.generators.rope import rope_axes_table
 
 PREFIX_FRAME = -1  # frame index of condition-prefix tokens: visible to every token, never decayed
+CONTEXT_MODES = ("stochastic", "clean_copy")
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,8 @@ class VideoGeneratorConfig:
     head_depth: int = 2
     train_frames: int = 8  # clip length seen in training
     max_frames: int = 64  # longest clip a pipeline may ask for (4x+ training: extrapolation)
-    clean_context_ratio: float = 0.5  # FAR: 0.1 on UCF; more clean frames teach clean-context sampling faster
+    context_mode: str = "stochastic"  # or "clean_copy" (teacher forcing); see the module docstring
+    clean_context_ratio: float = 0.5  # stochastic: FAR uses 0.1 on UCF; more clean frames teach clean context
     time_rope_pairs: int = 4  # rotation pairs for the frame axis; the rest split between rows and columns
     short_frames: int = 3  # past frames kept at full resolution (0: never compress)
     long_pool: int = 2  # compressed frames: one token per long_pool x long_pool latent patch
@@ -77,6 +85,8 @@ class VideoGeneratorConfig:
             raise ValueError(
                 f"need 1 <= train_frames ({self.train_frames}) <= max_frames ({self.max_frames})"
             )
+        if self.context_mode not in CONTEXT_MODES:
+            raise ValueError(f"context_mode={self.context_mode!r}; choose one of {CONTEXT_MODES}")
         if not 0.0 <= self.clean_context_ratio < 1.0:
             raise ValueError(f"clean_context_ratio={self.clean_context_ratio} must be in [0, 1)")
 
@@ -120,6 +130,17 @@ def block_mask(query_frames: torch.Tensor, key_frames: torch.Tensor, temporal_de
     distance = (q - k).clamp(min=0).float() * (k > PREFIX_FRAME)
     bias = torch.where(visible, -temporal_decay * distance, torch.tensor(-math.inf))
     return bias[None, None]
+
+
+def clean_copy_mask(frames: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+    """Teacher-forcing visibility over [prefix, clean frames, noisy frames]: frames (T,) frame indices
+    (-1 = prefix), noisy (T,) bool. A clean token sees the prefix and clean frames <= its own (block-causal);
+    a noisy token sees the prefix, clean frames *before* its own, and its own noisy frame. (1, 1, T, T) bool."""
+    q, k = frames[:, None], frames[None, :]
+    q_noisy, k_noisy = noisy[:, None], noisy[None, :]
+    clean_context = ~k_noisy & (k >= PREFIX_FRAME) & torch.where(q_noisy, k < q, k <= q)
+    own_frame = q_noisy & k_noisy & (k == q)
+    return (clean_context | own_frame)[None, None]
 
 
 def pool_latents(latents: torch.Tensor, pool: int) -> torch.Tensor:
@@ -206,20 +227,46 @@ class VideoGenerator(PrefixARGenerator):
         hidden = self.backbone(torch.cat(parts, dim=1), mask=mask, rope=self.rope_rows(coords).to(device))
         return hidden[:, -x.shape[1] * x.shape[2] :]
 
+    def clean_copy_hidden(self, cond, long, x, x_t, t):
+        """Teacher-forcing pass over [prefix, compressed ``long`` (B, L, N, d), clean frames x[:, :-1],
+        noisy frames x_t (B, F, N, d) at times t (B, F)] -> backbone outputs of the noisy frames (B, F * N, dim).
+        """
+        b, f, n = x.shape[:3]
+        num_long = 0 if long is None else long.shape[1]
+        parts = [self.cls_embedding(cond)]
+        if num_long:
+            parts.append(self.long_inputs(long))
+        parts += [self.frame_inputs(x[:, : f - 1], None), self.frame_inputs(x_t, t)]
+        coords, frames = self.layout(num_long, f - 1)
+        grid = self.config.backbone.grid_size
+        noisy_coords = torch.cat([frame_coords(num_long + i, grid) for i in range(f)])
+        noisy = torch.cat([torch.zeros(len(frames), dtype=torch.bool), torch.ones(f * n, dtype=torch.bool)])
+        frames = torch.cat([frames, noisy_coords[:, 0].long()])
+        device = parts[0].device
+        mask = clean_copy_mask(frames, noisy).to(device)
+        rope = self.rope_rows(torch.cat([coords, noisy_coords])).to(device)
+        hidden = self.backbone(torch.cat(parts, dim=1), mask=mask, rope=rope)
+        return hidden[:, -f * n :]
+
     def loss(self, latents: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None,
              num_long: int = 0) -> torch.Tensor:  # fmt: skip
         """Per-frame flow-matching loss on a batch of clips (B, F, N, d), the first ``num_long`` frames given
-        compressed (clean, no loss); the rest noisy with per-frame t, or clean context (no loss)."""
+        compressed (clean, no loss); the rest noisy with per-frame t and clean context as ``context_mode``
+        says (see the module docstring)."""
         self.check_latents(latents)
         long, x = latents[:, :num_long], latents[:, num_long:]
         b, f = x.shape[:2]
         device = x.device
         t = torch.sigmoid(torch.randn(b, f, generator=generator, device=device))
-        clean = torch.rand(b, f, generator=generator, device=device) < self.config.clean_context_ratio
+        stochastic = self.config.context_mode == "stochastic"
+        if stochastic:  # drawn before the noise, as the first shipped recipe did (its runs stay reproducible)
+            clean = torch.rand(b, f, generator=generator, device=device) < self.config.clean_context_ratio
         noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-        x_t = torch.where(
-            clean[..., None, None], x, (1 - t[..., None, None]) * x + t[..., None, None] * noise
-        )
+        x_t = (1 - t[..., None, None]) * x + t[..., None, None] * noise
+        if not stochastic:  # clean_copy
+            z = self.clean_copy_hidden(cond, long, x, x_t, t)
+            return F.mse_loss(self.velocity(x_t, t, z), noise - x)
+        x_t = torch.where(clean[..., None, None], x, x_t)
         z = self.sequence_hidden(cond, long, x_t, t, clean)
         error = F.mse_loss(self.velocity(x_t, t, z), noise - x, reduction="none").mean(-1)  # (B, F, N)
         weight = (~clean).float()[..., None].expand_as(error)
