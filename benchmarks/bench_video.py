@@ -42,9 +42,9 @@ def generate(pipe, labels, num_frames: int, batch: int, seed: int, **kwargs) -> 
     return np.stack(clips)
 
 
-def acceptance(pipe, count: int, batch: int) -> dict:
+def acceptance(pipe, count: int, batch: int, first_frame: str) -> dict:
     labels = [i % NUM_CLASSES for i in range(count)]
-    clips = generate(pipe, labels, 16, batch, seed=0)
+    clips = generate(pipe, labels, 16, batch, seed=0, first_frame=first_frame)
     verdicts = [verify_clip(c, y) for c, y in zip(clips, labels, strict=True)]
     return {
         "videos": count,
@@ -53,6 +53,7 @@ def acceptance(pipe, count: int, batch: int) -> dict:
         "frame_accuracy": float(np.mean([v.frame_accuracy for v in verdicts])),
         "identity_kept": float(np.mean([v.identity_kept for v in verdicts])),
         "motion_ok": float(np.mean([v.motion_ok for v in verdicts])),
+        "first_frame_accuracy": float(np.mean([v.frames_ok[0] for v in verdicts])),
     }
 
 
@@ -236,7 +237,9 @@ def main() -> None:
         )
         results["sections_rerun"] = {"sections": args.sections, "command": info["command"]}
     if "acceptance" in args.sections:
-        results["acceptance_16_frames"] = acceptance(pipe, args.videos, args.batch)
+        # both first-frame sources side by side when the preset has a keyframe image preset
+        sources = ("video", "image") if pipe.preset.keyframe_preset else ("video",)
+        results["acceptance_16_frames"] = {s: acceptance(pipe, args.videos, args.batch, s) for s in sources}
         print(f"acceptance: {results['acceptance_16_frames']}")
     if "prediction" in args.sections:
         results["prediction"] = prediction(pipe, args.prediction_clips, args.batch)

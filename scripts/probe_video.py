@@ -3,7 +3,7 @@
 guidance / temperature / Euler-steps setting; optionally a longer extrapolation run with temporal decay.
 
     python scripts/probe_video.py [--weights runs/sprites-video] [--count 24] [--settings 1.5/1.0/20]
-        [--extrapolate 32 --decay 1.0]
+        [--frames 32 --decay 1.0] [--first-frame image]
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--settings", nargs="+", default=["1.5/1.0/20"], help="guidance/temperature/steps")
     parser.add_argument("--decay", type=float, default=0.0, help="temporal decay (FlexRoPE-style)")
+    parser.add_argument(
+        "--first-frame", default="video", choices=("video", "image"), help="who draws frame 0"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     pipe = load_pipeline("sprites-video", device="cpu")
@@ -58,9 +61,9 @@ def main() -> None:
         start = time.perf_counter()
         result = probe(pipe, args.count, args.frames, guidance_scale=float(guidance),
                        temperature=float(temperature), num_inference_steps=int(steps),
-                       temporal_decay=args.decay)  # fmt: skip
+                       temporal_decay=args.decay, first_frame=args.first_frame)  # fmt: skip
         scores = " ".join(f"{k} {v:.3f}" for k, v in result.items())
-        print(f"{args.weights or 'shipped'} {setting} frames {args.frames} decay {args.decay}: {scores} "
+        print(f"{args.weights or 'shipped'} {setting} frames {args.frames} decay {args.decay} first {args.first_frame}: {scores} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from arstudio.generators.video import (
     frame_coords,
     pool_latents,
 )
+from arstudio.pipelines.video import FIRST_FRAME_SOURCES
 from arstudio.presets import get_preset
 from arstudio.training.common import seeded
 
@@ -116,7 +117,7 @@ def test_loss_trains(model, mode):
     optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
     latents, labels = torch.randn(2, 4, 16, 4), torch.tensor([0, 1])
     losses = []
-    for _ in range(8):  # the same batch and noise every step: the loss must fall
+    for _ in range(16):  # the same batch and noise every step: the loss must fall
         loss = m.loss(latents, labels, torch.Generator().manual_seed(0), num_long=1)
         optimizer.zero_grad()
         loss.backward()
@@ -174,10 +175,40 @@ def test_pipeline_video_prediction_keeps_the_context(pipe):
     assert out.frames[0].shape == (4, 16, 16, 3) and out.metadata[0]["context_frames"] == 2
 
 
+def test_pipeline_first_frame_from_the_keyframe_image_preset(pipe):
+    video = pipe(
+        class_labels=[3, 8], num_frames=4, first_frame="image", generator=torch.Generator().manual_seed(5)
+    )
+    image = arstudio.load_pipeline("test-tiny-continuous")(class_labels=[3, 8], generator=[
+        torch.Generator().manual_seed(s) for s in video.seeds])  # fmt: skip
+    assert torch.allclose(video.latents[:, 0], image.tokens)  # frame 0 is the image preset's sample
+    assert video.metadata[0]["first_frame"] == "image" and video.metadata[0]["context_frames"] == 0
+    plain = pipe(
+        class_labels=[3, 8], num_frames=4, generator=[torch.Generator().manual_seed(s) for s in video.seeds]
+    )
+    assert plain.metadata[0]["first_frame"] == "video" and not torch.allclose(
+        plain.latents[:, 0], image.tokens
+    )
+    again = pipe(class_labels=[8], num_frames=4, first_frame="image",
+                 generator=[torch.Generator().manual_seed(video.seeds[1])])  # fmt: skip
+    assert torch.allclose(again.latents[0], video.latents[1], atol=1e-5)  # still one seed per video
+
+
+def test_keyframe_preset_must_exist_and_share_the_tokenizer(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "preset", dataclasses.replace(pipe.preset, keyframe_preset=None))
+    monkeypatch.setattr(pipe, "_keyframe", None, raising=False)
+    with pytest.raises(ValueError, match="needs a keyframe image preset"):
+        pipe(class_labels=[1], num_frames=2, first_frame="image")
+    monkeypatch.setattr(pipe, "preset", dataclasses.replace(pipe.preset, keyframe_preset="test-tiny-bridge"))
+    with pytest.raises(ValueError, match="another tokenizer"):
+        pipe(class_labels=[1], num_frames=2, first_frame="image")
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"num_frames": 0}, "num_frames"),
+        ({"first_frame": "noise"}, "first_frame"),
         ({"num_frames": 17}, "num_frames"),
         ({"num_frames": 2.5}, "num_frames"),
         ({"num_frames": 3, "context_frames": np.zeros((3, 16, 16, 3), np.uint8)}, "context frames"),
@@ -245,12 +276,15 @@ def test_render_batch_takes_video_jobs(tmp_path):
     jobs = [{"preset": "test-tiny-video", "class": "red circle", "seed": 3, "count": 2, "num_frames": 3,
              "num_inference_steps": 2},
             {"preset": "test-tiny-video", "class": 1, "seed": 0, "num_frames": 99},
-            {"preset": "test-tiny-video", "class": 1, "seed": 0, "top_k": 3}]  # fmt: skip
+            {"preset": "test-tiny-video", "class": 1, "seed": 0, "top_k": 3},
+            {"preset": "test-tiny-video", "class": 1, "seed": 0, "first_frame": "noise"},
+            {"preset": "test-tiny-video", "class": 2, "seed": 1, "num_frames": 2, "first_frame": "image"}]  # fmt: skip
     summary = render_batch(jobs, tmp_path, progress=False)
-    assert summary.rendered == 2 and len(summary.failed) == 2
+    assert summary.rendered == 3 and len(summary.failed) == 3
     assert "num_frames=99 is out of range" in summary.failed[0] and "top_k" in summary.failed[1]
+    assert "first_frame='noise'" in summary.failed[2] and set(FIRST_FRAME_SOURCES) == {"video", "image"}
     entries = read_manifest(tmp_path)
-    assert len(entries) == 2 and all(name.endswith(".gif") for name in entries)
+    assert len(entries) == 3 and all(name.endswith(".gif") for name in entries)
     assert read_video(tmp_path / next(iter(entries))).shape == (3, 16, 16, 3)
     assert render_batch(jobs[:1], tmp_path, progress=False).skipped == 2  # resumable: nothing redone
 

@@ -12,8 +12,21 @@ from arstudio.export import read_video, video_bytes
 gradio_client = pytest.importorskip("gradio_client")
 
 
-def _request(frames=3, count=1, seed=5, context=None):
-    return ["test-tiny-video", "blue square", frames, count, seed, False, 1.5, 1.0, 2, 0.0, context]
+def _request(frames=3, count=1, seed=5, context=None, first_frame="video"):
+    return [
+        "test-tiny-video",
+        "blue square",
+        frames,
+        count,
+        seed,
+        False,
+        1.5,
+        1.0,
+        2,
+        0.0,
+        context,
+        first_frame,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +61,9 @@ def test_video_tab_generates_the_api_video_with_downloads(client):
     api = pipe(prompt="blue square", num_frames=3, num_inference_steps=2, guidance_scale=1.5, output_type="np",
                generator=[torch.Generator().manual_seed(5)])  # fmt: skip
     assert np.array_equal(gif[:, ::4, ::4], api.frames[0])  # the UI's video is the API's (gif is lossless)
+    _, _, _, files = client.predict(*_request(first_frame="image"), api_name="/generate_video")
+    meta = json.loads(open(next(f for f in files if f.endswith(".json"))).read())
+    assert meta["first_frame"] == "image"  # the keyframe image preset drew frame 0
 
 
 def test_video_tab_predicts_from_an_uploaded_clip_and_refuses_bad_ones(client, tmp_path):

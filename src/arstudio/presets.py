@@ -58,6 +58,9 @@ class Preset:
     text_encoder: str | None = None  # "minilm" / "tiny" for text-to-image presets
     hub: HubWeights | None = None  # official checkpoints on the Hub (then ``weights`` is None)
     shared_tokenizer: str | None = None  # folder under arstudio/weights whose tokenizer/ this fine-tune kept
+    # video presets: an image preset with the same tokenizer that can draw a video's first frame
+    # (``first_frame="image"``): a first frame is exactly the image task, which image presets train for
+    keyframe_preset: str | None = None
 
     @property
     def text_len(self) -> int:
@@ -440,7 +443,14 @@ register_preset(
             backbone=BackboneConfig(dim=128, n_layer=4, n_head=4, grid_size=8, prefix_len=1),
         ),
         weights="sprites-video",
-        defaults={"guidance_scale": 1.5, "temperature": 1.0, "num_inference_steps": 20},
+        keyframe_preset="shapes-c2i-continuous",  # same KL tokenizer (both shipped from runs/kl-shapes32)
+        # chosen on the probe (scripts/probe_video.py, seed 9000), not the benchmark's seed: docs/training.md
+        defaults={
+            "guidance_scale": 1.5,
+            "temperature": 0.3,
+            "num_inference_steps": 20,
+            "first_frame": "image",
+        },
         class_names=_shapes_class_names(),
     )
 )
@@ -461,6 +471,7 @@ register_preset(
             short_frames=2,
             backbone=_TINY_BACKBONE,
         ),
+        keyframe_preset="test-tiny-continuous",  # same tokenizer config and init seed
         defaults={"guidance_scale": 1.5, "temperature": 1.0, "num_inference_steps": 4},
         class_names=_shapes_class_names(),
     )

@@ -39,7 +39,7 @@ SAMPLING_KEYS = ("guidance_scale", "temperature", "top_k", "top_p", "cfg_interva
 JOB_KEYS = ("preset", "prompt", "class", "negative_prompt", "seeds", "seed", "count", "decoding",
             *SAMPLING_KEYS)  # fmt: skip
 MAX_IMAGES_PER_JOB = 10_000
-VIDEO_KEYS = ("num_frames", "num_inference_steps", "temporal_decay", "format")
+VIDEO_KEYS = ("num_frames", "num_inference_steps", "temporal_decay", "first_frame", "format")
 VIDEO_SAMPLING_KEYS = ("guidance_scale", "temperature")
 
 
@@ -160,6 +160,8 @@ def _parse_video_job(raw: dict, line: int) -> Job:
     fmt = raw.get("format", "gif")
     if fmt not in ("gif", "mp4"):
         raise ValueError(f"format={fmt!r} is not a video format; allowed: ['gif', 'mp4']")
+    if raw.get("first_frame", "video") not in ("video", "image"):  # pipelines.video.FIRST_FRAME_SOURCES
+        raise ValueError(f"first_frame={raw['first_frame']!r} is not allowed; use 'video' or 'image'")
     for key in ("num_frames", "num_inference_steps"):
         if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 1):
             raise ValueError(f"{key}={raw[key]!r} must be an integer >= 1")

@@ -3,6 +3,11 @@
 Class conditions, seeds and generators follow ``ImagePipeline`` (whose helpers it inherits): class names
 ("red circle", also "a red circle moving right": the motion words are not conditioned on) or class ids,
 one CPU generator per video. ``context_frames`` turns generation into video prediction.
+
+First frames (``first_frame``): ``"video"`` has the video model draw frame 0 from nothing, as it does every
+other frame; ``"image"`` has the preset's keyframe image preset draw it (same tokenizer, so its latents are
+a frame the video model continues) and the video model predict the rest. An image is a one-frame video, and
+a frame with no past is exactly the image task, which an image model spends all its training on.
 """
 
 from __future__ import annotations
@@ -21,7 +26,17 @@ from arstudio.decoding.video import sample_video
 from arstudio.images import images_to_tensor, tensor_to_images
 from arstudio.pipelines.image import OUTPUT_TYPES, ImagePipeline
 
+
+def same_model(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Same config and the same weights (compared in float32, so dtype casts do not count)."""
+    if getattr(a, "config", None) != getattr(b, "config", None):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].float().cpu(), sb[k].float().cpu()) for k in sa)
+
+
 MOTION_WORDS = re.compile(r"\s+moving\s+[a-z-]+\s*$")
+FIRST_FRAME_SOURCES = ("video", "image")
 
 
 @dataclass
@@ -49,6 +64,29 @@ class VideoPipeline(ImagePipeline):
     @property
     def max_frames(self) -> int:
         return self.generator.config.max_frames
+
+    def keyframe_pipeline(self) -> ImagePipeline:
+        """The image pipeline that draws first frames for ``first_frame="image"``, loaded once per device."""
+        cached = getattr(self, "_keyframe", None)
+        if cached is not None and cached.device == self.device and cached.dtype == self.dtype:
+            return cached
+        name = self.preset.keyframe_preset
+        if name is None:
+            raise ValueError(
+                f"first_frame='image' needs a keyframe image preset; {self.preset.name!r} has none: use 'video'"
+            )
+        from arstudio.pipelines.loading import load_pipeline
+
+        pipe = load_pipeline(name, device=self.device, dtype=self.dtype)
+        if not same_model(pipe.tokenizer, self.tokenizer):  # other latents would be noise to the video model
+            raise ValueError(f"keyframe preset {name!r} has another tokenizer than {self.preset.name!r}")
+        self._keyframe = pipe
+        return pipe
+
+    def _keyframes(self, labels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """First-frame latents (B, 1, N, d) from the keyframe preset (its own sampling defaults) for labels (B,)."""
+        out = self.keyframe_pipeline()(class_labels=labels.tolist(), generator=generators, output_type="np")
+        return out.tokens.flatten(1, 2)[:, None].to(self.device)  # (B, h, w, d) -> (B, 1, h * w, d)
 
     def decode_frames(self, latents: torch.Tensor) -> np.ndarray:
         """(B, T, N, d) latents -> uint8 (B, T, H, W, 3)."""
@@ -115,6 +153,7 @@ class VideoPipeline(ImagePipeline):
         use_cache: bool = True,
         output_type: str = "pil",
         callback_on_step_end=None,
+        first_frame: str | None = None,
     ) -> VideoOutput:
         """Generate videos.
 
@@ -130,6 +169,8 @@ class VideoPipeline(ImagePipeline):
             short_frames: frames kept at full resolution as context (None: the model's; 0: never compress).
             use_cache: the frame KV cache; False recomputes the context every step (speed baseline).
             callback_on_step_end: ``fn(frame, num_frames, latents_so_far)``; return False to stop early.
+            first_frame: who draws frame 0 when no context is given: "video" or "image" (the keyframe image
+                preset, see the module docstring); None takes the preset's default.
         """
         from arstudio.data.sprites import check_num_frames
 
@@ -161,7 +202,14 @@ class VideoPipeline(ImagePipeline):
         conditions = self._class_conditions(prompt, class_labels, None, num_videos_per_prompt)
         count = len(conditions.describe)
         generators, seeds = self._generators(generator, count)
+        source = defaults.get("first_frame", "video") if first_frame is None else first_frame
+        if source not in FIRST_FRAME_SOURCES:
+            raise ValueError(f"first_frame={source!r} is not allowed; use one of {FIRST_FRAME_SOURCES}")
         context = self._context_latents(context_frames, count, num_frames)
+        if context is not None:
+            source = "context"
+        elif source == "image":  # the generators draw the keyframe first, then the rest: one seed, one video
+            context = self._keyframes(conditions.cond, generators)
         result = sample_video(self.generator, conditions.cond, generators, num_frames, context, guidance, temp,
                               steps, float(temporal_decay), short_frames, use_cache, callback_on_step_end)  # fmt: skip
         t1 = time.perf_counter()
@@ -184,7 +232,8 @@ class VideoPipeline(ImagePipeline):
         shared = {
             "preset": self.preset.name,
             "num_frames": int(result.tokens.shape[1]),
-            "context_frames": 0 if context is None else int(context.shape[1]),
+            "context_frames": 0 if source != "context" else int(context.shape[1]),
+            "first_frame": source,
             "guidance_scale": guidance,
             "temperature": temp,
             "num_inference_steps": steps,

@@ -59,6 +59,8 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
             steps = gr.Slider(1, 100, value=defaults.get("num_inference_steps", 20), step=1,
                               label="Euler steps per frame")  # fmt: skip
             decay = gr.Slider(0.0, 5.0, value=0.0, step=0.05, label="Temporal decay (0 = off)")
+            first_frame = gr.Radio([("video model", "video"), ("image model (keyframe preset)", "image")],
+                                   value=defaults.get("first_frame", "video"), label="First frame drawn by")  # fmt: skip
         context = gr.File(label="Context clip (mp4/gif, frames of the preset's size): predict what follows",
                           file_types=[".mp4", ".gif"], elem_id="video-context")  # fmt: skip
     with gr.Row():
@@ -71,7 +73,7 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
 
     @readable_errors
     def on_generate(name, label, frames, count, seed_value, random_seed, guidance_scale, temp, n_steps,
-                    decay_value, context_path, progress=gr.Progress()):  # noqa: B008  # fmt: skip
+                    decay_value, context_path, first_source, progress=gr.Progress()):  # noqa: B008  # fmt: skip
         pipe = cache.get(name)
         if not is_video_preset(pipe):
             raise ValueError(f"{name} is not a video preset")
@@ -85,6 +87,7 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
             "temperature": float(temp),
             "num_inference_steps": int(n_steps),
             "temporal_decay": float(decay_value),
+            "first_frame": first_source,
             "context_frames": read_video(context_path, pipe.max_frames) if context_path else None,
             "generator": [torch.Generator().manual_seed(first + i) for i in range(count)],
         }
@@ -110,11 +113,14 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
         return {class_name: gr.update(choices=names, value=names[0]),
                 num_frames: gr.update(maximum=pipe.max_frames),
                 guidance: gr.update(value=defaults.get("guidance_scale", 1.0)),
-                steps: gr.update(value=defaults.get("num_inference_steps", 20))}  # fmt: skip
+                steps: gr.update(value=defaults.get("num_inference_steps", 20)),
+                first_frame: gr.update(value=defaults.get("first_frame", "video"))}  # fmt: skip
 
     inputs = [preset, class_name, num_frames, num_videos, seed, randomize, guidance, temperature, steps, decay,
-              context]  # fmt: skip
+              context, first_frame]  # fmt: skip
     event = generate.click(on_generate, inputs, [preview, video, status, files], api_name="generate_video",
                            concurrency_id=MODEL_QUEUE)  # fmt: skip
     stop.click(None, None, None, cancels=[event])
-    preset.input(on_preset, preset, [class_name, num_frames, guidance, steps], api_name="video_preset")
+    preset.input(
+        on_preset, preset, [class_name, num_frames, guidance, steps, first_frame], api_name="video_preset"
+    )
