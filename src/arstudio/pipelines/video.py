@@ -26,6 +26,9 @@ from arstudio.decoding.video import sample_video
 from arstudio.images import images_to_tensor, tensor_to_images
 from arstudio.pipelines.image import OUTPUT_TYPES, ImagePipeline
 
+MOTION_WORDS = re.compile(r"\s+moving\s+[a-z-]+\s*$")
+FIRST_FRAME_SOURCES = ("video", "image")
+
 
 def same_model(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Same config and the same weights (compared in float32, so dtype casts do not count)."""
@@ -33,10 +36,6 @@ def same_model(a: torch.nn.Module, b: torch.nn.Module) -> bool:
         return False
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k].float().cpu(), sb[k].float().cpu()) for k in sa)
-
-
-MOTION_WORDS = re.compile(r"\s+moving\s+[a-z-]+\s*$")
-FIRST_FRAME_SOURCES = ("video", "image")
 
 
 @dataclass
@@ -54,6 +53,8 @@ class VideoPipeline(ImagePipeline):
     (C, H, W, 3) for every video, (B, C, H, W, 3) one clip each, a list of frames, or an mp4/gif path) are
     kept as the first C frames and the rest is predicted."""
 
+    _keyframe: ImagePipeline | None = None  # the keyframe image pipeline, loaded on first use
+
     def __repr__(self) -> str:
         return f"VideoPipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
 
@@ -67,7 +68,7 @@ class VideoPipeline(ImagePipeline):
 
     def keyframe_pipeline(self) -> ImagePipeline:
         """The image pipeline that draws first frames for ``first_frame="image"``, loaded once per device."""
-        cached = getattr(self, "_keyframe", None)
+        cached = self._keyframe
         if cached is not None and cached.device == self.device and cached.dtype == self.dtype:
             return cached
         name = self.preset.keyframe_preset
