@@ -23,6 +23,7 @@ from arstudio.decoding.video import sample_video
 from arstudio.evaluation.clip_verifier import verify_clip
 from arstudio.evaluation.verifier import FOREGROUND_THRESHOLD
 from arstudio.pipelines.loading import load_pipeline
+from arstudio.pipelines.video import FIRST_FRAME_SOURCES
 from benchmarks.common import RESULTS, finish, header
 
 HELDOUT_SEED = 4242
@@ -238,7 +239,7 @@ def main() -> None:
         results["sections_rerun"] = {"sections": args.sections, "command": info["command"]}
     if "acceptance" in args.sections:
         # both first-frame sources side by side when the preset has a keyframe image preset
-        sources = ("video", "image") if pipe.preset.keyframe_preset else ("video",)
+        sources = FIRST_FRAME_SOURCES if pipe.preset.keyframe_preset else ("video",)
         results["acceptance_16_frames"] = {s: acceptance(pipe, args.videos, args.batch, s) for s in sources}
         print(f"acceptance: {results['acceptance_16_frames']}")
     if "prediction" in args.sections:

@@ -18,6 +18,7 @@ from arstudio.data.shapes import NUM_CLASSES
 from arstudio.evaluation.clip_verifier import verify_clip
 from arstudio.generators.video import VideoGenerator
 from arstudio.pipelines.loading import load_pipeline
+from arstudio.pipelines.video import FIRST_FRAME_SOURCES
 
 SEED = 9000
 
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["1.5/1.0/20"], help="guidance/temperature/steps")
     parser.add_argument("--decay", type=float, default=0.0, help="temporal decay (FlexRoPE-style)")
     parser.add_argument(
-        "--first-frame", default="video", choices=("video", "image"), help="who draws frame 0"
+        "--first-frame", default="video", choices=FIRST_FRAME_SOURCES, help="who draws frame 0"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
