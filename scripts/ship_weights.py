@@ -32,8 +32,8 @@ SHIPPED = {
     "shapes-c2i/dd1": ("runs/dd1-shapes-c2i", True),
     "shapes-c2i/dd2": ("runs/dd2-shapes-c2i", True),  # the 4000-step run (docs/training.md)
     "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", False),
-    "shapes-t2i/generator": ("runs/gen-shapes-t2i-phrases", True),
-    "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-phrases", True),
+    "shapes-t2i/generator": ("runs/gen-shapes-t2i-scratch", True),  # v3: phrase slots from scratch
+    "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-scratch", True),
     "fd-shapes-classifier": ("runs/fd-shapes-classifier", False),
     "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", False),
     "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", True),

@@ -279,6 +279,9 @@ def test_lantern_needs_a_codebook_and_drafters_their_target(pipe, tmp_path):
     foreign.save_pretrained(tmp_path / "drafter")
     with pytest.raises(ValueError, match="trained for target"):
         arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
+    # Training a new drafter for a retrained generator loads the pipeline without the stale one.
+    bare = arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path, decoding_models=False)
+    assert bare.drafter is None and bare.decoding_strategies == ("ar",)
     pipe.drafter.save_pretrained(tmp_path / "drafter")
     assert arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path).drafter is not None
     # An independent draft model works as a drafter when it shares the tokens and condition.

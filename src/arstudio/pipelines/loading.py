@@ -143,6 +143,7 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     weights: str | Path | None = None,
     download: bool = False,
+    decoding_models: bool = True,
 ):
     """Load a preset by name (see ``list_presets()``). CPU/fp32 unless told otherwise or CUDA is present.
 
@@ -155,6 +156,8 @@ def load_pipeline(
             converted cache, the Hugging Face cache), download the official files from the Hub and convert
             them once. False (the default) never touches the network and raises
             ``arstudio.convert.hub.HubWeightsNotFoundError`` saying what to download and where to put it.
+        decoding_models: False skips the drafter and the distilled models. Training those needs it: the ones
+            shipped belong to the previously shipped generator, and their pairing check would refuse to load.
     """
     preset = get_preset(name)
     device, dtype = _resolve(device, dtype)
@@ -173,8 +176,10 @@ def load_pipeline(
     text_encoder = None
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device, preset.text_phrases)
-    drafter = _load_drafter(preset, generator, source, device, fp32)
-    distilled = _load_distilled(preset, generator, tokenizer, source, device, fp32)
+    drafter, distilled = None, {}
+    if decoding_models:
+        drafter = _load_drafter(preset, generator, source, device, fp32)
+        distilled = _load_distilled(preset, generator, tokenizer, source, device, fp32)
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
     distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}

@@ -58,7 +58,7 @@ def train_dd1(out_dir: str | Path, teacher: str = "shapes-c2i", steps: int = 150
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(teacher, device="cpu")
+    pipe = load_pipeline(teacher, device="cpu", decoding_models=False)
     pairs = load_or_make_pairs(out_dir, pipe, num_pairs, seed)
     codebook = pipe.tokenizer.codebook_vectors().detach().float()
     split = {"logits_tokens": logits_tokens, "two_step_start": two_step_start}  # None: 5/16 of the tokens

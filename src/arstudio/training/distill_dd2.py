@@ -148,7 +148,7 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(teacher, device="cpu")
+    pipe = load_pipeline(teacher, device="cpu", decoding_models=False)
     teacher_model = pipe.generator.requires_grad_(False)
     codebook = pipe.tokenizer.codebook_vectors().detach().float()
     params = teacher_sampling(pipe)

@@ -71,7 +71,7 @@ def train_drafter(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(preset, device="cpu")
+    pipe = load_pipeline(preset, device="cpu", decoding_models=False)  # the shipped drafter may be stale
     target = pipe.generator.requires_grad_(False)
     condition = target.config.condition
     tokens, conds = load_or_make_tokens(
