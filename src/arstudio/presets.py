@@ -165,7 +165,8 @@ register_preset(
         weights="shapes-t2i",
         text_encoder="minilm",
         # Picked for v3 on 400 captions of seed 5151 (the benchmark uses seed 4242): guidance 1.5 with
-        # temperature 0.7 (0.865) or 0.5 (0.863) best of {1, 1.25, 1.5, 1.75, 2, 2.5} x {0.5, 0.7, 1}.
+        # temperature 0.7 (0.865) was the best of nine settings (guidance 1-2.5, temperature 0.5-1;
+        # docs/training.md lists them).
         defaults={"guidance_scale": 1.5, "temperature": 0.7, "top_k": 0, "top_p": 1.0},
     )
 )
