@@ -214,7 +214,9 @@ def chart(curves: dict, path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sprites-video")
-    parser.add_argument("--videos", type=int, default=192, help="videos per first-frame source for acceptance")
+    parser.add_argument(
+        "--videos", type=int, default=192, help="videos per first-frame source for acceptance"
+    )
     parser.add_argument("--prediction-clips", type=int, default=24, help="held-out clips to continue")
     parser.add_argument("--extrapolate", type=int, default=8, help="videos per extrapolation setting")
     parser.add_argument("--decays", type=float, nargs="+", default=[0.0, 0.5])
