@@ -2,7 +2,7 @@
 decay off/on, frames/s at batch 1 and 8, the frame KV cache vs recomputing the context, cache memory growth
 with and without long-term compression.
 
-    python -m benchmarks.bench_video [--preset sprites-video] [--videos 48] [--extrapolate 16]
+    python -m benchmarks.bench_video [--preset sprites-video] [--videos 192] [--extrapolate 16]
 
 Held-out clips come from seed 4242 (training used seed 0). Every number is from the rule-based clip
 verifier (``arstudio.evaluation.clip_verifier``) on decoded 32 px frames.
