@@ -1,14 +1,19 @@
 from dataclasses import replace
 
+import pytest
 import torch
 
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
+from arstudio.generators.video import VideoGenerator
 from arstudio.io import load_safetensors
+from arstudio.presets import get_preset
+from arstudio.tokenizers.kl import KLTokenizer
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer
-from arstudio.training.common import TRAIN_STATE
+from arstudio.training.common import TRAIN_STATE, EmaWeights, autocast, seeded
 from arstudio.training.generator import train_generator
 from arstudio.training.tokenizer import train_tokenizer
+from arstudio.training.video import train_video_generator
 
 VQ = VQConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=16, codebook_embed_dim=4,
               norm_groups=4, decoder_res_blocks=1)  # fmt: skip
@@ -99,3 +104,56 @@ def test_train_bridge_head_cli_can_swap_in_a_transformer_head(tmp_path, monkeypa
     assert main(args) == 0
     config = ContinuousImageGenerator.from_pretrained(out).config
     assert (config.head_arch, config.head_depth, config.head_heads) == ("transformer", 1, 2)
+
+
+def test_ema_weights_average_warm_up_and_reload(tmp_path):
+    config = get_preset("test-tiny-video").generator
+    model = seeded(lambda: VideoGenerator(config), 0)
+    ema = EmaWeights(model, 0.9, tmp_path)
+    start = [p.detach().clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, step=0)  # warm-up: rate 1 - min(0.9, 1 / 10) = 0.9 towards the current weights
+    for average, old, new in zip(ema.model.parameters(), start, model.parameters(), strict=True):
+        torch.testing.assert_close(average, 0.1 * old + 0.9 * new)
+    settled = [p.detach().clone() for p in ema.model.parameters()]
+    ema.update(model, step=10_000)  # past warm-up: the configured decay
+    for average, old, new in zip(ema.model.parameters(), settled, model.parameters(), strict=True):
+        torch.testing.assert_close(average, 0.9 * old + 0.1 * new)
+    assert all(not p.requires_grad for p in ema.model.parameters())
+    # Reloaded on resume (a checkpoint exists), not restarted from the live weights.
+    ema.save()
+    (tmp_path / TRAIN_STATE).write_bytes(b"")
+    reloaded = EmaWeights(seeded(lambda: VideoGenerator(config), 1), 0.9, tmp_path)
+    for a, b in zip(reloaded.model.parameters(), ema.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="decay=1.0"):
+        EmaWeights(model, 1.0, tmp_path)
+
+
+def test_mixed_precision_is_checked():
+    with pytest.raises(ValueError, match="'fp16'.*'no', 'bf16'"):
+        autocast(torch.device("cpu"), "fp16")
+
+
+def test_video_generator_training_in_bf16_keeps_a_weight_average(tmp_path):
+    preset = get_preset("test-tiny-video")
+    tokenizer_dir = tmp_path / "kl"
+    # Sprites come at 32 px: one more downsampling level keeps the tiny preset's 4x4 latent grid.
+    kl = replace(preset.tokenizer, resolution=32, block_out_channels=(8, 8, 16, 16))
+    seeded(lambda: KLTokenizer(kl), 0).save_pretrained(tokenizer_dir)
+    out = tmp_path / "video"
+    model = train_video_generator(out, tokenizer_dir, preset.generator, steps=3, batch_size=2, num_clips=4,
+                                  clip_frames=6, save_every=3, mixed_precision="bf16", ema_decay=0.5)  # fmt: skip
+    assert next(model.parameters()).dtype == torch.float32  # autocast leaves the weights in float32
+    # The same run in float32 ends close by but not equal: the bf16 matmuls really ran.
+    fp32 = train_video_generator(tmp_path / "fp32", tokenizer_dir, preset.generator, steps=3, batch_size=2,
+                                 num_clips=4, clip_frames=6, save_every=3)  # fmt: skip
+    for a, b in zip(model.parameters(), fp32.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.0)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fp32.parameters(), strict=True))
+    average = VideoGenerator.from_pretrained(out / "ema").state_dict()
+    last = VideoGenerator.from_pretrained(out).state_dict()
+    assert average.keys() == last.keys()
+    assert any(not torch.equal(average[k], last[k]) for k in last if last[k].is_floating_point())

@@ -192,6 +192,8 @@ def _add_train_video_generator(sub) -> None:
     p.add_argument("--num-clips", type=int, default=3000, help="clips in the encoded training set")
     p.add_argument("--clip-frames", type=int, default=16, help="frames per encoded clip (windows are drawn)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no", help="bf16: autocast matmuls")
+    p.add_argument("--ema-decay", type=float, default=None, help="also keep a weight average in OUT/ema")
     p.set_defaults(func=_run_train_video_generator)
 
 
@@ -201,7 +203,8 @@ def _run_train_video_generator(args) -> None:
 
     train_video_generator(args.out, args.tokenizer, get_preset(args.preset).generator, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, num_clips=args.num_clips,
-                          clip_frames=args.clip_frames, seed=args.seed)  # fmt: skip
+                          clip_frames=args.clip_frames, seed=args.seed, mixed_precision=args.mixed_precision,
+                          ema_decay=args.ema_decay)  # fmt: skip
     print(f"video generator saved to {args.out}")
 
 
