@@ -209,10 +209,13 @@ def test_dd1_and_dd2_training_run_and_resume(tmp_path):
     resumed = train_dd1(run, "test-tiny-c2i", steps=3, batch_size=4, num_pairs=6, save_every=1)
     assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 3 and resumed is not None
     pairs_before = (run / "dd1_pairs.safetensors").read_bytes()
-    dd2 = train_dd2(
-        tmp_path / "dd2", "test-tiny-c2i", init=run, steps=2, batch_size=3, num_pairs=8, save_every=1
-    )
+    dd2 = train_dd2(tmp_path / "dd2", "test-tiny-c2i", init=run, steps=2, batch_size=3, num_pairs=8,
+                    save_every=1, guidance_scale=4.0, ema_decay=0.5)  # fmt: skip
     assert dd2.config.method == "dd2"
+    average = DDGenerator.from_pretrained(tmp_path / "dd2" / "ema").state_dict()
+    assert any(not torch.equal(average[k], v) for k, v in dd2.state_dict().items())
+    with pytest.raises(ValueError, match="guidance_scale"):
+        train_dd2(tmp_path / "bad", "test-tiny-c2i", steps=1, batch_size=2, guidance_scale=-1.0)
     # DD1's pairs are copied and extended in the DD2 run, never rewritten beside the DD1 weights
     assert (run / "dd1_pairs.safetensors").read_bytes() == pairs_before
     assert (tmp_path / "dd2" / "dd1_pairs.safetensors").is_file()

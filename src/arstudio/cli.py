@@ -262,6 +262,13 @@ def _add_train_distill(sub) -> None:
     p.add_argument("--pairs", type=int, default=8192, help="teacher (noise, tokens) pairs for DD1's loss")
     p.add_argument("--dd1-weight", type=float, default=0.25, help="dd2: weight of the DD1 regression term")
     p.add_argument("--snapshot-every", type=int, default=0, help="dd2: keep the generator every N steps")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="dd2: the teacher score's CFG (default: the preset's)",
+    )
+    p.add_argument("--ema-decay", type=float, default=None, help="dd2: also keep a weight average in OUT/ema")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_train_distill)
 
@@ -278,7 +285,8 @@ def _run_train_distill(args) -> None:
         from arstudio.training.distill_dd2 import train_dd2
 
         train_dd2(args.out, args.teacher, init=args.init, dd1_weight=args.dd1_weight,
-                  num_pairs=args.pairs if args.init else 0, snapshot_every=args.snapshot_every, **options)  # fmt: skip
+                  num_pairs=args.pairs if args.init else 0, snapshot_every=args.snapshot_every,
+                  guidance_scale=args.guidance_scale, ema_decay=args.ema_decay, **options)  # fmt: skip
     print(f"{args.method} model saved to {args.out}")
 
 

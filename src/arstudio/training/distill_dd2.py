@@ -25,6 +25,10 @@ Choices where the paper leaves them open (tested in tests/test_distilled.py):
 - t ~ U(0.02, 0.98) per position; the prefix is not noised (the condition is the clean previous tokens).
 - A DD1 regression term on the teacher's pairs (``dd1_weight``, DMD's paired regression loss) keeps the
   generator anchored while the fake model is still weak; 0 turns it off.
+- The teacher's score uses the preset's guidance unless ``guidance_scale`` says otherwise (DMD, too, guides
+  its real score more strongly than the teacher samples). The fake model starts from the same guided
+  log-probabilities, so the CSD gradient is still zero at step 0.
+- ``ema_decay``: an average of the generator's weights kept in ``out_dir/ema`` (``training.common.EmaWeights``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,14 @@ from arstudio.decoding.logits import classifier_free_guidance, filter_logits
 from arstudio.generators.adaln_mlp import AdaLNMLP
 from arstudio.generators.distilled import DDGenerator, nearest_codes, straight_through_codes
 from arstudio.io import atomic_write_bytes, load_weights_into
-from arstudio.training.common import checkpoint_due, cosine_lr, generator_optimizer, make_accelerator, set_lr
+from arstudio.training.common import (
+    EmaWeights,
+    checkpoint_due,
+    cosine_lr,
+    generator_optimizer,
+    make_accelerator,
+    set_lr,
+)
 from arstudio.training.distill import dd1_loss
 from arstudio.training.distill_data import PAIRS_FILE, load_or_make_pairs, teacher_sampling
 
@@ -139,7 +150,8 @@ def csd_generator_loss(fake, batch: CSDBatch, codebook, generator) -> tuple[torc
 def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path | None = None,
               steps: int = 400, batch_size: int = 32, lr: float = 1e-4, fake_lr: float = 1e-3,
               fake_updates: int = 2, dd1_weight: float = 0.25, seed: int = 0, save_every: int = 50,
-              num_pairs: int = 0, snapshot_every: int = 0, csd_weight: float = 1.0) -> DDGenerator:  # fmt: skip
+              num_pairs: int = 0, snapshot_every: int = 0, csd_weight: float = 1.0,
+              guidance_scale: float | None = None, ema_decay: float | None = None) -> DDGenerator:  # fmt: skip
     """CSD from ``init`` (a DD1 run or shipped folder; None: from the teacher). ``num_pairs`` > 0 with
     ``dd1_weight`` > 0 reuses/makes DD1's pairs in ``init`` for the regression term. ``snapshot_every`` > 0
     also keeps the generator every that many steps in ``snapshots/step-N`` (the quality curve).
@@ -152,6 +164,8 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
     teacher_model = pipe.generator.requires_grad_(False)
     codebook = pipe.tokenizer.codebook_vectors().detach().float()
     params = teacher_sampling(pipe)
+    if guidance_scale is not None:
+        params = replace(params, guidance_scale=guidance_scale)  # SamplingParams checks the value
     if init is None:
         model = DDGenerator.from_teacher(teacher_model, pipe.tokenizer, method="dd2")
     else:
@@ -174,6 +188,7 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
     accelerator = make_accelerator()
     model, fake, optimizer, fake_optimizer = accelerator.prepare(model, fake, optimizer, fake_optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    ema = None if ema_decay is None else EmaWeights(unwrapped, ema_decay, out_dir)
     draws = torch.Generator().manual_seed(seed + 1000 + start)  # a resumed run draws fresh batches
     bar = tqdm(range(start, steps), desc="dd2", initial=start, total=steps)
     for step in bar:
@@ -199,11 +214,15 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if ema is not None:
+            ema.update(unwrapped, step)
         if step % 5 == 0:
             bar.set_postfix(grad=f"{stats['grad']:.4f}", fake=f"{stats['fake']:.3f}")
         if snapshot_every and (step + 1) % snapshot_every == 0:
             unwrapped.save_pretrained(out_dir / "snapshots" / f"step-{step + 1}")
         if checkpoint_due(step, steps, save_every):
+            if ema is not None:
+                ema.save()
             _save(unwrapped, accelerator.unwrap_model(fake), optimizer, fake_optimizer, step + 1, out_dir)
     return unwrapped.eval()
 
