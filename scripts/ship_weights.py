@@ -43,7 +43,7 @@ SHIPPED = {
     "shapes-control/generator": ("runs/gen-shapes-control", True),
     "shapes-control-prefill/generator": ("runs/gen-shapes-control-prefill", True),
     "sprites-video/tokenizer": ("runs/kl-shapes32", False),
-    "sprites-video/generator": ("runs/sprites-video-cc", True),  # clean_copy, 2200 steps (docs/training.md)
+    "sprites-video/generator": ("runs/sprites-video-bf16/ema", True),  # bf16, 4200 steps, weight average
     "causal-video-tokenizer": ("runs/causal-video-tokenizer", False),
 }
 MODELS = {

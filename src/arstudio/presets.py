@@ -448,7 +448,7 @@ register_preset(
         # chosen on the probe (scripts/probe_video.py, seed 9000), not the benchmark's seed: docs/training.md
         defaults={
             "guidance_scale": 1.5,
-            "temperature": 0.3,
+            "temperature": 0.5,
             "num_inference_steps": 20,
             "first_frame": "image",
         },
