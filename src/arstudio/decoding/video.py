@@ -128,24 +128,28 @@ def sample_video(
     def both(x: torch.Tensor) -> torch.Tensor:
         return x.repeat(rows // batch, *([1] * (x.ndim - 1)))
 
-    def write_block(inputs, frame: int, kind: int) -> torch.Tensor:
-        nonlocal forwards
+    def block_layout(frame: int, kind: int, count: int):
+        """(cache positions, mask, RoPE rows) of a ``count``-token block of ``frame`` written as ``kind``;
+        claims its slots. A frame's Euler steps and its final clean write share one layout."""
         if kind == PREFIX:
-            first, coords = 0, prefix_coords(inputs.shape[1])
+            first, coords = 0, prefix_coords(count)
         else:
             first = slots.long_start(frame) if kind == LONG else slots.full_start(frame)
             coords = frame_coords(frame, cfg.backbone.grid_size, cfg.long_pool if kind == LONG else 1)
-        positions = slots.claim(first, inputs.shape[1], frame, kind).to(device)
-        rope = model.rope_rows(coords).to(device)
-        forwards += 1
-        return model.backbone.step(inputs, positions, slots.mask(frame, kind, temporal_decay, device), rope)
+        positions = slots.claim(first, count, frame, kind).to(device)
+        return positions, slots.mask(frame, kind, temporal_decay, device), model.rope_rows(coords).to(device)
 
-    def velocity(x: torch.Tensor, t: float, frame: int) -> torch.Tensor:
+    def write_block(inputs, frame: int, kind: int, layout=None) -> torch.Tensor:
+        nonlocal forwards
+        forwards += 1
+        return model.backbone.step(inputs, *(layout or block_layout(frame, kind, inputs.shape[1])))
+
+    def velocity(x: torch.Tensor, t: float, frame: int, layout) -> torch.Tensor:
         """x (B, N, d) noisy frame at time t -> guided velocity (B, N, d)."""
         nonlocal forwards
         x_rows, t_rows = both(x)[:, None], torch.full((rows, 1), t, device=device, dtype=dtype)
         if use_cache:
-            z = write_block(model.frame_inputs(x_rows, t_rows), frame, FULL)
+            z = write_block(model.frame_inputs(x_rows, t_rows), frame, FULL, layout)
         else:
             forwards += 1
             keep = frame if not short or frame <= short else short  # full-resolution context frames
@@ -168,15 +172,18 @@ def sample_video(
             if use_cache and slots.leaving(frame) is not None:
                 old = slots.leaving(frame)
                 write_block(model.long_inputs(both(latents[:, old : old + 1])), old, LONG)
+            layout = block_layout(frame, FULL, n) if use_cache else None  # the same for all Euler steps
             if frame < num_given:
                 latents[:, frame] = context[:, frame].to(dtype)
             else:
                 x = temperature * per_row_randn(generators, (n, d), latents)
                 for t, t_next in zip(times[:-1], times[1:], strict=True):
-                    x = x + (t_next - t) * velocity(x, t, frame)
+                    x = x + (t_next - t) * velocity(x, t, frame, layout)
                 latents[:, frame] = x
             if use_cache and frame + 1 < num_frames:  # store the finished frame once, clean
-                write_block(model.frame_inputs(both(latents[:, frame : frame + 1]), None), frame, FULL)
+                write_block(
+                    model.frame_inputs(both(latents[:, frame : frame + 1]), None), frame, FULL, layout
+                )
             if callback is not None and callback(frame, num_frames, latents[:, : frame + 1]) is False:
                 latents = latents[:, : frame + 1]
                 break
