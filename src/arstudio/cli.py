@@ -192,6 +192,7 @@ def _add_train_video_generator(sub) -> None:
     p.add_argument("--num-clips", type=int, default=3000, help="clips in the encoded training set")
     p.add_argument("--clip-frames", type=int, default=16, help="frames per encoded clip (windows are drawn)")
     p.add_argument("--seed", type=int, default=0)
+    # the choices of training.common.MIXED_PRECISION, spelled out so `--help` does not import torch
     p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no", help="bf16: autocast matmuls")
     p.add_argument("--ema-decay", type=float, default=None, help="also keep a weight average in OUT/ema")
     p.set_defaults(func=_run_train_video_generator)
