@@ -126,9 +126,10 @@ def checkpoint_due(step: int, steps: int, save_every: int) -> bool:
 class EmaWeights:
     """Exponential moving average of a model's weights, kept beside its checkpoint in ``out_dir/ema``.
 
-    Flow models sample from their weights' average over the last few hundred steps noticeably better than
-    from the last step's. The decay warms up as min(decay, (1 + step) / (10 + step)) so the first steps'
-    random weights fade fast. A resumed run reloads the saved average (saved before the train state, so
+    The average over the last few hundred steps often samples better than the last step's weights, but not
+    always (docs/training.md: for sprites-video it probed best at one of two temperatures, for DD2 it lost),
+    so a run keeps both and ships the one that probes better. The decay warms up as min(decay, (1 + step) / (10 + step)) so the first steps' random
+    weights fade fast. A resumed run reloads the saved average (saved before the train state, so
     its step is never behind the checkpoint's).
     """
 

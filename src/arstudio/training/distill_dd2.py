@@ -48,6 +48,7 @@ from arstudio.generators.adaln_mlp import AdaLNMLP
 from arstudio.generators.distilled import DDGenerator, nearest_codes, straight_through_codes
 from arstudio.io import atomic_write_bytes, load_weights_into
 from arstudio.training.common import (
+    TRAIN_STATE,
     EmaWeights,
     checkpoint_due,
     cosine_lr,
@@ -240,11 +241,11 @@ def _save(model, fake, optimizer, fake_optimizer, step, out_dir: Path) -> None:
     buffer = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "fake_optimizer": fake_optimizer.state_dict(), "step": step},
                buffer)  # fmt: skip
-    atomic_write_bytes(out_dir / "train_state.pt", buffer.getvalue())
+    atomic_write_bytes(out_dir / TRAIN_STATE, buffer.getvalue())
 
 
 def _resume(model, fake, optimizer, fake_optimizer, out_dir: Path) -> int:
-    state_path = out_dir / "train_state.pt"
+    state_path = out_dir / TRAIN_STATE
     if not state_path.is_file():
         return 0
     load_weights_into(model, out_dir)

@@ -123,7 +123,7 @@ def train_video_generator(
     model = seeded(lambda: VideoGenerator(config), seed)
     optimizer = generator_optimizer(model, lr)
     start, accelerator, model, optimizer, unwrapped = start_training(model, optimizer, out_dir)
-    autocast(accelerator.device, mixed_precision)  # checks the value before any step runs
+    precision = autocast(accelerator.device, mixed_precision)  # checked once, before any step runs
     ema = None if ema_decay is None else EmaWeights(unwrapped, ema_decay, out_dir)
     batches = ClipBatches(latents, labels, batch_size, config, seed, unwrapped.cls_embedding)
     batches.skip(start)
@@ -133,7 +133,7 @@ def train_video_generator(
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=50))
         clips, batch_labels, num_long = batches.next()
         device = accelerator.device
-        with autocast(device, mixed_precision):
+        with precision:
             loss = unwrapped.loss(clips.to(device), batch_labels.to(device), flow_noise, num_long)
         optimizer_step(accelerator, model, optimizer, loss, 1.0)
         if ema is not None:
