@@ -131,6 +131,18 @@ def test_one_and_two_step_sampling(pipe):
         sample_distilled(model, labels, noise[:, :8], codebook, 1)
 
 
+def test_split_heads_compute_only_the_rows_the_sampler_reads(pipe):
+    model = pipe.distilled["dd1"]
+    labels = torch.tensor([3, 6])
+    state = torch.randn(2, model.seq_len, 4, generator=torch.Generator().manual_seed(8))
+    logits, vectors = model(state, 5, labels)
+    early, late = model(state, 5, labels, split=True)
+    split = model.config.logits_tokens
+    assert early.shape == (2, split, logits.shape[-1]) and late.shape == (2, model.seq_len - split, 4)
+    assert torch.allclose(early, logits[:, :split], atol=1e-6)
+    assert torch.allclose(late, vectors[:, split:], atol=1e-6)
+
+
 def test_hybrid_from_zero_is_the_teacher_map_up_to_the_switch(pipe):
     model, teacher, codebook = pipe.distilled["dd1"], pipe.generator, pipe.tokenizer.codebook_vectors()
     labels = torch.tensor([2, 2, 7])

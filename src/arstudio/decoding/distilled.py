@@ -72,15 +72,18 @@ def teacher_flow_tokens(teacher, cond: torch.Tensor, noise: torch.Tensor, codebo
                                  prefix=prefix, pick=pick)  # fmt: skip
 
 
-def _tokens_from_outputs(logits, vectors, state, known: int, codebook, logits_tokens: int):
-    """Merge one DD forward's outputs into (ids (B, N), vectors (B, N, d)): known positions unchanged,
-    then argmax codes up to ``logits_tokens``, then the regressed vectors."""
-    n = state.shape[1]
-    position = torch.arange(n, device=state.device)[None, :, None]  # (1, N, 1)
-    argmax_ids = logits.argmax(dim=-1)
-    out = torch.where(position < max(known, logits_tokens), codebook[argmax_ids].to(vectors.dtype), vectors)
-    out = torch.where(position < known, state.to(out.dtype), out)
-    return nearest_codes(out, codebook), out
+def _tokens_from_outputs(logits, vectors, codebook, kept: torch.Tensor | None = None):
+    """Merge one DD forward's split outputs (logits (B, s, V) for the first s positions, vectors (B, N - s, d)
+    for the rest) into (ids (B, N), vectors (B, N, d)): argmax codes first, then the regressed vectors and
+    their nearest codes; the ``kept`` ids (B, k), when given, replace the first k positions."""
+    early = logits.argmax(dim=-1)  # (B, s)
+    ids = torch.cat([early, nearest_codes(vectors, codebook)], dim=1)
+    out = torch.cat([codebook[early].to(vectors.dtype), vectors], dim=1)
+    if kept is not None:
+        known = kept.shape[1]
+        ids = torch.cat([kept, ids[:, known:]], dim=1)
+        out = torch.cat([codebook[kept].to(out.dtype), out[:, known:]], dim=1)
+    return ids, out
 
 
 @torch.no_grad()
@@ -95,8 +98,7 @@ def sample_distilled(model, cond: torch.Tensor, noise: torch.Tensor, codebook: t
     check_noise(noise, cond.shape[0], model.seq_len, config.token_dim)
     start = time.perf_counter()
     noise = noise.to(codebook.dtype)
-    logits, vectors = model(noise, 0, cond)
-    ids, out = _tokens_from_outputs(logits, vectors, noise, 0, codebook, config.logits_tokens)
+    ids, out = _tokens_from_outputs(*model(noise, 0, cond, split=True), codebook)
     if steps == 2:
         result = _continue(model, cond, noise, codebook, ids[:, : config.two_step_start])
         ids, out = result.tokens, result.vectors
@@ -109,8 +111,7 @@ def _continue(model, cond, noise, codebook, kept: torch.Tensor) -> DecodeResult:
     """One DD forward from X_k: the kept ids (B, k) as data, the original noise after them."""
     known = kept.shape[1]
     state = torch.cat([codebook[kept].to(noise.dtype), noise[:, known:]], dim=1)  # (B, N, d)
-    logits, vectors = model(state, known, cond)
-    ids, out = _tokens_from_outputs(logits, vectors, state, known, codebook, model.config.logits_tokens)
+    ids, out = _tokens_from_outputs(*model(state, known, cond, split=True), codebook, kept)
     return DecodeResult(ids, {}, out)
 
 
@@ -130,10 +131,7 @@ def sample_distilled_hybrid(model, teacher, cond: torch.Tensor, noise: torch.Ten
     forwards = 0
     kept = None
     if start:
-        logits, vectors = model(noise, 0, cond)
-        kept = _tokens_from_outputs(logits, vectors, noise, 0, codebook, model.config.logits_tokens)[0][
-            :, :start
-        ]
+        kept = _tokens_from_outputs(*model(noise, 0, cond, split=True), codebook)[0][:, :start]
         forwards += 1
     teacher_part = teacher_flow_tokens(teacher, cond, noise, codebook, params, kept, switch, negative_cond)
     forwards += teacher_part.stats["forwards"]
