@@ -52,16 +52,16 @@ def quality(pipe, reqs, checks, real, setting, classifier, batch: int = 16) -> d
 
 
 def timing(
-    pipe, reqs, settings: dict, batch: int, repeats: int, calls: int = 3
+    pipe, reqs, settings: dict, batch: int, repeats: int, calls: int = 8
 ) -> dict[str, dict[str, float]]:
     """Seconds per image of each setting's token stage, decode and total at ``batch``.
 
     Rounds interleave the settings, so machine noise falls on all of them alike; round 0 warms up and is not
     counted. Within a round a setting makes ``calls`` calls back to back. The first call after a switch runs
-    cold: at batch 1 a DD call is ~5 ms, and after the teacher's AR it measured ~0.6 ms slower, settling over
-    a few calls (caches, and the second core waking up). The later calls are the steady state, what
-    rendering many images with one setting sees: medians of those are ``tokens``/``decode``/``total``;
-    medians of the first calls are ``*_first``.
+    cold: at batch 1, right after the teacher's AR, a DD2 call measured 5.3 ms, settling to ~4.7 ms over about
+    six calls (caches and the like: not the OpenMP wait policy, which was tried). The later calls are closer
+    to the steady state that rendering many images with one setting sees: medians of those are
+    ``tokens``/``decode``/``total``; medians of the first calls are ``*_first``.
     """
     keys = (("tokens", "sampling_s"), ("decode", "decode_s"), ("total", "total_s"))
     seconds = {name: {f"{k}{part}": [] for k, _ in keys for part in ("", "_first")} for name in settings}

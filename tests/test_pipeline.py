@@ -174,3 +174,29 @@ def test_decoding_param_ranges():
     draft = DECODING_PARAMS["speculative"][0]
     with pytest.raises(ValueError, match="draft_tokens=2.5 must be an integer"):
         draft.check(2.5)
+
+
+def test_weights_folder_config_must_match_the_preset_except_training_only_fields(pipe, tmp_path):
+    from dataclasses import replace
+
+    from arstudio.generators.video import VideoGeneratorConfig
+    from arstudio.pipelines.loading import config_differences
+
+    config = pipe.generator.config
+    pipe.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    # dropout steers training only: a model trained with it loads and samples like the preset's
+    trained = type(pipe.generator)(replace(config, backbone=replace(config.backbone, dropout=0.1)))
+    trained.load_state_dict(pipe.generator.state_dict())
+    trained.save_pretrained(tmp_path / "generator")
+    loaded = arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
+    assert loaded.generator.config.backbone.dropout == 0.1
+    # a deeper backbone would load and generate garbage: refused, naming the field
+    type(pipe.generator)(replace(config, backbone=replace(config.backbone, n_layer=3))).save_pretrained(
+        tmp_path / "generator"
+    )
+    layers = config.backbone.n_layer
+    with pytest.raises(ValueError, match=rf"does not match preset 'test-tiny-c2i': backbone.n_layer=3 \(preset: {layers}\)"):  # fmt: skip
+        arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
+    video = VideoGeneratorConfig()
+    assert config_differences(replace(video, context_mode="clean_copy", clean_context_ratio=0.2), video) == []
+    assert config_differences(replace(video, short_frames=1), video) == ["short_frames=1 (preset: 3)"]

@@ -15,6 +15,7 @@ need not be sequence positions (rotations are applied before keys are cached, so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,8 @@ from arstudio.generators.rope import apply_rope, rope_2d_table
 
 @dataclass(frozen=True)
 class BackboneConfig:
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("dropout",)  # a loaded model may differ here (see loading.py)
+
     dim: int = 256
     n_layer: int = 6
     n_head: int = 8

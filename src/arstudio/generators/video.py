@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,9 @@ CONTEXT_MODES = ("stochastic", "clean_copy")
 
 @dataclass(frozen=True)
 class VideoGeneratorConfig:
+    # How training builds context frames; sampling reads none of them (see loading.py).
+    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("context_mode", "clean_context_ratio", "long_context_prob")
+
     token_dim: int = 8  # d, the KL tokenizer's latent channels
     head_width: int = 128
     head_depth: int = 2

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -108,11 +109,31 @@ def _load_component(preset: Preset, part: str, cls, config, random_init, device,
 
 def _from_folder(cls, path: Path, config, what: str, preset: Preset):
     """``cls.from_pretrained(path)``, refused unless its config is the preset's (same keys are not enough:
-    a different grid or vocabulary would load and then generate garbage)."""
+    a different grid or vocabulary would load and then generate garbage). Fields that only steer training
+    (a config class's ``TRAINING_ONLY``) may differ: a model trained with other dropout or video context
+    sampling generates the same way."""
     model = cls.from_pretrained(path)
-    if model.config != config:
-        raise ValueError(f"{what} does not match preset {preset.name!r}: {model.config} != {config}")
+    differences = config_differences(model.config, config)
+    if differences:
+        raise ValueError(f"{what} does not match preset {preset.name!r}: {'; '.join(differences)}")
     return model
+
+
+def config_differences(found, expected, prefix: str = "") -> list[str]:
+    """'field=found (preset: expected)' for each field where two config dataclasses differ, nested configs
+    included, skipping the fields their class lists in ``TRAINING_ONLY``."""
+    if type(found) is not type(expected):
+        return [f"{prefix or 'config'} is a {type(found).__name__} (preset: {type(expected).__name__})"]
+    differences = []
+    for spec in dataclasses.fields(expected):
+        if spec.name in getattr(expected, "TRAINING_ONLY", ()):
+            continue
+        mine, theirs = getattr(found, spec.name), getattr(expected, spec.name)
+        if dataclasses.is_dataclass(theirs):
+            differences += config_differences(mine, theirs, f"{prefix}{spec.name}.")
+        elif mine != theirs:
+            differences.append(f"{prefix}{spec.name}={mine!r} (preset: {theirs!r})")
+    return differences
 
 
 def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
