@@ -100,3 +100,14 @@ def test_a_video_preset_asked_for_at_start_starts_the_video_tab(app):
     # Only video presets offered: a Video tab and no image tabs with empty preset lists.
     alone = create_app(preset="test-tiny-video", presets=["test-tiny-video"])
     assert {t.id for t in _components(alone, "Tab")} == {"video"}
+
+
+def test_studio_cache_shares_the_keyframe_pipeline_with_the_image_tabs():
+    from arstudio.ui.common import PipelineCache
+
+    cache = PipelineCache("cpu")
+    video = cache.get("test-tiny-video")
+    assert video.keyframe_pipeline() is cache.get("test-tiny-continuous")  # one copy, not two
+    # outside the studio the video pipeline loads its own
+    own = arstudio.load_pipeline("test-tiny-video", device="cpu")
+    assert own.keyframe_loader is None and own.keyframe_pipeline() is not cache.get("test-tiny-continuous")

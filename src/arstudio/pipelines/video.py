@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class VideoPipeline(ImagePipeline):
     kept as the first C frames and the rest is predicted."""
 
     _keyframe: ImagePipeline | None = None  # the keyframe image pipeline, loaded on first use
+    # Preset name -> image pipeline, asked before loading one: the studio sets its pipeline cache here, so a
+    # keyframe preset already open in the image tab is shared rather than loaded a second time.
+    keyframe_loader: Callable[[str], ImagePipeline] | None = None
 
     def __repr__(self) -> str:
         return f"VideoPipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
@@ -78,7 +82,9 @@ class VideoPipeline(ImagePipeline):
             )
         from arstudio.pipelines.loading import load_pipeline
 
-        pipe = load_pipeline(name, device=self.device, dtype=self.dtype)
+        pipe = None if self.keyframe_loader is None else self.keyframe_loader(name)
+        if pipe is None or (pipe.device, pipe.dtype) != (self.device, self.dtype):
+            pipe = load_pipeline(name, device=self.device, dtype=self.dtype)
         if not same_model(pipe.tokenizer, self.tokenizer):  # other latents would be noise to the video model
             raise ValueError(f"keyframe preset {name!r} has another tokenizer than {self.preset.name!r}")
         self._keyframe = pipe

@@ -27,7 +27,8 @@ MODEL_QUEUE = "model"
 
 
 class PipelineCache:
-    """Pipelines loaded on first use and kept; loading is serialised so two tabs never load twice."""
+    """Pipelines loaded on first use and kept; loading is serialised so two tabs never load twice. A video
+    pipeline gets its keyframe image pipeline from here too, so that preset is loaded once for all tabs."""
 
     def __init__(self, device=None):
         self.device = device
@@ -37,7 +38,10 @@ class PipelineCache:
     def get(self, preset: str):
         with self._lock:
             if preset not in self._pipes:
-                self._pipes[preset] = arstudio.load_pipeline(preset, device=self.device)
+                pipe = arstudio.load_pipeline(preset, device=self.device)
+                if hasattr(pipe, "keyframe_loader"):  # a video pipeline: its keyframe preset comes from here
+                    pipe.keyframe_loader = self.get
+                self._pipes[preset] = pipe
             return self._pipes[preset]
 
 
