@@ -30,7 +30,7 @@ SHIPPED = {
     "shapes-c2i/generator": ("runs/gen-shapes-c2i", True),
     "shapes-c2i/drafter": ("runs/drafter-shapes-c2i", True),
     "shapes-c2i/dd1": ("runs/dd1-shapes-c2i-long", True),  # 16k pairs, 2400 steps (docs/training.md)
-    "shapes-c2i/dd2": ("runs/dd2-w05", True),  # batch 32, 1000 steps, DD1 weight 0.05
+    "shapes-c2i/dd2": ("runs/dd2-soup3", True),  # soup of 3 seeds: batch 32, 1000 steps, DD1 weight 0.05
     "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", False),
     "shapes-t2i/generator": ("runs/gen-shapes-t2i-scratch", True),  # v3: phrase slots from scratch
     "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-scratch", True),

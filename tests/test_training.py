@@ -157,3 +157,33 @@ def test_video_generator_training_in_bf16_keeps_a_weight_average(tmp_path):
     last = VideoGenerator.from_pretrained(out).state_dict()
     assert average.keys() == last.keys()
     assert any(not torch.equal(average[k], last[k]) for k in last if last[k].is_floating_point())
+
+
+def test_soup_averages_runs_of_one_model_and_refuses_others(tmp_path):
+    from arstudio.cli import main
+    from arstudio.training.soup import average_runs
+
+    runs = []
+    for seed in range(3):
+        model = seeded(lambda: ImageGenerator(GEN), seed)
+        model.save_pretrained(tmp_path / f"run{seed}")
+        runs.append(model.state_dict())
+    assert (
+        main(
+            ["train", "soup", *(str(tmp_path / f"run{s}") for s in range(3)), "--out", str(tmp_path / "soup")]
+        )
+        == 0
+    )
+    soup = ImageGenerator.from_pretrained(tmp_path / "soup").state_dict()
+    for name, tensor in soup.items():
+        assert torch.allclose(tensor, torch.stack([run[name] for run in runs]).mean(0), atol=1e-6), name
+    with pytest.raises(ValueError, match="at least 2 runs"):
+        average_runs([tmp_path / "run0"], tmp_path / "one")
+    with pytest.raises(ValueError, match="is one of the runs"):
+        average_runs([tmp_path / "run0", tmp_path / "run1"], tmp_path / "run1")
+    ImageGenerator(replace(GEN, num_classes=12)).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"differs from .* in config fields \['num_classes'\]"):
+        average_runs([tmp_path / "run0", tmp_path / "other"], tmp_path / "bad")
+    with pytest.raises(FileNotFoundError, match="not a saved model folder"):
+        average_runs([tmp_path / "run0", tmp_path / "nowhere"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "one").exists()

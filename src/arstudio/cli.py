@@ -291,6 +291,19 @@ def _run_train_distill(args) -> None:
     print(f"{args.method} model saved to {args.out}")
 
 
+def _add_train_soup(sub) -> None:
+    p = sub.add_parser("soup", help="average the weights of runs fine-tuned from one model (a model soup)")
+    p.add_argument("runs", nargs="+", help="saved model folders (config.json + model.safetensors), 2 or more")
+    p.add_argument("--out", required=True, help="output folder for the averaged model")
+    p.set_defaults(func=_run_train_soup)
+
+
+def _run_train_soup(args) -> None:
+    from arstudio.training.soup import average_runs
+
+    print(f"soup of {len(args.runs)} runs saved to {average_runs(args.runs, args.out)}")
+
+
 def _add_train_classifier(sub) -> None:
     p = sub.add_parser("classifier", help="train the FD-shapes feature classifier")
     p.add_argument("--out", required=True, help="output directory (resumes if it holds a checkpoint)")
@@ -481,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_classifier(train_sub)
     _add_train_drafter(train_sub)
     _add_train_distill(train_sub)
+    _add_train_soup(train_sub)
     _add_train_video_generator(train_sub)
     _add_train_causal_video_tokenizer(train_sub)
     return parser
