@@ -168,12 +168,8 @@ def test_soup_averages_runs_of_one_model_and_refuses_others(tmp_path):
         model = seeded(lambda: ImageGenerator(GEN), seed)
         model.save_pretrained(tmp_path / f"run{seed}")
         runs.append(model.state_dict())
-    assert (
-        main(
-            ["train", "soup", *(str(tmp_path / f"run{s}") for s in range(3)), "--out", str(tmp_path / "soup")]
-        )
-        == 0
-    )
+    folders = [str(tmp_path / f"run{seed}") for seed in range(3)]
+    assert main(["train", "soup", *folders, "--out", str(tmp_path / "soup")]) == 0
     soup = ImageGenerator.from_pretrained(tmp_path / "soup").state_dict()
     for name, tensor in soup.items():
         assert torch.allclose(tensor, torch.stack([run[name] for run in runs]).mean(0), atol=1e-6), name
