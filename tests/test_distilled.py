@@ -285,6 +285,11 @@ def test_one_shot_dd_refuses_sampling_it_cannot_apply():
     for knob in ({"temperature": default / 2}, {"guidance_scale": 7.0}, {"top_k": 3}):
         with pytest.raises(ValueError, match=f"{next(iter(knob))}=.*cannot apply"):
             pipe(class_labels=[1], decoding="dd2", generator=torch.Generator().manual_seed(0), **knob)
+    # what the studio's Decoding lab asks before it runs a one-shot strategy with the Image tab's settings
+    settings = {"guidance_scale": 7.0, "temperature": default, "top_k": None, "prompt": "red circle"}
+    guidance = pipe.preset.defaults["guidance_scale"]
+    assert pipe.sampling_conflicts("dd2", settings) == {"guidance_scale": (7.0, guidance)}
+    assert pipe.sampling_conflicts("dd1_hybrid", settings) == {} == pipe.sampling_conflicts("ar", settings)
 
 
 def test_distillation_refuses_a_control_teacher(tmp_path):

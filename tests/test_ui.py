@@ -156,6 +156,13 @@ def test_labs(client):
         arstudio.load_pipeline("test-tiny-c2i").decoding_strategies
     )
     assert table["data"][0][2] == 16  # forwards: one per token of the 4x4 grid
+    # Guidance other than the preset's (2.0): one-shot DD still runs, and its row says what it did not apply.
+    request = _request(count=1)
+    request[8] = 2.5
+    _, table, _, _ = client.predict(*request, api_name="/compare")
+    notes = {row[0]: row[-1] for row in table["data"]}
+    assert notes["dd1"] == notes["dd2"] == "guidance_scale=2.5 not applied: distilled at 2.0"
+    assert notes["ar"] == notes["dd1_hybrid"] == ""
 
 
 def test_previews_stream_and_stop_halts_the_pipeline():

@@ -78,3 +78,7 @@ DECODING_PARAMS: dict[str, tuple[DecodingParam, ...]] = {
     "dd2": (_DD_STEPS,),
 }
 DISTILLED_STRATEGIES = ("dd1", "dd1_hybrid", "dd2")
+# One-shot distilled decoding samples the teacher at the settings it was distilled with (the preset's
+# default sampling): guidance, temperature, top-k and top-p cannot change it. The hybrid runs the teacher
+# itself for part of the image, so it takes them.
+FIXED_SAMPLING_STRATEGIES = ("dd1", "dd2")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+SAMPLING_KEYS = ("guidance_scale", "temperature", "top_k", "top_p")  # what a preset's defaults may set
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -27,6 +29,14 @@ class SamplingParams:
         check_sampling_params(
             self.guidance_scale, self.temperature, self.top_k, self.top_p, self.cfg_interval
         )
+
+    @classmethod
+    def from_defaults(cls, defaults: dict, **overrides) -> SamplingParams:
+        """A preset's default sampling (``defaults``; a key it lacks takes the class default), with the
+        ``overrides`` that are not None on top."""
+        chosen = {k: defaults[k] for k in SAMPLING_KEYS if k in defaults}
+        chosen.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**chosen)
 
     @property
     def uses_cfg(self) -> bool:

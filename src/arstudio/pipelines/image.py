@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from arstudio.data.control import check_control_map
-from arstudio.decoding import DECODING_PARAMS, DISTILLED_STRATEGIES
+from arstudio.decoding import DECODING_PARAMS, DISTILLED_STRATEGIES, FIXED_SAMPLING_STRATEGIES
 from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.continuous import sample_continuous
 from arstudio.decoding.continuous_speculative import (
@@ -20,7 +20,7 @@ from arstudio.decoding.continuous_speculative import (
 from arstudio.decoding.distilled import draw_noise, sample_distilled, sample_distilled_hybrid
 from arstudio.decoding.guidance import ControlSignal
 from arstudio.decoding.lantern import latent_neighbours
-from arstudio.decoding.logits import SamplingParams
+from arstudio.decoding.logits import SAMPLING_KEYS, SamplingParams
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
 from arstudio.generators.control import check_strength
 from arstudio.generators.text_encoders import check_prompts
@@ -228,6 +228,20 @@ class ImagePipeline:
             )
         return self.generator.config.token_dim if head == "bridge" else None
 
+    def sampling_conflicts(self, decoding: str, settings: dict) -> dict[str, tuple]:
+        """{name: (asked, distilled)} for each sampling setting in ``settings`` (guidance_scale,
+        temperature, top_k, top_p; other keys and None values are ignored) that ``decoding`` cannot apply:
+        one-shot distilled decoding (``FIXED_SAMPLING_STRATEGIES``) samples the teacher at the settings it
+        was distilled with. Empty for every other strategy."""
+        if decoding not in FIXED_SAMPLING_STRATEGIES:
+            return {}
+        distilled_at = SamplingParams.from_defaults(self.preset.defaults)
+        return {
+            k: (v, getattr(distilled_at, k))
+            for k, v in settings.items()
+            if k in SAMPLING_KEYS and v is not None and v != getattr(distilled_at, k)
+        }
+
     def _sample_distilled(self, decoding, knobs, conditions: Conditions, generators, params, noise):
         """dd1 / dd2 (1 or 2 forwards) or dd1_hybrid; noise from each image's generator unless given."""
         model = self.distilled[decoding.removesuffix("_hybrid")]
@@ -347,13 +361,8 @@ class ImagePipeline:
         """
         t0 = time.perf_counter()
         defaults = self.preset.defaults
-        params = SamplingParams(
-            guidance_scale=defaults.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale,
-            temperature=defaults.get("temperature", 1.0) if temperature is None else temperature,
-            top_k=defaults.get("top_k", 0) if top_k is None else top_k,
-            top_p=defaults.get("top_p", 1.0) if top_p is None else top_p,
-            cfg_interval=tuple(cfg_interval),
-        )
+        asked = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+        params = SamplingParams.from_defaults(defaults, **asked, cfg_interval=tuple(cfg_interval))
         if decoding not in DECODING_PARAMS:
             raise ValueError(f"decoding={decoding!r} is unknown; allowed: {tuple(DECODING_PARAMS)}")
         if decoding not in self.decoding_strategies:
@@ -376,20 +385,15 @@ class ImagePipeline:
         elif distilled and num_inference_steps is not None:
             raise ValueError(f"num_inference_steps={num_inference_steps!r} does not apply to dd1_hybrid (its "
                              "forwards follow from dd_hybrid_start); leave it None")  # fmt: skip
-        if decoding in ("dd1", "dd2"):  # one-shot DD samples the distribution it was distilled from
-            asked = {
-                "guidance_scale": guidance_scale,
-                "temperature": temperature,
-                "top_k": top_k,
-                "top_p": top_p,
-            }
-            fixed = [f"{k}={v!r}" for k, v in asked.items() if v is not None and v != defaults.get(k, v)]
-            if fixed:
-                raise ValueError(
-                    f"decoding={decoding!r} samples the teacher's default sampling it was distilled with "
-                    f"({', '.join(f'{k}={defaults.get(k)!r}' for k in asked)}); {', '.join(fixed)} cannot apply "
-                    "(use decoding='dd1_hybrid' or 'ar' to change it)"
-                )
+        conflicts = self.sampling_conflicts(decoding, asked)
+        if conflicts:
+            distilled_at = SamplingParams.from_defaults(defaults)
+            raise ValueError(
+                f"decoding={decoding!r} samples the teacher's default sampling it was distilled with "
+                f"({', '.join(f'{k}={getattr(distilled_at, k)!r}' for k in asked)}); "
+                f"{', '.join(f'{k}={v[0]!r}' for k, v in conflicts.items())} cannot apply "
+                "(use decoding='dd1_hybrid' or 'ar' to change it)"
+            )
         if noise is not None and not distilled:
             raise ValueError(
                 f"noise= applies to decoding in {DISTILLED_STRATEGIES}, not decoding={decoding!r}"

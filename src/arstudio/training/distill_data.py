@@ -21,9 +21,7 @@ PAIRS_FILE = "dd1_pairs.safetensors"
 
 def teacher_sampling(pipe) -> SamplingParams:
     """The teacher distribution DD distils: the preset's default sampling (see decoding/distilled.py)."""
-    d = pipe.preset.defaults
-    return SamplingParams(d.get("guidance_scale", 1.0), d.get("temperature", 1.0), d.get("top_k", 0),
-                          d.get("top_p", 1.0))  # fmt: skip
+    return SamplingParams.from_defaults(pipe.preset.defaults)
 
 
 def _chunk_pairs(pipe, seed: int, index: int, count: int, flow_steps: int):

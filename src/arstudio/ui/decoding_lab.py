@@ -15,7 +15,7 @@ from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
 from arstudio.ui.controls import Controls, build_request
 
 COLUMNS = ["strategy", "seconds", "forwards", "tokens_per_forward", "accepted_length", "speedup_vs_ar",
-           "verifier_accuracy"]  # fmt: skip
+           "verifier_accuracy", "note"]  # fmt: skip
 
 
 def verifier_accuracy(output) -> float | None:
@@ -46,7 +46,14 @@ def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, p
         if progress is not None:
             progress((number, len(strategies)), desc=f"running {strategy}")
         request = build_request(cache, controls, values, decoding=strategy)
-        output = request.pipe(**request.kwargs)
+        # One-shot distilled decoding samples the teacher as it was distilled: the pipeline refuses other
+        # sampling settings. Here it runs without them, and the note says which of the user's were not used.
+        conflicts = request.pipe.sampling_conflicts(strategy, request.kwargs)
+        kwargs = {k: v for k, v in request.kwargs.items() if k not in conflicts}
+        note = "; ".join(
+            f"{k}={asked} not applied: distilled at {fixed}" for k, (asked, fixed) in conflicts.items()
+        )
+        output = request.pipe(**kwargs)
         stats, seconds = output.stats, output.timings["total_s"]
         items += [
             (image, f"{strategy} · seed {seed}")
@@ -54,7 +61,7 @@ def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, p
         ]
         accepted = stats.get("accepted_length", stats.get("mean_accepted_length"))
         rows.append([strategy, round(seconds, 3), stats.get("forwards"), _round(stats.get("tokens_per_forward")),
-                     _round(accepted), None, verifier_accuracy(output)])  # fmt: skip
+                     _round(accepted), None, verifier_accuracy(output), note])  # fmt: skip
     ar_seconds = next((r[1] for r in rows if r[0] == "ar"), None)
     for row in rows:
         row[5] = round(ar_seconds / row[1], 2) if ar_seconds and row[1] else None
@@ -63,7 +70,9 @@ def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, p
 
 def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
     gr.Markdown("Runs the **Image** tab's request (preset, condition, seed, sampling, knobs) with plain AR and "
-                "every accelerated strategy this preset supports, on the same seeds.")  # fmt: skip
+                "every accelerated strategy this preset supports, on the same seeds. One-shot distilled "
+                "decoding (dd1, dd2) keeps the sampling it was distilled with; its row's note says when "
+                "that differs from yours.")  # fmt: skip
     run = gr.Button("Compare strategies", variant="primary", elem_id="compare")
     gallery = gr.Gallery(
         label="Images per strategy", columns=4, height="auto", format="png", elem_id="decoding-gallery"
