@@ -113,14 +113,20 @@ def chart(rows: dict, path) -> None:
     fds = [r["fd_shapes"] for r in rows.values()]
     top = max(fds) * 1.1
     most = max(r["forwards_per_image"] for r in rows.values())
+    placed = []  # label boxes drawn so far
     for name, row in rows.items():
         px = x0 + 10 + (w - 20) * math.log(row["forwards_per_image"]) / math.log(max(most, 2))
         py = y0 + h - h * row["fd_shapes"] / top
         draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill="#c0392b")
         label = f"{name} (acc {row['verifier_accuracy']:.2f})"
-        # Labels of points in the right part of the panel go to their left, so none runs off the image.
+        # Labels of points in the right part of the panel go to their left, so none runs off the image;
+        # a label that would overlap an earlier one moves down a line (points with similar FD are common).
         tx = px + 6 if px < x0 + w * 0.6 else px - 6 - draw.textlength(label)
-        draw.text((tx, py - 6), label, fill="black")
+        box = [tx, py - 6, tx + draw.textlength(label), py + 6]
+        while any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+            box = [box[0], box[1] + 13, box[2], box[3] + 13]
+        placed.append(box)
+        draw.text((box[0], box[1]), label, fill="black")
     speedup_curve(draw, rows, (150, top_height + 30, 800, 280))
     image.save(path)
 
