@@ -128,9 +128,9 @@ class EmaWeights:
 
     The average over the last few hundred steps often samples better than the last step's weights, but not
     always (docs/training.md: for sprites-video it probed best at one of two temperatures, for DD2 it lost),
-    so a run keeps both and ships the one that probes better. The decay warms up as min(decay, (1 + step) / (10 + step)) so the first steps' random
-    weights fade fast. A resumed run reloads the saved average (saved before the train state, so
-    its step is never behind the checkpoint's).
+    so a run keeps both and ships the one that probes better. The decay warms up as
+    min(decay, (1 + step) / (10 + step)) so the first steps' random weights fade fast. A resumed run reloads
+    the saved average (saved before the train state, so its step is never behind the checkpoint's).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float, out_dir: Path):

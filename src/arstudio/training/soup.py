@@ -43,9 +43,9 @@ def average_runs(folders: list[str | Path], out: str | Path) -> Path:
             )
     states = [load_safetensors(folder / WEIGHTS_NAME) for folder in folders]
     first = states[0]
+    first_shapes = {k: tuple(v.shape) for k, v in first.items()}
     for folder, state in zip(folders[1:], states[1:], strict=True):
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        if shapes != {k: tuple(v.shape) for k, v in first.items()}:
+        if {k: tuple(v.shape) for k, v in state.items()} != first_shapes:
             raise ValueError(f"{str(folder)!r} holds other tensor names or shapes than {str(folders[0])!r}")
     soup = {}
     for name, tensor in first.items():
