@@ -14,6 +14,7 @@ import torch
 
 from arstudio.decoding.guidance import ControlSignal, guidance_rows, guide, with_unconditional
 from arstudio.decoding.logits import SamplingParams, draw, filter_logits
+from arstudio.decoding.random import as_device_random
 
 __all__ = ["DecodeResult", "StepCallback", "sample_autoregressive", "with_unconditional"]
 
@@ -32,7 +33,7 @@ class DecodeResult:
 def sample_autoregressive(
     model,
     cond: torch.Tensor,
-    generators: list[torch.Generator],
+    generators,
     params: SamplingParams | None = None,
     callback: StepCallback | None = None,
     use_cache: bool = True,
@@ -50,6 +51,10 @@ def sample_autoregressive(
 
     ``prefix`` (B, k): tokens already known (read in one cached forward); sampling continues at k.
     ``pick(probs (B, V), index) -> ids (B,)`` replaces the random draw (Distilled Decoding's flow map).
+    ``generators``: one ``torch.Generator`` per image (or a ``DeviceRandom``); unused with ``pick``.
+
+    The loop reads nothing back from the device: the position advances in place on the device, draws are
+    made there (``random.py``), and every decision taken per token (guided or not) is host arithmetic.
     """
     params = params or SamplingParams()
     batch, total = cond.shape[0], model.seq_len
@@ -65,7 +70,12 @@ def sample_autoregressive(
     # After every check that can raise: guidance_rows sets the model's control, which only finally resets.
     cond = guidance_rows(model, cond, negative_cond, params, control)
     rows = cond.shape[0]
-    pick = pick or (lambda probs, index: draw(probs, generators))
+    if pick is None:
+        rng = as_device_random(generators, device)
+
+        def pick(probs, index):
+            return draw(probs, rng)
+
     forwards = 0
     start = time.perf_counter()
     try:
@@ -76,6 +86,8 @@ def sample_autoregressive(
                 positions = torch.arange(model.prefix_len, model.prefix_len + known, device=device)
                 logits = model.step(prefix.repeat(rows // batch, 1), positions)[:, -1]
                 forwards += 1
+            # The next step's position, (1,) on the device, advanced in place (its address stays put).
+            position = torch.full((1,), model.prefix_len + known, dtype=torch.long, device=device)
         else:
             # Full pass over [prefix]: the placeholder token is never embedded (forward drops the last token).
             logits = model(torch.zeros(rows, 1, dtype=torch.long, device=device), cond)[:, -1]
@@ -95,15 +107,15 @@ def sample_autoregressive(
                 break
             step_tokens = tokens[:, index : index + 1].repeat(rows // batch, 1)
             if use_cache:
-                position = torch.tensor([model.prefix_len + index], device=device)
                 logits = model.step(step_tokens, position)[:, -1]
+                position += 1
             else:
                 so_far = tokens[:, : index + 1].repeat(rows // batch, 1)
                 padded = torch.cat([so_far, so_far[:, -1:]], dim=1)  # last column is the unused placeholder
                 logits = model(padded, cond)[:, -1]
             forwards += 1
     finally:
-        model.backbone.reset_cache()  # free the cache memory between calls
+        model.backbone.reset_cache()  # detach the (pooled) caches between calls
         if control is not None:
             model.set_control(None)
     elapsed = time.perf_counter() - start

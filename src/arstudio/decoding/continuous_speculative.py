@@ -31,6 +31,7 @@ import torch
 from arstudio.decoding.autoregressive import DecodeResult, StepCallback, with_unconditional
 from arstudio.decoding.continuous import per_row_randn
 from arstudio.decoding.logits import SamplingParams, classifier_free_guidance
+from arstudio.decoding.random import as_device_random
 from arstudio.decoding.rounds import SpeculationLedger, take_at
 
 
@@ -76,14 +77,15 @@ class DiffusionSteps:
         x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-self.x0_clip, self.x0_clip)
         return c_x0 * x0 + c_xt * x
 
-    def sample(self, z: torch.Tensor, generators) -> list[torch.Tensor]:
-        """A trajectory [x_T, ..., x_0], each (B, d), noise from each row's generator."""
+    def sample(self, z: torch.Tensor, rng) -> list[torch.Tensor]:
+        """A trajectory [x_T, ..., x_0], each (B, d), noise from each row's own draws."""
         d = self.head.token_dim
-        xs = [per_row_randn(generators, (d,), z)]
+        rng = as_device_random(rng, z.device)
+        xs = [per_row_randn(rng, (d,), z)]
         for i in range(len(self.timesteps)):
             x = self.mean(i, xs[-1], z)
             std = self.coefs[i][3]
-            xs.append(x + std * per_row_randn(generators, (d,), z) if std > 0 else x)
+            xs.append(x + std * per_row_randn(rng, (d,), z) if std > 0 else x)
         return xs
 
     def log_density(self, xs: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,7 @@ def sample_continuous_speculative(
     target,
     draft,
     cond: torch.Tensor,
-    generators: list[torch.Generator],
+    generators,
     params: SamplingParams | None = None,
     spec: ContinuousSpeculativeParams | None = None,
     negative_cond: torch.Tensor | None = None,
@@ -141,6 +143,7 @@ def sample_continuous_speculative(
     if len(generators) != batch:
         raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
     device = cond.device
+    rng = as_device_random(generators, device)
     target_cond = with_unconditional(target, cond, negative_cond) if params.uses_cfg else cond
     draft_cond = with_unconditional(draft, cond, negative_cond) if params.uses_cfg else cond
     rows = target_cond.shape[0]
@@ -158,12 +161,13 @@ def sample_continuous_speculative(
     target.setup_cache(rows, device=device, extra=gamma + 1)
     draft.setup_cache(rows, device=device, extra=gamma + 1)
     try:
-        first = p_steps.sample(guide(target.prefill(target_cond)), generators)[-1]
+        first = p_steps.sample(guide(target.prefill(target_cond)), rng)[-1]
         ledger = SpeculationLedger(
             first.float(), total, gamma
         )  # latents kept in fp32 whatever the model dtype
         draft.prefill(draft_cond)
-        z_q = draft.step(both(ledger.tokens[:, :1]), torch.tensor([prefix_len], device=device))[:, -1]
+        first_position = torch.full((1,), prefix_len, dtype=torch.long, device=device)
+        z_q = draft.step(both(ledger.tokens[:, :1]), first_position)[:, -1]
         steps = ledger.steps
         while ledger.running:
             cursor = ledger.cursor
@@ -171,7 +175,7 @@ def sample_continuous_speculative(
             trajectories, z_drafts, log_q = [], [], []
             for i in range(gamma):
                 zg = guide(z_q)
-                xs = q_steps.sample(zg, generators)
+                xs = q_steps.sample(zg, rng)
                 trajectories.append(xs)
                 z_drafts.append(zg)
                 log_q.append(q_steps.log_density(xs, zg))
@@ -188,21 +192,21 @@ def sample_continuous_speculative(
             # 3. Trajectory-aligned acceptance, longest accepted prefix, then a residual or bonus token.
             log_p = torch.stack([p_steps.log_density(xs, z_p[:, i]) for i, xs in enumerate(trajectories)], 1)
             log_ratio = (log_p - torch.stack(log_q, 1)) / spec.inner_temperature
-            u = torch.stack([torch.rand(gamma, generator=g) for g in generators]).to(device)
+            u = rng.uniform(gamma)
             passed = u.clamp_min(1e-30).log() <= log_ratio.clamp(max=0)
             accepted = passed.long().cumprod(1).sum(1)  # (B,)
             at = accepted.clamp(max=gamma - 1)
             # The draft's z may be narrower than the target's: each is gathered from its own stack.
             z_p_at, z_q_at = take_at(z_p, at), take_at(torch.stack(z_drafts, 1), at)
-            fixed = _residual_sample(p_steps, q_steps, z_p_at, z_q_at, generators, spec.max_tries)
-            bonus = p_steps.sample(z_p[:, gamma], generators)[-1]
+            fixed = _residual_sample(p_steps, q_steps, z_p_at, z_q_at, rng, spec.max_tries)
+            bonus = p_steps.sample(z_p[:, gamma], rng)[-1]
             final = torch.where((accepted == gamma)[:, None], bonus, fixed)
             new = ledger.commit(cursor, drafts, final, accepted)
 
             # 4. The draft model reads the verified tokens; its output at each row's new end drafts next.
             z_new = draft.step(both(new), both(positions + 1))  # token cursor + k sits at P + cursor + k
             z_q = take_at(z_new, both(accepted))
-            if ledger.report(callback):
+            if ledger.end_round(callback):
                 break
     finally:
         target.backbone.reset_cache()
@@ -215,17 +219,18 @@ def sample_continuous_speculative(
     return DecodeResult(ledger.result(), stats)
 
 
-def _residual_sample(p_steps, q_steps, z_p, z_q, generators, max_tries: int) -> torch.Tensor:
+def _residual_sample(p_steps, q_steps, z_p, z_q, rng, max_tries: int) -> torch.Tensor:
     """Acceptance-rejection draws from max(0, p - q): a target trajectory y is kept with probability
     max(0, 1 - q(y) / p(y)); after ``max_tries`` the last draw stands (bounded, approximate)."""
     result, done = None, torch.zeros(z_p.shape[0], dtype=torch.bool, device=z_p.device)
     for _ in range(max_tries):
-        xs = p_steps.sample(z_p, generators)
+        xs = p_steps.sample(z_p, rng)
         keep_prob = 1 - torch.exp((q_steps.log_density(xs, z_q) - p_steps.log_density(xs, z_p)).clamp(max=0))
-        u = torch.stack([torch.rand((), generator=g) for g in generators]).to(z_p.device)
+        u = rng.uniform(1)[:, 0]
         take = ~done & (u < keep_prob)
         result = xs[-1] if result is None else torch.where(~done[:, None], xs[-1], result)  # newest draw
         done |= take
-        if bool(done.all()):
+        # A host read per try, but only off the GPU: there it would stall the stream, so every try runs.
+        if z_p.device.type == "cpu" and bool(done.all()):
             break
     return result

@@ -67,7 +67,7 @@ class ModelDrafting:
 
     def start(self, cond, negative_cond, uses_cfg, prefix_hidden, first_tokens) -> torch.Tensor:
         self.model.prefill(_rows(self.model, cond, negative_cond, uses_cfg))
-        position = torch.tensor([self.model.prefix_len], device=first_tokens.device)
+        position = torch.full((1,), self.model.prefix_len, dtype=torch.long, device=first_tokens.device)
         return self.model.step(first_tokens, position)[:, -1]
 
     def propose(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:

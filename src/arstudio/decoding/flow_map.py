@@ -39,8 +39,9 @@ def mixture_posterior_logits(y: torch.Tensor, alpha: torch.Tensor, sigma: torch.
     y (M, d); alpha, sigma (M,) or scalars; log_probs (M, V) (-inf allowed for filtered tokens);
     codebook (V, d) -> (M, V).
     """
-    alpha = torch.as_tensor(alpha, dtype=y.dtype, device=y.device).expand(y.shape[0])[:, None]
-    sigma = torch.as_tensor(sigma, dtype=y.dtype, device=y.device).expand(y.shape[0])[:, None]
+    # Python numbers stay Python numbers: a tensor made of one would be built on the host and copied over.
+    alpha = alpha if isinstance(alpha, (int, float)) else alpha.to(y.dtype).expand(y.shape[0])[:, None]
+    sigma = sigma if isinstance(sigma, (int, float)) else sigma.to(y.dtype).expand(y.shape[0])[:, None]
     # -|y - a c|^2 / 2s^2 = (a y.c - a^2 |c|^2 / 2) / s^2 + (term without v)
     dots = y @ codebook.T  # (M, V)
     sq = (codebook * codebook).sum(-1)[None]  # (1, V)

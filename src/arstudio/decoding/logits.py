@@ -1,8 +1,8 @@
 """Turning logits into samples: validation, classifier-free guidance, temperature / top-k / top-p,
 and per-image random draws.
 
-Each image has its own ``torch.Generator``; a row's sample depends only on that row's logits and that
-row's generator, so an image's random draws do not depend on its batch-mates. (Its logits can, at the
+Each image has its own ``torch.Generator``, turned into a key for on-device draws (``random.py``); a row's
+sample depends only on that row's logits and that row's draws, so an image's random draws do not depend on its batch-mates. (Its logits can, at the
 level of float rounding: batched matmuls pick kernels by batch size, which now and then flips a
 near-tied token. Same seeds in the same batch reproduce pixels exactly; the studio's recipes record the
 batch for that reason.)
@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from arstudio.decoding.random import as_device_random
 
 SAMPLING_KEYS = ("guidance_scale", "temperature", "top_k", "top_p")  # what a preset's defaults may set
 
@@ -90,12 +92,13 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits.softmax(dim=-1)
 
 
-def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One token per row by inverse-CDF sampling with that row's generator: (B, V) -> (B,) int64."""
-    if len(generators) != probs.shape[0]:
-        raise ValueError(f"got {len(generators)} generators for a batch of {probs.shape[0]}")
-    u = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(probs.device)
-    return sample_with_uniform(probs, u)
+def draw(probs: torch.Tensor, rng) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling with that row's next uniform: (B, V) -> (B,) int64.
+    ``rng``: a DeviceRandom, or one generator per row (keyed afresh: for one draw only)."""
+    if len(rng) != probs.shape[0]:
+        raise ValueError(f"got {len(rng)} generators for a batch of {probs.shape[0]}")
+    rng = as_device_random(rng, probs.device)
+    return sample_with_uniform(probs, rng.uniform(1)[:, 0])
 
 
 def sample_with_uniform(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -29,12 +29,16 @@ class SpeculationLedger:
         self.decided = torch.ones(batch, dtype=torch.long, device=device)  # tokens fixed so far, per image
         self.rounds = torch.zeros(batch, dtype=torch.long, device=device)  # verify rounds each image needed
         self.forwards = 1  # target forwards of the batch: the prefill, then one verify per round
-        self.accepted_total = self.proposed_total = 0
+        self.round_count = 0  # rounds of the batch (host-side)
+        # Device-side sums, read once after the loop.
+        self.accepted_total = torch.zeros((), dtype=torch.long, device=device)
+        self.proposed_total = torch.zeros((), dtype=torch.long, device=device)
         self.steps = torch.arange(gamma + 1, device=device)
+        self.least_decided = 1  # host copy of decided.min(), refreshed once per round by end_round
 
     @property
     def running(self) -> bool:
-        return bool((self.decided < self.total).any())
+        return self.least_decided < self.total
 
     @property
     def cursor(self) -> torch.Tensor:
@@ -60,22 +64,23 @@ class SpeculationLedger:
         write = write.view(*write.shape, *([1] * (new.ndim - 2)))
         self.tokens[index] = torch.where(write, new, self.tokens[index])
         self.forwards += 1
-        self.accepted_total += int(accepted[active].sum())
-        self.proposed_total += self.gamma * int(active.sum())
+        self.round_count += 1
+        self.accepted_total += (accepted * active).sum()
+        self.proposed_total += self.gamma * active.sum()
         self.rounds += active.long()
         self.decided = torch.where(active, self.decided + accepted + 1, self.decided)
         return new
 
-    def report(self, callback) -> bool:
-        """Call ``callback(step, total, tokens)`` with the tokens every image has fixed; True if it asks
-        to stop (the tokens are then cut there)."""
-        if callback is None:
-            return False
-        done = int(self.decided.clamp(max=self.total).min())
-        if callback(done - 1, self.total, self.tokens[:, :done]) is False:
+    def end_round(self, callback) -> bool:
+        """After a commit: the round's one host read (the least number of tokens any image has fixed), then
+        ``callback(step, total, tokens)`` with the tokens every image has fixed. True when sampling ends:
+        every image is done, or the callback asked to stop (the tokens are then cut there)."""
+        done = int(self.decided.min().clamp(max=self.total))
+        self.least_decided = done
+        if callback is not None and callback(done - 1, self.total, self.tokens[:, :done]) is False:
             self.tokens = self.tokens[:, :done]
             return True
-        return False
+        return not self.running
 
     def result(self) -> torch.Tensor:
         return self.tokens[:, : self.total]
@@ -83,11 +88,12 @@ class SpeculationLedger:
     def stats(self) -> dict:
         per_image = (self.rounds + 1).float()  # prefill + verify rounds
         rounds = int(self.rounds.sum())
+        accepted, proposed = int(self.accepted_total), int(self.proposed_total)
         return {
             "forwards": self.forwards,
             "forwards_per_image": float(per_image.mean()),
             "tokens_per_forward": float((self.total / per_image).mean()),
-            "acceptance_rate": self.accepted_total / max(self.proposed_total, 1),
+            "acceptance_rate": accepted / max(proposed, 1),
             # tokens fixed per round and image: accepted drafts + the residual/bonus token
-            "mean_accepted_length": (self.accepted_total + rounds) / max(rounds, 1),
+            "mean_accepted_length": (accepted + rounds) / max(rounds, 1),
         }

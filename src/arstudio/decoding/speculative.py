@@ -19,9 +19,11 @@ One round, for every image at once (each at its own position):
 Rows accept different numbers of tokens, so the KV caches are addressed per row: ``input_pos`` (B, T).
 Entries left by rejected drafts sit past a row's position and are overwritten before they can be seen.
 
-Randomness: every round, each image draws 2 gamma + 1 uniforms from its own generator (gamma for
-sampled drafts, unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus
-token), so an image's random draws do not depend on its batch-mates (see ``logits.py`` on rounding).
+Randomness: every round, each image draws 2 gamma + 1 uniforms of its own (gamma for sampled drafts,
+unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus token), made on the
+device from its generator's key (``random.py``), so an image's random draws do not depend on its
+batch-mates (see ``logits.py`` on rounding). The only host read of a round is the ledger's check whether
+every image is done.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from arstudio.decoding.logits import (
     filter_logits,
     sample_with_uniform,
 )
+from arstudio.decoding.random import as_device_random
 from arstudio.decoding.rounds import SpeculationLedger, take_at
 
 
@@ -82,7 +85,7 @@ def sample_speculative(
     target,
     drafter,
     cond: torch.Tensor,
-    generators: list[torch.Generator],
+    generators,
     params: SamplingParams | None = None,
     spec: SpeculativeParams | None = None,
     neighbours: torch.Tensor | None = None,
@@ -99,6 +102,7 @@ def sample_speculative(
     if len(generators) != batch:
         raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
     device = cond.device
+    rng = as_device_random(generators, device)
     if params.uses_cfg:
         cond = with_unconditional(target, cond, negative_cond)
     rows = cond.shape[0]
@@ -115,7 +119,7 @@ def sample_speculative(
     try:
         # Token 0 from the target's prefill; the drafter reads the prefix and token 0 to draft token 1.
         logits, prefix_hidden = target.prefill(cond, return_hidden=True)  # (R, V), (R, P, dim)
-        first_u = torch.stack([torch.rand((), generator=g) for g in generators]).to(device)
+        first_u = rng.uniform(1)[:, 0]
         zero = torch.zeros(batch, dtype=torch.long, device=device)
         ledger = SpeculationLedger(sample_with_uniform(guide(logits, zero), first_u), total, gamma)
         draft_logits = drafting.start(cond[:batch], negative_cond, params.uses_cfg, prefix_hidden,
@@ -123,7 +127,7 @@ def sample_speculative(
         steps = ledger.steps
         while ledger.running:
             cursor = ledger.cursor
-            u = torch.stack([torch.rand(2 * gamma + 1, generator=g) for g in generators]).to(device)
+            u = rng.uniform(2 * gamma + 1)  # (B, 2 gamma + 1)
 
             # 1. Draft gamma tokens; draft i is token cursor + i.
             drafts = torch.zeros(batch, gamma, dtype=torch.long, device=device)
@@ -162,14 +166,14 @@ def sample_speculative(
 
             # 4. The drafter catches up on the verified positions, reading on from each row's new end.
             draft_logits = drafting.catch_up(both(new), hidden, both(positions), both(accepted))
-            if ledger.report(callback):
+            if ledger.end_round(callback):
                 break
     finally:
         target.backbone.reset_cache()
         drafting.reset()
     stats = {
         **ledger.stats(),
-        "drafter_forwards": int(ledger.rounds.max()) * gamma + 1,
+        "drafter_forwards": ledger.round_count * gamma + 1,
         "decode_seconds": time.perf_counter() - start,
     }
     return DecodeResult(ledger.result(), stats)

@@ -23,6 +23,7 @@ import torch
 
 from arstudio.decoding.autoregressive import DecodeResult, with_unconditional
 from arstudio.decoding.continuous import per_row_randn
+from arstudio.decoding.random import as_device_random
 from arstudio.generators.video import PREFIX_FRAME, block_mask, frame_coords, prefix_coords
 
 EMPTY = -2  # owner of a cache slot nothing was written to (never visible)
@@ -89,7 +90,7 @@ def check_context(model, context: torch.Tensor | None, batch: int, num_frames: i
 def sample_video(
     model,
     cond: torch.Tensor,
-    generators: list[torch.Generator],
+    generators,
     num_frames: int,
     context: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
@@ -112,6 +113,7 @@ def sample_video(
     if len(generators) != batch:
         raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
     num_given = check_context(model, context, batch, num_frames)
+    rng = as_device_random(generators, device)
     short = cfg.short_frames if short_frames is None else short_frames
     if short < 0:
         raise ValueError(f"short_frames={short} must be >= 0 (0: keep every frame at full resolution)")
@@ -176,7 +178,7 @@ def sample_video(
             if frame < num_given:
                 latents[:, frame] = context[:, frame].to(dtype)
             else:
-                x = temperature * per_row_randn(generators, (n, d), latents)
+                x = temperature * per_row_randn(rng, (n, d), latents)
                 for t, t_next in zip(times[:-1], times[1:], strict=True):
                     x = x + (t_next - t) * velocity(x, t, frame, layout)
                 latents[:, frame] = x

@@ -87,20 +87,64 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, kv_heads, T, head_dim) at positions ``input_pos``: (T,) consecutive positions
-        shared by all rows, or (B, T) when every row has its own (speculative decoding).
+        """Write k, v (B, kv_heads, T, head_dim) at positions ``input_pos``: (T,) positions shared by all rows,
+        or (B, T) when every row has its own (speculative decoding).
 
-        Returns the whole caches. A slice copy is cheaper than a scatter on every plain decoding step.
+        Written by index from a device tensor, never by a host-side slice: the position is not read back
+        (no sync on a GPU) and the step keeps the same shapes at every position (CUDA-graph capturable).
+        Returns the whole caches.
         """
         if input_pos.ndim == 1:
-            start = int(input_pos[0])
-            self.k[:, :, start : start + k.shape[2]] = k
-            self.v[:, :, start : start + v.shape[2]] = v
+            self.k.index_copy_(2, input_pos, k)
+            self.v.index_copy_(2, input_pos, v)
         else:
             index = input_pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
             self.k.scatter_(2, index, k)
             self.v.scatter_(2, index, v)
         return self.k, self.v
+
+
+ATTENTION_BACKENDS = ("sdpa", "xformers")
+
+
+def check_attention_backend(name, device) -> str:
+    """``name`` if it can run on ``device``; else a one-line error naming it and what is allowed."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend={name!r} is not allowed: use one of {ATTENTION_BACKENDS}")
+    if name == "xformers":
+        if torch.device(device).type != "cuda":
+            raise ValueError(
+                f"attention_backend='xformers' needs a CUDA device (it has no CPU kernels), got {device}; "
+                "use 'sdpa'"
+            )
+        try:
+            import xformers.ops  # noqa: F401
+        except ImportError as error:
+            raise ValueError(
+                "attention_backend='xformers' needs the xformers package: pip install 'arstudio[gpu]', "
+                f"or use 'sdpa' ({error})"
+            ) from None
+    return name
+
+
+def _xformers_attention(q, k, v, mask):
+    """xformers' memory-efficient attention on (B, heads, T, head_dim) tensors; ``mask`` as for SDPA."""
+    import xformers.ops as xops
+
+    b, h, t, _ = q.shape
+    bias = None
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        # xformers wants the bias' last dimension 8-aligned in memory: allocate padded, use a view.
+        keys = k.shape[2]
+        padded = torch.empty(b, h, t, -(-keys // 8) * 8, dtype=q.dtype, device=q.device)
+        bias = padded[..., :keys]
+        bias.copy_(mask.expand(b, h, t, keys))
+    out = xops.memory_efficient_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
+    )  # (B, T, heads, head_dim)
+    return out.transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -111,6 +155,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, qkv_dim, bias=False)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.dim, bias=False)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.backend = "sdpa"  # or "xformers": set through Backbone.set_attention_backend
 
     def forward(self, x, rope, cache: KVCache | None = None, input_pos=None, mask=None):
         cfg = self.cfg
@@ -122,16 +167,18 @@ class Attention(nn.Module):
         v = v.view(b, t, cfg.kv_heads, cfg.head_dim)
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, head_dim)
         if cache is not None:
-            k, v = cache.update(input_pos, k, v)  # (B, kv_heads, max_len, head_dim)
-            # Only positions written so far matter; slicing saves attention work and a full-length mask.
-            kv_len = mask.shape[-1] if mask is not None else int(input_pos.max()) + 1
-            k, v = k[:, :, :kv_len], v[:, :, :kv_len]
+            k, v = cache.update(input_pos, k, v)  # (B, kv_heads, cache length, head_dim)
+            # Read at the mask's length (static for a call): the step's shapes never depend on the position.
+            k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
         if cfg.kv_heads != cfg.n_head:
             repeat = cfg.n_head // cfg.kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        if mask is None:
-            # Training: plain causal. Cached single-token step: the query sees every written key.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None)
+        if self.backend == "xformers":
+            if mask is None:  # training: plain causal
+                mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            out = _xformers_attention(q, k, v, mask)
+        elif mask is None:  # training: plain causal
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, t, q_size)))
@@ -164,6 +211,9 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+_CACHE_POOL_SIZE = 4  # cache shapes kept per backbone (batch size x length x device x dtype)
+
+
 def _addition(inject, x: torch.Tensor) -> torch.Tensor:
     """What ``inject`` adds to a block's input x: a tensor as it is, a function applied to x."""
     return inject(x) if callable(inject) else inject
@@ -186,25 +236,47 @@ class Backbone(nn.Module):
         )
         self.register_buffer("rope", table, persistent=False)
         self.caches: list[KVCache] | None = None
+        self._cache_pool: dict[tuple, list[KVCache]] = {}
 
-    def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0,
-                    length: int | None = None) -> None:  # fmt: skip
-        """Allocate one static cache per layer for ``batch_size`` sequences of up to ``max_len`` tokens.
+    def setup_cache(
+        self, batch_size: int, device=None, dtype=None, extra: int = 0, length: int | None = None
+    ) -> None:
+        """Give every layer a static cache for ``batch_size`` sequences of up to ``max_len`` tokens.
 
         ``extra`` adds room past the end: speculative decoding verifies drafts that may run beyond the last
         image token (they are discarded, but they are written before they are judged). ``length`` replaces
         ``max_len`` (video: the slots its frame layout needs).
+
+        Caches are kept between calls (``reset_cache`` only detaches them) and reused for the same shape,
+        device and dtype: a compiled or graph-captured step then sees the same tensor addresses every call.
+        Stale entries need no clearing: a query only sees positions its mask allows, all written this call.
         """
         ref = self.norm.weight
         cfg = self.cfg
         length = (cfg.max_len if length is None else length) + extra
-        self.caches = [
-            KVCache(batch_size, cfg.kv_heads, length, cfg.head_dim, device or ref.device, dtype or ref.dtype)
-            for _ in self.layers
-        ]
+        key = (batch_size, length, torch.device(device or ref.device), dtype or ref.dtype)
+        if key not in self._cache_pool:
+            while len(self._cache_pool) >= _CACHE_POOL_SIZE:  # oldest first: dicts keep insertion order
+                self._cache_pool.pop(next(iter(self._cache_pool)))
+            self._cache_pool[key] = [
+                KVCache(batch_size, cfg.kv_heads, length, cfg.head_dim, key[2], key[3]) for _ in self.layers
+            ]
+        self.caches = self._cache_pool[key]
 
     def reset_cache(self) -> None:
+        """Detach the caches after a call; their memory stays pooled for the next call of the same shape."""
         self.caches = None
+
+    def release_cache(self) -> None:
+        """Free every pooled cache (e.g. before moving the model to another device)."""
+        self.caches = None
+        self._cache_pool.clear()
+
+    def set_attention_backend(self, name: str) -> None:
+        """ "sdpa" (default) or "xformers" (CUDA only, when installed); checked against the model's device."""
+        check_attention_backend(name, self.norm.weight.device)
+        for layer in self.layers:
+            layer.attention.backend = name
 
     def forward(
         self, x: torch.Tensor, mask=None, rope=None, inject: dict[int, torch.Tensor] | None = None
@@ -244,13 +316,11 @@ class Backbone(nn.Module):
         """
         if self.caches is None or self.caches[0].k.shape[0] != x.shape[0]:
             raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
-        if input_pos.ndim == 2 and bool((input_pos == input_pos[:1]).all()):
-            input_pos = input_pos[0]  # rows in step (batch 1, or all rows aligned): the cheaper shared path
-        if mask is None and (x.shape[1] > 1 or input_pos.ndim == 2):
-            # Each query sees the cached keys at positions <= its own: a boolean mask
-            # (1 or B, 1, T, kv_len), kv_len = last position + 1.
-            keys = torch.arange(int(input_pos.max()) + 1, device=x.device)
-            mask = keys <= input_pos[..., None]  # ([B,] T, kv_len)
+        if mask is None:
+            # Each query sees the cached keys at positions <= its own, over the cache's whole (static)
+            # length: a boolean mask (1 or B, 1, T, cache length), computed on the device.
+            keys = torch.arange(self.caches[0].k.shape[2], device=x.device)
+            mask = keys <= input_pos[..., None]  # ([B,] T, cache length)
             mask = mask[:, None] if input_pos.ndim == 2 else mask[None, None]
         if rope is None:
             # Positions past the image (speculative overshoot, discarded anyway) reuse the last rotation.

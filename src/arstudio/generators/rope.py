@@ -44,9 +44,16 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """x: (B, L, heads, head_dim); table: (L, head_dim // 2, 2) (cos, sin) for those positions, or
     (B, L, head_dim // 2, 2) when each row sits at its own positions (batched speculative decoding).
 
-    Each pair (x0, x1) becomes (x0 cos - x1 sin, x1 cos + x0 sin): a complex product, which is a handful of
-    kernels instead of a dozen (this runs twice per layer on every decoding step).
+    Each pair (x0, x1) becomes (x0 cos - x1 sin, x1 cos + x0 sin). Eagerly that is a complex product, a
+    handful of kernels instead of a dozen (this runs twice per layer on every decoding step); under
+    torch.compile it is written in real arithmetic, which the compiler fuses into one kernel and which,
+    unlike complex views, it compiles without a graph break.
     """
+    if torch.compiler.is_compiling():
+        pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+        x0, x1 = pairs[..., 0], pairs[..., 1]  # (B, L, heads, head_dim // 2)
+        cos, sin = table[..., 0].float().unsqueeze(-2), table[..., 1].float().unsqueeze(-2)
+        return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).type_as(x)
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, L, heads, head_dim // 2)
     rotation = torch.view_as_complex(table.float().contiguous()).unsqueeze(-2)  # ([B,] L, 1, head_dim // 2)
     return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
