@@ -43,9 +43,11 @@ class DeviceRandom:
     def __init__(self, generators: list[torch.Generator], device: torch.device | str):
         if not generators or not all(isinstance(g, torch.Generator) for g in generators):
             raise ValueError(f"need one torch.Generator per image, got {generators!r}")
-        # One host read per image, before any loop: the image's key.
-        keys = [int(torch.randint(0, 2**63 - 1, (), generator=g, device=g.device)) for g in generators]
-        key = torch.tensor(keys, dtype=torch.int64, device=device)
+        # The image's key: one draw from its generator, made where the generator lives and copied over
+        # as a tensor (nothing is read back to the host).
+        key = torch.stack(
+            [torch.randint(0, 2**63 - 1, (), generator=g, device=g.device).to(device) for g in generators]
+        )
         # Pre-mix both halves of the key once; each draw then hashes (key state, index, lane).
         self._state = _mix32(_mix32(key & _MASK32) ^ (key >> 32))  # (B,) in [0, 2^32)
         self.device = torch.device(device)

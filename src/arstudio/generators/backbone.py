@@ -85,6 +85,9 @@ class KVCache(nn.Module):
         shape = (batch_size, kv_heads, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        # Tell torch.compile the caches keep their address (CUDA graphs then capture writes into them).
+        torch._dynamo.mark_static_address(self.k)
+        torch._dynamo.mark_static_address(self.v)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k, v (B, kv_heads, T, head_dim) at positions ``input_pos``: (T,) positions shared by all rows,

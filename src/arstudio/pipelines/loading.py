@@ -9,8 +9,10 @@ from pathlib import Path
 
 import torch
 
+from arstudio.decoding.compiled import Compilation, check_compile, compile_pipeline, resolve_compile
 from arstudio.decoding.continuous_speculative import check_draft_for_cspd
 from arstudio.decoding.drafting import check_draft_model
+from arstudio.generators.backbone import check_attention_backend
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
 from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.drafter import Drafter, DrafterConfig
@@ -136,11 +138,24 @@ def config_differences(found, expected, prefix: str = "") -> list[str]:
     return differences
 
 
+_DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _resolve(device, dtype) -> tuple[torch.device, torch.dtype]:
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or torch.float32
+    """The device and dtype asked for, checked before any work: a one-line error names what is wrong."""
+    try:
+        device = torch.device(device) if device is not None else default_device()
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} was asked for, but this torch sees no CUDA device: use 'cpu'"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={str(device)!r} is not supported: use 'cpu' or 'cuda'")
+    dtype = _DTYPE_NAMES.get(dtype, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
     if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"dtype={dtype} is not supported; use one of {SUPPORTED_DTYPES}")
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {SUPPORTED_DTYPES}")
     return device, dtype
 
 
@@ -165,6 +180,8 @@ def load_pipeline(
     weights: str | Path | None = None,
     download: bool = False,
     decoding_models: bool = True,
+    compile: bool | str = "auto",
+    attention_backend: str = "sdpa",
 ):
     """Load a preset by name (see ``list_presets()``). CPU/fp32 unless told otherwise or CUDA is present.
 
@@ -179,9 +196,17 @@ def load_pipeline(
             ``arstudio.convert.hub.HubWeightsNotFoundError`` saying what to download and where to put it.
         decoding_models: False skips the drafter and the distilled models. Training those needs it: the ones
             shipped belong to the previously shipped generator, and their pairing check would refuse to load.
+        compile: compile the per-token decoding computations (``decoding/compiled.py``): True, False, or
+            "auto" (the default: on for CUDA, where CUDA graphs remove the launch overhead; off on the CPU).
+            Under "auto" a compile failure falls back to eager decoding with a warning; under True it is an
+            error. Compiling happens at the first call per batch size; ``pipe.compilation.seconds`` says how long.
+        attention_backend: "sdpa" (default, PyTorch's scaled_dot_product_attention) or "xformers" (CUDA only,
+            needs the optional xformers package: ``pip install 'arstudio[gpu]'``).
     """
     preset = get_preset(name)
     device, dtype = _resolve(device, dtype)
+    check_compile(compile)
+    check_attention_backend(attention_backend, device)
     source = _source(preset, weights, download)  # before building anything: missing weights fail fast
     tokenizer_cls, generator_cls = _tokenizer_class(preset.tokenizer), _generator_class(preset.generator)
     # Everything loads in float32 and is cast at the end: drafters and DD models check their pairing with a
@@ -193,7 +218,8 @@ def load_pipeline(
         preset, "generator", generator_cls, preset.generator, _random_generator, device, fp32, source
     )
     if isinstance(generator, VideoGenerator):
-        return VideoPipeline(tokenizer.to(dtype=dtype), generator.to(dtype=dtype), preset, device, dtype)
+        pipe = VideoPipeline(tokenizer.to(dtype=dtype), generator.to(dtype=dtype), preset, device, dtype)
+        return _accelerate(pipe, compile, attention_backend)
     text_encoder = None
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device, preset.text_phrases)
@@ -204,8 +230,25 @@ def load_pipeline(
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
     distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}
-    return ImagePipeline(tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter,
+    pipe = ImagePipeline(tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter,
                          distilled)  # fmt: skip
+    return _accelerate(pipe, compile, attention_backend)
+
+
+def _accelerate(pipe, compile: bool | str, attention_backend: str):
+    """Set the attention backend of every backbone and compile the decoding steps as asked."""
+    for model in (pipe.generator, getattr(pipe, "drafter", None), *getattr(pipe, "distilled", {}).values()):
+        backbone = getattr(model, "backbone", None)
+        if backbone is not None:
+            backbone.set_attention_backend(attention_backend)
+    pipe.compilation = Compilation()
+    if resolve_compile(compile, torch.device(pipe.device)):
+        if isinstance(pipe, VideoPipeline):
+            if compile is True:
+                raise ValueError('compile=True is not supported for video presets yet: use "auto" or False')
+        else:
+            pipe.compilation = compile_pipeline(pipe, strict=compile is True)
+    return pipe
 
 
 def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype) -> dict:

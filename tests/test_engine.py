@@ -1,0 +1,146 @@
+"""The decode engine: draws made on the device, no host reads inside decoding loops, static caches, compiled
+steps that give the eager tokens, and the one-line errors of load_pipeline's engine arguments."""
+
+import os
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import arstudio
+from arstudio.decoding.autoregressive import sample_autoregressive
+from arstudio.decoding.logits import SamplingParams
+from arstudio.decoding.random import DeviceRandom
+from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
+
+DEVICE = os.environ.get("ARSTUDIO_TEST_DEVICE", "cpu")
+# Ops that read a device value back to the host (a stream sync on a GPU).
+HOST_READS = {"_local_scalar_dense", "nonzero", "is_nonzero", "equal", "masked_select"}
+
+
+class HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in HOST_READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def generators(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return arstudio.load_pipeline("test-tiny-c2i", device=DEVICE, compile=False)
+
+
+def test_host_read_counter_counts_item_calls():
+    with HostReads() as reads:
+        x = torch.arange(4.0)
+        float(x.sum()), x[0].item()
+    assert reads.count == 2
+
+
+def test_draws_are_per_image_and_independent_of_the_batch():
+    both = DeviceRandom(generators(3, 4), DEVICE)
+    alone = DeviceRandom(generators(4), DEVICE)
+    for _ in range(3):  # the n-th draw of a row is the same whatever its batch-mates
+        assert torch.equal(both.uniform(5)[1], alone.uniform(5)[0])
+    u = DeviceRandom(generators(*range(64)), DEVICE).uniform(512)
+    assert 0 < u.min() and u.max() < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
+    z = DeviceRandom(generators(*range(64)), DEVICE).normal((32, 16))
+    assert z.shape == (64, 32, 16)
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
+    assert not torch.equal(z[0], z[1])  # different seeds, different draws
+
+
+def test_autoregressive_loop_reads_nothing_back(pipe):
+    labels = torch.tensor([0, 5, 9], device=DEVICE)
+    params = SamplingParams(guidance_scale=2.0, top_k=8, top_p=0.9)
+    with HostReads() as reads:
+        sample_autoregressive(pipe.generator, labels, generators(0, 1, 2), params)
+    assert reads.count == 0
+
+
+def test_speculative_reads_once_per_round(pipe):
+    labels = torch.tensor([0, 5], device=DEVICE)
+    with HostReads() as reads:
+        result = sample_speculative(
+            pipe.generator,
+            pipe.drafter,
+            labels,
+            generators(0, 1),
+            SamplingParams(guidance_scale=2.0),
+            SpeculativeParams(draft_tokens=3),
+        )
+    rounds = result.stats["forwards"] - 1  # the prefill, then one verify per round
+    statistics = 5  # read once after the loop: rounds, accepted and proposed sums, per-image means
+    assert reads.count <= rounds + statistics
+
+
+def test_caches_keep_their_address_across_calls(pipe):
+    backbone = pipe.generator.backbone
+    pipe(class_labels=[1], generator=generators(0), output_type="np")
+    backbone.setup_cache(2, device=DEVICE)  # what the CFG call below sets up: 2 rows
+    addresses = [cache.k.data_ptr() for cache in backbone.caches]
+    backbone.reset_cache()
+    pipe(class_labels=[1], generator=generators(0), output_type="np")
+    backbone.setup_cache(2, device=DEVICE)
+    assert [cache.k.data_ptr() for cache in backbone.caches] == addresses
+    backbone.reset_cache()
+
+
+def test_same_seed_same_image_whatever_the_batch(pipe):
+    single = pipe(class_labels=[3], generator=generators(11), output_type="np").tokens
+    batch = pipe(class_labels=[7, 3], generator=generators(10, 11), output_type="np").tokens
+    assert torch.equal(single[0], batch[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"compile": "yes"}, "compile='yes' is not allowed"),
+        ({"compile": 1}, "compile=1 is not allowed"),
+        ({"attention_backend": "flash"}, "attention_backend='flash' is not allowed"),
+        ({"dtype": torch.float64}, "is not supported"),
+        ({"device": "tpu"}, "is not"),
+    ],
+)
+def test_engine_arguments_are_checked_before_any_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        arstudio.load_pipeline("test-tiny-c2i", **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the errors for a machine without CUDA")
+def test_cuda_and_xformers_without_them_are_one_line_errors():
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        arstudio.load_pipeline("test-tiny-c2i", device="cuda")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        arstudio.load_pipeline("test-tiny-c2i", device="cpu", attention_backend="xformers")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="xformers runs on CUDA only")
+def test_xformers_attention_matches_sdpa():
+    pytest.importorskip("xformers")
+    sdpa = arstudio.load_pipeline("test-tiny-c2i", device="cuda", compile=False)
+    xf = arstudio.load_pipeline("test-tiny-c2i", device="cuda", compile=False, attention_backend="xformers")
+    a = sdpa(class_labels=[0, 1], generator=generators(0, 1), top_k=1, output_type="np").tokens
+    b = xf(class_labels=[0, 1], generator=generators(0, 1), top_k=1, output_type="np").tokens
+    assert torch.equal(a, b)
+
+
+def test_compiled_decoding_gives_the_eager_tokens():
+    """Inductor on this device (CUDA graphs on a GPU); ~60 s on a CPU, the one compile test of the suite."""
+    eager = arstudio.load_pipeline("test-tiny-c2i", device=DEVICE, compile=False)
+    compiled = arstudio.load_pipeline("test-tiny-c2i", device=DEVICE, compile=True)
+    for decoding in ("ar", "speculative"):
+        call = dict(class_labels=[0, 4], generator=generators(0, 1), top_k=1, decoding=decoding)
+        expected = eager(**call, output_type="np").tokens
+        assert torch.equal(compiled(**call, output_type="np").tokens, expected), decoding
+    assert compiled.compilation.enabled and compiled.compilation.seconds > 0
+    assert not eager.compilation.enabled
