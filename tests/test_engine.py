@@ -144,3 +144,12 @@ def test_compiled_decoding_gives_the_eager_tokens():
         assert torch.equal(compiled(**call, output_type="np").tokens, expected), decoding
     assert compiled.compilation.enabled and compiled.compilation.seconds > 0
     assert not eager.compilation.enabled
+
+
+@pytest.mark.parametrize("preset", ["test-tiny-c2i", "test-tiny-continuous"])
+def test_bfloat16_decodes_every_strategy_to_finite_images(preset):
+    """bf16 once divided by a noise level of zero: the diffusion schedule's alpha-bar rounded to 1."""
+    pipe = arstudio.load_pipeline(preset, device=DEVICE, dtype=torch.bfloat16, compile=False)
+    for decoding in pipe.decoding_strategies:
+        out = pipe(class_labels=[0, 1], generator=generators(0, 1), decoding=decoding, output_type="np")
+        assert out.images[0].shape[-1] == 3 and all(image.std() > 0 for image in out.images), decoding

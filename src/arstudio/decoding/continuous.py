@@ -44,7 +44,7 @@ def per_row_randn(rng: DeviceRandom, shape: tuple[int, ...], like: torch.Tensor)
 def diffusion_schedule(head, steps: int) -> list[tuple[int, float, float]]:
     """The respaced reverse steps as host numbers, read once per call (not once per token):
     [(t, alpha_bar_t, alpha_bar of the next step or 1.0)]."""
-    abar = head.alphas_cumprod.tolist()
+    abar = head.alphas_cumprod_list
     timesteps = torch.linspace(head.num_timesteps - 1, 0, steps).round().long().tolist()
     nexts = [abar[t] for t in timesteps[1:]] + [1.0]
     return [(t, abar[t], a_prev) for t, a_prev in zip(timesteps, nexts, strict=True)]

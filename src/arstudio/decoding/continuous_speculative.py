@@ -58,12 +58,12 @@ class DiffusionSteps:
 
     def __init__(self, head, steps: int, temperature: float, x0_clip: float):
         self.head, self.temperature, self.x0_clip = head, temperature, x0_clip
-        abar = head.alphas_cumprod
+        abar = head.alphas_cumprod_list
         self.timesteps = torch.linspace(head.num_timesteps - 1, 0, steps).round().long().tolist()
         self.coefs = []  # per step: (a_t, coefficient of x0, coefficient of x_t, noise std)
         for i, t in enumerate(self.timesteps):
-            a_t = float(abar[t])
-            a_prev = float(abar[self.timesteps[i + 1]]) if i + 1 < steps else 1.0
+            a_t = abar[t]
+            a_prev = abar[self.timesteps[i + 1]] if i + 1 < steps else 1.0
             alpha = a_t / a_prev
             sigma = math.sqrt((1 - alpha) * (1 - a_prev) / (1 - a_t)) if i + 1 < steps else 0.0
             self.coefs.append((a_t, math.sqrt(a_prev) * (1 - alpha) / (1 - a_t),

@@ -70,6 +70,9 @@ class DiffusionHead(nn.Module):
         self.batch_mul = batch_mul
         self.net = AdaLNMLP(token_dim, cond_dim, width, depth)
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(num_timesteps), persistent=False)
+        # The schedule as host numbers for samplers, rounded to float32 once: the buffer follows the model's
+        # dtype, and in bfloat16 the last steps' alpha-bar round to 1 (a zero noise level to divide by).
+        self.alphas_cumprod_list = cosine_alphas_cumprod(num_timesteps).float().tolist()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Noisy tokens (M, d) at integer timesteps t (M,), conditions z (M, cond_dim) -> predicted noise (M, d)."""
