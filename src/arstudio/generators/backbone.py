@@ -321,9 +321,10 @@ class Backbone(nn.Module):
             raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
         if mask is None:
             # Each query sees the cached keys at positions <= its own, over the cache's whole (static)
-            # length: a boolean mask (1 or B, 1, T, cache length), computed on the device.
+            # length: an additive mask (1 or B, 1, T, cache length) made on the device once per step (a
+            # boolean one would be converted to this by every layer's attention).
             keys = torch.arange(self.caches[0].k.shape[2], device=x.device)
-            mask = keys <= input_pos[..., None]  # ([B,] T, cache length)
+            mask = torch.where(keys <= input_pos[..., None], 0.0, float("-inf")).to(x.dtype)  # ([B,] T, len)
             mask = mask[:, None] if input_pos.ndim == 2 else mask[None, None]
         if rope is None:
             # Positions past the image (speculative overshoot, discarded anyway) reuse the last rotation.
