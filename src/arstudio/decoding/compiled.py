@@ -114,15 +114,20 @@ def _targets(pipe) -> list[tuple[str, object, str]]:
     return targets
 
 
+def compile_method(owner, method: str, name: str, strict: bool = True) -> CompiledCall:
+    """Compile one per-token method of a model instance in place (e.g. a bare ``ImageGenerator``'s
+    ``step`` in a benchmark); the device is the owner's parameters'."""
+    device = next(owner.parameters()).device
+    call = CompiledCall(name, getattr(owner, method), strict, device)
+    setattr(owner, method, call)  # an instance attribute: shadows the class's method
+    return call
+
+
 def compile_pipeline(pipe, strict: bool) -> Compilation:
     """Replace the pipeline's per-token methods by compiled ones (see the module docstring)."""
-    device = torch.device(pipe.device)
-    calls = []
-    for name, owner, method in _targets(pipe):
-        call = CompiledCall(name, getattr(owner, method), strict, device)
-        setattr(owner, method, call)  # an instance attribute: shadows the class's method
-        calls.append(call)
-    return Compilation(calls)
+    return Compilation(
+        [compile_method(owner, method, name, strict) for name, owner, method in _targets(pipe)]
+    )
 
 
 def uncompile(pipe) -> None:
