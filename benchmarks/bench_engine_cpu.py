@@ -2,12 +2,12 @@
 
     python -m benchmarks.bench_engine_cpu --baseline-src /path/to/old/checkout/src [--preset shapes-c2i]
 
-Each measurement runs in a fresh worker process (``--worker``) with ``PYTHONPATH`` pointing at the code
-under test: the baseline's ``src`` or this checkout's. Workers take turns (baseline, current eager, current
-compiled, baseline, ...) so that load on the shared cores hits all of them alike; each reports the
-median decode time (``out.stats["decode_seconds"]``, the sampling loop alone) of ``--calls`` calls after
-one warm-up call (the compiled worker's warm-up is where it compiles; its compile time is reported
-apart). Tokens/s counts image tokens, not CFG twins. One thread, as the tests. Logs CPU pressure.
+Each kind of run (the baseline's ``src``, this checkout eager, this checkout compiled) is a persistent worker
+process (``--worker``) with ``PYTHONPATH`` pointing at the code under test. After one warm-up call each (the
+compiled worker's is where it compiles; its time is reported apart), the workers take turns call by call,
+``--calls`` times, so that load on the shared cores hits all of them alike. Each call reports its decode time
+(``out.stats["decode_seconds"]``, the sampling loop alone); the table gives the median. Tokens/s counts image
+tokens, not CFG twins. One thread, as the tests. Logs CPU pressure.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from benchmarks.common import cpu_pressure, finish, header
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def worker(args) -> None:
+def serve(args) -> None:
+    """Load once, then answer each line on stdin (a seed) with one call's decode time as JSON."""
     import torch
 
     import arstudio
@@ -35,29 +36,39 @@ def worker(args) -> None:
     kwargs = {"compile": True} if args.compile else {}
     pipe = arstudio.load_pipeline(args.preset, **kwargs)
     labels = [i % 24 for i in range(args.batch)]
-
-    def call(seed: int):
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(args.batch)]
-        return pipe(class_labels=labels, generator=gens, decoding=args.decoding, output_type="np")
-
-    started = time.perf_counter()
-    out = call(0)  # warm-up (and compile)
-    warmup = time.perf_counter() - started
-    times = [call(1000 * (i + 1)).stats["decode_seconds"] for i in range(args.calls)]
-    tokens = out.tokens.shape[0] * out.tokens.shape[1]
-    print(json.dumps({"seconds": statistics.median(times), "tokens": tokens, "warmup_seconds": warmup}))
+    for line in sys.stdin:
+        gens = [torch.Generator().manual_seed(int(line) + i) for i in range(args.batch)]
+        started = time.perf_counter()
+        out = pipe(class_labels=labels, generator=gens, decoding=args.decoding, output_type="np")
+        wall = time.perf_counter() - started
+        tokens = out.tokens.shape[0] * out.tokens.shape[1]
+        print(
+            json.dumps({"seconds": out.stats["decode_seconds"], "tokens": tokens, "wall": wall}), flush=True
+        )
 
 
-def run_worker(src: Path, preset: str, batch: int, decoding: str, calls: int, compiled: bool) -> dict:
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
-    command = [sys.executable, "-m", "benchmarks.bench_engine_cpu", "--worker", "--preset", preset,
-               "--batch", str(batch), "--decoding", decoding, "--calls", str(calls)]  # fmt: skip
-    if compiled:
-        command.append("--compile")
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"worker failed ({src}, {decoding}, batch {batch}):\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Worker:
+    """A worker process for one kind of run; ``call(seed)`` times one pipeline call there."""
+
+    def __init__(self, src: Path, preset: str, batch: int, decoding: str, compiled: bool):
+        env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
+        command = [sys.executable, "-m", "benchmarks.bench_engine_cpu", "--worker", "--preset", preset,
+                   "--batch", str(batch), "--decoding", decoding] + (["--compile"] if compiled else [])  # fmt: skip
+        self.name = f"{src} {decoding} batch {batch}{' compiled' if compiled else ''}"
+        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+
+    def call(self, seed: int) -> dict:
+        self.process.stdin.write(f"{seed}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"worker failed: {self.name} (run it with --worker to see why)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 def main() -> None:
@@ -66,8 +77,7 @@ def main() -> None:
     parser.add_argument("--preset", default="shapes-c2i")
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--decodings", default="ar,speculative,lantern")
-    parser.add_argument("--calls", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2, help="turns each worker kind takes")
+    parser.add_argument("--calls", type=int, default=9, help="timed calls per worker, taken in turn")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compiled worker")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -75,7 +85,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args)
+        return serve(args)
     if args.baseline_src is None or not (args.baseline_src / "arstudio").is_dir():
         raise SystemExit(f"--baseline-src {args.baseline_src} must be a src folder holding arstudio/")
     info = header("engine_cpu")
@@ -85,16 +95,21 @@ def main() -> None:
     rows = []
     for decoding in args.decodings.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
+            workers = {kind: Worker(src, args.preset, batch, decoding, compiled)
+                       for kind, (src, compiled) in kinds.items()}  # fmt: skip
+            warmups = {kind: worker.call(0) for kind, worker in workers.items()}
             runs = {kind: [] for kind in kinds}
-            for _ in range(args.rounds):
-                for kind, (src, compiled) in kinds.items():
-                    runs[kind].append(run_worker(src, args.preset, batch, decoding, args.calls, compiled))
+            for i in range(args.calls):  # call by call, in turn
+                for kind, worker in workers.items():
+                    runs[kind].append(worker.call(1000 * (i + 1)))
+            for worker in workers.values():
+                worker.close()
             row = {"decoding": decoding, "batch": batch}
             for kind, results in runs.items():
                 seconds = statistics.median(r["seconds"] for r in results)
                 row[f"{kind}_tokens_per_s"] = round(results[0]["tokens"] / seconds, 1)
                 if kind == "compiled":
-                    row["compile_seconds"] = round(max(r["warmup_seconds"] for r in results), 1)
+                    row["compile_seconds"] = round(warmups[kind]["wall"], 1)
             for kind in kinds:
                 if kind != "baseline":
                     row[f"{kind}_vs_baseline"] = round(

@@ -107,7 +107,8 @@ def sample_autoregressive(
                 break
             step_tokens = tokens[:, index : index + 1].repeat(rows // batch, 1)
             if use_cache:
-                logits = model.step(step_tokens, position)[:, -1]
+                # kv_len: the host knows how far the cache is written (eager steps attend over that much)
+                logits = model.step(step_tokens, position, kv_len=model.prefix_len + index + 1)[:, -1]
                 position += 1
             else:
                 so_far = tokens[:, : index + 1].repeat(rows // batch, 1)

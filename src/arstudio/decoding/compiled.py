@@ -61,6 +61,7 @@ class CompiledCall:
     def __call__(self, *args, **kwargs):
         if self.failed:
             return self.eager(*args, **kwargs)
+        kwargs.pop("kv_len", None)  # an eager-only hint: a compiled step keeps its static shapes
         signature = self._signature(args, kwargs)
         first = signature not in self._seen
         started = time.perf_counter()

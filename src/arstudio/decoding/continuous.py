@@ -151,7 +151,7 @@ def sample_continuous(
                 break
             if use_cache:
                 step_tokens = tokens[:, index : index + 1].repeat(rows // batch, 1, 1)
-                z = model.step(step_tokens, position)[:, -1]
+                z = model.step(step_tokens, position, kv_len=model.prefix_len + index + 1)[:, -1]
                 position += 1
             else:
                 so_far = tokens[:, : index + 1].repeat(rows // batch, 1, 1)

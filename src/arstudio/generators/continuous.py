@@ -126,6 +126,7 @@ class ContinuousImageGenerator(PrefixARGenerator):
         """Write the condition prefix into the cache; returns z (B, dim) for the first token."""
         return self.prefix_hidden(cond)[:, -1]
 
-    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T, d) at sequence positions ``input_pos`` (T,) -> z (B, T, dim) for the next tokens."""
-        return self.step_hidden(tokens, input_pos)
+    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:
+        """tokens (B, T, d) at sequence positions ``input_pos`` (T,) -> z (B, T, dim) for the next tokens;
+        ``kv_len`` as in ``Backbone.step``."""
+        return self.step_hidden(tokens, input_pos, kv_len)

@@ -204,11 +204,13 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         positions = torch.arange(prefix.shape[1], device=prefix.device)
         return self.backbone.step(prefix, positions, inject=self._inject(control, positions))
 
-    def step_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def step_hidden(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None
+    ) -> torch.Tensor:
         """tokens (B, T, ...) at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> hidden (B, T, dim)
-        for the next ones."""
+        for the next ones. ``kv_len``: see ``Backbone.step``."""
         inject = self._inject(self._control_for(tokens.shape[0], None), input_pos)
-        return self.backbone.step(self.embed(tokens), input_pos, inject=inject)
+        return self.backbone.step(self.embed(tokens), input_pos, inject=inject, kv_len=kv_len)
 
 
 class ImageGenerator(PrefixARGenerator):
@@ -257,12 +259,12 @@ class ImageGenerator(PrefixARGenerator):
         logits = self.head(hidden[:, -1:])[:, -1]
         return (logits, hidden) if return_hidden else logits
 
-    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor, return_hidden: bool = False):
+    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor, return_hidden: bool = False, kv_len=None):
         """tokens (B, T) placed at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> logits
         (B, T, vocab) (and hidden (B, T, dim) if ``return_hidden``).
 
         Logits at position p predict the token at p + 1, as in training.
         """
-        hidden = self.step_hidden(tokens, input_pos)
+        hidden = self.step_hidden(tokens, input_pos, kv_len)
         logits = self.head(hidden)
         return (logits, hidden) if return_hidden else logits
