@@ -86,13 +86,16 @@ class SpeculationLedger:
         return self.tokens[:, : self.total]
 
     def stats(self) -> dict:
-        per_image = (self.rounds + 1).float()  # prefill + verify rounds
-        rounds = int(self.rounds.sum())
-        accepted, proposed = int(self.accepted_total), int(self.proposed_total)
+        per_image = (self.rounds + 1).double()  # prefill + verify rounds
+        # Everything read back after the loop in one host read.
+        sums = [self.rounds.sum(), self.accepted_total, self.proposed_total]
+        means = [per_image.mean(), (self.total / per_image).mean()]
+        numbers = torch.stack([x.double() for x in sums + means]).tolist()
+        rounds, accepted, proposed, forwards_per_image, tokens_per_forward = numbers
         return {
             "forwards": self.forwards,
-            "forwards_per_image": float(per_image.mean()),
-            "tokens_per_forward": float((self.total / per_image).mean()),
+            "forwards_per_image": forwards_per_image,
+            "tokens_per_forward": tokens_per_forward,
             "acceptance_rate": accepted / max(proposed, 1),
             # tokens fixed per round and image: accepted drafts + the residual/bonus token
             "mean_accepted_length": (accepted + rounds) / max(rounds, 1),

@@ -31,8 +31,11 @@ class ClassConditioning(nn.Module):
             raise ValueError(
                 f"class labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
             )
-        bad = labels[(labels < 0) | (labels > self.num_classes)]
-        if bad.numel():
+        if torch.compiler.is_compiling():
+            return  # a compiled step's labels were checked by the eager call before it (prefill)
+        outside = (labels < 0) | (labels > self.num_classes)
+        if bool(outside.any()):  # the one host read; the bad label is looked up only to name it
+            bad = labels[outside]
             raise ValueError(
                 f"class label {int(bad[0])} is out of range: allowed are 0..{self.num_classes - 1} "
                 f"(and {self.num_classes}, the null class)"
