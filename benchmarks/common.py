@@ -37,13 +37,16 @@ def reproduce_command() -> str:
 def git_commit(under: str = ".") -> str:
     """The last commit that changed ``under`` (a path in the checkout; default: the checkout's HEAD), short
     hash, '+dirty' when ``under`` has uncommitted changes; 'unknown' outside git."""
-    root = Path(__file__).parent.parent
+    root = str(Path(__file__).parent.parent)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", root, *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
-        run = lambda *a: subprocess.run(
-            ["git", "-C", str(root), *a], capture_output=True, text=True, check=True
-        )  # noqa: E731
-        commit = run("log", "-1", "--format=%h", "--", under).stdout.strip()
-        dirty = run("status", "--porcelain", "--untracked-files=no", "--", under).stdout.strip()
+        commit = git("log", "-1", "--format=%h", "--", under)
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", under)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return (commit or "unknown") + ("+dirty" if dirty else "")
