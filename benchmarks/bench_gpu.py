@@ -4,9 +4,10 @@ shapes against LlamaGen's own sampler (eager and compiled), eager and compiled, 
     python -m benchmarks.bench_gpu [--llamagen PATH] [--sections shapes continuous video llamagen attention]
     python -m benchmarks.bench_gpu --quick            # CPU smoke: under 3 minutes, says what it skipped
 
-Sections, in the order they run (the most important numbers first; ``--budget`` seconds after the start no
-new row begins, so a run ends inside its time limit; skipped rows are listed with the reason, and a second
-run with ``--sections ...`` fills them in: rows merge by key into ``benchmarks/results/gpu.json``):
+Sections, in the order they run. ``--budget`` seconds (300) after the start no new row begins, so one run ends
+inside 6 minutes on an H200; the rows left out are listed with the reason, and the same command with
+``--fill`` measures only the rows ``benchmarks/results/gpu.json`` lacks for this commit and device (rows merge
+into it by key; docs/gpu.md has the device-machine recipe).
 
 * ``shapes``: shapes-c2i, every strategy (AR, speculative, LANTERN k8 d0.25, LANTERN++ k8 l5, DD1, DD2; the
   settings of ``bench_dispatch``) at batch 1 and 8, eager then compiled: ms per image (whole pipeline call).
@@ -14,27 +15,30 @@ run with ``--sections ...`` fills them in: rows merge by key into ``benchmarks/r
   batch 1, eager and compiled.
 * ``llamagen``: LlamaGen GPT-B and GPT-L shapes (256 tokens, vocab 16384, 1000 classes, CFG 2, top-k 0,
   temperature 1; random weights as ``bench_llamagen_speed``: LlamaGen's seeded init, loaded into ours) in
-  fp32 and bf16 at batch 1 and 16: ours eager / compiled (``load_pipeline("llamagen-b-256", weights=<those
-  weights>, compile=...)``, a random VQ-16 tokenizer beside them) against LlamaGen's ``generate`` eager and
-  compiled the way its ``sample_c2i.py --compile`` does (``torch.compile(model, mode="reduce-overhead",
-  fullgraph=True)``, a fresh compile per batch size and dtype). Tokens/s per image token (the CFG twin not
-  counted). Ours is timed as a pipeline call minus the tokenizer's decode of the same tokens (timed on its
-  own), so both sides count sampling only; the whole call's rate is saved too. Greedy (top-k 1) tokens of
-  ours eager and compiled are compared with LlamaGen's at batch 1 for every dtype. Needs ``--llamagen``: a
-  LlamaGen checkout (``autoregressive/models/{gpt,generate}.py`` and ``utils/drop_path.py`` are imported;
-  nothing of it is in this repository); without it the section is skipped with a note.
+  fp32 and bf16 at batch 1 and 16 (``LLAMAGEN_PLAN``: the targets' cells first): ours eager / compiled
+  (``load_pipeline("llamagen-b-256", weights=<those weights>, compile=...)``, a random VQ-16 tokenizer beside
+  them) against LlamaGen's ``generate`` eager and compiled the way its ``sample_c2i.py --compile`` does
+  (``torch.compile(model, mode="reduce-overhead", fullgraph=True)``, a fresh compile per batch size and
+  dtype). Tokens/s per image (the CFG twin not counted). Ours is timed as a pipeline call less the tokenizer's
+  decode of the same tokens (timed on its own), so both sides count sampling only; the whole call's rate is
+  saved too. Greedy (top-k 1) tokens of ours eager and compiled are compared with LlamaGen's at batch 1.
+  Needs ``--llamagen``: a LlamaGen checkout (``autoregressive/models/{gpt,generate}.py`` and
+  ``utils/drop_path.py`` are imported; nothing of it is in this repository); without it, skipped with a note.
 * ``attention``: shapes-c2i AR at batch 1 and 8 with ``attention_backend="sdpa"`` and ``"xformers"``
   (CUDA with xformers installed only).
 
-Timing: each row runs warm-up calls first (1 eager, 2 compiled: compile, then CUDA-graph recording) and reports
-their times as ``warmup_s`` (the compile cost), then the median of ``--repeats`` calls (default: enough for
-about 2 s, 3 to 10), each between ``torch.cuda.synchronize()`` calls. Peak GPU memory is
-``torch.cuda.max_memory_allocated`` over the row (reset before it). ``compile=``/``attention_backend=`` are
-passed to ``load_pipeline`` when it takes them; an older arstudio records "compile: not available" and skips
-those rows. ``/proc/pressure/cpu`` is logged at the start, after each section and at the end.
+Timing: each row first runs warm-up calls, reported as ``warmup_s`` (compiled: 2 full calls, compile then
+CUDA-graph recording, so they hold the compile cost; eager: 1 call, 8 tokens for the LlamaGen rows), then the
+median of the timed calls (``--repeats``; default about 3 s of calls: 3 to 10, 2 for calls over 1 s), each
+between ``torch.cuda.synchronize()`` calls. Peak GPU memory is ``torch.cuda.max_memory_allocated`` over the
+row (reset before it; resident models of other rows included), and the same less what was allocated when the
+row began (``peak_over_resident_mb``). ``compile=``/``attention_backend=`` are passed to ``load_pipeline``
+when it takes them; an older arstudio records "compile: not available" and skips those rows.
+``/proc/pressure/cpu`` is logged at the start, after each section and at the end.
 
-``--quick`` (the CPU smoke): batch 1 only, one timed call per row, eager only, LlamaGen GPT-B fp32 only, no
-attention section. The issue's targets (``TARGETS``) are printed with PASS/FAIL for the rows present.
+``--quick`` (the CPU smoke, results in ``gpu_cpu.json``): batch 1, eager, one timed call per row, LlamaGen
+GPT-B fp32 at 32 tokens, no attention section. Issue 21's GPU targets (``check_targets``) are printed with
+PASS/FAIL for the rows measured.
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ def measure(run: Run, fn, compiled: bool, warm=None) -> tuple[dict, object]:
     the timed call's). Returns (timings, what the last call returned)."""
     if run.cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
+    before = torch.cuda.memory_allocated(run.device) / 2**20 if run.cuda else 0.0
     last = []
 
     def call():
@@ -149,7 +154,8 @@ def measure(run: Run, fn, compiled: bool, warm=None) -> tuple[dict, object]:
     peak = torch.cuda.max_memory_allocated(run.device) / 2**20 if run.cuda else peak_memory_mb()
     timings = {"median_s": statistics.median(runs), "runs_s": [round(t, 4) for t in runs],
                "warmup_s": [round(t, 2) for t in warmup], "peak_mb": round(peak, 1),
-               "peak_kind": "cuda max_memory_allocated" if run.cuda else "process max RSS"}  # fmt: skip
+               "peak_kind": "cuda max_memory_allocated" if run.cuda else "process max RSS",
+               "peak_over_resident_mb": round(peak - before, 1) if run.cuda else None}  # fmt: skip
     return timings, last[0]
 
 
@@ -159,10 +165,17 @@ def timed_calls(seconds: float) -> int:
 
 
 def load(run: Run, name: str, mode: str, dtype=torch.float32, **kwargs):
-    """(pipeline, note) for a mode 'eager' / 'compiled'; the pipeline is None when the mode is unavailable."""
-    pipe, note = load_pipeline_with(
-        name, device=run.device, dtype=dtype, compile=mode == "compiled", **kwargs
-    )
+    """(pipeline, note) for a mode 'eager' / 'compiled'; the pipeline is None (the note says why) when the mode
+    is unavailable or loading fails."""
+    try:
+        pipe, note = load_pipeline_with(
+            name, device=run.device, dtype=dtype, compile=mode == "compiled", **kwargs
+        )
+    except Exception as error:  # noqa: BLE001 - a preset that fails to load must not end a timed GPU run
+        return (
+            None,
+            f"loading failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        )
     if mode == "compiled" and "compile: not available" in note:
         return None, note
     return pipe, note
