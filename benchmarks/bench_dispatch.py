@@ -58,6 +58,7 @@ import arstudio
 from benchmarks.common import RESULTS, cpu_pressure, git_commit, load_pipeline_with, reproduce_command
 
 ARSTUDIO_DIR = str(Path(arstudio.__file__).parent) + "/"
+ARSTUDIO_CHECKOUT = Path(arstudio.__file__).parents[2]  # src/arstudio/__init__.py: the engine measured
 TORCH_DIR = str(Path(torch.__file__).parent) + "/"
 RESULT_FILE = RESULTS / "dispatch.json"
 
@@ -435,10 +436,12 @@ def main() -> None:
     if any(b < 1 for b in args.batches):
         parser.error(f"--batches {args.batches}: each must be >= 1")
     torch.set_num_threads(args.threads)
-    info = {"command": reproduce_command(), "commit": git_commit(), "src_commit": git_commit("src"),
+    info = {"command": reproduce_command(), "commit": git_commit(), "arstudio": str(ARSTUDIO_CHECKOUT),
+            "src_commit": git_commit("src", ARSTUDIO_CHECKOUT),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
             "cpu_pressure_start": cpu_pressure()}  # fmt: skip
-    print(f"# dispatch counts, label {args.label!r}, commit {info['commit']} (src/ at {info['src_commit']}), "
+    print(f"# dispatch counts, label {args.label!r}, commit {info['commit']} (arstudio from {ARSTUDIO_CHECKOUT}, "
+          f"src/ at {info['src_commit']}), "
           f"torch {info['torch']}")  # fmt: skip
     print(f"# reproduce: {info['command']}\n# {info['cpu_pressure_start']}")
     with torch.no_grad():

@@ -34,10 +34,11 @@ def reproduce_command() -> str:
     return " ".join(["python", *entry, *sys.argv[1:]])
 
 
-def git_commit(under: str = ".") -> str:
-    """The last commit that changed ``under`` (a path in the checkout; default: the checkout's HEAD), short
-    hash, '+dirty' when ``under`` has uncommitted changes; 'unknown' outside git."""
-    root = str(Path(__file__).parent.parent)
+def git_commit(under: str = ".", root: Path | None = None) -> str:
+    """The last commit that changed ``under`` (a path in the checkout ``root``, default this one; default
+    ``under``: the checkout's HEAD), short hash, '+dirty' when ``under`` has uncommitted changes; 'unknown'
+    outside git."""
+    root = str(root or Path(__file__).parent.parent)
 
     def git(*args: str) -> str:
         return subprocess.run(
