@@ -28,7 +28,8 @@ into it by key; docs/gpu.md has the device-machine recipe).
   (CUDA with xformers installed only).
 
 Timing: each row first runs warm-up calls, reported as ``warmup_s`` (compiled: 2 full calls, compile then
-CUDA-graph recording, so they hold the compile cost; eager: 1 call, 8 tokens for the LlamaGen rows), then the
+CUDA-graph recording, so they hold the compile cost, which the engine's ``pipe.compilation.seconds`` also gives
+as ``compile_s``; eager: 1 call, 8 tokens for the LlamaGen rows), then the
 median of the timed calls (``--repeats``; default about 3 s of calls: 3 to 10, 2 for calls over 1 s), each
 between ``torch.cuda.synchronize()`` calls. Peak GPU memory is ``torch.cuda.max_memory_allocated`` over the
 row (reset before it; resident models of other rows included), and the same less what was allocated when the
@@ -114,7 +115,7 @@ class Run:
 
     def add(self, key: str, row: dict) -> None:
         self.rows[key] = row
-        brief = ("ms_per_image", "tokens_per_s", "warmup_s", "peak_mb", "note", "error")
+        brief = ("ms_per_image", "tokens_per_s", "warmup_s", "compile_s", "peak_mb", "note", "error")
         shown = {k: v for k, v in row.items() if k in brief} or row  # a greedy check shows all of itself
         print(f"{key:60s} {json.dumps(shown)}", flush=True)
 
@@ -219,11 +220,19 @@ def pipeline_rows(run: Run, section: str, preset: str, cases, batches, make_call
         for key, batch, kwargs in pending:
             if run.should(key, 30 if mode == "compiled" else 3):
                 call = partial(make_call or image_call, pipe, batch, **kwargs)
-                guarded(run, key, pipeline_row, run, call, mode, batch, note)
+                guarded(run, key, pipeline_row, run, pipe, call, mode, batch, note)
 
 
-def pipeline_row(run: Run, call, mode: str, batch: int, note: str) -> dict:
+def compile_seconds(pipe) -> float | None:
+    """Seconds the pipeline spent compiling so far (``pipe.compilation``), None where it does not say."""
+    return getattr(getattr(pipe, "compilation", None), "seconds", None)
+
+
+def pipeline_row(run: Run, pipe, call, mode: str, batch: int, note: str) -> dict:
+    before = compile_seconds(pipe)
     timings, out = measure(run, call, mode == "compiled")
+    if before is not None:
+        timings["compile_s"] = round(compile_seconds(pipe) - before, 2)  # the engine's own count, in warm-up
     stats = {
         k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.stats.items() if "seconds" not in k
     }
@@ -355,6 +364,7 @@ def llamagen_unit(
         for key in pending:
             run.skip(key, "time budget")
         return
+    torch._dynamo.reset()  # earlier units' graphs are done with: keep dynamo's per-function cache small
     theirs = models.theirs(model, dtype_name)
     ours = models.ours(model, dtype_name)
     labels = torch.arange(batch, device=run.device) % 1000
@@ -381,7 +391,10 @@ def ours_call(pipe, batch: int, tokens: int, labels: list[int] | None = None, to
 def ours_row(run: Run, pipe, batch: int, mode: str) -> dict:
     n = run.llamagen_tokens
     warm = partial(ours_call, pipe, batch, min(n, 8))
+    before = compile_seconds(pipe)
     timings, out = measure(run, partial(ours_call, pipe, batch, n), mode == "compiled", warm)
+    if before is not None:
+        timings["compile_s"] = round(compile_seconds(pipe) - before, 2)
     decode = 0.0
     if n == LLAMAGEN_TOKENS:  # the call decoded the images: time that alone, to count sampling only
         tokens = torch.as_tensor(out.tokens, device=run.device)
@@ -454,7 +467,7 @@ def check_targets(rows: dict) -> list[tuple[str, str, bool | None]]:
                 if mine is None and theirs is None:
                     continue
                 measured = (
-                    f"x{mine / theirs:.2f} (ours {mode} {mine:.0f} vs {theirs:.0f} tok/s)"
+                    f"x{mine / theirs:.2f} ({mode} {mine:.0f} vs {theirs:.0f} tok/s)"
                     if mine and theirs
                     else "not measured"
                 )
@@ -605,6 +618,7 @@ def main() -> None:
         for section in [s for s in SECTIONS if s in args.sections]:
             if args.quick and section == "attention":
                 continue
+            torch._dynamo.reset()  # graphs of earlier sections are not used again (dynamo caches 8 per function)
             work[section](run)
             info["cpu_pressure"][section] = cpu_pressure()
     info["seconds"] = round(time.perf_counter() - run.start, 1)

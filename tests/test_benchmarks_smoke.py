@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_dispatch import DispatchCounter, count_call, summarise
+from benchmarks.bench_gpu import check_targets
 from benchmarks.common import load_pipeline_with
 
 ROOT = Path(__file__).parent.parent
@@ -77,3 +78,26 @@ def test_bench_gpu_imports_without_gradio_or_minilm():
     run = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "imported" in run.stdout
+
+
+def test_bench_gpu_targets_take_the_best_mode_and_say_what_is_missing():
+    rows = {
+        "shapes | shapes-c2i ar | eager | b1": {"ms_per_image": 368.0},
+        "shapes | shapes-c2i ar | compiled | b1": {"ms_per_image": 25.0},
+        "shapes | shapes-c2i ar | compiled | b8": {"ms_per_image": 3.0},  # batch 8 is not the target's
+        "llamagen | GPT-B fp32 | ours eager | b1": {"tokens_per_s": 96.5},
+        "llamagen | GPT-B fp32 | ours compiled | b1": {"tokens_per_s": 800.0},
+        "llamagen | GPT-B fp32 | llamagen compiled | b1": {"tokens_per_s": 558.0},
+        "llamagen | GPT-B fp32 | greedy | b1": {"tokens": 256, "eager": {"identical": True}},
+        "llamagen | GPT-L bf16 | ours compiled | b16": {"tokens_per_s": 1400.0},
+        "llamagen | GPT-L fp32 | ours compiled | b16": {"tokens_per_s": 1000.0},
+        "continuous | shapes-c2i-continuous ar | eager | b1": {"ms_per_image": 3200.0},
+    }
+    verdicts = {target: passed for target, _, passed in check_targets(rows)}
+    assert verdicts["shapes-c2i AR batch 1 <= 30 ms per image"] is True
+    assert verdicts["GPT-B fp32 b1: ours >= 1.5x LlamaGen compiled"] is False  # x1.43
+    assert verdicts["GPT-B fp32: greedy tokens identical to LlamaGen's"] is True
+    assert verdicts["shapes-c2i-continuous batch 1 <= 100 ms per image"] is False
+    assert verdicts["GPT-L batch 16: ours bf16 >= 1.3x fp32"] is True
+    assert verdicts["GPT-L bf16 b16: ours >= 1.5x LlamaGen compiled"] is None  # LlamaGen not measured
+    assert "GPT-B bf16 b1: ours >= 1.5x LlamaGen compiled" not in verdicts  # nothing of it measured
