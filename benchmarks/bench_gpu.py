@@ -205,8 +205,10 @@ def modes(run: Run) -> list[str]:
     return ["eager"] if run.quick else ["eager", "compiled"]
 
 
-def pipeline_rows(run: Run, section: str, preset: str, cases, batches, make_call=None, **load_kwargs) -> None:
-    """Rows ``section | preset case | mode | b<batch>``: ms per image of whole pipeline calls."""
+def pipeline_rows(run: Run, section: str, preset: str, cases, batches, make_call=None, setup=None,
+                  **load_kwargs) -> None:  # fmt: skip
+    """Rows ``section | preset case | mode | b<batch>``: ms per image of whole pipeline calls. ``setup(pipe,
+    mode)`` runs once after loading."""
     for mode in modes(run):
         rows = [(f"{section} | {preset} {case} | {mode} | b{batch}", batch, kwargs)
                 for batch in batches for case, kwargs in cases]  # fmt: skip
@@ -217,6 +219,8 @@ def pipeline_rows(run: Run, section: str, preset: str, cases, batches, make_call
         if pipe is None:
             run.skip(f"{section} | {preset} | {mode}", note)
             continue
+        if setup is not None:
+            setup(pipe, mode)
         for key, batch, kwargs in pending:
             if run.should(key, 30 if mode == "compiled" else 3):
                 call = partial(make_call or image_call, pipe, batch, **kwargs)
@@ -255,7 +259,13 @@ def video_call(pipe, batch: int, seed: int = 0, **kwargs):
 
 
 def video_section(run: Run) -> None:
-    pipeline_rows(run, "video", "sprites-video", [(f"{VIDEO_FRAMES} frames", {})], [1], make_call=video_call)
+    def keyframes_alike(pipe, mode: str) -> None:
+        """The video pipeline loads its keyframe image pipeline itself, with load_pipeline's default compile
+        setting: load that one in the row's mode too."""
+        pipe.keyframe_loader = lambda name: load(run, name, mode, dtype=pipe.dtype)[0]
+
+    pipeline_rows(run, "video", "sprites-video", [(f"{VIDEO_FRAMES} frames", {})], [1], make_call=video_call,
+                  setup=keyframes_alike)  # fmt: skip
 
 
 def attention_section(run: Run) -> None:
