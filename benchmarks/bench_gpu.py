@@ -7,7 +7,8 @@ shapes against LlamaGen's own sampler (eager and compiled), eager and compiled, 
 Sections, in the order they run. ``--budget`` seconds (300) after the start no new row begins, so one run ends
 inside 6 minutes on an H200; the rows left out are listed with the reason, and the same command with
 ``--fill`` measures only the rows ``benchmarks/results/gpu.json`` lacks for this commit and device (rows merge
-into it by key; docs/gpu.md has the device-machine recipe).
+into it by key; docs/gpu.md has the device-machine recipe). The commit is git's, or ``$ARSTUDIO_COMMIT`` where
+the checkout travelled without its ``.git``.
 
 * ``shapes``: shapes-c2i, every strategy (AR, speculative, LANTERN k8 d0.25, LANTERN++ k8 l5, DD1, DD2; the
   settings of ``bench_dispatch``) at batch 1 and 8, eager then compiled: ms per image (whole pipeline call).
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -607,7 +609,7 @@ def main() -> None:
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)  # OpenMP slows down many times over on busy shared cores
     run = Run(device, args.quick, args.repeats, args.budget or (150.0 if args.quick else 300.0))
-    info = {"command": reproduce_command(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    info = {"command": reproduce_command(), "commit": os.environ.get("ARSTUDIO_COMMIT") or git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
             "matmul_precision": torch.get_float32_matmul_precision(), "quick": args.quick,
             "sections": args.sections, "cpu_pressure": {"start": cpu_pressure()}}  # fmt: skip
