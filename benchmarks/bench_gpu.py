@@ -501,18 +501,21 @@ def check_targets(rows: dict) -> list[tuple[str, str, bool | None]]:
 
 
 def print_tables(rows: dict) -> None:
-    print("\n== pipeline rows: ms per image (median), warm-up s (eager / compiled), peak MB")
     pipeline = {}
     for key, row in rows.items():
         section, name, mode, batch = key.split(" | ")
         if section in ("shapes", "continuous", "video", "attention"):
             pipeline.setdefault((section, name, batch), {})[mode] = row
-    print(f"{'row':58s}{'eager ms':>10s}{'compiled':>10s}{'speed-up':>10s}{'warm-up s':>16s}{'peak MB':>16s}")
+    if pipeline:
+        print("\n== pipeline rows: ms per image (median), warm-up s (eager / compiled), peak MB")
+        print(
+            f"{'row':58s}{'eager ms':>10s}{'compiled':>10s}{'speed-up':>10s}{'warm-up s':>16s}{'peak MB':>16s}"
+        )
     for (section, name, batch), by_mode in pipeline.items():
         eager, compiled = by_mode.get("eager", {}), by_mode.get("compiled", {})
         e, c = eager.get("ms_per_image"), compiled.get("ms_per_image")
         speedup = f"x{e / c:.1f}" if e and c else "-"
-        warm = "/".join(str(sum(r["warmup_s"])) if "warmup_s" in r else "-" for r in (eager, compiled))
+        warm = "/".join(f"{sum(r['warmup_s']):.1f}" if "warmup_s" in r else "-" for r in (eager, compiled))
         peak = "/".join(str(r.get("peak_mb", "-")) for r in (eager, compiled))
         errors = "; ".join(r["error"] for r in (eager, compiled) if "error" in r)
         print(f"{section + ' ' + name + ' ' + batch:58s}{_num(e):>10s}{_num(c):>10s}{speedup:>10s}{warm:>16s}{peak:>16s}"
