@@ -17,6 +17,7 @@ UI_DIR = Path(arstudio.__file__).parent / "ui"
 PUBLIC_MODULES = {
     "arstudio",
     "arstudio.data.control",
+    "arstudio.data.shapes",  # the caption vocabulary: which prompt words a shapes model knows
     "arstudio.export",
     "arstudio.decoding",
     "arstudio.evaluation.verifier",
@@ -27,9 +28,10 @@ PRESETS = ["test-tiny-c2i", "test-tiny-t2i", "llamagen-b-256"]
 KNOBS = [4, 4, 8, 0.2, 1.0, 3, 1.0]  # knob fields: speculative, lantern, continuous_speculative
 
 
-def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed=7, randomize=False, count=2,
-             top_k=0, decoding="ar", knobs=KNOBS):  # fmt: skip
-    return [preset, class_name, 0, prompt, "", seed, randomize, count, 2.0, 1.0, top_k, 1.0, decoding, *knobs]
+def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed="7", randomize=False, count=2,
+             top_k=0, decoding="ar", knobs=KNOBS, guidance=2.0, steps=8):  # fmt: skip
+    return [preset, class_name, 0, prompt, "", seed, randomize, count, guidance, 1.0, top_k, 1.0, steps, decoding,
+            *knobs]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_the_ui_imports_only_the_public_api():
 
 def test_generate_round_trips_images_and_recipes(client):
     gallery, seed, status, files = client.predict(*_request(), api_name="/generate")
-    assert seed == 7 and "2 image(s)" in status and len(gallery) == len(files) == 2
+    assert seed == "7" and "2 image(s)" in status and len(gallery) == len(files) == 2
     metas = [read_png_metadata(f) for f in files]
     assert [m["seed"] for m in metas] == [7, 8] and {m["class_name"] for m in metas} == {"blue square"}
     assert metas[0]["preset"] == "test-tiny-c2i" and metas[0]["decoding"] == "ar"
@@ -85,7 +87,7 @@ def test_generate_round_trips_images_and_recipes(client):
     # Drop the PNG back in: the controls come back set to redo its batch (seed 7, 2 images) exactly.
     updates = client.predict(gradio_client.handle_file(files[1]), api_name="/load_recipe")
     values = {i: u.get("value") for i, u in enumerate(updates[:-1]) if isinstance(u, dict)}
-    assert values[0] == "test-tiny-c2i" and values[1] == "blue square" and values[5] == 7 and values[7] == 2
+    assert values[0] == "test-tiny-c2i" and values[1] == "blue square" and values[5] == "7" and values[7] == 2
     assert values[6] is False and "loaded the recipe of seed 8" in updates[-1] and "batch of 2" in updates[-1]
 
 
@@ -109,8 +111,8 @@ def test_a_strategy_and_its_knobs_travel_into_the_recipe_and_back(client):
 
 
 def test_randomised_seed_is_reported(client):
-    _, seed, _, files = client.predict(*_request(seed=0, randomize=True, count=1), api_name="/generate")
-    assert isinstance(seed, int) and read_png_metadata(files[0])["seed"] == seed
+    _, seed, _, files = client.predict(*_request(seed="0", randomize=True, count=1), api_name="/generate")
+    assert read_png_metadata(files[0])["seed"] == int(seed) and seed != "0"
 
 
 def test_bad_input_gets_a_readable_message_and_the_app_keeps_serving(client, tmp_path):
@@ -295,15 +297,16 @@ def test_control_tab_generates_from_a_drawn_control(tmp_path):
         Image.fromarray(drawing).save(path)
         file = gradio_client.handle_file(str(path))
         editor = {"background": file, "layers": [], "composite": file}
-        used, gallery, status = client.predict("test-tiny-control", "red circle", "mask", 1.0, 2.0, False, 3.0, 7,
-                                               2, False, editor, api_name="/control_generate")  # fmt: skip
-        assert len(gallery) == 2 and "mask control" in status
+        used, gallery, seed, status = client.predict("test-tiny-control", "red circle", "mask", 1.0, 2.0, False,
+                                                     3.0, "7", False, 2, False, editor,
+                                                     api_name="/control_generate")  # fmt: skip
+        assert len(gallery) == 2 and "mask control" in status and seed == "7"
         seen = np.asarray(Image.open(used).convert("L"))[::8, ::8] > 0  # the 16x16 map, shown 8x larger
         assert seen[4:10, 4:10].all() and seen.sum() == 36
         with pytest.raises(
             gradio_client.exceptions.AppError, match="2.5 is greater than maximum value 2.0"
         ):  # Gradio's own check
-            client.predict("test-tiny-control", "red circle", "mask", 2.5, 2.0, False, 3.0, 7, 1, False, editor,
-                           api_name="/control_generate")  # fmt: skip
+            client.predict("test-tiny-control", "red circle", "mask", 2.5, 2.0, False, 3.0, "7", False, 1, False,
+                           editor, api_name="/control_generate")  # fmt: skip
     finally:
         app.close()

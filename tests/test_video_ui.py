@@ -12,7 +12,7 @@ from arstudio.export import read_video, video_bytes
 gradio_client = pytest.importorskip("gradio_client")
 
 
-def _request(frames=3, count=1, seed=5, context=None, first_frame="video"):
+def _request(frames=3, count=1, seed="5", context=None, first_frame="video"):
     return [
         "test-tiny-video",
         "blue square",

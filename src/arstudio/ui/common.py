@@ -56,6 +56,37 @@ OUTPUT_ROOT = Path(tempfile.gettempdir()) / "arstudio-studio"
 OUTPUT_LIFETIME_S = 3600  # a long-running Space must not fill its disk with old downloads
 
 
+def error_status(err: BaseException) -> str:
+    """An error as a status line that stays on the page (a toast vanishes after a few seconds)."""
+    return f"**Error:** {describe_error(err).splitlines()[0]}"
+
+
+def status_errors(status):
+    """Like ``readable_errors`` for a generator handler with a ``status`` output: an error is first written
+    into ``status`` (so no earlier "4 image(s) in 1.2 s" stays beside it), then raised for the toast and
+    API clients."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        def stream(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except Exception as err:
+                yield {status: error_status(err)}
+                raise user_error(err) from None
+
+        return stream
+
+    return wrap
+
+
+def cannot_load(name: str, current: str, err: BaseException) -> str:
+    """The persistent notice for a preset that does not load: why, the fix (the loader's message names
+    where to put the files, or how to download them), and that the form stayed on ``current``."""
+    return (f"**{name} cannot be loaded; the form stays on {current}.**\n\n"
+            f"```text\n{describe_error(err)}\n```")  # fmt: skip
+
+
 def readable_errors(handler):
     """Wrap a Gradio handler (plain or generator) so any error reaches the user as ``user_error``."""
     if inspect.isgeneratorfunction(handler):

@@ -88,8 +88,9 @@ def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
         items, frame = compare_strategies(cache, controls, values, progress)
         top = float(frame["seconds"].max()) * 1.15 or 1.0
         judged = frame["verifier_accuracy"].notna().all()
-        return (items, frame, gr.update(value=frame, y_lim=[0, top]),  # bars start at zero
-                gr.update(value=frame, visible=bool(judged), y_lim=[0, 1]))  # fmt: skip
+        order = list(frame["strategy"])  # the table's order (AR first), not the chart's alphabetical default
+        return (items, frame, gr.update(value=frame, y_lim=[0, top], sort=order),  # bars start at zero
+                gr.update(value=frame, visible=bool(judged), y_lim=[0, 1], sort=order))  # fmt: skip
 
     run.click(
         on_run,
