@@ -83,8 +83,23 @@ def status_errors(status):
 def cannot_load(name: str, current: str, err: BaseException) -> str:
     """The persistent notice for a preset that does not load: why, the fix (the loader's message names
     where to put the files, or how to download them), and that the form stayed on ``current``."""
-    return (f"**{name} cannot be loaded; the form stays on {current}.**\n\n"
-            f"```text\n{describe_error(err)}\n```")  # fmt: skip
+    return f"**{name} cannot be loaded; the form stays on {current}.**\n\n{as_markdown(describe_error(err))}"
+
+
+def as_markdown(message: str) -> str:
+    """A loader's plain-text message as wrapped Markdown: "* " lines become list items and the indented
+    lines under one stay in it (a code block would run off the side of the page)."""
+    lines = []
+    for line in message.splitlines():
+        text = line.strip()
+        if text.startswith("* "):
+            lines.append(f"- {text[2:]}")
+        elif line.startswith(" ") and lines:
+            lines[-1] += "  "  # a hard line break inside the item
+            lines.append(f"  {text}")
+        else:
+            lines.append(f"\n{text}")
+    return "\n".join(lines)
 
 
 def readable_errors(handler):

@@ -18,7 +18,7 @@ from arstudio.data.control import CONTROL_TYPES, make_control
 from arstudio.ui.common import MODEL_QUEUE, PipelineCache, cannot_load, status_errors
 from arstudio.ui.controls import check_integer, check_number, parse_seed, random_seed, seed_box
 from arstudio.ui.image_tab import preview_sheet
-from arstudio.ui.streaming import Done, generate_with_previews
+from arstudio.ui.streaming import Done, StopSwitches, generate_with_previews
 
 MAX_CONTROL_IMAGES = 8
 CANVAS = 256  # drawing canvas side in pixels; the map is reduced to the model's resolution
@@ -81,7 +81,7 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
     with gr.Row():
         editor = gr.ImageEditor(
             value={"background": np.zeros((CANVAS, CANVAS, 3), np.uint8), "layers": [], "composite": None},
-            type="numpy", label="Control image: draw white on black, or upload", elem_id="control-editor",
+            type="numpy", label="Control map: draw or upload", elem_id="control-editor",
             brush=gr.Brush(colors=["#ffffff"], default_size=12, color_mode="fixed"),
         )  # fmt: skip
         used = gr.Image(label="Control map the model sees", type="numpy", interactive=False)
@@ -90,16 +90,19 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
         generate = gr.Button("Generate with control", variant="primary", elem_id="control-generate")
         stop = gr.Button("Stop", variant="stop", elem_id="control-stop")
     seed_used = gr.Textbox(
-        label="Seed used (image i: seed + i)", interactive=False, elem_id="control-seed-used"
+        label="Seed used (image i: seed + i)", interactive=False, max_lines=1, elem_id="control-seed-used"
     )
     status = gr.Markdown(elem_id="control-status")
     notice = gr.Markdown(visible=False, elem_id="control-preset-notice")
     loaded = gr.State(offered[0])
 
+    stops = StopSwitches()
+
     @status_errors(status)
     def on_generate(name, label, kind_value, strength_value, guidance_value, separate_value, control_scale,
-                    seed_value, randomise, count_value, photo, editor_value):  # fmt: skip
-        yield {status: "starting..."}  # the last request's status must not outlive it
+                    seed_value, randomise, count_value, photo, editor_value, session: gr.Request):  # fmt: skip
+        yield {status: "starting...", seed_used: ""}  # the last request's status must not outlive it
+        stop = stops.start(session.session_hash)
         pipe = cache.get(name)
         resolution = pipe.generator.config.control.resolution
         control = control_map(editor_value, kind_value, resolution, bool(photo))
@@ -116,7 +119,7 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
             control_guidance_scale=check_number(control_scale, "control guidance", 0.0) if separate_value else None,
         )  # fmt: skip
         shown = np.repeat(np.repeat((control * 255).astype(np.uint8), 8, axis=0), 8, axis=1)
-        for event in generate_with_previews(pipe, kwargs):
+        for event in generate_with_previews(pipe, kwargs, stop=stop):
             if isinstance(event, Done):
                 break
             yield {used: shown, gallery: [preview_sheet(event.images)], seed_used: str(first),
@@ -127,7 +130,8 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
                status: f"{len(out.images)} image(s) in {out.timings['total_s']:.2f} s · {kind_value} control "
                f"at strength {strength_value}"}  # fmt: skip
 
-    def on_stop():
+    def on_stop(session: gr.Request):
+        stops.stop(session.session_hash)
         return {gallery: None, status: "**Stopped.** Nothing was saved; Generate starts again."}
 
     def on_preset(name, current):
@@ -145,6 +149,7 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
     inputs = [preset, class_name, kind, strength, guidance, separate, control_guidance, seed, randomize, num_images,
               from_photo, editor]  # fmt: skip
     event = generate.click(on_generate, inputs, [used, gallery, seed_used, status], api_name="control_generate",
+                           show_progress_on=[gallery],
                            concurrency_id=MODEL_QUEUE)  # fmt: skip
     stop.click(on_stop, None, [gallery, status], cancels=[event], api_name=False, queue=False)
     separate.change(lambda on: gr.update(interactive=bool(on)), separate, control_guidance, api_name=False,

@@ -64,17 +64,21 @@ def build_controls(presets: list[str], start) -> Controls:
     """
     text, names, defaults = is_text_preset(start), list(start.preset.class_names), start.preset.defaults
     with gr.Row():
-        preset_box = gr.Dropdown(presets, value=start.preset.name, label="Preset", scale=1)
-        class_name = gr.Dropdown(names, value=names[0] if names else None, label="Class", scale=2,
+        preset_box = gr.Dropdown(presets, value=start.preset.name, label="Preset", scale=1, elem_id="preset")
+        class_name = gr.Dropdown(names, value=names[0] if names else None, label="Class", scale=2, elem_id="class-name",
                                  visible=not text and bool(names), allow_custom_value=True)  # fmt: skip
         class_id = gr.Number(0, precision=0, label="Class id", visible=not text and not names, scale=2)
         prompt = gr.Textbox(
-            label="Prompt", visible=text, scale=3, placeholder="a large red circle at the top left"
+            label="Prompt",
+            visible=text,
+            scale=3,
+            placeholder="a large red circle at the top left",
+            elem_id="prompt",
         )
     negative_prompt = gr.Textbox(label="Negative prompt (optional)", visible=text)
     with gr.Row():
-        seed = seed_box("Seed (image i uses seed + i)")
-        randomize = gr.Checkbox(True, label="Randomise seed")
+        seed = seed_box("Seed (image i uses seed + i)", elem_id="seed")
+        randomize = gr.Checkbox(True, label="Randomise seed", elem_id="randomize")
         num_images = gr.Number(4, precision=0, step=1, label=f"Images (1-{MAX_IMAGES})", elem_id="num-images")
         guidance_scale = gr.Number(defaults.get("guidance_scale", 1.0), step=0.1, label="Guidance scale (1 = off)",
                                    elem_id="guidance")  # fmt: skip
@@ -256,7 +260,7 @@ def recipe_updates(controls: Controls, pipe, meta: dict) -> dict:
     updates[controls.num_images] = gr.update(value=count)
     for key in ("guidance_scale", "temperature", "top_k", "top_p", "num_inference_steps"):
         if key in meta and (key != "num_inference_steps" or has_steps(pipe)):  # dd's steps are its knob
-            updates[getattr(controls, key)] = gr.update(value=meta[key])
+            updates[getattr(controls, key)]["value"] = meta[key]  # keeps the preset's visibility
     strategy = meta.get("decoding", "ar")
     updates[controls.decoding] = gr.update(choices=list(pipe.decoding_strategies), value=strategy)
     updates.update(strategy_visibility(controls, strategy))

@@ -27,7 +27,7 @@ from arstudio.ui.controls import (
     recipe_updates,
 )
 from arstudio.ui.prompt_words import unknown_prompt_warning
-from arstudio.ui.streaming import Done, generate_with_previews
+from arstudio.ui.streaming import Done, StopSwitches, generate_with_previews
 
 MAX_RECIPE_BYTES = 20 * 2**20
 
@@ -88,25 +88,28 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
     gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="gallery", format="png")
     with gr.Row():
-        seed_used = gr.Textbox(label="Seed used (image i: seed + i)", interactive=False, elem_id="seed-used")
+        seed_used = gr.Textbox(
+            label="Seed used (image i: seed + i)", interactive=False, max_lines=1, elem_id="seed-used"
+        )
         status = gr.Markdown(elem_id="status")
     files = gr.File(label="PNGs with their recipe", file_count="multiple", interactive=False)
     recipe = gr.File(label="Load recipe from image: drop a PNG made by arstudio", file_types=[".png"],
                      elem_id="recipe")  # fmt: skip
 
+    stops = StopSwitches()
+
     @status_errors(status)
-    def on_generate(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
-        yield {status: "starting...", files: None}  # the last request's status must not outlive it
+    def on_generate(values: dict, session: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        yield {status: "starting...", files: None, seed_used: ""}  # the last request's must not outlive it
+        stop = stops.start(session.session_hash)
         request = build_request(cache, controls, values)
-        warning = (
-            unknown_prompt_warning(request.pipe, request.kwargs["prompt"])
-            if is_text_preset(request.pipe)
-            else None
-        )
+        warning = None
+        if is_text_preset(request.pipe):
+            warning = unknown_prompt_warning(request.pipe, request.kwargs["prompt"])
         if warning:
             gr.Warning(warning)
         note = f" · warning: {warning}" if warning else ""
-        for event in generate_with_previews(request.pipe, request.kwargs):
+        for event in generate_with_previews(request.pipe, request.kwargs, stop=stop):
             if isinstance(event, Done):
                 break
             progress((event.step, event.total), desc="tokens")
@@ -120,7 +123,8 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
                status: f"{len(paths)} image(s) in {seconds:.2f} s · {forwards} forwards · "
                f"{request.kwargs['decoding']}{note}"}  # fmt: skip
 
-    def on_stop():
+    def on_stop(session: gr.Request):
+        stops.stop(session.session_hash)  # the pipeline stops after its current token
         # The request is cancelled with its half-drawn previews: clear them and say what happened.
         return {gallery: None, files: None,
                 status: "**Stopped.** Nothing was saved; Generate starts again."}  # fmt: skip
@@ -143,7 +147,7 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
                 status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}"}  # fmt: skip
 
     event = generate.click(on_generate, controls.inputs(), [gallery, seed_used, status, files],
-                           api_name="generate", concurrency_id=MODEL_QUEUE)  # fmt: skip
+                           api_name="generate", concurrency_id=MODEL_QUEUE, show_progress_on=[gallery])  # fmt: skip
     stop.click(on_stop, None, [gallery, status, files], cancels=[event], api_name=False, queue=False)
     controls.preset.input(on_preset, [controls.preset, loaded], [*controls.updatable(), loaded, notice],
                           api_name="preset", show_progress="hidden")  # fmt: skip

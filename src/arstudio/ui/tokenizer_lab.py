@@ -14,7 +14,7 @@ from arstudio.reconstruction import load_image
 from arstudio.render import describe_error
 from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
 
-COLUMNS = ["preset", "tokenizer", "resolution", "token grid", "PSNR dB", "tokens", "error"]
+COLUMNS = ["preset", "tokenizer", "resolution", "token grid", "PSNR dB", "tokens (or why the preset failed)"]
 KIND_NAMES = {
     "discrete": "VQ (codebook)",
     "continuous": "KL (continuous latents)",
@@ -73,7 +73,7 @@ def lab_row(cache: PipelineCache, name: str, source) -> tuple[list, list]:
     items = [(r.original, f"{name}: input {side}px"), (r.reconstruction, f"{name}: reconstruction"),
              (picture, f"{name}: tokens {grid}")]  # fmt: skip
     tokens = " · ".join(f"{key} {value}" for key, value in r.summary().items())
-    return items, [name, KIND_NAMES.get(r.kind, r.kind), side, grid, round(r.psnr, 2), tokens, ""]
+    return items, [name, KIND_NAMES.get(r.kind, r.kind), side, grid, round(r.psnr, 2), tokens]
 
 
 def run_lab(cache: PipelineCache, presets: list[str], picture: str | None, upload: str | None):
@@ -90,7 +90,7 @@ def run_lab(cache: PipelineCache, presets: list[str], picture: str | None, uploa
         try:
             found, row = lab_row(cache, name, source)
         except Exception as err:  # reported in the row: the other presets' results stay on screen
-            found, row = [], [name, "", None, "", None, "", describe_error(err).splitlines()[0]]
+            found, row = [], [name, "", None, "", None, f"error: {describe_error(err).splitlines()[0]}"]
         items += found
         rows.append(row)
     return items, pd.DataFrame(rows, columns=COLUMNS)
@@ -110,7 +110,9 @@ def build_tokenizer_lab(cache: PipelineCache, presets: list[str], preset: str) -
         format="png",
         elem_id="tokenizer-gallery",
     )
-    table = gr.Dataframe(headers=COLUMNS, label="Per tokenizer", interactive=False)
+    table = gr.Dataframe(
+        headers=COLUMNS, label="Per tokenizer", interactive=False, wrap=True, elem_id="tokenizer-table"
+    )
 
     @readable_errors
     def on_run(names, picture_name, upload_path):

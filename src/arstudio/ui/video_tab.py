@@ -12,7 +12,7 @@ import torch
 from arstudio.export import make_grid, mp4_available, read_video, save_videos
 from arstudio.ui.common import MODEL_QUEUE, PipelineCache, cannot_load, output_dir, status_errors
 from arstudio.ui.controls import check_integer, check_number, parse_seed, random_seed, seed_box
-from arstudio.ui.streaming import Done, generate_with_previews
+from arstudio.ui.streaming import Done, StopSwitches, generate_with_previews
 
 MAX_VIDEOS = 4  # per request: each frame costs a few backbone passes per Euler step
 PREVIEW_SCALE = 4  # 32 px frames are shown 4x larger (nearest neighbour)
@@ -66,7 +66,7 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
         num_frames = gr.Number(min(16, start.max_frames), precision=0, label=f"Frames (1-{start.max_frames})")
         num_videos = gr.Number(1, precision=0, label=f"Videos (1-{MAX_VIDEOS})")
         seed = seed_box("Seed (video i uses seed + i)", elem_id="video-seed")
-        randomize = gr.Checkbox(True, label="Randomise seed")
+        randomize = gr.Checkbox(True, label="Randomise seed", elem_id="video-randomize")
     with gr.Accordion("Sampling and context", open=False):
         with gr.Row():
             guidance = gr.Number(
@@ -91,10 +91,13 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
     status = gr.Markdown(elem_id="video-status")
     files = gr.File(label="mp4 / gif / recipe (json)", file_count="multiple", interactive=False)
 
+    stops = StopSwitches()
+
     @status_errors(status)
     def on_generate(name, label, frames, count, seed_value, randomise, guidance_scale, temp, n_steps,
-                    decay_value, context_path, first_source, progress=gr.Progress()):  # noqa: B008  # fmt: skip
+                    decay_value, context_path, first_source, session: gr.Request, progress=gr.Progress()):  # noqa: B008  # fmt: skip
         yield {status: "starting...", files: None}  # the last request's status must not outlive it
+        stop = stops.start(session.session_hash)
         pipe = cache.get(name)
         if not is_video_preset(pipe):
             raise ValueError(f"{name} is not a video preset")
@@ -113,7 +116,7 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
             "context_frames": read_context(context_path, pipe.max_frames) if context_path else None,
             "generator": [torch.Generator().manual_seed(first + i) for i in range(count)],
         }
-        for event in generate_with_previews(pipe, kwargs, previews=frames):
+        for event in generate_with_previews(pipe, kwargs, previews=frames, stop=stop):
             if isinstance(event, Done):
                 break
             progress((event.step, event.total), desc="frames")
@@ -128,7 +131,8 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
                status: f"{count} video(s) x {output.latents.shape[1]} frames in {seconds:.2f} s "
                f"({output.timings['frames_per_s']:.1f} frames/s) · seed {first}"}  # fmt: skip
 
-    def on_stop():
+    def on_stop(session: gr.Request):
+        stops.stop(session.session_hash)
         return {preview: None, status: "**Stopped.** Nothing was saved; Generate starts again."}
 
     def on_preset(name, current):
@@ -149,6 +153,7 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
     inputs = [preset, class_name, num_frames, num_videos, seed, randomize, guidance, temperature, steps, decay,
               context, first_frame]  # fmt: skip
     event = generate.click(on_generate, inputs, [preview, video, status, files], api_name="generate_video",
+                           show_progress_on=[preview],
                            concurrency_id=MODEL_QUEUE)  # fmt: skip
     stop.click(on_stop, None, [preview, status], cancels=[event], api_name=False, queue=False)
     preset.input(
