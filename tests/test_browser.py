@@ -238,13 +238,21 @@ def test_two_sessions_generating_at_once_each_get_their_own_images(open_page):
     pages = {}
     for class_name, seed in requests.items():
         page = open_page()
+        pick(page, "#preset", "test-tiny-continuous")  # its diffusion steps make a request last a while
+        page.get_by_text("Advanced sampling and decoding").click()
+        page.wait_for_function(
+            "document.querySelector('#num-steps input')?.value === '8'", timeout=TIMEOUT_MS
+        )
+        page.locator("#num-steps input").fill("150")
         pick(page, "#class-name", class_name)
         page.locator("#randomize input").uncheck()
         page.locator("#seed input").fill(str(seed))
         page.locator("#num-images input").fill("3")
         pages[class_name] = page
-    for page in pages.values():  # both queued before either finishes
-        page.click("#generate")
+    first, second = pages.values()
+    first.click("#generate")
+    second.click("#generate")
+    assert "image(s) in" not in first.locator("#status").inner_text()  # both requests are in at once
     for class_name, page in pages.items():
         wait_text(page, "#status", r"3 image\(s\) in")
         assert page.locator("#seed-used input").input_value() == str(requests[class_name])
