@@ -154,5 +154,5 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
     stop.click(on_stop, None, [gallery, status], cancels=[event], api_name=False, queue=False)
     separate.change(lambda on: gr.update(interactive=bool(on)), separate, control_guidance, api_name=False,
                     show_progress="hidden")  # fmt: skip
-    preset.input(on_preset, [preset, loaded], [preset, class_name, loaded, notice], api_name=False,
+    preset.select(on_preset, [preset, loaded], [preset, class_name, loaded, notice], api_name=False,
                  show_progress="hidden")  # fmt: skip

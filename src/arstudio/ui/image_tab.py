@@ -149,7 +149,9 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
     event = generate.click(on_generate, controls.inputs(), [gallery, seed_used, status, files],
                            api_name="generate", concurrency_id=MODEL_QUEUE, show_progress_on=[gallery])  # fmt: skip
     stop.click(on_stop, None, [gallery, status, files], cancels=[event], api_name=False, queue=False)
-    controls.preset.input(on_preset, [controls.preset, loaded], [*controls.updatable(), loaded, notice],
+    # .select, not .input: .input fired twice per pick (on the option and on blur), and the second answer
+    # could reset a field the user had already changed.
+    controls.preset.select(on_preset, [controls.preset, loaded], [*controls.updatable(), loaded, notice],
                           api_name="preset", show_progress="hidden")  # fmt: skip
     recipe.upload(on_recipe, recipe, [*controls.updatable(), loaded, notice, status], api_name="load_recipe")
     return controls

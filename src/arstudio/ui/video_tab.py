@@ -156,7 +156,7 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
                            show_progress_on=[preview],
                            concurrency_id=MODEL_QUEUE)  # fmt: skip
     stop.click(on_stop, None, [preview, status], cancels=[event], api_name=False, queue=False)
-    preset.input(
+    preset.select(
         on_preset,
         [preset, loaded],
         [preset, class_name, num_frames, guidance, steps, first_frame, loaded, notice],
