@@ -2,7 +2,8 @@
 
 Locally, `python app.py` is the same as `arstudio ui`. On a Space, Gradio reads GRADIO_SERVER_NAME /
 GRADIO_SERVER_PORT from the environment the Space sets; the pipelines use CUDA when the Space has a GPU.
-ARSTUDIO_PRESET picks the preset selected at start (default shapes-c2i).
+ARSTUDIO_PRESET picks the preset selected at start (default shapes-c2i); ARSTUDIO_SHOW_TEST_PRESETS=1 also
+offers the random-init test-* presets, which are hidden by default.
 """
 
 import os

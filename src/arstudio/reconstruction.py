@@ -23,10 +23,30 @@ MAX_PIXELS = 4096 * 4096  # larger uploads are refused before decoding them full
 class Reconstruction:
     original: np.ndarray  # uint8 (R, R, 3): the input, centre-cropped and resized to the tokenizer's side R
     reconstruction: np.ndarray  # uint8 (R, R, 3): decode(encode(original))
-    ids: np.ndarray  # (h, w) token ids
+    ids: (
+        np.ndarray
+    )  # the tokens: (h, w) code ids (discrete), (h, w, d) latents (continuous) or level ids (bridge)
     psnr: float  # dB, original vs reconstruction
-    codebook_usage: float  # share of the codebook this one image uses
-    codebook_size: int
+    kind: str = "discrete"  # the tokenizer's kind: "discrete" (VQ), "continuous" (KL) or "bridge"
+    codebook_usage: float | None = None  # discrete: share of the codebook this one image uses
+    codebook_size: int | None = None  # discrete
+    levels: int | None = None  # bridge: levels per latent dimension
+    levels_used: np.ndarray | None = None  # bridge: (d,) distinct levels this image uses in each dimension
+
+    def summary(self) -> dict:
+        """The numbers that describe this kind of token space, named for people."""
+        if self.kind == "discrete":
+            return {"codebook": self.codebook_size, "codes used": len(np.unique(self.ids)),
+                    "codebook usage %": round(100 * self.codebook_usage, 2)}  # fmt: skip
+        if self.kind == "bridge":
+            used = self.levels_used
+            return {"levels per dim": self.levels, "levels used (min/mean/max over dims)":
+                    f"{used.min()} / {used.mean():.1f} / {used.max()}",
+                    "level usage %": round(100 * float(used.mean()) / self.levels, 2)}  # fmt: skip
+        flat = self.ids.reshape(-1, self.ids.shape[-1])  # (h*w, d): one latent vector per token
+        return {"latent dims": flat.shape[1], "mean": round(float(flat.mean()), 3),
+                "std": round(float(flat.std()), 3),
+                "range": f"[{flat.min():.2f}, {flat.max():.2f}]"}  # fmt: skip
 
 
 def load_image(source, max_pixels: int = MAX_PIXELS):
@@ -64,17 +84,30 @@ def square_resize(image, side: int) -> np.ndarray:
 
 @torch.no_grad()
 def reconstruct(tokenizer, image) -> Reconstruction:
-    """Encode ``image`` (see ``load_image``) with a VQ tokenizer, decode it back, and measure the result."""
+    """Encode ``image`` (see ``load_image``) with a tokenizer of any kind (VQ, KL, bridge), decode it back,
+    and measure the result: codebook usage for VQ, the levels each dimension uses for a bridge, and the
+    latents themselves (see ``Reconstruction.summary``) for a KL tokenizer."""
     from arstudio.evaluation.metrics import psnr
     from arstudio.images import images_to_tensor, tensor_to_images
-    from arstudio.tokenizers.vq import codebook_usage
 
     side = tokenizer.config.resolution
     original = square_resize(load_image(image), side)
     device = next(tokenizer.parameters()).device
-    ids = tokenizer.encode(images_to_tensor(original[None]).to(device))
-    pixels = tensor_to_images(tokenizer.decode(ids).float())[0]
-    usage = codebook_usage(ids, tokenizer.codebook_size)["usage"]
-    return Reconstruction(original=original, reconstruction=pixels, ids=ids[0].cpu().numpy(),
-                          psnr=psnr(original, pixels), codebook_usage=usage,
-                          codebook_size=tokenizer.codebook_size)  # fmt: skip
+    tokens = tokenizer.encode(images_to_tensor(original[None]).to(device))
+    pixels = tensor_to_images(tokenizer.decode(tokens).float())[0]
+    kind = getattr(tokenizer, "kind", "discrete")
+    found = tokens[0].cpu()
+    result = Reconstruction(original=original, reconstruction=pixels, ids=found.numpy(),
+                            psnr=psnr(original, pixels), kind=kind)  # fmt: skip
+    if kind == "discrete":
+        from arstudio.tokenizers.vq import codebook_usage
+
+        result.codebook_size = tokenizer.codebook_size
+        result.codebook_usage = codebook_usage(tokens, tokenizer.codebook_size)["usage"]
+    elif kind == "bridge":
+        result.levels = tokenizer.config.levels
+        per_dim = found.reshape(-1, found.shape[-1])  # (h*w, d) level ids
+        result.levels_used = np.array([len(torch.unique(per_dim[:, i])) for i in range(per_dim.shape[1])])
+    else:
+        result.ids = found.float().numpy()
+    return result

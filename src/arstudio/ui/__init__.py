@@ -24,12 +24,26 @@ from arstudio.ui.video_tab import VIDEO_TASK, build_video_tab, first_loadable  #
 
 __all__ = ["MAX_UPLOAD", "create_app", "launch"]
 QUEUE_SIZE = 32  # waiting requests beyond this are refused with a message instead of piling up
+TEST_PRESETS_ENV = "ARSTUDIO_SHOW_TEST_PRESETS"
 
 
-def create_app(preset: str | None = None, device=None, presets: list[str] | None = None) -> gr.Blocks:
+def offered_presets(show_test_presets: bool | None = None) -> list[str]:
+    """Every preset but the random-init ``test-*`` ones (noise to a user), unless asked for: by the
+    argument or, when it is None, by ``ARSTUDIO_SHOW_TEST_PRESETS=1``."""
+    if show_test_presets is None:
+        show_test_presets = os.environ.get(TEST_PRESETS_ENV, "") == "1"
+    return [name for name in arstudio.list_presets() if show_test_presets or not name.startswith("test-")]
+
+
+def create_app(preset: str | None = None, device=None, presets: list[str] | None = None,
+               show_test_presets: bool | None = None) -> gr.Blocks:  # fmt: skip
     """Build the studio. ``preset``: selected at start (loaded now, so the first request is quick);
-    ``presets``: those offered (default: all); ``device``: passed to ``arstudio.load_pipeline``."""
-    presets = list(presets or arstudio.list_presets())
+    ``presets``: those offered (default: all but the ``test-*`` ones, see ``offered_presets``; a test
+    preset asked for as ``preset`` is offered too); ``device``: passed to ``arstudio.load_pipeline``."""
+    if presets is None:
+        presets = offered_presets(show_test_presets)
+        presets += [preset] if preset and preset not in presets and preset in arstudio.list_presets() else []
+    presets = list(presets)
     preset = preset or (DEFAULT_PRESET if DEFAULT_PRESET in presets else presets[0])
     if preset not in presets:
         raise ValueError(f"preset {preset!r} is not among the offered presets {presets}")

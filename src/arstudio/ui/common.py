@@ -56,6 +56,52 @@ OUTPUT_ROOT = Path(tempfile.gettempdir()) / "arstudio-studio"
 OUTPUT_LIFETIME_S = 3600  # a long-running Space must not fill its disk with old downloads
 
 
+def error_status(err: BaseException) -> str:
+    """An error as a status line that stays on the page (a toast vanishes after a few seconds)."""
+    return f"**Error:** {describe_error(err).splitlines()[0]}"
+
+
+def status_errors(status):
+    """Like ``readable_errors`` for a generator handler with a ``status`` output: an error is first written
+    into ``status`` (so no earlier "4 image(s) in 1.2 s" stays beside it), then raised for the toast and
+    API clients."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        def stream(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except Exception as err:
+                yield {status: error_status(err)}
+                raise user_error(err) from None
+
+        return stream
+
+    return wrap
+
+
+def cannot_load(name: str, current: str, err: BaseException) -> str:
+    """The persistent notice for a preset that does not load: why, the fix (the loader's message names
+    where to put the files, or how to download them), and that the form stayed on ``current``."""
+    return f"**{name} cannot be loaded; the form stays on {current}.**\n\n{as_markdown(describe_error(err))}"
+
+
+def as_markdown(message: str) -> str:
+    """A loader's plain-text message as wrapped Markdown: "* " lines become list items and the indented
+    lines under one stay in it (a code block would run off the side of the page)."""
+    lines = []
+    for line in message.splitlines():
+        text = line.strip()
+        if text.startswith("* "):
+            lines.append(f"- {text[2:]}")
+        elif line.startswith(" ") and lines:
+            lines[-1] += "  "  # a hard line break inside the item
+            lines.append(f"  {text}")
+        else:
+            lines.append(f"\n{text}")
+    return "\n".join(lines)
+
+
 def readable_errors(handler):
     """Wrap a Gradio handler (plain or generator) so any error reaches the user as ``user_error``."""
     if inspect.isgeneratorfunction(handler):

@@ -15,7 +15,10 @@ from PIL import Image
 
 import arstudio
 from arstudio.data.control import CONTROL_TYPES, make_control
-from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
+from arstudio.ui.common import MODEL_QUEUE, PipelineCache, cannot_load, status_errors
+from arstudio.ui.controls import check_integer, check_number, parse_seed, random_seed, seed_box
+from arstudio.ui.image_tab import preview_sheet
+from arstudio.ui.streaming import Done, StopSwitches, generate_with_previews
 
 MAX_CONTROL_IMAGES = 8
 CANVAS = 256  # drawing canvas side in pixels; the map is reduced to the model's resolution
@@ -62,59 +65,94 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
                                  allow_custom_value=True)  # fmt: skip
         kind = gr.Radio(list(CONTROL_TYPES), value=CONTROL_TYPES[0], label="Control type")
     with gr.Row():
-        strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control strength")
-        guidance = gr.Slider(0.0, 10.0, value=start.defaults.get("guidance_scale", 1.0), step=0.1,
-                             label="Guidance scale (class)")  # fmt: skip
-        separate = gr.Checkbox(False, label="Separate control guidance")
-        control_guidance = gr.Slider(0.0, 10.0, value=3.0, step=0.1, label="Control guidance scale")
+        strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control strength (0-2)")
+        guidance = gr.Number(
+            start.defaults.get("guidance_scale", 1.0), step=0.1, label="Guidance scale (class)"
+        )
+        separate = gr.Checkbox(False, label="Separate control guidance", elem_id="control-separate")
+        # Used only with separate guidance: greyed out (not editable) until that is ticked.
+        control_guidance = gr.Number(3.0, step=0.1, label="Control guidance", interactive=False,
+                                     elem_id="control-guidance")  # fmt: skip
     with gr.Row():
-        seed = gr.Number(0, precision=0, minimum=0, label="Seed (image i uses seed + i)")
-        count = gr.Slider(1, MAX_CONTROL_IMAGES, value=4, step=1, label="Images")
-        from_photo = gr.Checkbox(False, label="The upload is a picture: extract the control from it")
+        seed = seed_box("Seed (image i uses seed + i)", elem_id="control-seed")
+        randomize = gr.Checkbox(False, label="Randomise seed")
+        num_images = gr.Number(4, precision=0, label=f"Images (1-{MAX_CONTROL_IMAGES})")
+    from_photo = gr.Checkbox(False, label="The upload is a picture: extract the control from it")
     with gr.Row():
         editor = gr.ImageEditor(
             value={"background": np.zeros((CANVAS, CANVAS, 3), np.uint8), "layers": [], "composite": None},
-            type="numpy", label="Control image: draw white on black, or upload", elem_id="control-editor",
+            type="numpy", label="Control map: draw or upload", elem_id="control-editor",
             brush=gr.Brush(colors=["#ffffff"], default_size=12, color_mode="fixed"),
         )  # fmt: skip
         used = gr.Image(label="Control map the model sees", type="numpy", interactive=False)
         gallery = gr.Gallery(label="Results", columns=2, format="png", elem_id="control-gallery")
-    generate = gr.Button("Generate with control", variant="primary", elem_id="control-generate")
-    status = gr.Markdown()
+    with gr.Row():
+        generate = gr.Button("Generate with control", variant="primary", elem_id="control-generate")
+        stop = gr.Button("Stop", variant="stop", elem_id="control-stop")
+    seed_used = gr.Textbox(
+        label="Seed used (image i: seed + i)", interactive=False, max_lines=1, elem_id="control-seed-used"
+    )
+    status = gr.Markdown(elem_id="control-status")
+    notice = gr.Markdown(visible=False, elem_id="control-preset-notice")
+    loaded = gr.State(offered[0])
 
-    @readable_errors
+    stops = StopSwitches()
+
+    @status_errors(status)
     def on_generate(name, label, kind_value, strength_value, guidance_value, separate_value, control_scale,
-                    seed_value, count_value, photo, editor_value):  # fmt: skip
+                    seed_value, randomise, count_value, photo, editor_value, session: gr.Request):  # fmt: skip
+        yield {status: "starting...", seed_used: ""}  # the last request's status must not outlive it
+        stop = stops.start(session.session_hash)
         pipe = cache.get(name)
         resolution = pipe.generator.config.control.resolution
         control = control_map(editor_value, kind_value, resolution, bool(photo))
-        first = int(seed_value or 0)
-        out = pipe(
+        count = check_integer(count_value, "images", 1, MAX_CONTROL_IMAGES)
+        first = random_seed(count) if randomise else parse_seed(seed_value, count)
+        kwargs = dict(
             prompt=[label],
-            num_images_per_prompt=int(count_value),
-            generator=[torch.Generator().manual_seed(first + i) for i in range(int(count_value))],
-            guidance_scale=float(guidance_value),
+            num_images_per_prompt=count,
+            generator=[torch.Generator().manual_seed(first + i) for i in range(count)],
+            guidance_scale=check_number(guidance_value, "guidance_scale", 0.0),
             control_image=control,
             control_type=kind_value,
-            control_strength=float(strength_value),
-            control_guidance_scale=float(control_scale) if separate_value else None,
+            control_strength=check_number(strength_value, "control strength", 0.0, 2.0),
+            control_guidance_scale=check_number(control_scale, "control guidance", 0.0) if separate_value else None,
         )  # fmt: skip
-        preview = np.repeat(np.repeat((control * 255).astype(np.uint8), 8, axis=0), 8, axis=1)
-        seconds = out.timings["total_s"]
-        return (
-            preview,
-            [(im, f"{label} · seed {first + i}") for i, im in enumerate(out.images)],
-            (
-                f"{len(out.images)} image(s) in {seconds:.2f} s · {kind_value} control at strength {strength_value}"
-            ),
-        )
+        shown = np.repeat(np.repeat((control * 255).astype(np.uint8), 8, axis=0), 8, axis=1)
+        for event in generate_with_previews(pipe, kwargs, stop=stop):
+            if isinstance(event, Done):
+                break
+            yield {used: shown, gallery: [preview_sheet(event.images)], seed_used: str(first),
+                   status: f"token {event.step} / {event.total}"}  # fmt: skip
+        out = event.output
+        yield {used: shown, seed_used: str(first),
+               gallery: [(im, f"{label} · seed {first + i}") for i, im in enumerate(out.images)],
+               status: f"{len(out.images)} image(s) in {out.timings['total_s']:.2f} s · {kind_value} control "
+               f"at strength {strength_value}"}  # fmt: skip
 
-    def on_preset(name):
+    def on_stop(session: gr.Request):
+        stops.stop(session.session_hash)
+        return {gallery: None, status: "**Stopped.** Nothing was saved; Generate starts again."}
+
+    def on_preset(name, current):
+        try:
+            cache.get(name)  # loaded now: a preset without weights says so here, not on Generate
+        except Exception as err:  # the form stays on the preset it had; the reason stays on screen
+            return {
+                preset: gr.update(value=current),
+                notice: gr.update(visible=True, value=cannot_load(name, current, err)),
+            }
         labels = list(arstudio.get_preset(name).class_names)
-        return gr.update(choices=labels, value=labels[0] if labels else None)
+        return {class_name: gr.update(choices=labels, value=labels[0] if labels else None), loaded: name,
+                notice: gr.update(visible=False)}  # fmt: skip
 
-    inputs = [preset, class_name, kind, strength, guidance, separate, control_guidance, seed, count, from_photo,
-              editor]  # fmt: skip
-    generate.click(on_generate, inputs, [used, gallery, status], api_name="control_generate",
-                   concurrency_id=MODEL_QUEUE)  # fmt: skip
-    preset.input(readable_errors(on_preset), preset, class_name, api_name=False)
+    inputs = [preset, class_name, kind, strength, guidance, separate, control_guidance, seed, randomize, num_images,
+              from_photo, editor]  # fmt: skip
+    event = generate.click(on_generate, inputs, [used, gallery, seed_used, status], api_name="control_generate",
+                           show_progress_on=[gallery],
+                           concurrency_id=MODEL_QUEUE)  # fmt: skip
+    stop.click(on_stop, None, [gallery, status], cancels=[event], api_name=False, queue=False)
+    separate.change(lambda on: gr.update(interactive=bool(on)), separate, control_guidance, api_name=False,
+                    show_progress="hidden")  # fmt: skip
+    preset.select(on_preset, [preset, loaded], [preset, class_name, loaded, notice], api_name=False,
+                 show_progress="hidden")  # fmt: skip

@@ -7,6 +7,7 @@ controls here with no UI change, and a preset shows only the strategies its pipe
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 
@@ -16,7 +17,8 @@ import torch
 from arstudio.decoding import DECODING_PARAMS
 from arstudio.ui.common import MAX_IMAGES, PipelineCache, is_text_preset
 
-SEED_LIMIT = 2**62  # per-image seeds are seed, seed + 1, ...; this keeps them in torch's range
+SEED_LIMIT = 2**63  # seeds are integers in [0, 2^63), as the CLI and the API draw them
+MAX_STEPS = 1000  # diffusion/flow steps per token
 
 
 @dataclass
@@ -26,13 +28,14 @@ class Controls:
     class_id: gr.Number
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
-    seed: gr.Number
+    seed: gr.Textbox
     randomize: gr.Checkbox
-    num_images: gr.Slider
-    guidance_scale: gr.Slider
-    temperature: gr.Slider
+    num_images: gr.Number
+    guidance_scale: gr.Number
+    temperature: gr.Number
     top_k: gr.Number
     top_p: gr.Slider
+    num_inference_steps: gr.Number
     decoding: gr.Dropdown
     knobs: dict = field(default_factory=dict)  # (strategy, param name) -> component
     knob_groups: dict = field(default_factory=dict)  # strategy -> gr.Group holding its knobs
@@ -55,31 +58,41 @@ def build_controls(presets: list[str], start) -> Controls:
     """Lay out the controls (inside the caller's ``gr.Blocks`` context), set up for pipeline ``start``.
 
     Dropdowns accept custom values because their choices change with the preset; ``build_request`` and
-    the pipeline check every value and say what is allowed.
+    the pipeline check every value and say what is allowed. Numbers a user types are plain number fields,
+    not sliders: a slider clamps 1000 images to 16 without a word, a field's value is checked and refused
+    with a message. The seed is a text field: the browser's numbers are doubles, exact only below 2^53.
     """
     text, names, defaults = is_text_preset(start), list(start.preset.class_names), start.preset.defaults
     with gr.Row():
-        preset_box = gr.Dropdown(presets, value=start.preset.name, label="Preset", scale=1)
-        class_name = gr.Dropdown(names, value=names[0] if names else None, label="Class", scale=2,
+        preset_box = gr.Dropdown(presets, value=start.preset.name, label="Preset", scale=1, elem_id="preset")
+        class_name = gr.Dropdown(names, value=names[0] if names else None, label="Class", scale=2, elem_id="class-name",
                                  visible=not text and bool(names), allow_custom_value=True)  # fmt: skip
         class_id = gr.Number(0, precision=0, label="Class id", visible=not text and not names, scale=2)
         prompt = gr.Textbox(
-            label="Prompt", visible=text, scale=3, placeholder="a large red circle at the top left"
+            label="Prompt",
+            visible=text,
+            scale=3,
+            placeholder="a large red circle at the top left",
+            elem_id="prompt",
         )
     negative_prompt = gr.Textbox(label="Negative prompt (optional)", visible=text)
     with gr.Row():
-        seed = gr.Number(0, precision=0, label="Seed (image i uses seed + i)", minimum=0)
-        randomize = gr.Checkbox(True, label="Randomise seed")
-        num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Images")
-        guidance_scale = gr.Slider(0.0, 10.0, value=defaults.get("guidance_scale", 1.0), step=0.1,
-                                   label="Guidance scale (1 = off)")  # fmt: skip
+        seed = seed_box("Seed (image i uses seed + i)", elem_id="seed")
+        randomize = gr.Checkbox(True, label="Randomise seed", elem_id="randomize")
+        num_images = gr.Number(4, precision=0, step=1, label=f"Images (1-{MAX_IMAGES})", elem_id="num-images")
+        guidance_scale = gr.Number(defaults.get("guidance_scale", 1.0), step=0.1, label="Guidance scale (1 = off)",
+                                   elem_id="guidance")  # fmt: skip
+    continuous = is_continuous_preset(start)
     with gr.Accordion("Advanced sampling and decoding", open=False):
         with gr.Row():
-            temperature = gr.Slider(
-                0.05, 2.0, value=defaults.get("temperature", 1.0), step=0.05, label="Temperature"
-            )
-            top_k = gr.Number(defaults.get("top_k", 0), precision=0, minimum=0, label="Top-k (0 = off)")
-            top_p = gr.Slider(0.01, 1.0, value=defaults.get("top_p", 1.0), step=0.01, label="Top-p (1 = off)")
+            temperature = gr.Number(defaults.get("temperature", 1.0), step=0.05, label="Temperature (> 0)")
+            top_k = gr.Number(defaults.get("top_k", 0), precision=0, minimum=0, label="Top-k (0 = off)",
+                              visible=not continuous)  # fmt: skip
+            top_p = gr.Slider(0.01, 1.0, value=defaults.get("top_p", 1.0), step=0.01, label="Top-p (1 = off)",
+                              visible=not continuous)  # fmt: skip
+            steps = gr.Number(defaults.get("num_inference_steps", 25), precision=0, step=1,
+                              label=f"Diffusion steps per token (1-{MAX_STEPS})", visible=has_steps(start),
+                              elem_id="num-steps")  # fmt: skip
         decoding = gr.Dropdown(list(start.decoding_strategies), value="ar", label="Decoding strategy",
                                allow_custom_value=True)  # fmt: skip
         knobs, groups = {}, {}
@@ -92,11 +105,51 @@ def build_controls(presets: list[str], start) -> Controls:
                     knobs[(strategy, p.name)] = gr.Number(p.default, minimum=p.low, maximum=p.high, step=step,
                                                           label=f"{strategy}: {p.name}", info=p.help)  # fmt: skip
     controls = Controls(preset_box, class_name, class_id, prompt, negative_prompt, seed, randomize, num_images,
-                        guidance_scale, temperature, top_k, top_p, decoding, knobs, groups)  # fmt: skip
+                        guidance_scale, temperature, top_k, top_p, steps, decoding, knobs, groups)  # fmt: skip
     decoding.change(
         lambda s: strategy_visibility(controls, s), decoding, list(groups.values()), api_name=False
     )
     return controls
+
+
+def seed_box(label: str, value: int = 0, **kwargs) -> gr.Textbox:
+    """A seed field: text, because a browser number field rounds integers above 2^53 (a 63-bit seed lost
+    its last digits); ``parse_seed`` checks it."""
+    return gr.Textbox(str(value), label=label, max_lines=1, **kwargs)
+
+
+def parse_seed(value, count: int = 1) -> int:
+    """The seed in a seed field: an integer in [0, 2^63 - count] (image i uses seed + i, each a valid seed)."""
+    high = SEED_LIMIT - count
+    text = str(value).strip() if value is not None else ""
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    if not text.isdigit() or int(text) > high:
+        raise ValueError(f"seed={text or value!r} is not allowed: use an integer in [0, {high}]")
+    return int(text)
+
+
+def random_seed(count: int = 1) -> int:
+    return secrets.randbelow(SEED_LIMIT - count + 1)
+
+
+def check_number(value, name: str, low: float, high: float = math.inf, low_open: bool = False) -> float:
+    """A finite number in [low, high] ((low, high] when ``low_open``), or a one-line error naming it."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and value <= high
+    ok = ok and (value > low if low_open else value >= low)
+    if not ok:
+        span = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+        raise ValueError(f"{name}={value!r} is not allowed: use a number in {span}".replace("inf]", "inf)"))
+    return float(value)
+
+
+def is_continuous_preset(pipe) -> bool:
+    """Vector tokens from a diffusion/flow head: no logits, so top-k and top-p mean nothing there."""
+    return pipe.tokenizer.kind == "continuous"
+
+
+def has_steps(pipe) -> bool:
+    return "num_inference_steps" in pipe.preset.defaults
 
 
 def strategy_visibility(controls: Controls, strategy: str) -> dict:
@@ -119,15 +172,19 @@ def preset_updates(controls: Controls, pipe) -> dict:
         controls.negative_prompt: gr.update(visible=text),
         controls.guidance_scale: gr.update(value=defaults.get("guidance_scale", 1.0)),
         controls.temperature: gr.update(value=defaults.get("temperature", 1.0)),
-        controls.top_k: gr.update(value=defaults.get("top_k", 0)),
-        controls.top_p: gr.update(value=defaults.get("top_p", 1.0)),
+        controls.top_k: gr.update(value=defaults.get("top_k", 0), visible=not is_continuous_preset(pipe)),
+        controls.top_p: gr.update(value=defaults.get("top_p", 1.0), visible=not is_continuous_preset(pipe)),
+        controls.num_inference_steps: gr.update(
+            value=defaults.get("num_inference_steps", 25), visible=has_steps(pipe)
+        ),  # fmt: skip
         controls.decoding: gr.update(choices=list(pipe.decoding_strategies), value="ar"),
         **strategy_visibility(controls, "ar"),
     }
 
 
-def _integer(value, name: str, low: int, high: int) -> int:
-    if value is None or value != int(value) or not low <= value <= high:
+def check_integer(value, name: str, low: int, high: int) -> int:
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    if not finite or value != int(value) or not low <= value <= high:
         raise ValueError(f"{name}={value!r} is not allowed: use an integer in [{low}, {high}]")
     return int(value)
 
@@ -146,8 +203,16 @@ def build_request(
     """Validate the control values and build the pipeline call. ``decoding`` overrides the chosen strategy."""
     v = {name: values[c] for name, c in vars(controls).items() if name not in ("knobs", "knob_groups")}
     pipe = cache.get(v["preset"])
-    kwargs = {"guidance_scale": float(v["guidance_scale"]), "temperature": float(v["temperature"]),
-              "top_k": _integer(v["top_k"], "top_k", 0, 1_000_000), "top_p": float(v["top_p"])}  # fmt: skip
+    count = check_integer(v["num_images"], "images", 1, MAX_IMAGES)
+    kwargs = {"guidance_scale": check_number(v["guidance_scale"], "guidance_scale", 0.0),
+              "temperature": check_number(v["temperature"], "temperature", 0.0, low_open=True)}  # fmt: skip
+    if not is_continuous_preset(pipe):
+        kwargs.update(top_k=check_integer(v["top_k"], "top_k", 0, 1_000_000),
+                      top_p=check_number(v["top_p"], "top_p", 0.0, 1.0, low_open=True))  # fmt: skip
+    if has_steps(pipe):
+        kwargs["num_inference_steps"] = check_integer(
+            v["num_inference_steps"], "diffusion steps", 1, MAX_STEPS
+        )
     if is_text_preset(pipe):
         if not (v["prompt"] or "").strip():
             raise ValueError("write a prompt first, e.g. 'a large red circle at the top left'")
@@ -159,14 +224,9 @@ def build_request(
         kwargs["prompt"] = v["class_name"]
     else:
         kwargs["class_labels"] = [
-            _integer(v["class_id"], "class id", 0, pipe.generator.config.num_classes - 1)
+            check_integer(v["class_id"], "class id", 0, pipe.generator.config.num_classes - 1)
         ]
-    count = _integer(v["num_images"], "images", 1, MAX_IMAGES)
-    seed = (
-        secrets.randbelow(2**31)
-        if v["randomize"]
-        else _integer(v["seed"], "seed", 0, SEED_LIMIT - MAX_IMAGES)
-    )
+    seed = random_seed(count) if v["randomize"] else parse_seed(v["seed"], count)
     strategy = decoding or v["decoding"]
     if strategy not in pipe.decoding_strategies:
         raise ValueError(f"decoding={strategy!r} is not available for {v['preset']}; "
@@ -195,12 +255,12 @@ def recipe_updates(controls: Controls, pipe, meta: dict) -> dict:
     elif "class_label" in meta:
         updates[controls.class_id] = gr.update(visible=True, value=meta["class_label"])
     first, count = batch_of(meta)
-    updates[controls.seed] = gr.update(value=first)
+    updates[controls.seed] = gr.update(value=str(first))
     updates[controls.randomize] = gr.update(value=False)
     updates[controls.num_images] = gr.update(value=count)
-    for key in ("guidance_scale", "temperature", "top_k", "top_p"):
-        if key in meta:
-            updates[getattr(controls, key)] = gr.update(value=meta[key])
+    for key in ("guidance_scale", "temperature", "top_k", "top_p", "num_inference_steps"):
+        if key in meta and (key != "num_inference_steps" or has_steps(pipe)):  # dd's steps are its knob
+            updates[getattr(controls, key)]["value"] = meta[key]  # keeps the preset's visibility
     strategy = meta.get("decoding", "ar")
     updates[controls.decoding] = gr.update(choices=list(pipe.decoding_strategies), value=strategy)
     updates.update(strategy_visibility(controls, strategy))

@@ -68,6 +68,16 @@ def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, p
     return items, pd.DataFrame(rows, columns=COLUMNS)
 
 
+def chart_updates(frame: pd.DataFrame) -> tuple[dict, dict]:
+    """The speed and quality charts of a comparison: bars from zero, strategies in the table's order (AR
+    first, as ``pipe.decoding_strategies`` lists them), not sorted alphabetically."""
+    order = list(frame["strategy"])
+    top = float(frame["seconds"].max()) * 1.15 or 1.0
+    judged = bool(frame["verifier_accuracy"].notna().all())
+    return (gr.update(value=frame, y_lim=[0, top], sort=order),
+            gr.update(value=frame, visible=judged, y_lim=[0, 1], sort=order))  # fmt: skip
+
+
 def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
     gr.Markdown("Runs the **Image** tab's request (preset, condition, seed, sampling, knobs) with plain AR and "
                 "every accelerated strategy this preset supports, on the same seeds. One-shot distilled "
@@ -86,10 +96,7 @@ def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
     @readable_errors
     def on_run(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
         items, frame = compare_strategies(cache, controls, values, progress)
-        top = float(frame["seconds"].max()) * 1.15 or 1.0
-        judged = frame["verifier_accuracy"].notna().all()
-        return (items, frame, gr.update(value=frame, y_lim=[0, top]),  # bars start at zero
-                gr.update(value=frame, visible=bool(judged), y_lim=[0, 1]))  # fmt: skip
+        return (items, frame, *chart_updates(frame))
 
     run.click(
         on_run,

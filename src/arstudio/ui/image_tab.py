@@ -9,7 +9,15 @@ import gradio as gr
 import numpy as np
 
 from arstudio.export import make_grid, png_bytes, read_png_metadata
-from arstudio.ui.common import MODEL_QUEUE, PipelineCache, output_dir, readable_errors
+from arstudio.ui.common import (
+    MODEL_QUEUE,
+    PipelineCache,
+    cannot_load,
+    is_text_preset,
+    output_dir,
+    readable_errors,
+    status_errors,
+)
 from arstudio.ui.controls import (
     Controls,
     batch_of,
@@ -18,7 +26,8 @@ from arstudio.ui.controls import (
     preset_updates,
     recipe_updates,
 )
-from arstudio.ui.streaming import Done, generate_with_previews
+from arstudio.ui.prompt_words import unknown_prompt_warning
+from arstudio.ui.streaming import Done, StopSwitches, generate_with_previews
 
 MAX_RECIPE_BYTES = 20 * 2**20
 
@@ -71,37 +80,62 @@ def caption(meta: dict) -> str:
 
 def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Controls:
     controls = build_controls(presets, cache.get(preset))
+    # Where a preset that cannot load says why (and how to fix it) until another preset is picked.
+    notice = gr.Markdown(visible=False, elem_id="preset-notice")
+    loaded = gr.State(preset)  # the preset the form is set up for, restored when a pick fails to load
     with gr.Row():
         generate = gr.Button("Generate", variant="primary", elem_id="generate")
         stop = gr.Button("Stop", variant="stop", elem_id="stop")
     gallery = gr.Gallery(label="Images", columns=4, height="auto", elem_id="gallery", format="png")
     with gr.Row():
-        seed_used = gr.Number(label="Seed used (image i: seed + i)", precision=0, interactive=False)
+        seed_used = gr.Textbox(
+            label="Seed used (image i: seed + i)", interactive=False, max_lines=1, elem_id="seed-used"
+        )
         status = gr.Markdown(elem_id="status")
     files = gr.File(label="PNGs with their recipe", file_count="multiple", interactive=False)
     recipe = gr.File(label="Load recipe from image: drop a PNG made by arstudio", file_types=[".png"],
                      elem_id="recipe")  # fmt: skip
 
-    @readable_errors
-    def on_generate(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom
+    stops = StopSwitches()
+
+    @status_errors(status)
+    def on_generate(values: dict, session: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        yield {status: "starting...", files: None, seed_used: ""}  # the last request's must not outlive it
+        stop = stops.start(session.session_hash)
         request = build_request(cache, controls, values)
-        for event in generate_with_previews(request.pipe, request.kwargs):
+        warning = None
+        if is_text_preset(request.pipe):
+            warning = unknown_prompt_warning(request.pipe, request.kwargs["prompt"])
+        if warning:
+            gr.Warning(warning)
+        note = f" · warning: {warning}" if warning else ""
+        for event in generate_with_previews(request.pipe, request.kwargs, stop=stop):
             if isinstance(event, Done):
                 break
             progress((event.step, event.total), desc="tokens")
-            yield {gallery: [preview_sheet(event.images)], seed_used: request.seed,
-                   status: f"token {event.step} / {event.total}"}  # fmt: skip
+            yield {gallery: [preview_sheet(event.images)], seed_used: str(request.seed),
+                   status: f"token {event.step} / {event.total}{note}"}  # fmt: skip
         output = event.output
         paths = save_outputs(output, request.knobs)
         seconds, forwards = output.timings["total_s"], output.stats.get("forwards")
         yield {gallery: [(str(p), caption(m)) for p, m in zip(paths, output.metadata, strict=True)],
-               seed_used: request.seed, files: [str(p) for p in paths],
+               seed_used: str(request.seed), files: [str(p) for p in paths],
                status: f"{len(paths)} image(s) in {seconds:.2f} s · {forwards} forwards · "
-               f"{request.kwargs['decoding']}"}  # fmt: skip
+               f"{request.kwargs['decoding']}{note}"}  # fmt: skip
 
-    @readable_errors
-    def on_preset(name: str):
-        return preset_updates(controls, cache.get(name))
+    def on_stop(session: gr.Request):
+        stops.stop(session.session_hash)  # the pipeline stops after its current token
+        # The request is cancelled with its half-drawn previews: clear them and say what happened.
+        return {gallery: None, files: None,
+                status: "**Stopped.** Nothing was saved; Generate starts again."}  # fmt: skip
+
+    def on_preset(name: str, current: str):
+        try:
+            pipe = cache.get(name)
+        except Exception as err:  # the form stays usable on the preset it had; the reason stays on screen
+            return {controls.preset: gr.update(value=current), loaded: current,
+                    notice: gr.update(visible=True, value=cannot_load(name, current, err))}  # fmt: skip
+        return {**preset_updates(controls, pipe), loaded: name, notice: gr.update(visible=False, value="")}
 
     @readable_errors
     def on_recipe(path):
@@ -109,11 +143,15 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
         updates = recipe_updates(controls, cache.get(meta["preset"]), meta)
         first, count = batch_of(meta)
         note = f" (made in a batch of {count} from seed {first}: restored whole)" if count > 1 else ""
-        return {**updates, status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}"}
+        return {**updates, loaded: meta["preset"], notice: gr.update(visible=False),
+                status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}"}  # fmt: skip
 
     event = generate.click(on_generate, controls.inputs(), [gallery, seed_used, status, files],
-                           api_name="generate", concurrency_id=MODEL_QUEUE)  # fmt: skip
-    stop.click(None, None, None, cancels=[event])
-    controls.preset.input(on_preset, controls.preset, controls.updatable(), api_name="preset")
-    recipe.upload(on_recipe, recipe, [*controls.updatable(), status], api_name="load_recipe")
+                           api_name="generate", concurrency_id=MODEL_QUEUE, show_progress_on=[gallery])  # fmt: skip
+    stop.click(on_stop, None, [gallery, status, files], cancels=[event], api_name=False, queue=False)
+    # .select, not .input: .input fired twice per pick (on the option and on blur), and the second answer
+    # could reset a field the user had already changed.
+    controls.preset.select(on_preset, [controls.preset, loaded], [*controls.updatable(), loaded, notice],
+                          api_name="preset", show_progress="hidden")  # fmt: skip
+    recipe.upload(on_recipe, recipe, [*controls.updatable(), loaded, notice, status], api_name="load_recipe")
     return controls

@@ -1,5 +1,7 @@
 """The Tokenizer lab: an uploaded or built-in picture through each preset's tokenizer: reconstruction,
-PSNR, the token grid (ids as colours) and how much of the codebook the picture uses."""
+PSNR, the token grid as colours and the numbers that fit the tokenizer's kind (codebook usage for VQ,
+levels used per dimension for a bridge, latent statistics for KL). Each preset runs on its own: one that
+fails gets its message in its row and never hides the others' results."""
 
 from __future__ import annotations
 
@@ -8,9 +10,16 @@ import numpy as np
 import pandas as pd
 
 import arstudio
+from arstudio.reconstruction import load_image
+from arstudio.render import describe_error
 from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
 
-COLUMNS = ["preset", "resolution", "token grid", "codebook", "PSNR dB", "codes used", "codebook usage %"]
+COLUMNS = ["preset", "tokenizer", "resolution", "token grid", "PSNR dB", "tokens (or why the preset failed)"]
+KIND_NAMES = {
+    "discrete": "VQ (codebook)",
+    "continuous": "KL (continuous latents)",
+    "bridge": "bridge (levels)",
+}
 
 
 def sample_pictures(side: int = 96) -> dict[str, np.ndarray]:
@@ -31,26 +40,59 @@ def token_grid_image(ids: np.ndarray, codebook_size: int, side: int) -> np.ndarr
     """Token ids as colours (a fixed hue per id), scaled up to ``side`` pixels: repeated codes are visible."""
     rng = np.random.default_rng(0)
     palette = rng.integers(0, 256, size=(codebook_size, 3), dtype=np.uint8)
-    scale = max(1, side // ids.shape[0])
-    return palette[ids].repeat(scale, axis=0).repeat(scale, axis=1)
+    return _enlarge(palette[ids], side)
+
+
+def latent_grid_image(tokens: np.ndarray, side: int) -> np.ndarray:
+    """Vector tokens (h, w, d) (latents or level ids) as colours: their first three principal components as
+    RGB, so tokens alike look alike."""
+    flat = tokens.reshape(-1, tokens.shape[-1]).astype(np.float64)  # (h*w, d)
+    flat = flat - flat.mean(axis=0)
+    _, _, axes = np.linalg.svd(flat, full_matrices=False)
+    rgb = flat @ axes[:3].T  # (h*w, <=3)
+    rgb = np.pad(rgb, ((0, 0), (0, 3 - rgb.shape[1])))
+    span = np.ptp(rgb, axis=0)
+    rgb = (rgb - rgb.min(axis=0)) / np.where(span > 0, span, 1.0)
+    return _enlarge((rgb * 255).astype(np.uint8).reshape(*tokens.shape[:2], 3), side)
+
+
+def _enlarge(grid: np.ndarray, side: int) -> np.ndarray:
+    scale = max(1, side // grid.shape[0])
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def lab_row(cache: PipelineCache, name: str, source) -> tuple[list, list]:
+    """(gallery items, table row) of one preset's tokenizer on the picture."""
+    r = arstudio.reconstruct(cache.get(name).tokenizer, source)
+    side, grid = r.original.shape[0], f"{r.ids.shape[0]}x{r.ids.shape[1]}"
+    picture = (
+        token_grid_image(r.ids, r.codebook_size, side)
+        if r.kind == "discrete"
+        else latent_grid_image(r.ids, side)
+    )
+    items = [(r.original, f"{name}: input {side}px"), (r.reconstruction, f"{name}: reconstruction"),
+             (picture, f"{name}: tokens {grid}")]  # fmt: skip
+    tokens = " · ".join(f"{key} {value}" for key, value in r.summary().items())
+    return items, [name, KIND_NAMES.get(r.kind, r.kind), side, grid, round(r.psnr, 2), tokens]
 
 
 def run_lab(cache: PipelineCache, presets: list[str], picture: str | None, upload: str | None):
-    """Gallery items and a table for the picture (the upload wins over the built-in choice)."""
+    """Gallery items and a table for the picture (the upload wins over the built-in choice). A preset that
+    fails (weights missing, a tokenizer it cannot run) gets a row with the reason; the others still show."""
     if not presets:
         raise ValueError("tick at least one preset whose tokenizer to try")
     source = upload if upload else sample_pictures().get(picture)
     if source is None:
         raise ValueError("pick a built-in picture or upload one")
+    load_image(source)  # a bad upload is the user's one error, not one per preset
     items, rows = [], []
     for name in presets:
-        tokenizer = cache.get(name).tokenizer
-        r = arstudio.reconstruct(tokenizer, source)
-        side = r.original.shape[0]
-        items += [(r.original, f"{name}: input {side}px"), (r.reconstruction, f"{name}: reconstruction"),
-                  (token_grid_image(r.ids, r.codebook_size, side), f"{name}: tokens {r.ids.shape[0]}x{r.ids.shape[1]}")]  # fmt: skip
-        rows.append([name, side, f"{r.ids.shape[0]}x{r.ids.shape[1]}", r.codebook_size, round(r.psnr, 2),
-                     len(np.unique(r.ids)), round(100 * r.codebook_usage, 2)])  # fmt: skip
+        try:
+            found, row = lab_row(cache, name, source)
+        except Exception as err:  # reported in the row: the other presets' results stay on screen
+            found, row = [], [name, "", None, "", None, f"error: {describe_error(err).splitlines()[0]}"]
+        items += found
+        rows.append(row)
     return items, pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -68,7 +110,9 @@ def build_tokenizer_lab(cache: PipelineCache, presets: list[str], preset: str) -
         format="png",
         elem_id="tokenizer-gallery",
     )
-    table = gr.Dataframe(headers=COLUMNS, label="Per tokenizer", interactive=False)
+    table = gr.Dataframe(
+        headers=COLUMNS, label="Per tokenizer", interactive=False, wrap=True, elem_id="tokenizer-table"
+    )
 
     @readable_errors
     def on_run(names, picture_name, upload_path):
