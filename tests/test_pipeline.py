@@ -76,10 +76,50 @@ def test_bad_input(pipe, kwargs, message):
         pipe(**kwargs)
 
 
-def test_callback_streams_tokens(pipe):
+def test_callback_on_step_end_has_diffusers_contract_and_interrupt_stops(pipe):
+    seen = []
+
+    def on_step(p, step, timestep, kwargs):
+        seen.append((step, timestep, tuple(kwargs["tokens"].shape), p.num_timesteps))
+        p.interrupt = timestep == 9  # stop after the tenth token
+        return kwargs
+
+    out = pipe(class_labels=[0, 1], generator=torch.Generator().manual_seed(0), callback_on_step_end=on_step,
+               callback_on_step_end_tensor_inputs=["tokens"])  # fmt: skip
+    assert seen == [(i, i, (2, i + 1), 16) for i in range(10)]
+    assert out.images == [] and out.tokens.shape == (2, 10)
+    # the next call starts uninterrupted; a returned tensor replaces the tokens so far
+    full = pipe(class_labels=[0], generator=[torch.Generator().manual_seed(3)], output_type="np")
+
+    def zero_last(p, step, timestep, kwargs):
+        kwargs["tokens"][:, -1] = 0
+        return {"tokens": kwargs["tokens"].clone()}
+
+    zeroed = pipe(class_labels=[0], generator=[torch.Generator().manual_seed(3)], output_type="np",
+                  callback_on_step_end=zero_last)  # fmt: skip
+    assert (zeroed.tokens == 0).all() and not (full.tokens == 0).all()
+
+
+def test_old_callbacks_are_refused_or_deprecated(pipe):
     steps = []
-    pipe(class_labels=[0], generator=torch.Generator().manual_seed(0),
-         callback_on_step_end=lambda step, total, tokens: steps.append(step))  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"takes \(step, total, tokens\); it must be fn\(pipe, step, timestep"
+    ):
+        pipe(class_labels=[0], callback_on_step_end=lambda step, total, tokens: steps.append(step))
+    assert steps == []  # refused before the loop
+    with pytest.raises(
+        ValueError, match=r"tensor_inputs has \['latents'\]; this pipeline offers \['tokens'\]"
+    ):
+        pipe(
+            class_labels=[0],
+            callback_on_step_end=lambda *a: {},
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+    with pytest.raises(ValueError, match="returned NoneType; it must return a dict"):
+        pipe(class_labels=[0], callback_on_step_end=lambda p, step, t, kw: None)
+    with pytest.warns(DeprecationWarning, match="callback=fn"):
+        pipe(class_labels=[0], generator=torch.Generator().manual_seed(0),
+             callback=lambda step, total, tokens: steps.append(step))  # fmt: skip
     assert steps == list(range(16))
 
 
