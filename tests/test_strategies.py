@@ -50,9 +50,15 @@ def test_each_sampling_setting_is_applied_or_refused(pipes, setting):
     for name, strategy in _cases(pipes):
         pipe = pipes[name]
 
-        def run(**sampling):
-            return pipe(class_labels=[0, 1, 2, 3], decoding=strategy, generator=torch.Generator().manual_seed(5),
-                        output_type="np", **VISIBLE.get(strategy, {}), **sampling)  # fmt: skip
+        def run(pipe=pipe, strategy=strategy, **sampling):
+            return pipe(
+                class_labels=[0, 1, 2, 3],
+                decoding=strategy,
+                generator=torch.Generator().manual_seed(5),
+                output_type="np",
+                **VISIBLE.get(strategy, {}),
+                **sampling,
+            )
 
         # cfg_interval only shows when guidance is on: probe it under strong guidance
         context = {} if setting == "guidance_scale" else {"guidance_scale": PROBES["guidance_scale"]}
