@@ -21,10 +21,10 @@ from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
 from arstudio.pipelines.image import SUPPORTED_DTYPES, ImagePipeline
 from arstudio.pipelines.video import VideoPipeline
 from arstudio.presets import WEIGHTS_ROOT, Preset, get_preset
+from arstudio.seeding import seeded
 from arstudio.tokenizers.bridge import BridgeConfig, BridgeTokenizer
 from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 from arstudio.tokenizers.vq import VQTokenizer
-from arstudio.training.common import seeded
 
 
 def default_device() -> torch.device:
