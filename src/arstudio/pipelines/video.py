@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from arstudio.decoding.continuous import check_num_inference_steps
 from arstudio.decoding.logits import check_sampling_params
@@ -118,10 +119,9 @@ class VideoPipeline(ImagePipeline):
 
     def decode_frames(self, latents: torch.Tensor) -> np.ndarray:
         """(B, T, N, d) latents -> uint8 (B, T, H, W, 3)."""
-        b, t, n, d = latents.shape
-        g = self.tokenizer.grid_size
-        pixels = self.tokenizer.decode(latents.reshape(b * t, g, g, d).to(self.dtype)).float()
-        return tensor_to_images(pixels).reshape(b, t, *pixels.shape[2:], 3)
+        frames = rearrange(latents, "b t (gh gw) d -> (b t) gh gw d", gh=self.tokenizer.grid_size)
+        pixels = tensor_to_images(self.tokenizer.decode(frames.to(self.dtype)).float())
+        return rearrange(pixels, "(b t) h w c -> b t h w c", b=latents.shape[0])
 
     def preview(self, latents_so_far: torch.Tensor) -> list:
         """The newest frame of each video (B, T, N, d) as PIL images: the studio's per-frame progress."""
@@ -297,8 +297,7 @@ class VideoPipeline(ImagePipeline):
         t2 = time.perf_counter()
         timings = {"sampling_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0,
                    "frames_per_s": result.tokens.shape[1] * len(seeds) / (t2 - t0)}  # fmt: skip
-        g = self.tokenizer.grid_size
-        latents = result.tokens.reshape(len(seeds), -1, g, g, result.tokens.shape[-1])
+        latents = rearrange(result.tokens, "b t (gh gw) d -> b t gh gw d", gh=self.tokenizer.grid_size)
         out = VideoOutput(frames, latents, seeds, timings, result.stats,
                           self.describe(plan, conditions, seeds, result, context))  # fmt: skip
         return out if return_dict else out.to_tuple()
