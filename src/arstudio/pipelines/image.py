@@ -75,7 +75,43 @@ class Plan:
 
 class ImagePipeline:
     """Class presets take ``class_labels`` (ids) or ``prompt`` (class names such as "red circle");
-    text presets take ``prompt`` (free text) and optionally ``negative_prompt``."""
+    text presets take ``prompt`` (free text) and optionally ``negative_prompt``.
+
+    Call arguments (``pipe(...)``):
+        prompt: text for text presets; class names of the preset (e.g. "red circle") for class presets.
+        class_labels: class ids instead of names (class presets).
+        num_images_per_prompt: images per prompt/label; they get consecutive places in the output.
+        generator: one torch.Generator (per-image seeds are drawn from it), a list with one per image,
+            or None (fresh random seeds, reported in ``.seeds``).
+        guidance_scale, temperature, top_k, top_p: sampling; None takes the preset's default.
+        cfg_interval: guide only tokens whose index / N lies in [lo, hi); None guides every token.
+            A setting the strategy cannot apply (top-k/p on a diffusion head, any change to one-shot
+            distilled decoding) is refused, never ignored.
+        decoding: strategy name, one of ``self.decoding_strategies``.
+        output_type: "pil" or "np" (uint8 H x W x 3 arrays).
+        return_dict: False returns ``ImageOutput.to_tuple()`` (images first), as diffusers does.
+        callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` (diffusers' contract,
+            see ``arstudio.pipelines.callbacks``); set ``pipe.interrupt = True`` in it to stop early.
+        callback_on_step_end_tensor_inputs: names in ``callback_kwargs``: ``self.callback_tensor_inputs``.
+        negative_prompt: text presets only: what guidance steers away from (one, or one per prompt);
+            None uses the learned null condition. Needs guidance_scale != 1 to have an effect.
+        num_inference_steps: sampling steps of a diffusion/flow head per token (None: the preset's
+            default); with decoding "dd1"/"dd2" the DD model's forwards (1 or 2, default 1); other
+            heads have no such steps and refuse it.
+        latents: dd1/dd1_hybrid/dd2: the (images, tokens, codebook dims) noise to map, instead of drawing
+            it from each image's generator.
+        control_image: control presets: a one-channel map at the tokenizer's resolution (uint8/bool/float
+            array (H, W), PIL "L"), one for all images or a list with one per prompt/label; see
+            ``arstudio.data.control`` (``make_control`` computes one from an RGB image).
+        control_type: one of the model's control types (e.g. "edges", "mask"); default the first.
+        control_strength: scales the control tokens, in [0, 2]: null + s * (control - null).
+        control_guidance_scale: guidance over the control on its own scale (three CFG streams); None
+            guides class/text and control jointly with ``guidance_scale``.
+        callback: deprecated: ``fn(step, num_steps, tokens_so_far)``, False stops early.
+        noise: deprecated name of ``latents``.
+        **decoding_knobs: the strategy's knobs (``arstudio.decoding.DECODING_PARAMS``), e.g. draft_tokens,
+            lantern_k, lantern_delta, lantern_lambda, cspd_inner_temperature, dd_hybrid_start.
+    """
 
     # Builds a pipeline from (preset name, weights folder, device, dtype): pipelines/loading.py sets it, as it
     # imports this module (which therefore cannot import it). ``from_pretrained`` and video keyframes use it.
@@ -323,43 +359,7 @@ class ImagePipeline:
         noise: torch.Tensor | None = None,
         **decoding_knobs,
     ) -> ImageOutput | tuple:
-        """Generate images.
-
-        Args:
-            prompt: text for text presets; class names of the preset (e.g. "red circle") for class presets.
-            class_labels: class ids instead of names (class presets).
-            num_images_per_prompt: images per prompt/label; they get consecutive places in the output.
-            generator: one torch.Generator (per-image seeds are drawn from it), a list with one per image,
-                or None (fresh random seeds, reported in ``.seeds``).
-            guidance_scale, temperature, top_k, top_p: sampling; None takes the preset's default.
-            cfg_interval: guide only tokens whose index / N lies in [lo, hi); None guides every token.
-                A setting the strategy cannot apply (top-k/p on a diffusion head, any change to one-shot
-                distilled decoding) is refused, never ignored.
-            decoding: strategy name, one of ``self.decoding_strategies``.
-            output_type: "pil" or "np" (uint8 H x W x 3 arrays).
-            return_dict: False returns ``ImageOutput.to_tuple()`` (images first), as diffusers does.
-            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` (diffusers' contract,
-                see ``arstudio.pipelines.callbacks``); set ``pipe.interrupt = True`` in it to stop early.
-            callback_on_step_end_tensor_inputs: names in ``callback_kwargs``: ``self.callback_tensor_inputs``.
-            negative_prompt: text presets only: what guidance steers away from (one, or one per prompt);
-                None uses the learned null condition. Needs guidance_scale != 1 to have an effect.
-            num_inference_steps: sampling steps of a diffusion/flow head per token (None: the preset's
-                default); with decoding "dd1"/"dd2" the DD model's forwards (1 or 2, default 1); other
-                heads have no such steps and refuse it.
-            latents: dd1/dd1_hybrid/dd2: the (images, tokens, codebook dims) noise to map, instead of drawing
-                it from each image's generator.
-            control_image: control presets: a one-channel map at the tokenizer's resolution (uint8/bool/float
-                array (H, W), PIL "L"), one for all images or a list with one per prompt/label; see
-                ``arstudio.data.control`` (``make_control`` computes one from an RGB image).
-            control_type: one of the model's control types (e.g. "edges", "mask"); default the first.
-            control_strength: scales the control tokens, in [0, 2]: null + s * (control - null).
-            control_guidance_scale: guidance over the control on its own scale (three CFG streams); None
-                guides class/text and control jointly with ``guidance_scale``.
-            callback: deprecated: ``fn(step, num_steps, tokens_so_far)``, False stops early.
-            noise: deprecated name of ``latents``.
-            **decoding_knobs: the strategy's knobs (``arstudio.decoding.DECODING_PARAMS``), e.g. draft_tokens,
-                lantern_k, lantern_delta, lantern_lambda, cspd_inner_temperature, dd_hybrid_start.
-        """
+        """Generate images; the arguments are in the class docstring."""
         t0 = time.perf_counter()
         sampling = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p,
                     "cfg_interval": cfg_interval}  # fmt: skip

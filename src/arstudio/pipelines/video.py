@@ -76,7 +76,27 @@ class VideoPlan:
 class VideoPipeline(ImagePipeline):
     """``pipe(class_labels=[3], num_frames=16)`` or ``pipe(prompt="red circle")``; ``context_frames`` (uint8
     (C, H, W, 3) for every video, (B, C, H, W, 3) one clip each, a list of frames, or an mp4/gif path) are
-    kept as the first C frames and the rest is predicted."""
+    kept as the first C frames and the rest is predicted.
+
+    Call arguments (``pipe(...)``):
+        prompt / class_labels: class names or ids, as for class-to-image presets.
+        num_frames: frames per video, 1..``max_frames`` (the model trained on ``train_frames``; longer
+            clips extrapolate, where ``temporal_decay`` helps).
+        context_frames: given first frames (see above); they must be fewer than num_frames.
+        generator: one torch.Generator, one per video, or None (fresh seeds, in ``.seeds``).
+        guidance_scale, temperature, num_inference_steps: CFG on the velocity, initial-noise scale,
+            Euler steps per frame; None takes the preset's defaults.
+        temporal_decay: FlexRoPE-style test-time decay (attention bias -decay x frame distance); 0 is off.
+        short_frames: frames kept at full resolution as context (None: the model's; 0: never compress).
+        use_cache: the frame KV cache; False recomputes the context every step (speed baseline).
+        return_dict: False returns ``VideoOutput.to_tuple()`` (frames first).
+        callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each frame
+            (timestep: the frame; callback_kwargs["latents"]: (B, frame + 1, N, d)); set
+            ``pipe.interrupt = True`` to stop early. ``callback=`` takes the deprecated
+            ``fn(frame, num_frames, latents_so_far)``.
+        first_frame: who draws frame 0 when no context is given: "video" or "image" (the keyframe image
+            preset, see the module docstring); None takes the preset's default.
+    """
 
     _keyframe: ImagePipeline | None = None  # the keyframe image pipeline, loaded on first use
     # Preset name -> image pipeline, asked before loading one: the studio sets its pipeline cache here, so a
@@ -263,27 +283,7 @@ class VideoPipeline(ImagePipeline):
         first_frame: str | None = None,
         callback=None,
     ) -> VideoOutput | tuple:
-        """Generate videos.
-
-        Args:
-            prompt / class_labels: class names or ids, as for class-to-image presets.
-            num_frames: frames per video, 1..``max_frames`` (the model trained on ``train_frames``; longer
-                clips extrapolate, where ``temporal_decay`` helps).
-            context_frames: given first frames (see the class docstring); they must be fewer than num_frames.
-            generator: one torch.Generator, one per video, or None (fresh seeds, in ``.seeds``).
-            guidance_scale, temperature, num_inference_steps: CFG on the velocity, initial-noise scale,
-                Euler steps per frame; None takes the preset's defaults.
-            temporal_decay: FlexRoPE-style test-time decay (attention bias -decay x frame distance); 0 is off.
-            short_frames: frames kept at full resolution as context (None: the model's; 0: never compress).
-            use_cache: the frame KV cache; False recomputes the context every step (speed baseline).
-            return_dict: False returns ``VideoOutput.to_tuple()`` (frames first).
-            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each frame
-                (timestep: the frame; callback_kwargs["latents"]: (B, frame + 1, N, d)); set
-                ``pipe.interrupt = True`` to stop early. ``callback=`` takes the deprecated
-                ``fn(frame, num_frames, latents_so_far)``.
-            first_frame: who draws frame 0 when no context is given: "video" or "image" (the keyframe image
-                preset, see the module docstring); None takes the preset's default.
-        """
+        """Generate videos; the arguments are in the class docstring."""
         t0 = time.perf_counter()
         plan = self.check_inputs(num_frames, guidance_scale, temperature, num_inference_steps, temporal_decay,
                                  short_frames, use_cache, first_frame, output_type, num_videos_per_prompt,
