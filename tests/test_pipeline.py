@@ -69,6 +69,8 @@ def test_prompt_names_map_to_labels(pipe):
         ({}, "exactly one of prompt"),
         ({"class_labels": [1.5]}, "class label 1.5 is not an integer"),
         ({"class_labels": [0], "negative_prompt": "red"}, "negative_prompt needs a text-to-image preset"),
+        ({"class_labels": [0], "cfg_interval": 0.5}, r"cfg_interval=0.5 is not allowed: use \(lo, hi\)"),
+        ({"class_labels": [0], "cfg_interval": (0.6, 0.2)}, r"cfg_interval=\(0.6, 0.2\) is not allowed"),
     ],
 )
 def test_bad_input(pipe, kwargs, message):
@@ -294,3 +296,21 @@ def test_save_pretrained_round_trips_the_whole_pipeline(name, tmp_path):
         arstudio.VideoPipeline.from_pretrained(tmp_path / "pipe")
     with pytest.raises(FileNotFoundError, match="has no pipeline.json"):
         arstudio.ImagePipeline.from_pretrained(tmp_path)
+
+
+def test_video_callback_on_step_end_gets_latents_per_frame_and_can_interrupt():
+    pipe = arstudio.load_pipeline("test-tiny-video", device="cpu")
+    seen = []
+
+    def on_frame(p, step, frame, kwargs):
+        seen.append((step, frame, tuple(kwargs["latents"].shape[:2]), p.num_timesteps))
+        p.interrupt = frame == 1
+        return kwargs
+
+    out = pipe(class_labels=[0], num_frames=3, generator=torch.Generator().manual_seed(0), output_type="np",
+               callback_on_step_end=on_frame)  # fmt: skip
+    assert seen == [(0, 0, (1, 1), 3), (1, 1, (1, 2), 3)] and out.latents.shape[1] == 2
+    frames, latents, *_ = pipe(class_labels=[0], num_frames=2, output_type="np", return_dict=False)
+    assert frames[0].shape[0] == 2 and latents.shape[:2] == (1, 2)
+    with pytest.raises(ValueError, match="it must be fn\\(pipe, step, timestep"):
+        pipe(class_labels=[0], callback_on_step_end=lambda frame, total, latents: None)

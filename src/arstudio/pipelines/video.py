@@ -212,7 +212,9 @@ class VideoPipeline(ImagePipeline):
         if source not in FIRST_FRAME_SOURCES:
             raise ValueError(f"first_frame={source!r} is not allowed; use one of {FIRST_FRAME_SOURCES}")
         fn, names, legacy = callbacks
-        callback = step_callback(self, fn, check_step_end_callback(fn, names, ("latents",)), legacy)
+        callback = step_callback(
+            self, fn, check_step_end_callback(fn, names, self.callback_tensor_inputs), legacy
+        )
         return VideoPlan(num_frames, float(guidance), float(temp), steps, float(temporal_decay), short_frames,
                          use_cache, source, output_type, repeat, callback)  # fmt: skip
 

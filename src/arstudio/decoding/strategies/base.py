@@ -35,6 +35,13 @@ class DecodeRequest:
     latents: torch.Tensor | None = None  # given noise, for strategies with ``takes_latents``
 
 
+def _interval(value) -> tuple:
+    """cfg_interval as a (lo, hi) tuple (a list from JSON recipes is fine); the range is checked later."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"cfg_interval={value!r} is not allowed: use (lo, hi) with 0 <= lo <= hi <= 1")
+    return tuple(value)
+
+
 def head_kind(generator) -> str:
     return getattr(generator.head, "kind", "categorical")
 
@@ -82,7 +89,7 @@ class Strategy:
     def sampling(self, pipe, asked: dict) -> tuple[SamplingParams, dict[str, tuple]]:
         """(the sampling it runs with, {setting: (asked, what it uses instead)} for each setting in ``asked``
         it cannot apply). None values and keys that are not sampling settings are ignored."""
-        asked = {k: tuple(v) if k == "cfg_interval" else v for k, v in asked.items() if v is not None}
+        asked = {k: _interval(v) if k == "cfg_interval" else v for k, v in asked.items() if v is not None}
         asked = {k: v for k, v in asked.items() if k in SAMPLING_SETTINGS}
         preset_sampling = SamplingParams.from_defaults(pipe.preset.defaults)
         if self.fixed_sampling:
