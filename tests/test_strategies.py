@@ -29,7 +29,6 @@ def _conditioned_head(pipe):
 def pipes():
     return {
         "test-tiny-c2i": arstudio.load_pipeline("test-tiny-c2i", device="cpu"),
-        "test-tiny-bridge": arstudio.load_pipeline("test-tiny-bridge", device="cpu"),
         "test-tiny-continuous": _conditioned_head(
             arstudio.load_pipeline("test-tiny-continuous", device="cpu")
         ),
@@ -94,12 +93,12 @@ def test_refused_settings_are_absent_from_metadata(pipes):
 
 
 def test_unavailable_strategy_names_itself_the_reason_and_the_alternatives(pipes):
-    bridge = pipes["test-tiny-bridge"]
+    continuous = pipes["test-tiny-continuous"]
     with pytest.raises(ValueError) as err:
-        bridge(class_labels=[0], decoding="lantern")
+        continuous(class_labels=[0], decoding="lantern")
     message = str(err.value)
-    assert "decoding='lantern' is not available for preset 'test-tiny-bridge'" in message
-    assert "vector tokens" in message and "allowed: ('ar',)" in message
+    assert "decoding='lantern' is not available for preset 'test-tiny-continuous'" in message
+    assert "vector tokens" in message and "allowed: ('ar', 'continuous_speculative')" in message
     control = arstudio.load_pipeline("test-tiny-control", device="cpu")
     with pytest.raises(
         ValueError, match=r"'speculative' is not available .*control preset decodes with decoding='ar' only"
@@ -112,8 +111,8 @@ def test_loading_loads_what_some_strategy_supports(pipes):
     c2i, continuous = pipes["test-tiny-c2i"], pipes["test-tiny-continuous"]
     assert wanted_components(c2i.generator, c2i.tokenizer) == {"drafter", "dd1", "dd2"}
     assert wanted_components(continuous.generator, continuous.tokenizer) == {"drafter"}
-    bridge = pipes["test-tiny-bridge"]
-    assert wanted_components(bridge.generator, bridge.tokenizer) == set()
+    control = arstudio.load_pipeline("test-tiny-control", device="cpu")
+    assert wanted_components(control.generator, control.tokenizer) == set()
 
 
 def test_a_knob_of_another_strategy_or_no_strategy_is_refused(pipes):

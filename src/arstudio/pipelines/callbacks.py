@@ -64,8 +64,10 @@ def step_callback(pipe, fn, names: tuple[str, ...], legacy: StepCallback | None)
     def on_step(index: int, total: int, so_far):
         returned = fn(pipe, next(calls), index, dict.fromkeys(names, so_far))
         if not isinstance(returned, dict):
-            raise ValueError(f"callback_on_step_end returned {type(returned).__name__}; it must return a dict "
-                             "(the callback_kwargs it was given, changed or not)")  # fmt: skip
+            raise ValueError(
+                f"callback_on_step_end returned {type(returned).__name__}; it must return a dict "
+                "(the callback_kwargs it was given, changed or not)"
+            )
         for name in names:
             new = returned.get(name, so_far)
             if new is not so_far:  # a replaced tensor: written into the running tokens

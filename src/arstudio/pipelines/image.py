@@ -34,13 +34,13 @@ from arstudio.pipelines.inputs import (
     Conditions,
     ControlRequest,
     check_control,
+    check_output,
     class_conditions,
     control_signal,
     per_image_generators,
     text_conditions,
 )
 
-OUTPUT_TYPES = ("pil", "np")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PIPELINE_FILE = "pipeline.json"  # the preset name and the components of a saved pipeline folder
 
@@ -118,9 +118,16 @@ class ImagePipeline:
     loader: Callable[..., ImagePipeline] | None = None
 
     def __init__(
-        self, tokenizer, generator, preset, device: torch.device, dtype: torch.dtype, text_encoder=None,
-        drafter=None, distilled: dict | None = None,
-    ):  # fmt: skip
+        self,
+        tokenizer,
+        generator,
+        preset,
+        device: torch.device,
+        dtype: torch.dtype,
+        text_encoder=None,
+        drafter=None,
+        distilled: dict | None = None,
+    ):
         self.tokenizer = tokenizer
         self.generator = generator
         self.preset = preset
@@ -169,8 +176,10 @@ class ImagePipeline:
         preset); ``from_pretrained(folder)`` or ``load_pipeline(preset, weights=folder)`` loads it back."""
         paired = [name for name in self.components if name not in ("tokenizer", "generator")]
         if self.dtype != torch.float32 and paired:
-            raise ValueError(f"save_pretrained needs a float32 pipeline: {paired} check their pairing with the "
-                             f"generator's float32 weights, which {self.dtype} has rounded; load it in float32")  # fmt: skip
+            raise ValueError(
+                f"save_pretrained needs a float32 pipeline: {paired} check their pairing with the "
+                f"generator's float32 weights, which {self.dtype} has rounded; load it in float32"
+            )
         folder = Path(folder)
         for name, model in self.components.items():
             model.save_pretrained(folder / name)
@@ -201,8 +210,10 @@ class ImagePipeline:
         strategy = get_strategy(name)
         why = strategy.available(self)
         if why is not None:
-            raise ValueError(f"decoding={name!r} is not available for preset {self.preset.name!r} ({why}); "
-                             f"allowed: {self.decoding_strategies}")  # fmt: skip
+            raise ValueError(
+                f"decoding={name!r} is not available for preset {self.preset.name!r} ({why}); "
+                f"allowed: {self.decoding_strategies}"
+            )
         return strategy
 
     def sampling_conflicts(self, decoding: str, settings: dict) -> dict[str, tuple]:
@@ -245,13 +256,20 @@ class ImagePipeline:
         return [Image.fromarray(p) for p in pixels]
 
     # ---- the stages of a call --------------------------------------------------------------------------
-    def check_inputs(self, decoding: str, sampling: dict, knobs: dict, num_inference_steps, latents,
-                     output_type: str, repeat: int, callbacks: tuple, control: tuple) -> Plan:  # fmt: skip
+    def check_inputs(
+        self,
+        decoding: str,
+        sampling: dict,
+        knobs: dict,
+        num_inference_steps,
+        latents,
+        output_type: str,
+        repeat: int,
+        callbacks: tuple,
+        control: tuple,
+    ) -> Plan:
         """Every check a call makes before any work; the plan the later stages follow."""
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
-        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-            raise ValueError(f"num_images_per_prompt={repeat!r} must be an integer >= 1")
+        check_output(output_type, repeat, "num_images_per_prompt")
         strategy = self.strategy(decoding)
         params, conflicts = strategy.sampling(self, sampling)
         if conflicts:
@@ -280,8 +298,17 @@ class ImagePipeline:
 
     def sample(self, plan: Plan, conditions: Conditions, generators, control) -> DecodeResult:
         """The plan's strategy, run on the conditions with one generator per image."""
-        request = DecodeRequest(conditions.cond, conditions.negative, generators, plan.params, plan.knobs,
-                                plan.head_steps, plan.callback, control, plan.latents)  # fmt: skip
+        request = DecodeRequest(
+            conditions.cond,
+            conditions.negative,
+            generators,
+            plan.params,
+            plan.knobs,
+            plan.head_steps,
+            plan.callback,
+            control,
+            plan.latents,
+        )
         self._interrupt = False
         self.num_timesteps = self.generator.seq_len
         return plan.strategy.run(self, request)
@@ -312,12 +339,17 @@ class ImagePipeline:
         if "cfg_interval" in sampling:
             sampling["cfg_interval"] = list(sampling["cfg_interval"])
         shared = {
-            "preset": self.preset.name, **sampling, "decoding": plan.strategy.name, **plan.knobs,
-            "tokenizer": type(self.tokenizer).__name__, "head": getattr(self.generator.head, "kind", "categorical"),
+            "preset": self.preset.name,
+            **sampling,
+            "decoding": plan.strategy.name,
+            **plan.knobs,
+            "tokenizer": type(self.tokenizer).__name__,
+            "head": getattr(self.generator.head, "kind", "categorical"),
             "num_inference_steps": plan.knobs.get("num_inference_steps", self._recorded_head_steps(plan)),
-            "resolution": self.tokenizer.config.resolution, "device": str(self.device),
+            "resolution": self.tokenizer.config.resolution,
+            "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-        }  # fmt: skip
+        }
         if plan.control is not None:
             shared.update(plan.control.describe())
         return [{**shared, **row, "seed": seed} for row, seed in zip(conditions.describe, seeds, strict=True)]
@@ -361,23 +393,38 @@ class ImagePipeline:
     ) -> ImageOutput | tuple:
         """Generate images; the arguments are in the class docstring."""
         t0 = time.perf_counter()
-        sampling = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                    "cfg_interval": cfg_interval}  # fmt: skip
+        sampling = {
+            "guidance_scale": guidance_scale,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "cfg_interval": cfg_interval,
+        }
         plan = self.check_inputs(
-            decoding, sampling, _known_knobs(decoding_knobs), num_inference_steps, _latents(latents, noise),
-            output_type, num_images_per_prompt, (callback_on_step_end, callback_on_step_end_tensor_inputs, callback),
+            decoding,
+            sampling,
+            _known_knobs(decoding_knobs),
+            num_inference_steps,
+            _latents(latents, noise),
+            output_type,
+            num_images_per_prompt,
+            (callback_on_step_end, callback_on_step_end_tensor_inputs, callback),
             (control_image, control_type, control_strength, control_guidance_scale),
-        )  # fmt: skip
+        )
         conditions = self.encode_conditions(prompt, class_labels, negative_prompt, num_images_per_prompt)
         generators, seeds = per_image_generators(generator, len(conditions.describe))
         control = self.prepare_control(plan, len(conditions.describe))
         result = self.sample(plan, conditions, generators, control)
         t1 = time.perf_counter()
         images = self.decode(result, output_type)
-        t2 = time.perf_counter()
-        out = ImageOutput(images, self._grid_tokens(result.tokens), seeds, _timings(t0, t1, t2, len(seeds)),
-                          result.stats, self.describe(plan, conditions, seeds))  # fmt: skip
+        times = (t0, t1, time.perf_counter())
+        out = self._output(images, result, plan, conditions, seeds, times)
         return out if return_dict else out.to_tuple()
+
+    def _output(self, images, result: DecodeResult, plan: Plan, conditions, seeds, times) -> ImageOutput:
+        tokens = self._grid_tokens(result.tokens)
+        metadata = self.describe(plan, conditions, seeds)
+        return ImageOutput(images, tokens, seeds, _timings(*times, len(seeds)), result.stats, metadata)
 
     def _grid_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, ...) raster order -> (B, h, w, ...) when complete; a stopped call's (B, n, ...) as is."""

@@ -36,8 +36,22 @@ class ControlRequest:
     guidance_scale: float | None
 
     def describe(self) -> dict:
-        return {"control_type": self.kind, "control_strength": self.strength,
-                "control_guidance_scale": self.guidance_scale}  # fmt: skip
+        return {
+            "control_type": self.kind,
+            "control_strength": self.strength,
+            "control_guidance_scale": self.guidance_scale,
+        }
+
+
+OUTPUT_TYPES = ("pil", "np")
+
+
+def check_output(output_type: str, repeat, repeat_name: str) -> None:
+    """The output type and the images (videos) per prompt of a call."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise ValueError(f"{repeat_name}={repeat!r} must be an integer >= 1")
 
 
 def as_list(x) -> list:
@@ -47,8 +61,10 @@ def as_list(x) -> list:
 def _labels_from_names(pipe, prompt) -> list[int]:
     names = pipe.preset.class_names
     if not names:
-        raise ValueError(f"{pipe.preset.name!r} has no class names: pass class_labels "
-                         f"(0..{pipe.generator.config.num_classes - 1})")  # fmt: skip
+        raise ValueError(
+            f"{pipe.preset.name!r} has no class names: pass class_labels "
+            f"(0..{pipe.generator.config.num_classes - 1})"
+        )
     labels = []
     for text in as_list(prompt):
         key = str(text).strip().lower().removeprefix("a ").removeprefix("an ")
@@ -107,8 +123,11 @@ def text_conditions(pipe, prompt, class_labels, negative_prompt, repeat: int) ->
         states = pipe.text_encoder(texts).to(device=pipe.device, dtype=pipe.dtype)
         return states.repeat_interleave(repeat, dim=0)
 
-    describe = [{"prompt": p, "negative_prompt": negatives[i] if negatives else None}
-                for i, p in enumerate(prompts) for _ in range(repeat)]  # fmt: skip
+    describe = [
+        {"prompt": p, "negative_prompt": negatives[i] if negatives else None}
+        for i, p in enumerate(prompts)
+        for _ in range(repeat)
+    ]
     return Conditions(encode(prompts), encode(negatives) if negatives else None, describe)
 
 
@@ -135,9 +154,12 @@ def check_control(pipe, control_image, control_type, control_strength, control_g
     """A call's control knobs checked against the generator's control encoder: a ``ControlRequest``, or None
     without a control image."""
     encoder = getattr(pipe.generator, "control_encoder", None)
-    given = {"control_image": control_image, "control_type": control_type,
-             "control_guidance_scale": control_guidance_scale,
-             "control_strength": None if control_strength == 1.0 else control_strength}  # fmt: skip
+    given = {
+        "control_image": control_image,
+        "control_type": control_type,
+        "control_guidance_scale": control_guidance_scale,
+        "control_strength": None if control_strength == 1.0 else control_strength,
+    }
     used = [name for name, value in given.items() if value is not None]
     if encoder is None:
         if used:

@@ -28,8 +28,8 @@ from arstudio.decoding.types import DecodeResult
 from arstudio.decoding.video import sample_video
 from arstudio.images import images_to_tensor, tensor_to_images
 from arstudio.pipelines.callbacks import check_step_end_callback, step_callback
-from arstudio.pipelines.image import OUTPUT_TYPES, ImagePipeline
-from arstudio.pipelines.inputs import Conditions, class_conditions, per_image_generators
+from arstudio.pipelines.image import ImagePipeline
+from arstudio.pipelines.inputs import Conditions, check_output, class_conditions, per_image_generators
 
 MOTION_WORDS = re.compile(r"\s+moving\s+[a-z-]+\s*$")
 FIRST_FRAME_SOURCES = ("video", "image")
@@ -160,8 +160,12 @@ class VideoPipeline(ImagePipeline):
             context_frames = np.stack([np.asarray(f) for f in context_frames])
         r = self.tokenizer.config.resolution
         array = context_frames
-        if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim not in (4, 5) \
-                or tuple(array.shape[-3:]) != (r, r, 3):  # fmt: skip
+        if (
+            not isinstance(array, np.ndarray)
+            or array.dtype != np.uint8
+            or array.ndim not in (4, 5)
+            or tuple(array.shape[-3:]) != (r, r, 3)
+        ):
             shape = getattr(array, "shape", type(array).__name__)
             raise ValueError(
                 f"context_frames must be uint8 frames ({r}, {r}, 3): (C, {r}, {r}, 3) or (videos, C, {r}, {r}, 3); "
@@ -184,16 +188,25 @@ class VideoPipeline(ImagePipeline):
         latents = self.tokenizer.encode(pixels)  # (count * given, h, w, d)
         return latents.reshape(count, given, -1, latents.shape[-1])
 
-    def check_inputs(self, num_frames, guidance_scale, temperature, num_inference_steps, temporal_decay,
-                     short_frames, use_cache, first_frame, output_type, repeat, callbacks) -> VideoPlan:  # fmt: skip
+    def check_inputs(
+        self,
+        num_frames,
+        guidance_scale,
+        temperature,
+        num_inference_steps,
+        temporal_decay,
+        short_frames,
+        use_cache,
+        first_frame,
+        output_type,
+        repeat,
+        callbacks,
+    ) -> VideoPlan:
         """Every check a video call makes before any work; preset defaults filled in."""
         from arstudio.data.sprites import check_num_frames
 
         num_frames = check_num_frames(num_frames, self.max_frames)
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
-        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-            raise ValueError(f"num_videos_per_prompt={repeat!r} must be an integer >= 1")
+        check_output(output_type, repeat, "num_videos_per_prompt")
         if (
             isinstance(temporal_decay, bool)
             or not isinstance(temporal_decay, (int, float))
@@ -215,8 +228,19 @@ class VideoPipeline(ImagePipeline):
         callback = step_callback(
             self, fn, check_step_end_callback(fn, names, self.callback_tensor_inputs), legacy
         )
-        return VideoPlan(num_frames, float(guidance), float(temp), steps, float(temporal_decay), short_frames,
-                         use_cache, source, output_type, repeat, callback)  # fmt: skip
+        return VideoPlan(
+            num_frames,
+            float(guidance),
+            float(temp),
+            steps,
+            float(temporal_decay),
+            short_frames,
+            use_cache,
+            source,
+            output_type,
+            repeat,
+            callback,
+        )
 
     def encode_conditions(self, prompt, class_labels, negative_prompt, repeat: int) -> Conditions:
         """Class conditions; a prompt's trailing motion words ("moving right") are not conditioned on."""
@@ -229,9 +253,20 @@ class VideoPipeline(ImagePipeline):
     def sample(self, plan: VideoPlan, conditions: Conditions, generators, context) -> DecodeResult:
         p = plan
         self._interrupt, self.num_timesteps = False, p.num_frames
-        return sample_video(self.generator, conditions.cond, generators, p.num_frames, context, p.guidance_scale,
-                            p.temperature, p.num_inference_steps, p.temporal_decay, p.short_frames, p.use_cache,
-                            p.callback)  # fmt: skip
+        return sample_video(
+            self.generator,
+            conditions.cond,
+            generators,
+            p.num_frames,
+            context,
+            p.guidance_scale,
+            p.temperature,
+            p.num_inference_steps,
+            p.temporal_decay,
+            p.short_frames,
+            p.use_cache,
+            p.callback,
+        )
 
     def decode(self, result: DecodeResult, output_type: str) -> list:
         pixels = self.decode_frames(result.tokens)
@@ -243,15 +278,24 @@ class VideoPipeline(ImagePipeline):
 
     def describe(self, plan: VideoPlan, conditions: Conditions, seeds, result, context) -> list[dict]:
         shared = {
-            "preset": self.preset.name, "num_frames": int(result.tokens.shape[1]),
-            "context_frames": 0 if context is None or plan.first_frame != "context" else int(context.shape[1]),
-            "first_frame": plan.first_frame, "guidance_scale": plan.guidance_scale,
-            "temperature": plan.temperature, "num_inference_steps": plan.num_inference_steps,
+            "preset": self.preset.name,
+            "num_frames": int(result.tokens.shape[1]),
+            "context_frames": 0
+            if context is None or plan.first_frame != "context"
+            else int(context.shape[1]),
+            "first_frame": plan.first_frame,
+            "guidance_scale": plan.guidance_scale,
+            "temperature": plan.temperature,
+            "num_inference_steps": plan.num_inference_steps,
             "temporal_decay": plan.temporal_decay,
-            "short_frames": self.generator.config.short_frames if plan.short_frames is None else plan.short_frames,
-            "decoding": "far", "resolution": self.tokenizer.config.resolution, "device": str(self.device),
+            "short_frames": self.generator.config.short_frames
+            if plan.short_frames is None
+            else plan.short_frames,
+            "decoding": "far",
+            "resolution": self.tokenizer.config.resolution,
+            "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-        }  # fmt: skip
+        }
         return [{**shared, **row, "seed": s} for row, s in zip(conditions.describe, seeds, strict=True)]
 
     def _first_frames(self, plan: VideoPlan, context_frames, conditions: Conditions, generators):
@@ -287,9 +331,19 @@ class VideoPipeline(ImagePipeline):
     ) -> VideoOutput | tuple:
         """Generate videos; the arguments are in the class docstring."""
         t0 = time.perf_counter()
-        plan = self.check_inputs(num_frames, guidance_scale, temperature, num_inference_steps, temporal_decay,
-                                 short_frames, use_cache, first_frame, output_type, num_videos_per_prompt,
-                                 (callback_on_step_end, callback_on_step_end_tensor_inputs, callback))  # fmt: skip
+        plan = self.check_inputs(
+            num_frames,
+            guidance_scale,
+            temperature,
+            num_inference_steps,
+            temporal_decay,
+            short_frames,
+            use_cache,
+            first_frame,
+            output_type,
+            num_videos_per_prompt,
+            (callback_on_step_end, callback_on_step_end_tensor_inputs, callback),
+        )
         conditions = self.encode_conditions(prompt, class_labels, None, num_videos_per_prompt)
         generators, seeds = per_image_generators(generator, len(conditions.describe))
         plan, context = self._first_frames(plan, context_frames, conditions, generators)
@@ -297,9 +351,19 @@ class VideoPipeline(ImagePipeline):
         t1 = time.perf_counter()
         frames = self.decode(result, output_type)
         t2 = time.perf_counter()
-        timings = {"sampling_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0,
-                   "frames_per_s": result.tokens.shape[1] * len(seeds) / (t2 - t0)}  # fmt: skip
+        timings = {
+            "sampling_s": t1 - t0,
+            "decode_s": t2 - t1,
+            "total_s": t2 - t0,
+            "frames_per_s": result.tokens.shape[1] * len(seeds) / (t2 - t0),
+        }
         latents = rearrange(result.tokens, "b t (gh gw) d -> b t gh gw d", gh=self.tokenizer.grid_size)
-        out = VideoOutput(frames, latents, seeds, timings, result.stats,
-                          self.describe(plan, conditions, seeds, result, context))  # fmt: skip
+        out = VideoOutput(
+            frames,
+            latents,
+            seeds,
+            timings,
+            result.stats,
+            self.describe(plan, conditions, seeds, result, context),
+        )
         return out if return_dict else out.to_tuple()

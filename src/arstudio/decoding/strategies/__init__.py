@@ -21,8 +21,16 @@ from arstudio.decoding.strategies.base import (
     Strategy,
 )
 
-__all__ = ["SAMPLING_SETTINGS", "STRATEGIES", "DecodeRequest", "DecodingParam", "Strategy", "check_knobs",
-           "get_strategy", "wanted_components"]  # fmt: skip
+__all__ = [
+    "SAMPLING_SETTINGS",
+    "STRATEGIES",
+    "DecodeRequest",
+    "DecodingParam",
+    "Strategy",
+    "check_knobs",
+    "get_strategy",
+    "wanted_components",
+]
 
 # The order is the studio's order.
 STRATEGIES: dict[str, Strategy] = {

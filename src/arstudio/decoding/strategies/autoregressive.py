@@ -14,10 +14,25 @@ class Autoregressive(Strategy):
     def run(self, pipe, request: DecodeRequest) -> DecodeResult:
         r = request
         if r.head_steps is not None:  # vector tokens (and the bridge's level ids): a head loop per token
-            return sample_continuous(pipe.generator, r.cond, r.generators, r.params, r.head_steps, r.callback,
-                                     negative_cond=r.negative, control=r.control)  # fmt: skip
-        return sample_autoregressive(pipe.generator, r.cond, r.generators, r.params, r.callback,
-                                     negative_cond=r.negative, control=r.control)  # fmt: skip
+            return sample_continuous(
+                pipe.generator,
+                r.cond,
+                r.generators,
+                r.params,
+                r.head_steps,
+                r.callback,
+                negative_cond=r.negative,
+                control=r.control,
+            )
+        return sample_autoregressive(
+            pipe.generator,
+            r.cond,
+            r.generators,
+            r.params,
+            r.callback,
+            negative_cond=r.negative,
+            control=r.control,
+        )
 
 
 STRATEGY = Autoregressive()

@@ -93,8 +93,11 @@ class Strategy:
         asked = {k: v for k, v in asked.items() if k in SAMPLING_SETTINGS}
         preset_sampling = SamplingParams.from_defaults(pipe.preset.defaults)
         if self.fixed_sampling:
-            return preset_sampling, {k: (v, getattr(preset_sampling, k)) for k, v in asked.items()
-                                     if v != getattr(preset_sampling, k)}  # fmt: skip
+            return preset_sampling, {
+                k: (v, getattr(preset_sampling, k))
+                for k, v in asked.items()
+                if v != getattr(preset_sampling, k)
+            }
         left = self.cannot_apply(pipe.generator)
         neutral = SamplingParams()
         conflicts = {
@@ -113,21 +116,27 @@ class Strategy:
         asked = ", ".join(f"{k}={v[0]!r}" for k, v in conflicts.items())
         if self.fixed_sampling:
             used = ", ".join(f"{k}={v[1]!r}" for k, v in conflicts.items())
-            return (f"decoding={self.name!r} samples the teacher's default sampling it was distilled with "
-                    f"({used}); {asked} cannot apply (use decoding='dd1_hybrid' or 'ar' to change it)")  # fmt: skip
+            return (
+                f"decoding={self.name!r} samples the teacher's default sampling it was distilled with "
+                f"({used}); {asked} cannot apply (use decoding='dd1_hybrid' or 'ar' to change it)"
+            )
         reasons = self.cannot_apply(pipe.generator)
         why = "; ".join(sorted({reasons[k] for k in conflicts}))
         neutral = ", ".join(f"{k}={v[1]!r}" for k, v in conflicts.items())
-        return (f"decoding={self.name!r} on preset {pipe.preset.name!r} cannot apply {asked} ({why}); "
-                f"leave it None or {neutral}")  # fmt: skip
+        return (
+            f"decoding={self.name!r} on preset {pipe.preset.name!r} cannot apply {asked} ({why}); "
+            f"leave it None or {neutral}"
+        )
 
     def head_steps(self, pipe, asked) -> int | None:
         """Steps of a vector-token head per token (None for the categorical head): ``asked`` or the preset's
         default for diffusion/flow heads, the bridge head's d dimensions; refused where it means nothing."""
         head = head_kind(pipe.generator)
         if asked is not None and not self.uses_head_steps:
-            raise ValueError(f"num_inference_steps={asked!r} does not apply to {self.name} (it has no head "
-                             "sampling steps of its own); leave it None")  # fmt: skip
+            raise ValueError(
+                f"num_inference_steps={asked!r} does not apply to {self.name} (it has no head "
+                "sampling steps of its own); leave it None"
+            )
         if head in VECTOR_HEADS:
             return pipe.preset.defaults.get("num_inference_steps", 25) if asked is None else asked
         if asked is not None:

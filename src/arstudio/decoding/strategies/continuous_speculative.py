@@ -29,7 +29,7 @@ class ContinuousSpeculative(Strategy):
             1000.0,
             False,
             "relaxed CSpD: tempers the trajectory density ratio; 1 is exact",
-        ),  # fmt: skip
+        ),
     )
     needs = "drafter"
 
@@ -50,8 +50,9 @@ class ContinuousSpeculative(Strategy):
         spec = ContinuousSpeculativeParams(
             knobs["draft_tokens"], r.head_steps, knobs["cspd_inner_temperature"]
         )
-        return sample_continuous_speculative(pipe.generator, pipe.drafter, r.cond, r.generators, r.params, spec,
-                                             r.negative, r.callback)  # fmt: skip
+        return sample_continuous_speculative(
+            pipe.generator, pipe.drafter, r.cond, r.generators, r.params, spec, r.negative, r.callback
+        )
 
 
 STRATEGY = ContinuousSpeculative()

@@ -10,8 +10,14 @@ from arstudio.decoding.distilled import DISTILLED_STEPS, draw_noise, sample_dist
 from arstudio.decoding.strategies.base import DecodeRequest, DecodingParam, Strategy, control_reason
 from arstudio.decoding.types import DecodeResult
 
-DD_STEPS = DecodingParam("num_inference_steps", 1, min(DISTILLED_STEPS), max(DISTILLED_STEPS), True,
-                         "distilled-decoding forwards: 1, or 2 (keep a prefix, re-run)")  # fmt: skip
+DD_STEPS = DecodingParam(
+    "num_inference_steps",
+    1,
+    min(DISTILLED_STEPS),
+    max(DISTILLED_STEPS),
+    True,
+    "distilled-decoding forwards: 1, or 2 (keep a prefix, re-run)",
+)
 
 
 def dd_reason(generator, tokenizer) -> str | None:
@@ -45,8 +51,13 @@ class Distilled(Strategy):
     def run(self, pipe, request: DecodeRequest) -> DecodeResult:
         model = pipe.distilled[self.needs]
         codebook = pipe.tokenizer.codebook_vectors().detach()
-        return sample_distilled(model, request.cond, noise_for(pipe, model, request), codebook,
-                                request.knobs["num_inference_steps"])  # fmt: skip
+        return sample_distilled(
+            model,
+            request.cond,
+            noise_for(pipe, model, request),
+            codebook,
+            request.knobs["num_inference_steps"],
+        )
 
 
 DD1 = Distilled("dd1")

@@ -21,7 +21,7 @@ class DistilledHybrid(Strategy):
             4095,
             True,
             "tokens kept from the first DD step before the teacher continues (below the model's switch point)",
-        ),  # fmt: skip
+        ),
     )
     needs = "dd1"
     takes_latents = True
@@ -33,8 +33,16 @@ class DistilledHybrid(Strategy):
     def run(self, pipe, request: DecodeRequest) -> DecodeResult:
         r, model = request, pipe.distilled["dd1"]
         codebook = pipe.tokenizer.codebook_vectors().detach()
-        return sample_distilled_hybrid(model, pipe.generator, r.cond, noise_for(pipe, model, r), codebook, r.params,
-                                       r.knobs["dd_hybrid_start"], r.negative)  # fmt: skip
+        return sample_distilled_hybrid(
+            model,
+            pipe.generator,
+            r.cond,
+            noise_for(pipe, model, r),
+            codebook,
+            r.params,
+            r.knobs["dd_hybrid_start"],
+            r.negative,
+        )
 
 
 STRATEGY = DistilledHybrid()

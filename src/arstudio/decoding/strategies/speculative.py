@@ -27,8 +27,17 @@ class Speculative(Strategy):
         spec = SpeculativeParams(
             knobs["draft_tokens"], knobs.get("lantern_delta", 0.0), knobs.get("lantern_lambda", 1.0)
         )
-        return sample_speculative(pipe.generator, pipe.drafter, r.cond, r.generators, r.params, spec,
-                                  self.neighbours(pipe, knobs), r.negative, r.callback)  # fmt: skip
+        return sample_speculative(
+            pipe.generator,
+            pipe.drafter,
+            r.cond,
+            r.generators,
+            r.params,
+            spec,
+            self.neighbours(pipe, knobs),
+            r.negative,
+            r.callback,
+        )
 
 
 STRATEGY = Speculative()
