@@ -314,3 +314,14 @@ def test_video_callback_on_step_end_gets_latents_per_frame_and_can_interrupt():
     assert frames[0].shape[0] == 2 and latents.shape[:2] == (1, 2)
     with pytest.raises(ValueError, match="it must be fn\\(pipe, step, timestep"):
         pipe(class_labels=[0], callback_on_step_end=lambda frame, total, latents: None)
+
+
+def test_video_pipeline_round_trips_through_a_folder(tmp_path):
+    pipe = arstudio.load_pipeline("test-tiny-video", device="cpu")
+    with torch.no_grad():
+        next(pipe.generator.parameters()).add_(0.01)
+    again = arstudio.VideoPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "video"))
+    kwargs = dict(class_labels=[0], num_frames=2, output_type="np")
+    a = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+    b = again(generator=torch.Generator().manual_seed(0), **kwargs)
+    assert set(again.components) == {"tokenizer", "generator"} and torch.equal(a.latents, b.latents)
