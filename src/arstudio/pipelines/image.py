@@ -188,13 +188,14 @@ class ImagePipeline:
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device=None, dtype=None) -> ImagePipeline:
-        """The pipeline ``save_pretrained`` wrote to ``folder``, its models checked against its preset."""
+    def from_pretrained(cls, folder: str | Path, device=None, dtype=None, **load_options) -> ImagePipeline:
+        """The pipeline ``save_pretrained`` wrote to ``folder``, its models checked against its preset;
+        ``load_options`` go to ``load_pipeline`` as they are."""
         path = Path(folder) / PIPELINE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{folder} has no {PIPELINE_FILE}: it was not written by save_pretrained")
         info = json.loads(path.read_text())
-        pipe = cls.loader(info["preset"], device=device, dtype=dtype, weights=folder)
+        pipe = cls.loader(info["preset"], device=device, dtype=dtype, weights=folder, **load_options)
         if not isinstance(pipe, cls):
             raise ValueError(f"{folder} holds a {type(pipe).__name__}, not a {cls.__name__}")
         return pipe
