@@ -19,8 +19,8 @@ class Autoregressive(Strategy):
                 r.cond,
                 r.generators,
                 r.params,
-                r.head_steps,
-                r.callback,
+                num_inference_steps=r.head_steps,
+                callback=r.callback,
                 negative_cond=r.negative,
                 control=r.control,
             )
@@ -29,7 +29,7 @@ class Autoregressive(Strategy):
             r.cond,
             r.generators,
             r.params,
-            r.callback,
+            callback=r.callback,
             negative_cond=r.negative,
             control=r.control,
         )

@@ -51,7 +51,14 @@ class ContinuousSpeculative(Strategy):
             knobs["draft_tokens"], r.head_steps, knobs["cspd_inner_temperature"]
         )
         return sample_continuous_speculative(
-            pipe.generator, pipe.drafter, r.cond, r.generators, r.params, spec, r.negative, r.callback
+            pipe.generator,
+            pipe.drafter,
+            r.cond,
+            r.generators,
+            r.params,
+            spec=spec,
+            negative_cond=r.negative,
+            callback=r.callback,
         )
 
 

@@ -56,7 +56,7 @@ class Distilled(Strategy):
             request.cond,
             noise_for(pipe, model, request),
             codebook,
-            request.knobs["num_inference_steps"],
+            steps=request.knobs["num_inference_steps"],
         )
 
 

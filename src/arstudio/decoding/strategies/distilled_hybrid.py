@@ -40,8 +40,8 @@ class DistilledHybrid(Strategy):
             noise_for(pipe, model, r),
             codebook,
             r.params,
-            r.knobs["dd_hybrid_start"],
-            r.negative,
+            start=r.knobs["dd_hybrid_start"],
+            negative_cond=r.negative,
         )
 
 

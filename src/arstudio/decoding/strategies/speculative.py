@@ -33,10 +33,10 @@ class Speculative(Strategy):
             r.cond,
             r.generators,
             r.params,
-            spec,
-            self.neighbours(pipe, knobs),
-            r.negative,
-            r.callback,
+            spec=spec,
+            neighbours=self.neighbours(pipe, knobs),
+            negative_cond=r.negative,
+            callback=r.callback,
         )
 
 
