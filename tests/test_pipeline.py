@@ -69,6 +69,8 @@ def test_prompt_names_map_to_labels(pipe):
         ({}, "exactly one of prompt"),
         ({"class_labels": [1.5]}, "class label 1.5 is not an integer"),
         ({"class_labels": [0], "negative_prompt": "red"}, "negative_prompt needs a text-to-image preset"),
+        ({"class_labels": [0], "cfg_interval": 0.5}, r"cfg_interval=0.5 is not allowed: use \(lo, hi\)"),
+        ({"class_labels": [0], "cfg_interval": (0.6, 0.2)}, r"cfg_interval=\(0.6, 0.2\) is not allowed"),
     ],
 )
 def test_bad_input(pipe, kwargs, message):
@@ -76,10 +78,50 @@ def test_bad_input(pipe, kwargs, message):
         pipe(**kwargs)
 
 
-def test_callback_streams_tokens(pipe):
+def test_callback_on_step_end_has_diffusers_contract_and_interrupt_stops(pipe):
+    seen = []
+
+    def on_step(p, step, timestep, kwargs):
+        seen.append((step, timestep, tuple(kwargs["tokens"].shape), p.num_timesteps))
+        p.interrupt = timestep == 9  # stop after the tenth token
+        return kwargs
+
+    out = pipe(class_labels=[0, 1], generator=torch.Generator().manual_seed(0), callback_on_step_end=on_step,
+               callback_on_step_end_tensor_inputs=["tokens"])  # fmt: skip
+    assert seen == [(i, i, (2, i + 1), 16) for i in range(10)]
+    assert out.images == [] and out.tokens.shape == (2, 10)
+    # the next call starts uninterrupted; a returned tensor replaces the tokens so far
+    full = pipe(class_labels=[0], generator=[torch.Generator().manual_seed(3)], output_type="np")
+
+    def zero_last(p, step, timestep, kwargs):
+        kwargs["tokens"][:, -1] = 0
+        return {"tokens": kwargs["tokens"].clone()}
+
+    zeroed = pipe(class_labels=[0], generator=[torch.Generator().manual_seed(3)], output_type="np",
+                  callback_on_step_end=zero_last)  # fmt: skip
+    assert (zeroed.tokens == 0).all() and not (full.tokens == 0).all()
+
+
+def test_old_callbacks_are_refused_or_deprecated(pipe):
     steps = []
-    pipe(class_labels=[0], generator=torch.Generator().manual_seed(0),
-         callback_on_step_end=lambda step, total, tokens: steps.append(step))  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"takes \(step, total, tokens\); it must be fn\(pipe, step, timestep"
+    ):
+        pipe(class_labels=[0], callback_on_step_end=lambda step, total, tokens: steps.append(step))
+    assert steps == []  # refused before the loop
+    with pytest.raises(
+        ValueError, match=r"tensor_inputs has \['latents'\]; this pipeline offers \['tokens'\]"
+    ):
+        pipe(
+            class_labels=[0],
+            callback_on_step_end=lambda *a: {},
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+    with pytest.raises(ValueError, match="returned NoneType; it must return a dict"):
+        pipe(class_labels=[0], callback_on_step_end=lambda p, step, t, kw: None)
+    with pytest.warns(DeprecationWarning, match="callback=fn"):
+        pipe(class_labels=[0], generator=torch.Generator().manual_seed(0),
+             callback=lambda step, total, tokens: steps.append(step))  # fmt: skip
     assert steps == list(range(16))
 
 
@@ -200,3 +242,86 @@ def test_weights_folder_config_must_match_the_preset_except_training_only_fields
     video = VideoGeneratorConfig()
     assert config_differences(replace(video, context_mode="clean_copy", clean_context_ratio=0.2), video) == []
     assert config_differences(replace(video, short_frames=1), video) == ["short_frames=1 (preset: 3)"]
+
+
+def test_return_dict_latents_and_the_deprecated_noise_name():
+    pipe = arstudio.load_pipeline("test-tiny-c2i", device="cpu")
+    images, tokens, seeds, *_ = pipe(class_labels=[0], generator=[torch.Generator().manual_seed(2)],
+                                     output_type="np", return_dict=False)  # fmt: skip
+    assert images[0].shape == (16, 16, 3) and tokens.shape == (1, 4, 4) and seeds == [2]
+    latents = torch.randn(
+        1, 16, pipe.distilled["dd1"].config.token_dim, generator=torch.Generator().manual_seed(0)
+    )
+    given = pipe(class_labels=[0], decoding="dd1", latents=latents, output_type="np")
+    with pytest.warns(DeprecationWarning, match="noise= is deprecated"):
+        old = pipe(class_labels=[0], decoding="dd1", noise=latents, output_type="np")
+    assert torch.equal(given.tokens, old.tokens)
+    with pytest.raises(ValueError, match=r"latents= applies to decoding in \['dd1', 'dd1_hybrid', 'dd2'\]"):
+        pipe(class_labels=[0], latents=latents)
+
+
+def test_to_moves_and_casts_every_component():
+    pipe = arstudio.load_pipeline("test-tiny-c2i", device="cpu")
+    pipe(class_labels=[0], decoding="lantern", output_type="np")  # fills the neighbour cache
+    assert pipe.cache
+    assert pipe.to(torch.bfloat16) is pipe and pipe.dtype == torch.bfloat16 and not pipe.cache
+    assert {m.tok_embeddings.weight.dtype for m in (pipe.generator,)} == {torch.bfloat16}
+    assert all(next(m.parameters()).dtype == torch.bfloat16 for m in pipe.components.values())
+    pipe(class_labels=[0], decoding="lantern", output_type="np")
+    with pytest.raises(ValueError, match="dtype=torch.int8 is not supported"):
+        pipe.to(dtype=torch.int8)
+
+
+@pytest.mark.parametrize("name", ["test-tiny-c2i", "test-tiny-continuous"])
+def test_save_pretrained_round_trips_the_whole_pipeline(name, tmp_path):
+    pipe = arstudio.load_pipeline(name, device="cpu")
+    # A "fine-tune" the folder must carry rather than the preset's seeded init: the models paired with the
+    # generator change (the generator itself only where no pairing check covers it).
+    changed = [m for part, m in pipe.components.items() if part not in ("tokenizer", "generator")]
+    changed += [pipe.generator] if name == "test-tiny-continuous" else []
+    with torch.no_grad():
+        for model in changed:
+            next(model.parameters()).add_(0.01)
+    pipe.save_pretrained(tmp_path / "pipe")
+    again = arstudio.ImagePipeline.from_pretrained(tmp_path / "pipe", device="cpu")
+    assert set(again.components) == set(pipe.components) and again.preset.name == name
+    for part, model in pipe.components.items():
+        mine, theirs = model.state_dict(), again.components[part].state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), part
+    kwargs = dict(class_labels=[0, 1], output_type="np")
+    a = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+    b = again(generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(a.tokens, b.tokens)
+    with pytest.raises(ValueError, match="holds a ImagePipeline, not a VideoPipeline"):
+        arstudio.VideoPipeline.from_pretrained(tmp_path / "pipe")
+    with pytest.raises(FileNotFoundError, match="has no pipeline.json"):
+        arstudio.ImagePipeline.from_pretrained(tmp_path)
+
+
+def test_video_callback_on_step_end_gets_latents_per_frame_and_can_interrupt():
+    pipe = arstudio.load_pipeline("test-tiny-video", device="cpu")
+    seen = []
+
+    def on_frame(p, step, frame, kwargs):
+        seen.append((step, frame, tuple(kwargs["latents"].shape[:2]), p.num_timesteps))
+        p.interrupt = frame == 1
+        return kwargs
+
+    out = pipe(class_labels=[0], num_frames=3, generator=torch.Generator().manual_seed(0), output_type="np",
+               callback_on_step_end=on_frame)  # fmt: skip
+    assert seen == [(0, 0, (1, 1), 3), (1, 1, (1, 2), 3)] and out.latents.shape[1] == 2
+    frames, latents, *_ = pipe(class_labels=[0], num_frames=2, output_type="np", return_dict=False)
+    assert frames[0].shape[0] == 2 and latents.shape[:2] == (1, 2)
+    with pytest.raises(ValueError, match="it must be fn\\(pipe, step, timestep"):
+        pipe(class_labels=[0], callback_on_step_end=lambda frame, total, latents: None)
+
+
+def test_video_pipeline_round_trips_through_a_folder(tmp_path):
+    pipe = arstudio.load_pipeline("test-tiny-video", device="cpu")
+    with torch.no_grad():
+        next(pipe.generator.parameters()).add_(0.01)
+    again = arstudio.VideoPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "video"))
+    kwargs = dict(class_labels=[0], num_frames=2, output_type="np")
+    a = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
+    b = again(generator=torch.Generator().manual_seed(0), **kwargs)
+    assert set(again.components) == {"tokenizer", "generator"} and torch.equal(a.latents, b.latents)

@@ -8,25 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from arstudio.decoding.guidance import ControlSignal, guidance_rows, guide, with_unconditional
 from arstudio.decoding.logits import SamplingParams, draw, filter_logits
 from arstudio.decoding.random import as_device_random
+from arstudio.decoding.types import DecodeResult, StepCallback
 
 __all__ = ["DecodeResult", "StepCallback", "sample_autoregressive", "with_unconditional"]
-
-# callback(step_index, num_steps, tokens_so_far (B, step_index + 1)) -> None | False (False stops early)
-StepCallback = Callable[[int, int, torch.Tensor], "bool | None"]
-
-
-@dataclass
-class DecodeResult:
-    tokens: torch.Tensor  # (B, N) int64, raster order
-    stats: dict = field(default_factory=dict)
-    vectors: torch.Tensor | None = None  # (B, N, d) what the decoder should read instead of the ids' codes
 
 
 @torch.no_grad()

@@ -55,11 +55,10 @@ class SpeculativeParams:
     # (lantern_k lives in the neighbour table the caller passes)
 
     def __post_init__(self):
-        from arstudio.decoding import DECODING_PARAMS
+        from arstudio.decoding.knobs import DRAFT_TOKENS, LANTERN_DELTA, LANTERN_LAMBDA
 
-        knobs = {p.name: p for p in DECODING_PARAMS["lantern"]}
-        for name in ("draft_tokens", "lantern_delta", "lantern_lambda"):
-            knobs[name].check(getattr(self, name))
+        for knob in (DRAFT_TOKENS, LANTERN_DELTA, LANTERN_LAMBDA):
+            knob.check(getattr(self, knob.name))
 
 
 class _Guide:

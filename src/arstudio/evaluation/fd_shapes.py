@@ -22,6 +22,7 @@ from arstudio.data.shapes import NUM_CLASSES, REGIONS, SIZES, class_batch
 from arstudio.evaluation.metrics import as_image_batch
 from arstudio.images import images_to_tensor
 from arstudio.io import CONFIG_NAME, PretrainedMixin
+from arstudio.seeding import seeded
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
@@ -29,7 +30,6 @@ from arstudio.training.common import (
     optimizer_step,
     resume_checkpoint,
     save_checkpoint,
-    seeded,
     set_lr,
 )
 

@@ -1,32 +1,48 @@
-"""Image pipeline: tokenizer + generator + decoding strategy -> images and everything to reproduce them."""
+"""Image pipeline: tokenizer + generator + decoding strategy -> images and everything to reproduce them.
+
+A call runs in stages, as diffusers' pipelines do: ``check_inputs`` (every check, before any work) ->
+``encode_conditions`` -> ``prepare_control`` -> ``sample`` (the strategy's ``run``) -> ``decode`` ->
+``describe`` (metadata). The strategies are ``arstudio.decoding.strategies.STRATEGIES``.
+"""
 
 from __future__ import annotations
 
-import secrets
+import json
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import numpy as np
 import torch
 
-from arstudio.data.control import check_control_map
-from arstudio.decoding import DECODING_PARAMS, DISTILLED_STRATEGIES, FIXED_SAMPLING_STRATEGIES
-from arstudio.decoding.autoregressive import sample_autoregressive
-from arstudio.decoding.continuous import sample_continuous
-from arstudio.decoding.continuous_speculative import (
-    ContinuousSpeculativeParams,
-    sample_continuous_speculative,
-)
-from arstudio.decoding.distilled import draw_noise, sample_distilled, sample_distilled_hybrid
 from arstudio.decoding.guidance import ControlSignal
-from arstudio.decoding.lantern import latent_neighbours
-from arstudio.decoding.logits import SAMPLING_KEYS, SamplingParams
-from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
-from arstudio.generators.control import check_strength
-from arstudio.generators.text_encoders import check_prompts
+from arstudio.decoding.logits import SamplingParams
+from arstudio.decoding.strategies import (
+    STRATEGIES,
+    DecodeRequest,
+    Strategy,
+    check_knobs,
+    get_strategy,
+    knob_names,
+)
+from arstudio.decoding.types import DecodeResult, StepCallback
 from arstudio.images import tensor_to_images
+from arstudio.io import atomic_write_bytes
+from arstudio.pipelines.callbacks import check_step_end_callback, step_callback
+from arstudio.pipelines.inputs import (
+    Conditions,
+    ControlRequest,
+    check_control,
+    check_output,
+    class_conditions,
+    control_signal,
+    per_image_generators,
+    text_conditions,
+)
 
-OUTPUT_TYPES = ("pil", "np")
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+PIPELINE_FILE = "pipeline.json"  # the preset name and the components of a saved pipeline folder
 
 
 @dataclass
@@ -38,28 +54,80 @@ class ImageOutput:
     stats: dict = field(default_factory=dict)
     metadata: list[dict] = field(default_factory=list)  # one dict per image
 
-
-@dataclass
-class Conditions:
-    """What the generator is conditioned on, one row per image, and how to describe each row."""
-
-    cond: torch.Tensor  # labels (B,) or text states (B, L, D)
-    negative: torch.Tensor | None  # same shape as cond, or None for the model's null condition
-    describe: list[dict]  # per image: class_label/class_name or prompt/negative_prompt
+    def to_tuple(self) -> tuple:
+        return self.images, self.tokens, self.seeds, self.timings, self.stats, self.metadata
 
 
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
+@dataclass(frozen=True)
+class Plan:
+    """A call after ``check_inputs``: the strategy and everything it runs with except the tensors."""
+
+    strategy: Strategy
+    params: SamplingParams
+    knobs: dict
+    head_steps: int | None
+    latents: torch.Tensor | None
+    callback: StepCallback | None
+    control: ControlRequest | None
+    output_type: str
+    repeat: int  # images per prompt / label
 
 
 class ImagePipeline:
     """Class presets take ``class_labels`` (ids) or ``prompt`` (class names such as "red circle");
-    text presets take ``prompt`` (free text) and optionally ``negative_prompt``."""
+    text presets take ``prompt`` (free text) and optionally ``negative_prompt``.
+
+    Call arguments (``pipe(...)``):
+        prompt: text for text presets; class names of the preset (e.g. "red circle") for class presets.
+        class_labels: class ids instead of names (class presets).
+        num_images_per_prompt: images per prompt/label; they get consecutive places in the output.
+        generator: one torch.Generator (per-image seeds are drawn from it), a list with one per image,
+            or None (fresh random seeds, reported in ``.seeds``).
+        guidance_scale, temperature, top_k, top_p: sampling; None takes the preset's default.
+        cfg_interval: guide only tokens whose index / N lies in [lo, hi); None guides every token.
+            A setting the strategy cannot apply (top-k/p on a diffusion head, any change to one-shot
+            distilled decoding) is refused, never ignored.
+        decoding: strategy name, one of ``self.decoding_strategies``.
+        output_type: "pil" or "np" (uint8 H x W x 3 arrays).
+        return_dict: False returns ``ImageOutput.to_tuple()`` (images first), as diffusers does.
+        callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` (diffusers' contract,
+            see ``arstudio.pipelines.callbacks``); set ``pipe.interrupt = True`` in it to stop early.
+        callback_on_step_end_tensor_inputs: names in ``callback_kwargs``: ``self.callback_tensor_inputs``.
+        negative_prompt: text presets only: what guidance steers away from (one, or one per prompt);
+            None uses the learned null condition. Needs guidance_scale != 1 to have an effect.
+        num_inference_steps: sampling steps of a diffusion/flow head per token (None: the preset's
+            default); with decoding "dd1"/"dd2" the DD model's forwards (1 or 2, default 1); other
+            heads have no such steps and refuse it.
+        latents: dd1/dd1_hybrid/dd2: the (images, tokens, codebook dims) noise to map, instead of drawing
+            it from each image's generator.
+        control_image: control presets: a one-channel map at the tokenizer's resolution (uint8/bool/float
+            array (H, W), PIL "L"), one for all images or a list with one per prompt/label; see
+            ``arstudio.data.control`` (``make_control`` computes one from an RGB image).
+        control_type: one of the model's control types (e.g. "edges", "mask"); default the first.
+        control_strength: scales the control tokens, in [0, 2]: null + s * (control - null).
+        control_guidance_scale: guidance over the control on its own scale (three CFG streams); None
+            guides class/text and control jointly with ``guidance_scale``.
+        callback: deprecated: ``fn(step, num_steps, tokens_so_far)``, False stops early.
+        noise: deprecated name of ``latents``.
+        **decoding_knobs: the strategy's knobs (``arstudio.decoding.DECODING_PARAMS``), e.g. draft_tokens,
+            lantern_k, lantern_delta, lantern_lambda, cspd_inner_temperature, dd_hybrid_start.
+    """
+
+    # Builds a pipeline from (preset name, weights folder, device, dtype): pipelines/loading.py sets it, as it
+    # imports this module (which therefore cannot import it). ``from_pretrained`` and video keyframes use it.
+    loader: Callable[..., ImagePipeline] | None = None
 
     def __init__(
-        self, tokenizer, generator, preset, device: torch.device, dtype: torch.dtype, text_encoder=None,
-        drafter=None, distilled: dict | None = None,
-    ):  # fmt: skip
+        self,
+        tokenizer,
+        generator,
+        preset,
+        device: torch.device,
+        dtype: torch.dtype,
+        text_encoder=None,
+        drafter=None,
+        distilled: dict | None = None,
+    ):
         self.tokenizer = tokenizer
         self.generator = generator
         self.preset = preset
@@ -67,47 +135,106 @@ class ImagePipeline:
         self.dtype = dtype
         self.text_encoder = text_encoder
         self.drafter = drafter  # speculative decoding's draft model, checked against the generator at load
-        self._neighbours: dict[int, torch.Tensor] = {}  # LANTERN's latent-neighbour tables, per k
         self.distilled = distilled or {}  # "dd1" / "dd2": DDGenerator, checked against generator + tokenizer
+        self.cache: dict = {}  # tables strategies derive from the models (LANTERN's neighbours); ``to`` empties it
+        self._interrupt = False
+        self.num_timesteps = 0  # tokens (frames, for video) the running call decodes, as in diffusers
 
     def __repr__(self) -> str:
-        return f"ImagePipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
+        return f"{type(self).__name__}(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
 
+    # ---- components, devices, folders ------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:
+        """The models this pipeline holds, by the folder name each is saved under."""
+        parts = {"tokenizer": self.tokenizer, "generator": self.generator, "drafter": self.drafter}
+        parts.update(self.distilled)
+        return {name: model for name, model in parts.items() if model is not None}
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ImagePipeline:
+        """Move every model (and the text encoder) to ``device`` and cast the models to ``dtype``; in place."""
+        if isinstance(device, torch.dtype):  # pipe.to(torch.float16), as diffusers allows
+            device, dtype = None, device
+        device = self.device if device is None else torch.device(device)
+        dtype = self.dtype if dtype is None else dtype
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"dtype={dtype} is not supported; use one of {SUPPORTED_DTYPES}")
+        self.tokenizer = self.tokenizer.to(device=device, dtype=dtype)
+        self.generator = self.generator.to(device=device, dtype=dtype)
+        if self.drafter is not None:
+            self.drafter = self.drafter.to(device=device, dtype=dtype)
+        self.distilled = {
+            name: model.to(device=device, dtype=dtype) for name, model in self.distilled.items()
+        }
+        if self.text_encoder is not None:  # frozen, read in float32: only its device follows
+            self.text_encoder = self.text_encoder.to(device)
+        self.device, self.dtype, self.cache = device, dtype, {}
+        return self
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write every model (``<name>/config.json`` + ``model.safetensors``) and ``pipeline.json`` (the
+        preset); ``from_pretrained(folder)`` or ``load_pipeline(preset, weights=folder)`` loads it back."""
+        paired = [name for name in self.components if name not in ("tokenizer", "generator")]
+        if self.dtype != torch.float32 and paired:
+            raise ValueError(
+                f"save_pretrained needs a float32 pipeline: {paired} check their pairing with the "
+                f"generator's float32 weights, which {self.dtype} has rounded; load it in float32"
+            )
+        folder = Path(folder)
+        for name, model in self.components.items():
+            model.save_pretrained(folder / name)
+        info = {"class": type(self).__name__, "preset": self.preset.name, "components": list(self.components)}
+        atomic_write_bytes(folder / PIPELINE_FILE, json.dumps(info, indent=2).encode())
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device=None, dtype=None, **load_options) -> ImagePipeline:
+        """The pipeline ``save_pretrained`` wrote to ``folder``, its models checked against its preset;
+        ``load_options`` go to ``load_pipeline`` as they are."""
+        path = Path(folder) / PIPELINE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no {PIPELINE_FILE}: it was not written by save_pretrained")
+        info = json.loads(path.read_text())
+        pipe = cls.loader(info["preset"], device=device, dtype=dtype, weights=folder, **load_options)
+        if not isinstance(pipe, cls):
+            raise ValueError(f"{folder} holds a {type(pipe).__name__}, not a {cls.__name__}")
+        return pipe
+
+    # ---- strategies ---------------------------------------------------------------------------------------
     @property
     def decoding_strategies(self) -> tuple[str, ...]:
-        """Strategies this preset can run: plain AR always; the others need a drafter for its generator,
-        and LANTERN a tokenizer with a codebook (its latent neighbourhoods); distilled decoding a DD model."""
-        distilled = (("dd1", "dd1_hybrid") if "dd1" in self.distilled else ()) + (
-            ("dd2",) if "dd2" in self.distilled else ()
-        )
-        if self.drafter is None:
-            return ("ar", *distilled)
-        if getattr(self.generator, "token_kind", "discrete") != "discrete":
-            return ("ar", "continuous_speculative")
-        if not hasattr(self.tokenizer, "codebook_vectors"):  # DD maps noise into the codebook space too
-            return ("ar", "speculative")
-        return ("ar", "speculative", "lantern", *distilled)
+        """The strategies this pipeline can run, in the registry's order (see each one's ``available``)."""
+        return tuple(name for name, s in STRATEGIES.items() if s.available(self) is None)
 
-    def _decoding_knobs(self, decoding: str, given: dict) -> dict:
-        """The strategy's knobs: given values checked against their ranges, defaults for the rest. A knob
-        the strategy does not use is an error rather than silently ignored."""
-        params = {p.name: p for p in DECODING_PARAMS[decoding]}
-        for name, value in given.items():
-            if value is not None and name not in params:
-                users = [s for s, knobs in DECODING_PARAMS.items() if name in {k.name for k in knobs}]
-                raise ValueError(
-                    f"{name}={value!r} applies to decoding in {users}, not decoding={decoding!r}"
-                )
-        knobs = {}
-        for name, param in params.items():
-            value = given.get(name)
-            knobs[name] = param.default if value is None else param.check(value)
-        return knobs  # lantern_k against the codebook size: latent_neighbours checks it, before sampling
+    def strategy(self, name: str) -> Strategy:
+        """The strategy ``name``, refused with the reason when this pipeline cannot run it."""
+        strategy = get_strategy(name)
+        why = strategy.available(self)
+        if why is not None:
+            raise ValueError(
+                f"decoding={name!r} is not available for preset {self.preset.name!r} ({why}); "
+                f"allowed: {self.decoding_strategies}"
+            )
+        return strategy
 
-    def _lantern_neighbours(self, k: int) -> torch.Tensor:
-        if k not in self._neighbours:
-            self._neighbours[k] = latent_neighbours(self.tokenizer.codebook_vectors(), k).to(self.device)
-        return self._neighbours[k]
+    def sampling_conflicts(self, decoding: str, settings: dict) -> dict[str, tuple]:
+        """{name: (asked, used instead)} for each sampling setting in ``settings`` that ``decoding`` cannot
+        apply here (None values and other keys are ignored); a call with any of them is refused."""
+        return get_strategy(decoding).sampling(self, settings)[1]
+
+    @property
+    def interrupt(self) -> bool:
+        """Set True (from a step callback) to stop the running call after this step, as in diffusers."""
+        return self._interrupt
+
+    @interrupt.setter
+    def interrupt(self, value: bool) -> None:
+        self._interrupt = bool(value)
+
+    @property
+    def callback_tensor_inputs(self) -> tuple[str, ...]:
+        """What ``callback_on_step_end_tensor_inputs`` may name: the tokens decided so far."""
+        return ("latents",) if self.generator.token_kind == "continuous" else ("tokens",)
 
     def preview(self, tokens_so_far: torch.Tensor) -> list:
         """Decode a partial raster-order token sequence (B, n) to PIL images for progress previews.
@@ -129,170 +256,112 @@ class ImagePipeline:
         pixels[:, ~known] = 128
         return [Image.fromarray(p) for p in pixels]
 
-    # ---- input handling -------------------------------------------------------------------------
-    def _class_conditions(self, prompt, class_labels, negative_prompt, repeat: int) -> Conditions:
-        if (prompt is None) == (class_labels is None):
-            raise ValueError("pass exactly one of prompt (class names) or class_labels (class ids)")
-        if negative_prompt is not None:
-            raise ValueError(
-                f"negative_prompt needs a text-to-image preset; {self.preset.name!r} is class-conditional"
+    # ---- the stages of a call --------------------------------------------------------------------------
+    def check_inputs(
+        self,
+        decoding: str,
+        sampling: dict,
+        knobs: dict,
+        num_inference_steps,
+        latents,
+        output_type: str,
+        repeat: int,
+        callbacks: tuple,
+        control: tuple,
+    ) -> Plan:
+        """Every check a call makes before any work; the plan the later stages follow."""
+        check_output(output_type, repeat, "num_images_per_prompt")
+        strategy = self.strategy(decoding)
+        params, conflicts = strategy.sampling(self, sampling)
+        if conflicts:
+            raise ValueError(strategy.refusal(self, conflicts))
+        steps_is_knob = "num_inference_steps" in {p.name for p in strategy.knobs}
+        knobs = check_knobs(
+            strategy, {**knobs, "num_inference_steps": num_inference_steps} if steps_is_knob else knobs
+        )
+        head_steps = strategy.head_steps(self, None if steps_is_knob else num_inference_steps)
+        latents_name, latents = latents
+        if latents is not None and not strategy.takes_latents:
+            users = [s.name for s in STRATEGIES.values() if s.takes_latents]
+            raise ValueError(f"{latents_name}= applies to decoding in {users}, not decoding={decoding!r}")
+        fn, names, legacy = callbacks
+        names = check_step_end_callback(fn, names, self.callback_tensor_inputs)
+        callback = step_callback(self, fn, names, legacy)
+        control = check_control(self, *control)
+        return Plan(strategy, params, knobs, head_steps, latents, callback, control, output_type, repeat)
+
+    def encode_conditions(self, prompt, class_labels, negative_prompt, repeat: int) -> Conditions:
+        make = text_conditions if self.text_encoder is not None else class_conditions
+        return make(self, prompt, class_labels, negative_prompt, repeat)
+
+    def prepare_control(self, plan: Plan, count: int) -> ControlSignal | None:
+        return control_signal(self, plan.control, count, plan.repeat)
+
+    def sample(self, plan: Plan, conditions: Conditions, generators, control) -> DecodeResult:
+        """The plan's strategy, run on the conditions with one generator per image."""
+        request = DecodeRequest(
+            conditions.cond,
+            conditions.negative,
+            generators,
+            plan.params,
+            plan.knobs,
+            plan.head_steps,
+            plan.callback,
+            control,
+            plan.latents,
+        )
+        self._interrupt = False
+        self.num_timesteps = self.generator.seq_len
+        return plan.strategy.run(self, request)
+
+    def decode(self, result: DecodeResult, output_type: str) -> list:
+        """Images of a complete result; none when a callback stopped sampling early."""
+        grid = self.tokenizer.grid_size
+        if result.tokens.shape[1] != grid * grid:
+            return []
+        if result.vectors is not None:  # distilled decoding's regressed positions go to the decoder as is
+            decoded = self.tokenizer.decode_vectors(
+                result.vectors.view(-1, grid, grid, result.vectors.shape[-1])
             )
-        names = self.preset.class_names
-        num_classes = self.generator.config.num_classes
-        if prompt is not None and not names:
-            raise ValueError(
-                f"{self.preset.name!r} has no class names: pass class_labels (0..{num_classes - 1})"
-            )
-        if prompt is not None:
-            labels = []
-            for text in _as_list(prompt):
-                key = str(text).strip().lower().removeprefix("a ").removeprefix("an ")
-                if key not in names:
-                    raise ValueError(
-                        f"prompt {text!r} is not a class of {self.preset.name}; allowed: {list(names)}"
-                    )
-                labels.append(names.index(key))
         else:
-            labels = []
-            for raw in _as_list(
-                class_labels.tolist() if isinstance(class_labels, torch.Tensor) else class_labels
-            ):
-                if isinstance(raw, bool) or not isinstance(raw, (int, np.integer)):
-                    raise ValueError(f"class label {raw!r} is not an integer")
-                if not 0 <= raw < num_classes:
-                    raise ValueError(f"class label {raw} is out of range: allowed are 0..{num_classes - 1}")
-                labels.append(int(raw))
-        labels = [label for label in labels for _ in range(repeat)]
-        describe = [{"class_label": lab, "class_name": names[lab] if names else None} for lab in labels]
-        cond = torch.tensor(labels, dtype=torch.long, device=self.device)
-        return Conditions(cond, None, describe)
+            decoded = self.tokenizer.decode(result.tokens.view(-1, grid, grid, *result.tokens.shape[2:]))
+        pixels = tensor_to_images(decoded.float())
+        if output_type == "np":
+            return list(pixels)
+        from PIL import Image
 
-    def _text_conditions(self, prompt, class_labels, negative_prompt, repeat: int) -> Conditions:
-        if class_labels is not None:
-            raise ValueError(f"{self.preset.name!r} is text-to-image: pass prompt, not class_labels")
-        if prompt is None:
-            raise ValueError(
-                f"{self.preset.name!r} needs a prompt, e.g. 'a large red circle at the top left'"
-            )
-        prompts = check_prompts(prompt)
-        negatives = None
-        if negative_prompt is not None:
-            negatives = check_prompts(negative_prompt)
-            if len(negatives) == 1:
-                negatives = negatives * len(prompts)
-            if len(negatives) != len(prompts):
-                raise ValueError(
-                    f"got {len(negatives)} negative prompts for {len(prompts)} prompts; pass 1 or one each"
-                )
+        return [Image.fromarray(p) for p in pixels]
 
-        def encode(texts: list[str]) -> torch.Tensor:
-            states = self.text_encoder(texts).to(device=self.device, dtype=self.dtype)
-            return states.repeat_interleave(repeat, dim=0)
-
-        describe = [
-            {"prompt": p, "negative_prompt": negatives[i] if negatives else None}
-            for i, p in enumerate(prompts)
-            for _ in range(repeat)
-        ]
-        return Conditions(encode(prompts), encode(negatives) if negatives else None, describe)
-
-    @staticmethod
-    def _generators(generator, count: int) -> tuple[list[torch.Generator], list[int]]:
-        """One CPU generator per image, and the seed each was started from."""
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != count:
-                raise ValueError(f"got {len(generator)} generators for {count} images; pass one per image")
-            seeds = [g.initial_seed() for g in generator]
-        elif isinstance(generator, torch.Generator):
-            # Derive per-image seeds from the one generator, so a call is reproducible and each image
-            # can be redone alone from its seed.
-            seeds = [int(s) for s in torch.randint(0, 2**62, (count,), generator=generator)]
-        elif generator is None:
-            seeds = [secrets.randbits(62) for _ in range(count)]
-        else:
-            raise ValueError(
-                f"generator must be a torch.Generator, a list of them or None, got {type(generator)}"
-            )
-        return [torch.Generator().manual_seed(s) for s in seeds], seeds
-
-    def _head_steps(self, head: str, num_inference_steps) -> int | None:
-        """Head sampling steps for continuous heads (the bridge head's are its d dimensions); None selects
-        the discrete sampler."""
-        if head in ("diffusion", "flow"):
-            steps = self.preset.defaults.get("num_inference_steps", 25)
-            return steps if num_inference_steps is None else num_inference_steps
-        if num_inference_steps is not None:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps!r} applies to diffusion/flow heads; preset "
-                f"{self.preset.name!r} has a {head} head: leave it None"
-            )
-        return self.generator.config.token_dim if head == "bridge" else None
-
-    def sampling_conflicts(self, decoding: str, settings: dict) -> dict[str, tuple]:
-        """{name: (asked, distilled)} for each sampling setting in ``settings`` (guidance_scale,
-        temperature, top_k, top_p; other keys and None values are ignored) that ``decoding`` cannot apply:
-        one-shot distilled decoding (``FIXED_SAMPLING_STRATEGIES``) samples the teacher at the settings it
-        was distilled with. Empty for every other strategy."""
-        if decoding not in FIXED_SAMPLING_STRATEGIES:
-            return {}
-        distilled_at = SamplingParams.from_defaults(self.preset.defaults)
-        return {
-            k: (v, getattr(distilled_at, k))
-            for k, v in settings.items()
-            if k in SAMPLING_KEYS and v is not None and v != getattr(distilled_at, k)
+    def describe(self, plan: Plan, conditions: Conditions, seeds: list[int]) -> list[dict]:
+        """One metadata dict per image: what was applied to make it (a setting the strategy cannot apply
+        was refused, so it is absent here rather than recorded as if applied)."""
+        applied = plan.strategy.applied_settings(self.generator)
+        sampling = {k: getattr(plan.params, k) for k in applied}
+        if "cfg_interval" in sampling:
+            sampling["cfg_interval"] = list(sampling["cfg_interval"])
+        shared = {
+            "preset": self.preset.name,
+            **sampling,
+            "decoding": plan.strategy.name,
+            **plan.knobs,
+            "tokenizer": type(self.tokenizer).__name__,
+            "head": getattr(self.generator.head, "kind", "categorical"),
+            "num_inference_steps": plan.knobs.get("num_inference_steps", self._recorded_head_steps(plan)),
+            "resolution": self.tokenizer.config.resolution,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
         }
+        if plan.control is not None:
+            shared.update(plan.control.describe())
+        return [{**shared, **row, "seed": seed} for row, seed in zip(conditions.describe, seeds, strict=True)]
 
-    def _sample_distilled(self, decoding, knobs, conditions: Conditions, generators, params, noise):
-        """dd1 / dd2 (1 or 2 forwards) or dd1_hybrid; noise from each image's generator unless given."""
-        model = self.distilled[decoding.removesuffix("_hybrid")]
-        codebook = self.tokenizer.codebook_vectors().detach()
-        if noise is None:
-            noise = draw_noise(generators, model.seq_len, model.config.token_dim, self.device)
-        noise = noise.to(self.device)
-        if decoding == "dd1_hybrid":
-            return sample_distilled_hybrid(model, self.generator, conditions.cond, noise, codebook, params,
-                                           knobs["dd_hybrid_start"], conditions.negative)  # fmt: skip
-        return sample_distilled(model, conditions.cond, noise, codebook, knobs["num_inference_steps"])
-
-    def _control_signal(self, control_image, control_type, control_strength, control_guidance_scale,
-                        decoding: str, count: int, repeat: int) -> ControlSignal | None:  # fmt: skip
-        """The control tokens of a call (None without a control image), after checking every control knob."""
-        encoder = getattr(self.generator, "control_encoder", None)
-        given = {"control_image": control_image, "control_type": control_type,
-                 "control_guidance_scale": control_guidance_scale}  # fmt: skip
-        if control_strength != 1.0:
-            given["control_strength"] = control_strength
-        if encoder is None:
-            used = [name for name, value in given.items() if value is not None]
-            if used:
-                raise ValueError(f"{used[0]} needs a control preset; {self.preset.name!r} takes no control")
-            return None
-        kind = encoder.config.types[0] if control_type is None else control_type
-        if kind not in encoder.config.types:
-            raise ValueError(f"control_type={kind!r} is unknown; allowed: {encoder.config.types}")
-        strength = check_strength(control_strength)
-        if control_image is None:
-            if control_type is not None or control_guidance_scale is not None or control_strength != 1.0:
-                raise ValueError(
-                    "control_type / control_strength / control_guidance_scale need a control_image"
-                )
-            return None
-        if decoding != "ar":
-            raise ValueError(
-                f"control works with decoding='ar' only (the drafters take no control), got {decoding!r}"
-            )
-        maps = control_image if isinstance(control_image, (list, tuple)) else [control_image]
-        prompts = count // repeat
-        if len(maps) not in (1, prompts):
-            raise ValueError(
-                f"got {len(maps)} control images for {prompts} prompts/labels; pass 1 or one each"
-            )
-        resolution = encoder.config.resolution
-        arrays = [check_control_map(m, resolution) for m in maps] * (prompts if len(maps) == 1 else 1)
-        batch = torch.from_numpy(np.stack(arrays)).repeat_interleave(repeat, dim=0)[:, None]  # (B, 1, R, R)
-        batch = batch.to(device=self.device, dtype=self.dtype)
-        tokens = self.generator.encode_control(batch, [kind] * count, strength)
-        return ControlSignal(tokens, encoder.null(count), control_guidance_scale)
+    def _recorded_head_steps(self, plan: Plan) -> int | None:
+        """Head steps worth recording: a diffusion/flow head's (the bridge's d dimensions are not a choice)."""
+        return (
+            None
+            if getattr(self.generator.head, "kind", "categorical") in ("categorical", "bridge")
+            else plan.head_steps
+        )
 
     # ---- the call -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -306,189 +375,83 @@ class ImagePipeline:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        cfg_interval: tuple[float, float] = (0.0, 1.0),
+        cfg_interval: tuple[float, float] | None = None,
         decoding: str = "ar",
         output_type: str = "pil",
+        return_dict: bool = True,
         callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
-        draft_tokens: int | None = None,
-        lantern_k: int | None = None,
-        lantern_delta: float | None = None,
-        lantern_lambda: float | None = None,
-        cspd_inner_temperature: float | None = None,
         num_inference_steps: int | None = None,
-        dd_hybrid_start: int | None = None,
-        noise: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
         control_image=None,
         control_type: str | None = None,
         control_strength: float = 1.0,
         control_guidance_scale: float | None = None,
-    ) -> ImageOutput:
-        """Generate images.
-
-        Args:
-            prompt: text for text presets; class names of the preset (e.g. "red circle") for class presets.
-            class_labels: class ids instead of names (class presets).
-            num_images_per_prompt: images per prompt/label; they get consecutive places in the output.
-            generator: one torch.Generator (per-image seeds are drawn from it), a list with one per image,
-                or None (fresh random seeds, reported in ``.seeds``).
-            guidance_scale, temperature, top_k, top_p: sampling; None takes the preset's default.
-            cfg_interval: guide only tokens whose index / N lies in [lo, hi).
-            decoding: strategy name, one of ``self.decoding_strategies``.
-            output_type: "pil" or "np" (uint8 H x W x 3 arrays).
-            callback_on_step_end: ``fn(step, num_steps, tokens_so_far)``; return False to stop early.
-            negative_prompt: text presets only: what guidance steers away from (one, or one per prompt);
-                None uses the learned null condition. Needs guidance_scale != 1 to have an effect.
-            draft_tokens: speculative/lantern: tokens drafted per target forward (default 4).
-            lantern_k, lantern_delta, lantern_lambda: LANTERN's neighbourhood size, total-variation budget
-                per token (0 = exact) and LANTERN++ cap (1 = off); see ``arstudio.decoding.lantern``.
-            cspd_inner_temperature: continuous_speculative: 1 is the exact acceptance test, > 1 relaxes it
-                (see ``arstudio.decoding.continuous_speculative``).
-            num_inference_steps: sampling steps of a diffusion/flow head per token (None: the preset's
-                default); with decoding "dd1"/"dd2" the DD model's forwards (1 or 2, default 1); other
-                heads have no such steps and refuse it.
-            dd_hybrid_start: dd1_hybrid: tokens kept from the first DD step before the teacher continues
-                (see ``arstudio.decoding.distilled``).
-            noise: dd1/dd1_hybrid/dd2: the (images, tokens, codebook dims) noise to map, instead of drawing
-                it from each image's generator.
-            control_image: control presets: a one-channel map at the tokenizer's resolution (uint8/bool/float
-                array (H, W), PIL "L"), one for all images or a list with one per prompt/label; see
-                ``arstudio.data.control`` (``make_control`` computes one from an RGB image).
-            control_type: one of the model's control types (e.g. "edges", "mask"); default the first.
-            control_strength: scales the control tokens, in [0, 2]: null + s * (control - null).
-            control_guidance_scale: guidance over the control on its own scale (three CFG streams); None
-                guides class/text and control jointly with ``guidance_scale``.
-        """
+        callback: StepCallback | None = None,
+        noise: torch.Tensor | None = None,
+        **decoding_knobs,
+    ) -> ImageOutput | tuple:
+        """Generate images; the arguments are in the class docstring."""
         t0 = time.perf_counter()
-        defaults = self.preset.defaults
-        asked = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k, "top_p": top_p}
-        params = SamplingParams.from_defaults(defaults, **asked, cfg_interval=tuple(cfg_interval))
-        if decoding not in DECODING_PARAMS:
-            raise ValueError(f"decoding={decoding!r} is unknown; allowed: {tuple(DECODING_PARAMS)}")
-        if decoding not in self.decoding_strategies:
-            why = "it ships no drafter" if self.drafter is None else "its tokenizer has no codebook"
-            if decoding in DISTILLED_STRATEGIES:
-                why = f"it ships no {decoding.removesuffix('_hybrid')} model"
-            if getattr(self.generator, "control_encoder", None) is not None:
-                why = "a control preset decodes with decoding='ar' only"
-            raise ValueError(
-                f"decoding={decoding!r} is not available for preset {self.preset.name!r} ({why}); "
-                f"allowed: {self.decoding_strategies}"
-            )
-        knobs = self._decoding_knobs(decoding, {"draft_tokens": draft_tokens, "lantern_k": lantern_k,
-                                                "lantern_delta": lantern_delta, "lantern_lambda": lantern_lambda,
-                                                "cspd_inner_temperature": cspd_inner_temperature,
-                                                "dd_hybrid_start": dd_hybrid_start})  # fmt: skip
-        distilled = decoding in DISTILLED_STRATEGIES
-        if distilled and decoding != "dd1_hybrid":  # here num_inference_steps counts DD forwards
-            knobs.update(self._decoding_knobs(decoding, {"num_inference_steps": num_inference_steps}))
-        elif distilled and num_inference_steps is not None:
-            raise ValueError(f"num_inference_steps={num_inference_steps!r} does not apply to dd1_hybrid (its "
-                             "forwards follow from dd_hybrid_start); leave it None")  # fmt: skip
-        conflicts = self.sampling_conflicts(decoding, asked)
-        if conflicts:
-            distilled_at = SamplingParams.from_defaults(defaults)
-            raise ValueError(
-                f"decoding={decoding!r} samples the teacher's default sampling it was distilled with "
-                f"({', '.join(f'{k}={getattr(distilled_at, k)!r}' for k in asked)}); "
-                f"{', '.join(f'{k}={v[0]!r}' for k, v in conflicts.items())} cannot apply "
-                "(use decoding='dd1_hybrid' or 'ar' to change it)"
-            )
-        if noise is not None and not distilled:
-            raise ValueError(
-                f"noise= applies to decoding in {DISTILLED_STRATEGIES}, not decoding={decoding!r}"
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt={num_images_per_prompt!r} must be an integer >= 1")
-        make = self._text_conditions if self.text_encoder is not None else self._class_conditions
-        conditions = make(prompt, class_labels, negative_prompt, num_images_per_prompt)
-        count = len(conditions.describe)
-        generators, seeds = self._generators(generator, count)
-        control = self._control_signal(control_image, control_type, control_strength, control_guidance_scale,
-                                       decoding, count, num_images_per_prompt)  # fmt: skip
-
-        head = getattr(self.generator.head, "kind", "categorical")
-        steps = None if distilled else self._head_steps(head, num_inference_steps)
-        if distilled:
-            result = self._sample_distilled(decoding, knobs, conditions, generators, params, noise)
-        elif decoding == "continuous_speculative":
-            spec = ContinuousSpeculativeParams(knobs["draft_tokens"], steps, knobs["cspd_inner_temperature"])
-            result = sample_continuous_speculative(self.generator, self.drafter, conditions.cond, generators,
-                                                   params, spec, conditions.negative, callback_on_step_end)  # fmt: skip
-        elif steps is not None:  # vector tokens: the continuous sampler
-            result = sample_continuous(self.generator, conditions.cond, generators, params, steps,
-                                       callback_on_step_end, negative_cond=conditions.negative,
-                                       control=control)  # fmt: skip
-        elif decoding == "ar":
-            result = sample_autoregressive(self.generator, conditions.cond, generators, params,
-                                           callback_on_step_end, negative_cond=conditions.negative,
-                                           control=control)  # fmt: skip
-        else:
-            lantern = decoding == "lantern"
-            spec = SpeculativeParams(knobs["draft_tokens"], knobs.get("lantern_delta", 0.0),
-                                     knobs.get("lantern_lambda", 1.0))  # fmt: skip
-            neighbours = self._lantern_neighbours(knobs["lantern_k"]) if lantern else None
-            result = sample_speculative(self.generator, self.drafter, conditions.cond, generators, params, spec,
-                                        neighbours, conditions.negative, callback_on_step_end)  # fmt: skip
-        t1 = time.perf_counter()
-        grid = self.tokenizer.grid_size
-        tokens = result.tokens
-        complete = tokens.shape[1] == grid * grid
-        grid_shape = (-1, grid, grid, *tokens.shape[2:])  # (B, N, ...) raster order -> (B, h, w, ...)
-        images = []
-        if complete:  # a callback may have stopped sampling early: then there is nothing to decode
-            if result.vectors is not None:  # distilled decoding's regressed positions go to the decoder as is
-                decoded = self.tokenizer.decode_vectors(
-                    result.vectors.view(-1, grid, grid, result.vectors.shape[-1])
-                )
-            else:
-                decoded = self.tokenizer.decode(tokens.view(grid_shape))
-            pixels = tensor_to_images(decoded.float())
-            if output_type == "pil":
-                from PIL import Image
-
-                images = [Image.fromarray(p) for p in pixels]
-            else:
-                images = list(pixels)
-        t2 = time.perf_counter()
-        timings = {
-            "sampling_s": t1 - t0,
-            "decode_s": t2 - t1,
-            "total_s": t2 - t0,
-            "images_per_s": count / (t2 - t0),
+        sampling = {
+            "guidance_scale": guidance_scale,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "cfg_interval": cfg_interval,
         }
-        shared = {
-            "preset": self.preset.name,
-            "guidance_scale": params.guidance_scale,
-            "temperature": params.temperature,
-            "top_k": params.top_k,
-            "top_p": params.top_p,
-            "cfg_interval": list(params.cfg_interval),
-            "decoding": decoding,
-            **knobs,
-            "tokenizer": type(self.tokenizer).__name__,
-            "head": head,
-            "num_inference_steps": knobs.get(
-                "num_inference_steps", None if head in ("categorical", "bridge") else steps
-            ),
-            "resolution": self.tokenizer.config.resolution,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-        }
-        if control is not None:
-            kind = control_type or self.generator.control_encoder.config.types[0]
-            shared.update(control_type=kind, control_strength=float(control_strength),
-                          control_guidance_scale=control_guidance_scale)  # fmt: skip
-        metadata = [
-            {**shared, **row, "seed": seed} for row, seed in zip(conditions.describe, seeds, strict=True)
-        ]
-        return ImageOutput(
-            images=images,
-            tokens=tokens.view(grid_shape) if complete else tokens,
-            seeds=seeds,
-            timings=timings,
-            stats=result.stats,
-            metadata=metadata,
+        plan = self.check_inputs(
+            decoding,
+            sampling,
+            _known_knobs(decoding_knobs),
+            num_inference_steps,
+            _latents(latents, noise),
+            output_type,
+            num_images_per_prompt,
+            (callback_on_step_end, callback_on_step_end_tensor_inputs, callback),
+            (control_image, control_type, control_strength, control_guidance_scale),
         )
+        conditions = self.encode_conditions(prompt, class_labels, negative_prompt, num_images_per_prompt)
+        generators, seeds = per_image_generators(generator, len(conditions.describe))
+        control = self.prepare_control(plan, len(conditions.describe))
+        result = self.sample(plan, conditions, generators, control)
+        t1 = time.perf_counter()
+        images = self.decode(result, output_type)
+        times = (t0, t1, time.perf_counter())
+        out = self._output(images, result, plan, conditions, seeds, times)
+        return out if return_dict else out.to_tuple()
+
+    def _output(self, images, result: DecodeResult, plan: Plan, conditions, seeds, times) -> ImageOutput:
+        tokens = self._grid_tokens(result.tokens)
+        metadata = self.describe(plan, conditions, seeds)
+        return ImageOutput(images, tokens, seeds, _timings(*times, len(seeds)), result.stats, metadata)
+
+    def _grid_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, ...) raster order -> (B, h, w, ...) when complete; a stopped call's (B, n, ...) as is."""
+        grid = self.tokenizer.grid_size
+        return tokens.view(-1, grid, grid, *tokens.shape[2:]) if tokens.shape[1] == grid * grid else tokens
+
+
+def _known_knobs(given: dict) -> dict:
+    """Keyword arguments a call passes on to the strategies; any other name is refused as Python would."""
+    unknown = sorted(set(given) - knob_names())
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument {unknown[0]!r}; strategy knobs are {sorted(knob_names())}"
+        )
+    return given
+
+
+def _latents(latents, noise) -> tuple[str, torch.Tensor | None]:
+    """(the name the caller used, the given noise): ``noise=`` is the deprecated name of ``latents=``."""
+    if noise is None:
+        return "latents", latents
+    if latents is not None:
+        raise ValueError("pass latents= or its deprecated name noise=, not both")
+    warnings.warn("noise= is deprecated; pass latents=", DeprecationWarning, stacklevel=4)
+    return "noise", noise
+
+
+def _timings(t0: float, t1: float, t2: float, count: int) -> dict:
+    return {"sampling_s": t1 - t0, "decode_s": t2 - t1, "total_s": t2 - t0, "images_per_s": count / (t2 - t0)}

@@ -12,6 +12,7 @@ import torch
 from arstudio.decoding.compiled import Compilation, check_compile, compile_pipeline, resolve_compile
 from arstudio.decoding.continuous_speculative import check_draft_for_cspd
 from arstudio.decoding.drafting import check_draft_model
+from arstudio.decoding.strategies import wanted_components
 from arstudio.generators.backbone import check_attention_backend
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
 from arstudio.generators.distilled import DDGenerator
@@ -19,15 +20,13 @@ from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
-from arstudio.pipelines.image import ImagePipeline
+from arstudio.pipelines.image import SUPPORTED_DTYPES, ImagePipeline
 from arstudio.pipelines.video import VideoPipeline
 from arstudio.presets import WEIGHTS_ROOT, Preset, get_preset
+from arstudio.seeding import seeded
 from arstudio.tokenizers.bridge import BridgeConfig, BridgeTokenizer
 from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 from arstudio.tokenizers.vq import VQTokenizer
-from arstudio.training.common import seeded
-
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def default_device() -> torch.device:
@@ -224,9 +223,10 @@ def load_pipeline(
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device, preset.text_phrases)
     drafter, distilled = None, {}
-    if decoding_models:
-        drafter = _load_drafter(preset, generator, source, device, fp32)
-        distilled = _load_distilled(preset, generator, tokenizer, source, device, fp32)
+    if decoding_models:  # only the components some strategy can run with (each strategy's ``supports``)
+        wanted = wanted_components(generator, tokenizer)
+        drafter = _load_drafter(preset, generator, source, device, fp32) if "drafter" in wanted else None
+        distilled = _load_distilled(preset, generator, tokenizer, source, device, fp32, wanted)
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
     distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}
@@ -241,6 +241,7 @@ def _accelerate(pipe, compile: bool | str, attention_backend: str):
         backbone = getattr(model, "backbone", None)
         if backbone is not None:
             backbone.set_attention_backend(attention_backend)
+    pipe.load_options = {"compile": compile, "attention_backend": attention_backend}
     pipe.compilation = Compilation()
     if resolve_compile(compile, torch.device(pipe.device)):
         if isinstance(pipe, VideoPipeline):
@@ -251,17 +252,14 @@ def _accelerate(pipe, compile: bool | str, attention_backend: str):
     return pipe
 
 
-def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype) -> dict:
-    """Distilled-decoding models: ``dd1/`` and ``dd2/`` beside the generator (checked to be distilled from this
-    generator and tokenizer); for random presets, seeded DD models made from the random generator (so tests
-    run the samplers); none for continuous generators, control generators (control decodes with "ar" only)
-    or hub presets."""
-    if generator.token_kind != "discrete" or not hasattr(tokenizer, "codebook_vectors"):
-        return {}
-    if getattr(generator, "control_encoder", None) is not None:
-        return {}
+def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype, wanted) -> dict:
+    """The ``wanted`` distilled-decoding models: ``dd1/`` and ``dd2/`` beside the generator (checked to be
+    distilled from this generator and tokenizer); for random presets, seeded DD models made from the random
+    generator (so tests run the samplers); none for hub presets."""
     models = {}
     for offset, method in enumerate(("dd1", "dd2")):
+        if method not in wanted:
+            continue
         if source is None:
             model = seeded(lambda m=method: DDGenerator.from_teacher(generator, tokenizer, method=m),
                            preset.init_seed + 3 + offset)  # fmt: skip
@@ -278,9 +276,7 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
     """The speculative-decoding drafter: ``drafter/`` beside the generator when there is one, either an
     EAGLE-style ``Drafter`` (checked to be trained for this generator) or an independent small
     ``ImageGenerator`` (checked to share its tokens and condition); a seeded random ``Drafter`` for random
-    presets; none for hub presets or control generators (control decodes with "ar" only)."""
-    if getattr(generator, "control_encoder", None) is not None:
-        return None
+    presets; none for hub presets."""
     if generator.token_kind != "discrete":
         return _load_continuous_draft_model(preset, generator, source, device, dtype)
     if source is None:
@@ -302,11 +298,8 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
 
 
 def _load_continuous_draft_model(preset: Preset, generator, source, device, dtype):
-    """Continuous speculative decoding's draft model (diffusion heads only): an independent small
-    ``ContinuousImageGenerator`` in ``drafter/``, or a seeded random one with the preset's config for
-    random presets."""
-    if generator.head.kind != "diffusion":
-        return None
+    """Continuous speculative decoding's draft model: an independent small ``ContinuousImageGenerator`` in
+    ``drafter/``, or a seeded random one with the preset's config for random presets."""
     if source is None:
         draft = seeded(lambda: _random_generator(preset.generator), preset.init_seed + 2)
     elif isinstance(source, Path) and (source / "drafter").is_dir():
@@ -315,3 +308,8 @@ def _load_continuous_draft_model(preset: Preset, generator, source, device, dtyp
         return None
     check_draft_for_cspd(generator, draft)
     return draft.to(device=device, dtype=dtype).eval()
+
+
+# The pipelines build other pipelines (``from_pretrained``, video keyframes) through this hook rather than
+# by importing this module, which imports them.
+ImagePipeline.loader = staticmethod(load_pipeline)

@@ -1,6 +1,6 @@
 """Video pipeline: KL tokenizer (frame-wise latents) + FAR video generator -> frames and metadata.
 
-Class conditions, seeds and generators follow ``ImagePipeline`` (whose helpers it inherits): class names
+Class conditions, seeds and generators follow ``ImagePipeline`` (``pipelines/inputs.py``): class names
 ("red circle", also "a red circle moving right": the motion words are not conditioned on) or class ids,
 one CPU generator per video. ``context_frames`` turns generation into video prediction.
 
@@ -15,17 +15,21 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from arstudio.decoding.continuous import check_num_inference_steps
 from arstudio.decoding.logits import check_sampling_params
+from arstudio.decoding.types import DecodeResult
 from arstudio.decoding.video import sample_video
 from arstudio.images import images_to_tensor, tensor_to_images
-from arstudio.pipelines.image import OUTPUT_TYPES, ImagePipeline
+from arstudio.pipelines.callbacks import check_step_end_callback, step_callback
+from arstudio.pipelines.image import ImagePipeline
+from arstudio.pipelines.inputs import Conditions, check_output, class_conditions, per_image_generators
 
 MOTION_WORDS = re.compile(r"\s+moving\s+[a-z-]+\s*$")
 FIRST_FRAME_SOURCES = ("video", "image")
@@ -48,16 +52,57 @@ class VideoOutput:
     stats: dict = field(default_factory=dict)
     metadata: list[dict] = field(default_factory=list)  # one dict per video
 
+    def to_tuple(self) -> tuple:
+        return self.frames, self.latents, self.seeds, self.timings, self.stats, self.metadata
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """A video call after ``check_inputs``."""
+
+    num_frames: int
+    guidance_scale: float
+    temperature: float
+    num_inference_steps: int
+    temporal_decay: float
+    short_frames: int | None
+    use_cache: bool
+    first_frame: str  # "video" or "image"; "context" once context frames are given
+    output_type: str
+    repeat: int
+    callback: object
+
 
 class VideoPipeline(ImagePipeline):
     """``pipe(class_labels=[3], num_frames=16)`` or ``pipe(prompt="red circle")``; ``context_frames`` (uint8
     (C, H, W, 3) for every video, (B, C, H, W, 3) one clip each, a list of frames, or an mp4/gif path) are
-    kept as the first C frames and the rest is predicted."""
+    kept as the first C frames and the rest is predicted.
+
+    Call arguments (``pipe(...)``):
+        prompt / class_labels: class names or ids, as for class-to-image presets.
+        num_frames: frames per video, 1..``max_frames`` (the model trained on ``train_frames``; longer
+            clips extrapolate, where ``temporal_decay`` helps).
+        context_frames: given first frames (see above); they must be fewer than num_frames.
+        generator: one torch.Generator, one per video, or None (fresh seeds, in ``.seeds``).
+        guidance_scale, temperature, num_inference_steps: CFG on the velocity, initial-noise scale,
+            Euler steps per frame; None takes the preset's defaults.
+        temporal_decay: FlexRoPE-style test-time decay (attention bias -decay x frame distance); 0 is off.
+        short_frames: frames kept at full resolution as context (None: the model's; 0: never compress).
+        use_cache: the frame KV cache; False recomputes the context every step (speed baseline).
+        return_dict: False returns ``VideoOutput.to_tuple()`` (frames first).
+        callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each frame
+            (timestep: the frame; callback_kwargs["latents"]: (B, frame + 1, N, d)); set
+            ``pipe.interrupt = True`` to stop early. ``callback=`` takes the deprecated
+            ``fn(frame, num_frames, latents_so_far)``.
+        first_frame: who draws frame 0 when no context is given: "video" or "image" (the keyframe image
+            preset, see the module docstring); None takes the preset's default.
+    """
 
     _keyframe: ImagePipeline | None = None  # the keyframe image pipeline, loaded on first use
     # Preset name -> image pipeline, asked before loading one: the studio sets its pipeline cache here, so a
     # keyframe preset already open in the image tab is shared rather than loaded a second time.
     keyframe_loader: Callable[[str], ImagePipeline] | None = None
+    load_options: dict = {}  # load_pipeline's engine options (compile, attention_backend); set by the loader
 
     def __repr__(self) -> str:
         return f"VideoPipeline(preset={self.preset.name!r}, device={self.device}, dtype={self.dtype})"
@@ -80,11 +125,10 @@ class VideoPipeline(ImagePipeline):
             raise ValueError(
                 f"first_frame='image' needs a keyframe image preset; {self.preset.name!r} has none: use 'video'"
             )
-        from arstudio.pipelines.loading import load_pipeline
-
         pipe = None if self.keyframe_loader is None else self.keyframe_loader(name)
         if pipe is None or (pipe.device, pipe.dtype) != (self.device, self.dtype):
-            pipe = load_pipeline(name, device=self.device, dtype=self.dtype)
+            # The engine options the video pipeline was loaded with (compile, attention backend) apply too.
+            pipe = self.loader(name, device=self.device, dtype=self.dtype, **self.load_options)
         if not same_model(pipe.tokenizer, self.tokenizer):  # other latents would be noise to the video model
             raise ValueError(f"keyframe preset {name!r} has another tokenizer than {self.preset.name!r}")
         self._keyframe = pipe
@@ -97,10 +141,9 @@ class VideoPipeline(ImagePipeline):
 
     def decode_frames(self, latents: torch.Tensor) -> np.ndarray:
         """(B, T, N, d) latents -> uint8 (B, T, H, W, 3)."""
-        b, t, n, d = latents.shape
-        g = self.tokenizer.grid_size
-        pixels = self.tokenizer.decode(latents.reshape(b * t, g, g, d).to(self.dtype)).float()
-        return tensor_to_images(pixels).reshape(b, t, *pixels.shape[2:], 3)
+        frames = rearrange(latents, "b t (gh gw) d -> (b t) gh gw d", gh=self.tokenizer.grid_size)
+        pixels = tensor_to_images(self.tokenizer.decode(frames.to(self.dtype)).float())
+        return rearrange(pixels, "(b t) h w c -> b t h w c", b=latents.shape[0])
 
     def preview(self, latents_so_far: torch.Tensor) -> list:
         """The newest frame of each video (B, T, N, d) as PIL images: the studio's per-frame progress."""
@@ -119,8 +162,12 @@ class VideoPipeline(ImagePipeline):
             context_frames = np.stack([np.asarray(f) for f in context_frames])
         r = self.tokenizer.config.resolution
         array = context_frames
-        if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim not in (4, 5) \
-                or tuple(array.shape[-3:]) != (r, r, 3):  # fmt: skip
+        if (
+            not isinstance(array, np.ndarray)
+            or array.dtype != np.uint8
+            or array.ndim not in (4, 5)
+            or tuple(array.shape[-3:]) != (r, r, 3)
+        ):
             shape = getattr(array, "shape", type(array).__name__)
             raise ValueError(
                 f"context_frames must be uint8 frames ({r}, {r}, 3): (C, {r}, {r}, 3) or (videos, C, {r}, {r}, 3); "
@@ -143,6 +190,125 @@ class VideoPipeline(ImagePipeline):
         latents = self.tokenizer.encode(pixels)  # (count * given, h, w, d)
         return latents.reshape(count, given, -1, latents.shape[-1])
 
+    def check_inputs(
+        self,
+        num_frames,
+        guidance_scale,
+        temperature,
+        num_inference_steps,
+        temporal_decay,
+        short_frames,
+        use_cache,
+        first_frame,
+        output_type,
+        repeat,
+        callbacks,
+    ) -> VideoPlan:
+        """Every check a video call makes before any work; preset defaults filled in."""
+        from arstudio.data.sprites import check_num_frames
+
+        num_frames = check_num_frames(num_frames, self.max_frames)
+        check_output(output_type, repeat, "num_videos_per_prompt")
+        if (
+            isinstance(temporal_decay, bool)
+            or not isinstance(temporal_decay, (int, float))
+            or temporal_decay < 0
+        ):
+            raise ValueError(f"temporal_decay={temporal_decay!r} must be a number >= 0 (0 turns it off)")
+        defaults = self.preset.defaults
+        guidance = defaults.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale
+        temp = defaults.get("temperature", 1.0) if temperature is None else temperature
+        check_sampling_params(guidance, temp, 0, 1.0)  # top-k / top-p do not apply to the flow head
+        steps = (
+            defaults.get("num_inference_steps", 20) if num_inference_steps is None else num_inference_steps
+        )
+        check_num_inference_steps(steps, self.generator.head)
+        source = defaults.get("first_frame", "video") if first_frame is None else first_frame
+        if source not in FIRST_FRAME_SOURCES:
+            raise ValueError(f"first_frame={source!r} is not allowed; use one of {FIRST_FRAME_SOURCES}")
+        fn, names, legacy = callbacks
+        callback = step_callback(
+            self, fn, check_step_end_callback(fn, names, self.callback_tensor_inputs), legacy
+        )
+        return VideoPlan(
+            num_frames,
+            float(guidance),
+            float(temp),
+            steps,
+            float(temporal_decay),
+            short_frames,
+            use_cache,
+            source,
+            output_type,
+            repeat,
+            callback,
+        )
+
+    def encode_conditions(self, prompt, class_labels, negative_prompt, repeat: int) -> Conditions:
+        """Class conditions; a prompt's trailing motion words ("moving right") are not conditioned on."""
+        if isinstance(prompt, str):
+            prompt = MOTION_WORDS.sub("", prompt)
+        elif isinstance(prompt, (list, tuple)):
+            prompt = [MOTION_WORDS.sub("", str(p)) for p in prompt]
+        return class_conditions(self, prompt, class_labels, negative_prompt, repeat)
+
+    def sample(self, plan: VideoPlan, conditions: Conditions, generators, context) -> DecodeResult:
+        p = plan
+        self._interrupt, self.num_timesteps = False, p.num_frames
+        return sample_video(
+            self.generator,
+            conditions.cond,
+            generators,
+            p.num_frames,
+            context,
+            p.guidance_scale,
+            p.temperature,
+            p.num_inference_steps,
+            p.temporal_decay,
+            p.short_frames,
+            p.use_cache,
+            p.callback,
+        )
+
+    def decode(self, result: DecodeResult, output_type: str) -> list:
+        pixels = self.decode_frames(result.tokens)
+        if output_type == "np":
+            return list(pixels)
+        from PIL import Image
+
+        return [[Image.fromarray(f) for f in video] for video in pixels]
+
+    def describe(self, plan: VideoPlan, conditions: Conditions, seeds, result, context) -> list[dict]:
+        shared = {
+            "preset": self.preset.name,
+            "num_frames": int(result.tokens.shape[1]),
+            "context_frames": 0
+            if context is None or plan.first_frame != "context"
+            else int(context.shape[1]),
+            "first_frame": plan.first_frame,
+            "guidance_scale": plan.guidance_scale,
+            "temperature": plan.temperature,
+            "num_inference_steps": plan.num_inference_steps,
+            "temporal_decay": plan.temporal_decay,
+            "short_frames": self.generator.config.short_frames
+            if plan.short_frames is None
+            else plan.short_frames,
+            "decoding": "far",
+            "resolution": self.tokenizer.config.resolution,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+        return [{**shared, **row, "seed": s} for row, s in zip(conditions.describe, seeds, strict=True)]
+
+    def _first_frames(self, plan: VideoPlan, context_frames, conditions: Conditions, generators):
+        """(plan with who drew frame 0, given context latents (B, C, N, d) or None)."""
+        context = self._context_latents(context_frames, len(generators), plan.num_frames)
+        if context is not None:
+            return replace(plan, first_frame="context"), context
+        if plan.first_frame == "image":  # the generators draw the keyframe first, then the rest: one seed
+            return plan, self._keyframes(conditions.cond, generators)
+        return plan, None
+
     @torch.no_grad()
     def __call__(
         self,
@@ -159,98 +325,47 @@ class VideoPipeline(ImagePipeline):
         short_frames: int | None = None,
         use_cache: bool = True,
         output_type: str = "pil",
+        return_dict: bool = True,
         callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         first_frame: str | None = None,
-    ) -> VideoOutput:
-        """Generate videos.
-
-        Args:
-            prompt / class_labels: class names or ids, as for class-to-image presets.
-            num_frames: frames per video, 1..``max_frames`` (the model trained on ``train_frames``; longer
-                clips extrapolate, where ``temporal_decay`` helps).
-            context_frames: given first frames (see the class docstring); they must be fewer than num_frames.
-            generator: one torch.Generator, one per video, or None (fresh seeds, in ``.seeds``).
-            guidance_scale, temperature, num_inference_steps: CFG on the velocity, initial-noise scale,
-                Euler steps per frame; None takes the preset's defaults.
-            temporal_decay: FlexRoPE-style test-time decay (attention bias -decay x frame distance); 0 is off.
-            short_frames: frames kept at full resolution as context (None: the model's; 0: never compress).
-            use_cache: the frame KV cache; False recomputes the context every step (speed baseline).
-            callback_on_step_end: ``fn(frame, num_frames, latents_so_far)``; return False to stop early.
-            first_frame: who draws frame 0 when no context is given: "video" or "image" (the keyframe image
-                preset, see the module docstring); None takes the preset's default.
-        """
-        from arstudio.data.sprites import check_num_frames
-
+        callback=None,
+    ) -> VideoOutput | tuple:
+        """Generate videos; the arguments are in the class docstring."""
         t0 = time.perf_counter()
-        num_frames = check_num_frames(num_frames, self.max_frames)
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
-        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
-            raise ValueError(f"num_videos_per_prompt={num_videos_per_prompt!r} must be an integer >= 1")
-        if (
-            isinstance(temporal_decay, bool)
-            or not isinstance(temporal_decay, (int, float))
-            or temporal_decay < 0
-        ):
-            raise ValueError(f"temporal_decay={temporal_decay!r} must be a number >= 0 (0 turns it off)")
-        defaults = self.preset.defaults
-        guidance = defaults.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale
-        temp = defaults.get("temperature", 1.0) if temperature is None else temperature
-        check_sampling_params(guidance, temp, 0, 1.0)  # top-k / top-p do not apply to the flow head
-        guidance, temp = float(guidance), float(temp)
-        steps = (
-            defaults.get("num_inference_steps", 20) if num_inference_steps is None else num_inference_steps
+        plan = self.check_inputs(
+            num_frames,
+            guidance_scale,
+            temperature,
+            num_inference_steps,
+            temporal_decay,
+            short_frames,
+            use_cache,
+            first_frame,
+            output_type,
+            num_videos_per_prompt,
+            (callback_on_step_end, callback_on_step_end_tensor_inputs, callback),
         )
-        check_num_inference_steps(steps, self.generator.head)
-        if isinstance(prompt, str):
-            prompt = MOTION_WORDS.sub("", prompt)
-        elif isinstance(prompt, (list, tuple)):
-            prompt = [MOTION_WORDS.sub("", str(p)) for p in prompt]
-        conditions = self._class_conditions(prompt, class_labels, None, num_videos_per_prompt)
-        count = len(conditions.describe)
-        generators, seeds = self._generators(generator, count)
-        source = defaults.get("first_frame", "video") if first_frame is None else first_frame
-        if source not in FIRST_FRAME_SOURCES:
-            raise ValueError(f"first_frame={source!r} is not allowed; use one of {FIRST_FRAME_SOURCES}")
-        context = self._context_latents(context_frames, count, num_frames)
-        if context is not None:
-            source = "context"
-        elif source == "image":  # the generators draw the keyframe first, then the rest: one seed, one video
-            context = self._keyframes(conditions.cond, generators)
-        result = sample_video(self.generator, conditions.cond, generators, num_frames, context, guidance, temp,
-                              steps, float(temporal_decay), short_frames, use_cache, callback_on_step_end)  # fmt: skip
+        conditions = self.encode_conditions(prompt, class_labels, None, num_videos_per_prompt)
+        generators, seeds = per_image_generators(generator, len(conditions.describe))
+        plan, context = self._first_frames(plan, context_frames, conditions, generators)
+        result = self.sample(plan, conditions, generators, context)
         t1 = time.perf_counter()
-        pixels = self.decode_frames(result.tokens)
-        if output_type == "pil":
-            from PIL import Image
-
-            frames = [[Image.fromarray(f) for f in video] for video in pixels]
-        else:
-            frames = list(pixels)
+        frames = self.decode(result, output_type)
         t2 = time.perf_counter()
-        made = result.tokens.shape[1] * count
         timings = {
             "sampling_s": t1 - t0,
             "decode_s": t2 - t1,
             "total_s": t2 - t0,
-            "frames_per_s": made / (t2 - t0),
+            "frames_per_s": result.tokens.shape[1] * len(seeds) / (t2 - t0),
         }
-        g = self.tokenizer.grid_size
-        shared = {
-            "preset": self.preset.name,
-            "num_frames": int(result.tokens.shape[1]),
-            "context_frames": 0 if source != "context" else int(context.shape[1]),
-            "first_frame": source,
-            "guidance_scale": guidance,
-            "temperature": temp,
-            "num_inference_steps": steps,
-            "temporal_decay": float(temporal_decay),
-            "short_frames": self.generator.config.short_frames if short_frames is None else short_frames,
-            "decoding": "far",
-            "resolution": self.tokenizer.config.resolution,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-        }
-        metadata = [{**shared, **row, "seed": s} for row, s in zip(conditions.describe, seeds, strict=True)]
-        latents = result.tokens.reshape(count, -1, g, g, result.tokens.shape[-1])
-        return VideoOutput(frames, latents, seeds, timings, result.stats, metadata)
+        latents = rearrange(result.tokens, "b t (gh gw) d -> b t gh gw d", gh=self.tokenizer.grid_size)
+        out = VideoOutput(
+            frames,
+            latents,
+            seeds,
+            timings,
+            result.stats,
+            self.describe(plan, conditions, seeds, result, context),
+        )
+        return out if return_dict else out.to_tuple()

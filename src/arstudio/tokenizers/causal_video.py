@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from arstudio.generators.backbone import BackboneConfig, RMSNorm, TransformerBlock
@@ -74,23 +75,23 @@ class _Stack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, S, N, dim) -> same shape."""
-        b, s, n, d = x.shape
+        b, s, n, _ = x.shape
         for part in self.order:
             if part == "spatial":
-                h = x.reshape(b * s, n, d)
+                h = rearrange(x, "b s n d -> (b s) n d")  # one sequence over the grid per slice
                 for layer in self.spatial:
                     h = layer(
                         h, self.spatial_rope, mask=torch.ones(1, 1, n, n, dtype=torch.bool, device=x.device)
                     )
-                x = h.view(b, s, n, d)
+                x = rearrange(h, "(b s) n d -> b s n d", b=b)
             else:
-                h = x.transpose(1, 2).reshape(b * n, s, d)  # one sequence over slices per grid position
+                h = rearrange(x, "b s n d -> (b n) s d")  # one sequence over slices per grid position
                 coords = torch.arange(s, dtype=torch.float32, device=x.device)[:, None]
                 rope = rope_axes_table(coords, (self.head_dim // 2,))
                 causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()[None, None]
                 for layer in self.temporal:
                     h = layer(h, rope, mask=causal)
-                x = h.view(b, n, s, d).transpose(1, 2)
+                x = rearrange(h, "(b n) s d -> b s n d", b=b)
         return self.norm(x)
 
 
@@ -126,17 +127,14 @@ class CausalVideoTokenizer(PretrainedMixin, nn.Module):
 
     def _patchify(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, S, F, 3, H, W) -> (B, S, N, F * 3 * p * p): each token's pixels over the slice's F frames."""
-        b, s, f, c, h, w = frames.shape
-        p, g = self.config.patch, self.config.grid_size
-        x = frames.reshape(b, s, f, c, g, p, g, p).permute(0, 1, 4, 6, 2, 3, 5, 7)
-        return x.reshape(b, s, g * g, f * c * p * p)
+        p = self.config.patch
+        return rearrange(frames, "b s f c (gh ph) (gw pw) -> b s (gh gw) (f c ph pw)", ph=p, pw=p)
 
     def _unpatchify(self, tokens: torch.Tensor, frames: int) -> torch.Tensor:
         """(B, S, N, F * 3 * p * p) -> (B, S * F, 3, H, W)."""
-        b, s, n, _ = tokens.shape
         p, g = self.config.patch, self.config.grid_size
-        x = tokens.reshape(b, s, g, g, frames, 3, p, p).permute(0, 1, 4, 5, 2, 6, 3, 7)
-        return x.reshape(b, s * frames, 3, g * p, g * p)
+        pattern = "b s (gh gw) (f c ph pw) -> b (s f) c (gh ph) (gw pw)"
+        return rearrange(tokens, pattern, gh=g, f=frames, c=3, ph=p, pw=p)
 
     def moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance, each (B, S, N, latent_dim)."""

@@ -72,10 +72,12 @@ def generate_with_previews(
     stop = stop or threading.Event()
     last = {"at": time.monotonic(), "cost": 0.0}
 
-    def on_step(step: int, total: int, tokens) -> bool:
+    def on_step(running, step: int, timestep: int, tensors: dict) -> dict:  # diffusers' callback contract
         if stop.is_set():
-            return False
-        done, now = step + 1, time.monotonic()
+            running.interrupt = True
+            return tensors
+        tokens, total = next(iter(tensors.values())), running.num_timesteps
+        done, now = timestep + 1, time.monotonic()
         wait = max(min_interval_s, last["cost"] / max_share)
         due = done % previews_every(total, previews) == 0 and now - last["at"] >= wait
         if due and done < total and events.empty():
@@ -83,7 +85,7 @@ def generate_with_previews(
             events.put(Preview(done, total, images))
             last["at"] = time.monotonic()
             last["cost"] = last["at"] - now
-        return True
+        return tensors
 
     def work() -> None:
         try:

@@ -1,0 +1,65 @@
+"""Continuous speculative decoding (CSpD) for diffusion heads: vector drafts from a small draft model."""
+
+from __future__ import annotations
+
+from arstudio.decoding.continuous_speculative import (
+    ContinuousSpeculativeParams,
+    sample_continuous_speculative,
+)
+from arstudio.decoding.strategies.base import (
+    DecodeRequest,
+    DecodingParam,
+    Strategy,
+    control_reason,
+    head_kind,
+)
+from arstudio.decoding.types import DecodeResult
+
+
+class ContinuousSpeculative(Strategy):
+    name = "continuous_speculative"
+    knobs = (
+        DecodingParam(
+            "draft_tokens", 3, 1, 16, True, "vector tokens the draft model proposes per target forward"
+        ),
+        DecodingParam(
+            "cspd_inner_temperature",
+            1.0,
+            1.0,
+            1000.0,
+            False,
+            "relaxed CSpD: tempers the trajectory density ratio; 1 is exact",
+        ),
+    )
+    needs = "drafter"
+
+    def supports(self, generator, tokenizer) -> str | None:
+        if head_kind(generator) != "diffusion":
+            return f"CSpD needs a diffusion head; this generator has a {head_kind(generator)} head"
+        return control_reason(generator)
+
+    def cannot_apply(self, generator) -> dict[str, str]:
+        # Its rounds guide every token (the sampler has no guidance interval); refused, not dropped.
+        return {
+            **super().cannot_apply(generator),
+            "cfg_interval": "its draft-and-verify rounds guide every token",
+        }
+
+    def run(self, pipe, request: DecodeRequest) -> DecodeResult:
+        r, knobs = request, request.knobs
+        spec = ContinuousSpeculativeParams(
+            knobs["draft_tokens"], r.head_steps, knobs["cspd_inner_temperature"]
+        )
+        return sample_continuous_speculative(
+            pipe.generator,
+            pipe.drafter,
+            r.cond,
+            r.generators,
+            r.params,
+            spec=spec,
+            negative_cond=r.negative,
+            callback=r.callback,
+        )
+
+
+STRATEGY = ContinuousSpeculative()
