@@ -327,7 +327,7 @@ def _run_train_classifier(args) -> None:
 def _add_loading_flags(p) -> None:
     """How pipelines are loaded: shared by generate and render (``arstudio.load_pipeline``'s options)."""
     p.add_argument("--compile", choices=("auto", "on", "off"), default=None,
-                   help="torch.compile the decode step: auto (default: where it pays), on, off")  # fmt: skip
+                   help="torch.compile the model: auto (the loader decides; the default), on, off")  # fmt: skip
     p.add_argument("--attention-backend", choices=("sdpa", "xformers"), default=None,
                    help="attention kernels (default: sdpa; xformers needs the [gpu] extra)")  # fmt: skip
 
@@ -421,7 +421,6 @@ def _default_labels(args, preset) -> list[int] | None:
 
 def _check_generate_request(args, preset) -> None:
     """Everything about a generate request that is wrong whatever the weights: refused before loading."""
-    from arstudio.decoding.logits import SamplingParams
     from arstudio.export import check_output_folder
     from arstudio.limits import MAX_IMAGES_PER_RUN
 
@@ -430,6 +429,25 @@ def _check_generate_request(args, preset) -> None:
         raise ValueError(f"--seed={args.seed} must be an integer in [0, 2**63)")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size={args.batch_size} must be an integer >= 1")
+    _check_flags_fit_the_preset(args, preset)
+    if preset.text_encoder is not None and args.prompt is None:
+        raise ValueError(
+            f"{preset.name} is text-to-image: give --prompt, e.g. 'a large red circle at the top left'"
+        )
+    prompts = len(args.prompt or _default_labels(args, preset))
+    if args.negative_prompt is not None and len(args.negative_prompt) not in (1, prompts):
+        raise ValueError(f"got {len(args.negative_prompt)} negative prompts for {prompts} prompts; "
+                         "pass 1 or one each")  # fmt: skip
+    n = args.num_images_per_prompt
+    if not 1 <= n or prompts * n > MAX_IMAGES_PER_RUN:
+        raise ValueError(f"--num-images-per-prompt={n} must be >= 1, and {prompts} prompt(s) x {n} at most "
+                         f"{MAX_IMAGES_PER_RUN:,} images in one run")  # fmt: skip
+
+
+def _check_flags_fit_the_preset(args, preset) -> None:
+    """Flags of the other kind of preset are errors, not ignored; sampling values get the pipeline's checks."""
+    from arstudio.decoding.logits import SamplingParams
+
     asked = {k: getattr(args, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
     if preset.task == "class-to-video":
         given = [
@@ -443,18 +461,6 @@ def _check_generate_request(args, preset) -> None:
             f"--num-frames={args.num_frames}: {preset.name} makes images; only video presets take it"
         )
     SamplingParams.from_defaults(preset.defaults, **asked)  # the pipeline's own checks, before loading
-    if preset.text_encoder is not None and args.prompt is None:
-        raise ValueError(
-            f"{preset.name} is text-to-image: give --prompt, e.g. 'a large red circle at the top left'"
-        )
-    prompts = len(args.prompt or _default_labels(args, preset))
-    if args.negative_prompt is not None and len(args.negative_prompt) not in (1, prompts):
-        raise ValueError(f"got {len(args.negative_prompt)} negative prompts for {prompts} prompts; "
-                         "pass 1 or one each")  # fmt: skip
-    n = args.num_images_per_prompt
-    if not 1 <= n or prompts * n > MAX_IMAGES_PER_RUN:
-        raise ValueError(f"--num-images-per-prompt={n} must be >= 1, and {prompts} prompt(s) x {n} at most "
-                         f"{MAX_IMAGES_PER_RUN:,} images in one run")  # fmt: skip
 
 
 def _run_generate(args) -> None:
