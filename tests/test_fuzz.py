@@ -60,8 +60,10 @@ def _single_line(message: str) -> bool:
 
 
 def _raised_by_our_checks(err: BaseException) -> bool:
-    """The deepest frame is arstudio code, not torch / numpy / PIL (a model or library traceback)."""
-    return traceback.extract_tb(err.__traceback__)[-1].filename.startswith(ARSTUDIO)
+    """The deepest frame is a ``raise`` statement of ours: a deliberate, worded error, not one thrown by
+    torch / numpy / PIL or by Python inside a model (a bad shape, an unhashable key, a failed unpack)."""
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    return frame.filename.startswith(ARSTUDIO) and (frame.line or "").startswith("raise ")
 
 
 def _names_a_value(message: str, kwargs: dict) -> bool:
@@ -113,8 +115,10 @@ def pipeline_calls(draw):
         kwargs["control_image"] = np.zeros((16, 16), np.uint8)
     for knob in draw(st.lists(st.sampled_from(sorted(valid)), max_size=2, unique=True)):
         kwargs[knob] = draw(st.one_of(HOSTILE.get(knob, KNOB), KNOB))
-    if kwargs.get("decoding") == "lantern" and draw(st.booleans()):
-        kwargs["lantern_delta"] = draw(st.one_of(st.floats(0, 1), KNOB))
+    if kwargs.get("decoding") == "lantern":
+        for knob, valid in (("lantern_delta", st.floats(0, 1)), ("lantern_k", st.integers(1, 64))):
+            if draw(st.booleans()):
+                kwargs[knob] = draw(st.one_of(valid, valid, KNOB))
     return name, kwargs
 
 
