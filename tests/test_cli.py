@@ -79,3 +79,174 @@ def test_generate_takes_a_control_image(tmp_path, capsys):
     assert "must have one channel" in capsys.readouterr().err
     assert main(["generate", "--preset", "test-tiny-c2i", "--control-type", "edges", "--out", str(out)]) == 2
     assert "control_type needs a control preset" in capsys.readouterr().err
+
+
+# ---- issue 24: each defect found by trying the CLI as a user would ---------------------------------------
+TINY = ["generate", "--preset", "test-tiny-c2i", "--class-labels", "0"]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("arstudio: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--guidance-scale", "nan"), ("--guidance-scale", "inf"), ("--temperature", "inf"), ("--top-p", "nan"),
+     ("--temperature", "-inf"), ("--control-strength", "nan"), ("--control-guidance-scale", "inf")],
+)  # fmt: skip
+def test_non_finite_numbers_are_refused_before_any_work(flag, value, tmp_path, capsys):
+    assert main([*TINY, f"{flag}={value}", "--out", str(tmp_path / "out")]) == 2
+    assert f"{flag}={float(value)} is not allowed: use a finite number" in _one_line_error(capsys)
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+
+
+def test_every_float_flag_of_every_subcommand_is_checked(tmp_path, capsys):
+    assert main(["train", "tokenizer", "--out", str(tmp_path), "--lr", "nan"]) == 2
+    assert "--lr=nan is not allowed" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", ["generate", "render"])
+def test_out_naming_an_existing_file_is_a_one_line_error(command, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    (tmp_path / "jobs.jsonl").write_text('{"preset": "test-tiny-c2i", "class": 0, "seed": 1}\n')
+    args = TINY if command == "generate" else ["render", str(tmp_path / "jobs.jsonl"), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "taken")]) == 2
+    assert "is an existing file; give a folder" in _one_line_error(capsys)
+    assert main([*args, "--out", str(tmp_path / "taken" / "sub")]) == 2
+    assert "lies under the file" in _one_line_error(capsys)
+
+
+def test_the_unknown_preset_error_has_no_stray_quotes(tmp_path, capsys):
+    assert main(["generate", "--preset", "nope", "--out", str(tmp_path)]) == 2
+    assert _one_line_error(capsys).startswith("arstudio: error: unknown preset 'nope'; available presets: ")
+
+
+def test_num_frames_on_an_image_preset_is_an_error(tmp_path, capsys):
+    assert main([*TINY, "--num-frames", "5", "--out", str(tmp_path / "out")]) == 2
+    assert "--num-frames=5: test-tiny-c2i makes images; only video presets take it" in _one_line_error(capsys)
+
+
+def test_presets_are_listed_in_aligned_columns(capsys):
+    from arstudio.presets import get_preset, list_presets
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = list_presets()
+    assert len(lines) == len(names)
+    starts = {(line.index(get_preset(n).task, len(n)), line.index(get_preset(n).description))
+              for line, n in zip(lines, names, strict=True)}  # fmt: skip
+    assert len(starts) == 1  # task and description columns start at the same place on every line
+
+
+@pytest.mark.parametrize("seed, ok", [(2**63 - 1, True), (2**63, False), (-1, False)])
+def test_seeds_near_2_63_are_taken_exactly_or_refused(seed, ok, tmp_path, capsys):
+    import torch
+
+    import arstudio
+
+    assert main([*TINY, "--seed", str(seed), "--no-grid", "--out", str(tmp_path)]) == (0 if ok else 2)
+    if not ok:
+        assert f"--seed={seed} must be an integer in [0, 2**63)" in _one_line_error(capsys)
+        return
+    (png,) = tmp_path.glob("*.png")
+    api = arstudio.load_pipeline("test-tiny-c2i")(
+        class_labels=[0], generator=torch.Generator().manual_seed(seed)
+    )
+    assert read_png_metadata(png)["seed"] == api.seeds[0]  # the same per-image seed, exact in the recipe
+
+
+def test_compile_and_attention_backend_flags():
+    from arstudio.cli import _loading_kwargs
+
+    for command in (["generate"], ["render", "jobs.jsonl", "--out", "o"]):
+        args = build_parser().parse_args([*command, "--compile", "off", "--attention-backend", "xformers"])
+        assert _loading_kwargs(args) == {"compile": False, "attention_backend": "xformers"}
+        on = build_parser().parse_args([*command, "--compile", "on"])
+        assert _loading_kwargs(on) == {"compile": True}
+        assert _loading_kwargs(build_parser().parse_args([*command, "--compile", "auto"])) == {
+            "compile": "auto"
+        }
+        assert _loading_kwargs(build_parser().parse_args(command)) == {}  # the loader's own defaults
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--compile", "maybe"), ("--attention-backend", "flash"), ("--seed", "x")]
+)
+def test_a_bad_flag_value_is_a_one_line_error(flag, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["generate", flag, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"arstudio generate: error: argument {flag}: invalid")
+
+
+def _spy_on_calls(monkeypatch, out, stop_after=None):
+    """Record each pipeline call's batch and the PNGs on disk when it starts; optionally die mid-run."""
+    from arstudio.pipelines.image import ImagePipeline
+
+    calls, real = [], ImagePipeline.__call__
+
+    def spy(self, *args, **kwargs):
+        if stop_after is not None and len(calls) == stop_after:
+            raise KeyboardInterrupt  # as a kill would, between two batches
+        calls.append((len(kwargs["generator"]), len(list(out.glob("*.png")))))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImagePipeline, "__call__", spy)
+    return calls
+
+
+def test_a_large_request_is_made_in_batches_each_written_before_the_next(tmp_path, monkeypatch):
+    import torch
+
+    import arstudio
+
+    out = tmp_path / "out"
+    calls = _spy_on_calls(monkeypatch, out)
+    assert (
+        main(
+            [
+                *TINY,
+                "3",
+                "--num-images-per-prompt",
+                "20",
+                "--batch-size",
+                "16",
+                "--seed",
+                "7",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert calls == [(16, 0), (16, 16), (8, 32)]  # never more than --batch-size at once; earlier ones on disk
+    pngs = sorted(p for p in out.glob("*.png") if p.name != "grid.png")
+    assert len(pngs) == 40 and [p.name[:4] for p in pngs] == [f"{i:04d}" for i in range(40)]
+    metas = [read_png_metadata(p) for p in pngs]
+    assert [m["class_label"] for m in metas] == [0] * 20 + [
+        3
+    ] * 20  # prompt by prompt, as one call orders them
+    monkeypatch.undo()
+    one_call = arstudio.load_pipeline("test-tiny-c2i")(class_labels=[0, 3], num_images_per_prompt=20,
+                                                         generator=torch.Generator().manual_seed(7))  # fmt: skip
+    assert [m["seed"] for m in metas] == one_call.seeds  # the same images as one API call names
+
+
+def test_a_run_killed_between_batches_keeps_the_batches_it_finished(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _spy_on_calls(monkeypatch, out, stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        main([*TINY, "--num-images-per-prompt", "10", "--batch-size", "4", "--out", str(out)])
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 8 and not list(out.glob(".*.tmp"))  # two whole batches, no half files
+    assert all(read_png_metadata(p)["class_label"] == 0 for p in pngs)
+
+
+def test_a_request_over_the_run_limit_is_refused_before_loading(tmp_path, capsys):
+    from arstudio.limits import MAX_IMAGES_PER_RUN
+
+    assert main([*TINY, "--num-images-per-prompt", str(MAX_IMAGES_PER_RUN + 1), "--out", str(tmp_path)]) == 2
+    assert f"--num-images-per-prompt={MAX_IMAGES_PER_RUN + 1} must be >= 1" in _one_line_error(capsys)

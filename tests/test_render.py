@@ -42,6 +42,37 @@ TINY = {"preset": "test-tiny-c2i", "class": "red circle", "seed": 5, "count": 3}
         ({"preset": "test-tiny-c2i", "class": 1, "seeds": [1, 1]}, "has repeats"),
         ({"preset": "test-tiny-c2i", "class": True, "seed": 1}, "class=True must be"),
         ([1, 2], "must be a JSON object"),
+        # issue 24: a bad class is named as a class (not as a prompt), before any work
+        ({**TINY, "class": "nonsense"}, "class='nonsense' is not a class of test-tiny-c2i"),
+        ({"preset": "test-tiny-c2i", "prompt": "nonsense", "seed": 1}, "prompt='nonsense' is not a class"),
+        ({**TINY, "class": 24}, "class=24 is out of range: allowed are 0..23"),
+        ({"preset": "test-tiny-t2i", "class": 1, "seed": 1}, "class=1: test-tiny-t2i is text-to-image"),
+        ({"preset": "test-tiny-video", "class": "nonsense", "seed": 1}, "class='nonsense' is not a class"),
+        (
+            {"preset": ["test-tiny-c2i"], "class": 1, "seed": 1},
+            "preset=['test-tiny-c2i'] must be a preset name",
+        ),
+        # issue 24: nan and inf are refused everywhere a number is taken
+        ({**TINY, "guidance_scale": float("nan")}, "guidance_scale=nan is not allowed: use a finite number"),
+        ({**TINY, "temperature": float("inf")}, "temperature=inf is not allowed: use a finite number"),
+        ({**TINY, "top_p": float("nan")}, "top_p=nan is not allowed"),
+        ({**TINY, "cfg_interval": [0, float("nan")]}, "cfg_interval=(0, nan) is not allowed"),
+        (
+            {**TINY, "decoding": "lantern", "lantern_delta": float("nan")},
+            "lantern_delta=nan must be a number",
+        ),
+        (
+            {**TINY, "decoding": "speculative", "draft_tokens": float("inf")},
+            "draft_tokens=inf must be an integer",
+        ),
+        (
+            {"preset": "test-tiny-video", "class": 1, "seed": 1, "guidance_scale": float("nan")},
+            "guidance_scale=nan",
+        ),
+        (
+            {"preset": "test-tiny-video", "class": 1, "seed": 1, "temporal_decay": float("inf")},
+            "temporal_decay=inf must be a finite number >= 0",
+        ),
     ],
 )
 def test_bad_jobs_are_rejected_with_line_and_reason(job, message):
@@ -78,7 +109,7 @@ def test_bad_lines_are_reported_and_the_rest_is_rendered(tmp_path):
     summary = render_batch(jobs, tmp_path / "out", progress=False)
     assert summary.rendered == 5 and summary.skipped == 0
     assert [m.split(":")[0] for m in summary.failed] == ["line 2", "line 3", "line 6"]
-    assert "class label 99 is out of range" in summary.failed[1] and "sharpness" in summary.failed[2]
+    assert "class=99 is out of range" in summary.failed[1] and "sharpness" in summary.failed[2]
     entries, files = _snapshot(tmp_path / "out")
     assert [(e["line"], e["seed"]) for e in entries] == [(1, 5), (1, 6), (1, 7), (5, 1), (5, 2)]
     assert all(files[e["file"]] == e["sha256"] for e in entries) and len(files) == 5
@@ -158,11 +189,53 @@ def test_a_repeated_image_is_rendered_once_and_noted(tmp_path):
                               "line 3: seeds [6, 7] repeat line(s) [1]; rendered once"]  # fmt: skip
 
 
+def test_seeds_near_2_63_round_trip_through_the_manifest_the_recipe_and_the_cli(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import arstudio
+    from arstudio.cli import main
+
+    seeds = [2**63 - 1, 2**63 - 2, 268503639406115326]  # the last: the one the browser corrupted
+    jobs = _write_jobs(tmp_path / "jobs.jsonl", [{"preset": "test-tiny-c2i", "class": 2, "seeds": seeds}])
+    assert (
+        main(["render", str(jobs), "--out", str(tmp_path / "out"), "--batch-size", "3", "--no-progress"]) == 0
+    )
+    entries, _ = _snapshot(tmp_path / "out")
+    assert [e["seed"] for e in entries] == seeds  # the manifest: exact integers
+    pngs = [tmp_path / "out" / e["file"] for e in entries]
+    recipes = [read_png_metadata(p) for p in pngs]
+    assert [r["seed"] for r in recipes] == seeds and recipes[0]["batch_seeds"] == seeds  # the PNG recipe
+    # the recipe's seeds redo the images: the same batch, the same pixels
+    redo = arstudio.load_pipeline("test-tiny-c2i")(class_labels=[2] * 3, output_type="np",
+                                                 generator=[torch.Generator().manual_seed(r["seed"]) for r in recipes])  # fmt: skip
+    assert all(np.array_equal(np.asarray(Image.open(p)), a) for p, a in zip(pngs, redo.images, strict=True))
+
+
+def test_the_progress_bar_counts_finished_images_only_and_names_videos(tmp_path, capsys):
+    failing = {"preset": "llamagen-b-256", "class": 1, "seed": 0, "count": 2}  # no weights: fails to load
+    summary = render_batch([TINY, failing], tmp_path / "images", batch_size=2)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert summary.rendered == 3 and "3/3" in bar and "failed=1" in bar and "image" in bar, bar
+    video = {"preset": "test-tiny-video", "class": 1, "seed": 0, "num_frames": 2}
+    summary = render_batch([video], tmp_path / "video", batch_size=2)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "1/1" in bar and "video" in bar and "image" not in bar, bar
+    assert str(summary).startswith("rendered 1 video(s), 0 already done")
+    assert str(render_batch([TINY, video], tmp_path / "both", progress=False)).startswith(
+        "rendered 4 file(s)"
+    )
+
+
 def test_jobs_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_jobs(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="batch_size=0"):
         render_batch([TINY], tmp_path, batch_size=0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is an existing file; give a folder"):
+        render_batch([TINY], tmp_path / "file")
 
 
 @pytest.mark.slow

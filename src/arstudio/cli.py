@@ -6,7 +6,9 @@ Heavy imports (torch, diffusers) happen inside each subcommand, so ``arstudio --
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 
 def _add_train_tokenizer(sub) -> None:
@@ -322,27 +324,56 @@ def _run_train_classifier(args) -> None:
     print(f"classifier saved to {args.out}")
 
 
+def _add_loading_flags(p) -> None:
+    """How pipelines are loaded: shared by generate and render (``arstudio.load_pipeline``'s options)."""
+    p.add_argument("--compile", choices=("auto", "on", "off"), default=None,
+                   help="torch.compile the model: auto (the loader decides; the default), on, off")  # fmt: skip
+    p.add_argument("--attention-backend", choices=("sdpa", "xformers"), default=None,
+                   help="attention kernels (default: sdpa; xformers needs the [gpu] extra)")  # fmt: skip
+
+
+def _loading_kwargs(args) -> dict:
+    """--compile / --attention-backend as load_pipeline keyword arguments; only the flags given, so the
+    loader's own defaults apply otherwise."""
+    kwargs = {}
+    if args.compile is not None:
+        kwargs["compile"] = {"auto": "auto", "on": True, "off": False}[args.compile]
+    if args.attention_backend is not None:
+        kwargs["attention_backend"] = args.attention_backend
+    return kwargs
+
+
 def _add_generate(sub) -> None:
+    from arstudio.limits import MAX_GRID_IMAGES, MAX_IMAGES_PER_RUN
+
     p = sub.add_parser("generate", help="generate images from a preset into a folder (PNG + metadata)")
     p.add_argument("--preset", default="shapes-c2i", help="preset name (see `arstudio presets`)")
-    p.add_argument("--out", default="outputs", help="output folder")
+    p.add_argument("--out", default="outputs", help="output folder (created if missing)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--class-labels", type=int, nargs="+", help="class ids (default: every class)")
     group.add_argument("--prompt", nargs="+", help='text (text presets) or class names, e.g. "red circle"')
     p.add_argument("--negative-prompt", nargs="+", default=None, help="text presets: one, or one per prompt")
-    p.add_argument("--num-images-per-prompt", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="seed of the generator the per-image seeds come from")
+    p.add_argument("--num-images-per-prompt", type=int, default=1,
+                   help=f"any number: made --batch-size at a time, each batch written as it finishes "
+                   f"(at most {MAX_IMAGES_PER_RUN:,} in all)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per pipeline call (default: sized to the device, arstudio.limits)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="in [0, 2**63): seed of the generator the per-image seeds come from")  # fmt: skip
     p.add_argument("--guidance-scale", type=float, default=None, help="default: the preset's")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_loading_flags(p)
     p.add_argument("--weights", default=None, help="local weights folder instead of the preset's own")
     p.add_argument(
         "--download", action="store_true", help="hub presets: download the official files if missing"
     )
-    p.add_argument("--no-grid", action="store_true", help="do not write grid.png")
-    p.add_argument("--num-frames", type=int, default=16, help="video presets: frames per video (mp4 + gif)")
+    p.add_argument("--no-grid", action="store_true",
+                   help=f"do not write grid.png (the contact sheet of the first {MAX_GRID_IMAGES} images)")  # fmt: skip
+    p.add_argument("--num-frames", type=int, default=None,
+                   help=f"video presets only: frames per video, mp4 + gif (default {DEFAULT_NUM_FRAMES})")  # fmt: skip
     p.add_argument("--control-image", default=None,
                    help="control presets: a one-channel PNG at the model's resolution (white edges/mask on black)")  # fmt: skip
     p.add_argument(
@@ -357,6 +388,13 @@ def _add_generate(sub) -> None:
 
 
 CONTROL_FLAGS = ("control_image", "control_type", "control_strength", "control_guidance_scale")
+DEFAULT_NUM_FRAMES = 16
+MAX_DEFAULT_CLASSES = 100  # without --class-labels, generate shows every class of small presets
+GRID_COLUMNS = 16
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _control_kwargs(args) -> dict:
@@ -371,50 +409,141 @@ def _control_kwargs(args) -> dict:
     return given
 
 
+def _default_labels(args, preset) -> list[int] | None:
+    """Without --prompt or --class-labels a class preset shows every class (if it has few)."""
+    if args.prompt is not None or args.class_labels is not None or preset.text_encoder is not None:
+        return args.class_labels
+    num_classes = preset.generator.num_classes
+    if num_classes > MAX_DEFAULT_CLASSES:
+        raise ValueError(f"{preset.name} has {num_classes} classes: pick some with --class-labels")
+    return list(range(num_classes))
+
+
+def _check_generate_request(args, preset) -> None:
+    """Everything about a generate request that is wrong whatever the weights: refused before loading."""
+    from arstudio.export import check_output_folder
+    from arstudio.limits import MAX_IMAGES_PER_RUN
+
+    check_output_folder(args.out, "--out")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed={args.seed} must be an integer in [0, 2**63)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size={args.batch_size} must be an integer >= 1")
+    _check_flags_fit_the_preset(args, preset)
+    if preset.text_encoder is not None and args.prompt is None:
+        raise ValueError(
+            f"{preset.name} is text-to-image: give --prompt, e.g. 'a large red circle at the top left'"
+        )
+    prompts = len(args.prompt or _default_labels(args, preset))
+    if args.negative_prompt is not None and len(args.negative_prompt) not in (1, prompts):
+        raise ValueError(f"got {len(args.negative_prompt)} negative prompts for {prompts} prompts; "
+                         "pass 1 or one each")  # fmt: skip
+    n = args.num_images_per_prompt
+    if not 1 <= n or prompts * n > MAX_IMAGES_PER_RUN:
+        raise ValueError(f"--num-images-per-prompt={n} must be >= 1, and {prompts} prompt(s) x {n} at most "
+                         f"{MAX_IMAGES_PER_RUN:,} images in one run")  # fmt: skip
+
+
+def _check_flags_fit_the_preset(args, preset) -> None:
+    """Flags of the other kind of preset are errors, not ignored; sampling values get the pipeline's checks."""
+    from arstudio.decoding.logits import SamplingParams
+
+    asked = {k: getattr(args, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    if preset.task == "class-to-video":
+        given = [
+            k for k in ("top_k", "top_p", "negative_prompt", *CONTROL_FLAGS) if getattr(args, k) is not None
+        ]
+        if given:
+            raise ValueError(f"{', '.join(map(_flag, given))}: video presets take none of these")
+        asked.update(top_k=0, top_p=1.0)
+    elif args.num_frames is not None:
+        raise ValueError(
+            f"--num-frames={args.num_frames}: {preset.name} makes images; only video presets take it"
+        )
+    SamplingParams.from_defaults(preset.defaults, **asked)  # the pipeline's own checks, before loading
+
+
 def _run_generate(args) -> None:
-    import torch
-
-    from arstudio.export import save_images
+    from arstudio.limits import default_batch_size
     from arstudio.pipelines.loading import load_pipeline
+    from arstudio.presets import get_preset
 
-    pipe = load_pipeline(args.preset, device=args.device, weights=args.weights, download=args.download)
-    labels = args.class_labels
-    if args.prompt is None and labels is None and pipe.text_encoder is None:
-        num_classes = pipe.generator.config.num_classes
-        if num_classes > MAX_DEFAULT_CLASSES:
-            raise ValueError(f"{args.preset} has {num_classes} classes: pick some with --class-labels")
-        labels = list(range(num_classes))
+    preset = get_preset(args.preset)
+    _check_generate_request(args, preset)
+    labels = _default_labels(args, preset)
     control = _control_kwargs(args)
-    if pipe.preset.task == "class-to-video":
-        if control:
-            raise ValueError(
-                f"{', '.join('--' + k.replace('_', '-') for k in control)}: video presets take no control"
-            )
-        _generate_videos(pipe, args, labels)
-        return
-    out = pipe(prompt=args.prompt, class_labels=labels, num_images_per_prompt=args.num_images_per_prompt,
-               generator=torch.Generator().manual_seed(args.seed), guidance_scale=args.guidance_scale,
-               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-               negative_prompt=args.negative_prompt, **control)  # fmt: skip
-    paths = save_images(out, args.out, grid_columns=None if args.no_grid else args.num_images_per_prompt)
-    print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
+    pipe = load_pipeline(args.preset, device=args.device, weights=args.weights, download=args.download,
+                         **_loading_kwargs(args))  # fmt: skip
+    batch = args.batch_size or default_batch_size(pipe.device)
+    if preset.task == "class-to-video":
+        written, seconds = _generate_videos(pipe, args, labels, batch)
+    else:
+        written, seconds = _generate_images(pipe, args, labels, control, batch)
+    print(f"wrote {written} files to {args.out} in {seconds:.1f} s")
 
 
-def _generate_videos(pipe, args, labels) -> None:
+def _per_image_seeds(seed: int, count: int) -> list[int]:
+    """The seeds the pipeline would draw from ``Generator().manual_seed(seed)`` for ``count`` images, so a
+    batched run names (and makes) the same images as one call with that generator."""
     import torch
 
+    return torch.randint(0, 2**62, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _batches(args, labels, batch: int):
+    """(first image index, condition kwargs, generators) per batch of at most ``batch`` images, in the
+    order one call would make them: prompt by prompt, ``--num-images-per-prompt`` each."""
+    import torch
+
+    n = args.num_images_per_prompt
+    key, conditions = ("prompt", args.prompt) if args.prompt is not None else ("class_labels", labels)
+    negatives = args.negative_prompt
+    seeds = _per_image_seeds(args.seed, len(conditions) * n)
+    for start in range(0, len(seeds), batch):
+        rows = range(start, min(start + batch, len(seeds)))
+        kwargs = {key: [conditions[i // n] for i in rows]}
+        if negatives is not None:
+            kwargs["negative_prompt"] = (
+                negatives if len(negatives) == 1 else [negatives[i // n] for i in rows]
+            )
+        yield start, kwargs, [torch.Generator().manual_seed(seeds[i]) for i in rows]
+
+
+def _generate_images(pipe, args, labels, control: dict, batch: int) -> tuple[int, float]:
+    """Batch by batch, each batch's PNGs written (atomically) before the next starts: memory stays flat in
+    the request size, and a killed run keeps every batch it finished."""
+    from arstudio.export import grid_bytes, save_images
+    from arstudio.io import atomic_write_bytes
+    from arstudio.limits import MAX_GRID_IMAGES
+
+    sampling = {k: getattr(args, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    total = len(args.prompt or labels) * args.num_images_per_prompt
+    digits = max(4, len(str(total - 1)))
+    written, seconds, sheet = 0, 0.0, []
+    for start, condition, generators in _batches(args, labels, batch):
+        out = pipe(**condition, **sampling, **control, generator=generators, output_type="np")
+        written += len(save_images(out, args.out, first_index=start, index_digits=digits))
+        sheet += out.images[: MAX_GRID_IMAGES - len(sheet)]
+        seconds += out.timings["total_s"]
+    if not args.no_grid:
+        columns = min(args.num_images_per_prompt, GRID_COLUMNS)
+        atomic_write_bytes(Path(args.out) / "grid.png", grid_bytes(sheet, columns))
+        written += 1
+    return written, seconds
+
+
+def _generate_videos(pipe, args, labels, batch: int) -> tuple[int, float]:
     from arstudio.export import mp4_available, save_videos
 
-    if args.top_k is not None or args.top_p is not None or args.negative_prompt is not None:
-        raise ValueError("--top-k, --top-p and --negative-prompt do not apply to video presets")
-    out = pipe(prompt=args.prompt, class_labels=None if args.prompt else labels, num_frames=args.num_frames,
-               num_videos_per_prompt=args.num_images_per_prompt, generator=torch.Generator().manual_seed(args.seed),
-               guidance_scale=args.guidance_scale, temperature=args.temperature)  # fmt: skip
-    paths = save_videos(out, args.out, formats=("mp4", "gif") if mp4_available() else ("gif",), scale=4)
-    print(f"wrote {len(paths)} files to {args.out} in {out.timings['total_s']:.1f} s")
-
-
-MAX_DEFAULT_CLASSES = 100  # without --class-labels, generate shows every class of small presets
+    formats = ("mp4", "gif") if mp4_available() else ("gif",)
+    num_frames = DEFAULT_NUM_FRAMES if args.num_frames is None else args.num_frames
+    written, seconds = 0, 0.0
+    for start, condition, generators in _batches(args, labels, batch):
+        out = pipe(**condition, num_frames=num_frames, generator=generators, guidance_scale=args.guidance_scale,
+                   temperature=args.temperature)  # fmt: skip
+        written += len(save_videos(out, args.out, formats=formats, scale=4, first_index=start))
+        seconds += out.timings["total_s"]
+    return written, seconds
 
 
 def _add_presets(sub) -> None:
@@ -425,6 +554,7 @@ def _add_presets(sub) -> None:
 def _run_presets(args) -> None:
     from arstudio.presets import get_preset, list_presets
 
+    rows = []
     for name in list_presets():
         preset = get_preset(name)
         if preset.hub:
@@ -433,15 +563,20 @@ def _run_presets(args) -> None:
             source = "shipped weights" if (preset.weights_dir / "generator").is_dir() else "not trained yet"
         else:
             source = "random init"
-        print(f"{name:22s} {preset.task:15s} {source:16s} {preset.description}")
+        rows.append((name, preset.task, source, preset.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]  # columns as wide as their longest entry
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3])
 
 
 def _add_render(sub) -> None:
     p = sub.add_parser("render", help="render a JSONL jobs file into a folder (resumable; accelerate-aware)")
     p.add_argument("jobs", help='JSONL, one job a line, e.g. {"preset": "shapes-c2i", "class": 0, "seed": 1}')
     p.add_argument("--out", required=True, help="output folder (PNGs + manifest.jsonl); rerun to resume")
-    p.add_argument("--batch-size", type=int, default=4, help="seeds of one job rendered per call")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="seeds of one job rendered per call (default: sized to the device); keep it when resuming")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_loading_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_render)
 
@@ -450,7 +585,7 @@ def _run_render(args) -> None:
     from arstudio.render import render_batch
 
     summary = render_batch(args.jobs, args.out, device=args.device, batch_size=args.batch_size,
-                           progress=not args.no_progress)  # fmt: skip
+                           progress=not args.no_progress, load_options=_loading_kwargs(args))  # fmt: skip
     if summary.main_process:
         print(summary)
     if summary.failed:
@@ -477,8 +612,15 @@ def _run_ui(args) -> None:
     launch(host=args.host, port=args.port, share=args.share == "true", preset=args.preset, device=args.device)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like the rest (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arstudio", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="arstudio", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_presets(sub)
@@ -500,12 +642,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_finite_numbers(args) -> None:
+    """Every float flag of every subcommand is a finite number: argparse's float() takes "nan" and "inf",
+    which pass every range check (nan compares False) and then poison a run."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{_flag(name)}={item} is not allowed: use a finite number")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_finite_numbers(args)
         args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"arstudio: error: {err}", file=sys.stderr)
+        # KeyError's str() quotes its message; the message itself is what the user should read.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"arstudio: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -53,20 +53,42 @@ def make_grid(images: list[np.ndarray], columns: int, pad: int = 2) -> np.ndarra
     return sheet
 
 
-def save_images(output, out_dir: str | Path, grid_columns: int | None = None) -> list[Path]:
-    """Write each image as ``{index:04d}_{seed}.png`` with its metadata; optionally ``grid.png``."""
+def grid_bytes(images: list[np.ndarray], columns: int) -> bytes:
+    """The contact sheet of ``images`` as PNG bytes (rows of ``columns``)."""
+    return png_bytes(make_grid([np.asarray(image) for image in images], max(1, columns)))
+
+
+def save_images(
+    output, out_dir: str | Path, grid_columns: int | None = None, first_index: int = 0, index_digits: int = 4
+) -> list[Path]:
+    """Write each image as ``{index:04d}_{seed}.png`` with its metadata; optionally ``grid.png``.
+
+    ``first_index`` / ``index_digits``: a batch of a bigger run continues its numbering (zero-padded to
+    the run's width, so names sort in order).
+    """
     out_dir = Path(out_dir)
     arrays = [np.asarray(image) for image in output.images]
     paths = []
-    for index, (array, meta) in enumerate(zip(arrays, output.metadata, strict=True)):
-        path = out_dir / f"{index:04d}_{meta['seed']}.png"
+    for index, (array, meta) in enumerate(zip(arrays, output.metadata, strict=True), start=first_index):
+        path = out_dir / f"{index:0{index_digits}d}_{meta['seed']}.png"
         atomic_write_bytes(path, png_bytes(array, meta))
         paths.append(path)
     if grid_columns and arrays:
         path = out_dir / "grid.png"
-        atomic_write_bytes(path, png_bytes(make_grid(arrays, max(1, grid_columns))))
+        atomic_write_bytes(path, grid_bytes(arrays, grid_columns))
         paths.append(path)
     return paths
+
+
+def check_output_folder(path: str | Path, name: str = "out_dir") -> Path:
+    """``path`` as a folder to write into: refused (one line, before any work) if it is an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}={str(path)!r} is an existing file; give a folder (created if missing)")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{name}={str(path)!r} lies under the file {str(parent)!r}; give a folder")
+    return path
 
 
 # ---- video: mp4 (H.264 through imageio's bundled ffmpeg) and gif (Pillow through imageio) ----------------
@@ -143,13 +165,15 @@ def read_video(path: str | Path, max_frames: int = 1024) -> np.ndarray:
 
 
 def save_videos(
-    output, out_dir: str | Path, formats=VIDEO_FORMATS, fps: int = 8, scale: int = 1
+    output, out_dir: str | Path, formats=VIDEO_FORMATS, fps: int = 8, scale: int = 1, first_index: int = 0
 ) -> list[Path]:
     """Write each video of a ``VideoOutput`` as ``{index:04d}_{seed}.{mp4,gif}`` plus a ``.json`` sidecar with
-    its metadata (mp4/gif have no text chunk every reader keeps)."""
+    its metadata (mp4/gif have no text chunk every reader keeps); ``first_index`` as for ``save_images``."""
     out_dir = Path(out_dir)
     paths = []
-    for index, (frames, meta) in enumerate(zip(output.frames, output.metadata, strict=True)):
+    for index, (frames, meta) in enumerate(
+        zip(output.frames, output.metadata, strict=True), start=first_index
+    ):
         stem = f"{index:04d}_{meta['seed']}"
         for fmt in formats:
             atomic_write_bytes(out_dir / f"{stem}.{fmt}", video_bytes(frames, fmt, fps, scale))

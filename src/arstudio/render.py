@@ -28,17 +28,20 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arstudio.decoding.strategies import SAMPLING_SETTINGS
+from arstudio.limits import MAX_IMAGES_PER_JOB
+
 MANIFEST_NAME = "manifest.jsonl"
-SAMPLING_KEYS = ("guidance_scale", "temperature", "top_k", "top_p", "cfg_interval")
+SAMPLING_KEYS = SAMPLING_SETTINGS  # the decoding registry's sampling settings (one list in the house)
 JOB_KEYS = ("preset", "prompt", "class", "negative_prompt", "seeds", "seed", "count", "decoding",
             *SAMPLING_KEYS)  # fmt: skip
-MAX_IMAGES_PER_JOB = 10_000
 VIDEO_KEYS = ("num_frames", "num_inference_steps", "temporal_decay", "first_frame", "format")
 VIDEO_SAMPLING_KEYS = ("guidance_scale", "temperature")
 
@@ -106,18 +109,20 @@ def parse_job(raw, line: int = 1) -> Job:
     try:
         if not isinstance(raw, dict):
             raise ValueError(f"a job must be a JSON object, got {type(raw).__name__}")
-        if "preset" in raw and get_preset(raw["preset"]).task == "class-to-video":
+        if "preset" not in raw:
+            raise ValueError('missing preset, e.g. "preset": "shapes-c2i"')
+        if not isinstance(raw["preset"], str):
+            raise ValueError(f'preset={raw["preset"]!r} must be a preset name, e.g. "shapes-c2i"')
+        preset = get_preset(raw["preset"])  # KeyError naming the available presets
+        if preset.task == "class-to-video":
             return _parse_video_job(raw, line)
         decoding = raw.get("decoding", "ar")
-        if decoding not in DECODING_PARAMS:
+        if not isinstance(decoding, str) or decoding not in DECODING_PARAMS:
             raise ValueError(f"decoding={decoding!r} is unknown; allowed: {list(DECODING_PARAMS)}")
         knobs = {p.name: p for p in DECODING_PARAMS[decoding]}
         unknown = sorted(set(raw) - set(JOB_KEYS) - set(knobs))
         if unknown:
             raise ValueError(f"unknown key(s) {unknown}; allowed: {[*JOB_KEYS, *knobs]}")
-        if "preset" not in raw:
-            raise ValueError('missing preset, e.g. "preset": "shapes-c2i"')
-        get_preset(raw["preset"])  # KeyError naming the available presets
         if ("prompt" in raw) == ("class" in raw):
             raise ValueError("give exactly one of prompt (text or class name) or class (id or name)")
         spec = {"preset": raw["preset"], "decoding": decoding}
@@ -126,9 +131,11 @@ def parse_job(raw, line: int = 1) -> Job:
                 spec[key] = raw[key]
         if "prompt" in raw and (not isinstance(raw["prompt"], str) or not raw["prompt"].strip()):
             raise ValueError(f"prompt={raw['prompt']!r} must be a non-empty string")
-        label = raw.get("class", "")
-        if isinstance(label, bool) or not isinstance(label, (int, str)):
-            raise ValueError(f"class={raw['class']!r} must be a class id (integer) or a class name")
+        negative = raw.get("negative_prompt", "-")
+        if not isinstance(negative, str) or not negative.strip():
+            raise ValueError(f"negative_prompt={negative!r} must be a non-empty string")
+        if "class" in raw or preset.text_encoder is None:  # a class preset's prompt is a class name
+            _check_class(raw.get("class", raw.get("prompt")), preset, "class" if "class" in raw else "prompt")
         sampling = {k: raw[k] for k in SAMPLING_KEYS if k in raw}
         if "cfg_interval" in sampling:
             interval = sampling["cfg_interval"]
@@ -146,8 +153,31 @@ def parse_job(raw, line: int = 1) -> Job:
         raise JobError(line, describe_error(err)) from err
 
 
+def _check_class(label, preset, key: str = "class") -> None:
+    """A job's ``class`` (or a class preset's ``prompt``): an id in range or one of the preset's class
+    names (read as the pipeline reads them), named as the job named it."""
+    names = preset.class_names
+    num_classes = getattr(preset.generator, "num_classes", 0)
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise ValueError(f"{key}={label!r} must be a class id (integer) or a class name")
+    if preset.text_encoder is not None:
+        raise ValueError(f"{key}={label!r}: {preset.name} is text-to-image; give a prompt instead")
+    if isinstance(label, int) and not 0 <= label < num_classes:
+        raise ValueError(f"{key}={label!r} is out of range: allowed are 0..{num_classes - 1}")
+    if isinstance(label, str) and label.strip().lower().removeprefix("a ").removeprefix("an ") not in names:
+        allowed = list(names) if names else f"ids 0..{num_classes - 1} (this preset has no class names)"
+        raise ValueError(f"{key}={label!r} is not a class of {preset.name}; allowed: {allowed}")
+
+
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _parse_video_job(raw: dict, line: int) -> Job:
     """A job for a video preset: class and seeds as for images, plus ``VIDEO_KEYS``; FAR decoding only."""
+    from arstudio.decoding.logits import check_sampling_params
+    from arstudio.presets import get_preset
+
     unknown = sorted(set(raw) - {"preset", "prompt", "class", "seeds", "seed", "count", "decoding",
                                  *VIDEO_SAMPLING_KEYS, *VIDEO_KEYS})  # fmt: skip
     if unknown:
@@ -157,6 +187,10 @@ def _parse_video_job(raw: dict, line: int) -> Job:
         raise ValueError(f"decoding={raw['decoding']!r}: video presets decode with 'far' only")
     if ("prompt" in raw) == ("class" in raw):
         raise ValueError("give exactly one of prompt (a class name) or class (id or name)")
+    if "prompt" in raw and not isinstance(raw["prompt"], str):
+        raise ValueError(f"prompt={raw['prompt']!r} must be a class name of {raw['preset']}")
+    key = "class" if "class" in raw else "prompt"
+    _check_class(raw[key], get_preset(raw["preset"]), key)
     fmt = raw.get("format", "gif")
     if fmt not in ("gif", "mp4"):
         raise ValueError(f"format={fmt!r} is not a video format; allowed: ['gif', 'mp4']")
@@ -165,11 +199,16 @@ def _parse_video_job(raw: dict, line: int) -> Job:
     for key in ("num_frames", "num_inference_steps"):
         if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int) or raw[key] < 1):
             raise ValueError(f"{key}={raw[key]!r} must be an integer >= 1")
-    for key in ("temporal_decay", *VIDEO_SAMPLING_KEYS):
-        if key in raw and (
-            isinstance(raw[key], bool) or not isinstance(raw[key], (int, float)) or raw[key] < 0
-        ):
-            raise ValueError(f"{key}={raw[key]!r} must be a number >= 0")
+    if "temporal_decay" in raw and not (
+        _is_finite_number(raw["temporal_decay"]) and raw["temporal_decay"] >= 0
+    ):
+        raise ValueError(f"temporal_decay={raw['temporal_decay']!r} must be a finite number >= 0")
+    sampling = {
+        "guidance_scale": 1.0,
+        "temperature": 1.0,
+        **{k: raw[k] for k in VIDEO_SAMPLING_KEYS if k in raw},
+    }
+    check_sampling_params(**sampling, top_k=0, top_p=1.0)  # top-k / top-p do not apply to the flow head
     spec = {k: v for k, v in raw.items() if k not in ("seeds", "seed", "count")}
     spec.update(decoding="far", format=fmt)
     return Job(line=line, spec=spec, seeds=_check_seeds(raw))
@@ -273,11 +312,12 @@ class RenderSummary:
     seconds: float = 0.0
     processes: int = 1
     main_process: bool = True  # under accelerate, only the main process prints the (gathered) summary
+    unit: str = "image"  # what the jobs make: "image", "video" or "file" (both)
 
     def __str__(self) -> str:
         rate = self.rendered / self.seconds if self.seconds > 0 else 0.0
-        text = (f"rendered {self.rendered} image(s), {self.skipped} already done, {len(self.failed)} job(s) "
-                f"failed, {self.seconds:.1f} s ({rate:.2f} images/s, {self.processes} process(es))")  # fmt: skip
+        text = (f"rendered {self.rendered} {self.unit}(s), {self.skipped} already done, {len(self.failed)} job(s) "
+                f"failed, {self.seconds:.1f} s ({rate:.2f} {self.unit}s/s, {self.processes} process(es))")  # fmt: skip
         return "\n".join(
             [text, *(f"  failed {m}" for m in self.failed), *(f"  note {m}" for m in self.notes)]
         )
@@ -377,21 +417,25 @@ def _render_video_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done
     return written
 
 
-def render_batch(
-    jobs, out_dir: str | Path, device=None, batch_size: int = 4, progress: bool = True
-) -> RenderSummary:
+def render_batch(jobs, out_dir: str | Path, device=None, batch_size: int | None = None, progress: bool = True,
+                 load_options: dict | None = None) -> RenderSummary:  # fmt: skip
     """Render ``jobs`` (a JSONL path, or a list of job dicts / ``Job``s) into ``out_dir``; resumable.
 
+    ``batch_size``: seeds per pipeline call (None: ``arstudio.limits.default_batch_size`` of the device);
+    resume with the one the run started with, or finished chunks may differ by float rounding.
+    ``load_options``: more ``load_pipeline`` keyword arguments (e.g. ``compile``, ``attention_backend``).
     Under ``accelerate launch`` the chunks are split across processes. Invalid jobs and jobs that fail
     while rendering (e.g. a preset whose weights are missing) are reported in the summary with their line
     number; the other jobs still render.
     """
-    from tqdm.auto import tqdm
+    from arstudio.export import check_output_folder
+    from arstudio.limits import default_batch_size
 
-    from arstudio.pipelines.loading import load_pipeline
-
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if batch_size is not None and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
         raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    out_dir = check_output_folder(out_dir)
     t0 = time.perf_counter()
     summary = RenderSummary()
     if isinstance(jobs, (str, Path)):
@@ -406,8 +450,9 @@ def render_batch(
                 summary.failed.append(str(err))
         jobs = parsed
     jobs, summary.notes = _drop_repeated_jobs(jobs)
-    out_dir = Path(out_dir)
+    summary.unit = _unit(jobs)
     state = _process_state(device)
+    batch_size = batch_size or default_batch_size(device or _own_device(state))
     summary.processes, summary.main_process = state.num_processes, state.is_main_process
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -418,23 +463,9 @@ def render_batch(
     chunks = _chunks(jobs, batch_size)[state.process_index :: state.num_processes]
     pending = [c for c in chunks if not all(c[0].file_name(s) in done for s in c[2])]
     summary.skipped = sum(job.file_name(s) in done for job, _, seeds in chunks for s in seeds)
-    pipelines: dict[str, object] = {}
-    failed_lines: dict[int, str] = {}
-    bar = tqdm(total=sum(len(c[2]) for c in pending), unit="img", disable=not progress,
-               desc=f"render[{state.process_index}]" if state.num_processes > 1 else "render")  # fmt: skip
-    for job, start, seeds in pending:
-        if job.line in failed_lines:
-            bar.update(len(seeds))
-            continue
-        try:
-            preset = job.spec["preset"]
-            if preset not in pipelines:
-                pipelines[preset] = load_pipeline(preset, device=device or _own_device(state))
-            summary.rendered += _render_chunk(pipelines[preset], job, start, seeds, done, out_dir)
-        except Exception as err:  # one bad job must not stop the others; the message names the cause
-            failed_lines[job.line] = f"line {job.line}: {describe_error(err)}"
-        bar.update(len(seeds))
-    bar.close()
+    failed_lines = _render_pending(
+        pending, out_dir, done, summary, state, device, progress, load_options or {}
+    )
     summary.failed += list(failed_lines.values())
     if state.num_processes > 1:  # the main process reports for all of them
         from accelerate.utils import gather_object
@@ -449,6 +480,44 @@ def render_batch(
         compact_manifest(out_dir)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _render_pending(pending, out_dir: Path, done: dict, summary: RenderSummary, state, device, progress: bool,
+                    load_options: dict) -> dict[int, str]:  # fmt: skip
+    """Render the pending chunks, counting into ``summary.rendered``; returns {line: message} of the jobs
+    that failed. The progress bar counts finished files only: a failed job's seeds leave its total."""
+    from tqdm.auto import tqdm
+
+    from arstudio.pipelines.loading import load_pipeline
+
+    pipelines: dict[str, object] = {}
+    failed_lines: dict[int, str] = {}
+    bar = tqdm(total=sum(len(c[2]) for c in pending), unit=summary.unit, disable=not progress,
+               desc=f"render[{state.process_index}]" if state.num_processes > 1 else "render")  # fmt: skip
+    for job, start, seeds in pending:
+        if job.line not in failed_lines:
+            try:
+                preset = job.spec["preset"]
+                if preset not in pipelines:
+                    pipelines[preset] = load_pipeline(
+                        preset, device=device or _own_device(state), **load_options
+                    )
+                summary.rendered += _render_chunk(pipelines[preset], job, start, seeds, done, out_dir)
+                bar.update(len(seeds))
+                continue
+            except Exception as err:  # one bad job must not stop the others; the message names the cause
+                failed_lines[job.line] = f"line {job.line}: {describe_error(err)}"
+        bar.total -= len(seeds)
+        bar.set_postfix(failed=len(failed_lines), refresh=False)
+        bar.refresh()
+    bar.close()
+    return failed_lines
+
+
+def _unit(jobs: list[Job]) -> str:
+    """What a run makes: "image", "video", or "file" when it makes both."""
+    kinds = {"video" if job.spec["decoding"] == "far" else "image" for job in jobs}
+    return kinds.pop() if len(kinds) == 1 else "file"
 
 
 def _own_device(state):

@@ -33,8 +33,8 @@ class ControlSignal:
     def __post_init__(self):
         scale = self.guidance_scale
         if scale is not None and (
-            isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0
-        ):
+            isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale < float("inf")
+        ):  # "not 0 <= scale" also refuses nan
             raise ValueError(
                 f"control_guidance_scale={scale!r} is not allowed: use a number >= 0 (None: same as guidance)"
             )

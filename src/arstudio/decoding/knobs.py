@@ -26,7 +26,8 @@ class DecodingParam:
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
-            or (self.integer and value != int(value))
+            or value != value  # nan: int(nan) would raise a ValueError that does not name the knob
+            or (self.integer and (value in (float("inf"), float("-inf")) or value != int(value)))
         ):
             raise ValueError(f"{self.name}={value!r} must be {kind} in [{self.low}, {self.high}]")
         if not self.low <= value <= self.high:

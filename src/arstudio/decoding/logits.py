@@ -54,6 +54,11 @@ def _is_number(x) -> bool:
 
 
 def check_sampling_params(guidance_scale, temperature, top_k, top_p, cfg_interval=(0.0, 1.0)) -> None:
+    import math  # nan passes every comparison below (all are False) and inf passes ">= 0": refuse both first
+
+    for name, value in (("guidance_scale", guidance_scale), ("temperature", temperature), ("top_p", top_p)):
+        if _is_number(value) and not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} is not allowed: use a finite number")
     if not _is_number(guidance_scale) or guidance_scale < 0:
         raise ValueError(
             f"guidance_scale={guidance_scale!r} is not allowed: use a number >= 0 (1 = no guidance)"
@@ -64,8 +69,8 @@ def check_sampling_params(guidance_scale, temperature, top_k, top_p, cfg_interva
         raise ValueError(f"top_k={top_k!r} is not allowed: use an integer >= 0 (0 = off)")
     if not _is_number(top_p) or not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p!r} is not allowed: use a number in (0, 1] (1 = off)")
-    lo, hi = cfg_interval
-    if not 0 <= lo <= hi <= 1:
+    pair = isinstance(cfg_interval, (tuple, list)) and len(cfg_interval) == 2  # a str or a 3-tuple: refused
+    if not pair or not all(map(_is_number, cfg_interval)) or not 0 <= cfg_interval[0] <= cfg_interval[1] <= 1:
         raise ValueError(
             f"cfg_interval={cfg_interval!r} is not allowed: use (lo, hi) with 0 <= lo <= hi <= 1"
         )

@@ -15,6 +15,7 @@ from arstudio.data.control import check_control_map
 from arstudio.decoding.guidance import ControlSignal
 from arstudio.generators.control import check_strength
 from arstudio.generators.text_encoders import check_prompts
+from arstudio.limits import check_images_per_call
 
 
 @dataclass
@@ -50,8 +51,7 @@ def check_output(output_type: str, repeat, repeat_name: str) -> None:
     """The output type and the images (videos) per prompt of a call."""
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type={output_type!r} is not allowed; use one of {OUTPUT_TYPES}")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        raise ValueError(f"{repeat_name}={repeat!r} must be an integer >= 1")
+    check_images_per_call(repeat, repeat_name)
 
 
 def as_list(x) -> list:
@@ -97,6 +97,10 @@ def class_conditions(pipe, prompt, class_labels, negative_prompt, repeat: int) -
         labels = _labels_from_names(pipe, prompt)
     else:
         labels = _checked_labels(class_labels, pipe.generator.config.num_classes)
+    if not labels:
+        raise ValueError(
+            f"{'prompt' if prompt is not None else 'class_labels'}=[] is empty: give at least one"
+        )
     labels = [label for label in labels for _ in range(repeat)]
     names = pipe.preset.class_names
     describe = [{"class_label": lab, "class_name": names[lab] if names else None} for lab in labels]

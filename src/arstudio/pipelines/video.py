@@ -212,7 +212,7 @@ class VideoPipeline(ImagePipeline):
         if (
             isinstance(temporal_decay, bool)
             or not isinstance(temporal_decay, (int, float))
-            or temporal_decay < 0
+            or not 0 <= temporal_decay < float("inf")  # also refuses nan
         ):
             raise ValueError(f"temporal_decay={temporal_decay!r} must be a number >= 0 (0 turns it off)")
         defaults = self.preset.defaults

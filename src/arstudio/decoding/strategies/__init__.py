@@ -48,7 +48,7 @@ STRATEGIES: dict[str, Strategy] = {
 
 
 def get_strategy(name: str) -> Strategy:
-    if name not in STRATEGIES:
+    if not isinstance(name, str) or name not in STRATEGIES:
         raise ValueError(f"decoding={name!r} is unknown; allowed: {tuple(STRATEGIES)}")
     return STRATEGIES[name]
 
