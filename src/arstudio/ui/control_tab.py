@@ -125,6 +125,9 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
             yield {used: shown, gallery: [preview_sheet(event.images)], seed_used: str(first),
                    status: f"token {event.step} / {event.total}"}  # fmt: skip
         out = event.output
+        if not out.images:  # stopped: the pipeline returned its tokens, no images
+            yield {gallery: None, status: "**Stopped.** Nothing was saved; Generate starts again."}
+            return
         yield {used: shown, seed_used: str(first),
                gallery: [(im, f"{label} · seed {first + i}") for i, im in enumerate(out.images)],
                status: f"{len(out.images)} image(s) in {out.timings['total_s']:.2f} s · {kind_value} control "

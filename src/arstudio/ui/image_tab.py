@@ -97,6 +97,7 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
                      elem_id="recipe")  # fmt: skip
 
     stops = StopSwitches()
+    STOPPED = "**Stopped.** Nothing was saved; Generate starts again."
 
     @status_errors(status)
     def on_generate(values: dict, session: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
@@ -116,6 +117,9 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
             yield {gallery: [preview_sheet(event.images)], seed_used: str(request.seed),
                    status: f"token {event.step} / {event.total}{note}"}  # fmt: skip
         output = event.output
+        if not output.images:  # stopped: the pipeline returned its tokens, no images
+            yield {gallery: None, files: None, status: STOPPED}
+            return
         paths = save_outputs(output, request.knobs)
         seconds, forwards = output.timings["total_s"], output.stats.get("forwards")
         yield {gallery: [(str(p), caption(m)) for p, m in zip(paths, output.metadata, strict=True)],
@@ -126,8 +130,7 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
     def on_stop(session: gr.Request):
         stops.stop(session.session_hash)  # the pipeline stops after its current token
         # The request is cancelled with its half-drawn previews: clear them and say what happened.
-        return {gallery: None, files: None,
-                status: "**Stopped.** Nothing was saved; Generate starts again."}  # fmt: skip
+        return {gallery: None, files: None, status: STOPPED}
 
     def on_preset(name: str, current: str):
         try:
