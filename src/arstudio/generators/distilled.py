@@ -121,7 +121,8 @@ class DDGenerator(PrefixARGenerator):
 
     @classmethod
     def from_teacher(cls, teacher, tokenizer, **overrides) -> DDGenerator:
-        """A DD model whose shared parts are copies of ``teacher``'s (see the module docstring)."""
+        """A DD model whose shared parts are copies of ``teacher``'s (see the module docstring), in float32 on
+        the teacher's device."""
         model = cls(DDConfig.for_teacher(teacher, tokenizer, **overrides))
         for part in ("cls_embedding", "backbone", "head"):
             getattr(model, part).load_state_dict(getattr(teacher, part).state_dict())
@@ -135,7 +136,7 @@ class DDGenerator(PrefixARGenerator):
         with torch.no_grad():
             model.tok_embeddings.weight.copy_(solution[:-1].T)
             model.tok_embeddings.bias.copy_(solution[-1])
-        return model
+        return model.to(teacher.tok_embeddings.weight.device)
 
     def check_pairing(self, teacher, tokenizer) -> None:
         """Refuse a teacher or tokenizer other than the ones this model was distilled from."""
