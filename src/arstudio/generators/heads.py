@@ -68,6 +68,13 @@ class DiffusionHead(nn.Module):
         self.net = AdaLNMLP(token_dim, cond_dim, width, depth)
         self.register_buffer("alphas_cumprod", cosine_alphas_cumprod(num_timesteps), persistent=False)
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to()``/``.half()``/... move the schedule with the module but keep it float64: cast to bf16, ᾱ_t
+        near 1 rounds to 1 and the reverse step divides by 1 - ᾱ_t = 0."""
+        super()._apply(fn, *args, **kwargs)
+        self.alphas_cumprod = cosine_alphas_cumprod(self.num_timesteps).to(self.alphas_cumprod.device)
+        return self
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Noisy tokens (M, d) at integer timesteps t (M,), conditions z (M, cond_dim) -> predicted noise (M, d)."""
         return self.net(x_t, t.float(), z)
