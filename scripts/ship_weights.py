@@ -47,12 +47,12 @@ SHIPPED = {
     "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-scratch", F16),
     "fd-shapes-classifier": ("runs/fd-shapes-classifier", F32),
     "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", F16),
-    "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", F16),
+    "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", I8),
     "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", F16),
-    "shapes-c2i-bridge/generator": ("runs/gen-bridge-joint", F16),
+    "shapes-c2i-bridge/generator": ("runs/gen-bridge-joint", I8),
     # control presets keep shapes-c2i's tokenizer, sprites-video shapes-c2i-continuous's (Preset.shared_tokenizer)
-    "shapes-control/generator": ("runs/gen-shapes-control", F16),
-    "shapes-control-prefill/generator": ("runs/gen-shapes-control-prefill", F16),
+    "shapes-control/generator": ("runs/gen-shapes-control", I8),
+    "shapes-control-prefill/generator": ("runs/gen-shapes-control-prefill", I8),
     "sprites-video/generator": ("runs/sprites-video-bf16/ema", F16),  # bf16, 4200 steps, weight average
     "causal-video-tokenizer": ("runs/causal-video-tokenizer", F16),
 }
