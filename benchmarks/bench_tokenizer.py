@@ -1,5 +1,5 @@
 """Tokenizer quality: verifier agreement on reconstructed held-out shapes, PSNR on held-out shapes and
-held-out scikit-image photo crops, codebook usage.
+held-out scikit-image photo crops, codebook usage (VQ tokenizers; KL and TokenBridge presets report the rest).
 
     python -m benchmarks.bench_tokenizer [--preset shapes-c2i] [--count 480]
 """
@@ -51,7 +51,6 @@ def main() -> None:
     agree_t2i = np.mean([verify_objects(r, item[2]) for r, item in zip(text_recon, text_items, strict=True)])
     crops = photo_crops(args.count, size, seed=HELDOUT_SEED, split="heldout")
     _, crop_recon = reconstruct(tokenizer, crops)
-    usage = codebook_usage(ids, tokenizer.codebook_size)
 
     results = {
         "preset": args.preset,
@@ -60,10 +59,11 @@ def main() -> None:
         "verifier_agreement_shapes_t2i": float(agree_t2i),
         "psnr_shapes_db": psnr(images, recon),
         "psnr_photo_crops_db": psnr(crops, crop_recon),
-        "codebook_usage_on_shapes": usage["usage"],
-        "codebook_perplexity_on_shapes": usage["perplexity"],
-        "codebook_size": tokenizer.codebook_size,
     }
+    if hasattr(tokenizer, "codebook_vectors"):  # a joint codebook (VQ)
+        usage = codebook_usage(ids, tokenizer.codebook_size)
+        results.update(codebook_usage_on_shapes=usage["usage"], codebook_perplexity_on_shapes=usage["perplexity"],
+                       codebook_size=tokenizer.codebook_size)  # fmt: skip
     for key, value in results.items():
         print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
     finish(info, results)

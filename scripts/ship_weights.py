@@ -1,21 +1,27 @@
 """Copy trained weights from runs/ into the package: only config.json + model.safetensors (no optimizer).
 
-Generators and drafters are stored in float16 (half the bytes; they load back into float32): the shipped-file budget is
-a few MB, and the benchmark numbers in the closing notes were measured on the float16 copies.
+Each model is stored in the dtype its row of SHIPPED names (everything loads back as float32): the whole tracked
+tree must fit the 64 MiB a remote GPU run receives (tests/test_tree_size.py keeps it under 56 MiB).
+- float16: generators, drafters, DD models, tokenizers (tokenizer PSNR and verifier agreement unchanged,
+  benchmarks/results/tokenizer_*.json);
+- int8 (per-output-channel scales, float16 for vectors and small matrices, see arstudio.io.storage_state): the
+  largest generators, where the preset's benchmark stayed within its run-to-run spread;
+- float32: the FD-shapes classifier (a metric's features: not worth moving the numbers for 0.2 MB).
 
     python scripts/ship_weights.py            # everything that has been trained
     python scripts/ship_weights.py shapes-t2i/generator
+    python scripts/ship_weights.py --restore  # re-store the shipped folders themselves in their SHIPPED dtype
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
+from arstudio.evaluation.fd_shapes import ShapesClassifier
 from arstudio.generators.continuous import ContinuousImageGenerator
 from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.drafter import Drafter
@@ -23,55 +29,65 @@ from arstudio.generators.image import ImageGenerator
 from arstudio.generators.video import VideoGenerator
 from arstudio.io import CONFIG_NAME, WEIGHTS_NAME
 from arstudio.presets import WEIGHTS_ROOT
+from arstudio.tokenizers.bridge import BridgeTokenizer
+from arstudio.tokenizers.causal_video import CausalVideoTokenizer
+from arstudio.tokenizers.kl import KLTokenizer
+from arstudio.tokenizers.vq import VQTokenizer
 
-# package folder under arstudio/weights -> (training output folder, store as float16)
+F16, I8, F32 = torch.float16, torch.int8, torch.float32
+# package folder under arstudio/weights -> (training output folder, storage dtype)
 SHIPPED = {
-    "shapes-c2i/tokenizer": ("runs/vq-shapes32", False),
-    "shapes-c2i/generator": ("runs/gen-shapes-c2i", True),
-    "shapes-c2i/drafter": ("runs/drafter-shapes-c2i", True),
-    "shapes-c2i/dd1": ("runs/dd1-shapes-c2i-long", True),  # 16k pairs, 2400 steps (docs/training.md)
-    "shapes-c2i/dd2": ("runs/dd2-soup3", True),  # soup of 3 seeds: batch 32, 1000 steps, DD1 weight 0.05
-    "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", False),
-    "shapes-t2i/generator": ("runs/gen-shapes-t2i-scratch", True),  # v3: phrase slots from scratch
-    "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-scratch", True),
-    "fd-shapes-classifier": ("runs/fd-shapes-classifier", False),
-    "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", False),
-    "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", True),
-    "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", False),
-    "shapes-c2i-bridge/generator": ("runs/gen-bridge-joint", True),
-    # control presets keep shapes-c2i's tokenizer (Preset.shared_tokenizer)
-    "shapes-control/generator": ("runs/gen-shapes-control", True),
-    "shapes-control-prefill/generator": ("runs/gen-shapes-control-prefill", True),
-    "sprites-video/tokenizer": ("runs/kl-shapes32", False),
-    "sprites-video/generator": ("runs/sprites-video-bf16/ema", True),  # bf16, 4200 steps, weight average
-    "causal-video-tokenizer": ("runs/causal-video-tokenizer", False),
+    "shapes-c2i/tokenizer": ("runs/vq-shapes32", F16),
+    "shapes-c2i/generator": ("runs/gen-shapes-c2i", F16),
+    "shapes-c2i/drafter": ("runs/drafter-shapes-c2i", F16),
+    "shapes-c2i/dd1": ("runs/dd1-shapes-c2i-long", F16),  # 16k pairs, 2400 steps (docs/training.md)
+    "shapes-c2i/dd2": ("runs/dd2-soup3", F16),  # soup of 3 seeds: batch 32, 1000 steps, DD1 weight 0.05
+    "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", F16),
+    "shapes-t2i/generator": ("runs/gen-shapes-t2i-scratch", F16),  # v3: phrase slots from scratch
+    "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-scratch", F16),
+    "fd-shapes-classifier": ("runs/fd-shapes-classifier", F32),
+    "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", F16),
+    "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", I8),
+    "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", F16),
+    "shapes-c2i-bridge/generator": ("runs/gen-bridge-joint", I8),
+    # control presets keep shapes-c2i's tokenizer, sprites-video shapes-c2i-continuous's (Preset.shared_tokenizer)
+    "shapes-control/generator": ("runs/gen-shapes-control", I8),
+    "shapes-control-prefill/generator": ("runs/gen-shapes-control-prefill", I8),
+    "sprites-video/generator": ("runs/sprites-video-bf16/ema", F16),  # bf16, 4200 steps, weight average
+    "causal-video-tokenizer": ("runs/causal-video-tokenizer", F16),
 }
 MODELS = {
     cls.__name__: cls
-    for cls in (ImageGenerator, ContinuousImageGenerator, Drafter, DDGenerator, VideoGenerator)
-}
+    for cls in (
+        ImageGenerator, ContinuousImageGenerator, Drafter, DDGenerator, VideoGenerator,
+        VQTokenizer, KLTokenizer, BridgeTokenizer, CausalVideoTokenizer, ShapesClassifier,
+    )
+}  # fmt: skip
+
+
+def store(source: Path, destination: Path, dtype: torch.dtype) -> None:
+    """Load the model in ``source`` (float32 after loading) and save it to ``destination`` in ``dtype``."""
+    cls = MODELS[json.loads((source / CONFIG_NAME).read_text())["class"]]
+    cls.from_pretrained(source).save_pretrained(destination, dtype=dtype)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="*", choices=[[], *SHIPPED], help="default: all")
+    parser.add_argument("--restore", action="store_true",
+                        help="read the shipped folders instead of runs/ (changes only how they are stored)")  # fmt: skip
     args = parser.parse_args()
     for target in args.targets or SHIPPED:
-        source, half = SHIPPED[target]
-        source = Path(source)
+        run, dtype = SHIPPED[target]
+        destination = WEIGHTS_ROOT / target
+        source = destination if args.restore else Path(run)
         if not (source / WEIGHTS_NAME).is_file():
             print(f"skip {target}: no {WEIGHTS_NAME} in {source}")
             continue
-        destination = WEIGHTS_ROOT / target
         destination.mkdir(parents=True, exist_ok=True)
-        if half:
-            cls = MODELS[json.loads((source / CONFIG_NAME).read_text())["class"]]
-            cls.from_pretrained(source).save_pretrained(destination, dtype=torch.float16)
-        else:
-            for file in (CONFIG_NAME, WEIGHTS_NAME):
-                shutil.copyfile(source / file, destination / file)
+        store(source, destination, dtype)
         size = (destination / WEIGHTS_NAME).stat().st_size / 2**20
-        print(f"{target}: {source} -> {destination} ({size:.1f} MB)")
+        print(f"{target}: {source} -> {destination} ({str(dtype).removeprefix('torch.')}, {size:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,14 @@ from arstudio.tokenizers.bridge import BridgeQuantizer, gaussian_bins
 BACKBONE = BackboneConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=3, prefix_len=1)
 
 
-def tiny_generator(head: str, seed: int = 0, **options) -> ContinuousImageGenerator:
+def tiny_generator(head: str, seed: int = 0, device="cpu", **options) -> ContinuousImageGenerator:
     config = ContinuousGeneratorConfig(token_dim=4, head=head, head_width=32, head_depth=2, levels=8,
                                        backbone=BACKBONE, **options)  # fmt: skip
     torch.manual_seed(seed)
     model = ContinuousImageGenerator(config).eval()
     for param in model.head.parameters():  # zero-initialised outputs would make every sample trivial
         torch.nn.init.normal_(param, std=0.2)
-    return model
+    return model.to(device)
 
 
 def gens(*seeds):
@@ -28,9 +28,9 @@ def gens(*seeds):
 
 
 @pytest.mark.parametrize("head", ["diffusion", "flow", "bridge"])
-def test_kv_cached_sampling_equals_full_recompute(head):
-    model = tiny_generator(head)
-    labels = torch.tensor([3, 7])
+def test_kv_cached_sampling_equals_full_recompute(head, device):
+    model = tiny_generator(head, device=device)
+    labels = torch.tensor([3, 7], device=device)
     params = SamplingParams(guidance_scale=2.5, temperature=0.9)
     cached = sample_continuous(model, labels, gens(0, 1), params, num_inference_steps=4)
     full = sample_continuous(model, labels, gens(0, 1), params, num_inference_steps=4, use_cache=False)
@@ -40,19 +40,20 @@ def test_kv_cached_sampling_equals_full_recompute(head):
 
 
 @pytest.mark.parametrize("head", ["diffusion", "flow"])
-def test_an_image_depends_only_on_its_own_generator(head):
-    model = tiny_generator(head)
-    pair = sample_continuous(model, torch.tensor([3, 7]), gens(0, 1), num_inference_steps=3).tokens
-    alone = sample_continuous(model, torch.tensor([3]), gens(0), num_inference_steps=3).tokens
+def test_an_image_depends_only_on_its_own_generator(head, device):
+    model = tiny_generator(head, device=device)
+    labels = torch.tensor([3, 7], device=device)
+    pair = sample_continuous(model, labels, gens(0, 1), num_inference_steps=3).tokens
+    alone = sample_continuous(model, labels[:1], gens(0), num_inference_steps=3).tokens
     torch.testing.assert_close(pair[:1], alone, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(pair[0], pair[1])
 
 
 @pytest.mark.parametrize("cls", [DiffusionHead, FlowHead])
-def test_head_loss_and_sampling_are_deterministic(cls):
+def test_head_loss_and_sampling_are_deterministic(cls, device):
     torch.manual_seed(0)
-    head = cls(4, 16, 32, 2)
-    target, z = torch.randn(6, 4), torch.randn(6, 16)
+    head = cls(4, 16, 32, 2).to(device)
+    target, z = torch.randn(6, 4, device=device), torch.randn(6, 16, device=device)
     loss = head.loss(target, z, torch.Generator().manual_seed(5))
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert loss == head.loss(target, z, torch.Generator().manual_seed(5))
@@ -64,6 +65,15 @@ def test_head_loss_and_sampling_are_deterministic(cls):
     assert a.shape == (2, 4)
     assert torch.equal(a, draw(head, z[:2], gens(1, 2), 6, 1.0, *extra))
     assert not torch.equal(a, draw(head, z[:2], gens(3, 2), 6, 1.0, *extra))
+
+
+def test_diffusion_head_in_bfloat16_keeps_a_float64_schedule_and_samples(device):
+    torch.manual_seed(0)
+    head = DiffusionHead(4, 16, 32, 2).to(device, torch.bfloat16)
+    assert head.alphas_cumprod.dtype == torch.float64 and head.alphas_cumprod.device.type == device.type
+    assert float(head.alphas_cumprod[0]) < 1  # in bf16 it rounds to 1, and the reverse step divides by 1 - 1
+    z = torch.randn(2, 16, device=device, dtype=torch.bfloat16)
+    assert torch.isfinite(ddpm_sample(head, z, gens(1, 2), 6, 1.0, 5.0).float()).all()
 
 
 def test_diffusion_head_samples_both_modes_where_regression_collapses():
@@ -154,10 +164,10 @@ def test_gaussian_bins_are_ordered_and_symmetric():
 
 
 @pytest.mark.parametrize("arch", ["mlp", "transformer"])
-def test_dimensionwise_head_teacher_forcing_matches_its_sampling_steps(arch):
+def test_dimensionwise_head_teacher_forcing_matches_its_sampling_steps(arch, device):
     torch.manual_seed(0)
-    head = DimensionwiseHead(token_dim=5, cond_dim=16, width=32, depth=2, levels=8, arch=arch)
-    ids, z = torch.randint(0, 8, (3, 5)), torch.randn(3, 16)
+    head = DimensionwiseHead(token_dim=5, cond_dim=16, width=32, depth=2, levels=8, arch=arch).to(device)
+    ids, z = torch.randint(0, 8, (3, 5), device=device), torch.randn(3, 16, device=device)
     logits = head(ids, z)
     assert logits.shape == (3, 5, 8)
     for j in range(5):
@@ -178,12 +188,12 @@ def test_transformer_bridge_head_is_causal_over_dimensions():
     assert not torch.allclose(before[:, 3:], after[:, 3:])
 
 
-def test_transformer_bridge_head_round_trips_through_save_and_load(tmp_path):
-    model = tiny_generator("bridge", head_arch="transformer", head_heads=2)
+def test_transformer_bridge_head_round_trips_through_save_and_load(tmp_path, device):
+    model = tiny_generator("bridge", device=device, head_arch="transformer", head_heads=2)
     model.save_pretrained(tmp_path)
-    loaded = ContinuousImageGenerator.from_pretrained(tmp_path)
+    loaded = ContinuousImageGenerator.from_pretrained(tmp_path).to(device)
     assert loaded.config == model.config
-    ids, labels = torch.randint(0, 8, (2, 9, 4)), torch.tensor([1, 2])
+    ids, labels = torch.randint(0, 8, (2, 9, 4), device=device), torch.tensor([1, 2], device=device)
     torch.testing.assert_close(loaded.head(ids[:, 0], loaded(ids, labels)[:, 0]),
                                model.head(ids[:, 0], model(ids, labels)[:, 0]))  # fmt: skip
 
@@ -268,10 +278,10 @@ def test_kl_tokenizer_shapes_and_bad_latents():
 
 
 @pytest.fixture(scope="module")
-def continuous_pipe():
+def continuous_pipe(device):
     from arstudio.pipelines.loading import load_pipeline
 
-    return load_pipeline("test-tiny-continuous", device="cpu")
+    return load_pipeline("test-tiny-continuous", device=device)
 
 
 def test_pipeline_call_names_tokenizer_head_and_steps(continuous_pipe):
@@ -288,19 +298,19 @@ def test_pipeline_call_names_tokenizer_head_and_steps(continuous_pipe):
     assert continuous_pipe(class_labels=[0], output_type="np").metadata[0]["num_inference_steps"] == 8
 
 
-def test_pipeline_refuses_bad_steps(continuous_pipe):
+def test_pipeline_refuses_bad_steps(continuous_pipe, device):
     from arstudio.pipelines.loading import load_pipeline
 
     with pytest.raises(ValueError, match="num_inference_steps=0 is not allowed for a diffusion head"):
         continuous_pipe(class_labels=[0], num_inference_steps=0)
     with pytest.raises(ValueError, match="num_inference_steps=4 applies to diffusion/flow heads"):
-        load_pipeline("test-tiny-c2i", device="cpu")(class_labels=[0], num_inference_steps=4)
+        load_pipeline("test-tiny-c2i", device=device)(class_labels=[0], num_inference_steps=4)
 
 
-def test_bridge_pipeline_and_preview():
+def test_bridge_pipeline_and_preview(device):
     from arstudio.pipelines.loading import load_pipeline
 
-    pipe = load_pipeline("test-tiny-bridge", device="cpu")
+    pipe = load_pipeline("test-tiny-bridge", device=device)
     out = pipe(class_labels=[1, 2], generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.tokens.shape == (2, 4, 4, 4) and out.tokens.dtype == torch.long
     assert (out.metadata[0]["tokenizer"], out.metadata[0]["head"]) == ("BridgeTokenizer", "bridge")
@@ -308,10 +318,10 @@ def test_bridge_pipeline_and_preview():
     assert len(previews) == 2 and previews[0].size == (16, 16)
 
 
-def test_shipped_continuous_preset_loads_and_generates():
+def test_shipped_continuous_preset_loads_and_generates(device):
     from arstudio.pipelines.loading import load_pipeline
 
-    pipe = load_pipeline("shapes-c2i-continuous", device="cpu")
+    pipe = load_pipeline("shapes-c2i-continuous", device=device)
     out = pipe(
         class_labels=[0], generator=torch.Generator().manual_seed(0), num_inference_steps=5, output_type="np"
     )

@@ -24,13 +24,13 @@ from arstudio.training.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")
-def fusion():
-    return arstudio.load_pipeline("test-tiny-control", device="cpu")
+def fusion(device):
+    return arstudio.load_pipeline("test-tiny-control", device=device)
 
 
 @pytest.fixture(scope="module")
-def prefill():
-    return arstudio.load_pipeline("test-tiny-control-prefill", device="cpu")
+def prefill(device):
+    return arstudio.load_pipeline("test-tiny-control-prefill", device=device)
 
 
 def square_mask(size=16, lo=4, hi=10) -> np.ndarray:
@@ -78,12 +78,14 @@ def test_prefilled_control_tokens_share_their_image_tokens_rotation():
 
 
 @pytest.mark.parametrize("name", ["test-tiny-control", "test-tiny-control-prefill"])
-def test_cached_decoding_with_control_matches_teacher_forcing(name):
-    pipe = arstudio.load_pipeline(name, device="cpu")
+def test_cached_decoding_with_control_matches_teacher_forcing(name, device):
+    pipe = arstudio.load_pipeline(name, device=device)
     model = pipe.generator
     maps = torch.from_numpy(np.stack([square_mask(), square_mask(lo=8, hi=14)]) / 255.0).float()[:, None]
-    control = ControlSignal(model.encode_control(maps, ["mask", "edges"]), model.control_encoder.null(2))
-    labels = torch.tensor([3, 7])
+    control = ControlSignal(
+        model.encode_control(maps.to(device), ["mask", "edges"]), model.control_encoder.null(2)
+    )
+    labels = torch.tensor([3, 7], device=device)
     params = SamplingParams(guidance_scale=2.5)
     runs = [sample_autoregressive(model, labels, [torch.Generator().manual_seed(s) for s in (1, 2)], params,
                                   use_cache=cache, control=control).tokens for cache in (True, False)]  # fmt: skip
@@ -93,31 +95,35 @@ def test_cached_decoding_with_control_matches_teacher_forcing(name):
     assert not torch.equal(plain.tokens, runs[0])  # and it changes what is generated
 
 
-def test_fusion_starts_at_zero_so_a_warm_start_is_the_unchanged_generator():
+def test_fusion_starts_at_zero_so_a_warm_start_is_the_unchanged_generator(device):
     backbone = BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4)
-    plain = ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone))
+    plain = ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone)).to(device)
     controlled = ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone,
                                                 control=ControlConfig(resolution=16, width=8, layers=(0, 1))))  # fmt: skip
     state = plain.state_dict()
-    controlled.load_state_dict(state, strict=False)
-    tokens, labels = torch.randint(0, 32, (2, 16)), torch.tensor([1, 2])
-    control = controlled.encode_control(torch.rand(2, 1, 16, 16), ["edges", "mask"])
+    controlled.to(device).load_state_dict(state, strict=False)
+    tokens, labels = torch.randint(0, 32, (2, 16), device=device), torch.tensor([1, 2], device=device)
+    control = controlled.encode_control(torch.rand(2, 1, 16, 16, device=device), ["edges", "mask"])
     assert torch.allclose(controlled(tokens, labels, control), plain(tokens, labels))
 
 
-def _encoder_model(context_layers: int, mode: str = "fusion", relative: bool = False) -> ImageGenerator:
+def _encoder_model(
+    context_layers: int, mode: str = "fusion", relative: bool = False, device="cpu"
+) -> ImageGenerator:
     backbone = BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4, prefix_len=17 if mode == "prefill" else 1,
                               grid_prefix=mode == "prefill")  # fmt: skip
     control = ControlConfig(mode=mode, resolution=16, width=8, layers=(0, 1), context_layers=context_layers,
                             relative_fusion=relative)  # fmt: skip
-    return ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone, control=control)).eval()
+    return (
+        ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone, control=control)).to(device).eval()
+    )
 
 
 @pytest.mark.parametrize("context_layers", [0, 1])
-def test_context_layers_give_control_tokens_a_global_receptive_field(context_layers):
+def test_context_layers_give_control_tokens_a_global_receptive_field(context_layers, device):
     torch.manual_seed(0)
-    model = _encoder_model(context_layers)
-    maps = torch.zeros(2, 1, 16, 16)
+    model = _encoder_model(context_layers, device=device)
+    maps = torch.zeros(2, 1, 16, 16, device=device)
     maps[1, 0, 12:, 12:] = 1.0  # only the bottom-right token's patch differs
     with torch.no_grad():
         tokens = model.encode_control(maps, ["edges", "edges"])  # (2, 16, dim)
@@ -128,13 +134,13 @@ def test_context_layers_give_control_tokens_a_global_receptive_field(context_lay
 
 
 @pytest.mark.parametrize("relative", [False, True])
-def test_null_control_adds_nothing_with_context_layers(relative):
+def test_null_control_adds_nothing_with_context_layers(relative, device):
     torch.manual_seed(0)
-    model = _encoder_model(2, relative=relative)
+    model = _encoder_model(2, relative=relative, device=device)
     for proj in model.control_encoder.fusion:  # trained fusion projections, not the zero init
         torch.nn.init.normal_(proj.weight, std=0.5)
-    tokens, labels = torch.randint(0, 32, (2, 16)), torch.tensor([1, 2])
-    null, maps = model.control_encoder.null(2), torch.rand(2, 1, 16, 16)
+    tokens, labels = torch.randint(0, 32, (2, 16), device=device), torch.tensor([1, 2], device=device)
+    null, maps = model.control_encoder.null(2), torch.rand(2, 1, 16, 16, device=device)
     with torch.no_grad():  # hidden states: the head starts at zero, so logits would hide any difference
         none = model.hidden(tokens, labels)
         assert torch.equal(model.hidden(tokens, labels, null), none)
@@ -144,15 +150,16 @@ def test_null_control_adds_nothing_with_context_layers(relative):
         )
 
 
-def test_relative_fusion_scales_each_addition_by_the_stream_it_joins():
+def test_relative_fusion_scales_each_addition_by_the_stream_it_joins(device):
     torch.manual_seed(0)
-    model = _encoder_model(1, relative=True)
+    model = _encoder_model(1, relative=True, device=device)
     encoder = model.control_encoder
     torch.nn.init.normal_(encoder.fusion[0].weight, std=0.5)
-    control = encoder(torch.rand(2, 1, 16, 16), torch.tensor([0, 1]))
+    control = encoder(torch.rand(2, 1, 16, 16, device=device), torch.tensor([0, 1], device=device))
     assert 0.5 < control.pow(2).mean().sqrt() < 2  # unit-scale tokens (absolute fusion: the init std, 0.02)
-    x = torch.randn(2, 3, 32) * torch.tensor([0.01, 1.0, 30.0])[None, :, None]  # three very different scales
-    add = encoder.fusion_additions(control, torch.tensor([0, 1, 2]))[0](x)
+    scales = torch.tensor([0.01, 1.0, 30.0], device=device)[None, :, None]  # three very different scales
+    x = torch.randn(2, 3, 32, device=device) * scales
+    add = encoder.fusion_additions(control, torch.tensor([0, 1, 2], device=device))[0](x)
     plain = encoder.fusion[0](control[:, :3])
     assert torch.allclose(add, plain * x.pow(2).mean(-1, keepdim=True).sqrt(), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="relative_fusion applies to fusion only"):
@@ -212,25 +219,24 @@ def test_strength_zero_is_no_control(name, request):
     assert torch.equal(none.tokens, zero.tokens) and not torch.equal(none.tokens, full.tokens)
 
 
-def test_continuous_generator_takes_control():
-    pipe = arstudio.load_pipeline("test-tiny-continuous-control", device="cpu")
+def test_continuous_generator_takes_control(device):
+    pipe = arstudio.load_pipeline("test-tiny-continuous-control", device=device)
     model = pipe.generator
-    maps = torch.from_numpy(square_mask() / 255.0).float()[None, None]
+    maps = torch.from_numpy(square_mask() / 255.0).float()[None, None].to(device)
     control = ControlSignal(model.encode_control(maps, ["mask"]), model.control_encoder.null(1), 3.0)
-    out = [sample_continuous(model, torch.tensor([2]), [torch.Generator().manual_seed(0)], SamplingParams(2.0),
+    label = torch.tensor([2], device=device)
+    out = [sample_continuous(model, label, [torch.Generator().manual_seed(0)], SamplingParams(2.0),
                              num_inference_steps=4, use_cache=cache, control=control).tokens
            for cache in (True, False)]  # fmt: skip
     assert torch.allclose(out[0], out[1], atol=1e-5)
-    latents = torch.randn(1, 16, 4)
-    assert not torch.allclose(
-        model(latents, torch.tensor([2]), control.tokens), model(latents, torch.tensor([2]))
-    )
+    latents = torch.randn(1, 16, 4, device=device)
+    assert not torch.allclose(model(latents, label, control.tokens), model(latents, label))
     image = pipe(class_labels=[2], control_image=square_mask(), control_guidance_scale=3.0, output_type="np")
     assert image.images[0].shape == (16, 16, 3) and image.metadata[0]["control_strength"] == 1.0
 
 
 # ---- bad input -------------------------------------------------------------------------------------------
-def test_pipeline_refuses_bad_control_input(fusion):
+def test_pipeline_refuses_bad_control_input(fusion, device):
     good = square_mask()
     cases = [
         (dict(control_image=np.zeros((32, 32), np.uint8)), "control map is 32x32; this model takes 16x16"),
@@ -249,7 +255,7 @@ def test_pipeline_refuses_bad_control_input(fusion):
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             fusion(class_labels=[0], **kwargs)
-    plain = arstudio.load_pipeline("test-tiny-c2i", device="cpu")
+    plain = arstudio.load_pipeline("test-tiny-c2i", device=device)
     with pytest.raises(
         ValueError, match="control_image needs a control preset; 'test-tiny-c2i' takes no control"
     ):
@@ -298,9 +304,9 @@ def test_fidelity_metrics_reward_following_the_control():
 
 
 @pytest.mark.parametrize("name", ["test-tiny-control", "test-tiny-control-prefill"])
-def test_control_presets_offer_only_plain_decoding(name):
+def test_control_presets_offer_only_plain_decoding(name, device):
     """Drafters and DD models read the condition prefix without the control grid: control decodes with 'ar'."""
-    pipe = arstudio.load_pipeline(name)
+    pipe = arstudio.load_pipeline(name, device=device)
     assert pipe.decoding_strategies == ("ar",)
     with pytest.raises(ValueError, match="not available"):
         pipe(class_labels=[1], decoding="speculative", generator=torch.Generator().manual_seed(0))

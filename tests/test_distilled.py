@@ -1,6 +1,8 @@
 """Distilled decoding: DD1's flow map (statistical), the DD model and its samplers, DD1/DD2 training, pipeline
 strategies and their bad-input errors."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,24 +25,25 @@ def chi_square(counts: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return arstudio.load_pipeline("test-tiny-c2i", device="cpu")
+def pipe(device):
+    return arstudio.load_pipeline("test-tiny-c2i", device=device)
 
 
-def test_flow_map_samples_the_categorical_exactly_and_deterministically():
+def test_flow_map_samples_the_categorical_exactly_and_deterministically(device):
     g = torch.Generator().manual_seed(0)
-    codebook = F.normalize(torch.randn(8, 4, generator=g), dim=-1)
+    codebook = F.normalize(torch.randn(8, 4, generator=g), dim=-1).to(device)
     draws = 4000
     for temperature in (1.0, 0.4):  # a spread and a peaked distribution
-        probs = (torch.randn(8, generator=g) * 1.5 / temperature).softmax(-1)
-        noise = torch.randn(draws, 4, generator=g)
+        probs = (torch.randn(8, generator=g) * 1.5 / temperature).softmax(-1).to(device)
+        noise = torch.randn(draws, 4, generator=g).to(device)
         ids = flow_to_codebook(noise, probs.expand(draws, 8), codebook)
-        counts = torch.bincount(ids, minlength=8).double()
+        counts = torch.bincount(ids, minlength=8).double().cpu()
+        expected = draws * probs.double().cpu()
         # 7 degrees of freedom: P(chi2 > 24.3) = 0.001 under the null hypothesis "ids ~ probs"
-        assert chi_square(counts, draws * probs.double()) < 24.3
+        assert chi_square(counts, expected) < 24.3
         assert torch.equal(ids, flow_to_codebook(noise, probs.expand(draws, 8), codebook))
-        wrong = probs.roll(1)  # the test has power: another distribution is rejected
-        assert chi_square(counts, draws * wrong.double()) > 100
+        wrong = expected.roll(1)  # the test has power: another distribution is rejected
+        assert chi_square(counts, wrong) > 100
 
 
 def test_flow_map_rejects_mismatched_shapes():
@@ -66,17 +69,18 @@ def _teacher_probs(teacher, tokens, labels, params):
 
 
 @torch.no_grad()
-def test_chained_map_reproduces_the_teachers_per_position_distribution(pipe):
+def test_chained_map_reproduces_the_teachers_per_position_distribution(pipe, device):
     teacher, codebook = pipe.generator, pipe.tokenizer.codebook_vectors()
     params = SamplingParams(guidance_scale=2.0, temperature=0.05)  # sharpened: random logits are flat
     draws = 1500
-    labels = torch.full((draws,), 3)
+    labels = torch.full((draws,), 3, device=device)
     noise = torch.randn(draws, teacher.seq_len, codebook.shape[1], generator=torch.Generator().manual_seed(1))
+    noise = noise.to(device)
     tokens = teacher_flow_tokens(teacher, labels, noise, codebook, params).tokens
     probs = _teacher_probs(teacher, tokens, labels, params)  # (draws, N, V): p(. | the map's own prefix)
     for position in (0, 1, 7, 15):
-        counts = torch.bincount(tokens[:, position], minlength=codebook.shape[0]).double()
-        expected = probs[:, position].double().sum(0)
+        counts = torch.bincount(tokens[:, position], minlength=codebook.shape[0]).double().cpu()
+        expected = probs[:, position].double().sum(0).cpu()
         bins = expected > 5  # chi-square needs enough expected counts; pool the rest
         pooled_counts = torch.cat([counts[bins], counts[~bins].sum()[None]])
         pooled_expected = torch.cat([expected[bins], expected[~bins].sum()[None]])
@@ -89,6 +93,7 @@ def test_chained_map_reproduces_the_teachers_per_position_distribution(pipe):
 def test_dd_model_from_teacher_copies_the_trunk_and_checks_its_pairing(pipe, tmp_path):
     teacher, tokenizer = pipe.generator, pipe.tokenizer
     model = DDGenerator.from_teacher(teacher, tokenizer)
+    assert model.head.output.weight.device == teacher.head.output.weight.device
     assert torch.equal(
         model.backbone.layers[0].attention.wqkv.weight, teacher.backbone.layers[0].attention.wqkv.weight
     )
@@ -98,7 +103,7 @@ def test_dd_model_from_teacher_copies_the_trunk_and_checks_its_pairing(pipe, tmp
     fit = model.tok_embeddings(codes)
     assert (fit - teacher.tok_embeddings.weight).norm() < teacher.tok_embeddings.weight.norm()
     model.save_pretrained(tmp_path)
-    loaded = DDGenerator.from_pretrained(tmp_path)
+    loaded = DDGenerator.from_pretrained(tmp_path)  # on the CPU: fingerprints do not depend on the device
     loaded.check_pairing(teacher, tokenizer)
     other = arstudio.load_pipeline("test-tiny-t2i") if "test-tiny-t2i" in arstudio.list_presets() else None
     changed = type(teacher)(teacher.config)
@@ -110,10 +115,10 @@ def test_dd_model_from_teacher_copies_the_trunk_and_checks_its_pairing(pipe, tmp
     del other
 
 
-def test_one_and_two_step_sampling(pipe):
+def test_one_and_two_step_sampling(pipe, device):
     model, codebook = pipe.distilled["dd1"], pipe.tokenizer.codebook_vectors()
-    labels = torch.tensor([1, 5])
-    noise = draw_noise([torch.Generator().manual_seed(s) for s in (0, 1)], model.seq_len, 4)
+    labels = torch.tensor([1, 5], device=device)
+    noise = draw_noise([torch.Generator().manual_seed(s) for s in (0, 1)], model.seq_len, 4, device)
     one = sample_distilled(model, labels, noise, codebook, 1)
     assert one.tokens.shape == (2, 16) and one.vectors.shape == (2, 16, 4) and one.stats["forwards"] == 1
     split = model.config.logits_tokens
@@ -131,10 +136,10 @@ def test_one_and_two_step_sampling(pipe):
         sample_distilled(model, labels, noise[:, :8], codebook, 1)
 
 
-def test_split_heads_compute_only_the_rows_the_sampler_reads(pipe):
+def test_split_heads_compute_only_the_rows_the_sampler_reads(pipe, device):
     model = pipe.distilled["dd1"]
-    labels = torch.tensor([3, 6])
-    state = torch.randn(2, model.seq_len, 4, generator=torch.Generator().manual_seed(8))
+    labels = torch.tensor([3, 6], device=device)
+    state = torch.randn(2, model.seq_len, 4, generator=torch.Generator().manual_seed(8)).to(device)
     logits, vectors = model(state, 5, labels)
     early, late = model(state, 5, labels, split=True)
     split = model.config.logits_tokens
@@ -143,10 +148,10 @@ def test_split_heads_compute_only_the_rows_the_sampler_reads(pipe):
     assert torch.allclose(late, vectors[:, split:], atol=1e-6)
 
 
-def test_hybrid_from_zero_is_the_teacher_map_up_to_the_switch(pipe):
+def test_hybrid_from_zero_is_the_teacher_map_up_to_the_switch(pipe, device):
     model, teacher, codebook = pipe.distilled["dd1"], pipe.generator, pipe.tokenizer.codebook_vectors()
-    labels = torch.tensor([2, 2, 7])
-    noise = torch.randn(3, 16, 4, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([2, 2, 7], device=device)
+    noise = torch.randn(3, 16, 4, generator=torch.Generator().manual_seed(3)).to(device)
     params = SamplingParams(guidance_scale=2.0)
     switch = model.config.two_step_start
     hybrid = sample_distilled_hybrid(model, teacher, labels, noise, codebook, params, 0)
@@ -181,22 +186,23 @@ def test_pipeline_distilled_strategies_and_bad_input(pipe):
         pipe(class_labels=[0], decoding="dd1", dd_hybrid_start=2)
 
 
-def test_straight_through_codes_forward_a_code_and_pass_gradients():
-    codebook = F.normalize(torch.randn(6, 3), dim=-1)
-    logits = torch.randn(2, 5, 6, requires_grad=True)
+def test_straight_through_codes_forward_a_code_and_pass_gradients(device):
+    codebook = F.normalize(torch.randn(6, 3, device=device), dim=-1)
+    logits = torch.randn(2, 5, 6, device=device, requires_grad=True)
     vectors = straight_through_codes(logits, codebook)
     assert torch.allclose(vectors, codebook[logits.argmax(-1)], atol=1e-6)
     vectors.sum().backward()
     assert logits.grad.abs().sum() > 0
 
 
-def test_fake_score_starts_as_the_teacher_so_the_first_csd_gradient_is_zero(pipe):
+def test_fake_score_starts_as_the_teacher_so_the_first_csd_gradient_is_zero(pipe, device):
     from arstudio.training.distill_dd2 import FakeScore, csd_batch, csd_generator_loss, fake_loss
 
     teacher, codebook = pipe.generator, pipe.tokenizer.codebook_vectors().detach()
     model = DDGenerator.from_teacher(teacher, pipe.tokenizer)
-    fake = FakeScore(teacher.config.backbone.dim, teacher.config.vocab_size, 4)
-    batch = csd_batch(model, teacher, torch.randn(3, 16, 4), torch.tensor([0, 1, 2]), codebook,
+    fake = FakeScore(teacher.config.backbone.dim, teacher.config.vocab_size, 4).to(device)
+    noise, labels = torch.randn(3, 16, 4, device=device), torch.tensor([0, 1, 2], device=device)
+    batch = csd_batch(model, teacher, noise, labels, codebook,
                       SamplingParams(guidance_scale=2.0))  # fmt: skip
     draws = torch.Generator().manual_seed(0)
     loss, grad = csd_generator_loss(fake, batch, codebook, draws)
@@ -243,12 +249,12 @@ def test_cli_train_distill_dd1(tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
-def test_shipped_dd_models_load_with_shapes_c2i_and_refuse_another_teacher(tmp_path):
+def test_shipped_dd_models_load_with_shapes_c2i_and_refuse_another_teacher(tmp_path, device):
     import shutil
 
     from arstudio.presets import WEIGHTS_ROOT
 
-    pipe = arstudio.load_pipeline("shapes-c2i", device="cpu")
+    pipe = arstudio.load_pipeline("shapes-c2i", device=device)
     assert set(pipe.distilled) == {"dd1", "dd2"} and pipe.decoding_strategies[-3:] == (
         "dd1",
         "dd1_hybrid",
@@ -264,19 +270,45 @@ def test_shipped_dd_models_load_with_shapes_c2i_and_refuse_another_teacher(tmp_p
         generator.tok_embeddings.weight[0] += 1.0  # another teacher (e.g. retrained): another fingerprint
     generator.save_pretrained(tmp_path / "generator")
     with pytest.raises(ValueError, match="distilled from teacher"):
-        arstudio.load_pipeline("shapes-c2i", device="cpu", weights=tmp_path)
+        arstudio.load_pipeline("shapes-c2i", device=device, weights=tmp_path)
 
 
-def test_shipped_dd_models_load_in_half_precision():
-    """Pairing fingerprints are taken from float32 weights; a bf16/fp16 load must still pass the check."""
+def test_shipped_dd_models_load_in_half_precision(device):
+    """A bf16/fp16 load must still pass the pairing check, on any device."""
     for dtype in (torch.bfloat16, torch.float16):
-        pipe = arstudio.load_pipeline("shapes-c2i", dtype=dtype)
+        pipe = arstudio.load_pipeline("shapes-c2i", device=device, dtype=dtype)
         assert {"dd1", "dd2"} <= set(pipe.decoding_strategies)
         assert pipe.distilled["dd1"].flag_embedding.weight.dtype == dtype
 
 
-def test_one_shot_dd_refuses_sampling_it_cannot_apply():
-    pipe = arstudio.load_pipeline("test-tiny-c2i")
+def test_pairing_fingerprints_ignore_device_dtype_and_computed_values(monkeypatch):
+    """Fingerprints hash float32 CPU copies of stored parameters: the same after a bf16/fp16 round trip of the
+    shipped (float16-stored) models, and blind to how a device computes the normalised codebook (CUDA rounds
+    F.normalize differently; simulated here by perturbing the computed vectors)."""
+    from arstudio.generators.distilled import codebook_fingerprint
+    from arstudio.generators.drafter import target_fingerprint
+
+    pipe = arstudio.load_pipeline("shapes-c2i", device="cpu")
+    config = pipe.distilled["dd1"].config
+    assert codebook_fingerprint(pipe.tokenizer) == config.tokenizer_fingerprint
+    assert (
+        target_fingerprint(pipe.generator)
+        == config.teacher_fingerprint
+        == pipe.drafter.config.target_fingerprint
+    )
+    for dtype in (torch.bfloat16, torch.float16):
+        assert codebook_fingerprint(copy.deepcopy(pipe.tokenizer).to(dtype)) == config.tokenizer_fingerprint
+        assert target_fingerprint(copy.deepcopy(pipe.generator).to(dtype)) == config.teacher_fingerprint
+    computed = pipe.tokenizer.codebook_vectors
+    monkeypatch.setattr(pipe.tokenizer, "codebook_vectors", lambda: computed() * (1 + 1e-3))
+    assert codebook_fingerprint(pipe.tokenizer) == config.tokenizer_fingerprint
+    with torch.no_grad():  # the hash does see the stored values
+        pipe.tokenizer.codebook_parameter()[0, 0] += 0.1
+    assert codebook_fingerprint(pipe.tokenizer) != config.tokenizer_fingerprint
+
+
+def test_one_shot_dd_refuses_sampling_it_cannot_apply(device):
+    pipe = arstudio.load_pipeline("test-tiny-c2i", device=device)
     default = pipe.preset.defaults["temperature"]
     out = pipe(
         class_labels=[1], decoding="dd1", temperature=default, generator=torch.Generator().manual_seed(0)

@@ -22,23 +22,24 @@ from arstudio.training.common import seeded
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(device):
     config = get_preset("test-tiny-video").generator
     m = seeded(lambda: VideoGenerator(config), 0).eval()
     for p in m.head.parameters():  # the zero-init head would make every sample pure noise
         torch.nn.init.normal_(p, std=0.1)
-    return m
+    return m.to(device)
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return arstudio.load_pipeline("test-tiny-video")
+def pipe(device):
+    return arstudio.load_pipeline("test-tiny-video", device=device)
 
 
 def _sample(model, **kwargs):
     generators = [torch.Generator().manual_seed(s) for s in (1, 2)]
     kwargs = {"num_frames": 6, "num_inference_steps": 3, "guidance_scale": 2.0, **kwargs}
-    return sample_video(model, torch.tensor([3, 5]), generators, **kwargs)
+    labels = torch.tensor([3, 5], device=next(model.parameters()).device)
+    return sample_video(model, labels, generators, **kwargs)
 
 
 def test_block_mask_is_causal_between_frames_and_full_inside():
@@ -68,9 +69,9 @@ def test_pool_latents_groups_patches():
     assert pooled.shape == (1, 1, 4, 4) and pooled[0, 0, 0].tolist() == [0.0, 1.0, 4.0, 5.0]
 
 
-def test_frames_are_block_causal_in_training(model):
-    latents = torch.randn(1, 3, 16, 4)
-    labels, t = torch.tensor([2]), torch.full((1, 3), 0.5)
+def test_frames_are_block_causal_in_training(model, device):
+    latents = torch.randn(1, 3, 16, 4, device=device)
+    labels, t = torch.tensor([2], device=device), torch.full((1, 3), 0.5, device=device)
     base = model.sequence_hidden(labels, None, latents, t)
     later = latents.clone()
     later[:, 2] += 1.0  # change only the last frame
@@ -82,16 +83,16 @@ def test_frames_are_block_causal_in_training(model):
     assert not torch.allclose(base[:, 16], model.sequence_hidden(labels, None, inside, t)[:, 16])
 
 
-def test_clean_copy_training_sees_what_sampling_sees(model):
+def test_clean_copy_training_sees_what_sampling_sees(model, device):
     """Teacher forcing: noisy frame j's output equals the sampling-time pass with frames < j clean."""
-    labels = torch.tensor([2, 7])
-    x, x_t = torch.randn(2, 3, 16, 4), torch.randn(2, 3, 16, 4)
-    t = torch.tensor([[0.3, 0.6, 0.9], [0.5, 0.2, 0.8]])
-    long = torch.randn(2, 1, 16, 4)
+    labels = torch.tensor([2, 7], device=device)
+    x, x_t = torch.randn(2, 3, 16, 4, device=device), torch.randn(2, 3, 16, 4, device=device)
+    t = torch.tensor([[0.3, 0.6, 0.9], [0.5, 0.2, 0.8]], device=device)
+    long = torch.randn(2, 1, 16, 4, device=device)
     taught = model.clean_copy_hidden(labels, long, x, x_t, t).view(2, 3, 16, -1)
     for j in range(3):
         frames = torch.cat([x[:, :j], x_t[:, j : j + 1]], dim=1)
-        clean = torch.arange(j + 1).expand(2, -1) < j
+        clean = torch.arange(j + 1, device=device).expand(2, -1) < j
         alone = model.sequence_hidden(labels, long, frames, t[:, : j + 1], clean)[:, -16:]
         assert torch.allclose(taught[:, j], alone, atol=1e-5)
 
@@ -112,10 +113,10 @@ def test_context_mode_is_checked():
 
 
 @pytest.mark.parametrize("mode", ["stochastic", "clean_copy"])
-def test_loss_trains(model, mode):
-    m = seeded(lambda: VideoGenerator(dataclasses.replace(model.config, context_mode=mode)), 1)
+def test_loss_trains(model, mode, device):
+    m = seeded(lambda: VideoGenerator(dataclasses.replace(model.config, context_mode=mode)), 1).to(device)
     optimizer = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    latents, labels = torch.randn(2, 4, 16, 4), torch.tensor([0, 1])
+    latents, labels = torch.randn(2, 4, 16, 4, device=device), torch.tensor([0, 1], device=device)
     losses = []
     for _ in range(16):  # the same batch and noise every step: the loss must fall
         loss = m.loss(latents, labels, torch.Generator().manual_seed(0), num_long=1)
@@ -144,8 +145,8 @@ def test_long_term_compression_bounds_the_cache(model):
     assert torch.allclose(full.tokens[:, :3], compressed.tokens[:, :3], atol=1e-5)
 
 
-def test_context_frames_are_kept_and_callback_stops(model):
-    context = torch.randn(2, 2, 16, 4)
+def test_context_frames_are_kept_and_callback_stops(model, device):
+    context = torch.randn(2, 2, 16, 4, device=device)
     out = _sample(model, context=context)
     assert torch.equal(out.tokens[:, :2], context)
     seen = []
@@ -170,7 +171,8 @@ def test_pipeline_video_prediction_keeps_the_context(pipe):
     context[:, 4:10, 4:10] = (230, 50, 50)
     out = pipe(class_labels=[0], num_frames=4, context_frames=context, output_type="np",
                generator=torch.Generator().manual_seed(0))  # fmt: skip
-    encoded = pipe.tokenizer.encode(torch.from_numpy(context).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    pixels = torch.from_numpy(context).permute(0, 3, 1, 2).float() / 127.5 - 1
+    encoded = pipe.tokenizer.encode(pixels.to(pipe.device))
     assert torch.allclose(out.latents[0, :2], encoded, atol=1e-5)
     assert out.frames[0].shape == (4, 16, 16, 3) and out.metadata[0]["context_frames"] == 2
 
@@ -179,7 +181,7 @@ def test_pipeline_first_frame_from_the_keyframe_image_preset(pipe):
     video = pipe(
         class_labels=[3, 8], num_frames=4, first_frame="image", generator=torch.Generator().manual_seed(5)
     )
-    image = arstudio.load_pipeline("test-tiny-continuous")(class_labels=[3, 8], generator=[
+    image = arstudio.load_pipeline("test-tiny-continuous", device=pipe.device)(class_labels=[3, 8], generator=[
         torch.Generator().manual_seed(s) for s in video.seeds])  # fmt: skip
     assert torch.allclose(video.latents[:, 0], image.tokens)  # frame 0 is the image preset's sample
     assert video.metadata[0]["first_frame"] == "image" and video.metadata[0]["context_frames"] == 0

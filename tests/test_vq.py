@@ -11,24 +11,25 @@ TINY = VQConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_s
 
 
 @pytest.fixture(scope="module")
-def vq():
+def vq(device):
     torch.manual_seed(0)
-    return VQTokenizer(TINY).eval()
+    return VQTokenizer(TINY).to(device).eval()
 
 
-def test_encode_decode_embed_shapes(vq):
-    images = torch.rand(2, 3, 16, 16) * 2 - 1
+def test_encode_decode_embed_shapes(vq, device):
+    images = torch.rand(2, 3, 16, 16, device=device) * 2 - 1
     ids = vq.encode(images)
-    assert ids.shape == (2, 4, 4) and ids.dtype == torch.int64
+    assert ids.shape == (2, 4, 4) and ids.dtype == torch.int64 and ids.device.type == device.type
     assert int(ids.max()) < 32
     vectors = vq.embed(ids)
     assert vectors.shape == (2, 4, 4, 4)
-    assert torch.allclose(vectors.norm(dim=-1), torch.ones(2, 4, 4), atol=1e-5)  # l2-normalised codebook
+    ones = torch.ones(2, 4, 4, device=device)
+    assert torch.allclose(vectors.norm(dim=-1), ones, atol=1e-5)  # l2-normalised codebook
     assert vq.decode(ids).shape == (2, 3, 16, 16)
 
 
-def test_quantizer_picks_nearest_code_and_passes_gradients(vq):
-    z = torch.randn(1, 4, 2, 2, requires_grad=True)
+def test_quantizer_picks_nearest_code_and_passes_gradients(vq, device):
+    z = torch.randn(1, 4, 2, 2, device=device, requires_grad=True)
     z_q, ids, loss = vq.quantize(z)
     unit = torch.nn.functional.normalize(z.permute(0, 2, 3, 1), dim=-1)
     distances = torch.cdist(unit.reshape(-1, 4), vq.quantize.codebook())
@@ -37,8 +38,8 @@ def test_quantizer_picks_nearest_code_and_passes_gradients(vq):
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
-def test_training_forward_returns_loss(vq):
-    recon, ids, vq_loss = vq(torch.zeros(1, 3, 16, 16))
+def test_training_forward_returns_loss(vq, device):
+    recon, ids, vq_loss = vq(torch.zeros(1, 3, 16, 16, device=device))
     assert recon.shape == (1, 3, 16, 16) and vq_loss.ndim == 0
 
 
@@ -46,14 +47,14 @@ def test_training_forward_returns_loss(vq):
     "shape, message",
     [((1, 3, 32, 32), r"\(32, 32\) pixels"), ((1, 1, 16, 16), "1 channels"), ((3, 16, 16), "tensor")],
 )
-def test_wrong_image_size_or_channels(vq, shape, message):
+def test_wrong_image_size_or_channels(vq, shape, message, device):
     with pytest.raises(ValueError, match=message):
-        vq.encode(torch.zeros(shape))
+        vq.encode(torch.zeros(shape, device=device))
 
 
-def test_out_of_range_ids(vq):
+def test_out_of_range_ids(vq, device):
     with pytest.raises(ValueError, match="allowed are 0..31"):
-        vq.decode(torch.full((1, 4, 4), 32))
+        vq.decode(torch.full((1, 4, 4), 32, device=device))
 
 
 def test_codebook_usage():
@@ -61,11 +62,26 @@ def test_codebook_usage():
     assert stats["usage"] == 0.75 and 1 < stats["perplexity"] < 3
 
 
-def test_save_load_round_trip(vq, tmp_path):
+def test_save_load_round_trip(vq, tmp_path, device):
     vq.save_pretrained(tmp_path)
-    again = VQTokenizer.from_pretrained(tmp_path)
-    images = torch.rand(1, 3, 16, 16)
+    again = VQTokenizer.from_pretrained(tmp_path).to(device)
+    images = torch.rand(1, 3, 16, 16, device=device)
     assert torch.equal(vq.decode(vq.encode(images)), again.decode(again.encode(images)))
+
+
+def test_float16_storage_keeps_the_codebook_fingerprint_and_loads_float32(vq, tmp_path):
+    """Shipped tokenizers are stored in float16: they load as float32, and their codebook fingerprint (which DD
+    models check) is the same for the float32/bf16/fp16 copies and on any device of the loaded model."""
+    from arstudio.generators.distilled import codebook_fingerprint
+
+    vq.save_pretrained(tmp_path, dtype=torch.float16)
+    loaded = VQTokenizer.from_pretrained(tmp_path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    expected = codebook_fingerprint(loaded)
+    assert expected != codebook_fingerprint(vq)  # the hash sees the rounding: it is not vacuous
+    for dtype in (torch.bfloat16, torch.float16):
+        assert codebook_fingerprint(VQTokenizer.from_pretrained(tmp_path).to(dtype)) == expected
+    assert codebook_fingerprint(loaded.to(vq.quantize.embedding.weight.device)) == expected
 
 
 def test_checkpoint_with_missing_unexpected_and_wrong_keys(vq):

@@ -28,13 +28,58 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, ValueError, OSError) as err:
         raise ValueError(
             f"{str(path)!r} is not a safetensors file ({err}). Pickle checkpoints (.pt/.pth/.bin) are not "
             "loaded here: official checkpoints go through arstudio.convert, which uses "
             "torch.load(weights_only=True)."
         ) from err
+    return dequantize_int8(state)
+
+
+# Storage formats of save_pretrained(dtype=...). int8 is not a compute dtype: matrices are stored as int8 with
+# one float32 scale per output channel (row), everything else as float16; loading turns them back into float32.
+INT8_SCALE_SUFFIX = ".int8_scale"
+INT8_MIN_NUMEL = 4096  # smaller matrices (and all vectors) stay float16: they cost little and quantise worst
+STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.int8)
+
+
+def quantize_int8(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: tensor (C, ...) -> (int8 values (C, ...), float32 scales (C,))."""
+    flat = tensor.detach().float().reshape(tensor.shape[0], -1)
+    scale = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # an all-zero row keeps a harmless scale
+    values = torch.round(flat / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return values.view(tensor.shape), scale
+
+
+def dequantize_int8(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo ``quantize_int8`` for every ``name`` stored beside ``name + INT8_SCALE_SUFFIX`` (float32 out);
+    other tensors pass through unchanged."""
+    for key in [k for k in state if k.endswith(INT8_SCALE_SUFFIX)]:
+        scale, name = state.pop(key), key[: -len(INT8_SCALE_SUFFIX)]
+        values = state[name]
+        state[name] = values.float() * scale.float().view(-1, *[1] * (values.ndim - 1))
+    return state
+
+
+def storage_state(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``model``'s state dict on the CPU as it is stored: floating *parameters* cast to ``dtype`` (int8: see
+    ``quantize_int8``); buffers (normalisation statistics, quantiser bin edges) keep their dtype, since
+    they are small and a rounded bin edge would move token ids."""
+    if dtype is not None and dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype={dtype} is not allowed; use one of {STORAGE_DTYPES} or None")
+    parameters = {name for name, _ in model.named_parameters()}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        if dtype is None or name not in parameters or not tensor.is_floating_point():
+            state[name] = tensor
+        elif dtype == torch.int8 and tensor.ndim >= 2 and tensor.numel() >= INT8_MIN_NUMEL:
+            state[name], state[name + INT8_SCALE_SUFFIX] = quantize_int8(tensor)
+        else:
+            state[name] = tensor.to(torch.float16 if dtype == torch.int8 else dtype)
+    return state
 
 
 def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
@@ -81,19 +126,14 @@ def save_pretrained(model: nn.Module, directory: str | Path, dtype: torch.dtype 
     """Save ``model.config`` (a dataclass) as config.json and its weights as safetensors.
 
     Args:
-        dtype: optional storage dtype for floating tensors (e.g. float16 halves shipped files).
+        dtype: optional storage dtype for floating parameters: float16 halves shipped files, int8 stores
+            matrices with per-channel scales (see ``storage_state``). Loading gives float32 either way.
     """
     from safetensors.torch import save
 
     directory = Path(directory)
     config = {"class": type(model).__name__, **asdict(model.config)}
-    state = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu().contiguous()
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        state[name] = tensor
-    atomic_write_bytes(directory / WEIGHTS_NAME, save(state))
+    atomic_write_bytes(directory / WEIGHTS_NAME, save(storage_state(model, dtype)))
     atomic_write_bytes(directory / CONFIG_NAME, json.dumps(config, indent=2).encode())
     return directory
 

@@ -444,6 +444,7 @@ register_preset(
             backbone=BackboneConfig(dim=128, n_layer=4, n_head=4, grid_size=8, prefix_len=1),
         ),
         weights="sprites-video",
+        shared_tokenizer="shapes-c2i-continuous",  # the same KL tokenizer (runs/kl-shapes32): shipped once
         keyframe_preset="shapes-c2i-continuous",  # same KL tokenizer (both shipped from runs/kl-shapes32)
         # chosen on the probe (scripts/probe_video.py, seed 9000), not the benchmark's seed: docs/training.md
         defaults={

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from arstudio.generators import draws
+
 
 class ClassConditioning(nn.Module):
     """Class id -> one prefix token. Row ``num_classes`` of the table is the null class (LlamaGen layout)."""
@@ -43,7 +45,7 @@ class ClassConditioning(nn.Module):
 
     def drop(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training: replace labels by the null class with probability ``dropout_prob`` (teaches CFG)."""
-        keep = torch.rand(labels.shape, generator=generator, device=labels.device) >= self.dropout_prob
+        keep = draws.rand(labels.shape, generator, labels.device) >= self.dropout_prob
         return torch.where(keep, labels, torch.full_like(labels, self.null_label))
 
     def null(self, batch_size: int, device=None) -> torch.Tensor:
@@ -86,7 +88,7 @@ class TextConditioning(nn.Module):
             )
 
     def drop(self, states: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        drop = torch.rand(states.shape[0], generator=generator, device=states.device) < self.dropout_prob
+        drop = draws.rand(states.shape[0], generator, states.device) < self.dropout_prob
         null = self.uncond_embedding.detach().to(states.dtype)[None].expand_as(states)
         return torch.where(drop[:, None, None], null, states)
 

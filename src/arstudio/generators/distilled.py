@@ -22,14 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from arstudio.generators.backbone import BackboneConfig
-from arstudio.generators.drafter import target_fingerprint
+from arstudio.generators.drafter import stored_float32, target_fingerprint
 from arstudio.generators.heads import CategoricalHead
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
 
 
 def codebook_fingerprint(tokenizer) -> str:
-    """A short hash of the tokenizer's codebook vectors (rounded to bf16, so fp32/fp16 loads agree)."""
-    codes = tokenizer.codebook_vectors().detach().to("cpu", torch.bfloat16)
+    """A short hash of the tokenizer's stored codebook parameter: its shape and its values rounded to bf16.
+
+    Hashed from a float32 CPU copy of the parameter, never from vectors computed on the model's device (CUDA
+    normalises with other rounding than the CPU, which refused valid pairings on a GPU). The bf16 rounding makes
+    fp32 and bf16 copies agree, and fp16 copies of float16-stored weights (the shipped ones).
+    """
+    codes = stored_float32(tokenizer.codebook_parameter()).to(torch.bfloat16)
     digest = hashlib.sha256(f"{tuple(codes.shape)};".encode())
     digest.update(codes.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -116,19 +121,22 @@ class DDGenerator(PrefixARGenerator):
 
     @classmethod
     def from_teacher(cls, teacher, tokenizer, **overrides) -> DDGenerator:
-        """A DD model whose shared parts are copies of ``teacher``'s (see the module docstring)."""
+        """A DD model whose shared parts are copies of ``teacher``'s (see the module docstring), in float32 on
+        the teacher's device."""
         model = cls(DDConfig.for_teacher(teacher, tokenizer, **overrides))
         for part in ("cls_embedding", "backbone", "head"):
             getattr(model, part).load_state_dict(getattr(teacher, part).state_dict())
-        codes = tokenizer.codebook_vectors().detach().float()  # (V, d)
-        embeddings = teacher.tok_embeddings.weight.detach().float()  # (V, dim)
+        # Solved on the CPU in float32 whatever the teacher's device and dtype (lstsq wants float32 or wider,
+        # and the model is built on the CPU); the solution is copied into the model below.
+        codes = stored_float32(tokenizer.codebook_vectors())  # (V, d)
+        embeddings = stored_float32(teacher.tok_embeddings.weight)  # (V, dim)
         ones = torch.ones(codes.shape[0], 1)
         # [codes, 1] @ [W^T; b] ≈ embeddings in the least-squares sense
         solution = torch.linalg.lstsq(torch.cat([codes, ones], 1), embeddings).solution  # (d + 1, dim)
         with torch.no_grad():
             model.tok_embeddings.weight.copy_(solution[:-1].T)
             model.tok_embeddings.bias.copy_(solution[-1])
-        return model
+        return model.to(teacher.tok_embeddings.weight.device)
 
     def check_pairing(self, teacher, tokenizer) -> None:
         """Refuse a teacher or tokenizer other than the ones this model was distilled from."""

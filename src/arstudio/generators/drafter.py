@@ -19,17 +19,24 @@ from arstudio.generators.backbone import Backbone, BackboneConfig
 from arstudio.io import PretrainedMixin
 
 
+def stored_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached float32 CPU copy: what pairing fingerprints and one-off solves read, so that they do not
+    depend on the device or dtype a model was moved to."""
+    return tensor.detach().to("cpu", torch.float32)
+
+
 def target_fingerprint(generator) -> str:
     """A short hash of a target's parameter names and shapes and of its embedding and head values.
 
-    Values are rounded to bf16 first, so fp32/fp16/bf16 loads of the same weights agree; config fields are
-    left out, so a new (defaulted) config option does not orphan every trained drafter.
+    Values are float32 CPU copies rounded to bf16, so CPU/CUDA and fp32/bf16 copies agree, and fp16 copies of
+    float16-stored weights; config fields are left out, so a new (defaulted) config option does not orphan every
+    trained drafter.
     """
     digest = hashlib.sha256()
     for name, tensor in generator.state_dict().items():
         digest.update(f"{name}:{tuple(tensor.shape)};".encode())
     for tensor in (generator.tok_embeddings.weight, generator.head.output.weight):
-        digest.update(tensor.detach().to("cpu", torch.bfloat16).view(torch.int16).numpy().tobytes())
+        digest.update(stored_float32(tensor).to(torch.bfloat16).view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

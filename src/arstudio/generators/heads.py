@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arstudio.generators import draws
 from arstudio.generators.adaln_mlp import AdaLNMLP, ResidualMLP
 from arstudio.generators.backbone import BackboneConfig, RMSNorm, TransformerBlock
 from arstudio.generators.rope import rope_axes_table
@@ -49,10 +50,6 @@ def cosine_alphas_cumprod(num_timesteps: int, s: float = 0.008, max_beta: float 
     return torch.cumprod(1 - betas, dim=0)
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 class DiffusionHead(nn.Module):
     """p(x | z) for one d-dim token by per-token DDPM (epsilon prediction, cosine schedule).
 
@@ -74,6 +71,13 @@ class DiffusionHead(nn.Module):
         # dtype, and in bfloat16 the last steps' alpha-bar round to 1 (a zero noise level to divide by).
         self.alphas_cumprod_list = cosine_alphas_cumprod(num_timesteps).float().tolist()
 
+    def _apply(self, fn, *args, **kwargs):
+        """``.to()``/``.half()``/... move the schedule with the module but keep it float64: cast to bf16, ᾱ_t
+        near 1 rounds to 1 and the reverse step divides by 1 - ᾱ_t = 0."""
+        super()._apply(fn, *args, **kwargs)
+        self.alphas_cumprod = cosine_alphas_cumprod(self.num_timesteps).to(self.alphas_cumprod.device)
+        return self
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Noisy tokens (M, d) at integer timesteps t (M,), conditions z (M, cond_dim) -> predicted noise (M, d)."""
         return self.net(x_t, t.float(), z)
@@ -81,8 +85,8 @@ class DiffusionHead(nn.Module):
     def loss(self, target: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None):
         """target (M, d), z (M, cond_dim) -> mean squared error of the noise prediction."""
         target, z = target.repeat(self.batch_mul, 1), z.repeat(self.batch_mul, 1)
-        t = torch.randint(0, self.num_timesteps, (target.shape[0],), generator=generator, device=z.device)
-        noise = _randn_like(target, generator)
+        t = draws.randint(self.num_timesteps, (target.shape[0],), generator, z.device)
+        noise = draws.randn(target.shape, generator, target.device, target.dtype)
         abar = self.alphas_cumprod.to(target.dtype)[t][:, None]
         x_t = abar.sqrt() * target + (1 - abar).sqrt() * noise
         return F.mse_loss(self(x_t, t, z), noise)
@@ -109,8 +113,8 @@ class FlowHead(nn.Module):
 
     def loss(self, target: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None):
         target, z = target.repeat(self.batch_mul, 1), z.repeat(self.batch_mul, 1)
-        t = torch.sigmoid(torch.randn(target.shape[0], generator=generator, device=z.device))
-        noise = _randn_like(target, generator)
+        t = torch.sigmoid(draws.randn(target.shape[0], generator, z.device))
+        noise = draws.randn(target.shape, generator, target.device, target.dtype)
         x_t = (1 - t[:, None]) * target + t[:, None] * noise
         return F.mse_loss(self(x_t, t, z), noise - target)
 

@@ -135,7 +135,7 @@ class TinyTextEncoder(_TextEncoder):
             if len(words) > length:
                 raise ValueError(f"{what} has {len(words)} words; at most {length} fit: {text!r}")
             ids[row, : len(words)] = torch.tensor(words, dtype=torch.long)
-        return self.table[ids]
+        return self.table[ids.to(self.table.device)]
 
 
 class MiniLMTextEncoder(_TextEncoder):

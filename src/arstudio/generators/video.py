@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arstudio.generators import draws
 from arstudio.generators.adaln_mlp import timestep_embedding
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.heads import FlowHead
@@ -261,11 +262,11 @@ class VideoGenerator(PrefixARGenerator):
         long, x = latents[:, :num_long], latents[:, num_long:]
         b, f = x.shape[:2]
         device = x.device
-        t = torch.sigmoid(torch.randn(b, f, generator=generator, device=device))
+        t = torch.sigmoid(draws.randn((b, f), generator, device))
         stochastic = self.config.context_mode == "stochastic"
         if stochastic:  # drawn before the noise, as the first shipped recipe did (its runs stay reproducible)
-            clean = torch.rand(b, f, generator=generator, device=device) < self.config.clean_context_ratio
-        noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+            clean = draws.rand((b, f), generator, device) < self.config.clean_context_ratio
+        noise = draws.randn(x.shape, generator, device, x.dtype)
         x_t = (1 - t[..., None, None]) * x + t[..., None, None] * noise
         if not stochastic:  # clean_copy
             z = self.clean_copy_hidden(cond, long, x, x_t, t)

@@ -228,6 +228,10 @@ class VQTokenizer(PretrainedMixin, nn.Module):
         """(codebook_size, dim) vectors as the decoder sees them (l2-normalised): LANTERN's latent space."""
         return self.quantize.codebook()
 
+    def codebook_parameter(self) -> torch.Tensor:
+        """The codebook as stored, before normalisation (V, dim): what pairing fingerprints hash."""
+        return self.quantize.embedding.weight
+
     def check_images(self, images: torch.Tensor) -> None:
         r, c = self.config.resolution, self.config.in_channels
         if not isinstance(images, torch.Tensor) or images.ndim != 4:

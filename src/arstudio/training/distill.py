@@ -32,19 +32,24 @@ from arstudio.training.distill_data import load_or_make_pairs
 
 
 def trajectory_states(noise, tokens, codebook, starts, generator):
-    """A random trained state per row: (state (B, N, d), known (B,)) with known drawn from ``starts``."""
+    """A random trained state per row: (state (B, N, d), known (B,)) with known drawn from ``starts``.
+
+    ``generator`` is a CPU generator whatever the device (the same draws on CPU and GPU); the draws then move.
+    """
     choice = torch.randint(0, len(starts), (noise.shape[0],), generator=generator)
-    known = torch.tensor(starts)[choice]
-    position = torch.arange(noise.shape[1])[None, :, None]
+    known = torch.tensor(starts)[choice].to(noise.device)
+    position = torch.arange(noise.shape[1], device=noise.device)[None, :, None]
     state = torch.where(position < known[:, None, None], codebook[tokens], noise)
     return state, known
 
 
 def dd1_loss(model: DDGenerator, noise, tokens, cond, codebook, generator, vector_weight: float = 1.0):
-    """The loss above on a batch of pairs: noise (B, N, d), tokens (B, N), labels (B,)."""
+    """The loss above on a batch of pairs: noise (B, N, d), tokens (B, N), labels (B,), moved to the
+    codebook's device (the model's: pairs stay in CPU memory)."""
+    noise, tokens, cond = (t.to(codebook.device) for t in (noise, tokens, cond))
     state, known = trajectory_states(noise, tokens, codebook, (0, model.config.two_step_start), generator)
     logits, vectors = model(state, known, cond)
-    predicted = torch.arange(tokens.shape[1])[None] >= known[:, None]  # (B, N)
+    predicted = torch.arange(tokens.shape[1], device=tokens.device)[None] >= known[:, None]  # (B, N)
     ce = F.cross_entropy(logits[predicted], tokens[predicted])
     mse = (vectors[predicted] - codebook[tokens[predicted]]).pow(2).sum(-1).mean()
     return ce + vector_weight * mse, {"ce": ce.item(), "mse": mse.item()}
@@ -66,6 +71,7 @@ def train_dd1(out_dir: str | Path, teacher: str = "shapes-c2i", steps: int = 150
     model = DDGenerator.from_teacher(pipe.generator, pipe.tokenizer, method="dd1", **split)
     optimizer = generator_optimizer(model, lr)
     start, accelerator, model, optimizer, unwrapped = start_training(model, optimizer, out_dir)
+    codebook = codebook.to(accelerator.device)
     draws = torch.Generator().manual_seed(seed + 1)
     for _ in range(start):  # replay the batch draws of the steps already done
         torch.randint(0, num_pairs, (batch_size,), generator=draws)

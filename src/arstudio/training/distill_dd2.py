@@ -85,7 +85,7 @@ class FakeScore(nn.Module):
 def generator_tokens(model: DDGenerator, noise, cond, codebook):
     """One step, differentiable: (B, N, d) tokens, straight-through codes before ``logits_tokens``."""
     logits, vectors = model(noise, 0, cond)
-    early = torch.arange(noise.shape[1])[None, :, None] < model.config.logits_tokens
+    early = torch.arange(noise.shape[1], device=noise.device)[None, :, None] < model.config.logits_tokens
     return torch.where(early, straight_through_codes(logits, codebook), vectors)
 
 
@@ -107,8 +107,9 @@ def teacher_log_probs(teacher, ids, cond, params):
 
 
 def _noised(x, generator):
-    t = torch.empty(x.shape[:2]).uniform_(*T_RANGE, generator=generator)
-    eps = torch.randn(x.shape, generator=generator)
+    """(t (B, N), y = t x + (1 - t) eps), drawn from the CPU ``generator`` (the same draws on any device)."""
+    t = torch.empty(x.shape[:2]).uniform_(*T_RANGE, generator=generator).to(x.device)
+    eps = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
     return t, t[..., None] * x + (1 - t[..., None]) * eps
 
 
@@ -189,13 +190,16 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
     accelerator = make_accelerator()
     model, fake, optimizer, fake_optimizer = accelerator.prepare(model, fake, optimizer, fake_optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    device = accelerator.device  # the teacher and the codebook are not prepared by accelerate: moved here
+    teacher_model.to(device)
+    codebook = codebook.to(device)
     ema = None if ema_decay is None else EmaWeights(unwrapped, ema_decay, out_dir)
     draws = torch.Generator().manual_seed(seed + 1000 + start)  # a resumed run draws fresh batches
     bar = tqdm(range(start, steps), desc="dd2", initial=start, total=steps)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=20))
-        labels = torch.randint(0, teacher_model.config.num_classes, (batch_size,), generator=draws)
-        noise = torch.randn(batch_size, model.seq_len, model.config.token_dim, generator=draws)
+        labels = torch.randint(0, teacher_model.config.num_classes, (batch_size,), generator=draws).to(device)
+        noise = torch.randn(batch_size, model.seq_len, model.config.token_dim, generator=draws).to(device)
         batch = csd_batch(model, teacher_model, noise, labels, codebook, params)
         for _ in range(fake_updates):  # the fake model first catches up with the current generator
             denoising = fake_loss(fake, batch, codebook, draws)
