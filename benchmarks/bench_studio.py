@@ -69,7 +69,27 @@ def ui_vs_api(repeats: int, count: int) -> dict:
     )
     client = Client(app.local_url, verbose=False, download_files=False)
     pipe = arstudio.load_pipeline(PRESET)
-    args = [PRESET, "red circle", 0, "", "", "11", False, count, 3.0, 1.0, 0, 1.0, 25, "ar", 4, 4, 8, 0.2, 1.0]
+    args = [
+        PRESET,
+        "red circle",
+        0,
+        "",
+        "",
+        "11",
+        False,
+        count,
+        3.0,
+        1.0,
+        0,
+        1.0,
+        25,
+        "ar",
+        4,
+        4,
+        8,
+        0.2,
+        1.0,
+    ]
     ui_s, api_s, echo_s = [], [], []
     client.predict(*args, api_name="/generate")  # warm-up: first-call allocations, file cache
     for _ in range(repeats):
