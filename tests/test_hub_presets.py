@@ -78,20 +78,33 @@ def sample(pipe, seed=0):
     return pipe(class_labels=[0, 3], generator=torch.Generator().manual_seed(seed), output_type="np")
 
 
+# name -> (generator file, layers, dim, grid, guidance): LlamaGen's README tables and GETTING_STARTED.md FID commands
+LLAMAGEN_C2I = {
+    "llamagen-b-256": ("c2i_B_256.pt", 12, 768, 16, 2.0),
+    "llamagen-b-384": ("c2i_B_384.pt", 12, 768, 24, 2.0),
+    "llamagen-l-256": ("c2i_L_256.pt", 24, 1024, 16, 2.0),
+    "llamagen-l-384": ("c2i_L_384.pt", 24, 1024, 24, 2.0),
+    "llamagen-xl-384": ("c2i_XL_384.pt", 36, 1280, 24, 1.75),
+    "llamagen-xxl-384": ("c2i_XXL_384.pt", 48, 1536, 24, 1.75),
+    "llamagen-3b-384": ("c2i_3B_384.pt", 24, 3200, 24, 1.65),
+}
+
+
 def test_llamagen_presets_are_listed_with_their_hub_files():
-    assert arstudio.list_presets("llamagen-*") == ["llamagen-b-256", "llamagen-l-256"]
-    for name, gpt_file, (layers, dim) in (("llamagen-b-256", "c2i_B_256.pt", (12, 768)),
-                                          ("llamagen-l-256", "c2i_L_256.pt", (24, 1024))):  # fmt: skip
+    assert arstudio.list_presets("llamagen-*") == sorted(LLAMAGEN_C2I)
+    for name, (gpt_file, layers, dim, grid, guidance) in LLAMAGEN_C2I.items():
         preset = get_preset(name)
         assert preset.weights is None and preset.hub.repo_id == "FoundationVision/LlamaGen"
         assert preset.hub.files == {"tokenizer": "vq_ds16_c2i.pt", "generator": gpt_file}
         backbone = preset.generator.backbone
         assert (backbone.n_layer, backbone.dim, backbone.grid_size, preset.tokenizer.resolution) == (
-            layers, dim, 16, 256)  # fmt: skip
-        assert preset.generator.num_classes == 1000 and preset.defaults["guidance_scale"] == 2.0
+            layers, dim, grid, grid * 16)  # fmt: skip
+        assert preset.tokenizer.grid_size == grid and backbone.zero_prefix_rope
+        assert preset.generator.num_classes == 1000
+        assert preset.defaults == {"guidance_scale": guidance, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
-@pytest.mark.parametrize("name", ["llamagen-b-256", "llamagen-l-256"])
+@pytest.mark.parametrize("name", ["llamagen-b-256", "llamagen-3b-384"])
 def test_real_hub_preset_without_a_local_copy_names_the_files_and_the_fix(name, monkeypatch):
     import huggingface_hub
 

@@ -190,28 +190,40 @@ register_preset(
 )
 
 
-# LlamaGen class-to-image models at 256 px (16x16 tokens, vq_ds16_c2i), weights from their Hub repo. File names
-# from LlamaGen's README tables. Sampling defaults are LlamaGen's ImageNet FID settings: GETTING_STARTED.md
-# evaluates GPT-B and GPT-L with --cfg-scale 2.0, and sample_c2i_ddp.py (the FID sampler) defaults to top-k 0,
-# temperature 1.0, top-p 1.0. ImageNet class names are not shipped: pass class_labels (0..999).
-for _size, _params, _fid in (("B", "111M", "5.46"), ("L", "343M", "3.80")):
+# LlamaGen class-to-image models (VQ-16, vq_ds16_c2i), weights from their Hub repo; every published c2i checkpoint:
+# B and L at 256 and 384 px, XL, XXL and 3B at 384 px only (file names and FIDs from LlamaGen's README; its
+# link text "c2i_X_384L.pt" is a typo for the c2i_XL_384.pt it points to). Sampling defaults are LlamaGen's
+# ImageNet FID settings: GETTING_STARTED.md evaluates B and L with --cfg-scale 2.0, XL and XXL with 1.75 and 3B
+# with 1.65 (the 384 px models sampled at 384 and resized to 256 for FID), and sample_c2i_ddp.py (the FID
+# sampler) defaults to top-k 0, temperature 1.0, top-p 1.0. ImageNet class names are not shipped: pass
+# class_labels (0..999).
+LLAMAGEN_C2I = (  # (size, resolution, params, FID at 256, guidance)
+    ("B", 256, "111M", "5.46", 2.0),
+    ("B", 384, "111M", "6.09", 2.0),
+    ("L", 256, "343M", "3.80", 2.0),
+    ("L", 384, "343M", "3.07", 2.0),
+    ("XL", 384, "775M", "2.62", 1.75),
+    ("XXL", 384, "1.4B", "2.34", 1.75),
+    ("3B", 384, "3.1B", "2.18", 1.65),
+)
+for _size, _res, _params, _fid, _cfg in LLAMAGEN_C2I:
     register_preset(
         Preset(
-            name=f"llamagen-{_size.lower()}-256",
-            description=f"LlamaGen-{_size} ({_params}) ImageNet class-to-image, 256 px, 16x16 tokens "
-            f"(FID {_fid}); official weights from the Hub",
+            name=f"llamagen-{_size.lower()}-{_res}",
+            description=f"LlamaGen-{_size} ({_params}) ImageNet class-to-image, {_res} px, {_res // 16}x{_res // 16} "
+            f"tokens (FID {_fid}); official weights from the Hub",
             task="class-to-image",
-            tokenizer=llamagen_vq_config("VQ-16", resolution=256),
-            generator=llamagen_gpt_config(f"GPT-{_size}", image_size=256),
+            tokenizer=llamagen_vq_config("VQ-16", resolution=_res),
+            generator=llamagen_gpt_config(f"GPT-{_size}", image_size=_res),
             hub=HubWeights(
                 repo_id="FoundationVision/LlamaGen",
                 tokenizer_file="vq_ds16_c2i.pt",
-                generator_file=f"c2i_{_size}_256.pt",
+                generator_file=f"c2i_{_size}_{_res}.pt",
             ),
-            defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+            defaults={"guidance_scale": _cfg, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
         )
     )
-del _size, _params, _fid
+del _size, _res, _params, _fid, _cfg
 
 
 # ---- continuous tokens (issue 4): KL latents + diffusion head, and TokenBridge ids + per-dimension head ----
