@@ -225,3 +225,35 @@ def test_download_command_line(fake_hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.main(["llamagen-b-256"]) == 2
     assert "HF_HUB_OFFLINE=1 is set" in capsys.readouterr().err
+
+
+def test_preset_facts_for_listings(official_dir, monkeypatch):
+    facts = hub.preset_facts("llamagen-3b-384")  # counted on the meta device: no 12 GB, no download
+    assert (facts.resolution, facts.grid, facts.weights, facts.local, facts.needs_weights) == (
+        384,
+        24,
+        "hub",
+        False,
+        True,
+    )
+    assert round(facts.generator_params / 1e9, 1) == 3.1 and round(facts.tokenizer_params / 1e6) == 72
+    assert not facts.download_exact and facts.download_bytes == 4 * (
+        facts.generator_params + facts.tokenizer_params
+    )
+    assert (
+        hub.preset_facts("llamagen-b-256").generator_params
+        == hub.preset_facts("llamagen-b-384").generator_params
+    )
+
+    tiny = hub.preset_facts(TINY)
+    assert tiny.needs_weights and tiny.where is None
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(official_dir))
+    tiny = hub.preset_facts(TINY)
+    on_disk = sum((official_dir / name).stat().st_size for name in TINY_HUB.files.values())
+    assert (tiny.local, tiny.needs_weights, tiny.where) == (True, False, str(official_dir))
+    assert (tiny.download_bytes, tiny.download_exact) == (on_disk, True)
+
+    shipped, random = hub.preset_facts("shapes-c2i"), hub.preset_facts("test-tiny-c2i")
+    assert (shipped.weights, shipped.local, shipped.download_bytes, shipped.resolution, shipped.grid) == (
+        "shipped", True, 0, 32, 8)  # fmt: skip
+    assert (random.weights, random.needs_weights) == ("random", False)

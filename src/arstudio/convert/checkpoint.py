@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -178,6 +179,14 @@ def parameters_on_meta():
         nn.Module.register_parameter = register
 
 
+def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """No NaN or inf in ``tensor``, checked in chunks: a temporary as large as a whole weight (isfinite's bool
+    mask, an fp32 upcast) would be freed between weights the model keeps and stay resident as heap fragments
+    (measured: +50% over the bf16 model for GPT-L). A chunk's sum is NaN/inf iff one of its values is
+    (weights never sum past 1e38)."""
+    return all(math.isfinite(part.sum(dtype=torch.float32)) for part in tensor.reshape(-1).split(chunk))
+
+
 def materialise(
     build: Callable[[], nn.Module],
     state: Mapping[str, torch.Tensor],
@@ -207,7 +216,7 @@ def materialise(
         target = dtype if dtype is not None and tensor.is_floating_point() else reference[ours].dtype
         # copy=True: the parameter owns its memory, never a page of the mapped file
         loaded[ours] = tensor.to(device=device or "cpu", dtype=target, copy=True)
-        if loaded[ours].is_floating_point() and not bool(torch.isfinite(loaded[ours]).all()):
+        if loaded[ours].is_floating_point() and not _all_finite(loaded[ours]):
             raise ValueError(
                 f"{source} is corrupt: tensor {theirs!r} {tuple(tensor.shape)} holds NaN or infinite values; "
                 "expected finite weights: download the file again"
