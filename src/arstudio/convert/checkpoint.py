@@ -18,6 +18,7 @@ import contextlib
 import math
 import pickle
 import re
+from collections import ChainMap
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -157,6 +158,8 @@ def shapes_of(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Size]:
     """Every tensor's shape, without reading data from a lazily read file."""
     if isinstance(state, SafetensorsFile):
         return dict(state.shapes)
+    if isinstance(state, ChainMap):  # e.g. a file plus tensors a converter adds (zero biases)
+        return {k: v for part in reversed(state.maps) for k, v in shapes_of(part).items()}
     return {k: v.shape for k, v in state.items()}
 
 
