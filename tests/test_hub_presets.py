@@ -91,7 +91,7 @@ LLAMAGEN_C2I = {
 
 
 def test_llamagen_presets_are_listed_with_their_hub_files():
-    assert arstudio.list_presets("llamagen-*") == sorted(LLAMAGEN_C2I)
+    assert arstudio.list_presets("llamagen-*", task="class-to-image") == sorted(LLAMAGEN_C2I)
     for name, (gpt_file, layers, dim, grid, guidance) in LLAMAGEN_C2I.items():
         preset = get_preset(name)
         assert preset.weights is None and preset.hub.repo_id == "FoundationVision/LlamaGen"
@@ -225,6 +225,53 @@ def test_download_command_line(fake_hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.main(["llamagen-b-256"]) == 2
     assert "HF_HUB_OFFLINE=1 is set" in capsys.readouterr().err
+
+
+def test_llamagen_t2i_presets():
+    assert arstudio.list_presets("llamagen-*", task="text-to-image") == [
+        "llamagen-t2i-xl-256",
+        "llamagen-t2i-xl-512",
+    ]
+    for name, stage, grid in (
+        ("llamagen-t2i-xl-256", "stage1_256", 16),
+        ("llamagen-t2i-xl-512", "stage2_512", 32),
+    ):
+        preset = get_preset(name)
+        assert preset.hub.repo_id == "peizesun/llamagen_t2i" and preset.hub.converter == "llamagen-t2i"
+        assert preset.hub.files == {"tokenizer": "vq_ds16_t2i.pt", "generator": f"t2i_XL_{stage}.pt"}
+        assert (preset.generator.backbone.grid_size, preset.text_len, preset.generator.text_dim) == (
+            grid,
+            120,
+            2048,
+        )
+        assert preset.text_encoder == "flan-t5-xl" and preset.tokenizer.grid_size == grid
+        assert preset.defaults == {"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0}
+
+
+def test_t2i_download_keeps_the_official_files_and_loads_the_masked_generator(monkeypatch, tmp_path):
+    """The t2i converter keeps the official files in the cache (its masked generator has no from_pretrained
+    folder yet); the next load finds them there as the official layout."""
+    from arstudio.convert.llamagen_t2i import LlamaGenT2IGenerator
+    from tests.test_convert_llamagen_t2i import official_t2i_state, tiny_config
+
+    folder = tmp_path / "hub-files"
+    folder.mkdir()
+    torch.save({"model": official_vq_state(1)}, folder / "vq_t2i.pt")
+    torch.save({"model": official_t2i_state()}, folder / "t2i_tiny.pt")
+    t2i_hub = HubWeights(repo_id="example/t2i", tokenizer_file="vq_t2i.pt", generator_file="t2i_tiny.pt",
+                         converter="llamagen-t2i")  # fmt: skip
+    preset = Preset(name="test-tiny-hub-t2i", description="", task="text-to-image", tokenizer=VQ_CFG,
+                    generator=tiny_config(), hub=t2i_hub)  # fmt: skip
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename, **kw: str(folder / filename))  # fmt: skip
+    source = hub.download_and_convert(preset)
+    assert (source.layout, source.generator.name) == ("official", "t2i_tiny.pt")
+    assert source.generator.parent == hub.converted_dir(preset)
+    generator = hub.converter_for(preset).load_generator(source.generator, tiny_config())
+    assert isinstance(generator, LlamaGenT2IGenerator)
 
 
 def test_preset_facts_for_listings(official_dir, monkeypatch):

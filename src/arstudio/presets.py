@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arstudio.convert.llamagen import llamagen_gpt_config, llamagen_vq_config
+from arstudio.convert.llamagen_t2i import llamagen_t2i_config
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.continuous import ContinuousGeneratorConfig
 from arstudio.generators.control import ControlConfig
@@ -224,6 +225,31 @@ for _size, _res, _params, _fid, _cfg in LLAMAGEN_C2I:
         )
     )
 del _size, _res, _params, _fid, _cfg
+
+# LlamaGen text-to-image (README: peizesun/llamagen_t2i): GPT-XL over 120 FLAN-T5-XL caption states. Stage I: LAION-COCO
+# 50M at 256 px; stage II: 10M internal high-aesthetic images at 512 px. Defaults from sample_t2i.py: CFG 7.5, top-k
+# 1000, temperature 1.0, top-p 1.0. The text encoder (google/flan-t5-xl) comes from transformers, see
+# arstudio.convert.llamagen_t2i.FlanT5TextEncoder.
+for _stage, _res, _data in (("1", 256, "LAION-COCO 50M"), ("2", 512, "10M internal high-aesthetic images")):
+    register_preset(
+        Preset(
+            name=f"llamagen-t2i-xl-{_res}",
+            description=f"LlamaGen-XL (775M) text-to-image stage {_stage}, {_res} px, {_res // 16}x{_res // 16} tokens "
+            f"({_data}), FLAN-T5-XL text; official weights from the Hub",
+            task="text-to-image",
+            tokenizer=llamagen_vq_config("VQ-16", resolution=_res),
+            generator=llamagen_t2i_config(_res),
+            text_encoder="flan-t5-xl",
+            hub=HubWeights(
+                repo_id="peizesun/llamagen_t2i",
+                tokenizer_file="vq_ds16_t2i.pt",
+                generator_file=f"t2i_XL_stage{_stage}_{_res}.pt",
+                converter="llamagen-t2i",
+            ),
+            defaults={"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0},
+        )
+    )
+del _stage, _res, _data
 
 
 # ---- continuous tokens (issue 4): KL latents + diffusion head, and TokenBridge ids + per-dimension head ----

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from arstudio.convert.llamagen import convert_llamagen_to_pretrained, load_llamagen_gpt, load_llamagen_vq
+from arstudio.convert.llamagen_t2i import load_llamagen_t2i
 from arstudio.presets import HubWeights, Preset
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,24 @@ class Converter:
     to_pretrained: object  # (tokenizer_file, generator_file, out_dir, gpt_model=, vq_model=) -> Path
 
 
+def keep_official_files(tokenizer_file, generator_file, out_dir, gpt_model=None, vq_model=None) -> Path:
+    """A "conversion" that keeps the official files (hard links, else copies) under their own names: for models
+    whose generator class ``from_pretrained`` folders cannot name yet (LlamaGen t2i's masked generator), so the
+    cache is found as the official layout and loaded by the converter, as a ``weights=`` folder would be."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for source in (Path(tokenizer_file), Path(generator_file)):
+        target = out_dir / source.name
+        try:
+            os.link(source.resolve(), target)
+        except OSError:  # another file system
+            shutil.copy2(source, target)
+    return out_dir
+
+
 CONVERTERS: dict[str, Converter] = {
     "llamagen": Converter(load_llamagen_vq, load_llamagen_gpt, convert_llamagen_to_pretrained),
+    "llamagen-t2i": Converter(load_llamagen_vq, load_llamagen_t2i, keep_official_files),
 }
 
 
@@ -290,7 +307,8 @@ def download_and_convert(preset: Preset) -> WeightsSource:
         os.replace(tmp, out)  # readers only ever see a complete folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return WeightsSource("pretrained", out / "tokenizer", out / "generator", "converted cache (downloaded)")
+    found = find_in_folder(out, preset)  # our layout, or the official files kept as they are
+    return WeightsSource(found.layout, found.tokenizer, found.generator, "converted cache (downloaded)")
 
 
 # --------------------------------------------------------------------------------------------------------
