@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from arstudio.convert.checkpoint import (
-    NESTINGS,
+from arstudio.convert.checkpoint import (  # NESTINGS, load_official_checkpoint: also imported from here
+    NESTINGS,  # noqa: F401
     load_official_checkpoint,
     materialise,
     save_pretrained_bounded,
@@ -36,8 +36,6 @@ from arstudio.convert.checkpoint import (
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer
-
-__all__ = ["NESTINGS", "load_official_checkpoint"]  # re-exported: older imports read them from here
 
 # name -> (n_layer, n_head, dim), as in LlamaGen's ``GPT_models``.
 LLAMAGEN_GPT_SIZES: dict[str, tuple[int, int, int]] = {
