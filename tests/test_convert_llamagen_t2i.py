@@ -185,3 +185,12 @@ def test_left_pad_is_a_per_row_roll():
     states = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1) + 1
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
     assert left_pad(states, mask)[..., 0].tolist() == [[0, 0, 1, 2], [5, 6, 7, 8]]
+
+
+def test_flan_t5_is_never_downloaded_unasked(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(
+        FileNotFoundError, match=r"'google/flan-t5-xl' .* not on this machine .*download=True"
+    ):
+        FlanT5TextEncoder.from_pretrained()

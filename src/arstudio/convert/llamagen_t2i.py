@@ -210,11 +210,27 @@ class FlanT5TextEncoder(nn.Module):
         self.phrases = 0
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = T5_NAME, max_tokens: int = TEXT_LEN, **kwargs):
+    def from_pretrained(cls, name_or_path: str = T5_NAME, max_tokens: int = TEXT_LEN, download: bool = False,
+                        dtype: torch.dtype | None = None, device=None) -> FlanT5TextEncoder:  # fmt: skip
+        """The encoder half of ``name_or_path`` (a Hub id or a local folder). Like the hub presets' weights,
+        nothing is downloaded unless ``download=True``: otherwise only the Hugging Face cache is read.
+
+        Raises:
+            FileNotFoundError: not cached (or not a folder of a T5 model) and ``download`` is False, saying so.
+        """
         from transformers import AutoTokenizer, T5EncoderModel
 
-        return cls(T5EncoderModel.from_pretrained(name_or_path, **kwargs), AutoTokenizer.from_pretrained(name_or_path),
-                   max_tokens)  # fmt: skip
+        local = not download
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
+            model = T5EncoderModel.from_pretrained(name_or_path, local_files_only=local, torch_dtype=dtype)
+        except OSError as err:
+            raise FileNotFoundError(
+                f"the text encoder {name_or_path!r} of LlamaGen's text-to-image presets is not on this machine "
+                f"(looked in the Hugging Face cache{'' if download else '; nothing is downloaded unless asked'}): "
+                f"load with download=True, or `hf download {T5_NAME}` beforehand ({type(err).__name__})"
+            ) from err
+        return cls(model.to(device or "cpu"), tokenizer, max_tokens)
 
     @torch.no_grad()
     def forward(self, prompts) -> torch.Tensor:
