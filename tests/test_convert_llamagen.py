@@ -484,3 +484,16 @@ def test_bf16_load_is_the_fp32_model_cast_and_leaves_nothing_on_meta(tmp_path):
     with torch.no_grad():
         diff = (fp32(tokens, torch.tensor([0, 1])) - bf16(tokens, torch.tensor([0, 1])).float()).abs().max()
     assert 0 < diff < 0.5  # bf16 rounding, not another model
+
+
+def test_converted_folders_load_in_bounded_memory_too(tmp_path):
+    from arstudio.convert.checkpoint import load_pretrained_bounded
+
+    reference = load_llamagen_gpt(official_gpt_state(), GPT_CFG)
+    reference.save_pretrained(tmp_path / "generator")
+    loaded = load_pretrained_bounded(ImageGenerator, tmp_path / "generator", dtype=torch.bfloat16)
+    assert loaded.config == GPT_CFG and not loaded.training
+    for (name, a), (_, b) in zip(reference.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert b.dtype == torch.bfloat16 and torch.equal(a.bfloat16(), b), name
+    with pytest.raises(ValueError, match="describes a 'ImageGenerator', expected a 'VQTokenizer'"):
+        load_pretrained_bounded(VQTokenizer, tmp_path / "generator")
