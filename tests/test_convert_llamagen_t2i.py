@@ -96,7 +96,7 @@ def test_c2i_and_t2i_files_are_refused_by_the_other_loader(tmp_path):
         load_llamagen_gpt(t2i, "GPT-XL")
     c2i = save(tmp_path, {"model": official_gpt_state()}, "c2i_B_256.pt")
     with pytest.raises(ValueError, match=r"c2i_B_256\.pt' holds a LlamaGen .*class-to-image model .*; expected a "
-                       r"LlamaGen text-to-image model \(2 layers, dim 32, 6 x 16 text\)"):  # fmt: skip
+                       r"LlamaGen GPT text-to-image model \(2 layers, dim 32, 6 x 16 text\)"):  # fmt: skip
         load_llamagen_t2i(c2i, tiny_config())
 
 

@@ -111,8 +111,7 @@ def describe_llamagen_state(shapes: Mapping[str, torch.Size]) -> str:
     if any(k.startswith(("final_layer_conti.", "n_d_embed.")) for k in shapes):  # DD's continuous parts
         return f"a Distilled Decoding (DD) model ({layers} layers, dim {embed[0]}), not an AR GPT"
     vocab, dim = embed
-    size = next((n for n, (nl, _, d) in LLAMAGEN_GPT_SIZES.items() if (nl, d) == (layers, dim)), None)
-    name = size or "GPT of no LlamaGen size"
+    name = _size_name(layers, dim) or "GPT of no LlamaGen size"
     if any(k.startswith("cls_embedding.cap_proj.") for k in shapes):
         text = shapes.get("cls_embedding.uncond_embedding", (0, 0))
         return (
@@ -123,16 +122,21 @@ def describe_llamagen_state(shapes: Mapping[str, torch.Size]) -> str:
     return f"a LlamaGen {name} class-to-image model ({layers} layers, dim {dim}, vocab {vocab}{classes})"
 
 
+def _size_name(n_layer: int, dim: int) -> str | None:
+    """LlamaGen's name of a (layers, width) pair, e.g. 'GPT-XL'; None for no published size."""
+    return next((n for n, (nl, _, d) in LLAMAGEN_GPT_SIZES.items() if (nl, d) == (n_layer, dim)), None)
+
+
 def _describe_config(config: GeneratorConfig) -> str:
     cfg = config.backbone
-    size = next(
-        (n for n, (nl, _, d) in LLAMAGEN_GPT_SIZES.items() if (nl, d) == (cfg.n_layer, cfg.dim)), None
-    )
-    kind = "class-to-image" if config.condition == "class" else "text-to-image"
-    return f"a LlamaGen {size or 'GPT'} {kind} model ({cfg.n_layer} layers, dim {cfg.dim}, vocab {config.vocab_size})"
+    name = _size_name(cfg.n_layer, cfg.dim) or "GPT"
+    if config.condition == "text":
+        text = f"{cfg.prefix_len} x {config.text_dim} text"
+        return f"a LlamaGen {name} text-to-image model ({cfg.n_layer} layers, dim {cfg.dim}, {text})"
+    return f"a LlamaGen {name} class-to-image model ({cfg.n_layer} layers, dim {cfg.dim}, vocab {config.vocab_size})"
 
 
-def _check_gpt_kind(shapes: Mapping[str, torch.Size], config: GeneratorConfig, source: str) -> None:
+def check_gpt_kind(shapes: Mapping[str, torch.Size], config: GeneratorConfig, source: str) -> None:
     """Refuse another model or size with one line saying what the file holds and what was expected (the
     key-by-key check would list dozens of keys instead)."""
     found = describe_llamagen_state(shapes)
@@ -316,7 +320,7 @@ def load_llamagen_gpt(
     if isinstance(config, str):
         config = llamagen_gpt_config(config)
     state, source = _state_from(path_or_state, use_ema)
-    _check_gpt_kind(shapes_of(state), config, source)
+    check_gpt_kind(shapes_of(state), config, source)
     return materialise(lambda: ImageGenerator(config), state, llamagen_gpt_keys(state), source, dtype, device)
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from arstudio.convert.checkpoint import materialise, shapes_of
 from arstudio.convert.llamagen import (
     _state_from,
-    describe_llamagen_state,
+    check_gpt_kind,
     llamagen_gpt_config,
     unwrapped_keys,
 )
@@ -159,17 +159,8 @@ def load_llamagen_t2i(
     """
     config = config or llamagen_t2i_config()
     state, source = _state_from(path_or_state, use_ema)
-    found = describe_llamagen_state(shapes_of(state))
+    check_gpt_kind(shapes_of(state), config, source)
     cfg = config.backbone
-    if not (
-        found.startswith("a LlamaGen ")
-        and "text-to-image" in found
-        and f"({cfg.n_layer} layers, dim {cfg.dim}," in found
-    ):
-        raise ValueError(
-            f"{source} holds {found}; expected a LlamaGen text-to-image model ({cfg.n_layer} layers, dim "
-            f"{cfg.dim}, {cfg.prefix_len} x {config.text_dim} text)"
-        )
     keys = llamagen_t2i_keys(state)
     zeros = {f"<zero {ours}>": torch.zeros(cfg.dim) for ours, theirs in keys.items() if theirs is None}
     rename = {ours: theirs or f"<zero {ours}>" for ours, theirs in keys.items()}
