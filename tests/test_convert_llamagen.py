@@ -352,3 +352,148 @@ def test_convert_to_pretrained_folders(tmp_path):
         convert_llamagen_to_pretrained(
             vq_path, gpt_path, tmp_path / "bad", gpt_model="GPT-B", vq_model=VQ_CFG
         )
+
+
+# ---- the real sizes, on the meta device (no memory): key names and shapes as LlamaGen's code makes them ----
+
+# LlamaGen's GPT_models (autoregressive/models/gpt.py), written out here: (n_layer, n_head, dim), README params
+REAL_SIZES = {"GPT-XL": (36, 20, 1280, 775), "GPT-XXL": (48, 24, 1536, 1400), "GPT-3B": (24, 32, 3200, 3100)}
+
+
+def official_gpt_shapes(n_layer: int, dim: int, vocab: int = 16384, classes: int = 1000) -> dict:
+    """Key -> shape of a LlamaGen c2i ``Transformer.state_dict()`` (FeedForward: find_multiple(int(8 dim / 3), 256))."""
+    ffn = -(-int(2 * 4 * dim / 3) // 256) * 256
+    shapes = {
+        "cls_embedding.embedding_table.weight": (classes + 1, dim),
+        "tok_embeddings.weight": (vocab, dim),
+    }
+    for i in range(n_layer):
+        shapes |= {f"layers.{i}.attention.wqkv.weight": (3 * dim, dim), f"layers.{i}.attention.wo.weight": (dim, dim),
+                   f"layers.{i}.feed_forward.w1.weight": (ffn, dim), f"layers.{i}.feed_forward.w3.weight": (ffn, dim),
+                   f"layers.{i}.feed_forward.w2.weight": (dim, ffn), f"layers.{i}.attention_norm.weight": (dim,),
+                   f"layers.{i}.ffn_norm.weight": (dim,)}  # fmt: skip
+    return shapes | {"norm.weight": (dim,), "output.weight": (vocab, dim)}
+
+
+def meta_state(shapes: dict) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+
+
+@pytest.mark.parametrize("name", list(REAL_SIZES))
+def test_real_size_checkpoints_map_onto_the_preset_configs(name):
+    from arstudio.convert.checkpoint import parameters_on_meta
+    from arstudio.convert.llamagen import describe_llamagen_state, llamagen_gpt_keys
+    from arstudio.io import check_state_dict
+
+    n_layer, n_head, dim, params_m = REAL_SIZES[name]
+    state = meta_state(official_gpt_shapes(n_layer, dim))
+    assert describe_llamagen_state({k: v.shape for k, v in state.items()}).startswith(
+        f"a LlamaGen {name} class"
+    )
+    config = llamagen_gpt_config(name, image_size=384)
+    assert (config.backbone.n_head, config.backbone.head_dim * n_head, config.backbone.grid_size) == (
+        n_head,
+        dim,
+        24,
+    )
+    with parameters_on_meta():
+        model = ImageGenerator(config)
+    keys = llamagen_gpt_keys(state)
+    check_state_dict(
+        model, {ours: state[theirs] for ours, theirs in keys.items()}, source=name
+    )  # raises if off
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(params_m, rel=0.04)
+    assert model.backbone.rope.device.type == "cpu"  # computed, not loaded: built for real even here
+    assert model.backbone.rope.shape == (1 + 24 * 24, dim // n_head // 2, 2)
+
+
+def test_another_size_or_model_is_refused_in_one_line(tmp_path):
+    xl = meta_state(official_gpt_shapes(36, 1280))
+    with pytest.raises(ValueError) as err:
+        load_llamagen_gpt(xl, llamagen_gpt_config("GPT-XXL", image_size=384))
+    message = str(err.value)
+    assert "\n" not in message
+    assert (
+        "holds a LlamaGen GPT-XL class-to-image model (36 layers, dim 1280, vocab 16384, 1000 classes)"
+        in message
+    )
+    assert message.endswith(
+        "expected a LlamaGen GPT-XXL class-to-image model (48 layers, dim 1536, vocab 16384)"
+    )
+    path = save(tmp_path, {"model": official_vq_state()}, "c2i_XL_384.pt")  # the VQ file under the GPT's name
+    with pytest.raises(ValueError, match=r"c2i_XL_384\.pt' holds a VQ tokenizer \(codebook 32 x 4\); expected a "
+                       r"LlamaGen GPT-XL class-to-image model"):  # fmt: skip
+        load_llamagen_gpt(path, "GPT-XL")
+    gpt = save(tmp_path, {"model": official_gpt_state()}, "vq_ds16_c2i.pt")  # and the other way round
+    with pytest.raises(ValueError, match=r"vq_ds16_c2i\.pt' holds a LlamaGen GPT of no LlamaGen size class-to-image "
+                       r"model \(2 layers, dim 32, vocab 32, 5 classes\); expected a LlamaGen VQ tokenizer"):  # fmt: skip
+        load_llamagen_vq(gpt, VQ_CFG)
+    dd = official_gpt_state() | {"final_layer_conti.linear.weight": torch.zeros(8, DIM)}
+    with pytest.raises(ValueError, match=r"holds a Distilled Decoding \(DD\) model"):
+        load_llamagen_gpt(dd, GPT_CFG)
+    with pytest.raises(ValueError, match=r"holds no LlamaGen model \(first keys: a, b\)"):
+        load_llamagen_gpt({"a": torch.zeros(1), "b": torch.zeros(1)}, GPT_CFG)
+
+
+def test_t2i_checkpoint_for_a_c2i_preset_names_the_file(tmp_path):
+    state = official_gpt_state()
+    del state["cls_embedding.embedding_table.weight"]
+    state |= {"cls_embedding.cap_proj.fc1.weight": torch.zeros(DIM, 16), "cls_embedding.cap_proj.fc2.weight":
+              torch.zeros(DIM, DIM), "cls_embedding.uncond_embedding": torch.zeros(120, 16)}  # fmt: skip
+    path = save(tmp_path, {"model": state}, "t2i_XL_stage1_256.pt")
+    with pytest.raises(ValueError, match=r"t2i_XL_stage1_256\.pt' holds a LlamaGen .*text-to-image model .*120 x 16 "
+                       r"text\); expected a LlamaGen GPT class-to-image model"):  # fmt: skip
+        load_llamagen_gpt(path, GPT_CFG)
+
+
+def test_truncated_or_corrupt_files_are_named(tmp_path):
+    path = save(tmp_path, {"model": official_gpt_state()}, "c2i_B_256.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"c2i_B_256\.pt' is truncated or corrupt \(.* bytes; .*\); expected a "
+                       r"complete PyTorch checkpoint: download it again$"):  # fmt: skip
+        load_llamagen_gpt(path, GPT_CFG)
+    # Bytes flipped inside a tensor's data: the archive reads fine, the weights do not.
+    state = official_gpt_state()
+    state["norm.weight"] = torch.full((DIM,), 1.0)
+    path.write_bytes(b"")
+    torch.save({"model": state}, path)
+    data = bytearray(path.read_bytes())
+    at = data.find(torch.full((DIM,), 1.0).numpy().tobytes())
+    data[at : at + 4] = b"\xff\xff\xff\xff"  # a NaN
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        ValueError, match=r"c2i_B_256\.pt' is corrupt: tensor 'norm\.weight' \(32,\) holds NaN"
+    ):
+        load_llamagen_gpt(path, GPT_CFG)
+    safetensors_file = tmp_path / "model.safetensors"
+    safetensors_file.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match=r"model\.safetensors' is not a readable safetensors file"):
+        load_llamagen_gpt(safetensors_file, GPT_CFG)
+
+
+def test_bf16_load_is_the_fp32_model_cast_and_leaves_nothing_on_meta(tmp_path):
+    path = save(tmp_path, {"model": official_gpt_state()}, "c2i.pt")
+    fp32 = load_llamagen_gpt(path, GPT_CFG)
+    bf16 = load_llamagen_gpt(path, GPT_CFG, dtype=torch.bfloat16)
+    assert all(t.device.type == "cpu" for t in [*bf16.parameters(), *bf16.buffers()])
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    for (name, a), (_, b) in zip(fp32.state_dict().items(), bf16.state_dict().items(), strict=True):
+        assert torch.equal(a.bfloat16(), b), name
+    tokens = torch.randint(0, VOCAB, (2, GRID * GRID))
+    with torch.no_grad():
+        diff = (fp32(tokens, torch.tensor([0, 1])) - bf16(tokens, torch.tensor([0, 1])).float()).abs().max()
+    assert 0 < diff < 0.5  # bf16 rounding, not another model
+
+
+def test_converted_folders_load_in_bounded_memory_too(tmp_path):
+    from arstudio.convert.checkpoint import load_pretrained_bounded
+
+    reference = load_llamagen_gpt(official_gpt_state(), GPT_CFG)
+    reference.save_pretrained(tmp_path / "generator")
+    loaded = load_pretrained_bounded(ImageGenerator, tmp_path / "generator", dtype=torch.bfloat16)
+    assert loaded.config == GPT_CFG and not loaded.training
+    for (name, a), (_, b) in zip(reference.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert b.dtype == torch.bfloat16 and torch.equal(a.bfloat16(), b), name
+    with pytest.raises(ValueError, match="describes a 'ImageGenerator', expected a 'VQTokenizer'"):
+        load_pretrained_bounded(VQTokenizer, tmp_path / "generator")

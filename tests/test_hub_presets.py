@@ -78,20 +78,33 @@ def sample(pipe, seed=0):
     return pipe(class_labels=[0, 3], generator=torch.Generator().manual_seed(seed), output_type="np")
 
 
+# name -> (generator file, layers, dim, grid, guidance): LlamaGen's README tables and GETTING_STARTED.md FID commands
+LLAMAGEN_C2I = {
+    "llamagen-b-256": ("c2i_B_256.pt", 12, 768, 16, 2.0),
+    "llamagen-b-384": ("c2i_B_384.pt", 12, 768, 24, 2.0),
+    "llamagen-l-256": ("c2i_L_256.pt", 24, 1024, 16, 2.0),
+    "llamagen-l-384": ("c2i_L_384.pt", 24, 1024, 24, 2.0),
+    "llamagen-xl-384": ("c2i_XL_384.pt", 36, 1280, 24, 1.75),
+    "llamagen-xxl-384": ("c2i_XXL_384.pt", 48, 1536, 24, 1.75),
+    "llamagen-3b-384": ("c2i_3B_384.pt", 24, 3200, 24, 1.65),
+}
+
+
 def test_llamagen_presets_are_listed_with_their_hub_files():
-    assert arstudio.list_presets("llamagen-*") == ["llamagen-b-256", "llamagen-l-256"]
-    for name, gpt_file, (layers, dim) in (("llamagen-b-256", "c2i_B_256.pt", (12, 768)),
-                                          ("llamagen-l-256", "c2i_L_256.pt", (24, 1024))):  # fmt: skip
+    assert arstudio.list_presets("llamagen-*", task="class-to-image") == sorted(LLAMAGEN_C2I)
+    for name, (gpt_file, layers, dim, grid, guidance) in LLAMAGEN_C2I.items():
         preset = get_preset(name)
         assert preset.weights is None and preset.hub.repo_id == "FoundationVision/LlamaGen"
         assert preset.hub.files == {"tokenizer": "vq_ds16_c2i.pt", "generator": gpt_file}
         backbone = preset.generator.backbone
         assert (backbone.n_layer, backbone.dim, backbone.grid_size, preset.tokenizer.resolution) == (
-            layers, dim, 16, 256)  # fmt: skip
-        assert preset.generator.num_classes == 1000 and preset.defaults["guidance_scale"] == 2.0
+            layers, dim, grid, grid * 16)  # fmt: skip
+        assert preset.tokenizer.grid_size == grid and backbone.zero_prefix_rope
+        assert preset.generator.num_classes == 1000
+        assert preset.defaults == {"guidance_scale": guidance, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
-@pytest.mark.parametrize("name", ["llamagen-b-256", "llamagen-l-256"])
+@pytest.mark.parametrize("name", ["llamagen-b-256", "llamagen-3b-384"])
 def test_real_hub_preset_without_a_local_copy_names_the_files_and_the_fix(name, monkeypatch):
     import huggingface_hub
 
@@ -212,3 +225,82 @@ def test_download_command_line(fake_hub, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.main(["llamagen-b-256"]) == 2
     assert "HF_HUB_OFFLINE=1 is set" in capsys.readouterr().err
+
+
+def test_llamagen_t2i_presets():
+    assert arstudio.list_presets("llamagen-*", task="text-to-image") == [
+        "llamagen-t2i-xl-256",
+        "llamagen-t2i-xl-512",
+    ]
+    for name, stage, grid in (
+        ("llamagen-t2i-xl-256", "stage1_256", 16),
+        ("llamagen-t2i-xl-512", "stage2_512", 32),
+    ):
+        preset = get_preset(name)
+        assert preset.hub.repo_id == "peizesun/llamagen_t2i" and preset.hub.converter == "llamagen-t2i"
+        assert preset.hub.files == {"tokenizer": "vq_ds16_t2i.pt", "generator": f"t2i_XL_{stage}.pt"}
+        assert (preset.generator.backbone.grid_size, preset.text_len, preset.generator.text_dim) == (
+            grid,
+            120,
+            2048,
+        )
+        assert preset.text_encoder == "flan-t5-xl" and preset.tokenizer.grid_size == grid
+        assert preset.defaults == {"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0}
+
+
+def test_t2i_download_keeps_the_official_files_and_loads_the_masked_generator(monkeypatch, tmp_path):
+    """The t2i converter keeps the official files in the cache (its masked generator has no from_pretrained
+    folder yet); the next load finds them there as the official layout."""
+    from arstudio.convert.llamagen_t2i import LlamaGenT2IGenerator
+    from tests.test_convert_llamagen_t2i import official_t2i_state, tiny_config
+
+    folder = tmp_path / "hub-files"
+    folder.mkdir()
+    torch.save({"model": official_vq_state(1)}, folder / "vq_t2i.pt")
+    torch.save({"model": official_t2i_state()}, folder / "t2i_tiny.pt")
+    t2i_hub = HubWeights(repo_id="example/t2i", tokenizer_file="vq_t2i.pt", generator_file="t2i_tiny.pt",
+                         converter="llamagen-t2i")  # fmt: skip
+    preset = Preset(name="test-tiny-hub-t2i", description="", task="text-to-image", tokenizer=VQ_CFG,
+                    generator=tiny_config(), hub=t2i_hub)  # fmt: skip
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename, **kw: str(folder / filename))  # fmt: skip
+    source = hub.download_and_convert(preset)
+    assert (source.layout, source.generator.name) == ("official", "t2i_tiny.pt")
+    assert source.generator.parent == hub.converted_dir(preset)
+    generator = hub.converter_for(preset).load_generator(source.generator, tiny_config())
+    assert isinstance(generator, LlamaGenT2IGenerator)
+
+
+def test_preset_facts_for_listings(official_dir, monkeypatch):
+    facts = hub.preset_facts("llamagen-3b-384")  # counted on the meta device: no 12 GB, no download
+    assert (facts.resolution, facts.grid, facts.weights, facts.local, facts.needs_weights) == (
+        384,
+        24,
+        "hub",
+        False,
+        True,
+    )
+    assert round(facts.generator_params / 1e9, 1) == 3.1 and round(facts.tokenizer_params / 1e6) == 72
+    assert not facts.download_exact and facts.download_bytes == 4 * (
+        facts.generator_params + facts.tokenizer_params
+    )
+    assert (
+        hub.preset_facts("llamagen-b-256").generator_params
+        == hub.preset_facts("llamagen-b-384").generator_params
+    )
+
+    tiny = hub.preset_facts(TINY)
+    assert tiny.needs_weights and tiny.where is None
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(official_dir))
+    tiny = hub.preset_facts(TINY)
+    on_disk = sum((official_dir / name).stat().st_size for name in TINY_HUB.files.values())
+    assert (tiny.local, tiny.needs_weights, tiny.where) == (True, False, str(official_dir))
+    assert (tiny.download_bytes, tiny.download_exact) == (on_disk, True)
+
+    shipped, random = hub.preset_facts("shapes-c2i"), hub.preset_facts("test-tiny-c2i")
+    assert (shipped.weights, shipped.local, shipped.download_bytes, shipped.resolution, shipped.grid) == (
+        "shipped", True, 0, 32, 8)  # fmt: skip
+    assert (random.weights, random.needs_weights) == ("random", False)

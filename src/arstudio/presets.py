@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from arstudio.convert.llamagen import llamagen_gpt_config, llamagen_vq_config
+from arstudio.convert.llamagen_t2i import llamagen_t2i_config
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.continuous import ContinuousGeneratorConfig
 from arstudio.generators.control import ControlConfig
@@ -190,28 +191,65 @@ register_preset(
 )
 
 
-# LlamaGen class-to-image models at 256 px (16x16 tokens, vq_ds16_c2i), weights from their Hub repo. File names
-# from LlamaGen's README tables. Sampling defaults are LlamaGen's ImageNet FID settings: GETTING_STARTED.md
-# evaluates GPT-B and GPT-L with --cfg-scale 2.0, and sample_c2i_ddp.py (the FID sampler) defaults to top-k 0,
-# temperature 1.0, top-p 1.0. ImageNet class names are not shipped: pass class_labels (0..999).
-for _size, _params, _fid in (("B", "111M", "5.46"), ("L", "343M", "3.80")):
+# LlamaGen class-to-image models (VQ-16, vq_ds16_c2i), weights from their Hub repo; every published c2i checkpoint:
+# B and L at 256 and 384 px, XL, XXL and 3B at 384 px only (file names and FIDs from LlamaGen's README; its
+# link text "c2i_X_384L.pt" is a typo for the c2i_XL_384.pt it points to). Sampling defaults are LlamaGen's
+# ImageNet FID settings: GETTING_STARTED.md evaluates B and L with --cfg-scale 2.0, XL and XXL with 1.75 and 3B
+# with 1.65 (the 384 px models sampled at 384 and resized to 256 for FID), and sample_c2i_ddp.py (the FID
+# sampler) defaults to top-k 0, temperature 1.0, top-p 1.0. ImageNet class names are not shipped: pass
+# class_labels (0..999).
+LLAMAGEN_C2I = (  # (size, resolution, params, FID at 256, guidance)
+    ("B", 256, "111M", "5.46", 2.0),
+    ("B", 384, "111M", "6.09", 2.0),
+    ("L", 256, "343M", "3.80", 2.0),
+    ("L", 384, "343M", "3.07", 2.0),
+    ("XL", 384, "775M", "2.62", 1.75),
+    ("XXL", 384, "1.4B", "2.34", 1.75),
+    ("3B", 384, "3.1B", "2.18", 1.65),
+)
+for _size, _res, _params, _fid, _cfg in LLAMAGEN_C2I:
     register_preset(
         Preset(
-            name=f"llamagen-{_size.lower()}-256",
-            description=f"LlamaGen-{_size} ({_params}) ImageNet class-to-image, 256 px, 16x16 tokens "
-            f"(FID {_fid}); official weights from the Hub",
+            name=f"llamagen-{_size.lower()}-{_res}",
+            description=f"LlamaGen-{_size} ({_params}) ImageNet class-to-image, {_res} px, {_res // 16}x{_res // 16} "
+            f"tokens (FID {_fid}); official weights from the Hub",
             task="class-to-image",
-            tokenizer=llamagen_vq_config("VQ-16", resolution=256),
-            generator=llamagen_gpt_config(f"GPT-{_size}", image_size=256),
+            tokenizer=llamagen_vq_config("VQ-16", resolution=_res),
+            generator=llamagen_gpt_config(f"GPT-{_size}", image_size=_res),
             hub=HubWeights(
                 repo_id="FoundationVision/LlamaGen",
                 tokenizer_file="vq_ds16_c2i.pt",
-                generator_file=f"c2i_{_size}_256.pt",
+                generator_file=f"c2i_{_size}_{_res}.pt",
             ),
-            defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+            defaults={"guidance_scale": _cfg, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
         )
     )
-del _size, _params, _fid
+del _size, _res, _params, _fid, _cfg
+
+# LlamaGen text-to-image (README: peizesun/llamagen_t2i): GPT-XL over 120 FLAN-T5-XL caption states. Stage I: LAION-COCO
+# 50M at 256 px; stage II: 10M internal high-aesthetic images at 512 px. Defaults from sample_t2i.py: CFG 7.5, top-k
+# 1000, temperature 1.0, top-p 1.0. The text encoder (google/flan-t5-xl) comes from transformers, see
+# arstudio.convert.llamagen_t2i.FlanT5TextEncoder.
+for _stage, _res, _data in (("1", 256, "LAION-COCO 50M"), ("2", 512, "10M internal high-aesthetic images")):
+    register_preset(
+        Preset(
+            name=f"llamagen-t2i-xl-{_res}",
+            description=f"LlamaGen-XL (775M) text-to-image stage {_stage}, {_res} px, {_res // 16}x{_res // 16} tokens "
+            f"({_data}), FLAN-T5-XL text; official weights from the Hub",
+            task="text-to-image",
+            tokenizer=llamagen_vq_config("VQ-16", resolution=_res),
+            generator=llamagen_t2i_config(_res),
+            text_encoder="flan-t5-xl",
+            hub=HubWeights(
+                repo_id="peizesun/llamagen_t2i",
+                tokenizer_file="vq_ds16_t2i.pt",
+                generator_file=f"t2i_XL_stage{_stage}_{_res}.pt",
+                converter="llamagen-t2i",
+            ),
+            defaults={"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0},
+        )
+    )
+del _stage, _res, _data
 
 
 # ---- continuous tokens (issue 4): KL latents + diffusion head, and TokenBridge ids + per-dimension head ----

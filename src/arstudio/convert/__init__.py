@@ -5,6 +5,7 @@ arbitrary objects. Each converter maps the official key names onto ours, drops t
 checks every key and shape before loading.
 """
 
+from arstudio.convert.checkpoint import load_official_checkpoint
 from arstudio.convert.llamagen import (
     LLAMAGEN_GPT_SIZES,
     LLAMAGEN_VQ_CH_MULT,
@@ -15,10 +16,19 @@ from arstudio.convert.llamagen import (
     llamagen_vq_config,
     load_llamagen_gpt,
     load_llamagen_vq,
-    load_official_checkpoint,
+)
+from arstudio.convert.llamagen_t2i import (
+    FlanT5TextEncoder,
+    LlamaGenT2IGenerator,
+    llamagen_t2i_config,
+    load_llamagen_t2i,
 )
 
 __all__ = [
+    "FlanT5TextEncoder",
+    "LlamaGenT2IGenerator",
+    "llamagen_t2i_config",
+    "load_llamagen_t2i",
     "LLAMAGEN_GPT_SIZES",
     "LLAMAGEN_VQ_CH_MULT",
     "convert_llamagen_gpt",

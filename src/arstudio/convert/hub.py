@@ -34,7 +34,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from arstudio.convert.llamagen import convert_llamagen_to_pretrained, load_llamagen_gpt, load_llamagen_vq
+from arstudio.convert.llamagen_t2i import load_llamagen_t2i
 from arstudio.presets import HubWeights, Preset
 
 logger = logging.getLogger(__name__)
@@ -53,8 +56,24 @@ class Converter:
     to_pretrained: object  # (tokenizer_file, generator_file, out_dir, gpt_model=, vq_model=) -> Path
 
 
+def keep_official_files(tokenizer_file, generator_file, out_dir, gpt_model=None, vq_model=None) -> Path:
+    """A "conversion" that keeps the official files (hard links, else copies) under their own names: for models
+    whose generator class ``from_pretrained`` folders cannot name yet (LlamaGen t2i's masked generator), so the
+    cache is found as the official layout and loaded by the converter, as a ``weights=`` folder would be."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for source in (Path(tokenizer_file), Path(generator_file)):
+        target = out_dir / source.name
+        try:
+            os.link(source.resolve(), target)
+        except OSError:  # another file system
+            shutil.copy2(source, target)
+    return out_dir
+
+
 CONVERTERS: dict[str, Converter] = {
     "llamagen": Converter(load_llamagen_vq, load_llamagen_gpt, convert_llamagen_to_pretrained),
+    "llamagen-t2i": Converter(load_llamagen_vq, load_llamagen_t2i, keep_official_files),
 }
 
 
@@ -288,7 +307,84 @@ def download_and_convert(preset: Preset) -> WeightsSource:
         os.replace(tmp, out)  # readers only ever see a complete folder
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return WeightsSource("pretrained", out / "tokenizer", out / "generator", "converted cache (downloaded)")
+    found = find_in_folder(out, preset)  # our layout, or the official files kept as they are
+    return WeightsSource(found.layout, found.tokenizer, found.generator, "converted cache (downloaded)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# What a preset is, for listings (``arstudio presets``, the studio's "needs weights" mark)
+# --------------------------------------------------------------------------------------------------------
+
+FP32_BYTES = 4  # LlamaGen's released checkpoints are fp32 state dicts (DDP "model" / FSDP consolidated)
+
+
+@dataclass(frozen=True)
+class PresetFacts:
+    """Size, resolution and availability of one preset; nothing is downloaded or loaded to learn them."""
+
+    name: str
+    task: str
+    generator_params: int  # parameters of the generator (LlamaGen-3B: 3.1e9), counted on the meta device
+    tokenizer_params: int
+    resolution: int  # image side in pixels
+    grid: int  # tokens per image side
+    weights: str  # "hub" (official checkpoints), "shipped" (in the package), "untrained" or "random"
+    local: bool  # the weights are on this machine (always True for shipped and random presets)
+    where: str | None  # where they were found, for hub presets with a local copy
+    download_bytes: int  # what download=True fetches (0 if nothing); see download_exact
+    download_exact: bool  # True: sizes of the local files; False: estimated as fp32 parameters x 4 bytes
+
+    @property
+    def needs_weights(self) -> bool:
+        """A hub preset without a local copy: it loads only with download=True or a weights= folder."""
+        return self.weights == "hub" and not self.local
+
+
+def _parameter_counts(preset: Preset) -> tuple[int, int]:
+    from arstudio.pipelines.loading import _generator_class, _tokenizer_class
+
+    with torch.device("meta"):  # a 3B model in no memory and no time
+        generator = _generator_class(preset.generator)(preset.generator)
+        tokenizer = _tokenizer_class(preset.tokenizer)(preset.tokenizer)
+    return tuple(sum(p.numel() for p in model.parameters()) for model in (generator, tokenizer))
+
+
+def _shipped_state(preset: Preset) -> str:
+    if preset.weights is None:
+        return "random"
+    return "shipped" if (preset.weights_dir / "generator").is_dir() else "untrained"
+
+
+def preset_facts(preset: Preset | str) -> PresetFacts:
+    """Params, resolution, download size and whether a local copy exists, for ``arstudio presets`` and the UI.
+
+    Hub presets are looked for exactly where ``load_pipeline`` looks (``$ARSTUDIO_WEIGHTS_DIR``, the converted
+    cache, the Hugging Face cache; never the network). The download size is the local files' size when they
+    are here, else an estimate from the parameter counts at fp32 (the Hub's own sizes cannot be read offline).
+    """
+    if isinstance(preset, str):
+        from arstudio.presets import get_preset
+
+        preset = get_preset(preset)
+    generator_params, tokenizer_params = _parameter_counts(preset)
+    tokenizer = preset.tokenizer
+    common = dict(name=preset.name, task=preset.task, generator_params=generator_params,
+                  tokenizer_params=tokenizer_params, resolution=tokenizer.resolution, grid=preset.generator.backbone.grid_size)  # fmt: skip
+    if preset.hub is None:
+        return PresetFacts(**common, weights=_shipped_state(preset), local=True, where=None, download_bytes=0,
+                           download_exact=True)  # fmt: skip
+    try:
+        source = resolve_weights(preset)
+    except HubWeightsNotFoundError:
+        source = None
+    if source is not None and source.layout == "official":
+        size = sum(source.path(part).stat().st_size for part in PARTS)
+        return PresetFacts(**common, weights="hub", local=True, where=source.origin, download_bytes=size,
+                           download_exact=True)  # fmt: skip
+    estimate = (generator_params + tokenizer_params) * FP32_BYTES
+    return PresetFacts(**common, weights="hub", local=source is not None,
+                       where=None if source is None else source.origin, download_bytes=estimate,
+                       download_exact=False)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

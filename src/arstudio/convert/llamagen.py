@@ -20,16 +20,21 @@ Facts used here, from LlamaGen's code (``tokenizer/tokenizer_image/vq_model.py``
 
 from __future__ import annotations
 
-import argparse
-import pickle
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
+from arstudio.convert.checkpoint import (  # NESTINGS, load_official_checkpoint: also imported from here
+    NESTINGS,  # noqa: F401
+    load_official_checkpoint,
+    materialise,
+    save_pretrained_bounded,
+    shapes_of,
+)
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
-from arstudio.io import check_state_dict, load_safetensors
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer
 
 # name -> (n_layer, n_head, dim), as in LlamaGen's ``GPT_models``.
@@ -50,10 +55,10 @@ LLAMAGEN_VQ_CH_MULT: dict[str, tuple[int, ...]] = {
     "VQ-8": (1, 2, 2, 4),
 }
 
-# Where LlamaGen's samplers look for the weights inside a checkpoint, in their order.
-NESTINGS = ("model", "module", "state_dict")
 # Prefixes added by DDP (``model.module``) and torch.compile (``_orig_mod``) when a wrapper was saved.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Path segments FSDP / activation checkpointing insert inside keys when a wrapped model was saved as is.
+WRAPPER_SEGMENTS = re.compile(r"(_fsdp_wrapped_module|_checkpoint_wrapped_module|_orig_mod)\.")
 # Training-only VQ entries: the usage window, and loss modules if a whole training wrapper was saved.
 VQ_DROPPED_PREFIXES = ("discriminator.", "perceptual_loss.", "lpips.", "vq_loss.")
 VQ_DROPPED_KEYS = ("quantize.codebook_used",)
@@ -66,98 +71,84 @@ GPT_DROPPED_KEYS = ("freqs_cis", "causal_mask")
 # --------------------------------------------------------------------------------------------------------
 
 
-def _is_state_dict(obj) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _torch_load(path: Path):
-    """``torch.load(weights_only=True)``, with ``argparse.Namespace`` allowed (LlamaGen saves its args).
-
-    A Namespace is a plain attribute bag: allowing it lets no code run while unpickling.
-    """
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL (\S+)", str(err))
-        if found:  # a class or function the allowlist refuses: loading it would run code
-            raise ValueError(
-                f"{str(path)!r} holds Python objects ({found.group(1)}) that torch.load(weights_only=True) "
-                "refuses to unpickle, so it is not loaded: unpickling them could run arbitrary code. Official "
-                "LlamaGen checkpoints hold only tensors and plain containers; if you trust this file, "
-                "re-save its state dict alone (torch.save(ckpt['model'], ...)) or as safetensors."
-            ) from err
-        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", str(err) + "\n")
-        reason = detail.group(1).strip() if detail else str(err).splitlines()[0]
-        raise ValueError(f"{str(path)!r} is not a PyTorch checkpoint (unpickling failed: {reason})") from err
-    except EOFError as err:
-        raise ValueError(f"{str(path)!r} is not a PyTorch checkpoint (empty or truncated file)") from err
-    except Exception as err:  # torch.load fails on junk with KeyError, RuntimeError, ...
-        raise ValueError(f"{str(path)!r} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from err
-
-
-def load_official_checkpoint(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Read an official ``.pt`` checkpoint (or a ``.safetensors`` file) into a flat state dict on CPU.
-
-    Nestings are unwrapped the way LlamaGen's samplers do: ``"model"``, then ``"module"``, then
-    ``"state_dict"``, else the file itself when it is already a flat state dict (FSDP exports).
-
-    Args:
-        use_ema: take ``"ema"`` (the EMA weights some training runs save) instead of ``"model"``; an error
-            if the checkpoint has none. LlamaGen's samplers use ``"model"``, hence the default.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        return load_safetensors(path)
-    obj = _torch_load(path)
-    trail = []
-    if use_ema:
-        if not isinstance(obj, dict) or "ema" not in obj:
-            found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{str(path)!r} has no 'ema' weights (top level: {found})")
-        trail.append("ema")
-        obj = obj["ema"]
-    for _ in range(4):  # e.g. {"state_dict": {"model": {...}}}
-        if _is_state_dict(obj):
-            return dict(obj)
-        key = next((k for k in NESTINGS if k in obj), None) if isinstance(obj, dict) else None
-        if key is None:
-            break
-        trail.append(key)
-        obj = obj[key]
-    where = "".join(f"[{k!r}]" for k in trail) or "the top level"
-    found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-    raise ValueError(
-        f"no state dict found in {str(path)!r}: at {where} it holds {found}; expected the weights under "
-        f"one of {list(NESTINGS)} or a flat dict of tensors"
-    )
-
-
-def _state_from(path_or_state, use_ema: bool) -> tuple[dict[str, torch.Tensor], str]:
-    if isinstance(path_or_state, dict):
+def _state_from(path_or_state, use_ema: bool) -> tuple[Mapping[str, torch.Tensor], str]:
+    if isinstance(path_or_state, Mapping):
         return path_or_state, "state dict"
-    return load_official_checkpoint(path_or_state, use_ema=use_ema), str(path_or_state)
+    return load_official_checkpoint(path_or_state, use_ema=use_ema), repr(str(path_or_state))
 
 
-def _strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop ``module.`` / ``_orig_mod.`` when *every* key carries it (a saved DDP or compiled wrapper)."""
+def unwrapped_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Clean key -> key as saved: drops ``module.`` / ``_orig_mod.`` when *every* key carries it (a saved DDP
+    or compiled wrapper) and FSDP's ``_fsdp_wrapped_module.`` segments wherever they are."""
+    names = {WRAPPER_SEGMENTS.sub("", k): k for k in keys}
     changed = True
-    while changed and state:
+    while changed and names:
         changed = False
         for prefix in WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
+            if all(k.startswith(prefix) for k in names):
+                names = {k[len(prefix) :]: v for k, v in names.items()}
                 changed = True
-    return state
+    return names
 
 
-def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    check_state_dict(model, state, source=source)
-    reference = model.state_dict()
-    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
-    return model.eval()
+def _strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {clean: state[saved] for clean, saved in unwrapped_keys(state).items()}
+
+
+def describe_llamagen_state(shapes: Mapping[str, torch.Size]) -> str:
+    """What a checkpoint holds, for error messages: 'a LlamaGen GPT-L class-to-image model (24 layers, dim
+    1024, vocab 16384, 1000 classes)', 'a LlamaGen VQ tokenizer (...)', or the first keys of something else."""
+    shapes = {clean: shapes[saved] for clean, saved in unwrapped_keys(shapes).items()}
+    if any(k.startswith(("quantize.", "encoder.conv_in.", "decoder.conv_out.")) for k in shapes):
+        codebook = shapes.get("quantize.embedding.weight")
+        return "a VQ tokenizer" + (
+            f" (codebook {codebook[0]} x {codebook[1]})" if codebook is not None else ""
+        )
+    embed = shapes.get("tok_embeddings.weight")
+    if embed is None or len(embed) != 2:
+        return f"no LlamaGen model (first keys: {', '.join(sorted(shapes)[:4]) or 'none'})"
+    layers = len({k.split(".")[1] for k in shapes if k.startswith("layers.")})
+    if any(k.startswith(("final_layer_conti.", "n_d_embed.")) for k in shapes):  # DD's continuous parts
+        return f"a Distilled Decoding (DD) model ({layers} layers, dim {embed[0]}), not an AR GPT"
+    vocab, dim = embed
+    name = _size_name(layers, dim) or "GPT of no LlamaGen size"
+    if any(k.startswith("cls_embedding.cap_proj.") for k in shapes):
+        text = shapes.get("cls_embedding.uncond_embedding", (0, 0))
+        return (
+            f"a LlamaGen {name} text-to-image model ({layers} layers, dim {dim}, {text[0]} x {text[1]} text)"
+        )
+    table = shapes.get("cls_embedding.embedding_table.weight")
+    classes = f", {table[0] - 1} classes" if table is not None else ""
+    return f"a LlamaGen {name} class-to-image model ({layers} layers, dim {dim}, vocab {vocab}{classes})"
+
+
+def _size_name(n_layer: int, dim: int) -> str | None:
+    """LlamaGen's name of a (layers, width) pair, e.g. 'GPT-XL'; None for no published size."""
+    return next((n for n, (nl, _, d) in LLAMAGEN_GPT_SIZES.items() if (nl, d) == (n_layer, dim)), None)
+
+
+def _describe_config(config: GeneratorConfig) -> str:
+    cfg = config.backbone
+    name = _size_name(cfg.n_layer, cfg.dim) or "GPT"
+    if config.condition == "text":
+        text = f"{cfg.prefix_len} x {config.text_dim} text"
+        return f"a LlamaGen {name} text-to-image model ({cfg.n_layer} layers, dim {cfg.dim}, {text})"
+    return f"a LlamaGen {name} class-to-image model ({cfg.n_layer} layers, dim {cfg.dim}, vocab {config.vocab_size})"
+
+
+def check_gpt_kind(shapes: Mapping[str, torch.Size], config: GeneratorConfig, source: str) -> None:
+    """Refuse another model or size with one line saying what the file holds and what was expected (the
+    key-by-key check would list dozens of keys instead)."""
+    found = describe_llamagen_state(shapes)
+    cfg = config.backbone
+    wanted_kind = "class-to-image" if config.condition == "class" else "text-to-image"
+    same = (
+        found.startswith("a LlamaGen ")
+        and wanted_kind in found
+        and f"({cfg.n_layer} layers, dim {cfg.dim}," in found
+    )
+    if not same:
+        raise ValueError(f"{source} holds {found}; expected {_describe_config(config)}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -192,20 +183,29 @@ def llamagen_vq_config(
     )
 
 
-def convert_llamagen_vq(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official VQ state dict -> ours: same names, minus ``quantize.codebook_used`` and loss modules."""
-    state = _strip_wrapper_prefixes(state)
+def llamagen_vq_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Our VQ key -> the official key: same names, minus ``quantize.codebook_used`` and loss modules."""
     return {
-        k: v for k, v in state.items() if k not in VQ_DROPPED_KEYS and not k.startswith(VQ_DROPPED_PREFIXES)
+        clean: saved
+        for clean, saved in unwrapped_keys(keys).items()
+        if clean not in VQ_DROPPED_KEYS and not clean.startswith(VQ_DROPPED_PREFIXES)
     }
 
 
+def convert_llamagen_vq(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official VQ state dict -> ours: same names, minus ``quantize.codebook_used`` and loss modules."""
+    return {ours: state[theirs] for ours, theirs in llamagen_vq_keys(state).items()}
+
+
 def load_llamagen_vq(
-    path_or_state: str | Path | dict[str, torch.Tensor],
+    path_or_state: str | Path | Mapping[str, torch.Tensor],
     config: VQConfig | str = "VQ-16",
     use_ema: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> VQTokenizer:
-    """A ``VQTokenizer`` (eval mode, fp32) from an official LlamaGen VQ checkpoint or its state dict.
+    """A ``VQTokenizer`` (eval mode; fp32 unless ``dtype``) from an official LlamaGen VQ checkpoint or its
+    state dict.
 
     Args:
         config: a ``VQConfig`` or a LlamaGen name (``"VQ-16"``, ``"VQ-8"``; 256 px).
@@ -213,7 +213,13 @@ def load_llamagen_vq(
     if isinstance(config, str):
         config = llamagen_vq_config(config)
     state, source = _state_from(path_or_state, use_ema)
-    return _load_into(VQTokenizer(config), convert_llamagen_vq(state), source)
+    found = describe_llamagen_state(shapes_of(state))
+    if not found.startswith("a VQ tokenizer"):
+        raise ValueError(
+            f"{source} holds {found}; expected a LlamaGen VQ tokenizer (codebook {config.codebook_size} x "
+            f"{config.codebook_embed_dim})"
+        )
+    return materialise(lambda: VQTokenizer(config), state, llamagen_vq_keys(state), source, dtype, device)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -270,31 +276,52 @@ def _gpt_key(key: str) -> str:
     return key  # tok_embeddings.*, cls_embedding.embedding_table.*; anything else fails the key check
 
 
-def convert_llamagen_gpt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official c2i GPT state dict -> ``ImageGenerator`` names, minus recomputed buffers."""
-    state = _strip_wrapper_prefixes(state)
-    if any(k.startswith("cls_embedding.cap_proj.") or k == "cls_embedding.uncond_embedding" for k in state):
+def llamagen_gpt_keys(keys: Iterable[str]) -> dict[str, str]:
+    """Our ``ImageGenerator`` key -> the official c2i GPT key, minus recomputed buffers (RoPE, caches)."""
+    return {
+        _gpt_key(clean): saved
+        for clean, saved in unwrapped_keys(keys).items()
+        if clean not in GPT_DROPPED_KEYS and ".kv_cache." not in clean
+    }
+
+
+def _refuse_t2i(keys: Iterable[str]) -> None:
+    if any(k.startswith("cls_embedding.cap_proj.") or k == "cls_embedding.uncond_embedding" for k in keys):
         raise ValueError(
             "this is a LlamaGen text-to-image (t2i) checkpoint (it has cls_embedding.cap_proj / "
             "uncond_embedding); only class-to-image (c2i) checkpoints convert to ImageGenerator"
         )
-    return {_gpt_key(k): v for k, v in state.items() if k not in GPT_DROPPED_KEYS and ".kv_cache." not in k}
+
+
+def convert_llamagen_gpt(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official c2i GPT state dict -> ``ImageGenerator`` names, minus recomputed buffers."""
+    _refuse_t2i(unwrapped_keys(state))
+    return {ours: state[theirs] for ours, theirs in llamagen_gpt_keys(state).items()}
 
 
 def load_llamagen_gpt(
-    path_or_state: str | Path | dict[str, torch.Tensor],
+    path_or_state: str | Path | Mapping[str, torch.Tensor],
     config: GeneratorConfig | str,
     use_ema: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> ImageGenerator:
-    """A ``ImageGenerator`` (eval mode, fp32) from an official LlamaGen c2i checkpoint or state dict.
+    """A ``ImageGenerator`` (eval mode; fp32 unless ``dtype``) from an official LlamaGen c2i checkpoint or
+    state dict, in bounded memory: the file is mapped, not read, and each tensor is cast on its own, so
+    GPT-3B in bf16 needs its 6 GB and not the 12 GB fp32 file on top (see ``convert.checkpoint``).
 
     Args:
         config: a ``GeneratorConfig`` or a LlamaGen name such as ``"GPT-B"`` (256 px, ds16, 1000 classes).
+        dtype, device: where the weights end up (default fp32 on the CPU).
+    Raises:
+        ValueError: the file holds another model or size (one line: what it holds, what was expected),
+            a text-to-image model, a corrupt or truncated file, or pickled objects beyond tensors.
     """
     if isinstance(config, str):
         config = llamagen_gpt_config(config)
     state, source = _state_from(path_or_state, use_ema)
-    return _load_into(ImageGenerator(config), convert_llamagen_gpt(state), source)
+    check_gpt_kind(shapes_of(state), config, source)
+    return materialise(lambda: ImageGenerator(config), state, llamagen_gpt_keys(state), source, dtype, device)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -336,6 +363,7 @@ def convert_llamagen_to_pretrained(
     tokenizer = load_llamagen_vq(vq_checkpoint, vq_model)
     tokenizer.save_pretrained(out_dir / "tokenizer", dtype=dtype)
     del tokenizer
-    generator = load_llamagen_gpt(gpt_checkpoint, gpt_model)
-    generator.save_pretrained(out_dir / "generator", dtype=dtype)
+    # Loaded straight in the storage dtype and streamed out: GPT-3B never has two copies in memory.
+    generator = load_llamagen_gpt(gpt_checkpoint, gpt_model, dtype=dtype)
+    save_pretrained_bounded(generator, out_dir / "generator", dtype=dtype)
     return out_dir
