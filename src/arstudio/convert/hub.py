@@ -341,11 +341,22 @@ class PresetFacts:
 
 
 def _parameter_counts(preset: Preset) -> tuple[int, int]:
-    from arstudio.pipelines.loading import _generator_class, _tokenizer_class
+    # Imported here and by config type, not through pipelines/loading (a higher layer: an import cycle).
+    from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
+    from arstudio.generators.image import ImageGenerator
+    from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
+    from arstudio.tokenizers.bridge import BridgeConfig, BridgeTokenizer
+    from arstudio.tokenizers.kl import KLConfig, KLTokenizer
+    from arstudio.tokenizers.vq import VQTokenizer
 
+    generator_classes = {
+        VideoGeneratorConfig: VideoGenerator,
+        ContinuousGeneratorConfig: ContinuousImageGenerator,
+    }
+    tokenizer_classes = {KLConfig: KLTokenizer, BridgeConfig: BridgeTokenizer}
     with torch.device("meta"):  # a 3B model in no memory and no time
-        generator = _generator_class(preset.generator)(preset.generator)
-        tokenizer = _tokenizer_class(preset.tokenizer)(preset.tokenizer)
+        generator = generator_classes.get(type(preset.generator), ImageGenerator)(preset.generator)
+        tokenizer = tokenizer_classes.get(type(preset.tokenizer), VQTokenizer)(preset.tokenizer)
     return tuple(sum(p.numel() for p in model.parameters()) for model in (generator, tokenizer))
 
 

@@ -111,7 +111,10 @@ class LlamaGenT2IGenerator(ImageGenerator):
         mask = self._mask(self.prefix_valid, positions, prefix.shape[1])
         return self.backbone.step(prefix, positions, mask=mask)
 
-    def step_hidden(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def step_hidden(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None
+    ) -> torch.Tensor:
+        # kv_len (the engine's eager hint) is not used: the caption mask spans the whole cache.
         if self.prefix_valid is None or self.prefix_valid.shape[0] != tokens.shape[0]:
             raise RuntimeError("call prefill(cond) before step(): the caption mask is set there")
         # The mask spans the whole cache (no host read of the position); unwritten slots are masked as future.
