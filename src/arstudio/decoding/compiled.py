@@ -9,7 +9,7 @@ sampling steps). Prefill stays eager: it runs once per call at a length of its o
 On CUDA the mode is "reduce-overhead" (CUDA graphs: one launch per step instead of hundreds, the lever on
 a GPU where a small model's step is launch latency); on the CPU, inductor's default mode. The compiled
 function replaces the method on the *instance*, so weights, state dicts and ``save_pretrained`` are
-untouched, and ``uncompile`` restores it.
+untouched.
 """
 
 from __future__ import annotations
@@ -129,13 +129,6 @@ def compile_pipeline(pipe, strict: bool) -> Compilation:
     return Compilation(
         [compile_method(owner, method, name, strict) for name, owner, method in _targets(pipe)]
     )
-
-
-def uncompile(pipe) -> None:
-    """Back to eager methods (e.g. to compare compiled and eager outputs)."""
-    for _, owner, method in _targets(pipe):
-        if isinstance(owner.__dict__.get(method), CompiledCall):
-            del owner.__dict__[method]
 
 
 class Compilation:

@@ -81,12 +81,6 @@ class DeviceRandom:
         z = radius * torch.cos((2 * torch.pi) * u[:, count:])
         return z.view(self.batch, *shape).to(dtype)
 
-    def subset(self, rows: torch.Tensor | slice) -> DeviceRandom:
-        """The same draws for a subset of the rows (shares the draw index from here on)."""
-        other = object.__new__(DeviceRandom)
-        other._state, other.device, other.draws = self._state[rows], self.device, self.draws
-        return other
-
 
 def as_device_random(generators, device) -> DeviceRandom:
     """Accept a ready ``DeviceRandom`` (a sampler handing its draws on) or a list of generators."""

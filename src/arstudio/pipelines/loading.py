@@ -208,8 +208,8 @@ def load_pipeline(
     check_attention_backend(attention_backend, device)
     source = _source(preset, weights, download)  # before building anything: missing weights fail fast
     tokenizer_cls, generator_cls = _tokenizer_class(preset.tokenizer), _generator_class(preset.generator)
-    # Everything loads in float32 and is cast at the end: drafters and DD models check their pairing with a
-    # fingerprint of the float32 weights, and a half-precision round trip would change the hashed values.
+    # Everything loads in float32 (float16 and int8 storage are expanded to it) and is cast to the asked dtype
+    # at the end, once every pairing check has run.
     fp32 = torch.float32
     tokenizer = _load_component(preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device, fp32,
                                 _tokenizer_source(preset, source))  # fmt: skip
