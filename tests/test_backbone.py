@@ -3,7 +3,7 @@ import torch
 
 from arstudio.generators.backbone import Backbone, BackboneConfig
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
-from arstudio.generators.rope import apply_rope, rope_2d_table
+from arstudio.nn.rope import apply_rope, rope_2d_table
 
 
 def tiny_generator(n_kv_head=None, prefix_len=1):

@@ -15,8 +15,8 @@ from arstudio.decoding.logits import SamplingParams
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.control import ControlConfig
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
-from arstudio.generators.rope import rope_2d_table
 from arstudio.io import load_safetensors
+from arstudio.nn.rope import rope_2d_table
 from arstudio.tokenizers.vq import VQConfig
 from arstudio.training.common import TRAIN_STATE
 from arstudio.training.generator import train_generator

@@ -8,7 +8,6 @@ import torch
 
 import arstudio
 from arstudio.decoding.video import sample_video
-from arstudio.generators.rope import rope_axes_table
 from arstudio.generators.video import (
     VideoGenerator,
     block_mask,
@@ -16,6 +15,7 @@ from arstudio.generators.video import (
     frame_coords,
     pool_latents,
 )
+from arstudio.nn.rope import rope_axes_table
 from arstudio.pipelines.video import FIRST_FRAME_SOURCES
 from arstudio.presets import get_preset
 from arstudio.training.common import seeded

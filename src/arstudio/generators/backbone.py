@@ -1,11 +1,9 @@
-"""The shared Llama-style backbone: the only attention and KV-cache code in arstudio.
+"""The generators' backbone: the transformer blocks of ``nn/transformer.py`` plus the KV cache and step.
 
 It maps input embeddings (condition prefix + token embeddings) to hidden states. What the tokens *are*
 (ids or vectors) and what the head predicts (logits or a per-token diffusion) live outside, in
-``generators/image.py`` and ``generators/heads.py``.
-
-Blocks follow LlamaGen/Llama: pre-norm RMSNorm, fused ``wqkv`` with optional grouped-query attention,
-SwiGLU feed-forward, 2D RoPE, attention through ``scaled_dot_product_attention``.
+``generators/image.py`` and ``generators/heads.py``. ``BackboneConfig`` (defined with the blocks) is
+re-exported here, where generators look for it.
 
 Video (``generators/video.py``) uses the same blocks with its own mask (block-causal over frames, plus an
 optional temporal-decay bias) and its own 3D RoPE rows, passed to ``forward`` / ``step``; its cache slots
@@ -14,67 +12,13 @@ need not be sequence positions (rotations are applied before keys are cached, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from arstudio.generators.rope import apply_rope, rope_2d_table
+from arstudio.nn.rope import rope_2d_table
+from arstudio.nn.transformer import BackboneConfig, RMSNorm, TransformerBlock, check_attention_backend
 
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    TRAINING_ONLY: ClassVar[tuple[str, ...]] = ("dropout",)  # a loaded model may differ here (see loading.py)
-
-    dim: int = 256
-    n_layer: int = 6
-    n_head: int = 8
-    n_kv_head: int | None = None  # None: as many as n_head; fewer: grouped-query attention
-    multiple_of: int = 64  # SwiGLU hidden size is rounded up to a multiple of this (LlamaGen: 256)
-    ffn_dim_multiplier: float | None = None
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    grid_size: int = 8  # tokens per side of the image grid
-    prefix_len: int = 1  # condition tokens before the image tokens
-    zero_prefix_rope: bool = False  # LlamaGen checkpoint quirk, see rope.py
-    grid_prefix: bool = (
-        False  # the prefix ends with grid_size**2 control tokens (prefill control), see rope.py
-    )
-    dropout: float = 0.0
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        hidden = int(2 * 4 * self.dim / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return -(-hidden // self.multiple_of) * self.multiple_of
-
-    @property
-    def max_len(self) -> int:
-        return self.prefix_len + self.grid_size**2
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 even under bf16 (the mean square of large activations overflows otherwise);
-        # the fused kernel matters on the decode path, where this runs 2 x n_layer + 1 times per token.
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return normed.type_as(x) * self.weight
+__all__ = ["Backbone", "BackboneConfig", "KVCache", "check_attention_backend"]
 
 
 class KVCache(nn.Module):
@@ -105,113 +49,6 @@ class KVCache(nn.Module):
             self.k.scatter_(2, index, k)
             self.v.scatter_(2, index, v)
         return self.k, self.v
-
-
-ATTENTION_BACKENDS = ("sdpa", "xformers")
-
-
-def check_attention_backend(name, device) -> str:
-    """``name`` if it can run on ``device``; else a one-line error naming it and what is allowed."""
-    if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"attention_backend={name!r} is not allowed: use one of {ATTENTION_BACKENDS}")
-    if name == "xformers":
-        if torch.device(device).type != "cuda":
-            raise ValueError(
-                f"attention_backend='xformers' needs a CUDA device (it has no CPU kernels), got {device}; "
-                "use 'sdpa'"
-            )
-        try:
-            import xformers.ops  # noqa: F401
-        except ImportError as error:
-            raise ValueError(
-                "attention_backend='xformers' needs the xformers package: pip install 'arstudio[gpu]', "
-                f"or use 'sdpa' ({error})"
-            ) from None
-    return name
-
-
-def _xformers_attention(q, k, v, mask):
-    """xformers' memory-efficient attention on (B, heads, T, head_dim) tensors; ``mask`` as for SDPA."""
-    import xformers.ops as xops
-
-    b, h, t, _ = q.shape
-    bias = None
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-        # xformers wants the bias' last dimension 8-aligned in memory: allocate padded, use a view.
-        keys = k.shape[2]
-        padded = torch.empty(b, h, t, -(-keys // 8) * 8, dtype=q.dtype, device=q.device)
-        bias = padded[..., :keys]
-        bias.copy_(mask.expand(b, h, t, keys))
-    out = xops.memory_efficient_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
-    )  # (B, T, heads, head_dim)
-    return out.transpose(1, 2)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: BackboneConfig):
-        super().__init__()
-        self.cfg = cfg
-        qkv_dim = (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim
-        self.wqkv = nn.Linear(cfg.dim, qkv_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.dim, bias=False)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
-        self.backend = "sdpa"  # or "xformers": set through Backbone.set_attention_backend
-
-    def forward(self, x, rope, cache: KVCache | None = None, input_pos=None, mask=None):
-        cfg = self.cfg
-        b, t, _ = x.shape
-        q_size, kv_size = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = apply_rope(q.view(b, t, cfg.n_head, cfg.head_dim), rope)
-        k = apply_rope(k.view(b, t, cfg.kv_heads, cfg.head_dim), rope)
-        v = v.view(b, t, cfg.kv_heads, cfg.head_dim)
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, heads, T, head_dim)
-        if cache is not None:
-            k, v = cache.update(input_pos, k, v)  # (B, kv_heads, cache length, head_dim)
-            # Read at the mask's length (static for a call): the step's shapes never depend on the position.
-            k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
-        if cfg.kv_heads != cfg.n_head:
-            repeat = cfg.n_head // cfg.kv_heads
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        if self.backend == "xformers":
-            if mask is None:  # training: plain causal
-                mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-            out = _xformers_attention(q, k, v, mask)
-        elif mask is None:  # training: plain causal
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, t, q_size)))
-
-
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
-
-    def __init__(self, cfg: BackboneConfig):
-        super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
-        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
-        self.ffn_dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
-
-
-class TransformerBlock(nn.Module):
-    def __init__(self, cfg: BackboneConfig):
-        super().__init__()
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention = Attention(cfg)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.feed_forward = FeedForward(cfg)
-
-    def forward(self, x, rope, cache=None, input_pos=None, mask=None):
-        h = x + self.attention(self.attention_norm(x), rope, cache, input_pos, mask)
-        return h + self.feed_forward(self.ffn_norm(h))
 
 
 _CACHE_POOL_SIZE = 4  # cache shapes kept per backbone (batch size x length x device x dtype)

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from arstudio.data.control import CONTROL_TYPES
-from arstudio.generators.backbone import BackboneConfig, TransformerBlock
-from arstudio.generators.rope import rope_2d_table
+from arstudio.nn.rope import rope_2d_table
+from arstudio.nn.transformer import BackboneConfig, TransformerBlock
 
 CONTROL_MODES = ("fusion", "prefill")
 STRENGTH_RANGE = (0.0, 2.0)

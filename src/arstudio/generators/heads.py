@@ -22,8 +22,8 @@ from torch import nn
 
 from arstudio.generators import draws
 from arstudio.generators.adaln_mlp import AdaLNMLP, ResidualMLP
-from arstudio.generators.backbone import BackboneConfig, RMSNorm, TransformerBlock
-from arstudio.generators.rope import rope_axes_table
+from arstudio.nn.rope import rope_axes_table
+from arstudio.nn.transformer import BackboneConfig, RMSNorm, TransformerBlock
 
 CONTINUOUS_HEADS = ("diffusion", "flow", "bridge")
 BRIDGE_ARCHS = ("mlp", "transformer")  # DimensionwiseHead's layers over a token's dimensions

@@ -42,7 +42,7 @@ from arstudio.generators.adaln_mlp import timestep_embedding
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.heads import FlowHead
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
-from arstudio.generators.rope import rope_axes_table
+from arstudio.nn.rope import rope_axes_table
 
 PREFIX_FRAME = -1  # frame index of condition-prefix tokens: visible to every token, never decayed
 CONTEXT_MODES = ("stochastic", "clean_copy")

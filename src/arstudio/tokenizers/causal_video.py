@@ -9,7 +9,7 @@ clips of any length (1 + k * temporal_patch) encode the same prefix the same way
 diagonal Gaussian (mean, log-variance) with a small KL weight, as for ``tokenizers/kl.py``. The decoder
 mirrors it (causal temporal blocks, spatial blocks, linear un-patchify per slice type).
 
-Attention is the shared backbone's ``TransformerBlock`` (backbone.py stays the only attention code): spatial
+Attention is the shared ``nn/transformer.py: TransformerBlock`` (the only attention code): spatial
 blocks get 2D RoPE and no mask, temporal blocks a 1D RoPE and a causal mask.
 """
 
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from arstudio.generators.backbone import BackboneConfig, RMSNorm, TransformerBlock
-from arstudio.generators.rope import rope_2d_table, rope_axes_table
 from arstudio.io import PretrainedMixin
+from arstudio.nn.rope import rope_2d_table, rope_axes_table
+from arstudio.nn.transformer import BackboneConfig, RMSNorm, TransformerBlock
 
 
 @dataclass(frozen=True)

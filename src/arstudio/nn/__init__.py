@@ -1,0 +1,1 @@
+"""Neural-network layers shared by tokenizers and generators (the lowest model layer)."""
