@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from arstudio.evaluation.clip_verifier import verify_clip
-from arstudio.evaluation.metrics import psnr
-from arstudio.images import tensor_to_images
+from arstudio.images import psnr, tensor_to_images
 from arstudio.tokenizers.causal_video import CausalVideoTokenizer
 from arstudio.training.video_tokenizer import clip_tensor
 from benchmarks.bench_video import HELDOUT_SEED

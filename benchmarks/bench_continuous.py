@@ -16,8 +16,8 @@ import torch
 
 from arstudio.data.shapes import NUM_CLASSES, class_batch
 from arstudio.evaluation.fd_shapes import fd_shapes, load_shipped_classifier
-from arstudio.evaluation.metrics import psnr
 from arstudio.evaluation.verifier import class_accuracy
+from arstudio.images import psnr
 from arstudio.pipelines.loading import load_pipeline
 from benchmarks.bench_tokenizer import HELDOUT_SEED, reconstruct
 from benchmarks.common import finish, header

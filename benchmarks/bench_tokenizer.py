@@ -13,9 +13,8 @@ import torch
 
 from arstudio.data.photos import photo_crops
 from arstudio.data.shapes import class_batch, make_text_item
-from arstudio.evaluation.metrics import psnr
 from arstudio.evaluation.verifier import verify_objects
-from arstudio.images import images_to_tensor, tensor_to_images
+from arstudio.images import images_to_tensor, psnr, tensor_to_images
 from arstudio.pipelines.loading import load_tokenizer
 from arstudio.tokenizers.vq import codebook_usage
 from benchmarks.common import finish, header

@@ -1,6 +1,6 @@
 """FD-shapes: the Frechet distance itself, the shipped classifier, and the metric end to end.
 
-PSNR (evaluation/metrics.py) is checked here too, as the other image metric.
+PSNR (images.py) is checked here too, as the other image metric.
 """
 
 import numpy as np
@@ -16,7 +16,7 @@ from arstudio.evaluation.fd_shapes import (
     load_shipped_classifier,
     train_classifier,
 )
-from arstudio.evaluation.metrics import PSNR_CAP_DB, psnr
+from arstudio.images import PSNR_CAP_DB, psnr
 
 torch.set_num_threads(1)
 

@@ -23,13 +23,6 @@ LAYERS = (
     ("evaluation",),
     ("render", "reconstruction", "ui", "cli", "__init__"),
 )
-# Known, left for their own change (issue 22 item 5): (importer, imported) module names.
-KNOWN_BACK_EDGES = {
-    ("arstudio.tokenizers.bridge", "arstudio.evaluation.metrics"),  # PSNR helper; metrics belongs lower
-}
-KNOWN_CYCLES = [
-    {"arstudio.training.control", "arstudio.training.generator"},  # lazy import of the control batches
-]
 
 
 def _module_name(path: Path) -> str:
@@ -100,23 +93,17 @@ def _cycles() -> list[set[str]]:
 
 
 def test_no_import_cycles():
-    new = [sorted(c) for c in _cycles() if c not in KNOWN_CYCLES]
-    assert not new, f"import cycles (lazy imports count): {new}"
+    found = [sorted(c) for c in _cycles()]
+    assert not found, f"import cycles (lazy imports count): {found}"
 
 
 def _upward() -> list[tuple[str, str]]:
     edges = ((a, b) for a, targets in GRAPH.items() for b in targets)
-    return sorted((a, b) for a, b in edges if _layer(b) > _layer(a) and (a, b) not in KNOWN_BACK_EDGES)
+    return sorted((a, b) for a, b in edges if _layer(b) > _layer(a))
 
 
 def test_no_lower_layer_imports_a_higher_one():
     assert not _upward(), f"imports of a higher layer: {_upward()}"
-
-
-def test_the_known_exceptions_still_exist():
-    """An exception fixed elsewhere must leave the lists, so they never hide a new one."""
-    assert all(b in GRAPH[a] for a, b in KNOWN_BACK_EDGES)
-    assert all(c in _cycles() for c in KNOWN_CYCLES)
 
 
 # ui/ imports gradio (seconds); tests/test_ui.py imports it

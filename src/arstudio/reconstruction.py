@@ -87,8 +87,7 @@ def reconstruct(tokenizer, image) -> Reconstruction:
     """Encode ``image`` (see ``load_image``) with a tokenizer of any kind (VQ, KL, bridge), decode it back,
     and measure the result: codebook usage for VQ, the levels each dimension uses for a bridge, and the
     latents themselves (see ``Reconstruction.summary``) for a KL tokenizer."""
-    from arstudio.evaluation.metrics import psnr
-    from arstudio.images import images_to_tensor, tensor_to_images
+    from arstudio.images import images_to_tensor, psnr, tensor_to_images
 
     side = tokenizer.config.resolution
     original = square_resize(load_image(image), side)

@@ -14,7 +14,6 @@ from arstudio.evaluation.fd_shapes import (
     load_shipped_classifier,
     train_classifier,
 )
-from arstudio.evaluation.metrics import psnr
 from arstudio.evaluation.verifier import (
     DetectedObject,
     class_accuracy,
@@ -22,6 +21,7 @@ from arstudio.evaluation.verifier import (
     verify_class,
     verify_objects,
 )
+from arstudio.images import psnr
 
 __all__ = [
     "ClassifierConfig", "DetectedObject", "ShapesClassifier", "class_accuracy", "detect_objects",

@@ -19,8 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from arstudio.data.shapes import NUM_CLASSES, REGIONS, SIZES, class_batch
-from arstudio.evaluation.metrics import as_image_batch
-from arstudio.images import images_to_tensor
+from arstudio.images import as_image_batch, images_to_tensor
 from arstudio.io import CONFIG_NAME, PretrainedMixin
 from arstudio.seeding import seeded
 from arstudio.training.common import (

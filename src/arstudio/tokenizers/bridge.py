@@ -205,8 +205,7 @@ def quantisation_sweep(kl: KLTokenizer, images: torch.Tensor, fit_latents: torch
     """Reconstruction error against bits per dimension: for each b and bin method, quantise with 2**b levels
     (fit on ``fit_latents``) and report the latent MSE (relative to the latent variance) and the pixel PSNR
     of the decoded images; ``bits=None`` is the unquantised tokenizer."""
-    from arstudio.evaluation.metrics import psnr
-    from arstudio.images import tensor_to_images
+    from arstudio.images import psnr, tensor_to_images
 
     latents = kl.encode(images)
     real = tensor_to_images(images)

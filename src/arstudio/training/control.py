@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from arstudio.data.control import make_control
 from arstudio.data.shapes import make_class_item, make_text_item
 from arstudio.io import atomic_write_bytes, load_safetensors
-from arstudio.training.generator import ConditionedBatches
+from arstudio.training.batches import ConditionedBatches
 
 CONTROLS_FILE = "train_controls.safetensors"
 

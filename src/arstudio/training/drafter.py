@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from arstudio.generators.drafter import Drafter, DrafterConfig
+from arstudio.training.batches import ConditionedBatches
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
@@ -28,7 +29,7 @@ from arstudio.training.common import (
     set_lr,
     start_training,
 )
-from arstudio.training.generator import ConditionedBatches, load_or_make_tokens
+from arstudio.training.generator import load_or_make_tokens
 
 
 def drafter_loss(drafter: Drafter, target, tokens: torch.Tensor, cond: torch.Tensor, noise_std: float,

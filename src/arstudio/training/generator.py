@@ -23,6 +23,7 @@ from arstudio.generators.image import GeneratorConfig, ImageGenerator
 from arstudio.images import images_to_tensor
 from arstudio.io import WEIGHTS_NAME, atomic_write_bytes, load_safetensors, load_weights_into
 from arstudio.tokenizers.vq import VQTokenizer
+from arstudio.training.batches import ConditionedBatches
 from arstudio.training.common import (
     checkpoint_due,
     cosine_lr,
@@ -102,32 +103,6 @@ def _load_tokenizer(tokenizer_dir, config):
     if tokenizer.grid_size != config.backbone.grid_size:
         raise ValueError(f"tokenizer grid {tokenizer.grid_size} != backbone grid {config.backbone.grid_size}")
     return tokenizer
-
-
-class ConditionedBatches:
-    """Seeded random batches of (tokens, condition) from a tokenized table, conditions dropped to the null
-    condition at the model's rate (what teaches CFG). ``skip(n)`` replays n batches' draws, so a resumed run
-    sees the batches an uninterrupted one would have."""
-
-    def __init__(self, tokens: torch.Tensor, conds: torch.Tensor, batch_size: int, seed: int, conditioning):
-        self.tokens, self.conds, self.batch_size = tokens, conds, batch_size
-        self.conditioning = conditioning  # the model's cls_embedding: its ``drop`` does the dropout
-        self.generator = torch.Generator().manual_seed(seed + 1)
-
-    def skip(self, steps: int) -> None:
-        for _ in range(steps):
-            self.next()
-
-    def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row indices (B,) of the next batch and their conditions after dropout."""
-        index = torch.randint(0, self.tokens.shape[0], (self.batch_size,), generator=self.generator)
-        cond = self.conds[index]
-        cond = cond.float() if cond.is_floating_point() else cond  # text states are stored in fp16
-        return index, self.conditioning.drop(cond, generator=self.generator)
-
-    def next(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        index, cond = self.draw()
-        return self.tokens[index].to(device), cond.to(device)
 
 
 def warm_start_bridge_trunk(
