@@ -219,10 +219,17 @@ def load_pipeline(
     if isinstance(generator, VideoGenerator):
         pipe = VideoPipeline(tokenizer.to(dtype=dtype), generator.to(dtype=dtype), preset, device, dtype)
         return _accelerate(pipe, compile, attention_backend)
+    pipe = _image_pipeline(preset, tokenizer, generator, source, device, dtype, decoding_models)
+    return _accelerate(pipe, compile, attention_backend)
+
+
+def _image_pipeline(preset: Preset, tokenizer, generator, source, device, dtype, decoding_models: bool):
+    """The image pipeline around a loaded float32 tokenizer and generator: its text encoder, the decoding
+    models some strategy can use (``decoding_models``), everything cast to ``dtype`` once paired."""
     text_encoder = None
     if preset.text_encoder is not None:
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device, preset.text_phrases)
-    drafter, distilled = None, {}
+    drafter, distilled, fp32 = None, {}, torch.float32
     if decoding_models:  # only the components some strategy can run with (each strategy's ``supports``)
         wanted = wanted_components(generator, tokenizer)
         drafter = _load_drafter(preset, generator, source, device, fp32) if "drafter" in wanted else None
@@ -230,9 +237,8 @@ def load_pipeline(
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
     distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}
-    pipe = ImagePipeline(tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter,
+    return ImagePipeline(tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter,
                          distilled)  # fmt: skip
-    return _accelerate(pipe, compile, attention_backend)
 
 
 def _accelerate(pipe, compile: bool | str, attention_backend: str):
