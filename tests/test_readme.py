@@ -131,6 +131,7 @@ def test_every_inline_command_names_real_subcommands_and_flags(words):
             break
         assert word in commands[0], (word, list(commands[0]))
         parser = commands[0][word]
+    parser.add_late_arguments()  # flags built from the strategy registry (added when parsed)
     flags = {s for action in parser._actions for s in action.option_strings}
     assert {w.split("=")[0] for w in words if w.startswith("--")} <= flags
 

@@ -33,7 +33,12 @@ TINY = {"preset": "test-tiny-c2i", "class": "red circle", "seed": 5, "count": 3}
         ({**TINY, "top_p": 1.5}, "top_p=1.5 is not allowed"),
         ({**TINY, "temperature": 0}, "temperature=0 is not allowed"),
         ({**TINY, "decoding": "magic"}, "decoding='magic' is unknown"),
-        ({**TINY, "draft_tokens": 4}, "unknown key(s) ['draft_tokens']"),  # ar has no such knob
+        (
+            {**TINY, "draft_tokens": 4},
+            "draft_tokens=4 applies to decoding in ['speculative', 'lantern', "
+            "'continuous_speculative'], not decoding='ar' (its knobs: none)",
+        ),
+        ({**TINY, "decoding": "lantern", "lantern_k": None}, "lantern_k=null: give a number or leave it out"),
         ({**TINY, "decoding": "speculative", "draft_tokens": 99}, "draft_tokens=99 is out of range"),
         ({**TINY, "prompt": "red circle"}, "exactly one of prompt"),
         ({"preset": "test-tiny-c2i", "class": 1}, "give seeds (a list) or seed"),

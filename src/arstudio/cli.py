@@ -364,6 +364,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="guide only tokens in this fraction of the image, 0 <= LO <= HI <= 1 (default 0 1)")  # fmt: skip
+    p.late_arguments = [_add_decoding_flags]  # from the strategy registry, which imports torch
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_loading_flags(p)
     p.add_argument("--weights", default=None, help="local weights folder instead of the preset's own")
@@ -395,6 +398,62 @@ GRID_COLUMNS = 16
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+# Knobs that are also pipeline arguments: a diffusion/flow head's steps per token (the pipeline checks them).
+PIPELINE_KNOBS = ("num_inference_steps",)
+
+
+def _add_decoding_flags(p) -> None:
+    """--decoding and every strategy's knobs as flags (--draft-tokens, --lantern-k, ...), built from the
+    strategy registry with each knob's range and default in the help."""
+    from arstudio.decoding.strategies import STRATEGIES
+
+    group = p.add_argument_group("decoding (a knob applies to the strategies named in its help)")
+    group.add_argument("--decoding", choices=tuple(STRATEGIES), default=None,
+                       help="decoding strategy (default: ar); the preset must offer it")  # fmt: skip
+    takers: dict[str, dict] = {}  # knob name -> {knob (name, range, default, help): [strategy names]}
+    for strategy in STRATEGIES.values():
+        for knob in strategy.knobs:
+            takers.setdefault(knob.name, {}).setdefault(knob, []).append(strategy.name)
+    for name, knobs in takers.items():
+        parts = [f"{'/'.join(names)}: {k.help}, in [{k.low:g}, {k.high:g}], default {k.default:g}"
+                 for k, names in knobs.items()]  # fmt: skip
+        if name in PIPELINE_KNOBS:
+            parts.insert(0, "diffusion/flow heads: denoising steps per token (default: the preset's)")
+        integer = all(k.integer for k in knobs)
+        group.add_argument(_flag(name), type=int if integer else float, default=None, help="; ".join(parts),
+                           metavar="N" if integer else "X")  # fmt: skip
+
+
+def _knob_flags_given(args) -> dict:
+    from arstudio.decoding.strategies import knob_names
+
+    return {name: getattr(args, name) for name in sorted(knob_names()) if getattr(args, name) is not None}
+
+
+def _decoding_kwargs(args) -> dict:
+    """--decoding and the knob flags given, as pipeline keyword arguments: each knob checked by the
+    registry's ``check_knobs``; a knob of another strategy is an error naming the ones this one takes."""
+    from arstudio.decoding.strategies import STRATEGIES, check_knobs, get_strategy
+
+    strategy = get_strategy(args.decoding or "ar")
+    given = _knob_flags_given(args)
+    takes = [knob.name for knob in strategy.knobs]
+    for name, value in given.items():
+        if name in takes:
+            try:
+                check_knobs(strategy, {name: value})
+            except ValueError as err:
+                raise ValueError(f"{_flag(name)}: {err}") from None
+        elif name not in PIPELINE_KNOBS:
+            users = [s.name for s in STRATEGIES.values() if name in {k.name for k in s.knobs}]
+            raise ValueError(
+                f"{_flag(name)}={value} does not apply to --decoding {strategy.name} (it takes "
+                f"{', '.join(map(_flag, takes)) or 'no knob flags'}); {_flag(name)} is for --decoding "
+                f"{' / '.join(users)}"
+            )
+    return {"decoding": strategy.name, **given}
 
 
 def _control_kwargs(args) -> dict:
@@ -448,19 +507,27 @@ def _check_flags_fit_the_preset(args, preset) -> None:
     """Flags of the other kind of preset are errors, not ignored; sampling values get the pipeline's checks."""
     from arstudio.decoding.logits import SamplingParams
 
-    asked = {k: getattr(args, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    asked = _sampling_kwargs(args)
     if preset.task == "class-to-video":
-        given = [
-            k for k in ("top_k", "top_p", "negative_prompt", *CONTROL_FLAGS) if getattr(args, k) is not None
-        ]
+        knobs = sorted(set(_knob_flags_given(args)) - set(PIPELINE_KNOBS))
+        not_video = ("top_k", "top_p", "cfg_interval", "negative_prompt", "decoding", *knobs, *CONTROL_FLAGS)
+        given = [k for k in not_video if getattr(args, k) is not None]
         if given:
             raise ValueError(f"{', '.join(map(_flag, given))}: video presets take none of these")
         asked.update(top_k=0, top_p=1.0)
-    elif args.num_frames is not None:
-        raise ValueError(
-            f"--num-frames={args.num_frames}: {preset.name} makes images; only video presets take it"
-        )
+    else:
+        if args.num_frames is not None:
+            raise ValueError(
+                f"--num-frames={args.num_frames}: {preset.name} makes images; only video presets take it"
+            )
+        _decoding_kwargs(args)
     SamplingParams.from_defaults(preset.defaults, **asked)  # the pipeline's own checks, before loading
+
+
+def _sampling_kwargs(args) -> dict:
+    """--guidance-scale, --temperature, --top-k, --top-p and --cfg-interval as pipeline keyword arguments."""
+    asked = {k: getattr(args, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    return {**asked, "cfg_interval": None if args.cfg_interval is None else tuple(args.cfg_interval)}
 
 
 def _run_generate(args) -> None:
@@ -516,7 +583,7 @@ def _generate_images(pipe, args, labels, control: dict, batch: int) -> tuple[int
     from arstudio.io import atomic_write_bytes
     from arstudio.limits import MAX_GRID_IMAGES
 
-    sampling = {k: getattr(args, k) for k in ("guidance_scale", "temperature", "top_k", "top_p")}
+    sampling = {**_sampling_kwargs(args), **_decoding_kwargs(args)}
     total = len(args.prompt or labels) * args.num_images_per_prompt
     digits = max(4, len(str(total - 1)))
     written, seconds, sheet = 0, 0.0, []
@@ -540,7 +607,7 @@ def _generate_videos(pipe, args, labels, batch: int) -> tuple[int, float]:
     written, seconds = 0, 0.0
     for start, condition, generators in _batches(args, labels, batch):
         out = pipe(**condition, num_frames=num_frames, generator=generators, guidance_scale=args.guidance_scale,
-                   temperature=args.temperature)  # fmt: skip
+                   temperature=args.temperature, num_inference_steps=args.num_inference_steps)  # fmt: skip
         written += len(save_videos(out, args.out, formats=formats, scale=4, first_index=start))
         seconds += out.timings["total_s"]
     return written, seconds
@@ -617,6 +684,16 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def add_late_arguments(self) -> None:
+        """Add the flags that need heavy imports (``late_arguments``, e.g. the strategy registry's knobs).
+        Done when this (sub)command is parsed, so ``arstudio --help`` and building the parser stay torch-free."""
+        for add in self.__dict__.pop("late_arguments", ()):
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.add_late_arguments()
+        return super().parse_known_args(args, namespace)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -102,8 +102,8 @@ def _check_seeds(raw: dict) -> tuple[int, ...]:
 
 def parse_job(raw, line: int = 1) -> Job:
     """Validate one job (a dict); raise ``JobError`` naming the line, the bad value and what is allowed."""
-    from arstudio.decoding import DECODING_PARAMS
     from arstudio.decoding.logits import check_sampling_params
+    from arstudio.decoding.strategies import check_knobs, get_strategy, knob_names
     from arstudio.presets import get_preset
 
     try:
@@ -116,10 +116,14 @@ def parse_job(raw, line: int = 1) -> Job:
         preset = get_preset(raw["preset"])  # KeyError naming the available presets
         if preset.task == "class-to-video":
             return _parse_video_job(raw, line)
-        decoding = raw.get("decoding", "ar")
-        if not isinstance(decoding, str) or decoding not in DECODING_PARAMS:
-            raise ValueError(f"decoding={decoding!r} is unknown; allowed: {list(DECODING_PARAMS)}")
-        knobs = {p.name: p for p in DECODING_PARAMS[decoding]}
+        strategy = get_strategy(raw.get("decoding", "ar"))
+        decoding = strategy.name
+        given = {k: v for k, v in raw.items() if k in knob_names()}
+        if None in given.values():  # check_knobs reads None as "the default": a job says a number or nothing
+            raise ValueError(
+                f"{min(k for k, v in given.items() if v is None)}=null: give a number or leave it out"
+            )
+        knobs = check_knobs(strategy, given)  # ranges, and a knob of another strategy named as such
         unknown = sorted(set(raw) - set(JOB_KEYS) - set(knobs))
         if unknown:
             raise ValueError(f"unknown key(s) {unknown}; allowed: {[*JOB_KEYS, *knobs]}")
@@ -145,9 +149,7 @@ def parse_job(raw, line: int = 1) -> Job:
         full = {"guidance_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, **sampling}
         check_sampling_params(**full)
         spec.update(sampling)
-        for name, param in knobs.items():
-            if name in raw:
-                spec[name] = param.check(raw[name])
+        spec.update({name: knobs[name] for name in given})
         return Job(line=line, spec=spec, seeds=_check_seeds(raw))
     except (ValueError, KeyError, TypeError) as err:
         raise JobError(line, describe_error(err)) from err
@@ -369,9 +371,7 @@ def _render_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict
 
     if job.spec["decoding"] == "far":
         return _render_video_chunk(pipe, job, start, seeds, done, out_dir)
-    if job.spec["decoding"] not in pipe.decoding_strategies:
-        raise ValueError(f"decoding={job.spec['decoding']!r} is not available for preset "
-                         f"{job.spec['preset']!r}; allowed: {list(pipe.decoding_strategies)}")  # fmt: skip
+    pipe.strategy(job.spec["decoding"])  # refused with the reason and the strategies this preset can run
     out = pipe(**_call_kwargs(job), num_images_per_prompt=len(seeds), output_type="np",
                generator=[torch.Generator().manual_seed(s) for s in seeds])  # fmt: skip
     written = 0

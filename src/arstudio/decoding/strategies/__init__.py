@@ -63,7 +63,8 @@ def check_knobs(strategy: Strategy, given: dict) -> dict:
             if not users:
                 raise TypeError(f"unexpected keyword argument {name!r}")
             raise ValueError(
-                f"{name}={value!r} applies to decoding in {users}, not decoding={strategy.name!r}"
+                f"{name}={value!r} applies to decoding in {users}, not decoding={strategy.name!r} "
+                f"(its knobs: {list(mine) or 'none'})"
             )
     return {n: p.default if given.get(n) is None else p.check(given[n]) for n, p in mine.items()}
 
