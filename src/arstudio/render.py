@@ -39,9 +39,8 @@ from arstudio.decoding.strategies import SAMPLING_SETTINGS
 from arstudio.limits import MAX_IMAGES_PER_JOB
 
 MANIFEST_NAME = "manifest.jsonl"
-SAMPLING_KEYS = SAMPLING_SETTINGS  # the decoding registry's sampling settings (one list in the house)
 JOB_KEYS = ("preset", "prompt", "class", "negative_prompt", "seeds", "seed", "count", "decoding",
-            *SAMPLING_KEYS)  # fmt: skip
+            *SAMPLING_SETTINGS)  # fmt: skip
 VIDEO_KEYS = ("num_frames", "num_inference_steps", "temporal_decay", "first_frame", "format")
 VIDEO_SAMPLING_KEYS = ("guidance_scale", "temperature")
 
@@ -140,7 +139,7 @@ def parse_job(raw, line: int = 1) -> Job:
             raise ValueError(f"negative_prompt={negative!r} must be a non-empty string")
         if "class" in raw or preset.text_encoder is None:  # a class preset's prompt is a class name
             _check_class(raw.get("class", raw.get("prompt")), preset, "class" if "class" in raw else "prompt")
-        sampling = {k: raw[k] for k in SAMPLING_KEYS if k in raw}
+        sampling = {k: raw[k] for k in SAMPLING_SETTINGS if k in raw}
         if "cfg_interval" in sampling:
             interval = sampling["cfg_interval"]
             if not isinstance(interval, list) or len(interval) != 2:
