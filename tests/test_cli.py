@@ -282,8 +282,24 @@ def test_generate_decodes_with_the_strategy_and_knobs_given(tmp_path):
     from arstudio.cli import _per_image_seeds
 
     knobs = ["--draft-tokens", "2", "--lantern-k", "3", "--lantern-delta", "0.5"]
-    assert main([*TINY, "--class-labels", "2", "--seed", "7", "--decoding", "lantern", *knobs, "--no-grid",
-                 "--out", str(tmp_path / "cli")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *TINY,
+                "--class-labels",
+                "2",
+                "--seed",
+                "7",
+                "--decoding",
+                "lantern",
+                *knobs,
+                "--no-grid",
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     (png,) = (tmp_path / "cli").glob("*.png")
     meta = read_png_metadata(png)
     assert (meta["decoding"], meta["draft_tokens"], meta["lantern_k"], meta["lantern_delta"]) == (
@@ -292,13 +308,26 @@ def test_generate_decodes_with_the_strategy_and_knobs_given(tmp_path):
         3,
         0.5,
     )
-    api = arstudio.load_pipeline("test-tiny-c2i")(class_labels=[2], decoding="lantern", draft_tokens=2, lantern_k=3,
-                                                  lantern_delta=0.5, generator=torch.Generator().manual_seed(7),
-                                                  output_type="np")  # fmt: skip
+    api = arstudio.load_pipeline("test-tiny-c2i")(
+        class_labels=[2],
+        decoding="lantern",
+        draft_tokens=2,
+        lantern_k=3,
+        lantern_delta=0.5,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    )
     assert np.array_equal(np.asarray(Image.open(png)), api.images[0])
 
-    job = {"preset": "test-tiny-c2i", "class": 2, "seeds": _per_image_seeds(7, 1), "decoding": "lantern",
-           "draft_tokens": 2, "lantern_k": 3, "lantern_delta": 0.5}  # fmt: skip
+    job = {
+        "preset": "test-tiny-c2i",
+        "class": 2,
+        "seeds": _per_image_seeds(7, 1),
+        "decoding": "lantern",
+        "draft_tokens": 2,
+        "lantern_k": 3,
+        "lantern_delta": 0.5,
+    }
     (tmp_path / "jobs.jsonl").write_text(json.dumps(job) + "\n")
     assert (
         main(["render", str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / "job"), "--no-progress"]) == 0
@@ -310,21 +339,39 @@ def test_generate_decodes_with_the_strategy_and_knobs_given(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--lantern-k", "3"], "--lantern-k=3 does not apply to --decoding ar (it takes no knob flags); "
-                               "--lantern-k is for --decoding lantern"),
-        (["--decoding", "speculative", "--lantern-delta", "0.1"],
-         "--lantern-delta=0.1 does not apply to --decoding speculative (it takes --draft-tokens)"),
-        (["--decoding", "lantern", "--lantern-k", "0"], "--lantern-k: lantern_k=0 is out of range: allowed are [1, 4096]"),
-        (["--decoding", "speculative", "--draft-tokens", "17"], "draft_tokens=17 is out of range: allowed are [1, 16]"),
-        (["--decoding", "dd1", "--dd-hybrid-start", "2"], "--dd-hybrid-start=2 does not apply to --decoding dd1 (it "
-                                                          "takes --num-inference-steps)"),
+        (
+            ["--lantern-k", "3"],
+            "--lantern-k=3 does not apply to --decoding ar (it takes no knob flags); "
+            "--lantern-k is for --decoding lantern",
+        ),
+        (
+            ["--decoding", "speculative", "--lantern-delta", "0.1"],
+            "--lantern-delta=0.1 does not apply to --decoding speculative (it takes --draft-tokens)",
+        ),
+        (
+            ["--decoding", "lantern", "--lantern-k", "0"],
+            "--lantern-k: lantern_k=0 is out of range: allowed are [1, 4096]",
+        ),
+        (
+            ["--decoding", "speculative", "--draft-tokens", "17"],
+            "draft_tokens=17 is out of range: allowed are [1, 16]",
+        ),
+        (
+            ["--decoding", "dd1", "--dd-hybrid-start", "2"],
+            "--dd-hybrid-start=2 does not apply to --decoding dd1 (it takes --num-inference-steps)",
+        ),
         (["--decoding", "dd2", "--num-inference-steps", "3"], "num_inference_steps=3 is out of range"),
-        (["--preset", "test-tiny-video", "--decoding", "ar", "--draft-tokens", "2"],
-         "--decoding, --draft-tokens: video presets take none of these"),
-        (["--preset", "test-tiny-video", "--cfg-interval", "0", "0.5"], "--cfg-interval: video presets take none"),
+        (
+            ["--preset", "test-tiny-video", "--decoding", "ar", "--draft-tokens", "2"],
+            "--decoding, --draft-tokens: video presets take none of these",
+        ),
+        (
+            ["--preset", "test-tiny-video", "--cfg-interval", "0", "0.5"],
+            "--cfg-interval: video presets take none",
+        ),
         (["--cfg-interval", "0.6", "0.5"], "cfg_interval=(0.6, 0.5) is not allowed"),
     ],
-)  # fmt: skip
+)
 def test_decoding_flags_are_checked_before_any_work(args, message, tmp_path, capsys):
     assert main([*TINY, *args, "--out", str(tmp_path / "out")]) == 2
     assert message in _one_line_error(capsys)
@@ -334,14 +381,29 @@ def test_decoding_flags_are_checked_before_any_work(args, message, tmp_path, cap
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--preset", "test-tiny-continuous", "--decoding", "lantern"],
-         "decoding='lantern' is not available for preset 'test-tiny-continuous' (its generator makes vector tokens"),
-        (["--decoding", "dd1", "--temperature", "0.5"], "temperature=0.5 cannot apply (use decoding='dd1_hybrid'"),
+        (
+            ["--preset", "test-tiny-continuous", "--decoding", "lantern"],
+            "decoding='lantern' is not available for preset 'test-tiny-continuous' (its generator makes vector tokens",
+        ),
+        (
+            ["--decoding", "dd1", "--temperature", "0.5"],
+            "temperature=0.5 cannot apply (use decoding='dd1_hybrid'",
+        ),
         (["--decoding", "continuous_speculative", "--cfg-interval", "0.2", "0.8"], "is not available"),
-        (["--preset", "test-tiny-continuous", "--decoding", "continuous_speculative", "--cfg-interval", "0.2", "0.8"],
-         "cannot apply cfg_interval=(0.2, 0.8) (its draft-and-verify rounds guide every token)"),
+        (
+            [
+                "--preset",
+                "test-tiny-continuous",
+                "--decoding",
+                "continuous_speculative",
+                "--cfg-interval",
+                "0.2",
+                "0.8",
+            ],
+            "cannot apply cfg_interval=(0.2, 0.8) (its draft-and-verify rounds guide every token)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_strategy_or_setting_the_preset_cannot_run_is_refused_with_the_reason(
     args, message, tmp_path, capsys
 ):

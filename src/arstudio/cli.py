@@ -364,8 +364,14 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--cfg-interval", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="guide only tokens in this fraction of the image, 0 <= LO <= HI <= 1 (default 0 1)")  # fmt: skip
+    p.add_argument(
+        "--cfg-interval",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="guide only tokens in this fraction of the image, 0 <= LO <= HI <= 1 (default 0 1)",
+    )
     p.late_arguments = [_add_decoding_flags]  # from the strategy registry, which imports torch
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_loading_flags(p)
@@ -410,20 +416,31 @@ def _add_decoding_flags(p) -> None:
     from arstudio.decoding.strategies import STRATEGIES
 
     group = p.add_argument_group("decoding (a knob applies to the strategies named in its help)")
-    group.add_argument("--decoding", choices=tuple(STRATEGIES), default=None,
-                       help="decoding strategy (default: ar); the preset must offer it")  # fmt: skip
+    group.add_argument(
+        "--decoding",
+        choices=tuple(STRATEGIES),
+        default=None,
+        help="decoding strategy (default: ar); the preset must offer it",
+    )
     takers: dict[str, dict] = {}  # knob name -> {knob (name, range, default, help): [strategy names]}
     for strategy in STRATEGIES.values():
         for knob in strategy.knobs:
             takers.setdefault(knob.name, {}).setdefault(knob, []).append(strategy.name)
     for name, knobs in takers.items():
-        parts = [f"{'/'.join(names)}: {k.help}, in [{k.low:g}, {k.high:g}], default {k.default:g}"
-                 for k, names in knobs.items()]  # fmt: skip
+        parts = [
+            f"{'/'.join(names)}: {k.help}, in [{k.low:g}, {k.high:g}], default {k.default:g}"
+            for k, names in knobs.items()
+        ]
         if name in PIPELINE_KNOBS:
             parts.insert(0, "diffusion/flow heads: denoising steps per token (default: the preset's)")
         integer = all(k.integer for k in knobs)
-        group.add_argument(_flag(name), type=int if integer else float, default=None, help="; ".join(parts),
-                           metavar="N" if integer else "X")  # fmt: skip
+        group.add_argument(
+            _flag(name),
+            type=int if integer else float,
+            default=None,
+            help="; ".join(parts),
+            metavar="N" if integer else "X",
+        )
 
 
 def _knob_flags_given(args) -> dict:
