@@ -197,6 +197,17 @@ def _instructions(preset: Preset) -> str:
         f"  * or, online, let arstudio download and convert them once (into {converted_dir(preset)}): "
         f"load_pipeline({preset.name!r}, download=True), or on the command line "
         f"`python -m arstudio.convert.hub {preset.name}`."
+        + (_text_encoder_note(preset) if preset.text_encoder == "flan-t5-xl" else "")
+    )
+
+
+def _text_encoder_note(preset: Preset) -> str:
+    from arstudio.convert.llamagen_t2i import T5_FOLDER, T5_NAME
+
+    return (
+        f"\n  The text encoder {T5_NAME} is separate: put a copy in a {T5_FOLDER}/ folder beside the files "
+        f"(`hf download {T5_NAME} --local-dir <folder>/{T5_FOLDER}`), or have it in the Hugging Face cache; "
+        "download=True fetches it too."
     )
 
 
