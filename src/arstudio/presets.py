@@ -27,6 +27,21 @@ WEIGHTS_ROOT = Path(__file__).parent / "weights"
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """An optional component of a hub preset published elsewhere, e.g. Distilled Decoding's model of a LlamaGen
+    generator: ``component`` names the pipeline component (a decoding strategy's ``needs``: "dd1", "drafter")."""
+
+    component: str
+    repo_id: str
+    filename: str  # path in that repository; a local folder may hold it under this path or its base name
+    revision: str = "main"
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repo_id}/resolve/{self.revision}/{self.filename}"
+
+
+@dataclass(frozen=True)
 class HubWeights:
     """Where a hub preset's official checkpoint files live and how they become our modules."""
 
@@ -35,6 +50,7 @@ class HubWeights:
     generator_file: str
     revision: str = "main"
     converter: str = "llamagen"  # key of arstudio.convert.hub.CONVERTERS
+    extras: tuple[HubFile, ...] = ()  # optional components (used when found; fetched with download=True)
 
     @property
     def files(self) -> dict[str, str]:
@@ -198,6 +214,9 @@ register_preset(
 # with 1.65 (the 384 px models sampled at 384 and resized to 256 for FID), and sample_c2i_ddp.py (the FID
 # sampler) defaults to top-k 0, temperature 1.0, top-p 1.0. ImageNet class names are not shipped: pass
 # class_labels (0..999).
+# Distilled Decoding (microsoft/distilled_decoding) released one-/two-step models of the 256 px B and L teachers:
+# decoding="dd1" (1 or 2 steps) and "dd1_hybrid" (teacher-involved) when the file is found beside the others.
+LLAMAGEN_DD_FILES = {("B", 256): "LlamaGen-DD/llamagen-B.pt", ("L", 256): "LlamaGen-DD/llamagen-L.pt"}
 LLAMAGEN_C2I = (  # (size, resolution, params, FID at 256, guidance)
     ("B", 256, "111M", "5.46", 2.0),
     ("B", 384, "111M", "6.09", 2.0),
@@ -220,6 +239,9 @@ for _size, _res, _params, _fid, _cfg in LLAMAGEN_C2I:
                 repo_id="FoundationVision/LlamaGen",
                 tokenizer_file="vq_ds16_c2i.pt",
                 generator_file=f"c2i_{_size}_{_res}.pt",
+                extras=(HubFile("dd1", "microsoft/distilled_decoding", LLAMAGEN_DD_FILES[_size, _res]),)
+                if (_size, _res) in LLAMAGEN_DD_FILES
+                else (),
             ),
             defaults={"guidance_scale": _cfg, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
         )

@@ -255,7 +255,7 @@ def load_pipeline(
     if decoding_models:  # only the components some strategy can run with (each strategy's ``supports``)
         wanted = wanted_components(generator, tokenizer)
         drafter = _load_drafter(preset, generator, source, device, fp32) if "drafter" in wanted else None
-        distilled = _load_distilled(preset, generator, tokenizer, source, device, fp32, wanted)
+        distilled = _load_distilled(preset, generator, tokenizer, source, device, load_dtype, wanted)
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
     distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}
@@ -284,7 +284,8 @@ def _accelerate(pipe, compile: bool | str, attention_backend: str):
 def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype, wanted) -> dict:
     """The ``wanted`` distilled-decoding models: ``dd1/`` and ``dd2/`` beside the generator (checked to be
     distilled from this generator and tokenizer); for random presets, seeded DD models made from the random
-    generator (so tests run the samplers); none for hub presets."""
+    generator (so tests run the samplers); for hub presets, the published ones found with the weights
+    (``HubWeights.extras``: Distilled Decoding's LlamaGen-DD B and L)."""
     models = {}
     for offset, method in enumerate(("dd1", "dd2")):
         if method not in wanted:
@@ -295,6 +296,10 @@ def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype,
         elif isinstance(source, Path) and (source / method).is_dir():
             model = DDGenerator.from_pretrained(source / method)
             model.check_pairing(generator, tokenizer)
+        elif source is not None and not isinstance(source, Path) and method in source.extras:
+            from arstudio.convert.hub import load_extra
+
+            model = load_extra(preset, method, source.extras[method], generator, tokenizer, dtype, device)
         else:
             continue
         models[method] = model.to(device=device, dtype=dtype).eval()
