@@ -35,6 +35,12 @@ class HubFile:
     repo_id: str
     filename: str  # path in that repository; a local folder may hold it under this path or its base name
     revision: str = "main"
+    folder: str = ""  # locally, the repository's files sit in this subfolder of the weights folder (if set)
+    alternatives: tuple[str, ...] = ()  # other names the file may have in the repository, tried in order
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.filename, *self.alternatives)
 
     @property
     def url(self) -> str:
@@ -252,6 +258,14 @@ del _size, _res, _params, _fid, _cfg
 # 50M at 256 px; stage II: 10M internal high-aesthetic images at 512 px. Defaults from sample_t2i.py: CFG 7.5, top-k
 # 1000, temperature 1.0, top-p 1.0. The text encoder (google/flan-t5-xl) comes from transformers, see
 # arstudio.convert.llamagen_t2i.FlanT5TextEncoder.
+# LANTERN's EAGLE drafters (jadohu/llamagen_drafter, llamagen2_drafter): decoding="speculative" / "lantern" when
+# found in a <name>/ folder beside the files (`hf download jadohu/llamagen_drafter --local-dir <folder>/llamagen_drafter`).
+LANTERN_DRAFTERS = {
+    res: HubFile(
+        "drafter", f"jadohu/{name}", "pytorch_model.bin", folder=name, alternatives=("model.safetensors",)
+    )
+    for res, name in ((256, "llamagen_drafter"), (512, "llamagen2_drafter"))
+}
 for _stage, _res, _data in (("1", 256, "LAION-COCO 50M"), ("2", 512, "10M internal high-aesthetic images")):
     register_preset(
         Preset(
@@ -267,6 +281,7 @@ for _stage, _res, _data in (("1", 256, "LAION-COCO 50M"), ("2", 512, "10M intern
                 tokenizer_file="vq_ds16_t2i.pt",
                 generator_file=f"t2i_XL_stage{_stage}_{_res}.pt",
                 converter="llamagen-t2i",
+                extras=(LANTERN_DRAFTERS[_res],),
             ),
             defaults={"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0},
         )

@@ -145,10 +145,13 @@ def _extras_in(folder: Path, preset: Preset) -> dict[str, Path]:
     """The optional components in ``folder``: each under its path in its repository or its base name."""
     found = {}
     for extra in _hub(preset).extras:
-        for path in (folder / extra.filename, folder / Path(extra.filename).name):
-            if path.is_file():
-                found[extra.component] = path
-                break
+        if extra.folder:  # a copy of the repository (several files): only in its own subfolder
+            places = [folder / extra.folder / name for name in extra.names]
+        else:
+            places = [folder / extra.filename, folder / Path(extra.filename).name]
+        path = next((place for place in places if place.is_file()), None)
+        if path is not None:
+            found[extra.component] = path
     return found
 
 
@@ -163,10 +166,12 @@ def _with_cached_extras(source: WeightsSource, preset: Preset) -> WeightsSource:
         return source
     extras = dict(source.extras)
     for extra in missing:
-        try:
-            extras[extra.component] = _hf_download(extra, extra.filename, local_files_only=True)
-        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, FileNotFoundError):
-            continue
+        for name in extra.names:
+            try:
+                extras[extra.component] = _hf_download(extra, name, local_files_only=True)
+                break
+            except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, FileNotFoundError):
+                continue
     return replace(source, extras=extras)
 
 
@@ -205,6 +210,16 @@ def _hf_download(hub: HubWeights | HubFile, filename: str, local_files_only: boo
     )
 
 
+def _hf_download_any(where, names: tuple[str, ...], local_files_only: bool, errors) -> Path:
+    """The first of ``names`` the repository has (a file published under one of several names)."""
+    for name in names[:-1]:
+        try:
+            return _hf_download(where, name, local_files_only)
+        except errors.EntryNotFoundError:
+            continue
+    return _hf_download(where, names[-1], local_files_only)
+
+
 def _from_hf_cache(preset: Preset) -> WeightsSource | None:
     """The official files if the Hugging Face cache already holds them; never touches the network."""
     try:
@@ -239,10 +254,16 @@ def _instructions(preset: Preset) -> str:
 
 
 def _extra_note(extra: HubFile) -> str:
+    uses = {"drafter": "'speculative' / 'lantern'"}.get(extra.component, repr(extra.component))
+    where = (
+        f"in a {extra.folder}/ folder beside the files above (`hf download {extra.repo_id} --local-dir "
+        f"<folder>/{extra.folder}`)"
+        if extra.folder
+        else f"beside the files above (under that path or as {Path(extra.filename).name})"
+    )
     return (
-        f"\n  Optional, for decoding={extra.component!r}: {extra.filename} from https://huggingface.co/"
-        f"{extra.repo_id} ({extra.url}), beside the files above (under that path or as "
-        f"{Path(extra.filename).name}); download=True fetches it too."
+        f"\n  Optional, for decoding={uses}: {extra.filename} from https://huggingface.co/{extra.repo_id} "
+        f"({extra.url}), {where}; download=True fetches it too."
     )
 
 
@@ -328,12 +349,12 @@ def download_and_convert(preset: Preset) -> WeightsSource:
     except ImportError:  # pragma: no cover - huggingface_hub < 1.0 uses requests (its errors are OSErrors)
         pass
     paths = {}
-    wanted = [(part, hub, filename) for part, filename in hub.files.items()]
-    wanted += [(extra.component, extra, extra.filename) for extra in hub.extras]
-    for part, where, filename in wanted:
+    wanted = [(part, hub, filename, ()) for part, filename in hub.files.items()]
+    wanted += [(extra.component, extra, extra.filename, extra.alternatives) for extra in hub.extras]
+    for part, where, filename, alternatives in wanted:
         try:
             # Offline, only the Hugging Face cache is read: no request leaves the machine.
-            paths[part] = _hf_download(where, filename, local_files_only=offline is not None)
+            paths[part] = _hf_download_any(where, (filename, *alternatives), offline is not None, errors)
         except unreachable as err:
             reason = (
                 f"{offline}=1 is set, so the Hub is offline and {filename} is not in the Hugging Face cache"
@@ -358,8 +379,8 @@ def download_and_convert(preset: Preset) -> WeightsSource:
         converter_for(preset).to_pretrained(
             paths["tokenizer"], paths["generator"], tmp, gpt_model=preset.generator, vq_model=preset.tokenizer
         )
-        for extra in hub.extras:  # optional components stay official files, found by base name
-            keep_official_file(paths[extra.component], tmp)
+        for extra in hub.extras:  # optional components stay official files, found where a local copy would be
+            keep_official_file(paths[extra.component], tmp / extra.folder)
         source = {"repo_id": hub.repo_id, "revision": hub.revision, "files": hub.files,
                   "extras": {extra.component: extra.url for extra in hub.extras}}  # fmt: skip
         (tmp / "source.json").write_text(json.dumps(source, indent=2))
@@ -385,8 +406,14 @@ def _load_dd1(preset: Preset, path: Path, generator, tokenizer, dtype, device):
     return load_llamagen_dd(path, config, dtype=dtype, device=device)
 
 
+def _load_lantern(preset: Preset, path: Path, generator, tokenizer, dtype, device):
+    from arstudio.convert.lantern import load_lantern_drafter
+
+    return load_lantern_drafter(path, generator, dtype=dtype, device=device)
+
+
 # component -> (preset, official file, loaded generator, tokenizer, dtype, device) -> module
-EXTRA_LOADERS = {"dd1": _load_dd1}
+EXTRA_LOADERS = {"dd1": _load_dd1, "drafter": _load_lantern}
 
 
 def load_extra(preset: Preset, component: str, path: Path, generator, tokenizer, dtype=None, device=None):

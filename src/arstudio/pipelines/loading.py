@@ -254,7 +254,9 @@ def load_pipeline(
     drafter, distilled = None, {}
     if decoding_models:  # only the components some strategy can run with (each strategy's ``supports``)
         wanted = wanted_components(generator, tokenizer)
-        drafter = _load_drafter(preset, generator, source, device, fp32) if "drafter" in wanted else None
+        drafter = (
+            _load_drafter(preset, generator, source, device, load_dtype) if "drafter" in wanted else None
+        )
         distilled = _load_distilled(preset, generator, tokenizer, source, device, load_dtype, wanted)
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
@@ -310,7 +312,7 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
     """The speculative-decoding drafter: ``drafter/`` beside the generator when there is one, either an
     EAGLE-style ``Drafter`` (checked to be trained for this generator) or an independent small
     ``ImageGenerator`` (checked to share its tokens and condition); a seeded random ``Drafter`` for random
-    presets; none for hub presets."""
+    presets; for hub presets, a published one found with the weights (``HubWeights.extras``: LANTERN's)."""
     if generator.token_kind != "discrete":
         return _load_continuous_draft_model(preset, generator, source, device, dtype)
     if source is None:
@@ -326,6 +328,10 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
             check_draft_model(generator, drafter)
         else:
             raise ValueError(f"{folder} holds a {kind!r}; a drafter is a 'Drafter' or an 'ImageGenerator'")
+    elif source is not None and not isinstance(source, Path) and "drafter" in source.extras:
+        from arstudio.convert.hub import load_extra
+
+        drafter = load_extra(preset, "drafter", source.extras["drafter"], generator, None, dtype, device)
     else:
         return None
     return drafter.to(device=device, dtype=dtype).eval()
