@@ -38,6 +38,7 @@ from arstudio.convert.llamagen import (
     unwrapped_keys,
 )
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
+from arstudio.generators.text_encoders import REGISTERED_ENCODERS, check_prompts
 
 T5_NAME = "google/flan-t5-xl"
 T5_FOLDER = "flan-t5-xl"  # a local copy inside a preset's weights folder: weights/flan-t5-xl/
@@ -232,8 +233,6 @@ class FlanT5TextEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts) -> torch.Tensor:
-        from arstudio.generators.text_encoders import check_prompts
-
         texts = [clean_caption(p) for p in check_prompts(prompts)]
         batch = self.tokenizer(texts, max_length=self.max_tokens, padding="max_length", truncation=True,
                                return_attention_mask=True, add_special_tokens=True, return_tensors="pt")  # fmt: skip
@@ -257,6 +256,9 @@ def load_flan_t5(max_tokens: int = TEXT_LEN, folders=(), download: bool = False,
     return FlanT5TextEncoder.from_pretrained(
         T5_NAME, max_tokens, download=download, dtype=dtype, device=device
     )
+
+
+REGISTERED_ENCODERS[T5_FOLDER] = load_flan_t5  # load_text_encoder("flan-t5-xl", ...)
 
 
 def left_pad(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
