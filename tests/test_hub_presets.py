@@ -393,3 +393,28 @@ def test_hub_weights_load_straight_in_the_asked_dtype_and_bounded(official_dir, 
     assert [(Path(eval(source)).parent.name, dtype) for source, dtype in casts] == [
         ("tokenizer", torch.bfloat16), ("generator", torch.bfloat16)]  # fmt: skip
     assert torch.equal(sample(pipe).tokens, sample(again).tokens)
+
+
+def test_presets_command_shows_size_resolution_download_and_local_copy(official_dir, monkeypatch, capsys):
+    from arstudio.cli import main
+
+    assert main(["presets"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "3.1B  384 px  hub: needs weights (download 13 GB est.)" in lines["llamagen-3b-384"]
+    assert "random init" in lines["test-tiny-c2i"] and "2.9M  32 px   shipped weights" in lines["shapes-c2i"]
+    assert "hub: needs weights (download" in lines[TINY]
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(official_dir))
+    assert main(["presets"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(TINY + " "))
+    size = hub.human_size(sum((official_dir / n).stat().st_size for n in TINY_HUB.files.values()), "B")
+    assert f"hub: local copy ({size})" in line
+
+
+def test_studio_marks_presets_that_need_weights(official_dir, monkeypatch):
+    from arstudio.ui.controls import NEEDS_WEIGHTS, preset_choices
+
+    choices = dict((value, label) for label, value in preset_choices(["llamagen-b-256", "shapes-c2i", TINY]))
+    assert choices == {"llamagen-b-256": "llamagen-b-256" + NEEDS_WEIGHTS, "shapes-c2i": "shapes-c2i",
+                       TINY: TINY + NEEDS_WEIGHTS}  # fmt: skip
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(official_dir))
+    assert dict((v, lab) for lab, v in preset_choices([TINY]))[TINY] == TINY

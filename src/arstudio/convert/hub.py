@@ -34,8 +34,6 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
 from arstudio.convert.llamagen import convert_llamagen_to_pretrained, load_llamagen_gpt, load_llamagen_vq
 from arstudio.convert.llamagen_t2i import load_llamagen_t2i
 from arstudio.presets import HubFile, HubWeights, Preset
@@ -466,7 +464,11 @@ def _parameter_counts(preset: Preset) -> tuple[int, int]:
         ContinuousGeneratorConfig: ContinuousImageGenerator,
     }
     tokenizer_classes = {KLConfig: KLTokenizer, BridgeConfig: BridgeTokenizer}
-    with torch.device("meta"):  # a 3B model in no memory and no time
+    from arstudio.convert.checkpoint import parameters_on_meta
+
+    # Parameters on meta: a 3B model in no memory and no time. Buffers are computed for real (under
+    # torch.device("meta") the bridge head's bin table, which reads a value, could not be built).
+    with parameters_on_meta():
         generator = generator_classes.get(type(preset.generator), ImageGenerator)(preset.generator)
         tokenizer = tokenizer_classes.get(type(preset.tokenizer), VQTokenizer)(preset.tokenizer)
     return tuple(sum(p.numel() for p in model.parameters()) for model in (generator, tokenizer))
@@ -476,6 +478,32 @@ def _shipped_state(preset: Preset) -> str:
     if preset.weights is None:
         return "random"
     return "shipped" if (preset.weights_dir / "generator").is_dir() else "untrained"
+
+
+def needs_weights(preset: Preset | str) -> bool:
+    """A hub preset without a local copy of its files (``PresetFacts.needs_weights`` without counting
+    parameters: cheap enough for the studio's preset list)."""
+    if isinstance(preset, str):
+        from arstudio.presets import get_preset
+
+        preset = get_preset(preset)
+    if preset.hub is None:
+        return False
+    try:
+        resolve_weights(preset)
+    except HubWeightsNotFoundError:
+        return True
+    return False
+
+
+def human_size(count: float, unit: str = "") -> str:
+    """3.1e9 -> '3.1B', 1.2e7 -> '12M' (parameters); with unit 'B': bytes, '12.4 GB'."""
+    for scale, suffix in ((1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            value = count / scale
+            text = f"{value:.1f}" if value < 10 else f"{value:.0f}"
+            return f"{text} {suffix}{unit}" if unit else f"{text}{suffix}"
+    return f"{count:.0f} {unit}" if unit else f"{count:.0f}"
 
 
 def preset_facts(preset: Preset | str) -> PresetFacts:
