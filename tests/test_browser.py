@@ -116,7 +116,7 @@ def test_image_tab_a_preset_without_weights_says_why_and_keeps_the_form(open_pag
     page = open_page()
     page.click("#generate")
     wait_text(page, "#status", r"image\(s\) in")
-    pick(page, "#preset", "llamagen-b-256")
+    pick(page, "#preset", "llamagen-b-256 (needs weights)")  # marked in the list: no local copy
     notice = wait_text(page, "#preset-notice", "cannot be loaded")
     assert f"the form stays on {PRESET}" in notice and "ARSTUDIO_WEIGHTS_DIR" in notice  # why, and the fix
     assert page.locator("#preset input").input_value() == PRESET  # back on the preset it had, not stuck

@@ -168,6 +168,23 @@ def tiny_t5(dim=TEXT_DIM):
     return T5EncoderModel(config)
 
 
+def save_tiny_t5(folder, dim=TEXT_DIM):
+    """A tiny random ``T5EncoderModel`` and a word-level fast tokenizer saved as a Hugging Face folder (what
+    ``hf download google/flan-t5-xl --local-dir`` gives, in miniature): loadable offline by the real code path."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = WordTokenizer.words + ["<unk>"]
+    table = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    table.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    table.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=table, pad_token="<pad>", eos_token="</s>",
+                                        unk_token="<unk>")  # fmt: skip
+    tokenizer.save_pretrained(folder)
+    tiny_t5(dim).save_pretrained(folder)
+    return folder
+
+
 def test_flan_t5_states_are_left_padded_and_zeroed_like_llamagen():
     encoder = FlanT5TextEncoder(tiny_t5(), WordTokenizer(), max_tokens=TEXT_LEN)
     states = encoder(["A red cat", "  the   blue dog on a mat  "])
@@ -194,3 +211,16 @@ def test_flan_t5_is_never_downloaded_unasked(tmp_path, monkeypatch):
         FileNotFoundError, match=r"'google/flan-t5-xl' .* not on this machine .*download=True"
     ):
         FlanT5TextEncoder.from_pretrained()
+
+
+def test_flan_t5_from_a_local_folder_is_the_same_encoder(tmp_path):
+    """``load_flan_t5`` takes ``<folder>/flan-t5-xl/`` (here a tiny T5 saved by transformers) before the Hugging
+    Face cache, and its states are the in-memory encoder's."""
+    from arstudio.convert.llamagen_t2i import load_flan_t5
+
+    save_tiny_t5(tmp_path / "flan-t5-xl")
+    encoder = load_flan_t5(TEXT_LEN, folders=[tmp_path / "elsewhere", tmp_path])
+    direct = FlanT5TextEncoder(tiny_t5(), WordTokenizer(), max_tokens=TEXT_LEN)
+    prompts = ["A red cat", "the blue dog"]
+    assert (encoder(prompts) - direct(prompts)).abs().max() < 1e-6
+    assert load_flan_t5(TEXT_LEN, folders=[tmp_path], dtype=torch.float16).model.dtype == torch.bfloat16

@@ -304,3 +304,117 @@ def test_preset_facts_for_listings(official_dir, monkeypatch):
     assert (shipped.weights, shipped.local, shipped.download_bytes, shipped.resolution, shipped.grid) == (
         "shipped", True, 0, 32, 8)  # fmt: skip
     assert (random.weights, random.needs_weights) == ("random", False)
+
+
+@pytest.fixture
+def t2i_hub(tmp_path, monkeypatch):
+    """A tiny t2i hub preset with LlamaGen's converter and FLAN-T5 text side, and a folder of its official files
+    plus a tiny T5 in flan-t5-xl/ (as ``hf download google/flan-t5-xl --local-dir`` lays it out)."""
+    from tests.test_convert_llamagen_t2i import official_t2i_state, save_tiny_t5, tiny_config
+
+    folder = tmp_path / "t2i-official"
+    folder.mkdir()
+    torch.save({"model": official_vq_state(1)}, folder / "vq_t2i.pt")
+    torch.save({"model": official_t2i_state(), "args": __import__("argparse").Namespace(gpt_model="GPT-XL")},
+               folder / "t2i_tiny.pt")  # fmt: skip
+    save_tiny_t5(folder / "flan-t5-xl")
+    t2i = HubWeights(repo_id="example/t2i", tokenizer_file="vq_t2i.pt", generator_file="t2i_tiny.pt",
+                     converter="llamagen-t2i")  # fmt: skip
+    preset = Preset(name="test-tiny-hub-t2i", description="", task="text-to-image", tokenizer=VQ_CFG,
+                    generator=tiny_config(), hub=t2i, text_encoder="flan-t5-xl",
+                    defaults={"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0})  # fmt: skip
+    monkeypatch.setitem(presets._REGISTRY, preset.name, preset)
+    return folder
+
+
+def test_t2i_preset_runs_end_to_end_from_a_folder_of_official_files(t2i_hub):
+    from arstudio.convert.llamagen_t2i import FlanT5TextEncoder, LlamaGenT2IGenerator
+
+    pipe = load_pipeline("test-tiny-hub-t2i", device="cpu", weights=t2i_hub)
+    assert isinstance(pipe.generator, LlamaGenT2IGenerator) and isinstance(
+        pipe.text_encoder, FlanT5TextEncoder
+    )
+    out = pipe(prompt=["a red cat", "the blue dog on the mat"], generator=torch.Generator().manual_seed(0),
+               output_type="np")  # fmt: skip
+    assert len(out.images) == 2 and out.images[0].shape == (8, 8, 3)
+    assert out.metadata[0]["guidance_scale"] == 7.5
+    again = load_pipeline("test-tiny-hub-t2i", device="cpu", weights=t2i_hub)(
+        prompt=["a red cat", "the blue dog on the mat"],
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
+    assert torch.equal(out.tokens, again.tokens)
+
+    shutil.rmtree(t2i_hub / "flan-t5-xl")  # no local T5 and offline: says what to do, downloads nothing
+    with pytest.raises(FileNotFoundError, match=r"google/flan-t5-xl.*download=True.*flan-t5-xl/"):
+        load_pipeline("test-tiny-hub-t2i", device="cpu", weights=t2i_hub)
+
+
+def test_real_t2i_preset_takes_its_text_encoder_from_the_weights_folder(tmp_path):
+    """``llamagen-t2i-xl-256`` names "flan-t5-xl", found beside its official files; a T5 of another width is
+    refused (a 2048-wide one-layer T5 stands in for FLAN-T5-XL)."""
+    from arstudio.convert.hub import WeightsSource
+    from arstudio.pipelines.loading import _load_text_encoder
+    from tests.test_convert_llamagen_t2i import save_tiny_t5
+
+    preset = get_preset("llamagen-t2i-xl-256")
+    source = WeightsSource("official", tmp_path / "vq_ds16_t2i.pt", tmp_path / "t2i_XL_stage1_256.pt", "test")
+    save_tiny_t5(tmp_path / "flan-t5-xl", dim=2048)
+    encoder = _load_text_encoder(preset, source, "cpu", torch.float32, download=False)
+    assert encoder(["a red cat"]).shape == (1, 120, 2048)
+    shutil.rmtree(tmp_path / "flan-t5-xl")
+    save_tiny_t5(tmp_path / "flan-t5-xl", dim=16)
+    with pytest.raises(ValueError, match="gives 16-d states; its generator reads 2048-d text"):
+        _load_text_encoder(preset, source, "cpu", torch.float32, download=False)
+
+
+def test_hub_weights_load_straight_in_the_asked_dtype_and_bounded(official_dir, tmp_path, monkeypatch):
+    """Official files and the converted cache are both read one tensor at a time into the pipeline's dtype (no
+    float32 copy of a big model first): every tensor ``materialise`` casts goes straight to bfloat16."""
+    from arstudio.convert import checkpoint
+
+    casts = []
+    real = checkpoint.materialise
+
+    def spy(build, state, rename, source, dtype=None, device=None):
+        casts.append((source, dtype))
+        return real(build, state, rename, source, dtype, device)
+
+    for module in (checkpoint, __import__("arstudio.convert.llamagen", fromlist=["x"])):
+        monkeypatch.setattr(module, "materialise", spy)
+    pipe = load_pipeline(TINY, device="cpu", dtype=torch.bfloat16, weights=official_dir)
+    assert [dtype for _, dtype in casts] == [torch.bfloat16, torch.bfloat16]
+    assert {p.dtype for p in pipe.generator.parameters()} == {torch.bfloat16}
+    converted = convert_llamagen_to_pretrained(official_dir / TINY_HUB.tokenizer_file,
+                                               official_dir / TINY_HUB.generator_file, tmp_path / "converted",
+                                               gpt_model=GPT_CFG, vq_model=VQ_CFG)  # fmt: skip
+    casts.clear()
+    again = load_pipeline(TINY, device="cpu", dtype=torch.bfloat16, weights=converted)
+    assert [(Path(eval(source)).parent.name, dtype) for source, dtype in casts] == [
+        ("tokenizer", torch.bfloat16), ("generator", torch.bfloat16)]  # fmt: skip
+    assert torch.equal(sample(pipe).tokens, sample(again).tokens)
+
+
+def test_presets_command_shows_size_resolution_download_and_local_copy(official_dir, monkeypatch, capsys):
+    from arstudio.cli import main
+
+    assert main(["presets"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "3.1B  384 px  hub: needs weights (download 13 GB est.)" in lines["llamagen-3b-384"]
+    assert "random init" in lines["test-tiny-c2i"] and "2.9M  32 px   shipped weights" in lines["shapes-c2i"]
+    assert "hub: needs weights (download" in lines[TINY]
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(official_dir))
+    assert main(["presets"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(TINY + " "))
+    size = hub.human_size(sum((official_dir / n).stat().st_size for n in TINY_HUB.files.values()), "B")
+    assert f"hub: local copy ({size})" in line
+
+
+def test_studio_marks_presets_that_need_weights(official_dir, monkeypatch):
+    from arstudio.ui.controls import NEEDS_WEIGHTS, preset_choices
+
+    choices = dict((value, label) for label, value in preset_choices(["llamagen-b-256", "shapes-c2i", TINY]))
+    assert choices == {"llamagen-b-256": "llamagen-b-256" + NEEDS_WEIGHTS, "shapes-c2i": "shapes-c2i",
+                       TINY: TINY + NEEDS_WEIGHTS}  # fmt: skip
+    monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(official_dir))
+    assert dict((v, lab) for lab, v in preset_choices([TINY]))[TINY] == TINY

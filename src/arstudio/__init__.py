@@ -17,6 +17,8 @@ __all__ = [
     "VideoPipeline",
     "list_presets",
     "load_pipeline",
+    "needs_weights",
+    "preset_facts",
     "reconstruct",
     "render_batch",
 ]
@@ -27,6 +29,8 @@ _LAZY = {
     "ImageOutput": "arstudio.pipelines.image",
     "list_presets": "arstudio.presets",
     "get_preset": "arstudio.presets",
+    "preset_facts": "arstudio.convert.hub",
+    "needs_weights": "arstudio.convert.hub",
     "render_batch": "arstudio.render",
     "reconstruct": "arstudio.reconstruction",
     "RenderSummary": "arstudio.render",

@@ -636,21 +636,25 @@ def _add_presets(sub) -> None:
 
 
 def _run_presets(args) -> None:
+    """One line per preset: name, task, generator size, resolution, where the weights stand (hub presets: a
+    local copy, or "needs weights" and the download size), description."""
+    from arstudio.convert.hub import human_size, preset_facts
     from arstudio.presets import get_preset, list_presets
 
+    states = {"shipped": "shipped weights", "untrained": "not trained yet", "random": "random init"}
     rows = []
     for name in list_presets():
-        preset = get_preset(name)
-        if preset.hub:
-            source = "hub weights"
-        elif preset.weights:  # a preset may be registered before its weights are trained (docs/training.md)
-            source = "shipped weights" if (preset.weights_dir / "generator").is_dir() else "not trained yet"
+        preset, facts = get_preset(name), preset_facts(name)
+        if facts.weights != "hub":
+            weights = states[facts.weights]
         else:
-            source = "random init"
-        rows.append((name, preset.task, source, preset.description))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]  # columns as wide as their longest entry
+            size = human_size(facts.download_bytes, "B") + ("" if facts.download_exact else " est.")
+            weights = f"hub: local copy ({size})" if facts.local else f"hub: needs weights (download {size})"
+        rows.append((name, preset.task, human_size(facts.generator_params), f"{facts.resolution} px", weights,
+                     preset.description))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]  # columns as wide as their longest entry
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5])
 
 
 def _add_render(sub) -> None:

@@ -27,6 +27,27 @@ WEIGHTS_ROOT = Path(__file__).parent / "weights"
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """An optional component of a hub preset published elsewhere, e.g. Distilled Decoding's model of a LlamaGen
+    generator: ``component`` names the pipeline component (a decoding strategy's ``needs``: "dd1", "drafter")."""
+
+    component: str
+    repo_id: str
+    filename: str  # path in that repository; a local folder may hold it under this path or its base name
+    revision: str = "main"
+    folder: str = ""  # locally, the repository's files sit in this subfolder of the weights folder (if set)
+    alternatives: tuple[str, ...] = ()  # other names the file may have in the repository, tried in order
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.filename, *self.alternatives)
+
+    @property
+    def url(self) -> str:
+        return f"https://huggingface.co/{self.repo_id}/resolve/{self.revision}/{self.filename}"
+
+
+@dataclass(frozen=True)
 class HubWeights:
     """Where a hub preset's official checkpoint files live and how they become our modules."""
 
@@ -35,6 +56,7 @@ class HubWeights:
     generator_file: str
     revision: str = "main"
     converter: str = "llamagen"  # key of arstudio.convert.hub.CONVERTERS
+    extras: tuple[HubFile, ...] = ()  # optional components (used when found; fetched with download=True)
 
     @property
     def files(self) -> dict[str, str]:
@@ -198,6 +220,9 @@ register_preset(
 # with 1.65 (the 384 px models sampled at 384 and resized to 256 for FID), and sample_c2i_ddp.py (the FID
 # sampler) defaults to top-k 0, temperature 1.0, top-p 1.0. ImageNet class names are not shipped: pass
 # class_labels (0..999).
+# Distilled Decoding (microsoft/distilled_decoding) released one-/two-step models of the 256 px B and L teachers:
+# decoding="dd1" (1 or 2 steps) and "dd1_hybrid" (teacher-involved) when the file is found beside the others.
+LLAMAGEN_DD_FILES = {("B", 256): "LlamaGen-DD/llamagen-B.pt", ("L", 256): "LlamaGen-DD/llamagen-L.pt"}
 LLAMAGEN_C2I = (  # (size, resolution, params, FID at 256, guidance)
     ("B", 256, "111M", "5.46", 2.0),
     ("B", 384, "111M", "6.09", 2.0),
@@ -220,6 +245,9 @@ for _size, _res, _params, _fid, _cfg in LLAMAGEN_C2I:
                 repo_id="FoundationVision/LlamaGen",
                 tokenizer_file="vq_ds16_c2i.pt",
                 generator_file=f"c2i_{_size}_{_res}.pt",
+                extras=(HubFile("dd1", "microsoft/distilled_decoding", LLAMAGEN_DD_FILES[_size, _res]),)
+                if (_size, _res) in LLAMAGEN_DD_FILES
+                else (),
             ),
             defaults={"guidance_scale": _cfg, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
         )
@@ -230,6 +258,14 @@ del _size, _res, _params, _fid, _cfg
 # 50M at 256 px; stage II: 10M internal high-aesthetic images at 512 px. Defaults from sample_t2i.py: CFG 7.5, top-k
 # 1000, temperature 1.0, top-p 1.0. The text encoder (google/flan-t5-xl) comes from transformers, see
 # arstudio.convert.llamagen_t2i.FlanT5TextEncoder.
+# LANTERN's EAGLE drafters (jadohu/llamagen_drafter, llamagen2_drafter): decoding="speculative" / "lantern" when
+# found in a <name>/ folder beside the files (`hf download jadohu/llamagen_drafter --local-dir <folder>/llamagen_drafter`).
+LANTERN_DRAFTERS = {
+    res: HubFile(
+        "drafter", f"jadohu/{name}", "pytorch_model.bin", folder=name, alternatives=("model.safetensors",)
+    )
+    for res, name in ((256, "llamagen_drafter"), (512, "llamagen2_drafter"))
+}
 for _stage, _res, _data in (("1", 256, "LAION-COCO 50M"), ("2", 512, "10M internal high-aesthetic images")):
     register_preset(
         Preset(
@@ -245,6 +281,7 @@ for _stage, _res, _data in (("1", 256, "LAION-COCO 50M"), ("2", 512, "10M intern
                 tokenizer_file="vq_ds16_t2i.pt",
                 generator_file=f"t2i_XL_stage{_stage}_{_res}.pt",
                 converter="llamagen-t2i",
+                extras=(LANTERN_DRAFTERS[_res],),
             ),
             defaults={"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0},
         )

@@ -114,7 +114,7 @@ class SafetensorsFile(Mapping):
         return len(self.shapes)
 
 
-def load_official_checkpoint(path: str | Path, use_ema: bool = False) -> Mapping[str, torch.Tensor]:
+def load_official_checkpoint(path: str | Path, use_ema: bool | None = False) -> Mapping[str, torch.Tensor]:
     """Read an official ``.pt`` checkpoint (or a ``.safetensors`` file) as a flat state dict on CPU, its
     tensors mapped from the file rather than read into memory.
 
@@ -123,7 +123,8 @@ def load_official_checkpoint(path: str | Path, use_ema: bool = False) -> Mapping
 
     Args:
         use_ema: take ``"ema"`` (the EMA weights some training runs save) instead of ``"model"``; an error
-            if the checkpoint has none. LlamaGen's samplers use ``"model"``, hence the default.
+            if the checkpoint has none. LlamaGen's samplers use ``"model"``, hence the default. None: ``"ema"``
+            when the file has it, else as False (Distilled Decoding's samplers run with ``--ema``).
     """
     path = Path(path)
     if not path.is_file():
@@ -132,6 +133,8 @@ def load_official_checkpoint(path: str | Path, use_ema: bool = False) -> Mapping
         return SafetensorsFile(path)
     obj = torch_load(path)
     trail = []
+    if use_ema is None:
+        use_ema = isinstance(obj, dict) and "ema" in obj
     if use_ema:
         if not isinstance(obj, dict) or "ema" not in obj:
             found = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__

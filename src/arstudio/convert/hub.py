@@ -31,14 +31,12 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import torch
 
 from arstudio.convert.llamagen import convert_llamagen_to_pretrained, load_llamagen_gpt, load_llamagen_vq
 from arstudio.convert.llamagen_t2i import load_llamagen_t2i
-from arstudio.presets import HubWeights, Preset
+from arstudio.presets import HubFile, HubWeights, Preset
 
 logger = logging.getLogger(__name__)
 
@@ -60,15 +58,20 @@ def keep_official_files(tokenizer_file, generator_file, out_dir, gpt_model=None,
     """A "conversion" that keeps the official files (hard links, else copies) under their own names: for models
     whose generator class ``from_pretrained`` folders cannot name yet (LlamaGen t2i's masked generator), so the
     cache is found as the official layout and loaded by the converter, as a ``weights=`` folder would be."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for source in (Path(tokenizer_file), Path(generator_file)):
-        target = out_dir / source.name
-        try:
-            os.link(source.resolve(), target)
-        except OSError:  # another file system
-            shutil.copy2(source, target)
-    return out_dir
+    for source in (tokenizer_file, generator_file):
+        keep_official_file(source, out_dir)
+    return Path(out_dir)
+
+
+def keep_official_file(source, out_dir) -> Path:
+    """``source`` in ``out_dir`` under its own name: a hard link (no copy), else a copy (another file system)."""
+    source, target = Path(source), Path(out_dir) / Path(source).name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source.resolve(), target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
 
 
 CONVERTERS: dict[str, Converter] = {
@@ -93,6 +96,7 @@ class WeightsSource:
     tokenizer: Path
     generator: Path
     origin: str  # for messages: "weights=...", "$ARSTUDIO_WEIGHTS_DIR/...", "converted cache", ...
+    extras: dict[str, Path] = field(default_factory=dict)  # optional components found (HubWeights.extras)
 
     def path(self, part: str) -> Path:
         return {"tokenizer": self.tokenizer, "generator": self.generator}[part]
@@ -126,12 +130,47 @@ def converted_dir(preset: Preset) -> Path:
 def find_in_folder(folder: str | Path, preset: Preset) -> WeightsSource | None:
     """The weights of ``preset`` in ``folder``: our converted layout or the official files; None if neither."""
     folder = Path(folder).expanduser()
+    extras = _extras_in(folder, preset)
     if (folder / "tokenizer").is_dir() and (folder / "generator").is_dir():
-        return WeightsSource("pretrained", folder / "tokenizer", folder / "generator", str(folder))
+        return WeightsSource("pretrained", folder / "tokenizer", folder / "generator", str(folder), extras)
     files = {part: folder / name for part, name in _hub(preset).files.items()}
     if all(path.is_file() for path in files.values()):
-        return WeightsSource("official", files["tokenizer"], files["generator"], str(folder))
+        return WeightsSource("official", files["tokenizer"], files["generator"], str(folder), extras)
     return None
+
+
+def _extras_in(folder: Path, preset: Preset) -> dict[str, Path]:
+    """The optional components in ``folder``: each under its path in its repository or its base name."""
+    found = {}
+    for extra in _hub(preset).extras:
+        if extra.folder:  # a copy of the repository (several files): only in its own subfolder
+            places = [folder / extra.folder / name for name in extra.names]
+        else:
+            places = [folder / extra.filename, folder / Path(extra.filename).name]
+        path = next((place for place in places if place.is_file()), None)
+        if path is not None:
+            found[extra.component] = path
+    return found
+
+
+def _with_cached_extras(source: WeightsSource, preset: Preset) -> WeightsSource:
+    """``source`` plus the optional components it lacks that the Hugging Face cache holds (never the network)."""
+    missing = [extra for extra in _hub(preset).extras if extra.component not in source.extras]
+    if not missing:
+        return source
+    try:
+        errors = _hf_errors()
+    except ImportError:
+        return source
+    extras = dict(source.extras)
+    for extra in missing:
+        for name in extra.names:
+            try:
+                extras[extra.component] = _hf_download(extra, name, local_files_only=True)
+                break
+            except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled, FileNotFoundError):
+                continue
+    return replace(source, extras=extras)
 
 
 def _env_folders(preset: Preset) -> list[Path]:
@@ -159,7 +198,7 @@ def _hf_errors():
     return errors
 
 
-def _hf_download(hub: HubWeights, filename: str, local_files_only: bool) -> Path:
+def _hf_download(hub: HubWeights | HubFile, filename: str, local_files_only: bool) -> Path:
     import huggingface_hub  # lazy: an optional network dependency (diffusers/transformers bring it)
 
     return Path(
@@ -167,6 +206,16 @@ def _hf_download(hub: HubWeights, filename: str, local_files_only: bool) -> Path
             hub.repo_id, filename, revision=hub.revision, local_files_only=local_files_only
         )
     )
+
+
+def _hf_download_any(where, names: tuple[str, ...], local_files_only: bool, errors) -> Path:
+    """The first of ``names`` the repository has (a file published under one of several names)."""
+    for name in names[:-1]:
+        try:
+            return _hf_download(where, name, local_files_only)
+        except errors.EntryNotFoundError:
+            continue
+    return _hf_download(where, names[-1], local_files_only)
 
 
 def _from_hf_cache(preset: Preset) -> WeightsSource | None:
@@ -197,6 +246,32 @@ def _instructions(preset: Preset) -> str:
         f"  * or, online, let arstudio download and convert them once (into {converted_dir(preset)}): "
         f"load_pipeline({preset.name!r}, download=True), or on the command line "
         f"`python -m arstudio.convert.hub {preset.name}`."
+        + (_text_encoder_note(preset) if preset.text_encoder == "flan-t5-xl" else "")
+        + "".join(_extra_note(extra) for extra in hub.extras)
+    )
+
+
+def _extra_note(extra: HubFile) -> str:
+    uses = {"drafter": "'speculative' / 'lantern'"}.get(extra.component, repr(extra.component))
+    where = (
+        f"in a {extra.folder}/ folder beside the files above (`hf download {extra.repo_id} --local-dir "
+        f"<folder>/{extra.folder}`)"
+        if extra.folder
+        else f"beside the files above (under that path or as {Path(extra.filename).name})"
+    )
+    return (
+        f"\n  Optional, for decoding={uses}: {extra.filename} from https://huggingface.co/{extra.repo_id} "
+        f"({extra.url}), {where}; download=True fetches it too."
+    )
+
+
+def _text_encoder_note(preset: Preset) -> str:
+    from arstudio.convert.llamagen_t2i import T5_FOLDER, T5_NAME
+
+    return (
+        f"\n  The text encoder {T5_NAME} is separate: put a copy in a {T5_FOLDER}/ folder beside the files "
+        f"(`hf download {T5_NAME} --local-dir <folder>/{T5_FOLDER}`), or have it in the Hugging Face cache; "
+        "download=True fetches it too."
     )
 
 
@@ -229,10 +304,10 @@ def resolve_weights(
         looked.append(str(folder))
         found = find_in_folder(folder, preset)
         if found is not None:
-            return found
+            return _with_cached_extras(found, preset)
     found = _from_hf_cache(preset)
     if found is not None:
-        return found
+        return _with_cached_extras(found, preset)
     looked.append("the Hugging Face cache")
     if not download:
         env_note = "" if os.environ.get(WEIGHTS_DIR_ENV) else f" (${WEIGHTS_DIR_ENV} is not set)"
@@ -272,10 +347,12 @@ def download_and_convert(preset: Preset) -> WeightsSource:
     except ImportError:  # pragma: no cover - huggingface_hub < 1.0 uses requests (its errors are OSErrors)
         pass
     paths = {}
-    for part, filename in hub.files.items():
+    wanted = [(part, hub, filename, ()) for part, filename in hub.files.items()]
+    wanted += [(extra.component, extra, extra.filename, extra.alternatives) for extra in hub.extras]
+    for part, where, filename, alternatives in wanted:
         try:
             # Offline, only the Hugging Face cache is read: no request leaves the machine.
-            paths[part] = _hf_download(hub, filename, local_files_only=offline is not None)
+            paths[part] = _hf_download_any(where, (filename, *alternatives), offline is not None, errors)
         except unreachable as err:
             reason = (
                 f"{offline}=1 is set, so the Hub is offline and {filename} is not in the Hugging Face cache"
@@ -289,7 +366,7 @@ def download_and_convert(preset: Preset) -> WeightsSource:
             errors.EntryNotFoundError,
         ) as err:
             raise HubWeightsNotFoundError(
-                f"the Hub has no {filename} in {hub.repo_id}@{hub.revision} ({type(err).__name__}); the preset "
+                f"the Hub has no {filename} in {where.repo_id}@{where.revision} ({type(err).__name__}); the preset "
                 f"{preset.name!r} may be out of date.\n{_instructions(preset)}"
             ) from err
     out = converted_dir(preset)
@@ -300,7 +377,10 @@ def download_and_convert(preset: Preset) -> WeightsSource:
         converter_for(preset).to_pretrained(
             paths["tokenizer"], paths["generator"], tmp, gpt_model=preset.generator, vq_model=preset.tokenizer
         )
-        source = {"repo_id": hub.repo_id, "revision": hub.revision, "files": hub.files}
+        for extra in hub.extras:  # optional components stay official files, found where a local copy would be
+            keep_official_file(paths[extra.component], tmp / extra.folder)
+        source = {"repo_id": hub.repo_id, "revision": hub.revision, "files": hub.files,
+                  "extras": {extra.component: extra.url for extra in hub.extras}}  # fmt: skip
         (tmp / "source.json").write_text(json.dumps(source, indent=2))
         if out.exists():  # a converted folder the loader rejected before (e.g. an older layout)
             shutil.rmtree(out)
@@ -308,7 +388,37 @@ def download_and_convert(preset: Preset) -> WeightsSource:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     found = find_in_folder(out, preset)  # our layout, or the official files kept as they are
-    return WeightsSource(found.layout, found.tokenizer, found.generator, "converted cache (downloaded)")
+    return replace(found, origin="converted cache (downloaded)")
+
+
+def _load_dd1(preset: Preset, path: Path, generator, tokenizer, dtype, device):
+    from arstudio.convert.distilled_decoding import llamagen_dd_config, load_llamagen_dd
+    from arstudio.generators.distilled import codebook_fingerprint
+    from arstudio.generators.drafter import target_fingerprint
+
+    # The pairing is the preset's (DD's B model was distilled from c2i_B_256); fingerprinted so a saved pipeline
+    # reloads with the usual check.
+    config = llamagen_dd_config(preset.generator, token_dim=tokenizer.codebook_vectors().shape[1])
+    config = replace(config, teacher_fingerprint=target_fingerprint(generator),
+                     tokenizer_fingerprint=codebook_fingerprint(tokenizer))  # fmt: skip
+    return load_llamagen_dd(path, config, dtype=dtype, device=device)
+
+
+def _load_lantern(preset: Preset, path: Path, generator, tokenizer, dtype, device):
+    from arstudio.convert.lantern import load_lantern_drafter
+
+    return load_lantern_drafter(path, generator, dtype=dtype, device=device)
+
+
+# component -> (preset, official file, loaded generator, tokenizer, dtype, device) -> module
+EXTRA_LOADERS = {"dd1": _load_dd1, "drafter": _load_lantern}
+
+
+def load_extra(preset: Preset, component: str, path: Path, generator, tokenizer, dtype=None, device=None):
+    """An optional component of a hub preset (``HubWeights.extras``) from its official file, in bounded memory."""
+    if component not in EXTRA_LOADERS:
+        raise ValueError(f"preset {preset.name!r}: no loader for the {component!r} component")
+    return EXTRA_LOADERS[component](preset, Path(path), generator, tokenizer, dtype, device)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -354,7 +464,11 @@ def _parameter_counts(preset: Preset) -> tuple[int, int]:
         ContinuousGeneratorConfig: ContinuousImageGenerator,
     }
     tokenizer_classes = {KLConfig: KLTokenizer, BridgeConfig: BridgeTokenizer}
-    with torch.device("meta"):  # a 3B model in no memory and no time
+    from arstudio.convert.checkpoint import parameters_on_meta
+
+    # Parameters on meta: a 3B model in no memory and no time. Buffers are computed for real (under
+    # torch.device("meta") the bridge head's bin table, which reads a value, could not be built).
+    with parameters_on_meta():
         generator = generator_classes.get(type(preset.generator), ImageGenerator)(preset.generator)
         tokenizer = tokenizer_classes.get(type(preset.tokenizer), VQTokenizer)(preset.tokenizer)
     return tuple(sum(p.numel() for p in model.parameters()) for model in (generator, tokenizer))
@@ -364,6 +478,32 @@ def _shipped_state(preset: Preset) -> str:
     if preset.weights is None:
         return "random"
     return "shipped" if (preset.weights_dir / "generator").is_dir() else "untrained"
+
+
+def needs_weights(preset: Preset | str) -> bool:
+    """A hub preset without a local copy of its files (``PresetFacts.needs_weights`` without counting
+    parameters: cheap enough for the studio's preset list)."""
+    if isinstance(preset, str):
+        from arstudio.presets import get_preset
+
+        preset = get_preset(preset)
+    if preset.hub is None:
+        return False
+    try:
+        resolve_weights(preset)
+    except HubWeightsNotFoundError:
+        return True
+    return False
+
+
+def human_size(count: float, unit: str = "") -> str:
+    """3.1e9 -> '3.1B', 1.2e7 -> '12M' (parameters); with unit 'B': bytes, '12.4 GB'."""
+    for scale, suffix in ((1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            value = count / scale
+            text = f"{value:.1f}" if value < 10 else f"{value:.0f}"
+            return f"{text} {suffix}{unit}" if unit else f"{text}{suffix}"
+    return f"{count:.0f} {unit}" if unit else f"{count:.0f}"
 
 
 def preset_facts(preset: Preset | str) -> PresetFacts:

@@ -38,8 +38,10 @@ from arstudio.convert.llamagen import (
     unwrapped_keys,
 )
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
+from arstudio.generators.text_encoders import REGISTERED_ENCODERS, check_prompts
 
 T5_NAME = "google/flan-t5-xl"
+T5_FOLDER = "flan-t5-xl"  # a local copy inside a preset's weights folder: weights/flan-t5-xl/
 TEXT_LEN, TEXT_DIM = 120, 2048
 
 # Our TextConditioning key -> LlamaGen's CaptionEmbedder key (None: a bias LlamaGen does not have, loaded as zero)
@@ -219,17 +221,18 @@ class FlanT5TextEncoder(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
             model = T5EncoderModel.from_pretrained(name_or_path, local_files_only=local, torch_dtype=dtype)
         except OSError as err:
+            where = "that folder" if Path(name_or_path).is_dir() else "the Hugging Face cache"
             raise FileNotFoundError(
                 f"the text encoder {name_or_path!r} of LlamaGen's text-to-image presets is not on this machine "
-                f"(looked in the Hugging Face cache{'' if download else '; nothing is downloaded unless asked'}): "
-                f"load with download=True, or `hf download {T5_NAME}` beforehand ({type(err).__name__})"
+                f"(looked in {where}{'' if download else '; nothing is downloaded unless asked'}): load with "
+                f"download=True, or `hf download {T5_NAME}` beforehand, or put a copy in a {T5_FOLDER}/ folder "
+                f"inside the weights= folder (`hf download {T5_NAME} --local-dir <weights>/{T5_FOLDER}`) "
+                f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
             ) from err
         return cls(model.to(device or "cpu"), tokenizer, max_tokens)
 
     @torch.no_grad()
     def forward(self, prompts) -> torch.Tensor:
-        from arstudio.generators.text_encoders import check_prompts
-
         texts = [clean_caption(p) for p in check_prompts(prompts)]
         batch = self.tokenizer(texts, max_length=self.max_tokens, padding="max_length", truncation=True,
                                return_attention_mask=True, add_special_tokens=True, return_tensors="pt")  # fmt: skip
@@ -237,6 +240,25 @@ class FlanT5TextEncoder(nn.Module):
         mask = batch["attention_mask"].to(device)
         states = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask)["last_hidden_state"]
         return left_pad(states, mask)
+
+
+def load_flan_t5(max_tokens: int = TEXT_LEN, folders=(), download: bool = False,
+                 dtype: torch.dtype | None = None, device=None) -> FlanT5TextEncoder:  # fmt: skip
+    """LlamaGen's text encoder: ``<folder>/flan-t5-xl/`` for the first of ``folders`` that has one (a local copy
+    beside the official checkpoints, any T5 encoder folder: tests put a tiny one there), else google/flan-t5-xl
+    from the Hugging Face cache, downloaded only with ``download=True``. float16 runs as bfloat16 (T5's
+    activations overflow float16; LlamaGen runs it in bfloat16)."""
+    dtype = torch.bfloat16 if dtype == torch.float16 else dtype
+    for folder in folders:
+        local = Path(folder).expanduser() / T5_FOLDER
+        if local.is_dir():
+            return FlanT5TextEncoder.from_pretrained(str(local), max_tokens, dtype=dtype, device=device)
+    return FlanT5TextEncoder.from_pretrained(
+        T5_NAME, max_tokens, download=download, dtype=dtype, device=device
+    )
+
+
+REGISTERED_ENCODERS[T5_FOLDER] = load_flan_t5  # load_text_encoder("flan-t5-xl", ...)
 
 
 def left_pad(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

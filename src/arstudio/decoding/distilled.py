@@ -107,11 +107,14 @@ def sample_distilled(model, cond: torch.Tensor, noise: torch.Tensor, codebook: t
     return DecodeResult(ids, stats, out)
 
 
-def _continue(model, cond, noise, codebook, kept: torch.Tensor) -> DecodeResult:
+def _continue(
+    model, cond, noise, codebook, kept: torch.Tensor, logits_tokens: int | None = None
+) -> DecodeResult:
     """One DD forward from X_k: the kept ids (B, k) as data, the original noise after them."""
     known = kept.shape[1]
     state = torch.cat([codebook[kept].to(noise.dtype), noise[:, known:]], dim=1)  # (B, N, d)
-    ids, out = _tokens_from_outputs(*model(state, known, cond, split=True), codebook, kept)
+    outputs = model(state, known, cond, split=True, logits_tokens=logits_tokens)
+    ids, out = _tokens_from_outputs(*outputs, codebook, kept)
     return DecodeResult(ids, {}, out)
 
 
@@ -135,7 +138,9 @@ def sample_distilled_hybrid(model, teacher, cond: torch.Tensor, noise: torch.Ten
         forwards += 1
     teacher_part = teacher_flow_tokens(teacher, cond, noise, codebook, params, kept, switch, negative_cond)
     forwards += teacher_part.stats["forwards"]
-    result = _continue(model, cond, noise, codebook, teacher_part.tokens[:, :switch])
+    # DD1's release finishes the teacher-involved sampler with a later logits/vector split than its few-step one
+    split = model.config.hybrid_logits_tokens or None
+    result = _continue(model, cond, noise, codebook, teacher_part.tokens[:, :switch], split)
     forwards += 1
     stats = {"forwards": forwards, "forwards_per_image": forwards,
              "tokens_per_forward": result.tokens.shape[1] / forwards,

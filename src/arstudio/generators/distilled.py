@@ -40,6 +40,9 @@ def codebook_fingerprint(tokenizer) -> str:
     return digest.hexdigest()[:16]
 
 
+VECTOR_HEADS = ("adaln", "pixart")  # ours, and DD1's released FinalLayer (PixArtVectorHead)
+
+
 @dataclass(frozen=True)
 class DDConfig:
     vocab_size: int = 512
@@ -56,6 +59,11 @@ class DDConfig:
     method: str = "dd1"  # "dd1" (trained on the flow map's pairs) or "dd2" (conditional score distillation)
     teacher_fingerprint: str = ""
     tokenizer_fingerprint: str = ""
+    # DD1's released models (microsoft/distilled_decoding, ``convert/distilled_decoding.py``) differ in three
+    # details, kept as options so their checkpoints load as they are:
+    vector_head: str = "adaln"  # "adaln" (ours) or "pixart": DD1's FinalLayer, see PixArtVectorHead
+    flag_prefix: bool = False  # DD1's release adds the "data" flag embedding to the condition prefix too
+    hybrid_logits_tokens: int = 0  # the teacher-involved sampler's split (DD1-L: 180); 0: logits_tokens
 
     def __post_init__(self):
         check_condition_config(self)
@@ -67,6 +75,10 @@ class DDConfig:
             )
         if self.method not in ("dd1", "dd2"):
             raise ValueError(f"method={self.method!r} is not allowed: use 'dd1' or 'dd2'")
+        if self.vector_head not in VECTOR_HEADS:
+            raise ValueError(f"vector_head={self.vector_head!r} is not allowed: use one of {VECTOR_HEADS}")
+        if not 0 <= self.hybrid_logits_tokens <= n:
+            raise ValueError(f"hybrid_logits_tokens={self.hybrid_logits_tokens} must be in [0, {n}]")
 
     @classmethod
     def for_teacher(cls, teacher, tokenizer, **overrides) -> DDConfig:
@@ -102,6 +114,22 @@ class VectorHead(nn.Module):
         return self.output(self.norm(hidden) * (1 + scale) + shift).float()
 
 
+class PixArtVectorHead(nn.Module):
+    """DD1's released continuous output (``FinalLayer`` in its ``dd.py``, from PixArt): the hidden state *before*
+    the final RMSNorm, layer-normed, shifted by ``table[0] + cond`` and scaled by ``1 + table[1] + cond`` (the
+    condition embedding added as is: no SiLU/linear modulation), then projected to the token vector."""
+
+    def __init__(self, dim: int, token_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.output = nn.Linear(dim, token_dim)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+
+    def forward(self, hidden: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.scale_shift_table[None] + cond[:, None]).chunk(2, dim=1)  # (B, 1, dim) each
+        return self.output(self.norm(hidden) * (1 + scale) + shift).float()
+
+
 class DDGenerator(PrefixARGenerator):
     config_class = DDConfig
     token_kind = "distilled"
@@ -113,11 +141,13 @@ class DDGenerator(PrefixARGenerator):
         self._build_trunk(config, lambda: nn.Linear(config.token_dim, dim))
         self.flag_embedding = nn.Embedding(2, dim)  # 0: noise position, 1: data position
         self.head = CategoricalHead(dim, config.vocab_size)
-        self.vector_head = VectorHead(dim, config.token_dim)
+        head_class = PixArtVectorHead if config.vector_head == "pixart" else VectorHead
+        self.vector_head = head_class(dim, config.token_dim)
         self.apply(self._init_weights)
         nn.init.zeros_(self.head.output.weight)
-        for layer in (self.vector_head.modulation[1], self.vector_head.output):
-            nn.init.zeros_(layer.weight)
+        if config.vector_head == "adaln":
+            for layer in (self.vector_head.modulation[1], self.vector_head.output):
+                nn.init.zeros_(layer.weight)
 
     @classmethod
     def from_teacher(cls, teacher, tokenizer, **overrides) -> DDGenerator:
@@ -151,15 +181,17 @@ class DDGenerator(PrefixARGenerator):
                 )
 
     def forward(
-        self, state: torch.Tensor, known: int | torch.Tensor, cond: torch.Tensor, split: bool = False
-    ):
+        self, state: torch.Tensor, known: int | torch.Tensor, cond: torch.Tensor, split: bool = False,
+        logits_tokens: int | None = None,
+    ):  # fmt: skip
         """state (B, N, d): X_t, data vectors then noise; ``known``: t, an int or per row (B,) -> (logits
         (B, N, vocab), vectors (B, N, d)), row i predicting token i.
 
         ``split=True`` (sampling) runs each head only where the sampler reads it: logits for positions
         < ``logits_tokens`` (B, logits_tokens, vocab), vectors for the rest (B, N - logits_tokens, d). Training
         uses both heads everywhere (the other head is an auxiliary loss there); at batch 1 the unused rows
-        cost about a tenth of a millisecond, a few percent of the one-step sampler.
+        cost about a tenth of a millisecond, a few percent of the one-step sampler. ``logits_tokens`` moves
+        that split (DD1's teacher-involved sampler uses a later one); default the config's.
         """
         batch, n, d = state.shape
         if (n, d) != (self.seq_len, self.config.token_dim):
@@ -171,11 +203,25 @@ class DDGenerator(PrefixARGenerator):
         flags = (torch.arange(n, device=state.device)[None] < known[:, None]).long()  # (B, N)
         prefix = self.cls_embedding(cond)  # (B, P, dim)
         tokens = self.tok_embeddings(state.to(prefix.dtype)) + self.flag_embedding(flags)
-        hidden = self.backbone(torch.cat([prefix, tokens], dim=1))[:, self.prefix_len :]  # (B, N, dim)
+        given = prefix + self.flag_embedding.weight[1] if self.config.flag_prefix else prefix
+        hidden, head_input = self._hidden(torch.cat([given, tokens], dim=1))  # (B, N, dim) each
         if not split:
-            return self.head(hidden), self.vector_head(hidden, prefix.mean(dim=1))
-        early = self.config.logits_tokens
-        return self.head(hidden[:, :early]), self.vector_head(hidden[:, early:], prefix.mean(dim=1))
+            return self.head(hidden), self.vector_head(head_input, prefix.mean(dim=1))
+        early = self.config.logits_tokens if logits_tokens is None else logits_tokens
+        return self.head(hidden[:, :early]), self.vector_head(head_input[:, early:], prefix.mean(dim=1))
+
+    def _hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone on (B, P + N, dim) -> the token rows' final hidden states and what the vector head reads:
+        the same states, or (``pixart``) the states before the final norm."""
+        if self.config.vector_head == "adaln":
+            hidden = self.backbone(x)[:, self.prefix_len :]
+            return hidden, hidden
+        backbone = self.backbone
+        rope = backbone.rope[: x.shape[1]]
+        for layer in backbone.layers:
+            x = layer(x, rope)
+        x = x[:, self.prefix_len :]
+        return backbone.norm(x), x
 
 
 def nearest_codes(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from arstudio.generators.backbone import Backbone, BackboneConfig
+from arstudio.generators.backbone import Backbone, BackboneConfig, RMSNorm
 from arstudio.io import PretrainedMixin
 
 
@@ -44,6 +44,12 @@ def target_fingerprint(generator) -> str:
 class DrafterConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     target_fingerprint: str = ""
+    # EAGLE-1's layout, as LANTERN's published drafters keep it (``convert/lantern.py``):
+    input_norm: bool = True  # False: the first block has no attention pre-norm (EAGLE's layer 0)
+    output_norm: bool = True  # False: the prediction goes to the target's head without a final norm
+    prefix_embedding: bool = (
+        False  # True: prefix positions read one stored vector (LANTERN: token 0's embedding)
+    )
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):  # from config.json
@@ -67,6 +73,13 @@ class Drafter(PretrainedMixin, nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)
+        eps = config.backbone.norm_eps
+        if not config.input_norm:
+            self.backbone.layers[0].attention_norm = PassThroughNorm(dim, eps)
+        if not config.output_norm:
+            self.backbone.norm = PassThroughNorm(dim, eps)
+        if config.prefix_embedding:
+            self.prefix_embedding = nn.Parameter(torch.zeros(dim))
 
     def check_target(self, generator) -> None:
         checked = self.__dict__.get("_checked_target")
@@ -82,13 +95,23 @@ class Drafter(PretrainedMixin, nn.Module):
         # as a submodule (and save its weights with the drafter's).
         self.__dict__["_checked_target"] = weakref.ref(generator)
 
-    def _inputs(self, next_embeddings: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def _inputs(
+        self, next_embeddings: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        if (
+            self.config.prefix_embedding
+        ):  # positions (T,) or (B, T): where the stored vector replaces the input
+            in_prefix = (positions < self.config.backbone.prefix_len)[..., None]
+            next_embeddings = torch.where(
+                in_prefix, self.prefix_embedding.to(next_embeddings.dtype), next_embeddings
+            )
         return self.fc(torch.cat([next_embeddings, hidden.to(next_embeddings.dtype)], dim=-1))
 
     def forward(self, next_embeddings: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Training: next_embeddings, hidden (B, L, dim), position j holding (e_{j+1}, f_j) -> predicted
         f_{j+1} (B, L, dim)."""
-        return self.backbone(self._inputs(next_embeddings, hidden))
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        return self.backbone(self._inputs(next_embeddings, hidden, positions))
 
     def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
         self.backbone.setup_cache(batch_size, device, dtype, extra)
@@ -100,4 +123,12 @@ class Drafter(PretrainedMixin, nn.Module):
         self, next_embeddings: torch.Tensor, hidden: torch.Tensor, input_pos: torch.Tensor
     ) -> torch.Tensor:
         """Cached: (B, T, dim) pairs at positions ``input_pos`` ((T,) or (B, T)) -> predicted hidden (B, T, dim)."""
-        return self.backbone.step(self._inputs(next_embeddings, hidden), input_pos)
+        return self.backbone.step(self._inputs(next_embeddings, hidden, input_pos), input_pos)
+
+
+class PassThroughNorm(RMSNorm):
+    """A norm slot left empty (EAGLE's layout): returns its input. It keeps the (unused, all-ones) weight so
+    code that reads a backbone's device and dtype from its norm still works."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x

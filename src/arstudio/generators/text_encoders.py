@@ -175,15 +175,30 @@ class MiniLMTextEncoder(_TextEncoder):
 
 
 TEXT_ENCODERS = ("minilm", "tiny")
+# Encoders defined in higher layers register here when imported (importing arstudio imports them):
+# name -> loader(max_tokens, folders, download, dtype, device). "flan-t5-xl": convert/llamagen_t2i.py.
+REGISTERED_ENCODERS: dict = {}
 
 
-def load_text_encoder(name: str, max_tokens: int, device=None, phrases: int = 0) -> nn.Module:
-    """A frozen text encoder by name: "minilm" (real, 384-d) or "tiny" (tests, 32-d); ``phrases`` > 0 encodes
-    each phrase in its own slot (see the module docstring)."""
+def load_text_encoder(name: str, max_tokens: int, device=None, phrases: int = 0, folders=(),
+                      download: bool = False, dtype: torch.dtype | None = None) -> nn.Module:  # fmt: skip
+    """A frozen text encoder by name: "minilm" (real, 384-d), "tiny" (tests, 32-d) or a registered one
+    ("flan-t5-xl": LlamaGen's t2i text side, 2048-d, ``convert.llamagen_t2i.FlanT5TextEncoder``); ``phrases`` > 0
+    encodes each phrase in its own slot (see the module docstring).
+
+    Args:
+        folders, download, dtype: registered encoders only. "flan-t5-xl" is taken from the first ``folders`` entry
+            holding a ``flan-t5-xl/`` folder (a preset's weights folder), else the Hugging Face cache; downloaded
+            only with ``download=True``; ``dtype``: what it computes in (float16 runs as bfloat16).
+    """
     if name == "minilm":
         encoder = MiniLMTextEncoder(max_tokens, phrases)
     elif name == "tiny":
         encoder = TinyTextEncoder(max_tokens=max_tokens, phrases=phrases)
+    elif name in REGISTERED_ENCODERS:
+        if phrases:
+            raise ValueError(f"text encoder {name!r} encodes whole prompts: phrases must be 0, got {phrases}")
+        encoder = REGISTERED_ENCODERS[name](max_tokens, folders, download, dtype, device)
     else:
-        raise ValueError(f"unknown text encoder {name!r}; allowed: {TEXT_ENCODERS}")
+        raise ValueError(f"unknown text encoder {name!r}; allowed: {(*TEXT_ENCODERS, *REGISTERED_ENCODERS)}")
     return encoder.to(device or "cpu").eval()

@@ -92,12 +92,15 @@ def _load_component(preset: Preset, part: str, cls, config, random_init, device,
         from arstudio.convert.hub import converter_for
 
         path = source.path(part)
+        # Hub models can be big (GPT-3B: 12 GB in fp32): built on meta and filled one tensor at a time, straight
+        # in the asked dtype and on the device, so no full fp32 copy is ever held.
         if source.layout == "official":
             converter = converter_for(preset)
             load = converter.load_tokenizer if part == "tokenizer" else converter.load_generator
-            model = load(path, config)
+            model = load(path, config, dtype=dtype, device=device)
         else:
-            model = _from_folder(cls, path, config, f"the {part} in {path} ({source.origin})", preset)
+            model = _from_folder(cls, path, config, f"the {part} in {path} ({source.origin})", preset,
+                                 bounded=(dtype, device))  # fmt: skip
     else:
         if not (source / part).is_dir():
             raise FileNotFoundError(
@@ -108,12 +111,36 @@ def _load_component(preset: Preset, part: str, cls, config, random_init, device,
     return model.to(device=device, dtype=dtype).eval()
 
 
-def _from_folder(cls, path: Path, config, what: str, preset: Preset):
+def _load_text_encoder(preset: Preset, source, device, dtype, download: bool):
+    """The preset's text encoder; a hub preset's (FLAN-T5-XL) may sit beside its weights (``flan-t5-xl/``),
+    else comes from the Hugging Face cache, or a download when asked. Refused unless its width is the
+    generator's text width."""
+    folders = []
+    if source is not None and not isinstance(source, Path):  # a hub WeightsSource
+        folders = [source.generator.parent, source.tokenizer.parent]
+    encoder = load_text_encoder(preset.text_encoder, preset.text_len, device, preset.text_phrases,
+                                folders=folders, download=download, dtype=dtype)  # fmt: skip
+    expected = preset.generator.text_dim
+    if getattr(encoder, "dim", expected) != expected:
+        raise ValueError(
+            f"the text encoder {preset.text_encoder!r} of preset {preset.name!r} gives {encoder.dim}-d states; "
+            f"its generator reads {expected}-d text"
+        )
+    return encoder
+
+
+def _from_folder(cls, path: Path, config, what: str, preset: Preset, bounded=None):
     """``cls.from_pretrained(path)``, refused unless its config is the preset's (same keys are not enough:
     a different grid or vocabulary would load and then generate garbage). Fields that only steer training
     (a config class's ``TRAINING_ONLY``) may differ: a model trained with other dropout or video context
-    sampling generates the same way."""
-    model = cls.from_pretrained(path)
+    sampling generates the same way. ``bounded=(dtype, device)``: read one tensor at a time straight into that
+    dtype and device (``convert.checkpoint.load_pretrained_bounded``; hub caches, stored as saved, no int8)."""
+    if bounded is not None:
+        from arstudio.convert.checkpoint import load_pretrained_bounded
+
+        model = load_pretrained_bounded(cls, path, *bounded)
+    else:
+        model = cls.from_pretrained(path)
     differences = config_differences(model.config, config)
     if differences:
         raise ValueError(f"{what} does not match preset {preset.name!r}: {'; '.join(differences)}")
@@ -209,31 +236,47 @@ def load_pipeline(
     source = _source(preset, weights, download)  # before building anything: missing weights fail fast
     tokenizer_cls, generator_cls = _tokenizer_class(preset.tokenizer), _generator_class(preset.generator)
     # Everything loads in float32 (float16 and int8 storage are expanded to it) and is cast to the asked dtype
-    # at the end, once every pairing check has run.
+    # at the end, once every pairing check has run. Hub models load straight in the asked dtype: a float32 copy
+    # of GPT-3B is 12 GB (their pairing checks read float32 copies of what they hash, so dtype does not matter).
     fp32 = torch.float32
-    tokenizer = _load_component(preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device, fp32,
-                                _tokenizer_source(preset, source))  # fmt: skip
+    load_dtype = dtype if preset.hub is not None else fp32
+    tokenizer = _load_component(preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device,
+                                load_dtype, _tokenizer_source(preset, source))  # fmt: skip
     generator = _load_component(
-        preset, "generator", generator_cls, preset.generator, _random_generator, device, fp32, source
+        preset, "generator", generator_cls, preset.generator, _random_generator, device, load_dtype, source
     )
     if isinstance(generator, VideoGenerator):
         pipe = VideoPipeline(tokenizer.to(dtype=dtype), generator.to(dtype=dtype), preset, device, dtype)
         return _accelerate(pipe, compile, attention_backend)
-    pipe = _image_pipeline(preset, tokenizer, generator, source, device, dtype, decoding_models)
+    pipe = _image_pipeline(
+        preset, tokenizer, generator, source, device, dtype, load_dtype, download, decoding_models
+    )
     return _accelerate(pipe, compile, attention_backend)
 
 
-def _image_pipeline(preset: Preset, tokenizer, generator, source, device, dtype, decoding_models: bool):
+def _image_pipeline(
+    preset: Preset,
+    tokenizer,
+    generator,
+    source,
+    device,
+    dtype,
+    load_dtype,
+    download: bool,
+    decoding_models: bool,
+):
     """The image pipeline around a loaded float32 tokenizer and generator: its text encoder, the decoding
     models some strategy can use (``decoding_models``), everything cast to ``dtype`` once paired."""
     text_encoder = None
     if preset.text_encoder is not None:
-        text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, device, preset.text_phrases)
-    drafter, distilled, fp32 = None, {}, torch.float32
+        text_encoder = _load_text_encoder(preset, source, device, dtype, download)
+    drafter, distilled = None, {}
     if decoding_models:  # only the components some strategy can run with (each strategy's ``supports``)
         wanted = wanted_components(generator, tokenizer)
-        drafter = _load_drafter(preset, generator, source, device, fp32) if "drafter" in wanted else None
-        distilled = _load_distilled(preset, generator, tokenizer, source, device, fp32, wanted)
+        drafter = (
+            _load_drafter(preset, generator, source, device, load_dtype) if "drafter" in wanted else None
+        )
+        distilled = _load_distilled(preset, generator, tokenizer, source, device, load_dtype, wanted)
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
     distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}
@@ -261,7 +304,8 @@ def _accelerate(pipe, compile: bool | str, attention_backend: str):
 def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype, wanted) -> dict:
     """The ``wanted`` distilled-decoding models: ``dd1/`` and ``dd2/`` beside the generator (checked to be
     distilled from this generator and tokenizer); for random presets, seeded DD models made from the random
-    generator (so tests run the samplers); none for hub presets."""
+    generator (so tests run the samplers); for hub presets, the published ones found with the weights
+    (``HubWeights.extras``: Distilled Decoding's LlamaGen-DD B and L)."""
     models = {}
     for offset, method in enumerate(("dd1", "dd2")):
         if method not in wanted:
@@ -272,6 +316,10 @@ def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype,
         elif isinstance(source, Path) and (source / method).is_dir():
             model = DDGenerator.from_pretrained(source / method)
             model.check_pairing(generator, tokenizer)
+        elif source is not None and not isinstance(source, Path) and method in source.extras:
+            from arstudio.convert.hub import load_extra
+
+            model = load_extra(preset, method, source.extras[method], generator, tokenizer, dtype, device)
         else:
             continue
         models[method] = model.to(device=device, dtype=dtype).eval()
@@ -282,7 +330,7 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
     """The speculative-decoding drafter: ``drafter/`` beside the generator when there is one, either an
     EAGLE-style ``Drafter`` (checked to be trained for this generator) or an independent small
     ``ImageGenerator`` (checked to share its tokens and condition); a seeded random ``Drafter`` for random
-    presets; none for hub presets."""
+    presets; for hub presets, a published one found with the weights (``HubWeights.extras``: LANTERN's)."""
     if generator.token_kind != "discrete":
         return _load_continuous_draft_model(preset, generator, source, device, dtype)
     if source is None:
@@ -298,6 +346,10 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
             check_draft_model(generator, drafter)
         else:
             raise ValueError(f"{folder} holds a {kind!r}; a drafter is a 'Drafter' or an 'ImageGenerator'")
+    elif source is not None and not isinstance(source, Path) and "drafter" in source.extras:
+        from arstudio.convert.hub import load_extra
+
+        drafter = load_extra(preset, "drafter", source.extras["drafter"], generator, None, dtype, device)
     else:
         return None
     return drafter.to(device=device, dtype=dtype).eval()

@@ -54,6 +54,17 @@ class Controls:
         return [*self.values(), *self.knob_groups.values()]
 
 
+NEEDS_WEIGHTS = " (needs weights)"
+
+
+def preset_choices(presets: list[str]) -> list[tuple[str, str]]:
+    """(label, name) per preset: hub presets without a local copy of their files are marked; picking one
+    shows the loader's message, which says where to get the files and where to put them."""
+    import arstudio
+
+    return [(name + NEEDS_WEIGHTS if arstudio.needs_weights(name) else name, name) for name in presets]
+
+
 def build_controls(presets: list[str], start) -> Controls:
     """Lay out the controls (inside the caller's ``gr.Blocks`` context), set up for pipeline ``start``.
 
@@ -64,7 +75,8 @@ def build_controls(presets: list[str], start) -> Controls:
     """
     text, names, defaults = is_text_preset(start), list(start.preset.class_names), start.preset.defaults
     with gr.Row():
-        preset_box = gr.Dropdown(presets, value=start.preset.name, label="Preset", scale=1, elem_id="preset")
+        preset_box = gr.Dropdown(preset_choices(presets), value=start.preset.name, label="Preset", scale=1,
+                                 elem_id="preset")  # fmt: skip
         class_name = gr.Dropdown(names, value=names[0] if names else None, label="Class", scale=2, elem_id="class-name",
                                  visible=not text and bool(names), allow_custom_value=True)  # fmt: skip
         class_id = gr.Number(0, precision=0, label="Class id", visible=not text and not names, scale=2)
