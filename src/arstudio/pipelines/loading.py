@@ -244,11 +244,7 @@ def _accelerate(pipe, compile: bool | str, attention_backend: str):
     pipe.load_options = {"compile": compile, "attention_backend": attention_backend}
     pipe.compilation = Compilation()
     if resolve_compile(compile, torch.device(pipe.device)):
-        if isinstance(pipe, VideoPipeline):
-            if compile is True:
-                raise ValueError('compile=True is not supported for video presets yet: use "auto" or False')
-        else:
-            pipe.compilation = compile_pipeline(pipe, strict=compile is True)
+        pipe.compilation = compile_pipeline(pipe, strict=compile is True)
     return pipe
 
 
