@@ -277,6 +277,9 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
         return _load_continuous_draft_model(preset, generator, source, device, dtype)
     if source is None:
         drafter = seeded(lambda: Drafter(DrafterConfig.for_target(generator)), preset.init_seed + 2)
+        # Checked now, in float32: the pairing is remembered, so a cast to float16 later (whose rounding a
+        # random float32 init does not survive) is not mistaken for another target.
+        drafter.check_target(generator)
     elif isinstance(source, Path) and (source / "drafter").is_dir():
         folder = source / "drafter"
         kind = json.loads((folder / "config.json").read_text()).get("class")
