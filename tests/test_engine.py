@@ -102,7 +102,8 @@ def test_range_checks_guard_what_users_give_outside_a_pipeline_call(pipe):
         pipe.tokenizer.decode(bad_ids)
     with pytest.raises(ValueError, match="class label 99 is out of range"):
         pipe.generator.cls_embedding(torch.tensor([1, 99], device=DEVICE))
-    with pytest.raises(ValueError, match="class label 99 is out of range"):  # the pipeline's own check, on the host
+    # A pipeline call checks labels on the host, before any tensor is made.
+    with pytest.raises(ValueError, match="class label 99 is out of range"):
         pipe(class_labels=[99], generator=generators(0))
 
 
@@ -173,7 +174,11 @@ def test_compiled_decoding_gives_the_eager_tokens():
 
 @pytest.mark.parametrize(
     ("preset", "dtype"),
-    [("test-tiny-c2i", torch.bfloat16), ("test-tiny-continuous", torch.bfloat16), ("test-tiny-c2i", torch.float16)],
+    [
+        ("test-tiny-c2i", torch.bfloat16),
+        ("test-tiny-continuous", torch.bfloat16),
+        ("test-tiny-c2i", torch.float16),
+    ],
 )
 def test_half_precision_decodes_every_strategy_to_finite_images(preset, dtype):
     """bf16 once divided by a noise level of zero: the diffusion schedule's alpha-bar rounded to 1. float16

@@ -192,7 +192,7 @@ def test_compiled_video_step_gives_the_eager_frames(device):
     assert torch.allclose(got, expected, atol=1e-5)
     assert [c.name for c in compiled.compilation.calls] == ["generator.step"]
     step = compiled.compilation.calls[0]
-    assert compiled.compilation.enabled and len(step._seen) == 1  # one signature for every frame: compiled once
+    assert compiled.compilation.enabled and len(step._seen) == 1  # one signature for all frames
 
 
 def test_pipeline_video_prediction_keeps_the_context(pipe):
