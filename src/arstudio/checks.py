@@ -46,4 +46,4 @@ def check_id_range(ids: torch.Tensor, size: int, what: str = "token ids") -> Non
     """A one-line error unless every id is in 0..size-1 (one host read, none when checks are skipped)."""
     span = value_span(ids)
     if span is not None and (span[0] < 0 or span[1] >= size):
-        raise ValueError(f"{what} span [{span[0]}, {span[1]}]; allowed 0..{size - 1}")
+        raise ValueError(f"{what} span [{span[0]}, {span[1]}]; allowed are 0..{size - 1}")
