@@ -79,7 +79,7 @@ def test_bad_configs_and_labels():
     model = tiny_generator()
     with pytest.raises(ValueError, match="class label 7 is out of range"):
         model(torch.zeros(1, 16, dtype=torch.long), torch.tensor([7]))
-    with pytest.raises(ValueError, match="allowed 0..39"):
+    with pytest.raises(ValueError, match="allowed are 0..39"):
         model(torch.full((1, 16), 40), torch.tensor([0]))
 
 

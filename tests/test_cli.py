@@ -160,7 +160,7 @@ def test_seeds_near_2_63_are_taken_exactly_or_refused(seed, ok, tmp_path, capsys
 def test_compile_and_attention_backend_flags():
     from arstudio.cli import _loading_kwargs
 
-    for command in (["generate"], ["render", "jobs.jsonl", "--out", "o"]):
+    for command in (["generate"], ["render", "jobs.jsonl", "--out", "o"], ["ui"]):
         args = build_parser().parse_args([*command, "--compile", "off", "--attention-backend", "xformers"])
         assert _loading_kwargs(args) == {"compile": False, "attention_backend": "xformers"}
         on = build_parser().parse_args([*command, "--compile", "on"])

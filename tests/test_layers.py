@@ -13,7 +13,7 @@ ROOT = Path(arstudio.__file__).parent
 
 # Lowest first. A module may import its own layer and the ones below it.
 LAYERS = (
-    ("io", "images", "seeding", "limits", "data", "export"),
+    ("io", "images", "seeding", "limits", "checks", "data", "export"),
     ("nn",),
     ("tokenizers", "generators"),
     ("presets", "convert"),

@@ -454,3 +454,11 @@ def test_stop_reaches_the_pipeline_between_previews():
     rest = list(stream)  # the pipeline stops after its current token and the stream ends
     # diffusers' contract: the callback sets pipe.interrupt (and returns its dict); the run ends early
     assert isinstance(answers[-1], dict) and len(answers) < 16 and len(rest) <= 1
+
+
+def test_the_studio_loads_pipelines_with_the_engine_options():
+    """`arstudio ui --compile off` reaches load_pipeline through the studio's pipeline cache."""
+    from arstudio.ui.common import PipelineCache
+
+    cache = PipelineCache("cpu", {"compile": False, "attention_backend": "sdpa"})
+    assert cache.get("test-tiny-c2i").load_options == {"compile": False, "attention_backend": "sdpa"}

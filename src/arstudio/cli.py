@@ -325,7 +325,7 @@ def _run_train_classifier(args) -> None:
 
 
 def _add_loading_flags(p) -> None:
-    """How pipelines are loaded: shared by generate and render (``arstudio.load_pipeline``'s options)."""
+    """How pipelines are loaded: shared by generate, render and ui (``arstudio.load_pipeline``'s options)."""
     p.add_argument("--compile", choices=("auto", "on", "off"), default=None,
                    help="torch.compile the model: auto (the loader decides; the default), on, off")  # fmt: skip
     p.add_argument("--attention-backend", choices=("sdpa", "xformers"), default=None,
@@ -691,13 +691,15 @@ def _add_ui(sub) -> None:
     p.add_argument("--share", choices=("false", "true"), default="false", help="Gradio share link (online)")
     p.add_argument("--preset", default=None, help="preset selected at start (default: shapes-c2i)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_loading_flags(p)
     p.set_defaults(func=_run_ui)
 
 
 def _run_ui(args) -> None:
     from arstudio.ui import launch
 
-    launch(host=args.host, port=args.port, share=args.share == "true", preset=args.preset, device=args.device)
+    launch(host=args.host, port=args.port, share=args.share == "true", preset=args.preset, device=args.device,
+           load_options=_loading_kwargs(args))  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

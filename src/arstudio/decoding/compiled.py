@@ -102,7 +102,8 @@ def _targets(pipe) -> list[tuple[str, object, str]]:
     generator = pipe.generator
     targets = [("generator.step", generator, "step")] if hasattr(generator, "step") else []
     head = getattr(generator, "head", None)
-    if getattr(head, "kind", None) in ("diffusion", "flow"):
+    separate_head = not getattr(generator, "step_includes_head", False)  # video's step runs its head
+    if getattr(head, "kind", None) in ("diffusion", "flow") and separate_head:
         targets.append(("generator.head", head, "forward"))
     drafter = getattr(pipe, "drafter", None)
     if drafter is not None:

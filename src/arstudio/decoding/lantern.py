@@ -36,8 +36,8 @@ def latent_neighbours(codebook: torch.Tensor, k: int, chunk: int = 2048) -> torc
     rows = []
     for start in range(0, vocab, chunk):
         distances = torch.cdist(vectors[start : start + chunk], vectors)  # (chunk, V)
-        own = torch.arange(start, min(start + chunk, vocab))
-        distances[torch.arange(len(own)), own] = float("inf")  # a token is not its own neighbour
+        own = torch.arange(start, min(start + chunk, vocab), device=vectors.device)
+        distances[torch.arange(len(own), device=vectors.device), own] = float("inf")  # not its own neighbour
         rows.append(distances.topk(k, dim=-1, largest=False).indices)
     return torch.cat(rows)
 

@@ -30,11 +30,13 @@ class SpeculationLedger:
         self.rounds = torch.zeros(batch, dtype=torch.long, device=device)  # verify rounds each image needed
         self.forwards = 1  # target forwards of the batch: the prefill, then one verify per round
         self.round_count = 0  # rounds of the batch (host-side)
-        # Device-side sums, read once after the loop.
+        # Device-side sums; each round's one host read brings them back with the progress (``end_round``).
         self.accepted_total = torch.zeros((), dtype=torch.long, device=device)
         self.proposed_total = torch.zeros((), dtype=torch.long, device=device)
         self.steps = torch.arange(gamma + 1, device=device)
         self.least_decided = 1  # host copy of decided.min(), refreshed once per round by end_round
+        # Host copies of the sums and the per-image rounds, as of the last end_round: what ``stats`` reports.
+        self.read_back = {"accepted": 0, "proposed": 0, "rounds": [0] * batch}
 
     @property
     def running(self) -> bool:
@@ -75,7 +77,12 @@ class SpeculationLedger:
         """After a commit: the round's one host read (the least number of tokens any image has fixed), then
         ``callback(step, total, tokens)`` with the tokens every image has fixed. True when sampling ends:
         every image is done, or the callback asked to stop (the tokens are then cut there)."""
-        done = int(self.decided.min().clamp(max=self.total))
+        # One read: the least fixed count, the sums and the per-image rounds (B + 3 numbers), so the
+        # statistics after the loop need no read of their own.
+        progress = [self.decided.min(), self.accepted_total, self.proposed_total]
+        numbers = torch.cat([torch.stack(progress), self.rounds]).tolist()
+        done = min(numbers[0], self.total)
+        self.read_back = {"accepted": numbers[1], "proposed": numbers[2], "rounds": numbers[3:]}
         self.least_decided = done
         if callback is not None and callback(done - 1, self.total, self.tokens[:, :done]) is False:
             self.tokens = self.tokens[:, :done]
@@ -86,16 +93,14 @@ class SpeculationLedger:
         return self.tokens[:, : self.total]
 
     def stats(self) -> dict:
-        per_image = (self.rounds + 1).double()  # prefill + verify rounds
-        # Everything read back after the loop in one host read.
-        sums = [self.rounds.sum(), self.accepted_total, self.proposed_total]
-        means = [per_image.mean(), (self.total / per_image).mean()]
-        numbers = torch.stack([x.double() for x in sums + means]).tolist()
-        rounds, accepted, proposed, forwards_per_image, tokens_per_forward = numbers
+        """Host arithmetic on the last round's read (no read of its own)."""
+        read = self.read_back
+        rounds, accepted, proposed = sum(read["rounds"]), read["accepted"], read["proposed"]
+        per_image = [r + 1 for r in read["rounds"]]  # prefill + verify rounds
         return {
             "forwards": self.forwards,
-            "forwards_per_image": forwards_per_image,
-            "tokens_per_forward": tokens_per_forward,
+            "forwards_per_image": sum(per_image) / len(per_image),
+            "tokens_per_forward": sum(self.total / f for f in per_image) / len(per_image),
             "acceptance_rate": accepted / max(proposed, 1),
             # tokens fixed per round and image: accepted drafts + the residual/bonus token
             "mean_accepted_length": (accepted + rounds) / max(rounds, 1),

@@ -31,18 +31,25 @@ PREFIX, LONG, FULL = 0, 1, 2
 
 
 class FrameSlots:
-    """Cache layout: which slot range holds which frame, at which resolution."""
+    """Cache layout: which slot range holds which frame, at which resolution.
 
-    def __init__(self, config, prefix_len: int, num_frames: int, short_frames: int):
+    The tables live on the device and are written by slice from host integers (which frame goes where is
+    host arithmetic), so building a frame's mask reads nothing back; ``used`` (host) is how far slots are
+    claimed, the length eager steps attend over.
+    """
+
+    def __init__(self, config, prefix_len: int, num_frames: int, short_frames: int, device=None):
         self.n_full, self.n_long = config.frame_tokens, config.long_tokens
         self.prefix_len, self.short = prefix_len, short_frames
         self.compress = short_frames > 0 and num_frames > short_frames + 1
         self.long_capacity = (num_frames - short_frames - 1) * self.n_long if self.compress else 0
         ring = short_frames + 1 if self.compress else num_frames
         length = prefix_len + self.long_capacity + ring * self.n_full
-        self.owner = torch.full((length,), EMPTY)  # frame index held by each slot
-        self.kind = torch.full((length,), FULL)
-        self.owner[:prefix_len], self.kind[:prefix_len] = PREFIX_FRAME, PREFIX
+        self.owner = torch.full((length,), EMPTY, device=device)  # frame index held by each slot
+        self.kind = torch.full((length,), FULL, device=device)
+        self.owner[:prefix_len].fill_(PREFIX_FRAME)
+        self.kind[:prefix_len].fill_(PREFIX)
+        self.used = prefix_len
 
     def __len__(self) -> int:
         return self.owner.shape[0]
@@ -60,19 +67,28 @@ class FrameSlots:
         return old if self.compress and old >= 0 else None
 
     def claim(self, start: int, count: int, frame: int, kind: int) -> torch.Tensor:
-        """Mark slots [start, start + count) as ``frame``'s; returns their positions (count,)."""
-        self.owner[start : start + count], self.kind[start : start + count] = frame, kind
-        return torch.arange(start, start + count)
+        """Mark slots [start, start + count) as ``frame``'s; returns their positions (count,) on the device."""
+        self.owner[start : start + count].fill_(frame)
+        self.kind[start : start + count].fill_(kind)
+        self.used = max(self.used, start + count)
+        return torch.arange(start, start + count, device=self.owner.device)
 
-    def mask(self, frame: int, kind: int, decay: float, device) -> torch.Tensor:
-        """(1, 1, T, kv_len) for a block of ``frame`` written as ``kind``: it sees slots of frames <= its own
-        (a compressed frame only the prefix and compressed frames, as in training)."""
-        used = int((self.owner != EMPTY).nonzero().max()) + 1
-        owner = self.owner[:used].clone()
+    def mask(self, frame: int, kind: int, decay: float) -> torch.Tensor:
+        """(1, 1, T, len(self)) for a block of ``frame`` written as ``kind``: it sees slots of frames <= its
+        own (a compressed frame only the prefix and compressed frames, as in training). Over every slot (a
+        static shape for compiled steps); eager steps read its first ``used`` columns."""
+        owner = self.owner
         if kind == LONG:
-            owner[self.kind[:used] == FULL] = EMPTY
+            owner = torch.where(self.kind == FULL, EMPTY, owner)
         count = {PREFIX: self.prefix_len, LONG: self.n_long, FULL: self.n_full}[kind]
-        return block_mask(torch.full((count,), frame), owner, decay).to(device)
+        return block_mask(torch.full((count,), frame, device=owner.device), owner, decay)
+
+
+def rope_tables(model, num_frames: int, pool: int, device) -> torch.Tensor:
+    """(num_frames, tokens, pairs, 2) RoPE rows of every frame at one resolution, made once per call on the
+    host (frame by frame, as the tables were always made) and sent to the device in one copy."""
+    grid = model.config.backbone.grid_size
+    return torch.stack([model.rope_rows(frame_coords(f, grid, pool)) for f in range(num_frames)]).to(device)
 
 
 def check_context(model, context: torch.Tensor | None, batch: int, num_frames: int) -> int:
@@ -124,36 +140,45 @@ def sample_video(
     dtype = model.tok_embeddings.weight.dtype
     latents = torch.zeros(batch, num_frames, n, d, dtype=dtype, device=device)
     times = torch.linspace(1.0, 0.0, num_inference_steps + 1).tolist()
-    slots = FrameSlots(cfg, model.prefix_len, num_frames, short) if use_cache else None
+    slots = FrameSlots(cfg, model.prefix_len, num_frames, short, device) if use_cache else None
+    if use_cache:
+        rope = {FULL: rope_tables(model, num_frames, 1, device),
+                PREFIX: model.rope_rows(prefix_coords(model.prefix_len)).to(device)}  # fmt: skip
+        if slots.compress:
+            rope[LONG] = rope_tables(model, num_frames, cfg.long_pool, device)
     forwards, start = 0, time.perf_counter()
 
     def both(x: torch.Tensor) -> torch.Tensor:
         return x.repeat(rows // batch, *([1] * (x.ndim - 1)))
 
     def block_layout(frame: int, kind: int, count: int):
-        """(cache positions, mask, RoPE rows) of a ``count``-token block of ``frame`` written as ``kind``;
-        claims its slots. A frame's Euler steps and its final clean write share one layout."""
+        """(cache positions, mask, RoPE rows, slots in use) of a ``count``-token block of ``frame`` written as
+        ``kind``; claims its slots. A frame's Euler steps and its final clean write share one layout. Nothing
+        in it is read back or copied from the host."""
         if kind == PREFIX:
-            first, coords = 0, prefix_coords(count)
+            first, rows_rope = 0, rope[PREFIX]
         else:
             first = slots.long_start(frame) if kind == LONG else slots.full_start(frame)
-            coords = frame_coords(frame, cfg.backbone.grid_size, cfg.long_pool if kind == LONG else 1)
-        positions = slots.claim(first, count, frame, kind).to(device)
-        return positions, slots.mask(frame, kind, temporal_decay, device), model.rope_rows(coords).to(device)
+            rows_rope = rope[kind][frame]
+        positions = slots.claim(first, count, frame, kind)
+        return positions, slots.mask(frame, kind, temporal_decay), rows_rope, slots.used
 
     def write_block(inputs, frame: int, kind: int, layout=None) -> torch.Tensor:
         nonlocal forwards
         forwards += 1
-        return model.backbone.step(inputs, *(layout or block_layout(frame, kind, inputs.shape[1])))
+        positions, mask, rows_rope, used = layout or block_layout(frame, kind, inputs.shape[1])
+        return model.backbone.step(inputs, positions, mask[..., :used], rows_rope)
 
     def velocity(x: torch.Tensor, t: float, frame: int, layout) -> torch.Tensor:
         """x (B, N, d) noisy frame at time t -> guided velocity (B, N, d)."""
         nonlocal forwards
+        forwards += 1
         x_rows, t_rows = both(x)[:, None], torch.full((rows, 1), t, device=device, dtype=dtype)
         if use_cache:
-            z = write_block(model.frame_inputs(x_rows, t_rows), frame, FULL, layout)
+            positions, mask, rows_rope, used = layout
+            # kv_len: eager steps attend over the claimed slots only; a compiled step drops it (static shapes).
+            v = model.step(x_rows, t_rows, positions, mask, rows_rope, kv_len=used)
         else:
-            forwards += 1
             keep = frame if not short or frame <= short else short  # full-resolution context frames
             full = torch.cat([both(latents[:, frame - keep : frame]), x_rows], dim=1)
             clean = torch.zeros(rows, keep + 1, dtype=torch.bool, device=device)
@@ -161,7 +186,7 @@ def sample_video(
             t_all = torch.full((rows, keep + 1), t, device=device, dtype=dtype)
             long = both(latents[:, : frame - keep])
             z = model.sequence_hidden(rows_cond, long, full, t_all, clean, temporal_decay)[:, -n:]
-        v = model.velocity(x_rows, t_rows, z)[:, 0]  # (rows, N, d)
+            v = model.velocity(x_rows, t_rows, z)[:, 0]  # (rows, N, d)
         return v[batch:] + guidance_scale * (v[:batch] - v[batch:]) if guided else v
 
     cache_bytes = 0

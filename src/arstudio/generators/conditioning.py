@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from arstudio.checks import value_span
 from arstudio.generators import draws
 
 
@@ -33,13 +34,11 @@ class ClassConditioning(nn.Module):
             raise ValueError(
                 f"class labels must be a 1-D integer tensor, got {labels.dtype} {tuple(labels.shape)}"
             )
-        if torch.compiler.is_compiling():
-            return  # a compiled step's labels were checked by the eager call before it (prefill)
-        outside = (labels < 0) | (labels > self.num_classes)
-        if bool(outside.any()):  # the one host read; the bad label is looked up only to name it
-            bad = labels[outside]
+        span = value_span(labels)  # one host read; none for a pipeline's own (host-checked) labels
+        if span is not None and (span[0] < 0 or span[1] > self.num_classes):
+            bad = span[0] if span[0] < 0 else span[1]
             raise ValueError(
-                f"class label {int(bad[0])} is out of range: allowed are 0..{self.num_classes - 1} "
+                f"class label {bad} is out of range: allowed are 0..{self.num_classes - 1} "
                 f"(and {self.num_classes}, the null class)"
             )
 

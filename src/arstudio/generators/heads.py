@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arstudio.checks import check_id_range
 from arstudio.generators import draws
 from arstudio.generators.adaln_mlp import AdaLNMLP, ResidualMLP
 from arstudio.nn.rope import rope_axes_table
@@ -176,10 +177,7 @@ class DimensionwiseHead(nn.Module):
                 f"a bridge head takes integer level ids (..., <= {self.token_dim}); got {ids.dtype} "
                 f"{tuple(ids.shape)}"
             )
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.levels):
-            raise ValueError(
-                f"level ids span [{int(ids.min())}, {int(ids.max())}]; allowed 0..{self.levels - 1}"
-            )
+        check_id_range(ids, self.levels, "level ids")  # per token while sampling: skipped there (checks.py)
 
     def _previous(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (M, j) -> (M, j + 1, width): what each dimension 0..j knows of the ids before it (mlp: the

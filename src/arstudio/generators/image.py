@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from arstudio.checks import check_id_range
 from arstudio.generators.backbone import Backbone, BackboneConfig
 from arstudio.generators.conditioning import ClassConditioning, TextConditioning
 from arstudio.generators.control import ControlConfig, ControlEncoder
@@ -234,11 +235,7 @@ class ImageGenerator(PrefixARGenerator):
                 f"a discrete generator takes integer token ids, got {tokens.dtype} (continuous latents go to "
                 "a ContinuousImageGenerator)"
             )
-        vocab = self.config.vocab_size
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-            raise ValueError(
-                f"token ids span [{int(tokens.min())}, {int(tokens.max())}]; allowed 0..{vocab - 1}"
-            )
+        check_id_range(tokens, self.config.vocab_size)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.tok_embeddings(tokens)

@@ -133,7 +133,7 @@ def block_mask(query_frames: torch.Tensor, key_frames: torch.Tensor, temporal_de
     if temporal_decay == 0.0:
         return visible[None, None]
     distance = (q - k).clamp(min=0).float() * (k > PREFIX_FRAME)
-    bias = torch.where(visible, -temporal_decay * distance, torch.tensor(-math.inf))
+    bias = torch.where(visible, -temporal_decay * distance, -math.inf)
     return bias[None, None]
 
 
@@ -161,6 +161,7 @@ class VideoGenerator(PrefixARGenerator):
 
     config_class = VideoGeneratorConfig
     token_kind = "continuous"
+    step_includes_head = True  # ``step`` runs the flow head too: compiling it covers the head (compiled.py)
 
     def __init__(self, config: VideoGeneratorConfig):
         super().__init__()
@@ -217,6 +218,17 @@ class VideoGenerator(PrefixARGenerator):
         b, f, n, d = x_t.shape
         times = t[:, :, None].expand(b, f, n).reshape(-1)
         return self.head(x_t.reshape(-1, d), times, z.reshape(b * f * n, -1)).view(b, f, n, d)
+
+    def step(self, x_t: torch.Tensor, t: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor,
+             rope: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:  # fmt: skip
+        """One Euler step's pass (what decoding compiles): a noisy frame x_t (B, 1, N, d) at times t (B, 1),
+        written into cache slots ``input_pos`` (N,) that see the slots ``mask`` (1, 1, N, slots) allows, with
+        RoPE rows ``rope`` (N, pairs, 2) -> velocity (B, N, d). ``kv_len``: attend over the first kv_len
+        slots only (an eager saving; a compiled step drops it and keeps its static shapes)."""
+        if kv_len is not None:
+            mask = mask[..., :kv_len]
+        z = self.backbone.step(self.frame_inputs(x_t, t), input_pos, mask, rope)
+        return self.velocity(x_t, t, z)[:, 0]
 
     def sequence_hidden(self, cond, long, x, t, clean=None, temporal_decay: float = 0.0):
         """One uncached pass over [prefix, compressed ``long`` (B, L, N, d), frames ``x`` (B, F, N, d)]

@@ -293,11 +293,7 @@ def _accelerate(pipe, compile: bool | str, attention_backend: str):
     pipe.load_options = {"compile": compile, "attention_backend": attention_backend}
     pipe.compilation = Compilation()
     if resolve_compile(compile, torch.device(pipe.device)):
-        if isinstance(pipe, VideoPipeline):
-            if compile is True:
-                raise ValueError('compile=True is not supported for video presets yet: use "auto" or False')
-        else:
-            pipe.compilation = compile_pipeline(pipe, strict=compile is True)
+        pipe.compilation = compile_pipeline(pipe, strict=compile is True)
     return pipe
 
 
@@ -335,6 +331,9 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
         return _load_continuous_draft_model(preset, generator, source, device, dtype)
     if source is None:
         drafter = seeded(lambda: Drafter(DrafterConfig.for_target(generator)), preset.init_seed + 2)
+        # Checked now, in float32: the pairing is remembered, so a cast to float16 later (whose rounding a
+        # random float32 init does not survive) is not mistaken for another target.
+        drafter.check_target(generator)
     elif isinstance(source, Path) and (source / "drafter").is_dir():
         folder = source / "drafter"
         kind = json.loads((folder / "config.json").read_text()).get("class")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from arstudio.checks import check_id_range
 from arstudio.io import PretrainedMixin
 from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 
@@ -127,10 +128,7 @@ class BridgeQuantizer(nn.Module):
             raise ValueError(
                 f"level ids must be integers (..., {self.mean.shape[0]}); got {ids.dtype} {tuple(ids.shape)}"
             )
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.levels):
-            raise ValueError(
-                f"level ids span [{int(ids.min())}, {int(ids.max())}]; allowed 0..{self.levels - 1}"
-            )
+        check_id_range(ids, self.levels, "level ids")
 
     def standard_values(self, ids: torch.Tensor) -> torch.Tensor:
         """(..., d) ids -> (..., d) bin values in standardised units (what the bridge generator embeds)."""

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arstudio.checks import check_id_range
 from arstudio.io import PretrainedMixin
 
 
@@ -245,10 +246,7 @@ class VQTokenizer(PretrainedMixin, nn.Module):
     def check_ids(self, ids: torch.Tensor) -> None:
         if ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
-            raise ValueError(
-                f"token ids span [{int(ids.min())}, {int(ids.max())}]; allowed are 0..{self.codebook_size - 1}"
-            )
+        check_id_range(ids, self.codebook_size)  # no host read for a pipeline's own ids (checks.py)
 
     def forward(self, images: torch.Tensor):
         """Training pass: (reconstruction, ids, vq_loss)."""

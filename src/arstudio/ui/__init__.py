@@ -36,10 +36,11 @@ def offered_presets(show_test_presets: bool | None = None) -> list[str]:
 
 
 def create_app(preset: str | None = None, device=None, presets: list[str] | None = None,
-               show_test_presets: bool | None = None) -> gr.Blocks:  # fmt: skip
+               show_test_presets: bool | None = None, load_options: dict | None = None) -> gr.Blocks:  # fmt: skip
     """Build the studio. ``preset``: selected at start (loaded now, so the first request is quick);
     ``presets``: those offered (default: all but the ``test-*`` ones, see ``offered_presets``; a test
-    preset asked for as ``preset`` is offered too); ``device``: passed to ``arstudio.load_pipeline``."""
+    preset asked for as ``preset`` is offered too); ``device`` and ``load_options`` (e.g. ``compile``,
+    ``attention_backend``): passed to ``arstudio.load_pipeline``."""
     if presets is None:
         presets = offered_presets(show_test_presets)
         presets += [preset] if preset and preset not in presets and preset in arstudio.list_presets() else []
@@ -47,7 +48,7 @@ def create_app(preset: str | None = None, device=None, presets: list[str] | None
     preset = preset or (DEFAULT_PRESET if DEFAULT_PRESET in presets else presets[0])
     if preset not in presets:
         raise ValueError(f"preset {preset!r} is not among the offered presets {presets}")
-    cache = PipelineCache(device)
+    cache = PipelineCache(device, load_options)
     cache.get(preset)  # fail at start-up, with the loader's message, rather than on first click
     # Video presets get their own tab; the image tabs offer the rest. The requested preset starts its own
     # kind of tab; the other kind starts at its first preset.
@@ -80,9 +81,10 @@ def create_app(preset: str | None = None, device=None, presets: list[str] | None
 
 
 def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, preset: str | None = None,
-           device=None, block: bool = True, **kwargs):  # fmt: skip
-    """Serve the studio; ``block=False`` returns at once (tests, benchmarks). Returns the app."""
-    app = create_app(preset=preset, device=device)
+           device=None, block: bool = True, load_options: dict | None = None, **kwargs):  # fmt: skip
+    """Serve the studio; ``block=False`` returns at once (tests, benchmarks). Returns the app.
+    ``load_options``: more ``arstudio.load_pipeline`` arguments (``compile``, ``attention_backend``)."""
+    app = create_app(preset=preset, device=device, load_options=load_options)
     app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, show_error=True,
                prevent_thread_lock=not block, ssr_mode=False, **kwargs)  # fmt: skip
     return app

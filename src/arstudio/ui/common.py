@@ -30,15 +30,16 @@ class PipelineCache:
     """Pipelines loaded on first use and kept; loading is serialised so two tabs never load twice. A video
     pipeline gets its keyframe image pipeline from here too, so that preset is loaded once for all tabs."""
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, load_options: dict | None = None):
         self.device = device
+        self.load_options = load_options or {}  # more load_pipeline arguments: compile, attention_backend
         self._pipes: dict[str, object] = {}
         self._lock = threading.Lock()
 
     def get(self, preset: str):
         with self._lock:
             if preset not in self._pipes:
-                pipe = arstudio.load_pipeline(preset, device=self.device)
+                pipe = arstudio.load_pipeline(preset, device=self.device, **self.load_options)
                 if hasattr(pipe, "keyframe_loader"):  # a video pipeline: its keyframe preset comes from here
                     pipe.keyframe_loader = self.get
                 self._pipes[preset] = pipe
