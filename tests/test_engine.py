@@ -67,16 +67,16 @@ def test_autoregressive_loop_reads_nothing_back(pipe):
     assert reads.count == 1  # the labels' range check before the loop; nothing per token
 
 
-def test_speculative_reads_once_per_round(pipe):
+@pytest.mark.parametrize(
+    "spec",
+    [SpeculativeParams(draft_tokens=3), SpeculativeParams(draft_tree=((0,), (1,), (0, 0), (0, 1), (1, 0)))],
+    ids=["chain", "tree"],
+)
+def test_speculative_reads_once_per_round(pipe, spec):
     labels = torch.tensor([0, 5], device=DEVICE)
     with HostReads() as reads:
         result = sample_speculative(
-            pipe.generator,
-            pipe.drafter,
-            labels,
-            generators(0, 1),
-            SamplingParams(guidance_scale=2.0),
-            SpeculativeParams(draft_tokens=3),
+            pipe.generator, pipe.drafter, labels, generators(0, 1), SamplingParams(guidance_scale=2.0), spec
         )
     rounds = result.stats["forwards"] - 1  # the prefill, then one verify per round
     # One read per round (is every image done?), one for the statistics after the loop, and the labels' check.

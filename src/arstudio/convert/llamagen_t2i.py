@@ -112,7 +112,12 @@ class LlamaGenT2IGenerator(ImageGenerator):
         return self.backbone.step(prefix, positions, mask=mask)
 
     def step_hidden(
-        self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None, mask=None, rope_pos=None
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor,
+        kv_len: int | None = None,
+        mask=None,
+        rope_pos=None,
     ) -> torch.Tensor:
         # kv_len (the engine's eager hint) is not used: the caption mask spans the whole cache.
         if self.prefix_valid is None or self.prefix_valid.shape[0] != tokens.shape[0]:

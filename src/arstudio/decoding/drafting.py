@@ -16,9 +16,9 @@ they take and which earlier slots each one sees. A chain's level is one token an
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
+
+import torch
 
 from arstudio.decoding.autoregressive import with_unconditional
 from arstudio.decoding.rounds import take_at

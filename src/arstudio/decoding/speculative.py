@@ -157,7 +157,9 @@ def sample_speculative(
                 mask = tree_mask(index.ancestors, both(base), cache.shape[2], cache.dtype)
                 tree_args = {"mask": mask, "rope_pos": both(base[:, None] + index.depth)}
             logits, hidden = target.step(both(chunk), both(slots), return_hidden=True, **tree_args)
-            p = guide(logits, cursor[:, None] + index.depth)  # (B, N, V): children of node i are token cursor + d_i
+            p = guide(
+                logits, cursor[:, None] + index.depth
+            )  # (B, N, V): children of node i are token cursor + d_i
 
             # 3. Walk the tree: recursive rejection over siblings, the first accepted child goes on.
             accepted, path, final_probs = accept_tree(index, p, drafts, q, u[:, nodes - 1 : 2 * nodes - 2],
@@ -194,10 +196,14 @@ def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, base, u, gre
     drafts = torch.zeros(batch, tree.size - 1, dtype=torch.long, device=cursor.device)
     q = []
     for d, level in enumerate(index.levels, start=1):
-        q_parent = guide(level_logits, (cursor + d - 1)[:, None].expand(-1, level_logits.shape[1]))  # (B, m, V)
+        q_parent = guide(
+            level_logits, (cursor + d - 1)[:, None].expand(-1, level_logits.shape[1])
+        )  # (B, m, V)
         q_level = q_parent[:, level.parents]  # (B, n, V): each node's parent's proposal
         if greedy:  # the parent's top candidates, as point masses
-            top = q_parent.argmax(-1, keepdim=True) if level.width == 1 else q_parent.topk(level.width).indices
+            top = (
+                q_parent.argmax(-1, keepdim=True) if level.width == 1 else q_parent.topk(level.width).indices
+            )
             tokens = top[:, level.parents, level.ranks]  # (B, n)
             q_level = torch.zeros_like(q_level).scatter_(-1, tokens[..., None], 1.0)
         else:  # independent samples of the parent's proposal (SpecInfer's multi-candidate sampling)
@@ -210,6 +216,8 @@ def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, base, u, gre
             slots = None
             if not tree.is_chain:
                 ancestors = index.ancestors[level.drafting_nodes][:, 1:]  # (m, N - 1) without the root
-                slots = TreeSlots(both(base[:, None] + level.nodes[level.drafting] - 1), ancestors, both(base))
+                slots = TreeSlots(
+                    both(base[:, None] + level.nodes[level.drafting] - 1), ancestors, both(base)
+                )
             level_logits = drafting.propose(both(chosen), both(position), level.drafting_parents, slots)
     return drafts, torch.cat(q, dim=1)  # levels hold consecutive nodes, in order

@@ -205,7 +205,12 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         return self.backbone.step(prefix, positions, inject=self._inject(control, positions))
 
     def step_hidden(
-        self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None, mask=None, rope_pos=None
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor,
+        kv_len: int | None = None,
+        mask=None,
+        rope_pos=None,
     ) -> torch.Tensor:
         """tokens (B, T, ...) at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> hidden (B, T, dim)
         for the next ones. ``kv_len``, ``mask``, ``rope_pos`` (a draft tree's slots): see ``Backbone.step``."""
