@@ -138,9 +138,15 @@ def test_compiled_decoding_gives_the_eager_tokens():
     """Inductor on this device (CUDA graphs on a GPU); ~60 s on a CPU, the one compile test of the suite."""
     eager = arstudio.load_pipeline("test-tiny-c2i", device=DEVICE, compile=False)
     compiled = arstudio.load_pipeline("test-tiny-c2i", device=DEVICE, compile=True)
-    for decoding in ("ar", "speculative", "dd2"):
+    for decoding, knobs in (
+        ("ar", {}),
+        ("speculative", {}),
+        ("speculative", {"draft_width": 2}),
+        ("dd2", {}),
+    ):
         greedy = {} if decoding == "dd2" else {"top_k": 1}  # DD samples as it was distilled (no top_k)
-        call = dict(class_labels=[0, 4], generator=generators(0, 1), decoding=decoding, **greedy)
+        # a draft tree's verify step (tree mask, scratch slots) compiles with fullgraph too
+        call = dict(class_labels=[0, 4], generator=generators(0, 1), decoding=decoding, **greedy, **knobs)
         expected = eager(**call, output_type="np").tokens
         assert torch.equal(compiled(**call, output_type="np").tokens, expected), decoding
     assert compiled.compilation.enabled and compiled.compilation.seconds > 0

@@ -16,11 +16,17 @@ One round, for every image at once (each at its own position):
 4. The drafter catches up on the gamma + 1 positions the target just computed, reading its prediction
    for the next round at the row's new position.
 
+A static draft tree (``draft_width`` > 1 or ``draft_tree``, see ``tree.py``) generalises steps 1-3: the
+drafter drafts one tree level per forward, the target verifies every node in one forward under a tree
+attention mask, and acceptance walks the tree by recursive rejection over siblings. The chain is the
+depth-only tree and runs exactly as described above (causal mask, no slot moves).
+
 Rows accept different numbers of tokens, so the KV caches are addressed per row: ``input_pos`` (B, T).
 Entries left by rejected drafts sit past a row's position and are overwritten before they can be seen.
 
 Randomness: every round, each image draws 2 gamma + 1 uniforms of its own (gamma for sampled drafts,
-unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus token), made on the
+unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus token; for a tree,
+gamma is its number of draft nodes), made on the
 device from its generator's key (``random.py``), so an image's random draws do not depend on its
 batch-mates (see ``logits.py`` on rounding). The only host read of a round is the ledger's check whether
 every image is done.
