@@ -205,14 +205,16 @@ def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, base, u, gre
         q_parent = guide(
             level_logits, (cursor + d - 1)[:, None].expand(-1, level_logits.shape[1])
         )  # (B, m, V)
-        q_level = q_parent[:, level.parents]  # (B, n, V): each node's parent's proposal
         if greedy:  # the parent's top candidates, as point masses
             top = (
                 q_parent.argmax(-1, keepdim=True) if level.width == 1 else q_parent.topk(level.width).indices
             )
             tokens = top[:, level.parents, level.ranks]  # (B, n)
-            q_level = torch.zeros_like(q_level).scatter_(-1, tokens[..., None], 1.0)
+            q_level = q_parent.new_zeros(*tokens.shape, q_parent.shape[-1]).scatter_(
+                -1, tokens[..., None], 1.0
+            )
         else:  # independent samples of the parent's proposal (SpecInfer's multi-candidate sampling)
+            q_level = q_parent[:, level.parents]  # (B, n, V): each node's parent's proposal
             tokens = sample_with_uniform(q_level, u[:, level.nodes - 1])
         drafts[:, level.nodes - 1] = tokens
         q.append(q_level)
@@ -221,9 +223,6 @@ def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, base, u, gre
             position = (base + d - 1)[:, None].expand_as(chosen)
             slots = None
             if not tree.is_chain:
-                ancestors = index.ancestors[level.drafting_nodes][:, 1:]  # (m, N - 1) without the root
-                slots = TreeSlots(
-                    both(base[:, None] + level.nodes[level.drafting] - 1), ancestors, both(base)
-                )
+                slots = TreeSlots(both(base[:, None] + level.draft_slots), level.draft_ancestors, both(base))
             level_logits = drafting.propose(both(chosen), both(position), level.drafting_parents, slots)
     return drafts, torch.cat(q, dim=1)  # levels hold consecutive nodes, in order

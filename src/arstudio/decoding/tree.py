@@ -153,6 +153,8 @@ class TreeIndex:
                     drafting=torch.tensor(drafting, **long),
                     drafting_nodes=[nodes[j] for j in drafting],
                     drafting_parents=torch.tensor([parents[j] for j in drafting], **long),
+                    draft_slots=torch.tensor([nodes[j] - 1 for j in drafting], **long),
+                    draft_ancestors=self.ancestors[[nodes[j] for j in drafting]][:, 1:],
                 )
             )
         self.drafting_levels = [level for level in self.levels if level.drafting_nodes]
@@ -167,6 +169,8 @@ class TreeLevel:
     drafting: torch.Tensor  # (m,) index among ``nodes`` of the nodes with children
     drafting_nodes: list[int]  # their node ids (host)
     drafting_parents: torch.Tensor  # (m,) their parents' index among the previous level's nodes with children
+    draft_slots: torch.Tensor  # (m,) their drafter slots after the round's base (node - 1: no root there)
+    draft_ancestors: torch.Tensor  # (m, N - 1) the draft nodes each of them sees (the root is not drafted)
 
 
 def tree_mask(ancestors: torch.Tensor, base: torch.Tensor, length: int, dtype) -> torch.Tensor:
