@@ -213,6 +213,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.compile:  # one graph per step shape: depths x batch sizes x (propose, catch-up, tree) exceed 8
+        torch._dynamo.config.recompile_limit = 64
     info = header("speculative_" + "+".join(args.presets) + ("_compiled" if args.compile else ""))
     classifier = load_shipped_classifier()
     results, profiles = {}, {}
