@@ -7,6 +7,10 @@ accuracy (class presets: the requested object; text presets: exactly the describ
 FD-shapes beside the real-vs-real baseline at the same N. Writes results JSON and a PNG chart.
 
     python -m benchmarks.bench_speculative [--presets shapes-c2i shapes-t2i] [--count 240] [--repeats 5]
+        [--only "lantern k=8 d=0.25 w2" ...] [--compile]
+
+Also profiles one call per setting at batch 1 and 8: milliseconds in target forwards, drafter forwards and
+the rest (sampling, acceptance, bookkeeping).
 """
 
 from __future__ import annotations
@@ -35,6 +39,32 @@ SETTINGS = {
     "lantern k=32 d=0.25": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.25},
     "lantern k=32 d=0.5": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.5},
     "lantern++ k=8 l=5": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "lantern_lambda": 5.0},
+    # static trees: draft_width candidates at each depth of the top-1 path (decoding/tree.py)
+    "speculative w2": {"decoding": "speculative", "draft_width": 2},
+    "speculative g3 w3": {"decoding": "speculative", "draft_tokens": 3, "draft_width": 3},
+    "lantern k=8 d=0.25 w2": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 0.25, "draft_width": 2},
+    "lantern k=8 d=0.25 g3 w3": {
+        "decoding": "lantern",
+        "lantern_k": 8,
+        "lantern_delta": 0.25,
+        "draft_tokens": 3,
+        "draft_width": 3,
+    },
+    "lantern++ k=8 l=5 w2": {
+        "decoding": "lantern",
+        "lantern_k": 8,
+        "lantern_delta": 1.0,
+        "lantern_lambda": 5.0,
+        "draft_width": 2,
+    },
+    "lantern++ k=8 l=5 g3 w3": {
+        "decoding": "lantern",
+        "lantern_k": 8,
+        "lantern_delta": 1.0,
+        "lantern_lambda": 5.0,
+        "draft_tokens": 3,
+        "draft_width": 3,
+    },
 }
 # Diffusion-head presets with a draft model (continuous speculative decoding, CSpD)
 CONTINUOUS_SETTINGS = {
@@ -103,6 +133,50 @@ def timing(pipe, reqs, settings: dict, batch: int, repeats: int) -> dict[str, fl
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
+def profile(pipe, reqs, settings: dict, batch: int) -> dict[str, dict]:
+    """Where one call's time goes, per setting: seconds in target forwards (prefill, steps, verifies), in
+    drafter forwards, and the rest (sampling, acceptance, bookkeeping). Eager CPU calls are synchronous, so
+    wall-clock timers around the models' step methods measure them."""
+    spent = {"target": 0.0, "drafter": 0.0}
+
+    def timed(owner, method, key):
+        inner, own = getattr(owner, method), owner.__dict__.get(method)  # own: a compiled stand-in, or None
+
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+
+        setattr(owner, method, call)
+        return own
+
+    models = [(pipe.generator, "step", "target"), (pipe.generator, "prefill", "target")]
+    if pipe.drafter is not None:
+        models.append((pipe.drafter, "step", "drafter"))
+    originals = [(owner, method, timed(owner, method, key)) for owner, method, key in models]
+    rows = {}
+    try:
+        call = merge(reqs[:batch])
+        for name, setting in settings.items():
+            pipe(**call, generator=torch.Generator().manual_seed(0), output_type="np", **setting)  # warm
+            spent.update(target=0.0, drafter=0.0)
+            start = time.perf_counter()
+            pipe(**call, generator=torch.Generator().manual_seed(0), output_type="np", **setting)
+            total = time.perf_counter() - start
+            rows[name] = {"total_ms": 1000 * total, "target_ms": 1000 * spent["target"],
+                          "drafter_ms": 1000 * spent["drafter"],
+                          "other_ms": 1000 * (total - spent["target"] - spent["drafter"])}  # fmt: skip
+    finally:
+        for owner, method, own in originals:
+            if own is None:
+                delattr(owner, method)  # the class's method shows through again
+            else:
+                setattr(owner, method, own)
+    return rows
+
+
 def chart(results: dict, path) -> None:
     """Horizontal bars per preset and setting: speed-up over plain AR at batch 1 (dark) and batch 8 (light),
     a dashed line at 1x, and each setting's target forwards per image and verifier accuracy."""
@@ -133,15 +207,29 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["shapes-c2i", "shapes-t2i"])
     parser.add_argument("--count", type=int, default=240, help="images per setting for quality")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per setting and batch size")
+    parser.add_argument("--only", nargs="+", default=None, help="setting names to run (plain AR always runs)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the generator and drafter steps"
+    )
     args = parser.parse_args()
-    info = header("speculative_" + "+".join(args.presets))
+    torch.set_num_threads(1)
+    if args.compile:  # one graph per step shape: depths x batch sizes x (propose, catch-up, tree) exceed 8
+        torch._dynamo.config.recompile_limit = 64
+    info = header("speculative_" + "+".join(args.presets) + ("_compiled" if args.compile else ""))
     classifier = load_shipped_classifier()
-    results = {}
+    results, profiles = {}, {}
     for preset in args.presets:
-        pipe = load_pipeline(preset, device="cpu")
+        pipe = load_pipeline(preset, device="cpu", compile=args.compile)
         reqs, checks, real, real_again = requests(pipe, args.count)
         baseline = fd_shapes(real_again, real, classifier)
         settings = CONTINUOUS_SETTINGS if "continuous_speculative" in pipe.decoding_strategies else SETTINGS
+        if args.only:
+            settings = {n: s for n, s in settings.items() if n == "ar" or n in args.only}
+        profiles[preset] = {b: profile(pipe, reqs, settings, b) for b in (1, 8)}
+        for b, rows in profiles[preset].items():
+            for name, row in rows.items():
+                print(f"{preset:11s} profile b{b} {name:26s} total {row['total_ms']:7.0f} ms  target "
+                      f"{row['target_ms']:7.0f}  drafter {row['drafter_ms']:7.0f}  other {row['other_ms']:7.0f}")  # fmt: skip
         per_image = {b: timing(pipe, reqs, settings, b, args.repeats) for b in (1, 8)}
         rows = {}
         for name, setting in settings.items():
@@ -163,7 +251,9 @@ def main() -> None:
         {
             "settings": {"discrete": SETTINGS, "continuous": CONTINUOUS_SETTINGS},
             "count": args.count,
+            "compile": args.compile,
             "results": results,
+            "profile_ms_per_call": profiles,
         },
     )
 

@@ -65,13 +65,18 @@ def test_autoregressive_loop_reads_nothing_back(pipe):
         assert host_reads(run) == 0
 
 
-def test_speculative_reads_once_per_round(pipe):
+@pytest.mark.parametrize(
+    "spec",
+    [SpeculativeParams(draft_tokens=3), SpeculativeParams(draft_tree=((0,), (1,), (0, 0), (0, 1), (1, 0)))],
+    ids=["chain", "tree"],
+)
+def test_speculative_reads_once_per_round(pipe, spec):
     labels = torch.tensor([0, 5], device=DEVICE)
     results = []
 
     def run():
         results.append(sample_speculative(pipe.generator, pipe.drafter, labels, generators(0, 1),
-                                          SamplingParams(guidance_scale=2.0), SpeculativeParams(draft_tokens=3)))  # fmt: skip
+                                          SamplingParams(guidance_scale=2.0), spec))  # fmt: skip
 
     with trusted_values():
         run()  # the first call checks the drafter's pairing with the target once (a hash of its weights)
@@ -163,9 +168,15 @@ def test_compiled_decoding_gives_the_eager_tokens():
     """Inductor on this device (CUDA graphs on a GPU); ~60 s on a CPU, the one compile test of the suite."""
     eager = arstudio.load_pipeline("test-tiny-c2i", device=DEVICE, compile=False)
     compiled = arstudio.load_pipeline("test-tiny-c2i", device=DEVICE, compile=True)
-    for decoding in ("ar", "speculative", "dd2"):
+    for decoding, knobs in (
+        ("ar", {}),
+        ("speculative", {}),
+        ("speculative", {"draft_width": 2}),
+        ("dd2", {}),
+    ):
         greedy = {} if decoding == "dd2" else {"top_k": 1}  # DD samples as it was distilled (no top_k)
-        call = dict(class_labels=[0, 4], generator=generators(0, 1), decoding=decoding, **greedy)
+        # a draft tree's verify step (tree mask, scratch slots) compiles with fullgraph too
+        call = dict(class_labels=[0, 4], generator=generators(0, 1), decoding=decoding, **greedy, **knobs)
         expected = eager(**call, output_type="np").tokens
         assert torch.equal(compiled(**call, output_type="np").tokens, expected), decoding
     assert compiled.compilation.enabled and compiled.compilation.seconds > 0

@@ -10,6 +10,7 @@ from arstudio.decoding.autoregressive import sample_autoregressive
 from arstudio.decoding.lantern import latent_neighbours, relaxed_target, residual, total_variation
 from arstudio.decoding.logits import SamplingParams, filter_logits
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
+from arstudio.decoding.tree import DraftTree, tree_mask
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
@@ -108,6 +109,104 @@ def test_speculative_samples_the_plain_ar_distribution():
                                  SpeculativeParams(draft_tokens=2, lantern_delta=0.9), neighbours)  # fmt: skip
     assert _chi_square_p(relaxed.tokens, sequences, probs, vocab) < 1e-6
     assert relaxed.stats["acceptance_rate"] > exact.stats["acceptance_rate"]
+
+
+TREE = ((0,), (1,), (0, 0), (0, 1), (1, 0))  # two candidates at the root, three nodes at depth 2
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_greedy_tree_speculative_equals_plain_ar_token_for_token(guidance):
+    """Greedy target: recursive rejection must pick the argmax path, and the accepted path's keys/values
+    must land at their sequence positions (or later tokens would differ)."""
+    target, drafter = _models()
+    params = SamplingParams(guidance_scale=guidance, top_k=1)
+    cond = torch.tensor([0, 1, 2, 1])
+    plain = sample_autoregressive(target, cond, _gens(4), params).tokens
+    for spec, draft in (
+        (SpeculativeParams(draft_tree=TREE), drafter),
+        (SpeculativeParams(draft_tokens=3, draft_width=3), drafter),
+        (SpeculativeParams(draft_tree=((0,), (2,), (0, 1), (0, 1, 0), (2, 0))), drafter),
+        (SpeculativeParams(draft_tree=TREE), _draft_model(target)),
+    ):
+        spec_tokens = sample_speculative(target, draft, cond, _gens(4), params, spec).tokens
+        assert torch.equal(spec_tokens, plain), spec
+
+
+def test_tree_speculative_samples_the_plain_ar_distribution():
+    """The chain test above for a draft tree: recursive rejection over siblings keeps the target's law, for
+    point-mass (top-k) and sampled candidates, drafter or independent model; a large LANTERN budget does not."""
+    vocab, grid, n = 3, 2, 4000
+    target, drafter = _models(vocab=vocab, grid=grid, head_std=1.0, seed=3)
+    params = SamplingParams(guidance_scale=2.0)
+    sequences, probs = _exact_joint(target, 1, params, vocab, grid * grid)
+    cond = torch.ones(n, dtype=torch.long)
+    for greedy, draft in ((True, drafter), (False, drafter), (True, _draft_model(target))):
+        spec = SpeculativeParams(greedy_drafts=greedy, draft_tree=TREE)
+        exact = sample_speculative(target, draft, cond, _gens(n), params, spec)
+        assert _chi_square_p(exact.tokens, sequences, probs, vocab) > 1e-3
+        assert 0.05 < exact.stats["acceptance_rate"] < 0.95
+    chain = sample_speculative(target, drafter, cond, _gens(n), params, SpeculativeParams(draft_tokens=2))
+    tree = sample_speculative(target, drafter, cond, _gens(n), params, SpeculativeParams(draft_tree=TREE))
+    assert tree.stats["mean_accepted_length"] > chain.stats["mean_accepted_length"]  # siblings get accepted
+    neighbours = torch.tensor([[1, 2], [0, 2], [0, 1]])
+    spec = SpeculativeParams(lantern_delta=0.9, draft_tree=TREE)
+    relaxed = sample_speculative(target, drafter, cond, _gens(n), params, spec, neighbours)
+    assert _chi_square_p(relaxed.tokens, sequences, probs, vocab) < 1e-6
+
+
+def test_tree_with_zero_budget_is_exact_and_rows_keep_their_own_paths():
+    target, drafter = _models()
+    neighbours = latent_neighbours(torch.randn(32, 4), k=5)
+    params = SamplingParams(guidance_scale=2.0)
+    cond = torch.tensor([0, 2, 1])
+    exact = sample_speculative(target, drafter, cond, _gens(3), params, SpeculativeParams(draft_tree=TREE))
+    zero = sample_speculative(target, drafter, cond, _gens(3), params,
+                              SpeculativeParams(lantern_delta=0.0, draft_tree=TREE), neighbours)  # fmt: skip
+    assert torch.equal(exact.tokens, zero.tokens)
+    alone = sample_speculative(target, drafter, cond[1:2], _gens(1, offset=1), params,
+                               SpeculativeParams(draft_tree=TREE))  # fmt: skip
+    assert torch.equal(exact.tokens[1], alone.tokens[0])
+
+
+def test_draft_tree_shape_and_mask():
+    tree = DraftTree.parse([[0, 0], [1], [0]], max_depth=4, vocab=8)
+    assert tree.paths == ((0,), (1,), (0, 0)) and tree.parent == [-1, 0, 0, 1] and tree.depths == [0, 1, 1, 2]
+    assert DraftTree.parse((2, 3), 4, 8).paths == ((0,), (1,), (2,), (0, 0), (0, 1), (0, 2))  # (depth, width)
+    assert DraftTree.parse((3, 1), 4, 8) == DraftTree.chain(3) and DraftTree.chain(3).is_chain
+    index = tree.on("cpu")
+    mask = tree_mask(index.ancestors, torch.tensor([2]), 7, torch.float32)[0, 0] == 0  # root at slot 2
+    assert mask.tolist() == [
+        [True, True, True, False, False, False, False],  # root: the prefix and itself
+        [True, True, True, True, False, False, False],  # (0,)
+        [True, True, True, False, True, False, False],  # (1,): not its sibling
+        [True, True, True, True, False, True, False],  # (0, 0): root, (0,), itself
+    ]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ([[0], [1, 0]], r"path \[1, 0\] has no parent \[1\]: every prefix of a path must be a path"),
+        ([[0], [0]], r"lists path \[0\] twice"),
+        ([[0], [0, 0], [0, 0, 0]], r"path \[0, 0, 0\] is 3 deep; the drafter drafts at most 2 tokens ahead"),
+        ([[0], [40]], r"path \[40\] asks for candidate 41 of a 32-token vocabulary \(allowed ranks 0..31\)"),
+        ([[0], [-1]], r"path \[-1\] is not allowed: a path is a non-empty list of candidate ranks"),
+        ([], r"draft_tree=\[\] is not allowed"),
+        ("wide", r"draft_tree='wide' is not allowed"),
+    ],
+)
+def test_bad_draft_trees(spec, message):
+    with pytest.raises(ValueError, match=message):
+        DraftTree.parse(spec, max_depth=2, vocab=32)
+
+
+def test_deep_tree_is_refused_by_the_sampler():
+    target, drafter = _models()
+    deep = [[0] * d for d in range(1, 18)]
+    with pytest.raises(ValueError, match=r"is 17 deep; the drafter drafts at most 16 tokens ahead"):
+        sample_speculative(
+            target, drafter, torch.tensor([0]), _gens(1), spec=SpeculativeParams(draft_tree=deep)
+        )
 
 
 def test_lantern_with_zero_budget_is_exact_speculative_decoding():
@@ -222,6 +321,8 @@ def test_pipeline_strategies_knobs_stats_and_metadata(pipe):
     plain = pipe(generator=torch.Generator().manual_seed(0), **kwargs)
     spec = pipe(generator=torch.Generator().manual_seed(0), decoding="speculative", draft_tokens=3, **kwargs)
     assert torch.equal(plain.tokens, spec.tokens)  # greedy: exact
+    tree = pipe(generator=torch.Generator().manual_seed(0), decoding="lantern", draft_width=3, **kwargs)
+    assert torch.equal(plain.tokens, tree.tokens) and tree.metadata[0]["draft_width"] == 3
     assert spec.metadata[0]["decoding"] == "speculative" and spec.metadata[0]["draft_tokens"] == 3
     assert {"forwards", "acceptance_rate", "mean_accepted_length", "tokens_per_forward"} <= set(spec.stats)
     lantern = pipe(class_labels=[1], decoding="lantern", lantern_k=4, lantern_delta=0.3, lantern_lambda=2.0,
@@ -255,6 +356,10 @@ def test_text_pipeline_speculative_is_exact_when_greedy():
         ({"decoding": "lantern", "lantern_k": 0}, r"lantern_k=0 is out of range"),
         ({"decoding": "lantern", "lantern_delta": 2}, r"lantern_delta=2 is out of range"),
         ({"decoding": "speculative", "draft_tokens": 0}, r"draft_tokens=0 is out of range"),
+        (
+            {"decoding": "speculative", "draft_width": 9},
+            r"draft_width=9 is out of range: allowed are \[1, 8\]",
+        ),
     ],
 )
 def test_pipeline_rejects_bad_decoding_knobs(pipe, kwargs, message):
@@ -334,3 +439,43 @@ def test_warm_start_keeps_new_parameters_at_their_init(tmp_path):
     load_weights_into(new, tmp_path, allow_missing=WARM_START_NEW_KEYS)
     assert torch.equal(new.head.output.weight, old.head.output.weight)
     assert not new.cls_embedding.position_embedding.any()
+
+
+# ---- tune-speculative: the measured defaults ------------------------------------------------------------
+
+
+def test_tune_speculative_writes_defaults_the_pipeline_uses(pipe, tmp_path):
+    import json
+
+    import arstudio
+    from arstudio.evaluation.speculative_tuning import tune_speculative
+
+    pipe.save_pretrained(tmp_path)
+    done = tune_speculative(pipe, depths=(2,), widths=(1, 2), deltas=(0.5,), repeats=1, out=tmp_path)
+    written = json.loads((tmp_path / "speculative_defaults.json").read_text())
+    names = [row["name"] for row in written["measured"]["curve"]]
+    assert names[0] == "ar" and "speculative d2 w2" in names and "lantern d2 w1 delta0.5" in names
+    assert (
+        written["speculative"] == done["best"]["speculative"] and "cpu_pressure_before" in written["measured"]
+    )
+    tuned = {"draft_tokens": 3, "draft_width": 2}
+    (tmp_path / "speculative_defaults.json").write_text(json.dumps({"speculative": tuned}))
+    loaded = arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
+    out = loaded(class_labels=[0], decoding="speculative", generator=torch.Generator().manual_seed(0))
+    assert {k: out.metadata[0][k] for k in tuned} == tuned  # the tuned defaults apply...
+    out = loaded(
+        class_labels=[0], decoding="speculative", draft_width=1, generator=torch.Generator().manual_seed(0)
+    )
+    assert out.metadata[0]["draft_width"] == 1  # ...unless the call says otherwise
+    (tmp_path / "speculative_defaults.json").write_text(json.dumps({"speculative": {"draft_width": 20}}))
+    with pytest.raises(ValueError, match=r"speculative_defaults.json: draft_width=20 is out of range"):
+        arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
+
+
+def test_tune_speculative_refuses_a_preset_without_drafter(capsys):
+    from arstudio.cli import main
+
+    assert main(["tune-speculative", "--preset", "test-tiny-continuous"]) == 2
+    assert (
+        "preset 'test-tiny-continuous' has no drafter for decoding='speculative'" in capsys.readouterr().err
+    )

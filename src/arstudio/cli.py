@@ -702,6 +702,38 @@ def _run_ui(args) -> None:
            load_options=_loading_kwargs(args))  # fmt: skip
 
 
+def _add_tune_speculative(sub) -> None:
+    p = sub.add_parser("tune-speculative", help="measure draft shapes against plain AR; keep the fastest as "
+                       "the preset's speculative defaults")  # fmt: skip
+    p.add_argument("--preset", required=True, help="a preset with a drafter (see `arstudio presets`)")
+    p.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4, 6], help="draft depths (draft_tokens)")
+    p.add_argument("--widths", type=int, nargs="+", default=[1, 2, 3], help="draft widths (1: a chain)")
+    p.add_argument(
+        "--deltas", type=float, nargs="+", default=[0.5], help="LANTERN budgets besides the default"
+    )
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per setting (default 3)")
+    p.add_argument(
+        "--out", default=None, help="folder for speculative_defaults.json (default: the preset's weights)"
+    )
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_tune_speculative)
+
+
+def _run_tune_speculative(args) -> None:
+    import torch
+
+    from arstudio import load_pipeline
+    from arstudio.evaluation.speculative_tuning import tune_speculative
+
+    torch.set_num_threads(1)  # what the decode benchmarks measure with: comparable, and fair to neighbours
+    pipe = load_pipeline(args.preset, device=args.device)
+    done = tune_speculative(pipe, args.depths, args.widths, args.deltas, args.batch, args.repeats, args.out)
+    for row in done["measured"]["curve"]:
+        print(f"{row['name']:32s} {row['ms_per_image']:9.1f} ms/image  x{row['speedup']:.2f}")
+    print(f"best: {done['best']}; written to {done['path']}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line like the rest (the usage is one ``--help`` away)."""
 
@@ -726,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_presets(sub)
     _add_render(sub)
     _add_ui(sub)
+    _add_tune_speculative(sub)
     train = sub.add_parser("train", help="train tokenizers, generators and the FD-shapes classifier")
     train_sub = train.add_subparsers(dest="what", required=True)
     _add_train_tokenizer(train_sub)

@@ -114,16 +114,22 @@ class LlamaGenT2IGenerator(ImageGenerator):
         return self.backbone.step(prefix, positions, mask=mask)
 
     def step_hidden(
-        self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor,
+        kv_len: int | None = None,
+        mask=None,
+        rope_pos=None,
     ) -> torch.Tensor:
         # kv_len (the engine's eager hint) is not used: the caption mask spans the whole cache.
         if self.prefix_valid is None or self.prefix_valid.shape[0] != tokens.shape[0]:
             raise RuntimeError("call prefill(cond) before step(): the caption mask is set there")
         # The mask spans the whole cache (no host read of the position); unwritten slots are masked as future.
         kv_len = self.backbone.caches[0].k.shape[2]
-        return self.backbone.step(
-            self.embed(tokens), input_pos, mask=self._mask(self.prefix_valid, input_pos, kv_len)
-        )
+        caption = self._mask(self.prefix_valid, input_pos, kv_len)
+        if mask is not None:  # a draft tree's mask (additive), narrowed to the real caption positions
+            caption = mask.masked_fill(~caption, float("-inf"))
+        return self.backbone.step(self.embed(tokens), input_pos, mask=caption, rope_pos=rope_pos)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -8,21 +8,41 @@ next-token logits; two sources exist:
 
 Positions follow the sampler's convention: ``position`` is the target position holding the last decided
 token (the one whose hidden state predicts the draft), so a draft for token i is made "at" P + i - 1.
+
+``propose`` drafts one level of a draft tree (``tree.py``) at once: ``tokens`` (R, m) side by side, each
+continuing from its parent in the level before (``parents``); a ``TreeSlots`` then says which cache slots
+they take and which earlier slots each one sees. A chain's level is one token and needs neither.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from arstudio.decoding.autoregressive import with_unconditional
 from arstudio.decoding.rounds import take_at
+from arstudio.decoding.tree import tree_mask
+
+
+@dataclass(frozen=True)
+class TreeSlots:
+    """Where a tree level's drafts go, in the sampler's convention (a drafting source shifts it to its own)."""
+
+    slots: torch.Tensor  # (R, m) cache slot of each draft: base + node - 1
+    ancestors: torch.Tensor  # (m, N - 1) the draft nodes each one sees (itself included), slot base + j - 1
+    base: torch.Tensor  # (R,) the first draft slot of the round; slots before it hold the decided prefix
+
+    def mask(self, backbone, offset: int) -> torch.Tensor:
+        cache = backbone.caches[0].k
+        return tree_mask(self.ancestors, self.base + offset, cache.shape[2], cache.dtype)
 
 
 class HiddenStateDrafting:
     def __init__(self, target, drafter):
         drafter.check_target(target)
         self.target, self.drafter = target, drafter
-        self.hidden = None  # (R, dim): the drafter's latest predicted target hidden state
+        self.hidden = None  # (R, m, dim): the drafter's latest predicted target hidden states
 
     def setup(self, rows: int, device, extra: int) -> None:
         self.drafter.setup_cache(rows, device=device, extra=extra)
@@ -36,13 +56,18 @@ class HiddenStateDrafting:
         cond_rows = self.target.cls_embedding(_rows(self.target, cond, negative_cond, uses_cfg))
         next_embeddings = torch.cat([cond_rows[:, 1:], self.target.tok_embeddings(first_tokens)], dim=1)
         positions = torch.arange(prefix_hidden.shape[1], device=prefix_hidden.device)
-        self.hidden = self.drafter.step(next_embeddings, prefix_hidden, positions)[:, -1]
-        return self.target.head(self.hidden)
+        self.hidden = self.drafter.step(next_embeddings, prefix_hidden, positions)[:, -1:]
+        return self.target.head(self.hidden[:, 0])
 
-    def propose(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """The draft just made (R, 1) at ``position`` (R, 1) -> logits (R, V) for the token after it."""
-        embedded = self.target.tok_embeddings(tokens)
-        self.hidden = self.drafter.step(embedded, self.hidden[:, None], position)[:, 0]
+    def propose(self, tokens, position, parents, tree: TreeSlots | None = None) -> torch.Tensor:
+        """The drafts just made (R, m) at ``position`` (R, m), each after the draft ``parents`` (m,) of the
+        previous call -> logits (R, m, V) for the tokens after them."""
+        embedded, hidden = self.target.tok_embeddings(tokens), self.hidden[:, parents]
+        if tree is None:
+            self.hidden = self.drafter.step(embedded, hidden, position)
+        else:
+            mask = tree.mask(self.drafter.backbone, 0)
+            self.hidden = self.drafter.step(embedded, hidden, tree.slots, mask=mask, rope_pos=position)
         return self.target.head(self.hidden)
 
     def catch_up(self, tokens, target_hidden, positions, accepted) -> torch.Tensor:
@@ -50,8 +75,8 @@ class HiddenStateDrafting:
         each position), target_hidden (R, T, dim), positions (R, T); keep the prediction at index
         ``accepted`` (R,), the row's new end -> logits (R, V)."""
         out = self.drafter.step(self.target.tok_embeddings(tokens), target_hidden, positions)
-        self.hidden = take_at(out, accepted)
-        return self.target.head(self.hidden)
+        self.hidden = take_at(out, accepted)[:, None]
+        return self.target.head(self.hidden[:, 0])
 
 
 class ModelDrafting:
@@ -70,9 +95,13 @@ class ModelDrafting:
         position = torch.full((1,), self.model.prefix_len, dtype=torch.long, device=first_tokens.device)
         return self.model.step(first_tokens, position)[:, -1]
 
-    def propose(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        # The draft model's input at position p is the token at p: one past the sampler's position.
-        return self.model.step(tokens, position + 1)[:, -1]
+    def propose(self, tokens, position, parents, tree: TreeSlots | None = None) -> torch.Tensor:
+        # The draft model's input at position p is the token at p: one past the sampler's position (its
+        # tree slots too). Ancestry is all in the mask: the model keeps no per-draft state.
+        if tree is None:
+            return self.model.step(tokens, position + 1)
+        mask = tree.mask(self.model.backbone, 1)
+        return self.model.step(tokens, tree.slots + 1, mask=mask, rope_pos=position + 1)
 
     def catch_up(self, tokens, target_hidden, positions, accepted) -> torch.Tensor:
         logits = self.model.step(tokens, positions + 1)  # (R, T, V)

@@ -36,6 +36,14 @@ class DecodingParam:
 
 
 DRAFT_TOKENS = DecodingParam("draft_tokens", 4, 1, 16, True, "tokens the drafter proposes per target forward")
+DRAFT_WIDTH = DecodingParam(
+    "draft_width",
+    1,
+    1,
+    8,
+    True,
+    "candidates drafted at each depth of the top-1 path (a static tree); 1: a chain",
+)
 LANTERN_K = DecodingParam(
     "lantern_k", 8, 1, 4096, True, "latent neighbours per token (capped by the codebook size)"
 )

@@ -16,11 +16,17 @@ One round, for every image at once (each at its own position):
 4. The drafter catches up on the gamma + 1 positions the target just computed, reading its prediction
    for the next round at the row's new position.
 
+A static draft tree (``draft_width`` > 1 or ``draft_tree``, see ``tree.py``) generalises steps 1-3: the
+drafter drafts one tree level per forward, the target verifies every node in one forward under a tree
+attention mask, and acceptance walks the tree by recursive rejection over siblings. The chain is the
+depth-only tree and runs exactly as described above (causal mask, no slot moves).
+
 Rows accept different numbers of tokens, so the KV caches are addressed per row: ``input_pos`` (B, T).
 Entries left by rejected drafts sit past a row's position and are overwritten before they can be seen.
 
 Randomness: every round, each image draws 2 gamma + 1 uniforms of its own (gamma for sampled drafts,
-unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus token), made on the
+unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus token; for a tree,
+gamma is its number of draft nodes), made on the
 device from its generator's key (``random.py``), so an image's random draws do not depend on its
 batch-mates (see ``logits.py`` on rounding). The only host read of a round is the ledger's check whether
 every image is done.
@@ -34,8 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from arstudio.decoding.autoregressive import DecodeResult, StepCallback, with_unconditional
-from arstudio.decoding.drafting import drafting_for
-from arstudio.decoding.lantern import relaxed_target, residual
+from arstudio.decoding.drafting import TreeSlots, drafting_for
 from arstudio.decoding.logits import (
     SamplingParams,
     classifier_free_guidance,
@@ -43,22 +48,34 @@ from arstudio.decoding.logits import (
     sample_with_uniform,
 )
 from arstudio.decoding.random import as_device_random
-from arstudio.decoding.rounds import SpeculationLedger, take_at
+from arstudio.decoding.rounds import SpeculationLedger
+from arstudio.decoding.tree import DraftTree, TreeIndex, accept_tree, tree_mask
 
 
 @dataclass(frozen=True)
 class SpeculativeParams:
-    draft_tokens: int = 4
+    draft_tokens: int = 4  # the draft's depth
     lantern_delta: float = 0.0  # 0: exact speculative decoding
     lantern_lambda: float = 1.0  # > 1: LANTERN++ cap on the relaxed mass
     greedy_drafts: bool = True  # drafts are the drafter's top token (q = point mass) rather than samples
+    draft_width: int = 1  # candidates at each depth of the top-1 path (``tree.spine``); 1: a chain
+    draft_tree: tuple | None = None  # a static tree as a list of paths (``tree.py``); replaces the two above
     # (lantern_k lives in the neighbour table the caller passes)
 
     def __post_init__(self):
-        from arstudio.decoding.knobs import DRAFT_TOKENS, LANTERN_DELTA, LANTERN_LAMBDA
+        from arstudio.decoding.knobs import DRAFT_TOKENS, DRAFT_WIDTH, LANTERN_DELTA, LANTERN_LAMBDA
 
-        for knob in (DRAFT_TOKENS, LANTERN_DELTA, LANTERN_LAMBDA):
+        for knob in (DRAFT_TOKENS, LANTERN_DELTA, LANTERN_LAMBDA, DRAFT_WIDTH):
             knob.check(getattr(self, knob.name))
+
+    def tree(self, vocab: int) -> DraftTree:
+        """The draft tree, checked against the vocabulary and the deepest draft a drafter makes."""
+        from arstudio.decoding.knobs import DRAFT_TOKENS
+
+        if self.draft_tree is None and self.draft_width == 1:
+            return DraftTree.chain(self.draft_tokens)
+        spec = (self.draft_tokens, self.draft_width) if self.draft_tree is None else self.draft_tree
+        return DraftTree.parse(spec, int(DRAFT_TOKENS.high), vocab)
 
 
 class _Guide:
@@ -97,7 +114,8 @@ def sample_speculative(
     ``spec.lantern_delta`` > 0); without them the result is distributed exactly as plain AR sampling.
     """
     params, spec = params or SamplingParams(), spec or SpeculativeParams()
-    gamma, batch, total, prefix_len = spec.draft_tokens, cond.shape[0], target.seq_len, target.prefix_len
+    tree = spec.tree(target.config.vocab_size)
+    batch, total, prefix_len = cond.shape[0], target.seq_len, target.prefix_len
     if len(generators) != batch:
         raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
     device = cond.device
@@ -112,58 +130,54 @@ def sample_speculative(
 
     guide = _Guide(params, batch, total)
     drafting = drafting_for(target, drafter)
+    index = tree.on(device)
+    nodes, depth = tree.size, tree.depth
     start = time.perf_counter()
-    target.setup_cache(rows, device=device, extra=gamma + 1)
-    drafting.setup(rows, device, extra=gamma + 1)
+    target.setup_cache(rows, device=device, extra=nodes)
+    drafting.setup(rows, device, extra=nodes)
     try:
         # Token 0 from the target's prefill; the drafter reads the prefix and token 0 to draft token 1.
         logits, prefix_hidden = target.prefill(cond, return_hidden=True)  # (R, V), (R, P, dim)
         first_u = rng.uniform(1)[:, 0]
         zero = torch.zeros(batch, dtype=torch.long, device=device)
-        ledger = SpeculationLedger(sample_with_uniform(guide(logits, zero), first_u), total, gamma)
+        ledger = SpeculationLedger(sample_with_uniform(guide(logits, zero), first_u), total, depth)
         draft_logits = drafting.start(cond[:batch], negative_cond, params.uses_cfg, prefix_hidden,
                                       both(ledger.tokens[:, :1]))  # fmt: skip
         steps = ledger.steps
         while ledger.running:
             cursor = ledger.cursor
-            u = rng.uniform(2 * gamma + 1)  # (B, 2 gamma + 1)
+            base = prefix_len + cursor - 1  # (B,) where the last decided token sits: the tree's root
+            u = rng.uniform(2 * nodes - 1)  # (B, 2 (N - 1) + 1): draws, acceptance tests, the last token
 
-            # 1. Draft gamma tokens; draft i is token cursor + i.
-            drafts = torch.zeros(batch, gamma, dtype=torch.long, device=device)
-            q = []
-            for i in range(gamma):
-                q_i = guide(draft_logits, cursor + i)  # (B, V)
-                if spec.greedy_drafts:
-                    drafts[:, i] = q_i.argmax(-1)
-                    q_i = torch.zeros_like(q_i).scatter_(-1, drafts[:, i : i + 1], 1.0)
-                else:
-                    drafts[:, i] = sample_with_uniform(q_i, u[:, i])
-                q.append(q_i)
-                if i + 1 < gamma:
-                    position = (prefix_len + cursor - 1 + i)[:, None]
-                    draft_logits = drafting.propose(both(drafts[:, i : i + 1]), both(position))
-            q = torch.stack(q, dim=1)  # (B, gamma, V)
+            # 1. Draft the tree level by level; a node at depth d is token cursor + d - 1.
+            drafts, q = _draft(drafting, guide, index, draft_logits[:, None], cursor, base, u, spec.greedy_drafts,
+                               both)  # fmt: skip
 
-            # 2. Verify: [last decided token, drafts] at positions P + cursor - 1 + (0..gamma).
-            chunk = torch.cat([ledger.last_decided(cursor), drafts], dim=1)  # (B, gamma + 1)
-            positions = prefix_len + cursor[:, None] - 1 + steps  # (B, gamma + 1)
-            logits, hidden = target.step(both(chunk), both(positions), return_hidden=True)
-            p = guide(logits, cursor[:, None] + steps)  # (B, gamma + 1, V): token cursor + i
+            # 2. Verify [last decided token, drafts] in one forward: node i at slot base + i, position
+            # base + depth i, seeing its ancestors (a chain: slots are positions, the causal mask suffices).
+            chunk = torch.cat([ledger.last_decided(cursor), drafts], dim=1)  # (B, N)
+            slots = base[:, None] + index.order  # (B, N)
+            tree_args = {}
+            if not tree.is_chain:
+                cache = target.backbone.caches[0].k
+                mask = tree_mask(index.ancestors, both(base), cache.shape[2], cache.dtype)
+                tree_args = {"mask": mask, "rope_pos": both(base[:, None] + index.depth)}
+            logits, hidden = target.step(both(chunk), both(slots), return_hidden=True, **tree_args)
+            p = guide(
+                logits, cursor[:, None] + index.depth
+            )  # (B, N, V): children of node i are token cursor + d_i
 
-            # 3. Accept the longest prefix of drafts that pass; then one residual or bonus token.
-            relaxed = relaxed_target(
-                p[:, :gamma], drafts, neighbours, spec.lantern_delta, spec.lantern_lambda
-            )
-            p_draft = relaxed.gather(-1, drafts[..., None]).squeeze(-1)  # (B, gamma)
-            q_draft = q.gather(-1, drafts[..., None]).squeeze(-1)
-            passed = u[:, gamma : 2 * gamma] * q_draft <= p_draft  # u <= p~/q without dividing by q
-            accepted = passed.long().cumprod(dim=1).sum(dim=1)  # (B,) in 0..gamma
-            at = accepted.clamp(max=gamma - 1)
-            after_reject = residual(take_at(relaxed, at), take_at(q, at))  # (B, V)
-            final_probs = torch.where((accepted == gamma)[:, None], p[:, gamma], after_reject)
-            new = ledger.commit(cursor, drafts, sample_with_uniform(final_probs, u[:, 2 * gamma]), accepted)
+            # 3. Walk the tree: recursive rejection over siblings, the first accepted child goes on.
+            accepted, path, final_probs = accept_tree(index, p, drafts, q, u[:, nodes - 1 : 2 * nodes - 2],
+                                                      neighbours, spec.lantern_delta, spec.lantern_lambda)  # fmt: skip
+            final = sample_with_uniform(final_probs, u[:, 2 * nodes - 2])
+            new = ledger.commit(cursor, chunk.gather(1, path[:, 1:]), final, accepted)
+            positions = base[:, None] + steps  # (B, D + 1) the path's sequence positions
+            if not tree.is_chain:  # the path's keys/values move from their slots to its positions
+                target.backbone.move_slots(both(base[:, None] + path), both(positions))
+                hidden = hidden.gather(1, both(path)[..., None].expand(-1, -1, hidden.shape[-1]))
 
-            # 4. The drafter catches up on the verified positions, reading on from each row's new end.
+            # 4. The drafter catches up on the verified path, reading on from each row's new end.
             draft_logits = drafting.catch_up(both(new), hidden, both(positions), both(accepted))
             if ledger.end_round(callback):
                 break
@@ -172,7 +186,43 @@ def sample_speculative(
         drafting.reset()
     stats = {
         **ledger.stats(),
-        "drafter_forwards": ledger.round_count * gamma + 1,
+        # per round: one per tree level with children, and the catch-up
+        "drafter_forwards": ledger.round_count * (len(index.drafting_levels) + 1) + 1,
+        "tree_nodes": nodes - 1,
         "decode_seconds": time.perf_counter() - start,
     }
     return DecodeResult(ledger.result(), stats)
+
+
+def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, base, u, greedy: bool, both):
+    """Draft every node of the tree, one drafter forward per level with children. level_logits (R, 1, V):
+    the drafter's prediction for token ``cursor``. Returns drafts (B, N - 1) and the proposal each was drawn
+    from, q (B, N - 1, V) (a point mass for greedy drafts)."""
+    batch, tree = cursor.shape[0], index.tree
+    drafts = torch.zeros(batch, tree.size - 1, dtype=torch.long, device=cursor.device)
+    q = []
+    for d, level in enumerate(index.levels, start=1):
+        q_parent = guide(
+            level_logits, (cursor + d - 1)[:, None].expand(-1, level_logits.shape[1])
+        )  # (B, m, V)
+        if greedy:  # the parent's top candidates, as point masses
+            top = (
+                q_parent.argmax(-1, keepdim=True) if level.width == 1 else q_parent.topk(level.width).indices
+            )
+            tokens = top[:, level.parents, level.ranks]  # (B, n)
+            q_level = q_parent.new_zeros(*tokens.shape, q_parent.shape[-1]).scatter_(
+                -1, tokens[..., None], 1.0
+            )
+        else:  # independent samples of the parent's proposal (SpecInfer's multi-candidate sampling)
+            q_level = q_parent[:, level.parents]  # (B, n, V): each node's parent's proposal
+            tokens = sample_with_uniform(q_level, u[:, level.nodes - 1])
+        drafts[:, level.nodes - 1] = tokens
+        q.append(q_level)
+        if level.drafting_nodes:
+            chosen = tokens[:, level.drafting]  # (B, m) the level's nodes with children
+            position = (base + d - 1)[:, None].expand_as(chosen)
+            slots = None
+            if not tree.is_chain:
+                slots = TreeSlots(both(base[:, None] + level.draft_slots), level.draft_ancestors, both(base))
+            level_logits = drafting.propose(both(chosen), both(position), level.drafting_parents, slots)
+    return drafts, torch.cat(q, dim=1)  # levels hold consecutive nodes, in order

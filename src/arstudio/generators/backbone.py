@@ -112,6 +112,16 @@ class Backbone(nn.Module):
         self.caches = None
         self._cache_pool.clear()
 
+    def move_slots(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        """Copy every layer's cached keys/values from slots ``source`` to slots ``target`` (both (B, T), one
+        row per cache row): a verified draft tree's accepted path moves to its sequence positions. All
+        sources are read before any target is written, so the two may overlap."""
+        for cache in self.caches:
+            for buffer in (cache.k, cache.v):
+                expand = (-1, buffer.shape[1], -1, buffer.shape[3])
+                moved = buffer.gather(2, source[:, None, :, None].expand(*expand))
+                buffer.scatter_(2, target[:, None, :, None].expand(*expand), moved)
+
     def set_attention_backend(self, name: str) -> None:
         """ "sdpa" (default) or "xformers" (CUDA only, when installed); checked against the model's device."""
         check_attention_backend(name, self.norm.weight.device)
@@ -143,6 +153,7 @@ class Backbone(nn.Module):
         rope=None,
         inject: dict[int, torch.Tensor] | None = None,
         kv_len: int | None = None,
+        rope_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Cached pass: x (B, T, dim) at increasing sequence positions -> hidden (B, T, dim).
 
@@ -158,6 +169,10 @@ class Backbone(nn.Module):
         ``kv_len`` (eager callers that know it on the host): attend over the first kv_len cache slots only,
         an eager-CPU saving (attention over the whole cache cost ~8% of a step at 64 tokens). Compiled
         steps never get it (``CompiledCall`` drops it): their shapes must not change with the position.
+
+        ``rope_pos`` (shaped like ``input_pos``): the sequence positions to rotate by when the cache slots
+        are not them. Tree verification (``decoding/tree.py``) writes a draft tree's nodes to consecutive
+        slots while siblings share a position, with a ``mask`` that shows each node its ancestors.
         """
         if self.caches is None or self.caches[0].k.shape[0] != x.shape[0]:
             raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
@@ -170,7 +185,8 @@ class Backbone(nn.Module):
             mask = mask[:, None] if input_pos.ndim == 2 else mask[None, None]
         if rope is None:
             # Positions past the image (speculative overshoot, discarded anyway) reuse the last rotation.
-            rope = self.rope[input_pos.clamp(max=self.rope.shape[0] - 1)]
+            at = input_pos if rope_pos is None else rope_pos
+            rope = self.rope[at.clamp(max=self.rope.shape[0] - 1)]
         for index, (layer, cache) in enumerate(zip(self.layers, self.caches, strict=True)):
             if inject and index in inject:
                 x = x + _addition(inject[index], x)

@@ -120,10 +120,17 @@ class Drafter(PretrainedMixin, nn.Module):
         self.backbone.reset_cache()
 
     def step(
-        self, next_embeddings: torch.Tensor, hidden: torch.Tensor, input_pos: torch.Tensor
+        self,
+        next_embeddings: torch.Tensor,
+        hidden: torch.Tensor,
+        input_pos: torch.Tensor,
+        mask=None,
+        rope_pos=None,
     ) -> torch.Tensor:
-        """Cached: (B, T, dim) pairs at positions ``input_pos`` ((T,) or (B, T)) -> predicted hidden (B, T, dim)."""
-        return self.backbone.step(self._inputs(next_embeddings, hidden, input_pos), input_pos)
+        """Cached: (B, T, dim) pairs at positions ``input_pos`` ((T,) or (B, T)) -> predicted hidden (B, T, dim).
+        ``mask``/``rope_pos``: a draft tree level's slots (see ``Backbone.step``)."""
+        inputs = self._inputs(next_embeddings, hidden, input_pos)
+        return self.backbone.step(inputs, input_pos, mask=mask, rope_pos=rope_pos)
 
 
 class PassThroughNorm(RMSNorm):

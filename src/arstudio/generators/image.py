@@ -206,12 +206,19 @@ class PrefixARGenerator(PretrainedMixin, nn.Module):
         return self.backbone.step(prefix, positions, inject=self._inject(control, positions))
 
     def step_hidden(
-        self, tokens: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None = None
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor,
+        kv_len: int | None = None,
+        mask=None,
+        rope_pos=None,
     ) -> torch.Tensor:
         """tokens (B, T, ...) at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> hidden (B, T, dim)
-        for the next ones. ``kv_len``: see ``Backbone.step``."""
+        for the next ones. ``kv_len``, ``mask``, ``rope_pos`` (a draft tree's slots): see ``Backbone.step``."""
         inject = self._inject(self._control_for(tokens.shape[0], None), input_pos)
-        return self.backbone.step(self.embed(tokens), input_pos, inject=inject, kv_len=kv_len)
+        return self.backbone.step(
+            self.embed(tokens), input_pos, mask=mask, inject=inject, kv_len=kv_len, rope_pos=rope_pos
+        )
 
 
 class ImageGenerator(PrefixARGenerator):
@@ -256,12 +263,14 @@ class ImageGenerator(PrefixARGenerator):
         logits = self.head(hidden[:, -1:])[:, -1]
         return (logits, hidden) if return_hidden else logits
 
-    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor, return_hidden: bool = False, kv_len=None):
+    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor, return_hidden: bool = False, kv_len=None,
+             mask=None, rope_pos=None):  # fmt: skip
         """tokens (B, T) placed at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> logits
-        (B, T, vocab) (and hidden (B, T, dim) if ``return_hidden``).
+        (B, T, vocab) (and hidden (B, T, dim) if ``return_hidden``). ``mask``/``rope_pos``: a draft tree's
+        verification (see ``Backbone.step``).
 
         Logits at position p predict the token at p + 1, as in training.
         """
-        hidden = self.step_hidden(tokens, input_pos, kv_len)
+        hidden = self.step_hidden(tokens, input_pos, kv_len, mask, rope_pos)
         logits = self.head(hidden)
         return (logits, hidden) if return_hidden else logits

@@ -138,6 +138,7 @@ class ImagePipeline:
         self.drafter = drafter  # speculative decoding's draft model, checked against the generator at load
         self.distilled = distilled or {}  # "dd1" / "dd2": DDGenerator, checked against generator + tokenizer
         self.cache: dict = {}  # tables strategies derive from the models (LANTERN's neighbours); ``to`` empties it
+        self.knob_defaults: dict = {}  # {strategy: {knob: value}} a preset's tuned defaults (loading sets them)
         self._interrupt = False
         self.num_timesteps = 0  # tokens (frames, for video) the running call decodes, as in diffusers
 
@@ -277,9 +278,9 @@ class ImagePipeline:
         if conflicts:
             raise ValueError(strategy.refusal(self, conflicts))
         steps_is_knob = "num_inference_steps" in {p.name for p in strategy.knobs}
-        knobs = check_knobs(
-            strategy, {**knobs, "num_inference_steps": num_inference_steps} if steps_is_knob else knobs
-        )
+        given = {**knobs, "num_inference_steps": num_inference_steps} if steps_is_knob else knobs
+        tuned = self.knob_defaults.get(strategy.name, {})  # measured by `arstudio tune-speculative`
+        knobs = check_knobs(strategy, {**tuned, **{k: v for k, v in given.items() if v is not None}})
         head_steps = strategy.head_steps(self, None if steps_is_knob else num_inference_steps)
         latents_name, latents = latents
         if latents is not None and not strategy.takes_latents:

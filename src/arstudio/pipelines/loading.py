@@ -12,6 +12,7 @@ import torch
 from arstudio.decoding.compiled import Compilation, check_compile, compile_pipeline, resolve_compile
 from arstudio.decoding.continuous_speculative import check_draft_for_cspd
 from arstudio.decoding.drafting import check_draft_model
+from arstudio.decoding.speculative_defaults import read_defaults
 from arstudio.decoding.strategies import wanted_components
 from arstudio.generators.backbone import check_attention_backend
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
@@ -280,8 +281,11 @@ def _image_pipeline(
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
     distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}
-    return ImagePipeline(tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter,
+    pipe = ImagePipeline(tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter,
                          distilled)  # fmt: skip
+    if drafter is not None and isinstance(source, Path):
+        pipe.knob_defaults = read_defaults(source)  # the drafter's measured best shape (tune-speculative)
+    return pipe
 
 
 def _accelerate(pipe, compile: bool | str, attention_backend: str):

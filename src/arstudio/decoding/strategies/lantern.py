@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from arstudio.decoding.knobs import DRAFT_TOKENS, LANTERN_DELTA, LANTERN_K, LANTERN_LAMBDA
+from arstudio.decoding.knobs import DRAFT_TOKENS, DRAFT_WIDTH, LANTERN_DELTA, LANTERN_K, LANTERN_LAMBDA
 from arstudio.decoding.lantern import latent_neighbours
 from arstudio.decoding.strategies.speculative import Speculative
 
 
 class Lantern(Speculative):
     name = "lantern"
-    knobs = (DRAFT_TOKENS, LANTERN_K, LANTERN_DELTA, LANTERN_LAMBDA)
+    knobs = (DRAFT_TOKENS, DRAFT_WIDTH, LANTERN_K, LANTERN_DELTA, LANTERN_LAMBDA)
 
     def supports(self, generator, tokenizer) -> str | None:
         why = super().supports(generator, tokenizer)

@@ -1,8 +1,9 @@
-"""Exact speculative decoding: a drafter proposes ``draft_tokens`` tokens, the target verifies them."""
+"""Exact speculative decoding: a drafter proposes ``draft_tokens`` tokens (``draft_width`` candidates at each
+depth: a static tree), the target verifies them in one forward."""
 
 from __future__ import annotations
 
-from arstudio.decoding.knobs import DRAFT_TOKENS
+from arstudio.decoding.knobs import DRAFT_TOKENS, DRAFT_WIDTH
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
 from arstudio.decoding.strategies.base import DecodeRequest, Strategy, control_reason
 from arstudio.decoding.types import DecodeResult
@@ -10,7 +11,7 @@ from arstudio.decoding.types import DecodeResult
 
 class Speculative(Strategy):
     name = "speculative"
-    knobs = (DRAFT_TOKENS,)
+    knobs = (DRAFT_TOKENS, DRAFT_WIDTH)
     needs = "drafter"
 
     def supports(self, generator, tokenizer) -> str | None:
@@ -25,7 +26,10 @@ class Speculative(Strategy):
     def run(self, pipe, request: DecodeRequest) -> DecodeResult:
         r, knobs = request, request.knobs
         spec = SpeculativeParams(
-            knobs["draft_tokens"], knobs.get("lantern_delta", 0.0), knobs.get("lantern_lambda", 1.0)
+            knobs["draft_tokens"],
+            knobs.get("lantern_delta", 0.0),
+            knobs.get("lantern_lambda", 1.0),
+            draft_width=knobs["draft_width"],
         )
         return sample_speculative(
             pipe.generator,
