@@ -346,7 +346,7 @@ def test_generate_decodes_with_the_strategy_and_knobs_given(tmp_path):
         ),
         (
             ["--decoding", "speculative", "--lantern-delta", "0.1"],
-            "--lantern-delta=0.1 does not apply to --decoding speculative (it takes --draft-tokens)",
+            "--lantern-delta=0.1 does not apply to --decoding speculative (it takes --draft-tokens, --draft-width)",
         ),
         (
             ["--decoding", "lantern", "--lantern-k", "0"],
