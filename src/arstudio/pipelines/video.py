@@ -356,19 +356,14 @@ class VideoPipeline(ImagePipeline):
             t1 = time.perf_counter()
             frames = self.decode(result, output_type)
         t2 = time.perf_counter()
+        total_frames = result.tokens.shape[1] * len(seeds)
         timings = {
             "sampling_s": t1 - t0,
             "decode_s": t2 - t1,
             "total_s": t2 - t0,
-            "frames_per_s": result.tokens.shape[1] * len(seeds) / (t2 - t0),
+            "frames_per_s": total_frames / (t2 - t0),
         }
         latents = rearrange(result.tokens, "b t (gh gw) d -> b t gh gw d", gh=self.tokenizer.grid_size)
-        out = VideoOutput(
-            frames,
-            latents,
-            seeds,
-            timings,
-            result.stats,
-            self.describe(plan, conditions, seeds, result, context),
-        )
+        description = self.describe(plan, conditions, seeds, result, context)
+        out = VideoOutput(frames, latents, seeds, timings, result.stats, description)
         return out if return_dict else out.to_tuple()
