@@ -2,12 +2,12 @@
 
 The density of a diffusion head's output is intractable, but each reverse step is Gaussian:
 x_{i+1} ~ N(mu(x_i, z), (sigma_i * temperature)^2). So the acceptance test compares *trajectory* densities:
-the draft's trajectory x_T .. x_1 is scored under the target and under the draft on the same points (both
-models read the one noise path the draft drew: CSpD's denoising-trajectory alignment), and kept if
-u <= p(traj) / q(traj). The draft's own density is free (its transitions are its noise: log q = -|eps|^2 / 2
-per step); the target's is one batched head call over all the trajectory's steps. The last reverse step adds
-no noise and carries no density: the token is the *target's* last step from the accepted x_1, which that same
-batched call computes, so an accepted token is exactly a target sample.
+the draft's trajectory is scored under the target and under the draft on the same points (both models read
+the one noise path the draft drew: CSpD's denoising-trajectory alignment), and kept if u <= p(traj) / q(traj).
+The draft's own density is free (its transitions are its noise: log q = -|eps|^2 / 2 per step); the target's
+is one batched head call over all the trajectory's steps. A draft head drafts all but the last ``tail_steps``
+reverse steps, which the target then makes from the kept state with the same noise (shared noise), so its
+tokens are exactly the target's samples.
 
 On rejection the residual max(0, p - q) is sampled by acceptance-rejection with the target as proposal: a
 target trajectory y is kept with probability max(0, 1 - q(y) / p(y)). ``max_tries`` proposals run at once as
@@ -52,12 +52,21 @@ class ContinuousSpeculativeParams:
     inner_temperature: float = 1.0  # > 1: relaxed (lossy) acceptance
     max_tries: int = 4  # acceptance-rejection proposals for the residual, drawn at once
     prefill: float = 0.15  # fraction of the tokens the target makes alone before drafting starts
+    # Draft heads: the last reverse steps the target makes itself from the accepted state, with the draft's
+    # noise (None: 2). The last noisy step has a tiny variance, where any two heads' means disagree by many
+    # standard deviations; the target taking it keeps the test to the steps a draft can match.
+    tail_steps: int | None = None
 
     def __post_init__(self):
         for name, low in (("draft_tokens", 1), ("num_inference_steps", 2), ("max_tries", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        tail = self.tail_steps
+        if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or not 1 <= tail < self.num_inference_steps):
+            raise ValueError(
+                f"tail_steps={tail!r} must be an integer in [1, num_inference_steps - 1={self.num_inference_steps - 1}]"
+            )
         if not isinstance(self.inner_temperature, (int, float)) or self.inner_temperature < 1:
             raise ValueError(
                 f"inner_temperature={self.inner_temperature!r} must be a number >= 1 (1 = exact)"
@@ -99,55 +108,62 @@ class Trajectories:
         eps = rng.normal((self.steps, d)).to(device=batch_like.device, dtype=batch_like.dtype)
         return eps.transpose(0, 1)
 
-    def sample(self, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """z (M, dim), noise (S, M, d) -> the trajectory (S + 1, M, d): x_T, ..., x_1, x_0."""
-        steps, rows = self.steps, z.shape[0]
-        t = self.tables(z.device)[0]
-        # Every step's modulations in one batched call (z is fixed for the token), split per step.
-        mods = self.head.net.modulations(t.repeat_interleave(rows), z.repeat(steps, 1))
-        per_step = [[tuple(m.view(steps, rows, -1)[i] for m in layer) for layer in mods] for i in range(steps)]
-        xs = [noise[0]]
-        for i, (sqrt_a, sqrt_1a, c_x0, c_xt, std) in enumerate(self.coefs):
+    def sample(self, z: torch.Tensor, noise: torch.Tensor, start: int = 0, stop: int | None = None,
+               x: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """Steps ``start`` .. ``stop`` - 1 from state x (M, d) (x_T = noise[0] when start is 0): z (M, dim),
+        noise (S, M, d) -> the states (stop - start + 1, M, d); the whole trajectory x_T .. x_0 by default."""
+        stop = self.steps if stop is None else stop
+        count, rows = stop - start, z.shape[0]
+        t = self.tables(z.device)[0][start:stop]
+        # The steps' modulations in one batched call (z is fixed for the token), then split per step.
+        mods = self.head.net.modulations(t.repeat_interleave(rows), z.repeat(count, 1))
+        per_step = [[tuple(m.view(count, rows, -1)[i] for m in layer) for layer in mods] for i in range(count)]
+        xs = [noise[0] if x is None else x]
+        for i in range(start, stop):
+            sqrt_a, sqrt_1a, c_x0, c_xt, std = self.coefs[i]
             x = xs[-1]
-            eps = self.head.net.denoise(x, per_step[i])
+            eps = self.head.net.denoise(x, per_step[i - start])
             x0 = ((x - sqrt_1a * eps) / sqrt_a).clamp(-self.x0_clip, self.x0_clip)
             x = c_x0 * x0 + c_xt * x
-            xs.append(x + std * noise[i + 1] if i + 1 < steps else x)
+            xs.append(x + std * noise[i + 1] if i + 1 < self.steps else x)
         return torch.stack(xs)
 
     def means(self, xs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Every step's mean at once: xs (S + 1, M, d) (a trajectory, x_0 unused), z (M, dim) -> (S, M, d), the
-        mean of x_{i+1} given x_i under this head; [-1] is this head's x_0 from the trajectory's x_1."""
-        steps, rows = self.steps, z.shape[0]
-        t, sqrt_a, sqrt_1a, c_x0, c_xt, _ = self.tables(z.device)
-        x = xs[:steps]
-        eps = self.head(x.flatten(0, 1), t.repeat_interleave(rows), z.repeat(steps, 1)).view_as(x)
-        x0 = ((x - sqrt_1a * eps) / sqrt_a).clamp(-self.x0_clip, self.x0_clip)
-        return c_x0 * x0 + c_xt * x
+        """The means of steps 0 .. k - 1 at once: states xs (k, M, d) at those steps (a trajectory's first k),
+        z (M, dim) -> (k, M, d), the mean of the state after each under this head."""
+        count, rows = xs.shape[0], z.shape[0]
+        t, sqrt_a, sqrt_1a, c_x0, c_xt, _ = (table[:count] for table in self.tables(z.device))
+        eps = self.head(xs.flatten(0, 1), t.repeat_interleave(rows), z.repeat(count, 1)).view_as(xs)
+        x0 = ((xs - sqrt_1a * eps) / sqrt_a).clamp(-self.x0_clip, self.x0_clip)
+        return c_x0 * x0 + c_xt * xs
 
     def log_density(self, xs: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-        """log density (M,) of the noisy transitions of trajectory ``xs`` given their ``means`` (S, M, d), up to
-        a constant shared by every head on this schedule (it cancels in ratios)."""
-        std = self.tables(xs.device)[-1][:-1]  # the S - 1 noisy steps
-        return -(((xs[1:-1] - means[:-1]) / std) ** 2).sum((0, 2)) / 2
+        """log density (M,) of the noisy transitions of states xs (k + 1, M, d) (x_T first) given the means
+        (>= k, M, d) of their steps, up to a constant shared by every head on this schedule (it cancels in
+        ratios). The last step adds no noise and carries no density."""
+        noisy = min(xs.shape[0] - 1, self.steps - 1)
+        std = self.tables(xs.device)[-1][:noisy]
+        return -(((xs[1 : noisy + 1] - means[:noisy]) / std) ** 2).sum((0, 2)) / 2
 
     @staticmethod
     def own_log_density(noise: torch.Tensor) -> torch.Tensor:
-        """log density (M,) of a trajectory under the head that drew it with ``noise`` (S, M, d): its
-        transitions are x_{i+1} = mean + std * noise[i + 1]."""
+        """log density (M,) of states drawn by a head with ``noise`` (S, M, d) under that head, for as many
+        noisy steps as ``noise`` holds after x_T: their transitions are x_{i+1} = mean + std * noise[i + 1]."""
         return -(noise[1:] ** 2).sum((0, 2)) / 2
 
 
-def residual_sample(p: Trajectories, q: Trajectories, z_p, z_q, rng, max_tries: int) -> torch.Tensor:
-    """Acceptance-rejection draws from max(0, p - q): ``max_tries`` target trajectories y per row at once, each
-    kept with probability max(0, 1 - q(y) / p(y)); the first kept one, else the last, gives the token x_0
-    (B, d). Fixed shapes, no host read."""
-    batch = z_p.shape[0]
+def residual_sample(p: Trajectories, q: Trajectories, z_p, z_q, rng, max_tries: int, steps: int | None = None):
+    """Acceptance-rejection draws from max(0, p - q) over the first ``steps`` reverse steps (all by default):
+    ``max_tries`` target trajectories y per row at once, each kept with probability max(0, 1 - q(y) / p(y));
+    the first kept one, else the last, gives the state after those steps (B, d) (the token x_0 for all steps).
+    Fixed shapes, no host read."""
+    batch, steps = z_p.shape[0], p.steps if steps is None else steps
     tries = [p.noise(rng, z_p) for _ in range(max_tries)]  # each (S, B, d): every image's own draws
-    noise = torch.cat(tries, dim=1)  # (S, tries * B, d), try-major
-    ys = p.sample(z_p.repeat(max_tries, 1), noise)
-    log_q = q.log_density(ys, q.means(ys, z_q.repeat(max_tries, 1)))
-    keep_prob = 1 - torch.exp((log_q - Trajectories.own_log_density(noise)).clamp(max=0))
+    noise = torch.cat(tries, dim=1)[: steps + 1]  # (steps + 1, tries * B, d), try-major
+    ys = p.sample(z_p.repeat(max_tries, 1), noise, stop=steps)
+    log_q = q.log_density(ys, q.means(ys[:steps], z_q.repeat(max_tries, 1)))
+    own = Trajectories.own_log_density(noise[: min(steps, p.steps - 1) + 1])
+    keep_prob = 1 - torch.exp((log_q - own).clamp(max=0))
     keep = (rng.uniform(max_tries).T.reshape(-1) < keep_prob).view(max_tries, batch)
     keep[-1] = True  # nothing kept: the last proposal stands
     first = keep.long().argmax(0)  # (B,) the first kept try of each image
@@ -208,6 +224,11 @@ def sample_continuous_speculative(
         from arstudio.decoding.cspd_head import sample_with_draft_head
 
         return sample_with_draft_head(target, draft, cond, generators, params, spec, negative_cond, callback)
+    if spec.tail_steps is not None:
+        raise ValueError(
+            f"tail_steps={spec.tail_steps!r} applies to draft heads: a draft model's accepted tokens feed its next "
+            "drafts, so its trajectories run to the end; leave it None"
+        )
     return _sample_with_draft_model(target, draft, cond, generators, params, spec, negative_cond, callback)
 
 
@@ -277,7 +298,7 @@ def _sample_with_draft_model(target, draft, cond, generators, params, spec, nega
             z_p = guide(target.step(both(chunk), both(positions)), batch, params, cursor[:, None] + steps, total)
 
             # 3. Trajectory-aligned acceptance, longest accepted prefix, then a residual or bonus token.
-            means = [p_steps.means(xs, z_p[:, i]) for i, xs in enumerate(trajectories)]
+            means = [p_steps.means(xs[:-1], z_p[:, i]) for i, xs in enumerate(trajectories)]
             log_p = torch.stack([p_steps.log_density(xs, m) for xs, m in zip(trajectories, means, strict=True)], 1)
             log_ratio = (log_p - torch.stack(log_q, 1)) / spec.inner_temperature
             passed = rng.uniform(gamma).log() <= log_ratio.clamp(max=0)

@@ -1,9 +1,10 @@
 """CSpD with a draft head on the target's own trunk features (``generators/draft_head.py``).
 
-One token per round: the target's trunk step gives z (exact, as in plain AR); the draft head's trajectory on z
-is cheap (a shallow net, the condition's part computed once per token); the target scores the whole trajectory
-in one batched head call, whose last step also gives the token from the draft's x_1. Rejected images take a
-residual sample (``residual_sample``); whether any image needs one is the round's one host read. The
+One token per round: the target's trunk step gives z (exact, as in plain AR); the draft head runs the first
+S - tail reverse steps on z, cheaply (a shallow net, the condition's part computed once per token); the target
+scores those steps in one batched head call; rejected images take a residual sample of the same steps
+(``residual_sample``; whether any image needs one is the round's one host read); then the target makes the
+last ``tail_steps`` itself from the kept state, on the draft's noise, so the token is the target's. The
 residual's draws are skipped, not left out, when no image needs it, so an image's draws never depend on its
 batch-mates.
 """
@@ -30,6 +31,7 @@ def sample_with_draft_head(target, draft, cond, generators, params, spec, negati
     p = Trajectories(target.head, spec.num_inference_steps, params.temperature, target.config.x0_clip)
     q = Trajectories(draft.head, spec.num_inference_steps, params.temperature, target.config.x0_clip)
     residual_draws = spec.max_tries + 1  # residual_sample's draw calls: one noise per try, one uniform
+    drafted = spec.num_inference_steps - (2 if spec.tail_steps is None else spec.tail_steps)
     count = spec.prefilled(total)
     accepted = torch.zeros(total, dtype=torch.long, device=device)  # per token index, read after the loop
     residual_rounds, start = 0, time.perf_counter()
@@ -41,17 +43,21 @@ def sample_with_draft_head(target, draft, cond, generators, params, spec, negati
         index = count
         while index < total and not stop:
             zg = guide(z, batch, params, index, total)
-            noise = q.noise(rng, zg)
-            xs = q.sample(zg, noise)  # (S + 1, B, d), the draft's trajectory
-            means = p.means(xs, zg)  # (S, B, d), the target's step means along it
-            log_ratio = (p.log_density(xs, means) - Trajectories.own_log_density(noise)) / spec.inner_temperature
+            noise = q.noise(rng, zg)  # (S, B, d): the draft's draws, and the target's in the tail
+            xs = q.sample(zg, noise, stop=drafted)  # (drafted + 1, B, d): x_T .. the state the tail starts from
+            means = p.means(xs[:-1], zg)  # (drafted, B, d): the target's step means along it, one batched call
+            log_q = Trajectories.own_log_density(noise[: drafted + 1])
+            log_ratio = (p.log_density(xs, means) - log_q) / spec.inner_temperature
             ok = rng.uniform(1)[:, 0].log() <= log_ratio.clamp(max=0)
-            token = means[-1]
+            state = xs[-1]
             if bool(ok.all()):  # the round's one host read
                 rng.draws += residual_draws
             else:
                 residual_rounds += 1
-                token = torch.where(ok[:, None], token, residual_sample(p, q, zg, zg, rng, spec.max_tries))
+                fixed = residual_sample(p, q, zg, zg, rng, spec.max_tries, steps=drafted)
+                state = torch.where(ok[:, None], state, fixed)
+            # The tail: the target's own last steps from the kept state, on the draft's noise (shared noise).
+            token = p.sample(zg, noise, start=drafted, x=state)[-1]
             accepted[index] = ok.sum()
             tokens[:, index] = token.float()
             stop = callback is not None and callback(index, total, tokens[:, : index + 1]) is False

@@ -38,26 +38,26 @@ def guided_features(target, tokens: torch.Tensor, cond: torch.Tensor, scales: to
 
 
 def trajectory_kl(p: Trajectories, q: Trajectories, xs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of sum_i |mu_p - mu_q|^2 / (2 sigma_i^2) on the noisy steps of trajectories xs."""
+    """Mean over rows of sum_i |mu_p - mu_q|^2 / (2 sigma_i^2) over the drafted steps of states xs (k + 1, M, d)."""
     with torch.no_grad():
-        mu_p = p.means(xs, z)
-    mu_q = q.means(xs, z)
-    std = p.tables(z.device)[-1][:-1]
-    return (((mu_p[:-1] - mu_q[:-1]) / std) ** 2).sum((0, 2)).mean() / 2
+        mu_p = p.means(xs[:-1], z)
+    mu_q = q.means(xs[:-1], z)
+    std = p.tables(z.device)[-1][: xs.shape[0] - 1]
+    return (((mu_p - mu_q) / std) ** 2).sum((0, 2)).mean() / 2
 
 
 @torch.no_grad()
-def acceptance(p: Trajectories, q: Trajectories, z: torch.Tensor, seed: int = 7) -> float:
-    """E_q[min(1, p/q)] on the draft's own trajectories: the exact test's acceptance rate for these z."""
+def acceptance(p: Trajectories, q: Trajectories, z: torch.Tensor, drafted: int, seed: int = 7) -> float:
+    """E_q[min(1, p/q)] over the draft's own first ``drafted`` steps: the exact test's acceptance for these z."""
     noise = torch.randn((p.steps, *z.shape[:1], p.head.token_dim), generator=torch.Generator().manual_seed(seed))
-    xs = q.sample(z, noise)
-    log_ratio = p.log_density(xs, p.means(xs, z)) - Trajectories.own_log_density(noise)
+    xs = q.sample(z, noise, stop=drafted)
+    log_ratio = p.log_density(xs, p.means(xs[:-1], z)) - Trajectories.own_log_density(noise[: drafted + 1])
     return float(log_ratio.clamp(max=0).exp().mean())
 
 
 def distill_draft_head(out_dir, preset: str = "shapes-c2i-continuous", steps: int = 3000, batch_size: int = 256,
                        lr: float = 1e-3, depth: int = 1, width: int | None = None, num_images: int = 1024,
-                       seed: int = 0, dtype: str = "float16") -> DraftHead:  # fmt: skip
+                       seed: int = 0, dtype: str = "float16", tail_steps: int = 2) -> DraftHead:  # fmt: skip
     from arstudio.pipelines.loading import load_pipeline
     from arstudio.training.generator import tokenize_shapes
 
@@ -72,6 +72,7 @@ def distill_draft_head(out_dir, preset: str = "shapes-c2i-continuous", steps: in
     features = guided_features(target, tokens, cond, scales)
     draft = seeded(lambda: DraftHead.from_target(target, width, depth), seed)
     clip = target.config.x0_clip
+    drafted = head_steps - tail_steps  # the steps the draft makes; the target makes the tail itself
     schedules = {tau: (Trajectories(target.head, head_steps, tau, clip), Trajectories(draft.head, head_steps, tau, clip))
                  for tau in (temperature, 1.0)}  # fmt: skip
     optimizer = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
@@ -86,7 +87,8 @@ def distill_draft_head(out_dir, preset: str = "shapes-c2i-continuous", steps: in
         with torch.no_grad():  # half the rows on target trajectories, half on the draft's own
             half = batch_size // 2
             noise = torch.randn((head_steps, batch_size, target.config.token_dim), generator=gen)
-            xs = torch.cat([p.sample(z[:half], noise[:, :half]), q.sample(z[half:], noise[:, half:])], dim=1)
+            xs = torch.cat([p.sample(z[:half], noise[:, :half], stop=drafted),
+                            q.sample(z[half:], noise[:, half:], stop=drafted)], dim=1)  # fmt: skip
         loss = trajectory_kl(p, q, xs, z)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -94,7 +96,7 @@ def distill_draft_head(out_dir, preset: str = "shapes-c2i-continuous", steps: in
         optimizer.step()
         if step % 100 == 0 or step + 1 == steps:
             p0, q0 = schedules[temperature]
-            rate = acceptance(p0, q0, held_out)
+            rate = acceptance(p0, q0, held_out, drafted)
             progress.set_postfix(kl=f"{loss.item():.3f}", accept=f"{rate:.3f}")
             tqdm.write(f"step {step} kl {loss.item():.4f} held-out exact acceptance {rate:.3f}")
     draft.eval().save_pretrained(out_dir / "drafter", dtype=getattr(torch, dtype))
@@ -105,7 +107,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="shapes-c2i-continuous")
     parser.add_argument("--out", required=True, help="folder; the draft goes to OUT/drafter")
-    for name, default in (("steps", 3000), ("batch-size", 256), ("depth", 1), ("num-images", 1024), ("seed", 0)):
+    for name, default in (("steps", 3000), ("batch-size", 256), ("depth", 1), ("num-images", 1024), ("seed", 0),
+                          ("tail-steps", 2)):  # fmt: skip
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--width", type=int, default=None, help="default: the target head's width")
     parser.add_argument("--lr", type=float, default=1e-3)
