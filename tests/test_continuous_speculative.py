@@ -9,13 +9,12 @@ import torch
 
 from arstudio.decoding.continuous_speculative import (
     ContinuousSpeculativeParams,
-    Trajectories,
-    residual_sample,
     sample_continuous_speculative,
 )
 from arstudio.decoding.guidance import guide
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.random import DeviceRandom
+from arstudio.decoding.trajectories import Trajectories, residual_sample
 from arstudio.generators.draft_head import DraftHead
 from tests.test_continuous import gens, tiny_generator
 from tests.test_engine import HostReads
@@ -92,7 +91,9 @@ def test_draft_head_images_do_not_depend_on_their_batch_mates():
     """A residual no image of the batch needs is skipped, its draws too: the draw index stays the same."""
     target = tiny_generator("diffusion")
     draft = perturbed(DraftHead.from_target(target, depth=2), 0.01)
-    batch = sample_continuous_speculative(target, draft, torch.tensor([3, 5, 0]), gens(7, 8, 9), PARAMS, HEAD_SPEC)
+    batch = sample_continuous_speculative(
+        target, draft, torch.tensor([3, 5, 0]), gens(7, 8, 9), PARAMS, HEAD_SPEC
+    )
     alone = sample_continuous_speculative(target, draft, torch.tensor([5]), gens(8), PARAMS, HEAD_SPEC)
     torch.testing.assert_close(batch.tokens[1], alone.tokens[0], atol=1e-4, rtol=1e-4)
 
@@ -130,7 +131,9 @@ def test_host_reads_at_most_one_per_round():
     target = tiny_generator("diffusion")
     labels = torch.tensor([0, 5])
     with HostReads() as reads:
-        out = sample_continuous_speculative(target, perturbed(target, 0.002), labels, gens(0, 1), PARAMS, SPEC)
+        out = sample_continuous_speculative(
+            target, perturbed(target, 0.002), labels, gens(0, 1), PARAMS, SPEC
+        )
     rounds = out.stats["forwards"] - 1
     assert reads.count <= rounds + 3  # + the statistics after the loop and the labels' check
     head = perturbed(DraftHead.from_target(target, depth=2), 0.01)
@@ -169,7 +172,9 @@ def test_trajectories_follow_the_plain_sampler():
 
 def test_guidance_with_per_image_token_indices_matches_the_shared_index():
     params = SamplingParams(guidance_scale=3.0, cfg_interval=(0.25, 0.75))
-    out = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(0))  # [cond; uncond] x 2 images, 3 positions
+    out = torch.randn(
+        4, 3, 5, generator=torch.Generator().manual_seed(0)
+    )  # [cond; uncond] x 2 images, 3 positions
     index = torch.tensor([[0, 1, 2], [2, 3, 4]])
     mixed = guide(out, 2, params, index, 8)
     for b in range(2):
@@ -195,7 +200,9 @@ def test_bad_parameters(kwargs, message):
 def test_heads_and_shapes_must_fit():
     target = tiny_generator("diffusion")
     with pytest.raises(ValueError, match="needs diffusion heads; the draft model has a flow head"):
-        sample_continuous_speculative(target, tiny_generator("flow"), torch.tensor([0]), gens(0), PARAMS, SPEC)
+        sample_continuous_speculative(
+            target, tiny_generator("flow"), torch.tensor([0]), gens(0), PARAMS, SPEC
+        )
 
 
 def test_a_draft_head_of_another_target_is_refused_in_one_line():
@@ -206,7 +213,9 @@ def test_a_draft_head_of_another_target_is_refused_in_one_line():
         sample_continuous_speculative(target, draft, torch.tensor([0]), gens(0), PARAMS, HEAD_SPEC)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="draft_tokens=3: a draft head reads the target's trunk"):
-        sample_continuous_speculative(target, DraftHead.from_target(target), torch.tensor([0]), gens(0), PARAMS, SPEC)
+        sample_continuous_speculative(
+            target, DraftHead.from_target(target), torch.tensor([0]), gens(0), PARAMS, SPEC
+        )
 
 
 def test_a_draft_head_round_trips_through_save_pretrained(tmp_path):
@@ -226,7 +235,9 @@ def test_pipeline_continuous_speculative_on_the_tiny_preset():
     out = pipe(class_labels=[2, 3], decoding="continuous_speculative", draft_tokens=2, cspd_inner_temperature=2.0,
                num_inference_steps=4, cfg_interval=(0.2, 1.0), generator=torch.Generator().manual_seed(0))  # fmt: skip
     meta = out.metadata[0]
-    assert len(out.images) == 2 and meta["cspd_inner_temperature"] == 2.0 and meta["cfg_interval"] == [0.2, 1.0]
+    assert (
+        len(out.images) == 2 and meta["cspd_inner_temperature"] == 2.0 and meta["cfg_interval"] == [0.2, 1.0]
+    )
     assert meta["decoding"] == "continuous_speculative" and meta["num_inference_steps"] == 4
     assert {"acceptance_rate", "forwards_per_image"} <= set(out.stats)
     with pytest.raises(ValueError, match=r"cspd_inner_temperature=0.5 is out of range"):

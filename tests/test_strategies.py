@@ -88,7 +88,9 @@ def test_each_sampling_setting_is_applied_or_refused(pipes, setting):
 def test_refused_settings_are_absent_from_metadata(pipes):
     pipe = pipes["test-tiny-continuous"]
     meta = pipe(class_labels=[0], decoding="continuous_speculative", output_type="np").metadata[0]
-    assert {"guidance_scale", "temperature", "cfg_interval"} <= set(meta) and not {"top_k", "top_p"} & set(meta)
+    assert {"guidance_scale", "temperature", "cfg_interval"} <= set(meta) and not {"top_k", "top_p"} & set(
+        meta
+    )
     with pytest.raises(ValueError, match=r"cannot apply top_k=5 \(a diffusion head denoises vectors"):
         pipe(class_labels=[0], decoding="continuous_speculative", top_k=5)
     # a neutral value is no request: it passes

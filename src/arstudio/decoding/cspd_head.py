@@ -15,14 +15,16 @@ import time
 
 import torch
 
-from arstudio.decoding.continuous_speculative import Trajectories, prefill_tokens, residual_sample
 from arstudio.decoding.guidance import guide, with_unconditional
 from arstudio.decoding.random import as_device_random
+from arstudio.decoding.trajectories import Trajectories, prefill_tokens, residual_sample
 from arstudio.decoding.types import DecodeResult
 
 
 @torch.no_grad()
-def sample_with_draft_head(target, draft, cond, generators, params, spec, negative_cond, callback) -> DecodeResult:
+def sample_with_draft_head(
+    target, draft, cond, generators, params, spec, negative_cond, callback
+) -> DecodeResult:
     """``sample_continuous_speculative`` for a ``DraftHead`` (checked by the caller)."""
     batch, total, device = cond.shape[0], target.seq_len, cond.device
     rng = as_device_random(generators, device)
@@ -44,8 +46,12 @@ def sample_with_draft_head(target, draft, cond, generators, params, spec, negati
         while index < total and not stop:
             zg = guide(z, batch, params, index, total)
             noise = q.noise(rng, zg)  # (S, B, d): the draft's draws, and the target's in the tail
-            xs = q.sample(zg, noise, stop=drafted)  # (drafted + 1, B, d): x_T .. the state the tail starts from
-            means = p.means(xs[:-1], zg)  # (drafted, B, d): the target's step means along it, one batched call
+            xs = q.sample(
+                zg, noise, stop=drafted
+            )  # (drafted + 1, B, d): x_T .. the state the tail starts from
+            means = p.means(
+                xs[:-1], zg
+            )  # (drafted, B, d): the target's step means along it, one batched call
             log_q = Trajectories.own_log_density(noise[: drafted + 1])
             log_ratio = (p.log_density(xs, means) - log_q) / spec.inner_temperature
             ok = rng.uniform(1)[:, 0].log() <= log_ratio.clamp(max=0)

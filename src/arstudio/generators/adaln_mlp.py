@@ -31,7 +31,9 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor
+    ) -> torch.Tensor:
         """h (M, width) with this block's modulation of the condition (``AdaLNMLP.modulations``)."""
         return h + gate * self.mlp(self.norm(h) * (1 + scale) + shift)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from arstudio.decoding.continuous_speculative import Trajectories
+from arstudio.decoding.trajectories import Trajectories
 from arstudio.generators.draft_head import DraftHead
 from arstudio.seeding import seeded
 
@@ -49,7 +49,9 @@ def trajectory_kl(p: Trajectories, q: Trajectories, xs: torch.Tensor, z: torch.T
 @torch.no_grad()
 def acceptance(p: Trajectories, q: Trajectories, z: torch.Tensor, drafted: int, seed: int = 7) -> float:
     """E_q[min(1, p/q)] over the draft's own first ``drafted`` steps: the exact test's acceptance for these z."""
-    noise = torch.randn((p.steps, *z.shape[:1], p.head.token_dim), generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(
+        (p.steps, *z.shape[:1], p.head.token_dim), generator=torch.Generator().manual_seed(seed)
+    )
     xs = q.sample(z, noise, stop=drafted)
     log_ratio = p.log_density(xs, p.means(xs[:-1], z)) - Trajectories.own_log_density(noise[: drafted + 1])
     return float(log_ratio.clamp(max=0).exp().mean())
