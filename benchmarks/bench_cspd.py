@@ -60,8 +60,49 @@ def speed(pipe, images: int) -> dict:
         rows[name] = row
         print(name, {k: round(v, 3) for k, v in row.items()})
     curves = [s["acceptance_by_token"] for s in stats["cspd_exact_no_prefill"]]
+    # The other draft kind's ceiling: a draft *model* (own trunk and head) that is the target itself accepts
+    # everything, yet pays a full trunk step and head trajectory per draft.
+    import copy
+
+    from arstudio.decoding.continuous_speculative import (
+        ContinuousSpeculativeParams,
+        sample_continuous_speculative,
+    )
+    from arstudio.decoding.logits import SamplingParams
+
+    params = SamplingParams.from_defaults(pipe.preset.defaults)
+    twin, ceiling = copy.deepcopy(pipe.generator), []
+    for i in range(min(images, 3)):
+        start = time.perf_counter()
+        out = sample_continuous_speculative(pipe.generator, twin, torch.tensor([i]), [torch.Generator().manual_seed(i)],
+                                            params, ContinuousSpeculativeParams(draft_tokens=3))  # fmt: skip
+        ceiling.append(time.perf_counter() - start)
+    rows["draft_model_ceiling_twin_gamma3"] = {
+        "seconds_per_image_sampler_only": float(np.mean(ceiling)),
+        "acceptance_rate": out.stats["acceptance_rate"],
+    }
+    print("draft model ceiling", rows["draft_model_ceiling_twin_gamma3"])
     by_token = np.mean(np.array(curves), axis=0)
     return {"settings": rows, "exact_acceptance_by_token_no_prefill": [round(float(x), 3) for x in by_token]}
+
+
+def tail_curve(pipe, tails=(1, 2, 3, 4, 6)) -> dict:
+    """Exact acceptance E_q[min(1, p/q)] against the number of last reverse steps the target makes itself, on
+    512 teacher-forced guided trunk features of held-out shapes (the preset's sampling)."""
+    from arstudio.decoding.trajectories import Trajectories
+    from arstudio.training.cspd_draft import acceptance, guided_features
+    from arstudio.training.generator import tokenize_shapes
+
+    d, target = pipe.preset.defaults, pipe.generator
+    tokens, cond = tokenize_shapes(pipe.tokenizer, 8, 4242)
+    with torch.no_grad():
+        z = guided_features(target, tokens, cond, torch.full((8,), float(d["guidance_scale"])))
+    steps, clip = d["num_inference_steps"], target.config.x0_clip
+    p = Trajectories(target.head, steps, d["temperature"], clip)
+    q = Trajectories(pipe.drafter.head, steps, d["temperature"], clip)
+    curve = {tail: round(acceptance(p, q, z, steps - tail), 3) for tail in tails}
+    print("exact acceptance by tail_steps", curve)
+    return curve
 
 
 def quality(
@@ -107,6 +148,7 @@ def main() -> None:
         **speed(pipe, args.images),
     }
     results["cpu_pressure_after_timing"] = cpu_pressure()
+    results["exact_acceptance_by_tail_steps"] = tail_curve(pipe)
     classifier = load_shipped_classifier()
     n = args.per_class * NUM_CLASSES
     real, _, _ = class_batch(1001, n, 32)
