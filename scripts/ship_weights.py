@@ -24,6 +24,7 @@ import torch
 from arstudio.evaluation.fd_shapes import ShapesClassifier
 from arstudio.generators.continuous import ContinuousImageGenerator
 from arstudio.generators.distilled import DDGenerator
+from arstudio.generators.draft_head import DraftHead
 from arstudio.generators.drafter import Drafter
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.video import VideoGenerator
@@ -48,6 +49,7 @@ SHIPPED = {
     "fd-shapes-classifier": ("runs/fd-shapes-classifier", F32),
     "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", F16),
     "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", I8),
+    "shapes-c2i-continuous/drafter": ("runs/cspd-draft-d1/drafter", F16),  # CSpD draft head (training/cspd_draft.py)
     "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", F16),
     "shapes-c2i-bridge/generator": ("runs/gen-bridge-joint", I8),
     # control presets keep shapes-c2i's tokenizer, sprites-video shapes-c2i-continuous's (Preset.shared_tokenizer)
@@ -59,7 +61,7 @@ SHIPPED = {
 MODELS = {
     cls.__name__: cls
     for cls in (
-        ImageGenerator, ContinuousImageGenerator, Drafter, DDGenerator, VideoGenerator,
+        ImageGenerator, ContinuousImageGenerator, Drafter, DraftHead, DDGenerator, VideoGenerator,
         VQTokenizer, KLTokenizer, BridgeTokenizer, CausalVideoTokenizer, ShapesClassifier,
     )
 }  # fmt: skip

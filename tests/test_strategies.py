@@ -88,19 +88,13 @@ def test_each_sampling_setting_is_applied_or_refused(pipes, setting):
 def test_refused_settings_are_absent_from_metadata(pipes):
     pipe = pipes["test-tiny-continuous"]
     meta = pipe(class_labels=[0], decoding="continuous_speculative", output_type="np").metadata[0]
-    assert {"guidance_scale", "temperature"} <= set(meta) and not {"top_k", "top_p", "cfg_interval"} & set(
+    assert {"guidance_scale", "temperature", "cfg_interval"} <= set(meta) and not {"top_k", "top_p"} & set(
         meta
     )
-    with pytest.raises(ValueError, match=r"cannot apply cfg_interval=\(0.2, 0.8\) \(its draft-and-verify"):
-        pipe(class_labels=[0], decoding="continuous_speculative", cfg_interval=(0.2, 0.8))
+    with pytest.raises(ValueError, match=r"cannot apply top_k=5 \(a diffusion head denoises vectors"):
+        pipe(class_labels=[0], decoding="continuous_speculative", top_k=5)
     # a neutral value is no request: it passes
-    pipe(
-        class_labels=[0],
-        decoding="continuous_speculative",
-        cfg_interval=(0.0, 1.0),
-        top_k=0,
-        output_type="np",
-    )
+    pipe(class_labels=[0], decoding="continuous_speculative", top_k=0, top_p=1.0, output_type="np")
 
 
 def test_unavailable_strategy_names_itself_the_reason_and_the_alternatives(pipes):

@@ -106,7 +106,7 @@ def _targets(pipe) -> list[tuple[str, object, str]]:
     if getattr(head, "kind", None) in ("diffusion", "flow") and separate_head:
         targets.append(("generator.head", head, "forward"))
     drafter = getattr(pipe, "drafter", None)
-    if drafter is not None:
+    if drafter is not None and hasattr(drafter, "step"):  # a CSpD draft head has no trunk step
         targets.append(("drafter.step", drafter, "step"))
         drafter_head = getattr(drafter, "head", None)
         if getattr(drafter_head, "kind", None) in ("diffusion", "flow"):

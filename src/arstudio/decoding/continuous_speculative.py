@@ -1,23 +1,32 @@
 """Continuous speculative decoding (CSpD, arXiv 2411.11925) for diffusion heads.
 
-A small draft model (an independent ``ContinuousImageGenerator`` with a diffusion head on the same
-latents) proposes ``draft_tokens`` vector tokens; the target checks them in one cached forward.
-
 The density of a diffusion head's output is intractable, but each reverse step is Gaussian:
-x_{i+1} ~ N(mu(x_i, z), (sigma_i * temperature)^2). So the acceptance test compares the *trajectory*
-densities: the draft's own trajectory x_T .. x_1 is scored under the target's conditioning z_p and under
-the draft's z_q, step by step on the same points (denoising-trajectory alignment: both models are read on
-the draft's noise path), and the draft is kept if u <= p(traj) / q(traj). The last reverse step adds no
-noise, so it carries no density and is left out of the ratio; an accepted token is the draft's own
-x_0 (it already fed the later drafts and the verification), which differs from the target's final
-step on the same x_1 only by the two heads' last, nearly noise-free, denoising step.
+x_{i+1} ~ N(mu(x_i, z), (sigma_i * temperature)^2). So the acceptance test compares *trajectory* densities:
+the draft's trajectory is scored under the target and under the draft on the same points (both models read
+the one noise path the draft drew: CSpD's denoising-trajectory alignment), and kept if u <= p(traj) / q(traj).
+The draft's own density is free (its transitions are its noise: log q = -|eps|^2 / 2 per step); the target's
+is one batched head call over all the trajectory's steps. A draft head drafts all but the last ``tail_steps``
+reverse steps, which the target then makes from the kept state with the same noise (shared noise), so its
+tokens are exactly the target's samples.
 
-On rejection, the residual max(0, p - q) is sampled by acceptance-rejection: draw a trajectory from the
-target, keep it with probability max(0, 1 - q/p), at most ``max_tries`` times (then the last draw is kept,
-a bounded approximation as in CSpD). With p = q every draft is accepted.
+On rejection the residual max(0, p - q) is sampled by acceptance-rejection with the target as proposal: a
+target trajectory y is kept with probability max(0, 1 - q(y) / p(y)). ``max_tries`` proposals run at once as
+extra rows (no host read per try); when none is kept the last one stands (a bounded approximation, as in
+CSpD). With p = q every draft is accepted.
 
-Relaxed form: ``inner_temperature`` tau >= 1 tempers the log ratio (accept if u <= (p/q)^(1/tau)). It is
-lossy for tau > 1 and named as such; tau = 1 is the exact test.
+Two draft kinds:
+- ``DraftHead`` (generators/draft_head.py): a small head distilled from the target's, reading the target's own
+  trunk features z. Each token: the target's trunk step, the draft head's cheap trajectory, one batched
+  target-density call, the residual only when some image rejected (the round's one host read). The trunk is
+  exact, so only the heads differ and the rounds need no rollback.
+- an independent small ``ContinuousImageGenerator`` (its own trunk and head): it drafts ``draft_tokens`` in a
+  row, the target verifies them in one cached forward, the longest accepted prefix is kept (as discrete
+  speculative decoding, ``rounds.py``).
+
+Token pre-filling (CSpD): the first ``prefill`` fraction of the tokens comes from the target alone (acceptance
+is lowest there, where the draft's errors are largest). Relaxed form: ``inner_temperature`` tau >= 1 tempers
+the log ratio (accept if u <= (p/q)^(1/tau)); lossy for tau > 1 and named so; tau = 1 is the exact test.
+Guidance (cfg_interval included) is ``guidance.guide``'s, as for every strategy.
 """
 
 from __future__ import annotations
@@ -28,92 +37,71 @@ from dataclasses import dataclass
 
 import torch
 
-from arstudio.decoding.autoregressive import DecodeResult, StepCallback, with_unconditional
-from arstudio.decoding.continuous import per_row_randn
-from arstudio.decoding.logits import SamplingParams, classifier_free_guidance
+from arstudio.decoding.cspd_head import sample_with_draft_head
+from arstudio.decoding.guidance import guide, with_unconditional
+from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.random import as_device_random
 from arstudio.decoding.rounds import SpeculationLedger, take_at
+from arstudio.decoding.trajectories import Trajectories, prefill_tokens, residual_sample
+from arstudio.decoding.types import DecodeResult, StepCallback
+from arstudio.generators.draft_head import DraftHead
 
 
 @dataclass(frozen=True)
 class ContinuousSpeculativeParams:
-    draft_tokens: int = 3
+    draft_tokens: int = 1  # draft models with their own trunk: tokens drafted per target forward
     num_inference_steps: int = 25
     inner_temperature: float = 1.0  # > 1: relaxed (lossy) acceptance
-    max_tries: int = 4  # acceptance-rejection draws for the residual
+    max_tries: int = 4  # acceptance-rejection proposals for the residual, drawn at once
+    prefill: float = 0.15  # fraction of the tokens the target makes alone before drafting starts
+    # Draft heads: the last reverse steps the target makes itself from the accepted state, with the draft's
+    # noise (None: 2). The last noisy step has a tiny variance, where any two heads' means disagree by many
+    # standard deviations; the target taking it keeps the test to the steps a draft can match.
+    tail_steps: int | None = None
 
     def __post_init__(self):
         for name, low in (("draft_tokens", 1), ("num_inference_steps", 2), ("max_tries", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        tail = self.tail_steps
+        if tail is not None and (
+            isinstance(tail, bool) or not isinstance(tail, int) or not 1 <= tail < self.num_inference_steps
+        ):
+            raise ValueError(
+                f"tail_steps={tail!r} must be an integer in [1, num_inference_steps - 1={self.num_inference_steps - 1}]"
+            )
         if not isinstance(self.inner_temperature, (int, float)) or self.inner_temperature < 1:
             raise ValueError(
                 f"inner_temperature={self.inner_temperature!r} must be a number >= 1 (1 = exact)"
             )
+        if (
+            isinstance(self.prefill, bool)
+            or not isinstance(self.prefill, (int, float))
+            or not 0 <= self.prefill <= 1
+        ):
+            raise ValueError(f"prefill={self.prefill!r} must be a fraction in [0, 1]")
 
-
-class DiffusionSteps:
-    """The respaced reverse-DDPM schedule of a diffusion head (the same arithmetic as ``ddpm_sample``)."""
-
-    def __init__(self, head, steps: int, temperature: float, x0_clip: float):
-        self.head, self.temperature, self.x0_clip = head, temperature, x0_clip
-        abar = head.alphas_cumprod_list
-        self.timesteps = torch.linspace(head.num_timesteps - 1, 0, steps).round().long().tolist()
-        self.coefs = []  # per step: (a_t, coefficient of x0, coefficient of x_t, noise std)
-        for i, t in enumerate(self.timesteps):
-            a_t = abar[t]
-            a_prev = abar[self.timesteps[i + 1]] if i + 1 < steps else 1.0
-            alpha = a_t / a_prev
-            sigma = math.sqrt((1 - alpha) * (1 - a_prev) / (1 - a_t)) if i + 1 < steps else 0.0
-            self.coefs.append((a_t, math.sqrt(a_prev) * (1 - alpha) / (1 - a_t),
-                               math.sqrt(alpha) * (1 - a_prev) / (1 - a_t), sigma * temperature))  # fmt: skip
-
-    def mean(self, i: int, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Mean of x_{i+1} given x_i (B, d) under conditioning z (B, dim)."""
-        a_t, c_x0, c_xt, _ = self.coefs[i]
-        t = torch.full((x.shape[0],), self.timesteps[i], device=x.device)
-        eps = self.head(x, t, z)
-        x0 = ((x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-self.x0_clip, self.x0_clip)
-        return c_x0 * x0 + c_xt * x
-
-    def sample(self, z: torch.Tensor, rng) -> list[torch.Tensor]:
-        """A trajectory [x_T, ..., x_0], each (B, d), noise from each row's own draws."""
-        d = self.head.token_dim
-        rng = as_device_random(rng, z.device)
-        xs = [per_row_randn(rng, (d,), z)]
-        for i in range(len(self.timesteps)):
-            x = self.mean(i, xs[-1], z)
-            std = self.coefs[i][3]
-            xs.append(x + std * per_row_randn(rng, (d,), z) if std > 0 else x)
-        return xs
-
-    def log_density(self, xs: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-        """log density (B,) of the noisy transitions x_i -> x_{i+1} of ``xs`` under conditioning z, up to
-        a constant shared by every model on this schedule (it cancels in ratios).
-
-        The trajectory is known, so all its steps go through the head in one batched call.
-        """
-        noisy = len(self.timesteps) - 1  # the last step is deterministic
-        batch = z.shape[0]
-        x = torch.cat(xs[:noisy])  # (S * B, d), step-major
-        t = torch.tensor(self.timesteps[:noisy], device=z.device).repeat_interleave(batch)
-        eps = self.head(x, t, z.repeat(noisy, 1))
-        coefs = torch.tensor(self.coefs[:noisy], device=z.device, dtype=x.dtype).repeat_interleave(batch, 0)
-        a_t, c_x0, c_xt, std = (c[:, None] for c in coefs.unbind(-1))  # (S * B, 1) each
-        x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-self.x0_clip, self.x0_clip)
-        mean = c_x0 * x0 + c_xt * x
-        log = -((torch.cat(xs[1 : noisy + 1]) - mean) ** 2).sum(-1, keepdim=True) / (2 * std**2)
-        return log.view(noisy, batch).sum(0)
+    def prefilled(self, total: int) -> int:
+        """Tokens the target makes alone: at least token 0 (it comes from the prefill forward)."""
+        return max(1, min(total, math.ceil(self.prefill * total)))
 
 
 def check_draft_for_cspd(target, draft) -> None:
-    for name, model in (("target", target), ("draft model", draft)):
-        if getattr(model.head, "kind", None) != "diffusion":
-            kind = getattr(model.head, "kind", type(model.head).__name__)
-            raise ValueError(
-                f"continuous speculative decoding needs diffusion heads; the {name} has a {kind} head"
-            )
+    """A draft head must come from this target; a draft model must share its tokens, schedule and grid."""
+    if getattr(target.head, "kind", None) != "diffusion":
+        kind = getattr(target.head, "kind", type(target.head).__name__)
+        raise ValueError(
+            f"continuous speculative decoding needs diffusion heads; the target has a {kind} head"
+        )
+    if isinstance(draft, DraftHead):
+        draft.check_target(target)
+        return
+    if getattr(draft.head, "kind", None) != "diffusion":
+        kind = getattr(draft.head, "kind", type(draft.head).__name__)
+        raise ValueError(
+            f"continuous speculative decoding needs diffusion heads; the draft model has a {kind} head"
+        )
     t, d = target, draft
     pairs = {"token_dim": (t.config.token_dim, d.config.token_dim),
              "num_timesteps": (t.head.num_timesteps, d.head.num_timesteps),
@@ -136,70 +124,92 @@ def sample_continuous_speculative(
     negative_cond: torch.Tensor | None = None,
     callback: StepCallback | None = None,
 ) -> DecodeResult:
-    """Sample (B, N, d) latents from ``target`` with vector drafts from ``draft``."""
+    """Sample (B, N, d) latents from ``target`` with vector drafts from ``draft`` (a ``DraftHead`` or a
+    draft model)."""
     params, spec = params or SamplingParams(), spec or ContinuousSpeculativeParams()
     check_draft_for_cspd(target, draft)
+    if len(generators) != cond.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for a batch of {cond.shape[0]}")
+    if isinstance(draft, DraftHead):
+        if spec.draft_tokens != 1:
+            raise ValueError(
+                f"draft_tokens={spec.draft_tokens!r}: a draft head reads the target's trunk, so it drafts one "
+                "token per target step; use draft_tokens=1"
+            )
+        return sample_with_draft_head(target, draft, cond, generators, params, spec, negative_cond, callback)
+    if spec.tail_steps is not None:
+        raise ValueError(
+            f"tail_steps={spec.tail_steps!r} applies to draft heads: a draft model's accepted tokens feed its next "
+            "drafts, so its trajectories run to the end; leave it None"
+        )
+    return _sample_with_draft_model(target, draft, cond, generators, params, spec, negative_cond, callback)
+
+
+def _sample_with_draft_model(target, draft, cond, generators, params, spec, negative_cond, callback):
+    """Draft ``draft_tokens`` vector tokens with an independent small model, verify them in one target forward."""
     gamma, batch, total, prefix_len = spec.draft_tokens, cond.shape[0], target.seq_len, target.prefix_len
-    if len(generators) != batch:
-        raise ValueError(f"got {len(generators)} generators for a batch of {batch}")
     device = cond.device
     rng = as_device_random(generators, device)
     target_cond = with_unconditional(target, cond, negative_cond) if params.uses_cfg else cond
     draft_cond = with_unconditional(draft, cond, negative_cond) if params.uses_cfg else cond
-    rows = target_cond.shape[0]
-    streams = rows // batch
+    streams = target_cond.shape[0] // batch
 
     def both(x: torch.Tensor) -> torch.Tensor:
         return x.repeat(streams, *([1] * (x.ndim - 1)))
 
-    def guide(z: torch.Tensor) -> torch.Tensor:  # (R, ..., dim) -> (B, ..., dim); guidance on z (as in MAR)
-        return classifier_free_guidance(z[:batch], z[batch:], params.guidance_scale) if params.uses_cfg else z
-
-    p_steps = DiffusionSteps(target.head, spec.num_inference_steps, params.temperature, target.config.x0_clip)
-    q_steps = DiffusionSteps(draft.head, spec.num_inference_steps, params.temperature, draft.config.x0_clip)
+    p_steps = Trajectories(target.head, spec.num_inference_steps, params.temperature, target.config.x0_clip)
+    q_steps = Trajectories(draft.head, spec.num_inference_steps, params.temperature, draft.config.x0_clip)
     start = time.perf_counter()
-    target.setup_cache(rows, device=device, extra=gamma + 1)
-    draft.setup_cache(rows, device=device, extra=gamma + 1)
+    count = spec.prefilled(total)
     try:
-        first = p_steps.sample(guide(target.prefill(target_cond)), rng)[-1]
-        ledger = SpeculationLedger(
-            first.float(), total, gamma
-        )  # latents kept in fp32 whatever the model dtype
+        first, _, _ = prefill_tokens(target, p_steps, target_cond, batch, count, params, rng, gamma + 1)
+        ledger = SpeculationLedger(first[:, 0], total, gamma)  # latents kept in fp32 whatever the model dtype
+        ledger.tokens[:, :count] = first
+        ledger.decided.fill_(count)
+        ledger.least_decided = count
+        draft.setup_cache(draft_cond.shape[0], device=device, extra=gamma + 1)
         draft.prefill(draft_cond)
-        first_position = torch.full((1,), prefix_len, dtype=torch.long, device=device)
-        z_q = draft.step(both(ledger.tokens[:, :1]), first_position)[:, -1]
+        read = torch.arange(count, device=device) + prefix_len
+        z_q = draft.step(both(first).to(draft.tok_embeddings.weight.dtype), read)[:, -1]
         steps = ledger.steps
         while ledger.running:
             cursor = ledger.cursor
-            # 1. Draft gamma tokens with their trajectories and the draft's log density of each.
+            # 1. Draft gamma tokens with their trajectories; the draft's density is its noise's.
             trajectories, z_drafts, log_q = [], [], []
             for i in range(gamma):
-                zg = guide(z_q)
-                xs = q_steps.sample(zg, rng)
-                trajectories.append(xs)
+                zg = guide(z_q, batch, params, cursor + i, total)
+                noise = q_steps.noise(rng, zg)
+                trajectories.append(q_steps.sample(zg, noise))
                 z_drafts.append(zg)
-                log_q.append(q_steps.log_density(xs, zg))
+                log_q.append(Trajectories.own_log_density(noise))
                 if i + 1 < gamma:
                     position = (prefix_len + cursor + i)[:, None]
-                    z_q = draft.step(both(xs[-1][:, None]), both(position))[:, 0]
+                    z_q = draft.step(both(trajectories[-1][-1][:, None]), both(position))[:, 0]
             drafts = torch.stack([xs[-1] for xs in trajectories], dim=1)  # (B, gamma, d)
 
             # 2. Verify: [last decided token, drafts] at positions P + cursor - 1 + (0..gamma).
             positions = prefix_len + cursor[:, None] - 1 + steps
             chunk = torch.cat([ledger.last_decided(cursor), drafts], dim=1)
-            z_p = guide(target.step(both(chunk), both(positions)))  # (B, gamma + 1, dim)
+            z_p = guide(
+                target.step(both(chunk), both(positions)), batch, params, cursor[:, None] + steps, total
+            )
 
             # 3. Trajectory-aligned acceptance, longest accepted prefix, then a residual or bonus token.
-            log_p = torch.stack([p_steps.log_density(xs, z_p[:, i]) for i, xs in enumerate(trajectories)], 1)
+            means = [p_steps.means(xs[:-1], z_p[:, i]) for i, xs in enumerate(trajectories)]
+            log_p = torch.stack(
+                [p_steps.log_density(xs, m) for xs, m in zip(trajectories, means, strict=True)], 1
+            )
             log_ratio = (log_p - torch.stack(log_q, 1)) / spec.inner_temperature
-            u = rng.uniform(gamma)
-            passed = u.clamp_min(1e-30).log() <= log_ratio.clamp(max=0)
+            passed = rng.uniform(gamma).log() <= log_ratio.clamp(max=0)
             accepted = passed.long().cumprod(1).sum(1)  # (B,)
+            # An accepted draft stays the draft's own x_0: it already fed the later drafts and the verify
+            # forward. It differs from the target's last step from the same x_1 by the two heads' last,
+            # noise-free step (the draft-head path, which has no later drafts, takes the target's).
             at = accepted.clamp(max=gamma - 1)
             # The draft's z may be narrower than the target's: each is gathered from its own stack.
             z_p_at, z_q_at = take_at(z_p, at), take_at(torch.stack(z_drafts, 1), at)
-            fixed = _residual_sample(p_steps, q_steps, z_p_at, z_q_at, rng, spec.max_tries)
-            bonus = p_steps.sample(z_p[:, gamma], rng)[-1]
+            fixed = residual_sample(p_steps, q_steps, z_p_at, z_q_at, rng, spec.max_tries)
+            bonus = p_steps.sample(z_p[:, gamma], p_steps.noise(rng, z_p))[-1]
             final = torch.where((accepted == gamma)[:, None], bonus, fixed)
             new = ledger.commit(cursor, drafts, final, accepted)
 
@@ -211,26 +221,8 @@ def sample_continuous_speculative(
     finally:
         target.backbone.reset_cache()
         draft.backbone.reset_cache()
-    stats = {
-        **ledger.stats(),
-        "head_steps": spec.num_inference_steps,
-        "decode_seconds": time.perf_counter() - start,
-    }
+    stats = ledger.stats()
+    stats["forwards_per_image"] += count - 1  # the prefilled tokens' target steps
+    stats.update(head_steps=spec.num_inference_steps, prefilled_tokens=count,
+                 decode_seconds=time.perf_counter() - start)  # fmt: skip
     return DecodeResult(ledger.result(), stats)
-
-
-def _residual_sample(p_steps, q_steps, z_p, z_q, rng, max_tries: int) -> torch.Tensor:
-    """Acceptance-rejection draws from max(0, p - q): a target trajectory y is kept with probability
-    max(0, 1 - q(y) / p(y)); after ``max_tries`` the last draw stands (bounded, approximate)."""
-    result, done = None, torch.zeros(z_p.shape[0], dtype=torch.bool, device=z_p.device)
-    for _ in range(max_tries):
-        xs = p_steps.sample(z_p, rng)
-        keep_prob = 1 - torch.exp((q_steps.log_density(xs, z_q) - p_steps.log_density(xs, z_p)).clamp(max=0))
-        u = rng.uniform(1)[:, 0]
-        take = ~done & (u < keep_prob)
-        result = xs[-1] if result is None else torch.where(~done[:, None], xs[-1], result)  # newest draw
-        done |= take
-        # A host read per try, but only off the GPU: there it would stall the stream, so every try runs.
-        if z_p.device.type == "cpu" and bool(done.all()):
-            break
-    return result

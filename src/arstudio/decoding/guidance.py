@@ -15,6 +15,7 @@ Works on logits and on continuous heads' conditioning vectors alike (both are gu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -71,12 +72,28 @@ def guidance_rows(model, cond: torch.Tensor, negative_cond, params: SamplingPara
     return rows
 
 
-def guide(out: torch.Tensor, batch: int, params: SamplingParams, index: int, total: int,
+def guided_tokens(params: SamplingParams, index: torch.Tensor, total: int) -> torch.Tensor:
+    """``params.guided`` for per-image token indices (B, ...) on the device: the same decision, as the division
+    is made in float64 like Python's ``index / total``."""
+    lo, hi = params.cfg_interval
+    fraction = index.double() / total
+    return (fraction >= lo) & (fraction < hi)
+
+
+def guide(out: torch.Tensor, batch: int, params: SamplingParams, index: int | torch.Tensor, total: int,
           control: ControlSignal | None = None) -> torch.Tensor:  # fmt: skip
-    """Combine the streams' outputs (streams x B, ...) of token ``index`` into (B, ...)."""
+    """Combine the streams' outputs (streams x B, ...) of token ``index`` into (B, ...). ``index``: one token
+    index for the batch, or per-image indices (B, ...) matching ``out``'s leading dimensions (batched
+    speculation, where images stand at different tokens); guidance then switches per image without a host read.
+    """
     streams = out.shape[0] // batch
     if streams == 1:
         return out
+    if isinstance(index, torch.Tensor):
+        guided = guided_tokens(params, index, total)
+        guided = guided.view(*guided.shape, *([1] * (out.ndim - guided.ndim)))
+        every = dataclasses.replace(params, cfg_interval=(0.0, 1.0))
+        return torch.where(guided, guide(out, batch, every, 0, total, control), out[:batch])
     if not params.guided(index, total):
         return out[:batch]
     if streams == 2:

@@ -31,8 +31,10 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.modulation(y).chunk(3, dim=-1)
+    def forward(
+        self, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor
+    ) -> torch.Tensor:
+        """h (M, width) with this block's modulation of the condition (``AdaLNMLP.modulations``)."""
         return h + gate * self.mlp(self.norm(h) * (1 + scale) + shift)
 
 
@@ -54,11 +56,23 @@ class AdaLNMLP(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = self.time_embed(timestep_embedding(t, self.freq_dim).to(x.dtype)) + self.cond_embed(z)
+        return self.denoise(x, self.modulations(t, z, x.dtype))
+
+    def modulations(self, t: torch.Tensor, z: torch.Tensor, dtype: torch.dtype | None = None) -> list:
+        """The condition's whole part of the net for times t (M,) and conditions z (M, cond_dim): every
+        block's (shift, scale, gate) and the output layer's (shift, scale), each (M, width). A sampler whose z
+        is fixed for a token and whose times are known computes them for all its steps at once."""
+        y = self.time_embed(timestep_embedding(t, self.freq_dim).to(dtype or z.dtype)) + self.cond_embed(z)
+        return [block.modulation(y).chunk(3, dim=-1) for block in self.blocks] + [
+            self.final_modulation(y).chunk(2, dim=-1)
+        ]
+
+    def denoise(self, x: torch.Tensor, modulations: list) -> torch.Tensor:
+        """x (M, d) and ``modulations(t, z)`` (rows matching x) -> the prediction (M, d)."""
         h = self.input_proj(x)
-        for block in self.blocks:
-            h = block(h, y)
-        shift, scale = self.final_modulation(y).chunk(2, dim=-1)
+        for block, (shift, scale, gate) in zip(self.blocks, modulations, strict=False):
+            h = block(h, shift, scale, gate)
+        shift, scale = modulations[-1]
         return self.output(self.final_norm(h) * (1 + scale) + shift)
 
 

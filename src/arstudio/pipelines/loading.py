@@ -17,6 +17,7 @@ from arstudio.decoding.strategies import wanted_components
 from arstudio.generators.backbone import check_attention_backend
 from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
 from arstudio.generators.distilled import DDGenerator
+from arstudio.generators.draft_head import DraftHead
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
 from arstudio.generators.text_encoders import load_text_encoder
@@ -359,12 +360,16 @@ def _load_drafter(preset: Preset, generator, source, device, dtype):
 
 
 def _load_continuous_draft_model(preset: Preset, generator, source, device, dtype):
-    """Continuous speculative decoding's draft model: an independent small ``ContinuousImageGenerator`` in
-    ``drafter/``, or a seeded random one with the preset's config for random presets."""
+    """Continuous speculative decoding's draft in ``drafter/``: a ``DraftHead`` distilled from this generator's
+    head (checked by fingerprint) or an independent small ``ContinuousImageGenerator``; a seeded random draft
+    model with the preset's config for random presets."""
     if source is None:
         draft = seeded(lambda: _random_generator(preset.generator), preset.init_seed + 2)
     elif isinstance(source, Path) and (source / "drafter").is_dir():
-        draft = ContinuousImageGenerator.from_pretrained(source / "drafter")
+        kind = json.loads((source / "drafter" / "config.json").read_text()).get("class")
+        draft = (DraftHead if kind == "DraftHead" else ContinuousImageGenerator).from_pretrained(
+            source / "drafter"
+        )
     else:
         return None
     check_draft_for_cspd(generator, draft)

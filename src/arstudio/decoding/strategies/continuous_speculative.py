@@ -20,7 +20,12 @@ class ContinuousSpeculative(Strategy):
     name = "continuous_speculative"
     knobs = (
         DecodingParam(
-            "draft_tokens", 3, 1, 16, True, "vector tokens the draft model proposes per target forward"
+            "draft_tokens",
+            1,
+            1,
+            16,
+            True,
+            "vector tokens a draft model with its own trunk proposes per target forward (a draft head: 1)",
         ),
         DecodingParam(
             "cspd_inner_temperature",
@@ -30,6 +35,14 @@ class ContinuousSpeculative(Strategy):
             False,
             "relaxed CSpD: tempers the trajectory density ratio; 1 is exact",
         ),
+        DecodingParam(
+            "cspd_prefill",
+            0.15,
+            0.0,
+            1.0,
+            False,
+            "fraction of the tokens the target makes alone before drafting (CSpD's token pre-filling)",
+        ),
     )
     needs = "drafter"
 
@@ -38,17 +51,13 @@ class ContinuousSpeculative(Strategy):
             return f"CSpD needs a diffusion head; this generator has a {head_kind(generator)} head"
         return control_reason(generator)
 
-    def cannot_apply(self, generator) -> dict[str, str]:
-        # Its rounds guide every token (the sampler has no guidance interval); refused, not dropped.
-        return {
-            **super().cannot_apply(generator),
-            "cfg_interval": "its draft-and-verify rounds guide every token",
-        }
-
     def run(self, pipe, request: DecodeRequest) -> DecodeResult:
         r, knobs = request, request.knobs
         spec = ContinuousSpeculativeParams(
-            knobs["draft_tokens"], r.head_steps, knobs["cspd_inner_temperature"]
+            knobs["draft_tokens"],
+            r.head_steps,
+            knobs["cspd_inner_temperature"],
+            prefill=knobs["cspd_prefill"],
         )
         return sample_continuous_speculative(
             pipe.generator,
