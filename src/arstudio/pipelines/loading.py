@@ -112,9 +112,15 @@ def _from_folder(cls, path: Path, config, what: str, preset: Preset):
     """``cls.from_pretrained(path)``, refused unless its config is the preset's (same keys are not enough:
     a different grid or vocabulary would load and then generate garbage). Fields that only steer training
     (a config class's ``TRAINING_ONLY``) may differ: a model trained with other dropout or video context
-    sampling generates the same way."""
+    sampling generates the same way. Fields no weight depends on (``WEIGHT_FREE``: a convolutional tokenizer's
+    resolution) take the preset's value: the weights are loaded into a model built from the preset's config."""
     model = cls.from_pretrained(path)
     differences = config_differences(model.config, config)
+    free = getattr(config, "WEIGHT_FREE", ())
+    if differences and all(difference.split("=")[0] in free for difference in differences):
+        rebuilt = cls(config)
+        rebuilt.load_state_dict(model.state_dict())
+        return rebuilt
     if differences:
         raise ValueError(f"{what} does not match preset {preset.name!r}: {'; '.join(differences)}")
     return model
