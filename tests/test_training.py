@@ -183,3 +183,126 @@ def test_soup_averages_runs_of_one_model_and_refuses_others(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved model folder"):
         average_runs([tmp_path / "run0", tmp_path / "nowhere"], tmp_path / "bad")
     assert not (tmp_path / "bad").exists() and not (tmp_path / "one").exists()
+
+
+# ---- drafters (issue 23): CFG-mixed targets, training on the drafter's own rollouts, acceptance report ----
+
+
+def _write_token_tables(out, pipe, train: int = 48, held_out: int = 16) -> None:
+    """Token tables in the files train_drafter caches (shapes are drawn at 32/64 px only; the tiny presets
+    are 16 px): every other token fixed, so there is something to learn. Text presets get tiny-encoder
+    states of real captions."""
+    from safetensors.torch import save_file
+
+    from arstudio.data.shapes import class_name
+    from arstudio.training.drafter import EVAL_TOKENS_FILE
+    from arstudio.training.generator import TOKENS_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    gen = pipe.generator
+    for name, count, seed in ((TOKENS_FILE, train, 0), (EVAL_TOKENS_FILE, held_out, 1)):
+        draw = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, gen.config.vocab_size, (count, gen.seq_len), generator=draw)
+        tokens[:, ::2] = 3
+        if gen.config.condition == "class":
+            cond = torch.randint(0, 24, (count,), generator=draw)
+        else:
+            captions = [f"a {class_name((i * 7 + seed) % 24)}" for i in range(count)]  # within 12 words
+            cond = pipe.text_encoder(captions).to(torch.float16)
+        save_file({"tokens": tokens.to(torch.int16), "cond": cond.contiguous()}, str(out / name))
+
+
+def test_drafter_rollout_sees_exactly_what_drafting_sees():
+    """Draft step s of training on the drafter's own rollouts equals cached drafting: true features up to
+    the start, then its own predictions (a 2-block drafter, so the rollout mask is tested beyond one layer)."""
+    from arstudio.generators.drafter import Drafter, DrafterConfig
+    from arstudio.training.drafter import _target_states, rollout_features
+
+    config = replace(
+        GEN, num_classes=3, backbone=replace(GEN.backbone, dim=16, n_head=2, n_layer=2, grid_size=4)
+    )
+    target = seeded(lambda: ImageGenerator(config).eval(), 0)
+    drafter = seeded(lambda: Drafter(DrafterConfig.for_target(target, n_layer=2)).eval(), 1)
+    tokens = torch.randint(0, 16, (2, 16), generator=torch.Generator().manual_seed(0))
+    next_embeddings, hidden = _target_states(target, tokens, torch.tensor([0, 2]))
+    features = hidden[:, :-1]
+    with torch.no_grad():
+        predicted = rollout_features(drafter, next_embeddings, features, steps=3)
+        for start in (0, 5, 11):
+            drafter.setup_cache(2)
+            prefill = torch.arange(start + 1)
+            draft = drafter.step(next_embeddings[:, : start + 1], features[:, : start + 1], prefill)[:, -1:]
+            torch.testing.assert_close(draft[:, 0], predicted[0][:, start], atol=1e-5, rtol=0)
+            for s in (1, 2):
+                at = torch.tensor([start + s])
+                draft = drafter.step(next_embeddings[:, start + s : start + s + 1], draft, at)
+                torch.testing.assert_close(draft[:, 0], predicted[s][:, start + s], atol=1e-5, rtol=0)
+            drafter.reset_cache()
+
+
+@pytest.mark.parametrize("preset", ["test-tiny-c2i", "test-tiny-t2i"])
+def test_guided_rollout_drafter_training_raises_guided_acceptance(tmp_path, preset):
+    import json
+
+    from arstudio.generators.drafter import Drafter, DrafterConfig
+    from arstudio.pipelines.loading import load_pipeline
+    from arstudio.training.drafter import (
+        ACCEPTANCE_FILE,
+        DrafterObjective,
+        draft_acceptance,
+        load_or_make_eval_tokens,
+        train_drafter,
+    )
+
+    pipe = load_pipeline(preset, device="cpu", decoding_models=False)
+    _write_token_tables(tmp_path, pipe)
+    objective = DrafterObjective(guidance_scale=2.0, rollout=2, ce_weight=0.5)
+    drafter = train_drafter(tmp_path, preset, steps=25, batch_size=16, lr=3e-3, num_images=48, save_every=25,
+                            objective=objective, report_depth=2, eval_images=16)  # fmt: skip
+    report = json.loads((tmp_path / ACCEPTANCE_FILE).read_text())
+    assert report["guidance_scale"] == 2.0 and len(report["guided"]["per_position"]) == 2
+    assert all(0 < rate <= 1 for mode in ("guided", "conditional") for rate in report[mode]["per_position"])
+    tokens, conds = load_or_make_eval_tokens(tmp_path, pipe.tokenizer, 16, None, None)
+    untrained = seeded(lambda: Drafter(DrafterConfig.for_target(pipe.generator)), 0).eval()
+    before = draft_acceptance(untrained, pipe.generator, tokens, conds, 2, guidance_scale=2.0)
+    assert report["guided"]["per_position"] == draft_acceptance(
+        drafter, pipe.generator, tokens, conds, 2, 2.0
+    )
+    # the random tiny target is nearly uniform (an untrained drafter already overlaps it by ~0.93)
+    assert all(a > b + 0.02 for a, b in zip(report["guided"]["per_position"], before, strict=True)), before
+    assert torch.load(tmp_path / TRAIN_STATE, weights_only=True)["step"] == 25
+
+
+def test_drafter_objective_and_warm_start_refuse_bad_input(tmp_path):
+    from arstudio.cli import main
+    from arstudio.generators.drafter import Drafter, DrafterConfig
+    from arstudio.pipelines.loading import load_pipeline
+    from arstudio.training.drafter import DrafterObjective, train_drafter
+
+    for bad, match in (({"rollout": 0}, "rollout=0"), ({"guidance_scale": float("nan")}, "guidance_scale=nan"),
+                       ({"temperature": 0.0}, "temperature=0.0"), ({"ce_weight": -1.0}, "ce_weight=-1.0")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            DrafterObjective(**bad)
+    with pytest.raises(SystemExit, match="--guidance-scale 2.0 applies with --cfg-loss"):
+        main(
+            ["train", "drafter", "--preset", "test-tiny-c2i", "--out", str(tmp_path), "--guidance-scale", "2"]
+        )
+    other = load_pipeline("test-tiny-t2i", device="cpu", decoding_models=False).generator
+    Drafter(DrafterConfig.for_target(other)).save_pretrained(tmp_path / "other")
+    pipe = load_pipeline("test-tiny-c2i", device="cpu", decoding_models=False)
+    _write_token_tables(tmp_path / "run", pipe)
+    with pytest.raises(ValueError, match="trained for target"):
+        train_drafter(tmp_path / "run", "test-tiny-c2i", steps=1, num_images=48, init_from=tmp_path / "other")
+
+
+def test_generator_training_in_bf16(tmp_path):
+    vq_dir = tmp_path / "vq"
+    train_tokenizer(vq_dir, VQ, steps=1, batch_size=2, photo_fraction=0.0)
+    train_generator(
+        tmp_path / "gen", vq_dir, GEN, steps=2, batch_size=4, num_images=8, mixed_precision="bf16"
+    )
+    with pytest.raises(ValueError, match="mixed_precision='fp8'"):
+        train_generator(
+            tmp_path / "gen2", vq_dir, GEN, steps=1, batch_size=4, num_images=8, mixed_precision="fp8"
+        )
+    assert torch.load(tmp_path / "gen" / TRAIN_STATE, weights_only=True)["step"] == 2

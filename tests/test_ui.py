@@ -26,7 +26,7 @@ PUBLIC_MODULES = {
 }
 PRESETS = ["test-tiny-c2i", "test-tiny-t2i", "test-tiny-continuous", "test-tiny-bridge", "llamagen-b-256"]
 NEAR_2_63 = 2**63 - 3  # a browser number field would round it (doubles are exact only below 2^53)
-KNOBS = [4, 1, 4, 1, 8, 0.2, 1.0, 3, 1.0]  # knob fields: speculative, lantern, continuous_speculative
+KNOBS = [4, 1, 4, 1, 8, 0.2, 1.0, 1, 1.0, 0.15]  # knob fields: speculative, lantern, continuous_speculative
 
 
 def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed="7", randomize=False, count=2,
@@ -96,7 +96,15 @@ def test_a_strategy_and_its_knobs_travel_into_the_recipe_and_back(client):
     strategies = arstudio.load_pipeline("test-tiny-c2i").decoding_strategies
     if "lantern" not in strategies:
         pytest.skip(f"test-tiny-c2i offers only {strategies}")
-    knobs = [4, 1, 3, 1, 5, 0.4, 2.0]  # speculative: draft_tokens, width; lantern: draft_tokens, width, k, delta, lambda
+    knobs = [
+        4,
+        1,
+        3,
+        1,
+        5,
+        0.4,
+        2.0,
+    ]  # speculative: draft_tokens, width; lantern: draft_tokens, width, k, delta, lambda
     _, _, status, files = client.predict(*_request(decoding="lantern", knobs=knobs), api_name="/generate")
     meta = read_png_metadata(files[0])
     assert "lantern" in status and meta["decoding"] == "lantern"

@@ -143,6 +143,7 @@ def _add_train_generator(sub) -> None:
     p.add_argument("--save-every", type=int, default=250, help="checkpoint every this many steps")
     p.add_argument("--warm-lr-scale", type=float, default=1.0,
                    help="with --init-from: learning-rate factor of the warm-started parameters (new ones: 1)")  # fmt: skip
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no", help="bf16: autocast matmuls")
     size = p.add_argument_group("a smaller model than the preset's (e.g. a draft model for speculation)")
     size.add_argument("--backbone-dim", type=int, help="backbone width")
     size.add_argument("--backbone-layers", type=int, help="backbone blocks")
@@ -179,7 +180,7 @@ def _run_train_generator(args) -> None:
     train_generator(args.out, args.tokenizer, _resized(preset.generator, args), steps=args.steps, batch_size=args.batch_size,
                     lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
                     init_from=args.init_from, save_every=args.save_every,
-                    warm_lr_scale=args.warm_lr_scale)  # fmt: skip
+                    warm_lr_scale=args.warm_lr_scale, mixed_precision=args.mixed_precision)  # fmt: skip
     print(f"generator saved to {args.out}")
 
 
@@ -240,14 +241,41 @@ def _add_train_drafter(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--num-images", type=int, default=20_000, help="size of the tokenized training set")
     p.add_argument("--seed", type=int, default=0)
+    aim = p.add_argument_group("what the drafter is fitted to (default: LANTERN's conditional-stream recipe)")
+    aim.add_argument("--cfg-loss", action="store_true",
+                     help="match the guided distributions at the preset's guidance scale and temperature")  # fmt: skip
+    aim.add_argument("--guidance-scale", type=float, default=None, help="with --cfg-loss: another scale")
+    aim.add_argument("--rollout", type=int, default=1,
+                     help="draft steps trained per position; > 1 feeds back the drafter's own predictions")  # fmt: skip
+    aim.add_argument(
+        "--ce-weight", type=float, default=0.1, help="cross-entropy weight beside the regression"
+    )
+    p.add_argument("--report-depth", type=int, default=4,
+                   help="report acceptance for this many draft positions at the end (0: no report)")  # fmt: skip
+    p.add_argument("--eval-images", type=int, default=256, help="held-out images of the acceptance report")
+    p.add_argument(
+        "--init-from", default=None, help="start from this drafter (same target), e.g. the shipped one"
+    )
     p.set_defaults(func=_run_train_drafter)
 
 
 def _run_train_drafter(args) -> None:
-    from arstudio.training.drafter import train_drafter
+    from arstudio.presets import get_preset
+    from arstudio.training.drafter import DrafterObjective, train_drafter
 
+    if args.guidance_scale is not None and not args.cfg_loss:
+        raise SystemExit(f"--guidance-scale {args.guidance_scale} applies with --cfg-loss; add --cfg-loss")
+    scale, temperature = None, 1.0  # the conditional stream alone
+    if args.cfg_loss:
+        defaults = get_preset(args.preset).defaults
+        scale = defaults.get("guidance_scale", 1.0) if args.guidance_scale is None else args.guidance_scale
+        temperature = defaults.get("temperature", 1.0)
+    objective = DrafterObjective(guidance_scale=scale, temperature=temperature, rollout=args.rollout,
+                                 ce_weight=args.ce_weight)  # fmt: skip
     train_drafter(args.out, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                  num_images=args.num_images, seed=args.seed)  # fmt: skip
+                  num_images=args.num_images, seed=args.seed, objective=objective,
+                  report_depth=args.report_depth, eval_images=args.eval_images,
+                  init_from=args.init_from)  # fmt: skip
     print(f"drafter saved to {args.out}")
 
 

@@ -107,11 +107,14 @@ class Drafter(PretrainedMixin, nn.Module):
             )
         return self.fc(torch.cat([next_embeddings, hidden.to(next_embeddings.dtype)], dim=-1))
 
-    def forward(self, next_embeddings: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, next_embeddings: torch.Tensor, hidden: torch.Tensor, mask=None, rope=None
+    ) -> torch.Tensor:
         """Training: next_embeddings, hidden (B, L, dim), position j holding (e_{j+1}, f_j) -> predicted
-        f_{j+1} (B, L, dim)."""
+        f_{j+1} (B, L, dim). ``mask`` and ``rope`` as in ``Backbone.forward`` (training on the drafter's own
+        rollouts lays several draft steps side by side)."""
         positions = torch.arange(hidden.shape[1], device=hidden.device)
-        return self.backbone(self._inputs(next_embeddings, hidden, positions))
+        return self.backbone(self._inputs(next_embeddings, hidden, positions), mask=mask, rope=rope)
 
     def setup_cache(self, batch_size: int, device=None, dtype=None, extra: int = 0) -> None:
         self.backbone.setup_cache(batch_size, device, dtype, extra)

@@ -135,7 +135,9 @@ def _from_folder(cls, path: Path, config, what: str, preset: Preset, bounded=Non
     """``cls.from_pretrained(path)``, refused unless its config is the preset's (same keys are not enough:
     a different grid or vocabulary would load and then generate garbage). Fields that only steer training
     (a config class's ``TRAINING_ONLY``) may differ: a model trained with other dropout or video context
-    sampling generates the same way. ``bounded=(dtype, device)``: read one tensor at a time straight into that
+    sampling generates the same way. Fields no weight depends on (``WEIGHT_FREE``: a convolutional tokenizer's
+    resolution) take the preset's value: the weights are loaded into a model built from the preset's config.
+    ``bounded=(dtype, device)``: read one tensor at a time straight into that
     dtype and device (``convert.checkpoint.load_pretrained_bounded``; hub caches, stored as saved, no int8)."""
     if bounded is not None:
         from arstudio.convert.checkpoint import load_pretrained_bounded
@@ -144,6 +146,11 @@ def _from_folder(cls, path: Path, config, what: str, preset: Preset, bounded=Non
     else:
         model = cls.from_pretrained(path)
     differences = config_differences(model.config, config)
+    free = getattr(config, "WEIGHT_FREE", ())
+    if differences and all(difference.split("=")[0] in free for difference in differences):
+        rebuilt = cls(config)
+        rebuilt.load_state_dict(model.state_dict())
+        return rebuilt
     if differences:
         raise ValueError(f"{what} does not match preset {preset.name!r}: {'; '.join(differences)}")
     return model

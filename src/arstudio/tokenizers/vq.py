@@ -8,6 +8,7 @@ Reference: Sun et al., "Autoregressive Model Beats Diffusion: Llama for Scalable
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ class VQConfig:
     commit_beta: float = 0.25
     norm_groups: int = 8  # LlamaGen uses 32; small widths need fewer groups
     dropout: float = 0.0
+    # Fields no weight depends on (the encoder and decoder are convolutional, attention has no positions):
+    # weights trained at 32 px load into a 64-px config (pipelines/loading.py; a 256-token shapes preset is meant to).
+    WEIGHT_FREE: ClassVar[tuple[str, ...]] = ("resolution",)
 
     @property
     def downsample(self) -> int:

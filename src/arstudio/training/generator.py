@@ -25,6 +25,7 @@ from arstudio.io import WEIGHTS_NAME, atomic_write_bytes, load_safetensors, load
 from arstudio.tokenizers.vq import VQTokenizer
 from arstudio.training.batches import ConditionedBatches
 from arstudio.training.common import (
+    autocast,
     checkpoint_due,
     cosine_lr,
     generator_optimizer,
@@ -143,6 +144,7 @@ def train_generator(
     text_encoder=None,
     init_from: str | Path | None = None,
     warm_lr_scale: float = 1.0,
+    mixed_precision: str = "no",
 ) -> ImageGenerator | ContinuousImageGenerator:
     """Train ``config`` on tokens from ``tokenizer_dir``; text generators need the frozen ``text_encoder``.
 
@@ -152,7 +154,7 @@ def train_generator(
     control encoder moves the trained backbone slowly and the new encoder fast. A bridge generator may
     instead start from a diffusion/flow generator on the same KL latents (``warm_start_bridge_trunk``; its
     head is new). A config with a control encoder trains with control maps of the same images
-    (training/control.py).
+    (training/control.py). ``mixed_precision="bf16"`` autocasts the forward (``training.common.autocast``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +182,7 @@ def train_generator(
             new_keys = [k for k in model.state_dict() if k not in source]
     optimizer = generator_optimizer(model, lr, new_keys, warm_lr_scale)
     start, accelerator, model, optimizer, unwrapped = start_training(model, optimizer, out_dir)
+    precision = autocast(accelerator.device, mixed_precision)  # checked once, before any step runs
     if config.control is None:
         batches = ConditionedBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding)
     else:
@@ -200,11 +203,12 @@ def train_generator(
         control = None
         if rest:  # control tokens, through the (wrapped) model's encoder so gradients reach it
             control = unwrapped.encode_control(rest[0].maps, rest[0].kinds, keep=rest[0].keep)
-        if continuous:
-            loss = unwrapped.loss(batch_tokens, batch_cond, generator=head_noise, control=control)
-        else:
-            logits = model(batch_tokens, batch_cond, control)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch_tokens.reshape(-1))
+        with precision:
+            if continuous:
+                loss = unwrapped.loss(batch_tokens, batch_cond, generator=head_noise, control=control)
+            else:
+                logits = model(batch_tokens, batch_cond, control)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), batch_tokens.reshape(-1))
         optimizer_step(accelerator, model, optimizer, loss, 1.0)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
