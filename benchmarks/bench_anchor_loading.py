@@ -158,19 +158,39 @@ def convert_checkpoint(name: str, path: Path, dtype: torch.dtype) -> dict:
     baseline = MemorySampler.status("RssAnon")
     with MemorySampler() as memory:
         start = time.perf_counter()
-        convert_llamagen_to_pretrained(vq, path, out, gpt_model=llamagen_gpt_config(name, image_size=384),
-                                       vq_model=llamagen_vq_config("VQ-16", 384), dtype=dtype)  # fmt: skip
+        convert_llamagen_to_pretrained(
+            vq,
+            path,
+            out,
+            gpt_model=llamagen_gpt_config(name, image_size=384),
+            vq_model=llamagen_vq_config("VQ-16", 384),
+            dtype=dtype,
+        )
         seconds = time.perf_counter() - start
     size = (out / "generator" / "model.safetensors").stat().st_size
     shutil.rmtree(out)
-    return {"convert_s": round(seconds, 1), "converted_gb": round(size / 1e9, 2),
-            "convert_peak_anon_gb": round((memory.peak_kb - baseline) * 1024 / 1e9, 2)}  # fmt: skip
+    return {
+        "convert_s": round(seconds, 1),
+        "converted_gb": round(size / 1e9, 2),
+        "convert_peak_anon_gb": round((memory.peak_kb - baseline) * 1024 / 1e9, 2),
+    }
 
 
 def child(step: str, name: str, path: Path, dtype: str) -> dict:
     """Run one step in a fresh process; its JSON result is the last line of its output."""
-    command = [sys.executable, "-m", "benchmarks.bench_anchor_loading", "--step", step, "--sizes", name,
-               "--dtype", dtype, "--path", str(path)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_anchor_loading",
+        "--step",
+        step,
+        "--sizes",
+        name,
+        "--dtype",
+        dtype,
+        "--path",
+        str(path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode:
         raise SystemExit(f"{step} {name} failed:\n{done.stderr[-3000:]}")
@@ -189,9 +209,11 @@ def main() -> None:
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step:  # a child process
-        steps = {"write": lambda: write_checkpoint(args.sizes[0], args.path),
-                 "load": lambda: load_checkpoint(args.sizes[0], args.path, DTYPES[args.dtype]),
-                 "convert": lambda: convert_checkpoint(args.sizes[0], args.path, DTYPES[args.dtype])}  # fmt: skip
+        steps = {
+            "write": lambda: write_checkpoint(args.sizes[0], args.path),
+            "load": lambda: load_checkpoint(args.sizes[0], args.path, DTYPES[args.dtype]),
+            "convert": lambda: convert_checkpoint(args.sizes[0], args.path, DTYPES[args.dtype]),
+        }
         print(json.dumps(steps[args.step]()))
         return
     info = header("anchor_loading")
@@ -205,11 +227,17 @@ def main() -> None:
                 row |= child("convert", name, path, args.dtype)
             path.unlink()
             results[name] = row
-            print(f"{name}: {row['params_m']}M params, file {row['file_gb']} GB (written in {row['write_s']} s); "
-                  f"load to {args.dtype}: {row['load_s']} s, peak anonymous memory {row['peak_anon_gb']} GB for a "
-                  f"{row['model_gb']} GB model (peak RSS incl. mapped file pages {row['peak_rss_gb']} GB)"
-                  + (f"; convert: {row['convert_s']} s, peak anonymous {row['convert_peak_anon_gb']} GB"
-                     if args.convert else ""), flush=True)  # fmt: skip
+            print(
+                f"{name}: {row['params_m']}M params, file {row['file_gb']} GB (written in {row['write_s']} s); "
+                f"load to {args.dtype}: {row['load_s']} s, peak anonymous memory {row['peak_anon_gb']} GB for a "
+                f"{row['model_gb']} GB model (peak RSS incl. mapped file pages {row['peak_rss_gb']} GB)"
+                + (
+                    f"; convert: {row['convert_s']} s, peak anonymous {row['convert_peak_anon_gb']} GB"
+                    if args.convert
+                    else ""
+                ),
+                flush=True,
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     finish(info, {"dtype": args.dtype, "sizes": results})

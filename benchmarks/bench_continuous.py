@@ -52,14 +52,15 @@ def evaluate(name: str, per_class: int, batch: int, seed: int, classifier, real:
     return {
         "tokenizer": metadata["tokenizer"],
         "head": metadata["head"],
-        "head_steps": metadata["num_inference_steps"] or (pipe.generator.config.token_dim if metadata["head"] == "bridge" else None),
+        "head_steps": metadata["num_inference_steps"]
+        or (pipe.generator.config.token_dim if metadata["head"] == "bridge" else None),
         "defaults": pipe.preset.defaults,
         "verifier_accuracy": class_accuracy(images, labels),
         "fd_shapes_samples_vs_real": fd_shapes(images, real, classifier),
         "tokenizer_psnr_db": psnr(held_out, recon),
         "images_per_s_batch1": images_per_second(pipe, 1, 4),
         "images_per_s_batch16": images_per_second(pipe, 16, 1),
-    }  # fmt: skip
+    }
 
 
 def bits_table() -> list[dict]:
@@ -98,8 +99,10 @@ def main() -> None:
         print(name, {k: v for k, v in row.items() if k != "defaults"})
     results["bridge_bits_per_dimension"] = [] if args.no_bits_table else bits_table()
     for row in results["bridge_bits_per_dimension"]:
-        print(f"bits/dim {row['bits']!s:>4} {row['method']!s:9} relative latent MSE "
-              f"{row['relative_latent_mse']:.4f}  PSNR {row['psnr']:.2f} dB")  # fmt: skip
+        print(
+            f"bits/dim {row['bits']!s:>4} {row['method']!s:9} relative latent MSE "
+            f"{row['relative_latent_mse']:.4f}  PSNR {row['psnr']:.2f} dB"
+        )
     finish(info, results)
 
 

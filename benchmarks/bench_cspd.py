@@ -44,8 +44,13 @@ def speed(pipe, images: int) -> dict:
     for i in range(images):
         for name, (decoding, knobs) in SETTINGS.items():
             start = time.perf_counter()
-            out = pipe(class_labels=[i % NUM_CLASSES], decoding=decoding, generator=torch.Generator().manual_seed(i),
-                       output_type="np", **knobs)  # fmt: skip
+            out = pipe(
+                class_labels=[i % NUM_CLASSES],
+                decoding=decoding,
+                generator=torch.Generator().manual_seed(i),
+                output_type="np",
+                **knobs,
+            )
             seconds[name].append(time.perf_counter() - start)
             stats[name].append(out.stats)
     ar = float(np.mean(seconds["ar"]))
@@ -74,8 +79,14 @@ def speed(pipe, images: int) -> dict:
     twin, ceiling = copy.deepcopy(pipe.generator), []
     for i in range(min(images, 3)):
         start = time.perf_counter()
-        out = sample_continuous_speculative(pipe.generator, twin, torch.tensor([i]), [torch.Generator().manual_seed(i)],
-                                            params, ContinuousSpeculativeParams(draft_tokens=3))  # fmt: skip
+        out = sample_continuous_speculative(
+            pipe.generator,
+            twin,
+            torch.tensor([i]),
+            [torch.Generator().manual_seed(i)],
+            params,
+            ContinuousSpeculativeParams(draft_tokens=3),
+        )
         ceiling.append(time.perf_counter() - start)
     rows["draft_model_ceiling_twin_gamma3"] = {
         "seconds_per_image_sampler_only": float(np.mean(ceiling)),
@@ -113,14 +124,23 @@ def quality(
     images, accepted = [], []
     start = time.perf_counter()
     for i in range(0, len(labels), batch):
-        out = pipe(class_labels=labels[i : i + batch], decoding=decoding, generator=generator, output_type="np",
-                   **knobs)  # fmt: skip
+        out = pipe(
+            class_labels=labels[i : i + batch],
+            decoding=decoding,
+            generator=generator,
+            output_type="np",
+            **knobs,
+        )
         images.extend(out.images)
         accepted.append(out.stats.get("acceptance_rate", float("nan")))
     images = np.stack(images)
-    row = {"seed": seed, "fd_shapes_vs_real": fd_shapes(images, real, classifier),
-           "verifier_accuracy": class_accuracy(images, labels), "acceptance_rate": float(np.mean(accepted)),
-           "seconds": time.perf_counter() - start}  # fmt: skip
+    row = {
+        "seed": seed,
+        "fd_shapes_vs_real": fd_shapes(images, real, classifier),
+        "verifier_accuracy": class_accuracy(images, labels),
+        "acceptance_rate": float(np.mean(accepted)),
+        "seconds": time.perf_counter() - start,
+    }
     print(name, seed, row)
     return row
 
@@ -154,10 +174,15 @@ def main() -> None:
     real, _, _ = class_batch(1001, n, 32)
     results["fd_shapes_real_vs_real"] = fd_shapes(class_batch(2002, n, 32)[0], real, classifier)
     results["quality"] = {
-        "ar": [quality(pipe, "ar", "ar", {}, args.per_class, args.batch, seed, classifier, real) for seed in (0, 1)],
-        **{name: quality(pipe, name, *SETTINGS[name], args.per_class, args.batch, 0, classifier, real)
-           for name in QUALITY},
-    }  # fmt: skip
+        "ar": [
+            quality(pipe, "ar", "ar", {}, args.per_class, args.batch, seed, classifier, real)
+            for seed in (0, 1)
+        ],
+        **{
+            name: quality(pipe, name, *SETTINGS[name], args.per_class, args.batch, 0, classifier, real)
+            for name in QUALITY
+        },
+    }
     finish(info, results)
 
 

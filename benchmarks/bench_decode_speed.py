@@ -43,16 +43,22 @@ def main() -> None:
     big = dataclasses.replace(config, backbone=dataclasses.replace(config.backbone, grid_size=16))
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        models = {"256 tokens (16x16)": ImageGenerator(big).eval(),
-                  "64 tokens (shapes-c2i)": load_pipeline("shapes-c2i", device="cpu").generator}  # fmt: skip
+        models = {
+            "256 tokens (16x16)": ImageGenerator(big).eval(),
+            "64 tokens (shapes-c2i)": load_pipeline("shapes-c2i", device="cpu").generator,
+        }
     results = {}
     for name, model in models.items():
         for batch in (1, 16):
             cached = tokens_per_s(model, batch, True, args.repeats)
             uncached = tokens_per_s(model, batch, False, args.repeats)
             key = f"{name}, batch {batch}"
-            results[key] = {"cached_tok_s": round(cached, 1), "no_cache_tok_s": round(uncached, 1),
-                            "speedup": round(cached / uncached, 2), "cpu_pressure": cpu_pressure()}  # fmt: skip
+            results[key] = {
+                "cached_tok_s": round(cached, 1),
+                "no_cache_tok_s": round(uncached, 1),
+                "speedup": round(cached / uncached, 2),
+                "cpu_pressure": cpu_pressure(),
+            }
             print(
                 f"{key:32s} cached {cached:8.1f} tok/s   no cache {uncached:8.1f} tok/s   x{cached / uncached:.2f}"
             )

@@ -150,8 +150,26 @@ class Tally:
 
 
 # torch functions that make a tensor from nothing: without ``device=`` it lands on the host, also on a GPU.
-FACTORIES = frozenset({"arange", "linspace", "logspace", "zeros", "ones", "empty", "full", "eye", "rand", "randn",
-                       "randint", "randperm", "tensor", "as_tensor", "scalar_tensor", "empty_strided"})  # fmt: skip
+FACTORIES = frozenset(
+    {
+        "arange",
+        "linspace",
+        "logspace",
+        "zeros",
+        "ones",
+        "empty",
+        "full",
+        "eye",
+        "rand",
+        "randn",
+        "randint",
+        "randperm",
+        "tensor",
+        "as_tensor",
+        "scalar_tensor",
+        "empty_strided",
+    }
+)
 # Tensor methods that copy to the host but dispatch nothing on the CPU (``.cpu()`` of a CPU tensor is itself).
 HOST_COPIES = (torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu)
 
@@ -248,8 +266,12 @@ class _PythonCalls(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        factory = (name in FACTORIES and getattr(torch, name, None) is func and kwargs.get("device") is None
-                   and not any(isinstance(a, torch.Tensor) for a in args))  # as_tensor(t) keeps t's device  # fmt: skip
+        factory = (
+            name in FACTORIES
+            and getattr(torch, name, None) is func
+            and kwargs.get("device") is None
+            and not any(isinstance(a, torch.Tensor) for a in args)
+        )  # as_tensor(t) keeps t's device
         self.counter._host_factory += factory
         try:
             out = func(*args, **kwargs)
@@ -270,7 +292,7 @@ CASES = [
         "shapes-c2i",
         "lantern++ k8 l5",
         {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "lantern_lambda": 5.0},
-    ),  # fmt: skip
+    ),
     ("shapes-c2i", "dd1", {"decoding": "dd1"}),
     ("shapes-c2i", "dd2", {"decoding": "dd2"}),
     ("shapes-c2i-continuous", "ar", {"decoding": "ar"}),
@@ -358,12 +380,21 @@ def measure(cases, batches: list[int]) -> dict:
                 continue
             for batch in batches:
                 tally, stats, seconds = count_call(pipe, batch, kwargs)
-                row = {"preset": preset, "case": case, "batch": batch, "kwargs": kwargs,
-                       "target": target_kind(preset, kwargs), **summarise(tally, stats, tokens, kwargs, seconds)}  # fmt: skip
+                row = {
+                    "preset": preset,
+                    "case": case,
+                    "batch": batch,
+                    "kwargs": kwargs,
+                    "target": target_kind(preset, kwargs),
+                    **summarise(tally, stats, tokens, kwargs, seconds),
+                }
                 rows[row_key(preset, case, batch)] = row
-                print(f"{row_key(preset, case, batch):55s} ops/token {row['ops_per_token']:8.1f}  host reads/call "
-                      f"{row['host_reads_per_call']:6d}  /token {row['host_reads_per_token']:6.2f}  /round "
-                      f"{cell(row, 'host_reads_per_round', '.2f')}  ({seconds:.1f} s)", flush=True)  # fmt: skip
+                print(
+                    f"{row_key(preset, case, batch):55s} ops/token {row['ops_per_token']:8.1f}  host reads/call "
+                    f"{row['host_reads_per_call']:6d}  /token {row['host_reads_per_token']:6.2f}  /round "
+                    f"{cell(row, 'host_reads_per_round', '.2f')}  ({seconds:.1f} s)",
+                    flush=True,
+                )
     return {"rows": rows, "notes": notes}
 
 
@@ -436,13 +467,20 @@ def main() -> None:
     if any(b < 1 for b in args.batches):
         parser.error(f"--batches {args.batches}: each must be >= 1")
     torch.set_num_threads(args.threads)
-    info = {"command": reproduce_command(), "commit": git_commit(), "arstudio": str(ARSTUDIO_CHECKOUT),
-            "src_commit": git_commit("src", ARSTUDIO_CHECKOUT),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "torch": torch.__version__,
-            "cpu_pressure_start": cpu_pressure()}  # fmt: skip
-    print(f"# dispatch counts, label {args.label!r}, commit {info['commit']} (arstudio from {ARSTUDIO_CHECKOUT}, "
-          f"src/ at {info['src_commit']}), "
-          f"torch {info['torch']}")  # fmt: skip
+    info = {
+        "command": reproduce_command(),
+        "commit": git_commit(),
+        "arstudio": str(ARSTUDIO_CHECKOUT),
+        "src_commit": git_commit("src", ARSTUDIO_CHECKOUT),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+        "cpu_pressure_start": cpu_pressure(),
+    }
+    print(
+        f"# dispatch counts, label {args.label!r}, commit {info['commit']} (arstudio from {ARSTUDIO_CHECKOUT}, "
+        f"src/ at {info['src_commit']}), "
+        f"torch {info['torch']}"
+    )
     print(f"# reproduce: {info['command']}\n# {info['cpu_pressure_start']}")
     with torch.no_grad():
         info.update(measure(cases, args.batches))

@@ -34,8 +34,13 @@ SETTINGS = {
     "dd2 1-step": {"decoding": "dd2", "num_inference_steps": 1},
 }
 BATCHES = (1, 2, 4, 8, 16)  # the table shows 1 and 16; all of them make the speed-up curve
-GOALS = {"token_speedup_b1": 25.0, "token_speedup_b16": 3.0, "e2e_speedup_b1": 10.0,
-         "accuracy_ratio": 0.85, "fd_ratio": 2.0}  # fmt: skip
+GOALS = {
+    "token_speedup_b1": 25.0,
+    "token_speedup_b16": 3.0,
+    "e2e_speedup_b1": 10.0,
+    "accuracy_ratio": 0.85,
+    "fd_ratio": 2.0,
+}
 
 
 def quality(pipe, reqs, checks, real, setting, classifier, batch: int = 16) -> dict:
@@ -47,8 +52,11 @@ def quality(pipe, reqs, checks, real, setting, classifier, batch: int = 16) -> d
         forwards.append(out.stats["forwards_per_image"])
     images = np.stack(images)
     accuracy = float(np.mean([check(image) for check, image in zip(checks, images, strict=True)]))
-    return {"verifier_accuracy": accuracy, "fd_shapes": fd_shapes(images, real, classifier),
-            "forwards_per_image": float(np.mean(forwards))}  # fmt: skip
+    return {
+        "verifier_accuracy": accuracy,
+        "fd_shapes": fd_shapes(images, real, classifier),
+        "forwards_per_image": float(np.mean(forwards)),
+    }
 
 
 def timing(
@@ -96,8 +104,11 @@ def chart(rows: dict, path) -> None:
     top_height = max(height, 420)
     image = Image.new("RGB", (width, top_height + 360), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 10), "speed-up over teacher AR at batch 1 (dark: token stage, light: end to end), log scale",
-              fill="black")  # fmt: skip
+    draw.text(
+        (10, 10),
+        "speed-up over teacher AR at batch 1 (dark: token stage, light: end to end), log scale",
+        fill="black",
+    )
     scale = 90  # pixels per factor 10
     for i, (name, row) in enumerate(rows.items()):
         y = 40 + 34 * i
@@ -184,12 +195,17 @@ def main() -> None:
         row = quality(pipe, reqs, checks, real, setting, classifier)
         for b in BATCHES:
             mine, teacher = per_image[b][name], per_image[b]["teacher ar"]
-            row.update({f"ms_tokens_b{b}": 1000 * mine["tokens"], f"ms_decode_b{b}": 1000 * mine["decode"],
-                        f"ms_total_b{b}": 1000 * mine["total"],
-                        f"token_speedup_b{b}": teacher["tokens"] / mine["tokens"],
-                        f"e2e_speedup_b{b}": teacher["total"] / mine["total"],
-                        f"ms_tokens_b{b}_first": 1000 * mine["tokens_first"],
-                        f"token_speedup_b{b}_first": teacher["tokens_first"] / mine["tokens_first"]})  # fmt: skip
+            row.update(
+                {
+                    f"ms_tokens_b{b}": 1000 * mine["tokens"],
+                    f"ms_decode_b{b}": 1000 * mine["decode"],
+                    f"ms_total_b{b}": 1000 * mine["total"],
+                    f"token_speedup_b{b}": teacher["tokens"] / mine["tokens"],
+                    f"e2e_speedup_b{b}": teacher["total"] / mine["total"],
+                    f"ms_tokens_b{b}_first": 1000 * mine["tokens_first"],
+                    f"token_speedup_b{b}_first": teacher["tokens_first"] / mine["tokens_first"],
+                }
+            )
         rows[name] = row
     curve = {}
     shipped_dd2 = pipe.distilled.get("dd2")
@@ -210,19 +226,25 @@ def main() -> None:
         "dd2 token stage >= 25x at batch 1": dd2["token_speedup_b1"] >= GOALS["token_speedup_b1"],
         "dd2 token stage >= 3x at batch 16": dd2["token_speedup_b16"] >= GOALS["token_speedup_b16"],
         "dd2 end to end >= 10x at batch 1": dd2["e2e_speedup_b1"] >= GOALS["e2e_speedup_b1"],
-        "dd2 accuracy >= 85% of teacher": dd2["verifier_accuracy"] >= GOALS["accuracy_ratio"] * teacher["verifier_accuracy"],
+        "dd2 accuracy >= 85% of teacher": dd2["verifier_accuracy"]
+        >= GOALS["accuracy_ratio"] * teacher["verifier_accuracy"],
         "dd2 FD-shapes <= 2x teacher": dd2["fd_shapes"] <= GOALS["fd_ratio"] * teacher["fd_shapes"],
-        "dd2 closes more of the FD gap than dd1 2-step": (dd2["fd_gap_closed"] or 0) > (rows["dd1 2-step"]["fd_gap_closed"] or 0),
-    }  # fmt: skip
-    print(f"{'setting':12s} {'fwd':>5s} {'tok b1 ms':>9s} {'dec b1':>7s} {'tok b16':>8s} {'dec b16':>8s} "
-          f"{'x tok b1':>8s} {'(first)':>7s} {'x e2e b1':>8s} {'x tok b16':>9s} {'x e2e b16':>9s} {'acc':>5s} "
-          f"{'FD':>6s}")  # fmt: skip
+        "dd2 closes more of the FD gap than dd1 2-step": (dd2["fd_gap_closed"] or 0)
+        > (rows["dd1 2-step"]["fd_gap_closed"] or 0),
+    }
+    print(
+        f"{'setting':12s} {'fwd':>5s} {'tok b1 ms':>9s} {'dec b1':>7s} {'tok b16':>8s} {'dec b16':>8s} "
+        f"{'x tok b1':>8s} {'(first)':>7s} {'x e2e b1':>8s} {'x tok b16':>9s} {'x e2e b16':>9s} {'acc':>5s} "
+        f"{'FD':>6s}"
+    )
     for name, r in rows.items():
-        print(f"{name:12s} {r['forwards_per_image']:5.0f} {r['ms_tokens_b1']:9.2f} {r['ms_decode_b1']:7.2f} "
-              f"{r['ms_tokens_b16']:8.2f} {r['ms_decode_b16']:8.2f} {r['token_speedup_b1']:8.1f} "
-              f"{r['token_speedup_b1_first']:7.1f} "
-              f"{r['e2e_speedup_b1']:8.1f} {r['token_speedup_b16']:9.1f} {r['e2e_speedup_b16']:9.1f} "
-              f"{r['verifier_accuracy']:5.3f} {r['fd_shapes']:6.1f}")  # fmt: skip
+        print(
+            f"{name:12s} {r['forwards_per_image']:5.0f} {r['ms_tokens_b1']:9.2f} {r['ms_decode_b1']:7.2f} "
+            f"{r['ms_tokens_b16']:8.2f} {r['ms_decode_b16']:8.2f} {r['token_speedup_b1']:8.1f} "
+            f"{r['token_speedup_b1_first']:7.1f} "
+            f"{r['e2e_speedup_b1']:8.1f} {r['token_speedup_b16']:9.1f} {r['e2e_speedup_b16']:9.1f} "
+            f"{r['verifier_accuracy']:5.3f} {r['fd_shapes']:6.1f}"
+        )
     print("token-stage speed-up by batch size: " + "  ".join(f"b{b}" for b in BATCHES))
     for name, r in rows.items():
         print(f"  {name:12s} " + "  ".join(f"{r[f'token_speedup_b{b}']:.1f}" for b in BATCHES))
@@ -233,8 +255,17 @@ def main() -> None:
         print(f"{'MET   ' if met else 'MISSED'} {goal}")
     RESULTS.mkdir(exist_ok=True)
     chart(rows, RESULTS / f"{info['benchmark']}.png")
-    finish(info, {"settings": SETTINGS, "count": args.count, "results": rows, "curve": curve,
-                  "fd_shapes_real_vs_real": baseline, "goals": goals})  # fmt: skip
+    finish(
+        info,
+        {
+            "settings": SETTINGS,
+            "count": args.count,
+            "results": rows,
+            "curve": curve,
+            "fd_shapes_real_vs_real": baseline,
+            "goals": goals,
+        },
+    )
 
 
 if __name__ == "__main__":

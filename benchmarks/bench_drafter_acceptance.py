@@ -41,8 +41,9 @@ def main() -> None:
         if not folder:
             raise SystemExit(f"--runs {spec!r}: use NAME=FOLDER")
         drafters[name] = Drafter.from_pretrained(Path(folder)).eval()
-    tokens, conds = tokenize_shapes(pipe.tokenizer, args.count, EVAL_SEED, target.config.condition,
-                                    pipe.text_encoder)  # fmt: skip
+    tokens, conds = tokenize_shapes(
+        pipe.tokenizer, args.count, EVAL_SEED, target.config.condition, pipe.text_encoder
+    )
     defaults = pipe.preset.defaults
     guidance, temperature = defaults.get("guidance_scale", 1.0), defaults.get("temperature", 1.0)
     results = {
@@ -56,8 +57,11 @@ def main() -> None:
         for mode, scale in (("guided", guidance), ("conditional", None)):
             rates = draft_acceptance(drafter, target, tokens, conds, args.depth, scale, temperature)
             row[mode] = {"per_position": rates, "expected_accepted": round(expected_accepted(rates), 3)}
-            print(f"{name:>12} {mode:>11}: " + " ".join(f"{r:.3f}" for r in rates)
-                  + f"  expected accepted of {args.depth}: {row[mode]['expected_accepted']:.2f}")  # fmt: skip
+            print(
+                f"{name:>12} {mode:>11}: "
+                + " ".join(f"{r:.3f}" for r in rates)
+                + f"  expected accepted of {args.depth}: {row[mode]['expected_accepted']:.2f}"
+            )
         results[name] = row
     finish(info, results)
 

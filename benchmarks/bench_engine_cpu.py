@@ -52,11 +52,28 @@ class Worker:
 
     def __init__(self, src: Path, preset: str, batch: int, decoding: str, compiled: bool):
         env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
-        command = [sys.executable, "-m", "benchmarks.bench_engine_cpu", "--worker", "--preset", preset,
-                   "--batch", str(batch), "--decoding", decoding] + (["--compile"] if compiled else [])  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_engine_cpu",
+            "--worker",
+            "--preset",
+            preset,
+            "--batch",
+            str(batch),
+            "--decoding",
+            decoding,
+        ] + (["--compile"] if compiled else [])
         self.name = f"{src} {decoding} batch {batch}{' compiled' if compiled else ''}"
-        self.process = subprocess.Popen(command, env=env, cwd=ROOT, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def call(self, seed: int) -> dict:
         self.process.stdin.write(f"{seed}\n")
@@ -95,8 +112,10 @@ def main() -> None:
     rows = []
     for decoding in args.decodings.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            workers = {kind: Worker(src, args.preset, batch, decoding, compiled)
-                       for kind, (src, compiled) in kinds.items()}  # fmt: skip
+            workers = {
+                kind: Worker(src, args.preset, batch, decoding, compiled)
+                for kind, (src, compiled) in kinds.items()
+            }
             warmups = {kind: worker.call(0) for kind, worker in workers.items()}
             runs = {kind: [] for kind in kinds}
             for i in range(args.calls):  # call by call, in turn

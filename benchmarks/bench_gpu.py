@@ -155,10 +155,14 @@ def measure(run: Run, fn, compiled: bool, warm=None) -> tuple[dict, object]:
     repeats = run.repeats or (1 if run.quick else timed_calls(runs[0]))
     runs += [timed(call, run.device) for _ in range(repeats - 1)]
     peak = torch.cuda.max_memory_allocated(run.device) / 2**20 if run.cuda else peak_memory_mb()
-    timings = {"median_s": statistics.median(runs), "runs_s": [round(t, 4) for t in runs],
-               "warmup_s": [round(t, 2) for t in warmup], "peak_mb": round(peak, 1),
-               "peak_kind": "cuda max_memory_allocated" if run.cuda else "process max RSS",
-               "peak_over_resident_mb": round(peak - before, 1) if run.cuda else None}  # fmt: skip
+    timings = {
+        "median_s": statistics.median(runs),
+        "runs_s": [round(t, 4) for t in runs],
+        "warmup_s": [round(t, 2) for t in warmup],
+        "peak_mb": round(peak, 1),
+        "peak_kind": "cuda max_memory_allocated" if run.cuda else "process max RSS",
+        "peak_over_resident_mb": round(peak - before, 1) if run.cuda else None,
+    }
     return timings, last[0]
 
 
@@ -207,13 +211,17 @@ def modes(run: Run) -> list[str]:
     return ["eager"] if run.quick else ["eager", "compiled"]
 
 
-def pipeline_rows(run: Run, section: str, preset: str, cases, batches, make_call=None, setup=None,
-                  **load_kwargs) -> None:  # fmt: skip
+def pipeline_rows(
+    run: Run, section: str, preset: str, cases, batches, make_call=None, setup=None, **load_kwargs
+) -> None:
     """Rows ``section | preset case | mode | b<batch>``: ms per image of whole pipeline calls. ``setup(pipe,
     mode)`` runs once after loading."""
     for mode in modes(run):
-        rows = [(f"{section} | {preset} {case} | {mode} | b{batch}", batch, kwargs)
-                for batch in batches for case, kwargs in cases]  # fmt: skip
+        rows = [
+            (f"{section} | {preset} {case} | {mode} | b{batch}", batch, kwargs)
+            for batch in batches
+            for case, kwargs in cases
+        ]
         pending = [row for row in rows if row[0] not in run.measured]
         if not pending:
             continue
@@ -242,8 +250,13 @@ def pipeline_row(run: Run, pipe, call, mode: str, batch: int, note: str) -> dict
     stats = {
         k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.stats.items() if "seconds" not in k
     }
-    return {**timings, "ms_per_image": round(timings["median_s"] * 1e3 / batch, 2), "batch": batch, "note": note,
-            "stats": stats}  # fmt: skip
+    return {
+        **timings,
+        "ms_per_image": round(timings["median_s"] * 1e3 / batch, 2),
+        "batch": batch,
+        "note": note,
+        "stats": stats,
+    }
 
 
 def shapes_section(run: Run) -> None:
@@ -256,8 +269,13 @@ def continuous_section(run: Run) -> None:
 
 def video_call(pipe, batch: int, seed: int = 0, **kwargs):
     generators = [torch.Generator().manual_seed(seed + i) for i in range(batch)]
-    return pipe(class_labels=list(range(batch)), num_frames=VIDEO_FRAMES, generator=generators, output_type="np",
-                **kwargs)  # fmt: skip
+    return pipe(
+        class_labels=list(range(batch)),
+        num_frames=VIDEO_FRAMES,
+        generator=generators,
+        output_type="np",
+        **kwargs,
+    )
 
 
 def video_section(run: Run) -> None:
@@ -266,8 +284,15 @@ def video_section(run: Run) -> None:
         setting: load that one in the row's mode too."""
         pipe.keyframe_loader = lambda name: load(run, name, mode, dtype=pipe.dtype)[0]
 
-    pipeline_rows(run, "video", "sprites-video", [(f"{VIDEO_FRAMES} frames", {})], [1], make_call=video_call,
-                  setup=keyframes_alike)  # fmt: skip
+    pipeline_rows(
+        run,
+        "video",
+        "sprites-video",
+        [(f"{VIDEO_FRAMES} frames", {})],
+        [1],
+        make_call=video_call,
+        setup=keyframes_alike,
+    )
 
 
 def attention_section(run: Run) -> None:
@@ -303,8 +328,16 @@ def llamagen_section(run: Run, src: Path | None) -> None:
 
 # (model, dtype, batch) in the order they run: the issue's targets first (GPT-B and GPT-L against LlamaGen
 # compiled, GPT-L bf16 against fp32 at batch 16), then the rest of the grid.
-LLAMAGEN_PLAN = [("GPT-B", "fp32", 1), ("GPT-B", "fp32", 16), ("GPT-L", "fp32", 16), ("GPT-L", "bf16", 16),
-                 ("GPT-L", "fp32", 1), ("GPT-B", "bf16", 1), ("GPT-B", "bf16", 16), ("GPT-L", "bf16", 1)]  # fmt: skip
+LLAMAGEN_PLAN = [
+    ("GPT-B", "fp32", 1),
+    ("GPT-B", "fp32", 16),
+    ("GPT-L", "fp32", 16),
+    ("GPT-L", "bf16", 16),
+    ("GPT-L", "fp32", 1),
+    ("GPT-B", "bf16", 1),
+    ("GPT-B", "bf16", 16),
+    ("GPT-L", "bf16", 1),
+]
 
 
 class LlamaGenModels:
@@ -339,8 +372,13 @@ class LlamaGenModels:
 
     def theirs(self, model: str, dtype_name: str):
         if (model, dtype_name) not in self._theirs:
-            net = self.gpt_models[model](vocab_size=16384, block_size=LLAMAGEN_TOKENS, num_classes=1000,
-                                         cls_token_num=1, model_type="c2i")  # fmt: skip
+            net = self.gpt_models[model](
+                vocab_size=16384,
+                block_size=LLAMAGEN_TOKENS,
+                num_classes=1000,
+                cls_token_num=1,
+                model_type="c2i",
+            )
             net.load_state_dict(torch.load(self.folder(model) / "llamagen_state.pt", weights_only=True))
             self._theirs[model, dtype_name] = net.to(device=self.run.device, dtype=DTYPES[dtype_name]).eval()
         return self._theirs[model, dtype_name]
@@ -396,8 +434,16 @@ def llamagen_unit(
 def ours_call(pipe, batch: int, tokens: int, labels: list[int] | None = None, top_k: int = 0):
     """Our pipeline at LlamaGen's sampling settings; fewer than all tokens stops early (then nothing is decoded)."""
     stop = None if tokens >= LLAMAGEN_TOKENS else (lambda i, n, so_far: False if i + 1 >= tokens else None)
-    return image_call(pipe, batch, labels=labels, guidance_scale=LLAMAGEN_CFG, temperature=1.0, top_k=top_k,
-                      top_p=1.0, callback_on_step_end=stop)  # fmt: skip
+    return image_call(
+        pipe,
+        batch,
+        labels=labels,
+        guidance_scale=LLAMAGEN_CFG,
+        temperature=1.0,
+        top_k=top_k,
+        top_p=1.0,
+        callback_on_step_end=stop,
+    )
 
 
 def ours_row(run: Run, pipe, batch: int, mode: str) -> dict:
@@ -414,9 +460,14 @@ def ours_row(run: Run, pipe, batch: int, mode: str) -> dict:
             timed(lambda: pipe.tokenizer.decode(tokens).float().cpu(), run.device) for _ in range(3)
         )
     sampling = max(timings["median_s"] - decode, 1e-9)
-    return {**timings, "tokens_per_s": round(batch * n / sampling, 1), "tokens": n,
-            "call_tokens_per_s": round(batch * n / timings["median_s"], 1), "decode_s": round(decode, 4),
-            "batch": batch}  # fmt: skip
+    return {
+        **timings,
+        "tokens_per_s": round(batch * n / sampling, 1),
+        "tokens": n,
+        "call_tokens_per_s": round(batch * n / timings["median_s"], 1),
+        "decode_s": round(decode, 4),
+        "batch": batch,
+    }
 
 
 def theirs_row(run: Run, theirs, generate, labels, mode: str) -> dict:
@@ -433,8 +484,16 @@ def theirs_row(run: Run, theirs, generate, labels, mode: str) -> dict:
 
 def run_llamagen(generate, model, labels, tokens: int, top_k: int = 0) -> torch.Tensor:
     with torch.no_grad():
-        return generate(model, labels, tokens, cfg_scale=LLAMAGEN_CFG, cfg_interval=-1, temperature=1.0,
-                        top_k=top_k, top_p=1.0)  # fmt: skip
+        return generate(
+            model,
+            labels,
+            tokens,
+            cfg_scale=LLAMAGEN_CFG,
+            cfg_interval=-1,
+            temperature=1.0,
+            top_k=top_k,
+            top_p=1.0,
+        )
 
 
 def greedy_check(run: Run, ours: dict, theirs, generate) -> dict:
@@ -447,8 +506,11 @@ def greedy_check(run: Run, ours: dict, theirs, generate) -> dict:
     for mode, pipe in ours.items():
         mine = ours_call(pipe, 1, n, labels=[label], top_k=1).tokens
         same = torch.as_tensor(mine).flatten().cpu() == reference
-        row[mode] = {"identical": bool(same.all()), "agreement": round(float(same.float().mean()), 4),
-                     "first_mismatch": None if bool(same.all()) else int((~same).nonzero()[0])}  # fmt: skip
+        row[mode] = {
+            "identical": bool(same.all()),
+            "agreement": round(float(same.float().mean()), 4),
+            "first_mismatch": None if bool(same.all()) else int((~same).nonzero()[0]),
+        }
     return row
 
 
@@ -456,8 +518,11 @@ def greedy_check(run: Run, ours: dict, theirs, generate) -> dict:
 def best(rows: dict, prefix: str, field_name: str, lower: bool, suffix: str = "") -> tuple[float | None, str]:
     """The best value of ``field_name`` over rows whose key starts with ``prefix`` and ends with ``suffix``
     (any mode), and that row's mode."""
-    found = [(row[field_name], key.split(" | ")[2]) for key, row in rows.items()
-             if key.startswith(prefix) and key.endswith(suffix) and field_name in row]  # fmt: skip
+    found = [
+        (row[field_name], key.split(" | ")[2])
+        for key, row in rows.items()
+        if key.startswith(prefix) and key.endswith(suffix) and field_name in row
+    ]
     if not found:
         return None, ""
     return (min if lower else max)(found)
@@ -468,8 +533,13 @@ def check_targets(rows: dict) -> list[tuple[str, str, bool | None]]:
     passed is None when not measured."""
     out = []
     ms, mode = best(rows, "shapes | shapes-c2i ar | ", "ms_per_image", lower=True, suffix="b1")
-    out.append(("shapes-c2i AR batch 1 <= 30 ms per image", f"{ms:.1f} ms ({mode})" if ms else "not measured",
-                None if ms is None else ms <= 30))  # fmt: skip
+    out.append(
+        (
+            "shapes-c2i AR batch 1 <= 30 ms per image",
+            f"{ms:.1f} ms ({mode})" if ms else "not measured",
+            None if ms is None else ms <= 30,
+        )
+    )
     for model in ("GPT-B", "GPT-L"):
         for dtype in DTYPES:
             for batch in (1, 16):
@@ -483,20 +553,35 @@ def check_targets(rows: dict) -> list[tuple[str, str, bool | None]]:
                     if mine and theirs
                     else "not measured"
                 )
-                out.append((f"{model} {dtype} b{batch}: ours >= 1.5x LlamaGen compiled", measured,
-                            mine / theirs >= 1.5 if mine and theirs else None))  # fmt: skip
+                out.append(
+                    (
+                        f"{model} {dtype} b{batch}: ours >= 1.5x LlamaGen compiled",
+                        measured,
+                        mine / theirs >= 1.5 if mine and theirs else None,
+                    )
+                )
         greedy = rows.get(f"llamagen | {model} fp32 | greedy | b1", {})
         checks = [v for v in greedy.values() if isinstance(v, dict)]
         if checks:
             same = all(v["identical"] for v in checks)
             out.append((f"{model} fp32: greedy tokens identical to LlamaGen's", str(same), same))
     ms, mode = best(rows, "continuous | ", "ms_per_image", lower=True, suffix="b1")
-    out.append(("shapes-c2i-continuous batch 1 <= 100 ms per image", f"{ms:.1f} ms ({mode})" if ms else "not measured",
-                None if ms is None else ms <= 100))  # fmt: skip
+    out.append(
+        (
+            "shapes-c2i-continuous batch 1 <= 100 ms per image",
+            f"{ms:.1f} ms ({mode})" if ms else "not measured",
+            None if ms is None else ms <= 100,
+        )
+    )
     bf16, _ = best(rows, "llamagen | GPT-L bf16 | ours", "tokens_per_s", lower=False, suffix="b16")
     fp32, _ = best(rows, "llamagen | GPT-L fp32 | ours", "tokens_per_s", lower=False, suffix="b16")
-    out.append(("GPT-L batch 16: ours bf16 >= 1.3x fp32", f"x{bf16 / fp32:.2f}" if bf16 and fp32 else "not measured",
-                bf16 / fp32 >= 1.3 if bf16 and fp32 else None))  # fmt: skip
+    out.append(
+        (
+            "GPT-L batch 16: ours bf16 >= 1.3x fp32",
+            f"x{bf16 / fp32:.2f}" if bf16 and fp32 else "not measured",
+            bf16 / fp32 >= 1.3 if bf16 and fp32 else None,
+        )
+    )
     return out
 
 
@@ -518,8 +603,10 @@ def print_tables(rows: dict) -> None:
         warm = "/".join(f"{sum(r['warmup_s']):.1f}" if "warmup_s" in r else "-" for r in (eager, compiled))
         peak = "/".join(str(r.get("peak_mb", "-")) for r in (eager, compiled))
         errors = "; ".join(r["error"] for r in (eager, compiled) if "error" in r)
-        print(f"{section + ' ' + name + ' ' + batch:58s}{_num(e):>10s}{_num(c):>10s}{speedup:>10s}{warm:>16s}{peak:>16s}"
-              + (f"  {errors}" if errors else ""))  # fmt: skip
+        print(
+            f"{section + ' ' + name + ' ' + batch:58s}{_num(e):>10s}{_num(c):>10s}{speedup:>10s}{warm:>16s}{peak:>16s}"
+            + (f"  {errors}" if errors else "")
+        )
     llamagen = {}
     for key, row in rows.items():
         if key.startswith("llamagen |") and "greedy" not in key:
@@ -557,8 +644,13 @@ def measured_keys(path: Path, info: dict) -> set:
     mark is ignored: copying the results file back into the checkout makes it)."""
     rows = json.loads(path.read_text()).get("rows", {}) if path.is_file() else {}
     commit = info["commit"].removesuffix("+dirty")
-    return {key for key, row in rows.items() if row.get("commit", "").removesuffix("+dirty") == commit
-            and row.get("device") == info["device"] and "error" not in row}  # fmt: skip
+    return {
+        key
+        for key, row in rows.items()
+        if row.get("commit", "").removesuffix("+dirty") == commit
+        and row.get("device") == info["device"]
+        and "error" not in row
+    }
 
 
 def save(info: dict, run: Run) -> dict:
@@ -589,8 +681,11 @@ def main() -> None:
     parser.add_argument(
         "--budget", type=float, help="seconds after which no new row starts (default 330; quick 150)"
     )
-    parser.add_argument("--fill", action="store_true",
-                        help="only rows the results file lacks for this commit and device (error rows run again)")  # fmt: skip
+    parser.add_argument(
+        "--fill",
+        action="store_true",
+        help="only rows the results file lacks for this commit and device (error rows run again)",
+    )
     parser.add_argument(
         "--threads", type=int, help="CPU threads (default: 1 on the CPU, whose cores are shared)"
     )
@@ -612,10 +707,18 @@ def main() -> None:
     if args.threads or device.type == "cpu":
         torch.set_num_threads(args.threads or 1)  # OpenMP slows down many times over on busy shared cores
     run = Run(device, args.quick, args.repeats, args.budget or (150.0 if args.quick else 300.0))
-    info = {"command": reproduce_command(), "commit": os.environ.get("ARSTUDIO_COMMIT") or git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "matmul_precision": torch.get_float32_matmul_precision(), "quick": args.quick,
-            "sections": args.sections, "cpu_pressure": {"start": cpu_pressure()}}  # fmt: skip
+    info = {
+        "command": reproduce_command(),
+        "commit": os.environ.get("ARSTUDIO_COMMIT") or git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "quick": args.quick,
+        "sections": args.sections,
+        "cpu_pressure": {"start": cpu_pressure()},
+    }
     print(
         f"# bench_gpu on {info['device']} | torch {info['torch']} (CUDA {info['cuda']}) | commit {info['commit']}"
     )
@@ -627,8 +730,13 @@ def main() -> None:
         )
     if args.quick:
         run.skip("batch 8 / 16, compiled rows, GPT-B bf16 and GPT-L, attention section", "--quick")
-    work = {"shapes": shapes_section, "continuous": continuous_section, "video": video_section,
-            "llamagen": lambda r: llamagen_section(r, args.llamagen), "attention": attention_section}  # fmt: skip
+    work = {
+        "shapes": shapes_section,
+        "continuous": continuous_section,
+        "video": video_section,
+        "llamagen": lambda r: llamagen_section(r, args.llamagen),
+        "attention": attention_section,
+    }
     with torch.no_grad():
         for section in [s for s in SECTIONS if s in args.sections]:
             if args.quick and section == "attention":

@@ -72,8 +72,9 @@ def import_llamagen(src: Path):
 def build_models(gpt_models, name: str, grid: int, vocab: int, classes: int):
     """LlamaGen's Transformer with a seeded random init, and our ImageGenerator with the same weights."""
     torch.manual_seed(0)
-    theirs = gpt_models[name](vocab_size=vocab, block_size=grid * grid, num_classes=classes, cls_token_num=1,
-                              model_type="c2i").eval()  # fmt: skip
+    theirs = gpt_models[name](
+        vocab_size=vocab, block_size=grid * grid, num_classes=classes, cls_token_num=1, model_type="c2i"
+    ).eval()
     torch.nn.init.normal_(theirs.output.weight, std=0.02)  # LlamaGen zero-inits it: uniform logits
     config = llamagen_gpt_config(name, image_size=grid * 16, vocab_size=vocab, num_classes=classes)
     ours = load_llamagen_gpt(theirs.state_dict(), config).eval()
@@ -88,8 +89,9 @@ def run_ours(model, labels, cfg: float, top_k: int = 0, max_tokens: int | None =
 
 
 def run_theirs(generate, model, labels, cfg: float, tokens: int, top_k: int = 0) -> torch.Tensor:
-    return generate(model, labels, tokens, cfg_scale=cfg, cfg_interval=-1, temperature=1.0, top_k=top_k,
-                    top_p=1.0)  # fmt: skip
+    return generate(
+        model, labels, tokens, cfg_scale=cfg, cfg_interval=-1, temperature=1.0, top_k=top_k, top_p=1.0
+    )
 
 
 def copy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
@@ -140,8 +142,10 @@ def main() -> None:
     info = header("llamagen_speed")
     theirs, ours = build_models(gpt_models, args.model, grid, args.vocab, args.num_classes)
     n = args.tokens
-    setting = (f"{args.model}, {n} tokens ({grid}x{grid}), vocab {args.vocab}, cfg {args.cfg}, top-k 0, "
-               f"temperature 1, fp32, {args.threads} thread(s)")  # fmt: skip
+    setting = (
+        f"{args.model}, {n} tokens ({grid}x{grid}), vocab {args.vocab}, cfg {args.cfg}, top-k 0, "
+        f"temperature 1, fp32, {args.threads} thread(s)"
+    )
     print(f"# {setting}; {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters")
 
     results: dict = {"setting": setting}
@@ -160,8 +164,10 @@ def main() -> None:
 
         for batch in args.batches:
             labels = torch.arange(batch) % args.num_classes
-            runs = {"arstudio": lambda: run_ours(ours, labels, args.cfg),  # noqa: B023
-                    "llamagen": lambda: run_theirs(generate, theirs, labels, args.cfg, n)}  # noqa: B023  # fmt: skip
+            runs = {
+                "arstudio": lambda: run_ours(ours, labels, args.cfg),  # noqa: B023
+                "llamagen": lambda: run_theirs(generate, theirs, labels, args.cfg, n),  # noqa: B023
+            }
             warm = min(8, n)  # first calls allocate and pick kernels
             run_ours(ours, labels, args.cfg, max_tokens=warm)
             run_theirs(generate, theirs, labels, args.cfg, warm)
@@ -174,11 +180,17 @@ def main() -> None:
             seconds = {name: statistics.median(t) for name, t in times.items()}
             tok_s = {name: batch * n / s for name, s in seconds.items()}
             ratio = tok_s["arstudio"] / tok_s["llamagen"]
-            row = {"arstudio_tok_s": round(tok_s["arstudio"], 2), "llamagen_tok_s": round(tok_s["llamagen"], 2),
-                   "speedup": round(ratio, 2), "runs_s": {k: [round(x, 2) for x in v] for k, v in times.items()},
-                   "cpu_pressure": cpu_pressure()}  # fmt: skip
-            print(f"batch {batch:3d}: arstudio {tok_s['arstudio']:8.1f} tok/s   llamagen {tok_s['llamagen']:8.1f} "
-                  f"tok/s   x{ratio:.2f}   (runs: {row['runs_s']})")  # fmt: skip
+            row = {
+                "arstudio_tok_s": round(tok_s["arstudio"], 2),
+                "llamagen_tok_s": round(tok_s["llamagen"], 2),
+                "speedup": round(ratio, 2),
+                "runs_s": {k: [round(x, 2) for x in v] for k, v in times.items()},
+                "cpu_pressure": cpu_pressure(),
+            }
+            print(
+                f"batch {batch:3d}: arstudio {tok_s['arstudio']:8.1f} tok/s   llamagen {tok_s['llamagen']:8.1f} "
+                f"tok/s   x{ratio:.2f}   (runs: {row['runs_s']})"
+            )
             if batch == 1:
                 bandwidth = copy_bandwidth()
                 weight_b, kv_b = bytes_per_step(ours, rows=2)
@@ -194,10 +206,12 @@ def main() -> None:
                     "arstudio_step_over_bound": round(steps["arstudio"] / bound, 2),
                     "llamagen_step_over_bound": round(steps["llamagen"] / bound, 2),
                 }
-                print(f"batch 1 step: arstudio {steps['arstudio'] * 1e3:.1f} ms, llamagen "
-                      f"{steps['llamagen'] * 1e3:.1f} ms; bound {bound * 1e3:.1f} ms = ({weight_b / 1e6:.0f} MB "
-                      f"weights + {kv_b / 1e6:.1f} MB KV) / {bandwidth / 1e9:.1f} GB/s copy bandwidth; "
-                      f"arstudio step / bound = {steps['arstudio'] / bound:.2f}")  # fmt: skip
+                print(
+                    f"batch 1 step: arstudio {steps['arstudio'] * 1e3:.1f} ms, llamagen "
+                    f"{steps['llamagen'] * 1e3:.1f} ms; bound {bound * 1e3:.1f} ms = ({weight_b / 1e6:.0f} MB "
+                    f"weights + {kv_b / 1e6:.1f} MB KV) / {bandwidth / 1e9:.1f} GB/s copy bandwidth; "
+                    f"arstudio step / bound = {steps['arstudio'] / bound:.2f}"
+                )
             results[f"batch {batch}"] = row
     finish(info, {"results": results, "repeats": args.repeats, "llamagen_src": str(args.llamagen_src)})
 

@@ -40,8 +40,10 @@ def main() -> None:
     images = np.stack(images)
 
     correct = [verify_class(image, label) for image, label in zip(images, labels, strict=True)]
-    per_class = {class_name(c): float(np.mean(correct[c * args.per_class : (c + 1) * args.per_class]))
-                 for c in range(NUM_CLASSES)}  # fmt: skip
+    per_class = {
+        class_name(c): float(np.mean(correct[c * args.per_class : (c + 1) * args.per_class]))
+        for c in range(NUM_CLASSES)
+    }
     failures = Counter(len(detect_objects(im)) for im, ok in zip(images, correct, strict=True) if not ok)
 
     classifier = load_shipped_classifier()

@@ -42,7 +42,7 @@ def held_out(seed: int, per_class: int, canvas: int) -> list[dict]:
                     "centre": (obj.x0 + obj.side / 2, obj.y0 + obj.side / 2),
                 }
             )
-        # fmt: skip
+
     return items
 
 
@@ -71,12 +71,16 @@ def score(images, items) -> dict:
     errors = [position_error(im, it["centre"]) for im, it in zip(images, items, strict=True)]
     found = [e for e in errors if e is not None]
     return {
-        "edge_f1": float(np.mean([edge_f1(it["controls"]["edges"], im) for im, it in zip(images, items, strict=True)])),
-        "mask_iou": float(np.mean([mask_iou(it["controls"]["mask"], im) for im, it in zip(images, items, strict=True)])),
+        "edge_f1": float(
+            np.mean([edge_f1(it["controls"]["edges"], im) for im, it in zip(images, items, strict=True)])
+        ),
+        "mask_iou": float(
+            np.mean([mask_iou(it["controls"]["mask"], im) for im, it in zip(images, items, strict=True)])
+        ),
         "position_error_px": float(np.mean(found)) if found else None,
         "no_object_found": len(errors) - len(found),
         "verifier_accuracy": class_accuracy(images, [it["label"] for it in items]),
-    }  # fmt: skip
+    }
 
 
 def seconds_per_image(pipe, items, kind: str | None, count: int, extra: dict) -> float:
@@ -112,8 +116,12 @@ def main() -> None:
     variants = [("none", "fusion", None)] + [
         (f"{mode}-{kind}", mode, kind) for mode in ("fusion", "prefill") for kind in CONTROL_TYPES
     ]
-    results = {"images_per_variant": len(items), "defaults": pipes["fusion"].preset.defaults, "control": extra,
-               "variants": {}}  # fmt: skip
+    results = {
+        "images_per_variant": len(items),
+        "defaults": pipes["fusion"].preset.defaults,
+        "control": extra,
+        "variants": {},
+    }
     for name, mode, kind in variants:
         images, seconds = generate(pipes[mode], items, kind, args.batch, args.seed, extra if kind else {})
         row = score(images, items)

@@ -165,9 +165,12 @@ def profile(pipe, reqs, settings: dict, batch: int) -> dict[str, dict]:
             start = time.perf_counter()
             pipe(**call, generator=torch.Generator().manual_seed(0), output_type="np", **setting)
             total = time.perf_counter() - start
-            rows[name] = {"total_ms": 1000 * total, "target_ms": 1000 * spent["target"],
-                          "drafter_ms": 1000 * spent["drafter"],
-                          "other_ms": 1000 * (total - spent["target"] - spent["drafter"])}  # fmt: skip
+            rows[name] = {
+                "total_ms": 1000 * total,
+                "target_ms": 1000 * spent["target"],
+                "drafter_ms": 1000 * spent["drafter"],
+                "other_ms": 1000 * (total - spent["target"] - spent["drafter"]),
+            }
     finally:
         for owner, method, own in originals:
             if own is None:
@@ -187,16 +190,23 @@ def chart(results: dict, path) -> None:
     xmax = max(1.5, max(max(r["speedup_batch1"], r["speedup_batch8"]) for _, _, r in rows))
     image = Image.new("RGB", (left + int(scale * xmax) + 230, top + line * len(rows) + 20), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 10), "speed-up over plain AR (dark: batch 1, light: batch 8); target forwards per image; "
-              "verifier accuracy", fill="black")  # fmt: skip
+    draw.text(
+        (10, 10),
+        "speed-up over plain AR (dark: batch 1, light: batch 8); target forwards per image; "
+        "verifier accuracy",
+        fill="black",
+    )
     for i, (preset, name, row) in enumerate(rows):
         y = top + i * line
         draw.text((10, y + 6), f"{preset} {name}", fill="black")
         for j, (key, colour) in enumerate((("speedup_batch1", "#1f4e9c"), ("speedup_batch8", "#8fb3e8"))):
             draw.rectangle([left, y + 2 + 12 * j, left + scale * row[key], y + 12 + 12 * j], fill=colour)
-        draw.text((left + int(scale * xmax) + 10, y + 6),
-                  f"x{row['speedup_batch1']:.2f} / x{row['speedup_batch8']:.2f}  fwd {fmt(row['forwards_per_image'], '.0f')}  "
-                  f"acc {row['verifier_accuracy']:.2f}", fill="black")  # fmt: skip
+        draw.text(
+            (left + int(scale * xmax) + 10, y + 6),
+            f"x{row['speedup_batch1']:.2f} / x{row['speedup_batch8']:.2f}  fwd {fmt(row['forwards_per_image'], '.0f')}  "
+            f"acc {row['verifier_accuracy']:.2f}",
+            fill="black",
+        )
     for y in range(top, top + line * len(rows), 6):  # 1x reference
         draw.line([left + scale, y, left + scale, y + 3], fill="red")
     image.save(path)
@@ -228,8 +238,10 @@ def main() -> None:
         profiles[preset] = {b: profile(pipe, reqs, settings, b) for b in (1, 8)}
         for b, rows in profiles[preset].items():
             for name, row in rows.items():
-                print(f"{preset:11s} profile b{b} {name:26s} total {row['total_ms']:7.0f} ms  target "
-                      f"{row['target_ms']:7.0f}  drafter {row['drafter_ms']:7.0f}  other {row['other_ms']:7.0f}")  # fmt: skip
+                print(
+                    f"{preset:11s} profile b{b} {name:26s} total {row['total_ms']:7.0f} ms  target "
+                    f"{row['target_ms']:7.0f}  drafter {row['drafter_ms']:7.0f}  other {row['other_ms']:7.0f}"
+                )
         per_image = {b: timing(pipe, reqs, settings, b, args.repeats) for b in (1, 8)}
         rows = {}
         for name, setting in settings.items():
@@ -238,9 +250,11 @@ def main() -> None:
                 row[f"ms_per_image_batch{b}"] = round(1000 * per_image[b][name], 2)
                 row[f"speedup_batch{b}"] = per_image[b]["ar"] / per_image[b][name]
             rows[name] = row
-            print(f"{preset:11s} {name:22s} x{row['speedup_batch1']:.2f} (b1) x{row['speedup_batch8']:.2f} (b8)  "
-                  f"fwd/img {fmt(row['forwards_per_image'], '.1f')}  acc {row['verifier_accuracy']:.3f}  "
-                  f"FD {row['fd_shapes']:.1f}  accept {row['acceptance_rate']}")  # fmt: skip
+            print(
+                f"{preset:11s} {name:22s} x{row['speedup_batch1']:.2f} (b1) x{row['speedup_batch8']:.2f} (b8)  "
+                f"fwd/img {fmt(row['forwards_per_image'], '.1f')}  acc {row['verifier_accuracy']:.3f}  "
+                f"FD {row['fd_shapes']:.1f}  accept {row['acceptance_rate']}"
+            )
         results[preset] = rows
         results[f"{preset} fd_shapes_real_vs_real"] = baseline
         print(f"{preset:11s} FD-shapes real vs real (same N): {baseline:.1f}")

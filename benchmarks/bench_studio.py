@@ -26,16 +26,24 @@ import torch
 from benchmarks.common import cpu_pressure, finish, header
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-       "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
 PRESET = "shapes-c2i"
 
 
 def time_to_served_page(port: int = 7899, timeout: float = 180.0) -> float:
     """Seconds from starting `arstudio ui` in a fresh process to the first HTTP 200 for the page."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "arstudio.cli", "ui", "--port", str(port), "--preset", PRESET],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arstudio.cli", "ui", "--port", str(port), "--preset", PRESET],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while time.perf_counter() - start < timeout:
             try:
@@ -100,15 +108,25 @@ def ui_vs_api(repeats: int, count: int) -> dict:
         client.predict(*args, api_name="/generate")
         ui_s.append(time.perf_counter() - t)
         t = time.perf_counter()
-        pipe(prompt="red circle", num_images_per_prompt=count, guidance_scale=3.0,
-             generator=[torch.Generator().manual_seed(11 + i) for i in range(count)])  # fmt: skip
+        pipe(
+            prompt="red circle",
+            num_images_per_prompt=count,
+            guidance_scale=3.0,
+            generator=[torch.Generator().manual_seed(11 + i) for i in range(count)],
+        )
         api_s.append(time.perf_counter() - t)
     app.close()
     ui, api = statistics.median(ui_s), statistics.median(api_s)
-    return {"images_per_request": count, "ui_median_s": round(ui, 3), "api_median_s": round(api, 3),
-            "overhead_pct": round(100 * (ui - api) / api, 1), "gradio_echo_median_s": round(statistics.median(echo_s), 3),
-            "ui_runs_s": [round(x, 3) for x in ui_s],
-            "api_runs_s": [round(x, 3) for x in api_s], "cpu_pressure": cpu_pressure()}  # fmt: skip
+    return {
+        "images_per_request": count,
+        "ui_median_s": round(ui, 3),
+        "api_median_s": round(api, 3),
+        "overhead_pct": round(100 * (ui - api) / api, 1),
+        "gradio_echo_median_s": round(statistics.median(echo_s), 3),
+        "ui_runs_s": [round(x, 3) for x in ui_s],
+        "api_runs_s": [round(x, 3) for x in api_s],
+        "cpu_pressure": cpu_pressure(),
+    }
 
 
 def render_throughput(processes: int, images: int, folder: Path) -> dict:
@@ -116,21 +134,42 @@ def render_throughput(processes: int, images: int, folder: Path) -> dict:
     including start-up."""
     jobs = folder / "jobs.jsonl"
     per_job = 8
-    jobs.write_text("".join(json.dumps({"preset": PRESET, "class": c % 24, "seed": 1000 * c, "count": per_job}) + "\n"
-                            for c in range(images // per_job)))  # fmt: skip
+    jobs.write_text(
+        "".join(
+            json.dumps({"preset": PRESET, "class": c % 24, "seed": 1000 * c, "count": per_job}) + "\n"
+            for c in range(images // per_job)
+        )
+    )
     out = folder / f"out{processes}"
     command = ["-m", "arstudio.cli", "render", str(jobs), "--out", str(out), "--no-progress"]
     if processes > 1:
-        command = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *command]  # fmt: skip
+        command = [
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            *command,
+        ]
     start = time.perf_counter()
     result = subprocess.run([sys.executable, *command], env=ENV, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - start
     match = re.search(r"rendered (\d+) image\(s\).*?([\d.]+) s \(([\d.]+) images/s", result.stdout)
     assert match and int(match.group(1)) == images, result.stdout + result.stderr[-2000:]
-    return {"processes": processes, "images": images, "render_s": float(match.group(2)),
-            "images_per_s": float(match.group(3)), "wall_s_with_startup": round(wall, 2),
-            "cpu_pressure": cpu_pressure()}  # fmt: skip
+    return {
+        "processes": processes,
+        "images": images,
+        "render_s": float(match.group(2)),
+        "images_per_s": float(match.group(3)),
+        "wall_s_with_startup": round(wall, 2),
+        "cpu_pressure": cpu_pressure(),
+    }
 
 
 def main() -> None:

@@ -61,8 +61,11 @@ def main() -> None:
     }
     if hasattr(tokenizer, "codebook_vectors"):  # a joint codebook (VQ)
         usage = codebook_usage(ids, tokenizer.codebook_size)
-        results.update(codebook_usage_on_shapes=usage["usage"], codebook_perplexity_on_shapes=usage["perplexity"],
-                       codebook_size=tokenizer.codebook_size)  # fmt: skip
+        results.update(
+            codebook_usage_on_shapes=usage["usage"],
+            codebook_perplexity_on_shapes=usage["perplexity"],
+            codebook_size=tokenizer.codebook_size,
+        )
     for key, value in results.items():
         print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
     finish(info, results)

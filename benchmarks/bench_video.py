@@ -28,8 +28,14 @@ from benchmarks.common import RESULTS, finish, header
 
 HELDOUT_SEED = 4242
 SECTIONS = ("acceptance", "prediction", "speed", "memory", "extrapolation")
-SECTION_KEYS = {"acceptance_16_frames": "acceptance", "prediction": "prediction", "speed_batch1": "speed",
-                "speed_batch8": "speed", "cache_memory": "memory", "extrapolation": "extrapolation"}  # fmt: skip
+SECTION_KEYS = {
+    "acceptance_16_frames": "acceptance",
+    "prediction": "prediction",
+    "speed_batch1": "speed",
+    "speed_batch8": "speed",
+    "cache_memory": "memory",
+    "extrapolation": "extrapolation",
+}
 
 
 def generate(pipe, labels, num_frames: int, batch: int, seed: int, **kwargs) -> np.ndarray:
@@ -37,8 +43,13 @@ def generate(pipe, labels, num_frames: int, batch: int, seed: int, **kwargs) -> 
     generator = torch.Generator().manual_seed(seed)
     clips = []
     for i in range(0, len(labels), batch):
-        out = pipe(class_labels=labels[i : i + batch], num_frames=num_frames, generator=generator,
-                   output_type="np", **kwargs)  # fmt: skip
+        out = pipe(
+            class_labels=labels[i : i + batch],
+            num_frames=num_frames,
+            generator=generator,
+            output_type="np",
+            **kwargs,
+        )
         clips.extend(out.frames)
     return np.stack(clips)
 
@@ -73,8 +84,13 @@ def prediction(pipe, count: int, batch: int, given: int = 4, total: int = 16) ->
     predicted = []
     generator = torch.Generator().manual_seed(1)
     for i in range(0, count, batch):
-        out = pipe(class_labels=labels[i : i + batch].tolist(), num_frames=total, context_frames=real[i : i + batch, :given],
-                   generator=generator, output_type="np")  # fmt: skip
+        out = pipe(
+            class_labels=labels[i : i + batch].tolist(),
+            num_frames=total,
+            context_frames=real[i : i + batch, :given],
+            generator=generator,
+            output_type="np",
+        )
         predicted.extend(out.frames)
     fg_errors, fg_copy, empty = [], [], 0
     for clip, pred in zip(real, predicted, strict=True):
@@ -148,8 +164,11 @@ def speed(pipe, batch: int, frames: int = 16, repeats: int = 1, recompute: bool 
     if recompute:
         # The model's long/short-term context bounds what recomputing costs (a few full frames plus
         # compressed ones), so the cache's saving is also measured with every frame at full resolution.
-        paths |= {"recompute": {"use_cache": False}, "cached_full_context": {"short_frames": 0},
-                  "recompute_full_context": {"use_cache": False, "short_frames": 0}}  # fmt: skip
+        paths |= {
+            "recompute": {"use_cache": False},
+            "cached_full_context": {"short_frames": 0},
+            "recompute_full_context": {"use_cache": False, "short_frames": 0},
+        }
     for name, kwargs in paths.items():
         times = []
         for r in range(repeats):
@@ -179,8 +198,15 @@ def memory(pipe, lengths=(8, 16, 32, 64)) -> dict:
     for frames in lengths:
         row = {}
         for name, short in {"full": 0, "compressed": model.config.short_frames}.items():
-            stats = sample_video(model, torch.tensor([0]), [torch.Generator().manual_seed(0)], frames,
-                                 guidance_scale=1.5, num_inference_steps=1, short_frames=short).stats  # fmt: skip
+            stats = sample_video(
+                model,
+                torch.tensor([0]),
+                [torch.Generator().manual_seed(0)],
+                frames,
+                guidance_scale=1.5,
+                num_inference_steps=1,
+                short_frames=short,
+            ).stats
             row[f"{name}_cache_mb"] = stats["cache_bytes"] / 2**20
             row[f"{name}_cache_tokens"] = stats["cache_slots"]
         rows[str(frames)] = row
@@ -214,8 +240,11 @@ def chart(curves: dict, path) -> None:
         values = curve["frame_accuracy_curve"]
         points = [(left + plot_w * j / max(1, num - 1), top + plot_h * (1 - v)) for j, v in enumerate(values)]
         draw.line(points, fill=colours[i % len(colours)], width=2)
-        draw.text((left, height + 20 * i), f"{name}: last quarter {curve['last_quarter_accuracy']:.2f}",
-                  fill=colours[i % len(colours)])  # fmt: skip
+        draw.text(
+            (left, height + 20 * i),
+            f"{name}: last quarter {curve['last_quarter_accuracy']:.2f}",
+            fill=colours[i % len(colours)],
+        )
     image.save(path)
 
 
@@ -229,8 +258,13 @@ def main() -> None:
     parser.add_argument("--extrapolate", type=int, default=24, help="videos per extrapolation setting")
     parser.add_argument("--decays", type=float, nargs="+", default=[0.0, 0.5])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
-                        help="run only these; the others are kept from the last results file")  # fmt: skip
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=SECTIONS,
+        help="run only these; the others are kept from the last results file",
+    )
     parser.add_argument(
         "--weights", help="a folder with tokenizer/ and generator/ instead of the shipped ones"
     )

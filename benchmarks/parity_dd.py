@@ -91,8 +91,15 @@ def check_model(name: str, gpt_models, scripts, batch: int) -> dict:
     _, split, hybrid_split = LLAMAGEN_DD[name]
     torch.manual_seed(0)
     codebook = F.normalize(torch.randn(16384, 8), dim=-1)
-    theirs = gpt_models[name](vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1,
-                              model_type="c2i", codebook_dim=8, codebook=codebook).eval()  # fmt: skip
+    theirs = gpt_models[name](
+        vocab_size=16384,
+        block_size=256,
+        num_classes=1000,
+        cls_token_num=1,
+        model_type="c2i",
+        codebook_dim=8,
+        codebook=codebook,
+    ).eval()
     torch.nn.init.normal_(theirs.output.weight, std=0.02)  # DD zero-inits it: uniform logits
     decoy = {k: v + 1 for k, v in theirs.state_dict().items()}
     config = llamagen_dd_config(name)
@@ -108,8 +115,9 @@ def check_model(name: str, gpt_models, scripts, batch: int) -> dict:
     row = {"params_m": round(sum(p.numel() for p in ours.parameters()) / 1e6, 1), "load_s": round(load_s, 1)}
     with torch.no_grad():
         for t in (0, TWO_STEP_START):
-            x_t = fewstep.perturb_data(codebook[torch.randint(0, 16384, (batch, 256), generator=g)],
-                                       torch.zeros(batch) + t, noise)  # fmt: skip
+            x_t = fewstep.perturb_data(
+                codebook[torch.randint(0, 16384, (batch, 256), generator=g)], torch.zeros(batch) + t, noise
+            )
             their_vectors, their_logits = theirs(x_t, labels, torch.zeros(batch) + t)
             our_logits, our_vectors = ours(x_t, t, labels)
             row[f"forward_t{t}_logits_max_abs_diff"] = (their_logits - our_logits).abs().max().item()
@@ -148,8 +156,10 @@ def main() -> None:
         rows[name] = row = check_model(name, gpt_models, scripts, args.batch)
         worst = max(v for k, v in row.items() if k.endswith("max_abs_diff"))
         same = all(v for k, v in row.items() if k.endswith("identical"))
-        print(f"DD-{name.removeprefix('GPT-')} ({row['params_m']}M params): worst max abs diff {worst:.3g} "
-              f"(tolerance 1e-4), token ids {'identical' if same else 'DIFFERENT'}")  # fmt: skip
+        print(
+            f"DD-{name.removeprefix('GPT-')} ({row['params_m']}M params): worst max abs diff {worst:.3g} "
+            f"(tolerance 1e-4), token ids {'identical' if same else 'DIFFERENT'}"
+        )
         for key, value in row.items():
             print(f"  {key}: {value}")
     finish(info, {"dd_src": str(args.dd_src), "batch": args.batch, "results": rows})

@@ -109,16 +109,21 @@ def main() -> None:
         ours.setup_cache(1, dtype=torch.float32)
         steps = [ours.step(next_embeddings, hidden[:, :prefix], torch.arange(prefix))]
         for j in range(prefix, length - 1):
-            steps.append(ours.step(target.tok_embeddings(ids[:, j + 1 : j + 2]), hidden[:, j : j + 1],
-                                   torch.tensor([j])))  # fmt: skip
+            steps.append(
+                ours.step(
+                    target.tok_embeddings(ids[:, j + 1 : j + 2]), hidden[:, j : j + 1], torch.tensor([j])
+                )
+            )
         step_logits = target.head(torch.cat(steps, dim=1))
     for name, logits in (("forward", forward_logits), ("cached_steps", step_logits)):
         row[f"{name}_draft_logits_max_abs_diff"] = (logits - their_logits).abs().max().item()
         row[f"{name}_draft_ids_identical"] = bool(torch.equal(logits.argmax(-1), their_logits.argmax(-1)))
     worst = max(v for k, v in row.items() if k.endswith("max_abs_diff"))
     same = all(v for k, v in row.items() if k.endswith("identical"))
-    print(f"LANTERN drafter ({args.image_size} px layout, {length - 1} positions): draft logits max abs diff "
-          f"{worst:.3g} (tolerance 1e-4), argmax ids {'identical' if same else 'DIFFERENT'}")  # fmt: skip
+    print(
+        f"LANTERN drafter ({args.image_size} px layout, {length - 1} positions): draft logits max abs diff "
+        f"{worst:.3g} (tolerance 1e-4), argmax ids {'identical' if same else 'DIFFERENT'}"
+    )
     for key, value in row.items():
         print(f"  {key}: {value}")
     finish(info, {"lantern_src": str(args.lantern_src), "result": row})

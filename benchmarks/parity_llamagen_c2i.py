@@ -43,8 +43,16 @@ def build_theirs(src: Path, name: str, layers: int, grid: int):
 
     _, n_head, dim = LLAMAGEN_GPT_SIZES[name]
     torch.manual_seed(0)
-    args = ModelArgs(n_layer=layers, n_head=n_head, dim=dim, vocab_size=16384, block_size=grid * grid,
-                     num_classes=1000, cls_token_num=1, model_type="c2i")  # fmt: skip
+    args = ModelArgs(
+        n_layer=layers,
+        n_head=n_head,
+        dim=dim,
+        vocab_size=16384,
+        block_size=grid * grid,
+        num_classes=1000,
+        cls_token_num=1,
+        model_type="c2i",
+    )
     model = Transformer(args).eval()
     torch.nn.init.normal_(model.output.weight, std=0.02)
     return model
@@ -88,10 +96,17 @@ def main() -> None:
     labels = torch.tensor([207, 1000])  # a class and the null class
     with torch.no_grad():
         diff = (full_logits_theirs(theirs, tokens, labels) - ours(tokens, labels)).abs().max().item()
-        row = {"layers": layers, "full_layers": full_layers, "tokens": grid * grid, "load_s": round(load_s, 1),
-               "full_sequence_max_abs_diff": diff}  # fmt: skip
-        print(f"{args.model} ({layers}/{full_layers} blocks, {grid}x{grid} tokens): full-sequence logits max abs "
-              f"diff {diff:.3g} (tolerance 1e-4)")  # fmt: skip
+        row = {
+            "layers": layers,
+            "full_layers": full_layers,
+            "tokens": grid * grid,
+            "load_s": round(load_s, 1),
+            "full_sequence_max_abs_diff": diff,
+        }
+        print(
+            f"{args.model} ({layers}/{full_layers} blocks, {grid}x{grid} tokens): full-sequence logits max abs "
+            f"diff {diff:.3g} (tolerance 1e-4)"
+        )
         if args.check_tokens:
             k = args.check_tokens
             a = run_ours(ours, torch.tensor([207, 3]), args.cfg, top_k=1, max_tokens=k)

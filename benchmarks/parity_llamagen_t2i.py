@@ -42,8 +42,16 @@ class WordTokenizer:
 
     words = "<pad> </s> a red cat on the mat blue dog".split()
 
-    def __call__(self, texts, max_length, padding, truncation, return_attention_mask, add_special_tokens,
-                 return_tensors):  # fmt: skip
+    def __call__(
+        self,
+        texts,
+        max_length,
+        padding,
+        truncation,
+        return_attention_mask,
+        add_special_tokens,
+        return_tensors,
+    ):
         ids = torch.zeros(len(texts), max_length, dtype=torch.long)
         mask = torch.zeros(len(texts), max_length, dtype=torch.long)
         for row, text in enumerate(texts):
@@ -57,8 +65,16 @@ def tiny_t5():
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(3)
-    config = T5Config(vocab_size=16, d_model=2048, d_kv=64, d_ff=256, num_layers=1, num_heads=4,
-                      feed_forward_proj="gated-gelu", is_encoder_decoder=False)  # fmt: skip
+    config = T5Config(
+        vocab_size=16,
+        d_model=2048,
+        d_kv=64,
+        d_ff=256,
+        num_layers=1,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+    )
     return T5EncoderModel(config).eval()
 
 
@@ -78,8 +94,16 @@ def build_theirs(layers: int, grid: int):
     from autoregressive.models.gpt import ModelArgs, Transformer
 
     torch.manual_seed(0)
-    args = ModelArgs(n_layer=layers, n_head=20, dim=1280, vocab_size=16384, block_size=grid * grid,
-                     cls_token_num=120, model_type="t2i", caption_dim=2048)  # fmt: skip
+    args = ModelArgs(
+        n_layer=layers,
+        n_head=20,
+        dim=1280,
+        vocab_size=16384,
+        block_size=grid * grid,
+        cls_token_num=120,
+        model_type="t2i",
+        caption_dim=2048,
+    )
     model = Transformer(args).eval()
     torch.nn.init.normal_(model.output.weight, std=0.02)
     return model
@@ -127,17 +151,30 @@ def main() -> None:
             tokens[:, :-1], rows, input_pos=torch.arange(length), mask=their_mask(row_masks, length)
         )
         row["full_sequence_max_abs_diff"] = (logits[:, 119:] - mine).abs().max().item()
-        print(f"GPT-XL t2i ({args.layers}/36 blocks, {grid}x{grid} tokens): text states max abs diff "
-              f"{row['text_max_abs_diff']:.3g}; full-sequence logits (captions + null rows) max abs diff "
-              f"{row['full_sequence_max_abs_diff']:.3g} (tolerance 1e-4)")  # fmt: skip
+        print(
+            f"GPT-XL t2i ({args.layers}/36 blocks, {grid}x{grid} tokens): text states max abs diff "
+            f"{row['text_max_abs_diff']:.3g}; full-sequence logits (captions + null rows) max abs diff "
+            f"{row['full_sequence_max_abs_diff']:.3g} (tolerance 1e-4)"
+        )
         if args.check_tokens:
             k = args.check_tokens
             a = run_ours(ours, encoded, args.cfg, top_k=1, max_tokens=k)
-            b = generate(theirs, captions, k, emb_masks=masks, cfg_scale=args.cfg, cfg_interval=-1, temperature=1.0,
-                         top_k=1, top_p=1.0).long()  # fmt: skip
+            b = generate(
+                theirs,
+                captions,
+                k,
+                emb_masks=masks,
+                cfg_scale=args.cfg,
+                cfg_interval=-1,
+                temperature=1.0,
+                top_k=1,
+                top_p=1.0,
+            ).long()
             row["greedy_tokens"], row["greedy_identical"] = k, bool((a == b).all())
-            print(f"greedy with CFG {args.cfg}, {k} tokens x {len(PROMPTS)} prompts: "
-                  f"{'identical' if row['greedy_identical'] else 'DIFFERENT'}")  # fmt: skip
+            print(
+                f"greedy with CFG {args.cfg}, {k} tokens x {len(PROMPTS)} prompts: "
+                f"{'identical' if row['greedy_identical'] else 'DIFFERENT'}"
+            )
     finish(info, {"llamagen_src": str(args.llamagen_src), "result": row})
 
 

@@ -52,8 +52,14 @@ def image_cases(pipe) -> dict:
             "guidance_scale": 2.0,
             "temperature": 0.9,
         }
-        cases[f"{strategy}/sampling"] = {**base, "decoding": strategy, "guidance_scale": 2.0,
-                                         "temperature": 0.9, "top_k": 5, "top_p": 0.9}  # fmt: skip
+        cases[f"{strategy}/sampling"] = {
+            **base,
+            "decoding": strategy,
+            "guidance_scale": 2.0,
+            "temperature": 0.9,
+            "top_k": 5,
+            "top_p": 0.9,
+        }
     if "dd2" in pipe.decoding_strategies:
         cases["dd2/steps2"] = {**base, "decoding": "dd2", "num_inference_steps": 2}
     if text:

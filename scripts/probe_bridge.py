@@ -28,8 +28,13 @@ def accuracy(pipe, count: int, guidance: float, temperature: float, batch: int =
     for start in range(0, count, batch):
         stop = min(count, start + batch)
         generators = [torch.Generator().manual_seed(SEED + i) for i in range(start, stop)]
-        out = pipe(class_labels=labels[start:stop], generator=generators, guidance_scale=guidance,
-                   temperature=temperature, output_type="np")  # fmt: skip
+        out = pipe(
+            class_labels=labels[start:stop],
+            generator=generators,
+            guidance_scale=guidance,
+            temperature=temperature,
+            output_type="np",
+        )
         images.extend(out.images)
     return class_accuracy(images, labels)
 
@@ -54,8 +59,10 @@ def main() -> None:
         guidance, temperature = map(float, setting.split("/"))
         start = time.perf_counter()
         score = accuracy(pipe, args.count, guidance, temperature)
-        print(f"{args.weights or 'shipped'} guidance {guidance} temperature {temperature}: verifier {score:.3f} "
-              f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+        print(
+            f"{args.weights or 'shipped'} guidance {guidance} temperature {temperature}: verifier {score:.3f} "
+            f"({time.perf_counter() - start:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

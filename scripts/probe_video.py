@@ -28,8 +28,13 @@ def probe(pipe, count: int, num_frames: int, batch: int = 8, **kwargs) -> dict:
     generator = torch.Generator().manual_seed(SEED)
     clips = []
     for start in range(0, count, batch):
-        out = pipe(class_labels=labels[start : start + batch], num_frames=num_frames, generator=generator,
-                   output_type="np", **kwargs)  # fmt: skip
+        out = pipe(
+            class_labels=labels[start : start + batch],
+            num_frames=num_frames,
+            generator=generator,
+            output_type="np",
+            **kwargs,
+        )
         clips.extend(out.frames)
     verdicts = [verify_clip(np.asarray(c), y) for c, y in zip(clips, labels, strict=True)]
     per_frame = np.mean([v.frames_ok for v in verdicts], axis=0)  # (num_frames,)
@@ -60,12 +65,22 @@ def main() -> None:
     for setting in args.settings:
         guidance, temperature, steps = setting.split("/")
         start = time.perf_counter()
-        result = probe(pipe, args.count, args.frames, guidance_scale=float(guidance),
-                       temperature=float(temperature), num_inference_steps=int(steps),
-                       temporal_decay=args.decay, first_frame=args.first_frame)  # fmt: skip
+        result = probe(
+            pipe,
+            args.count,
+            args.frames,
+            guidance_scale=float(guidance),
+            temperature=float(temperature),
+            num_inference_steps=int(steps),
+            temporal_decay=args.decay,
+            first_frame=args.first_frame,
+        )
         scores = " ".join(f"{k} {v:.3f}" for k, v in result.items())
-        print(f"{args.weights or 'shipped'} {setting} frames {args.frames} decay {args.decay} first {args.first_frame}: {scores} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        print(
+            f"{args.weights or 'shipped'} {setting} frames {args.frames} decay {args.decay} first {args.first_frame}: {scores} "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -64,10 +64,19 @@ SHIPPED = {
 MODELS = {
     cls.__name__: cls
     for cls in (
-        ImageGenerator, ContinuousImageGenerator, Drafter, DraftHead, DDGenerator, VideoGenerator,
-        VQTokenizer, KLTokenizer, BridgeTokenizer, CausalVideoTokenizer, ShapesClassifier,
+        ImageGenerator,
+        ContinuousImageGenerator,
+        Drafter,
+        DraftHead,
+        DDGenerator,
+        VideoGenerator,
+        VQTokenizer,
+        KLTokenizer,
+        BridgeTokenizer,
+        CausalVideoTokenizer,
+        ShapesClassifier,
     )
-}  # fmt: skip
+}
 
 
 def store(source: Path, destination: Path, dtype: torch.dtype) -> None:
@@ -79,8 +88,11 @@ def store(source: Path, destination: Path, dtype: torch.dtype) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="*", choices=[[], *SHIPPED], help="default: all")
-    parser.add_argument("--restore", action="store_true",
-                        help="read the shipped folders instead of runs/ (changes only how they are stored)")  # fmt: skip
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="read the shipped folders instead of runs/ (changes only how they are stored)",
+    )
     args = parser.parse_args()
     for target in args.targets or SHIPPED:
         run, dtype = SHIPPED[target]

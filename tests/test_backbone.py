@@ -8,8 +8,13 @@ from arstudio.nn.rope import apply_rope, rope_2d_table
 
 def tiny_generator(n_kv_head=None, prefix_len=1):
     torch.manual_seed(0)
-    cfg = GeneratorConfig(vocab_size=40, num_classes=5, backbone=BackboneConfig(
-        dim=32, n_layer=2, n_head=4, n_kv_head=n_kv_head, grid_size=4, prefix_len=prefix_len))  # fmt: skip
+    cfg = GeneratorConfig(
+        vocab_size=40,
+        num_classes=5,
+        backbone=BackboneConfig(
+            dim=32, n_layer=2, n_head=4, n_kv_head=n_kv_head, grid_size=4, prefix_len=prefix_len
+        ),
+    )
     model = ImageGenerator(cfg).eval()
     torch.nn.init.normal_(model.head.output.weight, std=0.5)  # the zero init would make every logit equal
     return model

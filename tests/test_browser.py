@@ -20,8 +20,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (.ci/run installs Debian's)")
 TIMEOUT_MS = 60_000
 PRESET = os.environ.get("ARSTUDIO_SCREENSHOT_PRESET", "test-tiny-c2i")
-PRESETS = [PRESET, "test-tiny-t2i", "test-tiny-continuous", "test-tiny-bridge", "llamagen-b-256",
-           "test-tiny-video", "test-tiny-control"]  # fmt: skip
+PRESETS = [
+    PRESET,
+    "test-tiny-t2i",
+    "test-tiny-continuous",
+    "test-tiny-bridge",
+    "llamagen-b-256",
+    "test-tiny-video",
+    "test-tiny-control",
+]
 BIG_SEED = 2**63 - 2  # a browser number field would round it (doubles are exact only below 2^53)
 
 
@@ -75,8 +82,11 @@ def open_page(browser, studio_url):
 def wait_text(page, selector: str, pattern: str, timeout: int = TIMEOUT_MS) -> str:
     """Wait until the element's text matches the regex ``pattern``; return the text."""
     try:
-        page.wait_for_function("([s, p]) => { const e = document.querySelector(s); return e && new RegExp(p).test(e.innerText) }",
-                               arg=[selector, pattern], timeout=timeout)  # fmt: skip
+        page.wait_for_function(
+            "([s, p]) => { const e = document.querySelector(s); return e && new RegExp(p).test(e.innerText) }",
+            arg=[selector, pattern],
+            timeout=timeout,
+        )
     except playwright.Error:
         pytest.fail(f"{selector} never matched {pattern!r}; it shows {page.locator(selector).inner_text()!r}")
     return page.locator(selector).inner_text()

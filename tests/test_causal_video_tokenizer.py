@@ -7,8 +7,9 @@ from arstudio.tokenizers.causal_video import CausalVideoConfig, CausalVideoToken
 from arstudio.training.common import seeded
 from arstudio.training.video_tokenizer import clip_tensor, train_causal_video_tokenizer
 
-TINY = CausalVideoConfig(resolution=32, patch=8, latent_dim=4, dim=32, heads=4, spatial_layers=1,
-                         temporal_layers=1)  # fmt: skip
+TINY = CausalVideoConfig(
+    resolution=32, patch=8, latent_dim=4, dim=32, heads=4, spatial_layers=1, temporal_layers=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,9 @@ def test_training_reduces_reconstruction_error_and_resumes(tmp_path):
     before = seeded(lambda: CausalVideoTokenizer(TINY), 0).eval()
     video = clip_tensor(99, 4, 3, 32)
     error = lambda m: torch.nn.functional.mse_loss(m.decode(m.encode(video)), video).item()  # noqa: E731
-    trained = train_causal_video_tokenizer(tmp_path, TINY, steps=30, batch_size=4, num_frames=3, lr=3e-3,
-                                           save_every=15)  # fmt: skip
+    trained = train_causal_video_tokenizer(
+        tmp_path, TINY, steps=30, batch_size=4, num_frames=3, lr=3e-3, save_every=15
+    )
     assert error(trained) < 0.7 * error(before)
     again = train_causal_video_tokenizer(tmp_path, TINY, steps=30, batch_size=4, num_frames=3)  # nothing left
     assert all(

@@ -6,8 +6,15 @@ import pytest
 from arstudio.cli import build_parser, main
 from arstudio.export import read_png_metadata
 
-SUBCOMMANDS = [[], ["generate"], ["presets"], ["train"], ["train", "tokenizer"], ["train", "generator"],
-               ["train", "classifier"]]  # fmt: skip
+SUBCOMMANDS = [
+    [],
+    ["generate"],
+    ["presets"],
+    ["train"],
+    ["train", "tokenizer"],
+    ["train", "generator"],
+    ["train", "classifier"],
+]
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=lambda w: " ".join(w) or "arstudio")
@@ -27,8 +34,25 @@ def test_help_is_quick_because_imports_are_lazy():
 
 
 def test_generate_writes_pngs_with_metadata_and_a_grid(tmp_path):
-    assert main(["generate", "--preset", "test-tiny-c2i", "--class-labels", "0", "3", "--num-images-per-prompt",
-                 "2", "--seed", "4", "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--preset",
+                "test-tiny-c2i",
+                "--class-labels",
+                "0",
+                "3",
+                "--num-images-per-prompt",
+                "2",
+                "--seed",
+                "4",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     pngs = sorted(p for p in tmp_path.glob("*.png") if p.name != "grid.png")
     assert len(pngs) == 4 and (tmp_path / "grid.png").is_file()
     meta = read_png_metadata(pngs[2])
@@ -46,8 +70,22 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
 
 
 def test_generate_from_a_text_preset(tmp_path):
-    assert main(["generate", "--preset", "test-tiny-t2i", "--prompt", "a small red circle at the top",
-                 "--negative-prompt", "a blue square", "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--preset",
+                "test-tiny-t2i",
+                "--prompt",
+                "a small red circle at the top",
+                "--negative-prompt",
+                "a blue square",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     meta = read_png_metadata(next(tmp_path.glob("0000_*.png")))
     assert meta["prompt"] == "a small red circle at the top" and meta["negative_prompt"] == "a blue square"
 
@@ -63,19 +101,57 @@ def test_generate_takes_a_control_image(tmp_path, capsys):
     mask[4:12, 4:12] = 255
     Image.fromarray(mask, mode="L").save(tmp_path / "mask.png")
     out = tmp_path / "out"
-    assert main(["generate", "--preset", "test-tiny-control", "--class-labels", "5", "--seed", "3", "--no-grid",
-                 "--control-image", str(tmp_path / "mask.png"), "--control-type", "mask",
-                 "--control-strength", "1.5", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--preset",
+                "test-tiny-control",
+                "--class-labels",
+                "5",
+                "--seed",
+                "3",
+                "--no-grid",
+                "--control-image",
+                str(tmp_path / "mask.png"),
+                "--control-type",
+                "mask",
+                "--control-strength",
+                "1.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     written = np.asarray(Image.open(next(out.glob("0000_*.png"))))
     pipe = arstudio.load_pipeline("test-tiny-control")
-    api = pipe(class_labels=[5], generator=torch.Generator().manual_seed(3), control_image=mask,
-               control_type="mask", control_strength=1.5, output_type="np")  # fmt: skip
+    api = pipe(
+        class_labels=[5],
+        generator=torch.Generator().manual_seed(3),
+        control_image=mask,
+        control_type="mask",
+        control_strength=1.5,
+        output_type="np",
+    )
     assert np.array_equal(written, api.images[0])  # the same call as the API's
     plain = pipe(class_labels=[5], generator=torch.Generator().manual_seed(3), output_type="np")
     assert not np.array_equal(written, plain.images[0])  # the control was used, not dropped
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "rgb.png")
-    assert main(["generate", "--preset", "test-tiny-control", "--control-image", str(tmp_path / "rgb.png"),
-                 "--out", str(out)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--preset",
+                "test-tiny-control",
+                "--control-image",
+                str(tmp_path / "rgb.png"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "must have one channel" in capsys.readouterr().err
     assert main(["generate", "--preset", "test-tiny-c2i", "--control-type", "edges", "--out", str(out)]) == 2
     assert "control_type needs a control preset" in capsys.readouterr().err
@@ -93,9 +169,16 @@ def _one_line_error(capsys) -> str:
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--guidance-scale", "nan"), ("--guidance-scale", "inf"), ("--temperature", "inf"), ("--top-p", "nan"),
-     ("--temperature", "-inf"), ("--control-strength", "nan"), ("--control-guidance-scale", "inf")],
-)  # fmt: skip
+    [
+        ("--guidance-scale", "nan"),
+        ("--guidance-scale", "inf"),
+        ("--temperature", "inf"),
+        ("--top-p", "nan"),
+        ("--temperature", "-inf"),
+        ("--control-strength", "nan"),
+        ("--control-guidance-scale", "inf"),
+    ],
+)
 def test_non_finite_numbers_are_refused_before_any_work(flag, value, tmp_path, capsys):
     assert main([*TINY, f"{flag}={value}", "--out", str(tmp_path / "out")]) == 2
     assert f"{flag}={float(value)} is not allowed: use a finite number" in _one_line_error(capsys)
@@ -135,8 +218,10 @@ def test_presets_are_listed_in_aligned_columns(capsys):
     lines = capsys.readouterr().out.splitlines()
     names = list_presets()
     assert len(lines) == len(names)
-    starts = {(line.index(get_preset(n).task, len(n)), line.index(get_preset(n).description))
-              for line, n in zip(lines, names, strict=True)}  # fmt: skip
+    starts = {
+        (line.index(get_preset(n).task, len(n)), line.index(get_preset(n).description))
+        for line, n in zip(lines, names, strict=True)
+    }
     assert len(starts) == 1  # task and description columns start at the same place on every line
 
 
@@ -230,8 +315,9 @@ def test_a_large_request_is_made_in_batches_each_written_before_the_next(tmp_pat
         3
     ] * 20  # prompt by prompt, as one call orders them
     monkeypatch.undo()
-    one_call = arstudio.load_pipeline("test-tiny-c2i")(class_labels=[0, 3], num_images_per_prompt=20,
-                                                         generator=torch.Generator().manual_seed(7))  # fmt: skip
+    one_call = arstudio.load_pipeline("test-tiny-c2i")(
+        class_labels=[0, 3], num_images_per_prompt=20, generator=torch.Generator().manual_seed(7)
+    )
     assert [m["seed"] for m in metas] == one_call.seeds  # the same images as one API call names
 
 

@@ -14,8 +14,9 @@ BACKBONE = BackboneConfig(dim=32, n_layer=2, n_head=4, n_kv_head=2, grid_size=3,
 
 
 def tiny_generator(head: str, seed: int = 0, device="cpu", **options) -> ContinuousImageGenerator:
-    config = ContinuousGeneratorConfig(token_dim=4, head=head, head_width=32, head_depth=2, levels=8,
-                                       backbone=BACKBONE, **options)  # fmt: skip
+    config = ContinuousGeneratorConfig(
+        token_dim=4, head=head, head_width=32, head_depth=2, levels=8, backbone=BACKBONE, **options
+    )
     torch.manual_seed(seed)
     model = ContinuousImageGenerator(config).eval()
     for param in model.head.parameters():  # zero-initialised outputs would make every sample trivial
@@ -151,8 +152,13 @@ def test_bridge_warm_start_keeps_the_trunk_function_of_the_same_latent():
         expected = source(quantizer.dequantize(ids), labels)
         assert torch.allclose(bridge(ids, labels), expected, atol=1e-5)
     assert all(torch.equal(v, bridge.head.state_dict()[k]) for k, v in head_before.items())
-    other = ContinuousImageGenerator(ContinuousGeneratorConfig(token_dim=4, head="diffusion", backbone=BackboneConfig(
-        dim=16, n_layer=1, n_head=2, grid_size=3, prefix_len=1)))  # fmt: skip
+    other = ContinuousImageGenerator(
+        ContinuousGeneratorConfig(
+            token_dim=4,
+            head="diffusion",
+            backbone=BackboneConfig(dim=16, n_layer=1, n_head=2, grid_size=3, prefix_len=1),
+        )
+    )
     with pytest.raises(ValueError, match="missing or misshapen"):
         warm_start_bridge_trunk(bridge, other.state_dict(), quantizer, "small run")
 
@@ -194,8 +200,9 @@ def test_transformer_bridge_head_round_trips_through_save_and_load(tmp_path, dev
     loaded = ContinuousImageGenerator.from_pretrained(tmp_path).to(device)
     assert loaded.config == model.config
     ids, labels = torch.randint(0, 8, (2, 9, 4), device=device), torch.tensor([1, 2], device=device)
-    torch.testing.assert_close(loaded.head(ids[:, 0], loaded(ids, labels)[:, 0]),
-                               model.head(ids[:, 0], model(ids, labels)[:, 0]))  # fmt: skip
+    torch.testing.assert_close(
+        loaded.head(ids[:, 0], loaded(ids, labels)[:, 0]), model.head(ids[:, 0], model(ids, labels)[:, 0])
+    )
 
 
 def test_old_bridge_configs_load_as_the_mlp_head(tmp_path):
@@ -285,15 +292,23 @@ def continuous_pipe(device):
 
 
 def test_pipeline_call_names_tokenizer_head_and_steps(continuous_pipe):
-    out = continuous_pipe(prompt=["red circle", "blue square"], generator=torch.Generator().manual_seed(0),
-                          num_inference_steps=3, output_type="np")  # fmt: skip
+    out = continuous_pipe(
+        prompt=["red circle", "blue square"],
+        generator=torch.Generator().manual_seed(0),
+        num_inference_steps=3,
+        output_type="np",
+    )
     assert len(out.images) == 2 and out.images[0].shape == (16, 16, 3)
     assert out.tokens.shape == (2, 4, 4, 4)
     meta = out.metadata[0]
     assert (meta["tokenizer"], meta["head"], meta["num_inference_steps"]) == ("KLTokenizer", "diffusion", 3)
     assert out.stats["head_steps"] == 3
-    again = continuous_pipe(class_labels=[0], generator=[torch.Generator().manual_seed(out.seeds[0])],
-                            num_inference_steps=3, output_type="np")  # fmt: skip
+    again = continuous_pipe(
+        class_labels=[0],
+        generator=[torch.Generator().manual_seed(out.seeds[0])],
+        num_inference_steps=3,
+        output_type="np",
+    )
     assert (again.images[0] == out.images[0]).all()
     assert continuous_pipe(class_labels=[0], output_type="np").metadata[0]["num_inference_steps"] == 8
 

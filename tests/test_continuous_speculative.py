@@ -16,8 +16,8 @@ from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.random import DeviceRandom
 from arstudio.decoding.trajectories import Trajectories, residual_sample
 from arstudio.generators.draft_head import DraftHead
+from benchmarks.bench_dispatch import DispatchCounter
 from tests.test_continuous import gens, tiny_generator
-from tests.test_engine import HostReads
 
 PARAMS = SamplingParams(guidance_scale=2.0, temperature=1.0)
 SPEC = ContinuousSpeculativeParams(draft_tokens=3, num_inference_steps=5)
@@ -122,25 +122,28 @@ def test_residual_sampling_reads_nothing_back():
     q = Trajectories(perturbed(target, 0.05).head, 5, 1.0, 5.0)
     z = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
     rng = DeviceRandom(gens(0, 1, 2), "cpu")
-    with HostReads() as reads:
+    with DispatchCounter() as reads:
         token = residual_sample(p, q, z, z, rng, max_tries=4)
-    assert reads.count == 0 and token.shape == (3, 4) and rng.draws == 5  # 4 proposals + 1 uniform
+    assert (
+        reads.tally.total_host_reads == 0 and token.shape == (3, 4) and rng.draws == 5
+    )  # 4 proposals + 1 uniform
 
 
 def test_host_reads_at_most_one_per_round():
     target = tiny_generator("diffusion")
     labels = torch.tensor([0, 5])
-    with HostReads() as reads:
+    with DispatchCounter() as reads:
         out = sample_continuous_speculative(
             target, perturbed(target, 0.002), labels, gens(0, 1), PARAMS, SPEC
         )
     rounds = out.stats["forwards"] - 1
-    assert reads.count <= rounds + 3  # + the statistics after the loop and the labels' check
+    assert reads.tally.total_host_reads <= rounds + 3  # + the statistics after the loop and the labels' check
     head = perturbed(DraftHead.from_target(target, depth=2), 0.01)
-    with HostReads() as reads:
+    with DispatchCounter() as reads:
         out = sample_continuous_speculative(target, head, labels, gens(0, 1), PARAMS, HEAD_SPEC)
     rounds = 9 - out.stats["prefilled_tokens"]
-    assert reads.count <= rounds + 3
+    # + the statistics, the labels' check and the draft head's pairing check (a hash of the target's head)
+    assert reads.tally.total_host_reads <= rounds + 4, dict(reads.tally.host_reads)
 
 
 def test_trajectory_density_prefers_its_own_conditioning_and_the_draw_is_free():
@@ -208,8 +211,11 @@ def test_heads_and_shapes_must_fit():
 def test_a_draft_head_of_another_target_is_refused_in_one_line():
     target, other = tiny_generator("diffusion"), tiny_generator("diffusion", seed=1)
     draft = DraftHead.from_target(other)
-    with pytest.raises(ValueError, match=r"^this CSpD draft head was distilled from target '\w+', but the "
-                                          r"target's fingerprint is '\w+'; distill one") as err:  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"^this CSpD draft head was distilled from target '\w+', but the "
+        r"target's fingerprint is '\w+'; distill one",
+    ) as err:
         sample_continuous_speculative(target, draft, torch.tensor([0]), gens(0), PARAMS, HEAD_SPEC)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="draft_tokens=3: a draft head reads the target's trunk"):
@@ -232,8 +238,15 @@ def test_pipeline_continuous_speculative_on_the_tiny_preset():
 
     pipe = arstudio.load_pipeline("test-tiny-continuous", device="cpu")
     assert pipe.decoding_strategies == ("ar", "continuous_speculative")
-    out = pipe(class_labels=[2, 3], decoding="continuous_speculative", draft_tokens=2, cspd_inner_temperature=2.0,
-               num_inference_steps=4, cfg_interval=(0.2, 1.0), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = pipe(
+        class_labels=[2, 3],
+        decoding="continuous_speculative",
+        draft_tokens=2,
+        cspd_inner_temperature=2.0,
+        num_inference_steps=4,
+        cfg_interval=(0.2, 1.0),
+        generator=torch.Generator().manual_seed(0),
+    )
     meta = out.metadata[0]
     assert (
         len(out.images) == 2 and meta["cspd_inner_temperature"] == 2.0 and meta["cfg_interval"] == [0.2, 1.0]

@@ -56,8 +56,15 @@ def test_edges_outline_the_object_and_masks_are_exact():
 def test_check_control_map_accepts_one_channel_and_refuses_the_rest():
     mask = square_mask()
     expected = (mask > 0).astype(np.float32)
-    for accepted in (mask, mask[..., None], mask[None], mask > 0, expected, Image.fromarray(mask),
-                     torch.from_numpy(expected)):  # fmt: skip
+    for accepted in (
+        mask,
+        mask[..., None],
+        mask[None],
+        mask > 0,
+        expected,
+        Image.fromarray(mask),
+        torch.from_numpy(expected),
+    ):
         assert np.array_equal(check_control_map(accepted, 16), expected)
     with pytest.raises(ValueError, match="one channel.*got shape \\(16, 16, 3\\)"):
         check_control_map(np.stack([mask] * 3, axis=-1), 16)
@@ -87,8 +94,17 @@ def test_cached_decoding_with_control_matches_teacher_forcing(name, device):
     )
     labels = torch.tensor([3, 7], device=device)
     params = SamplingParams(guidance_scale=2.5)
-    runs = [sample_autoregressive(model, labels, [torch.Generator().manual_seed(s) for s in (1, 2)], params,
-                                  use_cache=cache, control=control).tokens for cache in (True, False)]  # fmt: skip
+    runs = [
+        sample_autoregressive(
+            model,
+            labels,
+            [torch.Generator().manual_seed(s) for s in (1, 2)],
+            params,
+            use_cache=cache,
+            control=control,
+        ).tokens
+        for cache in (True, False)
+    ]
     assert torch.equal(*runs)
     assert model.decode_control is None  # the control lives for one call
     plain = sample_autoregressive(model, labels, [torch.Generator().manual_seed(s) for s in (1, 2)], params)
@@ -98,8 +114,11 @@ def test_cached_decoding_with_control_matches_teacher_forcing(name, device):
 def test_fusion_starts_at_zero_so_a_warm_start_is_the_unchanged_generator(device):
     backbone = BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4)
     plain = ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone)).to(device)
-    controlled = ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone,
-                                                control=ControlConfig(resolution=16, width=8, layers=(0, 1))))  # fmt: skip
+    controlled = ImageGenerator(
+        GeneratorConfig(
+            vocab_size=32, backbone=backbone, control=ControlConfig(resolution=16, width=8, layers=(0, 1))
+        )
+    )
     state = plain.state_dict()
     controlled.to(device).load_state_dict(state, strict=False)
     tokens, labels = torch.randint(0, 32, (2, 16), device=device), torch.tensor([1, 2], device=device)
@@ -110,10 +129,22 @@ def test_fusion_starts_at_zero_so_a_warm_start_is_the_unchanged_generator(device
 def _encoder_model(
     context_layers: int, mode: str = "fusion", relative: bool = False, device="cpu"
 ) -> ImageGenerator:
-    backbone = BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4, prefix_len=17 if mode == "prefill" else 1,
-                              grid_prefix=mode == "prefill")  # fmt: skip
-    control = ControlConfig(mode=mode, resolution=16, width=8, layers=(0, 1), context_layers=context_layers,
-                            relative_fusion=relative)  # fmt: skip
+    backbone = BackboneConfig(
+        dim=32,
+        n_layer=2,
+        n_head=4,
+        grid_size=4,
+        prefix_len=17 if mode == "prefill" else 1,
+        grid_prefix=mode == "prefill",
+    )
+    control = ControlConfig(
+        mode=mode,
+        resolution=16,
+        width=8,
+        layers=(0, 1),
+        context_layers=context_layers,
+        relative_fusion=relative,
+    )
     return (
         ImageGenerator(GeneratorConfig(vocab_size=32, backbone=backbone, control=control)).to(device).eval()
     )
@@ -175,8 +206,11 @@ def test_configs_without_context_layers_load_as_cnn_only():
         "layers": [0, 2, 4],
         "dropout_prob": 0.1,
     }  # a config.json written before context_layers existed
-    config = GeneratorConfig(vocab_size=32, backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4,
-                             prefix_len=17, grid_prefix=True), control=old)  # fmt: skip
+    config = GeneratorConfig(
+        vocab_size=32,
+        backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=4, prefix_len=17, grid_prefix=True),
+        control=old,
+    )
     assert (
         config.control == ControlConfig(mode="prefill", resolution=16, width=8)
         and not config.control.context_layers
@@ -225,9 +259,18 @@ def test_continuous_generator_takes_control(device):
     maps = torch.from_numpy(square_mask() / 255.0).float()[None, None].to(device)
     control = ControlSignal(model.encode_control(maps, ["mask"]), model.control_encoder.null(1), 3.0)
     label = torch.tensor([2], device=device)
-    out = [sample_continuous(model, label, [torch.Generator().manual_seed(0)], SamplingParams(2.0),
-                             num_inference_steps=4, use_cache=cache, control=control).tokens
-           for cache in (True, False)]  # fmt: skip
+    out = [
+        sample_continuous(
+            model,
+            label,
+            [torch.Generator().manual_seed(0)],
+            SamplingParams(2.0),
+            num_inference_steps=4,
+            use_cache=cache,
+            control=control,
+        ).tokens
+        for cache in (True, False)
+    ]
     assert torch.allclose(out[0], out[1], atol=1e-5)
     latents = torch.randn(1, 16, 4, device=device)
     assert not torch.allclose(model(latents, label, control.tokens), model(latents, label))
@@ -264,11 +307,22 @@ def test_pipeline_refuses_bad_control_input(fusion, device):
 
 # ---- training --------------------------------------------------------------------------------------------
 def test_training_with_control_saves_resumes_and_reloads(tmp_path):
-    vq = VQConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=16, codebook_embed_dim=4,
-                  norm_groups=4, decoder_res_blocks=1)  # fmt: skip
+    vq = VQConfig(
+        resolution=32,
+        ch=8,
+        ch_mult=(1, 2, 2),
+        z_channels=8,
+        codebook_size=16,
+        codebook_embed_dim=4,
+        norm_groups=4,
+        decoder_res_blocks=1,
+    )
     train_tokenizer(tmp_path / "vq", vq, steps=1, batch_size=2, photo_fraction=0.0)
-    config = GeneratorConfig(vocab_size=16, backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=8),
-                             control=ControlConfig(resolution=32, width=8, layers=(1,), context_layers=1))  # fmt: skip
+    config = GeneratorConfig(
+        vocab_size=16,
+        backbone=BackboneConfig(dim=32, n_layer=2, n_head=4, grid_size=8),
+        control=ControlConfig(resolution=32, width=8, layers=(1,), context_layers=1),
+    )
     gen_dir = tmp_path / "gen"
     model = train_generator(
         gen_dir, tmp_path / "vq", config, steps=3, batch_size=4, num_images=8, save_every=2

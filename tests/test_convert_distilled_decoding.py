@@ -46,9 +46,14 @@ def official_dd_state(seed: int = 0, token_dim: int = TOKEN_DIM) -> dict[str, to
 
 def official_dd_shapes(n_layer: int, dim: int) -> dict:
     shapes = official_gpt_shapes(n_layer, dim)
-    return shapes | {"tok_embeddings.weight": (dim, 8), "tok_embeddings.bias": (dim,), "n_d_embed.weight": (2, dim),
-                     "final_layer_conti.linear.weight": (8, dim), "final_layer_conti.linear.bias": (8,),
-                     "final_layer_conti.scale_shift_table": (2, dim)}  # fmt: skip
+    return shapes | {
+        "tok_embeddings.weight": (dim, 8),
+        "tok_embeddings.bias": (dim,),
+        "n_d_embed.weight": (2, dim),
+        "final_layer_conti.linear.weight": (8, dim),
+        "final_layer_conti.linear.bias": (8,),
+        "final_layer_conti.scale_shift_table": (2, dim),
+    }
 
 
 def tiny_config():
@@ -62,15 +67,20 @@ def test_ema_weights_are_loaded_and_renamed(tmp_path):
     model = load_llamagen_dd(path, tiny_config())
     assert isinstance(model, DDGenerator) and isinstance(model.vector_head, PixArtVectorHead)
     ours = model.state_dict()
-    for mine, theirs in {"flag_embedding.weight": "n_d_embed.weight",
-                         "vector_head.scale_shift_table": "final_layer_conti.scale_shift_table",
-                         "vector_head.output.weight": "final_layer_conti.linear.weight",
-                         "tok_embeddings.bias": "tok_embeddings.bias", "head.output.weight": "output.weight",
-                         "backbone.layers.1.attention.wqkv.weight": "layers.1.attention.wqkv.weight"}.items():  # fmt: skip
+    for mine, theirs in {
+        "flag_embedding.weight": "n_d_embed.weight",
+        "vector_head.scale_shift_table": "final_layer_conti.scale_shift_table",
+        "vector_head.output.weight": "final_layer_conti.linear.weight",
+        "tok_embeddings.bias": "tok_embeddings.bias",
+        "head.output.weight": "output.weight",
+        "backbone.layers.1.attention.wqkv.weight": "layers.1.attention.wqkv.weight",
+    }.items():
         assert torch.equal(ours[mine], official[theirs]), mine
     torch.save({"model": official}, path)  # no "ema": the "model" entry
-    assert torch.equal(load_llamagen_dd(path, tiny_config()).state_dict()["flag_embedding.weight"],
-                       official["n_d_embed.weight"])  # fmt: skip
+    assert torch.equal(
+        load_llamagen_dd(path, tiny_config()).state_dict()["flag_embedding.weight"],
+        official["n_d_embed.weight"],
+    )
 
 
 def test_release_details_change_the_outputs():
@@ -135,11 +145,21 @@ def dd_hub(tmp_path, monkeypatch):
     torch.save({"model": official_vq_state(1)}, folder / "vq.pt")
     torch.save({"model": official_gpt_state(2)}, folder / "c2i.pt")
     torch.save({"ema": official_dd_state(3)}, folder / "DD" / "dd-tiny.pt")
-    weights = HubWeights(repo_id="example/tiny", tokenizer_file="vq.pt", generator_file="c2i.pt",
-                         extras=(HubFile("dd1", "example/dd", "DD/dd-tiny.pt"),))  # fmt: skip
-    preset = Preset(name="test-tiny-hub-dd", description="", task="class-to-image", tokenizer=VQ_CFG,
-                    generator=GPT_CFG, hub=weights,
-                    defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0})  # fmt: skip
+    weights = HubWeights(
+        repo_id="example/tiny",
+        tokenizer_file="vq.pt",
+        generator_file="c2i.pt",
+        extras=(HubFile("dd1", "example/dd", "DD/dd-tiny.pt"),),
+    )
+    preset = Preset(
+        name="test-tiny-hub-dd",
+        description="",
+        task="class-to-image",
+        tokenizer=VQ_CFG,
+        generator=GPT_CFG,
+        hub=weights,
+        defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+    )
     monkeypatch.setitem(presets._REGISTRY, preset.name, preset)
     return folder
 
@@ -163,8 +183,13 @@ def test_dd_file_beside_the_weights_gives_the_dd1_strategies(dd_hub):
             model, labels, noise, pipe.tokenizer.codebook_vectors().detach(), steps=steps
         )
         assert torch.equal(out.tokens.flatten(1), direct.tokens)
-    hybrid = pipe(class_labels=[1], decoding="dd1_hybrid", dd_hybrid_start=2, generator=torch.Generator().manual_seed(0),
-                  output_type="np")  # fmt: skip
+    hybrid = pipe(
+        class_labels=[1],
+        decoding="dd1_hybrid",
+        dd_hybrid_start=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     assert hybrid.tokens.shape == (1, 4, 4)
 
     # The same file under its base name works too; without it, no dd1 strategy (and nothing else changes).
@@ -186,7 +211,10 @@ def test_real_presets_name_the_released_files():
     for size in ("b", "l"):
         (extra,) = presets.get_preset(f"llamagen-{size}-256").hub.extras
         assert (extra.component, extra.repo_id, extra.filename) == (
-            "dd1", "microsoft/distilled_decoding", f"LlamaGen-DD/llamagen-{size.upper()}.pt")  # fmt: skip
+            "dd1",
+            "microsoft/distilled_decoding",
+            f"LlamaGen-DD/llamagen-{size.upper()}.pt",
+        )
     assert presets.get_preset("llamagen-b-384").hub.extras == ()
 
 

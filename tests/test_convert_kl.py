@@ -7,8 +7,14 @@ from safetensors.torch import save_file
 from arstudio.convert.kl import MAR_KL16, convert_kl_state_dict, load_kl_checkpoint
 from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 
-TINY = KLConfig(resolution=16, block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
-                norm_num_groups=4, encoder_attention=True)  # fmt: skip
+TINY = KLConfig(
+    resolution=16,
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    encoder_attention=True,
+)
 
 
 def ldm_shapes(ch: int, ch_mult, num_res_blocks: int, z: int, encoder_attention: bool) -> dict:
@@ -16,10 +22,18 @@ def ldm_shapes(ch: int, ch_mult, num_res_blocks: int, z: int, encoder_attention:
     shapes = {}
 
     def resnet(name, cin, cout):
-        shapes.update({f"{name}.norm1.weight": (cin,), f"{name}.norm1.bias": (cin,),
-                       f"{name}.conv1.weight": (cout, cin, 3, 3), f"{name}.conv1.bias": (cout,),
-                       f"{name}.norm2.weight": (cout,), f"{name}.norm2.bias": (cout,),
-                       f"{name}.conv2.weight": (cout, cout, 3, 3), f"{name}.conv2.bias": (cout,)})  # fmt: skip
+        shapes.update(
+            {
+                f"{name}.norm1.weight": (cin,),
+                f"{name}.norm1.bias": (cin,),
+                f"{name}.conv1.weight": (cout, cin, 3, 3),
+                f"{name}.conv1.bias": (cout,),
+                f"{name}.norm2.weight": (cout,),
+                f"{name}.norm2.bias": (cout,),
+                f"{name}.conv2.weight": (cout, cout, 3, 3),
+                f"{name}.conv2.bias": (cout,),
+            }
+        )
         if cin != cout:
             shapes.update(
                 {f"{name}.nin_shortcut.weight": (cout, cin, 1, 1), f"{name}.nin_shortcut.bias": (cout,)}
@@ -45,24 +59,47 @@ def ldm_shapes(ch: int, ch_mult, num_res_blocks: int, z: int, encoder_attention:
             if encoder_attention and i == last:
                 attn(f"encoder.down.{i}.attn.{j}", block_in)
         if i != last:
-            shapes.update({f"encoder.down.{i}.downsample.conv.weight": (block_in, block_in, 3, 3),
-                           f"encoder.down.{i}.downsample.conv.bias": (block_in,)})  # fmt: skip
+            shapes.update(
+                {
+                    f"encoder.down.{i}.downsample.conv.weight": (block_in, block_in, 3, 3),
+                    f"encoder.down.{i}.downsample.conv.bias": (block_in,),
+                }
+            )
     mid("encoder", block_in)
-    shapes.update({"encoder.norm_out.weight": (block_in,), "encoder.norm_out.bias": (block_in,),
-                   "encoder.conv_out.weight": (2 * z, block_in, 3, 3), "encoder.conv_out.bias": (2 * z,),
-                   "quant_conv.weight": (2 * z, 2 * z, 1, 1), "quant_conv.bias": (2 * z,),
-                   "post_quant_conv.weight": (z, z, 1, 1), "post_quant_conv.bias": (z,),
-                   "decoder.conv_in.weight": (block_in, z, 3, 3), "decoder.conv_in.bias": (block_in,)})  # fmt: skip
+    shapes.update(
+        {
+            "encoder.norm_out.weight": (block_in,),
+            "encoder.norm_out.bias": (block_in,),
+            "encoder.conv_out.weight": (2 * z, block_in, 3, 3),
+            "encoder.conv_out.bias": (2 * z,),
+            "quant_conv.weight": (2 * z, 2 * z, 1, 1),
+            "quant_conv.bias": (2 * z,),
+            "post_quant_conv.weight": (z, z, 1, 1),
+            "post_quant_conv.bias": (z,),
+            "decoder.conv_in.weight": (block_in, z, 3, 3),
+            "decoder.conv_in.bias": (block_in,),
+        }
+    )
     mid("decoder", block_in)
     for i in reversed(range(len(ch_mult))):
         for j in range(num_res_blocks + 1):
             resnet(f"decoder.up.{i}.block.{j}", block_in, ch * ch_mult[i])
             block_in = ch * ch_mult[i]
         if i != 0:
-            shapes.update({f"decoder.up.{i}.upsample.conv.weight": (block_in, block_in, 3, 3),
-                           f"decoder.up.{i}.upsample.conv.bias": (block_in,)})  # fmt: skip
-    shapes.update({"decoder.norm_out.weight": (block_in,), "decoder.norm_out.bias": (block_in,),
-                   "decoder.conv_out.weight": (3, block_in, 3, 3), "decoder.conv_out.bias": (3,)})  # fmt: skip
+            shapes.update(
+                {
+                    f"decoder.up.{i}.upsample.conv.weight": (block_in, block_in, 3, 3),
+                    f"decoder.up.{i}.upsample.conv.bias": (block_in,),
+                }
+            )
+    shapes.update(
+        {
+            "decoder.norm_out.weight": (block_in,),
+            "decoder.norm_out.bias": (block_in,),
+            "decoder.conv_out.weight": (3, block_in, 3, 3),
+            "decoder.conv_out.bias": (3,),
+        }
+    )
     return shapes
 
 
@@ -86,10 +123,14 @@ def test_ldm_checkpoint_round_trips_values(tmp_path):
     assert torch.equal(
         sd["vae.decoder.up_blocks.0.resnets.1.conv2.weight"], official["decoder.up.1.block.1.conv2.weight"]
     )
-    assert torch.equal(sd["vae.encoder.down_blocks.1.attentions.0.to_q.weight"],
-                       official["encoder.down.1.attn.0.q.weight"][:, :, 0, 0])  # fmt: skip
-    assert torch.equal(sd["vae.encoder.down_blocks.1.resnets.0.conv_shortcut.weight"],
-                       official["encoder.down.1.block.0.nin_shortcut.weight"])  # fmt: skip
+    assert torch.equal(
+        sd["vae.encoder.down_blocks.1.attentions.0.to_q.weight"],
+        official["encoder.down.1.attn.0.q.weight"][:, :, 0, 0],
+    )
+    assert torch.equal(
+        sd["vae.encoder.down_blocks.1.resnets.0.conv_shortcut.weight"],
+        official["encoder.down.1.block.0.nin_shortcut.weight"],
+    )
     out = model.decode(model.encode(torch.zeros(1, 3, 16, 16)))
     assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
 

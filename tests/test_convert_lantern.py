@@ -36,9 +36,12 @@ def official_drafter_state(embed: torch.Tensor, seed: int = 0, layers: int = 1) 
     state = {"embed_tokens.weight": embed.clone(), "fc.weight": rand(DIM, 2 * DIM), "fc.bias": rand(DIM)}
     for i in range(layers):
         state |= {f"layers.{i}.self_attn.{x}_proj.weight": rand(DIM, DIM) for x in "qkvo"}
-        state |= {f"layers.{i}.mlp.gate_proj.weight": rand(FFN, DIM), f"layers.{i}.mlp.up_proj.weight": rand(FFN, DIM),
-                  f"layers.{i}.mlp.down_proj.weight": rand(DIM, FFN),
-                  f"layers.{i}.post_attention_layernorm.weight": 1 + rand(DIM)}  # fmt: skip
+        state |= {
+            f"layers.{i}.mlp.gate_proj.weight": rand(FFN, DIM),
+            f"layers.{i}.mlp.up_proj.weight": rand(FFN, DIM),
+            f"layers.{i}.mlp.down_proj.weight": rand(DIM, FFN),
+            f"layers.{i}.post_attention_layernorm.weight": 1 + rand(DIM),
+        }
         if i:
             state[f"layers.{i}.input_layernorm.weight"] = 1 + rand(DIM)
     return state
@@ -114,13 +117,30 @@ def lantern_hub(tmp_path, monkeypatch):
     torch.save({"model": official_t2i_state()}, folder / "t2i.pt")
     save_tiny_t5(folder / "flan-t5-xl")
     save_drafter(folder / "tiny_drafter", official_drafter_state(target().tok_embeddings.weight))
-    extra = HubFile("drafter", "example/drafter", "pytorch_model.bin", folder="tiny_drafter",
-                    alternatives=("model.safetensors",))  # fmt: skip
-    weights = HubWeights(repo_id="example/t2i", tokenizer_file="vq.pt", generator_file="t2i.pt",
-                         converter="llamagen-t2i", extras=(extra,))  # fmt: skip
-    preset = Preset(name="test-tiny-hub-lantern", description="", task="text-to-image", tokenizer=VQ_CFG,
-                    generator=tiny_config(), hub=weights, text_encoder="flan-t5-xl",
-                    defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0})  # fmt: skip
+    extra = HubFile(
+        "drafter",
+        "example/drafter",
+        "pytorch_model.bin",
+        folder="tiny_drafter",
+        alternatives=("model.safetensors",),
+    )
+    weights = HubWeights(
+        repo_id="example/t2i",
+        tokenizer_file="vq.pt",
+        generator_file="t2i.pt",
+        converter="llamagen-t2i",
+        extras=(extra,),
+    )
+    preset = Preset(
+        name="test-tiny-hub-lantern",
+        description="",
+        task="text-to-image",
+        tokenizer=VQ_CFG,
+        generator=tiny_config(),
+        hub=weights,
+        text_encoder="flan-t5-xl",
+        defaults={"guidance_scale": 3.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+    )
     monkeypatch.setitem(presets._REGISTRY, preset.name, preset)
     return folder
 

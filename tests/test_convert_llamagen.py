@@ -28,11 +28,30 @@ from arstudio.tokenizers.vq import VQConfig, VQTokenizer
 
 DIM, LAYERS, HEADS, VOCAB, CLASSES, GRID = 32, 2, 4, 32, 5, 4
 FFN = 256  # LlamaGen: find_multiple(int(2 * 4 * 32 / 3) = 85, 256)
-GPT_CFG = GeneratorConfig(vocab_size=VOCAB, num_classes=CLASSES, backbone=BackboneConfig(
-    dim=DIM, n_layer=LAYERS, n_head=HEADS, multiple_of=256, grid_size=GRID, prefix_len=1,
-    zero_prefix_rope=True))  # fmt: skip
-VQ_CFG = VQConfig(resolution=8, ch=8, ch_mult=(1, 2), encoder_res_blocks=2, decoder_res_blocks=3,
-                  z_channels=8, codebook_size=32, codebook_embed_dim=4, norm_groups=4)  # fmt: skip
+GPT_CFG = GeneratorConfig(
+    vocab_size=VOCAB,
+    num_classes=CLASSES,
+    backbone=BackboneConfig(
+        dim=DIM,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        multiple_of=256,
+        grid_size=GRID,
+        prefix_len=1,
+        zero_prefix_rope=True,
+    ),
+)
+VQ_CFG = VQConfig(
+    resolution=8,
+    ch=8,
+    ch_mult=(1, 2),
+    encoder_res_blocks=2,
+    decoder_res_blocks=3,
+    z_channels=8,
+    codebook_size=32,
+    codebook_embed_dim=4,
+    norm_groups=4,
+)
 
 
 def official_gpt_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -141,8 +160,12 @@ def save(tmp_path: Path, obj, name="ckpt.pt") -> Path:
 
 def train_c2i_checkpoint(weights):
     """The dict LlamaGen's train_c2i.py saves (optimizer state shortened)."""
-    return {"model": weights, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
-            "steps": 5000, "args": argparse.Namespace(gpt_model="GPT-B", ema=False)}  # fmt: skip
+    return {
+        "model": weights,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0]}]},
+        "steps": 5000,
+        "args": argparse.Namespace(gpt_model="GPT-B", ema=False),
+    }
 
 
 NESTINGS = {
@@ -368,10 +391,15 @@ def official_gpt_shapes(n_layer: int, dim: int, vocab: int = 16384, classes: int
         "tok_embeddings.weight": (vocab, dim),
     }
     for i in range(n_layer):
-        shapes |= {f"layers.{i}.attention.wqkv.weight": (3 * dim, dim), f"layers.{i}.attention.wo.weight": (dim, dim),
-                   f"layers.{i}.feed_forward.w1.weight": (ffn, dim), f"layers.{i}.feed_forward.w3.weight": (ffn, dim),
-                   f"layers.{i}.feed_forward.w2.weight": (dim, ffn), f"layers.{i}.attention_norm.weight": (dim,),
-                   f"layers.{i}.ffn_norm.weight": (dim,)}  # fmt: skip
+        shapes |= {
+            f"layers.{i}.attention.wqkv.weight": (3 * dim, dim),
+            f"layers.{i}.attention.wo.weight": (dim, dim),
+            f"layers.{i}.feed_forward.w1.weight": (ffn, dim),
+            f"layers.{i}.feed_forward.w3.weight": (ffn, dim),
+            f"layers.{i}.feed_forward.w2.weight": (dim, ffn),
+            f"layers.{i}.attention_norm.weight": (dim,),
+            f"layers.{i}.ffn_norm.weight": (dim,),
+        }
     return shapes | {"norm.weight": (dim,), "output.weight": (vocab, dim)}
 
 
@@ -421,12 +449,18 @@ def test_another_size_or_model_is_refused_in_one_line(tmp_path):
         "expected a LlamaGen GPT-XXL class-to-image model (48 layers, dim 1536, vocab 16384)"
     )
     path = save(tmp_path, {"model": official_vq_state()}, "c2i_XL_384.pt")  # the VQ file under the GPT's name
-    with pytest.raises(ValueError, match=r"c2i_XL_384\.pt' holds a VQ tokenizer \(codebook 32 x 4\); expected a "
-                       r"LlamaGen GPT-XL class-to-image model"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"c2i_XL_384\.pt' holds a VQ tokenizer \(codebook 32 x 4\); expected a "
+        r"LlamaGen GPT-XL class-to-image model",
+    ):
         load_llamagen_gpt(path, "GPT-XL")
     gpt = save(tmp_path, {"model": official_gpt_state()}, "vq_ds16_c2i.pt")  # and the other way round
-    with pytest.raises(ValueError, match=r"vq_ds16_c2i\.pt' holds a LlamaGen GPT of no LlamaGen size class-to-image "
-                       r"model \(2 layers, dim 32, vocab 32, 5 classes\); expected a LlamaGen VQ tokenizer"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"vq_ds16_c2i\.pt' holds a LlamaGen GPT of no LlamaGen size class-to-image "
+        r"model \(2 layers, dim 32, vocab 32, 5 classes\); expected a LlamaGen VQ tokenizer",
+    ):
         load_llamagen_vq(gpt, VQ_CFG)
     dd = official_gpt_state() | {"final_layer_conti.linear.weight": torch.zeros(8, DIM)}
     with pytest.raises(ValueError, match=r"holds a Distilled Decoding \(DD\) model"):
@@ -438,11 +472,17 @@ def test_another_size_or_model_is_refused_in_one_line(tmp_path):
 def test_t2i_checkpoint_for_a_c2i_preset_names_the_file(tmp_path):
     state = official_gpt_state()
     del state["cls_embedding.embedding_table.weight"]
-    state |= {"cls_embedding.cap_proj.fc1.weight": torch.zeros(DIM, 16), "cls_embedding.cap_proj.fc2.weight":
-              torch.zeros(DIM, DIM), "cls_embedding.uncond_embedding": torch.zeros(120, 16)}  # fmt: skip
+    state |= {
+        "cls_embedding.cap_proj.fc1.weight": torch.zeros(DIM, 16),
+        "cls_embedding.cap_proj.fc2.weight": torch.zeros(DIM, DIM),
+        "cls_embedding.uncond_embedding": torch.zeros(120, 16),
+    }
     path = save(tmp_path, {"model": state}, "t2i_XL_stage1_256.pt")
-    with pytest.raises(ValueError, match=r"t2i_XL_stage1_256\.pt' holds a LlamaGen .*text-to-image model .*120 x 16 "
-                       r"text\); expected a LlamaGen GPT class-to-image model"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"t2i_XL_stage1_256\.pt' holds a LlamaGen .*text-to-image model .*120 x 16 "
+        r"text\); expected a LlamaGen GPT class-to-image model",
+    ):
         load_llamagen_gpt(path, GPT_CFG)
 
 
@@ -450,8 +490,11 @@ def test_truncated_or_corrupt_files_are_named(tmp_path):
     path = save(tmp_path, {"model": official_gpt_state()}, "c2i_B_256.pt")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"c2i_B_256\.pt' is truncated or corrupt \(.* bytes; .*\); expected a "
-                       r"complete PyTorch checkpoint: download it again$"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"c2i_B_256\.pt' is truncated or corrupt \(.* bytes; .*\); expected a "
+        r"complete PyTorch checkpoint: download it again$",
+    ):
         load_llamagen_gpt(path, GPT_CFG)
     # Bytes flipped inside a tensor's data: the archive reads fine, the weights do not.
     state = official_gpt_state()

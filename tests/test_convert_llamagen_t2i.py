@@ -72,8 +72,11 @@ def test_real_t2i_shapes_map_onto_the_config():
 
     shapes = official_gpt_shapes(36, 1280)
     del shapes["cls_embedding.embedding_table.weight"]
-    shapes |= {"cls_embedding.cap_proj.fc1.weight": (1280, 2048), "cls_embedding.cap_proj.fc2.weight": (1280, 1280),
-               "cls_embedding.uncond_embedding": (120, 2048)}  # fmt: skip
+    shapes |= {
+        "cls_embedding.cap_proj.fc1.weight": (1280, 2048),
+        "cls_embedding.cap_proj.fc2.weight": (1280, 1280),
+        "cls_embedding.uncond_embedding": (120, 2048),
+    }
     state = meta_state(shapes)
     for size, grid in ((256, 16), (512, 32)):
         config = llamagen_t2i_config(size)
@@ -95,8 +98,11 @@ def test_c2i_and_t2i_files_are_refused_by_the_other_loader(tmp_path):
     with pytest.raises(ValueError, match=r"t2i_XL_stage1_256\.pt' holds a LlamaGen .*text-to-image model"):
         load_llamagen_gpt(t2i, "GPT-XL")
     c2i = save(tmp_path, {"model": official_gpt_state()}, "c2i_B_256.pt")
-    with pytest.raises(ValueError, match=r"c2i_B_256\.pt' holds a LlamaGen .*class-to-image model .*; expected a "
-                       r"LlamaGen GPT text-to-image model \(2 layers, dim 32, 6 x 16 text\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"c2i_B_256\.pt' holds a LlamaGen .*class-to-image model .*; expected a "
+        r"LlamaGen GPT text-to-image model \(2 layers, dim 32, 6 x 16 text\)",
+    ):
         load_llamagen_t2i(c2i, tiny_config())
 
 
@@ -148,8 +154,16 @@ class WordTokenizer:
 
     words = "<pad> </s> a red cat on the mat blue dog".split()
 
-    def __call__(self, texts, max_length, padding, truncation, return_attention_mask, add_special_tokens,
-                 return_tensors):  # fmt: skip
+    def __call__(
+        self,
+        texts,
+        max_length,
+        padding,
+        truncation,
+        return_attention_mask,
+        add_special_tokens,
+        return_tensors,
+    ):
         ids = torch.zeros(len(texts), max_length, dtype=torch.long)
         mask = torch.zeros(len(texts), max_length, dtype=torch.long)
         for row, text in enumerate(texts):
@@ -163,8 +177,16 @@ def tiny_t5(dim=TEXT_DIM):
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    config = T5Config(vocab_size=16, d_model=dim, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                      feed_forward_proj="gated-gelu", is_encoder_decoder=False)  # FLAN-T5's FFN  # fmt: skip
+    config = T5Config(
+        vocab_size=16,
+        d_model=dim,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+    )  # FLAN-T5's FFN
     return T5EncoderModel(config)
 
 
@@ -178,8 +200,9 @@ def save_tiny_t5(folder, dim=TEXT_DIM):
     table = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     table.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     table.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=table, pad_token="<pad>", eos_token="</s>",
-                                        unk_token="<unk>")  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=table, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
     tokenizer.save_pretrained(folder)
     tiny_t5(dim).save_pretrained(folder)
     return folder

@@ -63,8 +63,9 @@ def test_cached_sampler_equals_the_no_cache_loop(guidance):
 
     def run(use_cache):
         gens = [torch.Generator().manual_seed(s) for s in (10, 11)]
-        return sample_autoregressive(model, labels, gens, SamplingParams(guidance_scale=guidance, top_k=20),
-                                     use_cache=use_cache)  # fmt: skip
+        return sample_autoregressive(
+            model, labels, gens, SamplingParams(guidance_scale=guidance, top_k=20), use_cache=use_cache
+        )
 
     cached, uncached = run(True), run(False)
     assert cached.tokens.shape == (2, 16)
@@ -106,6 +107,7 @@ def test_cfg_interval_outside_is_conditional_only():
     model = tiny_generator()
     gens = lambda: [torch.Generator().manual_seed(3)]  # noqa: E731
     plain = sample_autoregressive(model, torch.tensor([2]), gens(), SamplingParams(guidance_scale=1.0))
-    never = sample_autoregressive(model, torch.tensor([2]), gens(),
-                                  SamplingParams(guidance_scale=4.0, cfg_interval=(0.0, 0.0)))  # fmt: skip
+    never = sample_autoregressive(
+        model, torch.tensor([2]), gens(), SamplingParams(guidance_scale=4.0, cfg_interval=(0.0, 0.0))
+    )
     assert torch.equal(plain.tokens, never.tokens)

@@ -202,8 +202,7 @@ def test_fake_score_starts_as_the_teacher_so_the_first_csd_gradient_is_zero(pipe
     model = DDGenerator.from_teacher(teacher, pipe.tokenizer)
     fake = FakeScore(teacher.config.backbone.dim, teacher.config.vocab_size, 4).to(device)
     noise, labels = torch.randn(3, 16, 4, device=device), torch.tensor([0, 1, 2], device=device)
-    batch = csd_batch(model, teacher, noise, labels, codebook,
-                      SamplingParams(guidance_scale=2.0))  # fmt: skip
+    batch = csd_batch(model, teacher, noise, labels, codebook, SamplingParams(guidance_scale=2.0))
     draws = torch.Generator().manual_seed(0)
     loss, grad = csd_generator_loss(fake, batch, codebook, draws)
     assert grad < 1e-6 and loss.item() < 1e-9  # zero up to rounding
@@ -227,8 +226,17 @@ def test_dd1_and_dd2_training_run_and_resume(tmp_path):
     resumed = train_dd1(run, "test-tiny-c2i", steps=3, batch_size=4, num_pairs=6, save_every=1)
     assert torch.load(run / "train_state.pt", weights_only=True)["step"] == 3 and resumed is not None
     pairs_before = (run / "dd1_pairs.safetensors").read_bytes()
-    dd2 = train_dd2(tmp_path / "dd2", "test-tiny-c2i", init=run, steps=2, batch_size=3, num_pairs=8,
-                    save_every=1, guidance_scale=4.0, ema_decay=0.5)  # fmt: skip
+    dd2 = train_dd2(
+        tmp_path / "dd2",
+        "test-tiny-c2i",
+        init=run,
+        steps=2,
+        batch_size=3,
+        num_pairs=8,
+        save_every=1,
+        guidance_scale=4.0,
+        ema_decay=0.5,
+    )
     assert dd2.config.method == "dd2"
     average = DDGenerator.from_pretrained(tmp_path / "dd2" / "ema").state_dict()
     assert any(not torch.equal(average[k], v) for k, v in dd2.state_dict().items())
@@ -244,8 +252,27 @@ def test_cli_train_distill_dd1(tmp_path):
     from arstudio.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "distill", "--method", "dd1", "--teacher", "test-tiny-c2i", "--out", str(out),
-                 "--steps", "1", "--batch-size", "2", "--pairs", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "distill",
+                "--method",
+                "dd1",
+                "--teacher",
+                "test-tiny-c2i",
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--pairs",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert (out / "model.safetensors").is_file()
 
 

@@ -75,8 +75,16 @@ def test_speculative_reads_once_per_round(pipe, spec):
     results = []
 
     def run():
-        results.append(sample_speculative(pipe.generator, pipe.drafter, labels, generators(0, 1),
-                                          SamplingParams(guidance_scale=2.0), spec))  # fmt: skip
+        results.append(
+            sample_speculative(
+                pipe.generator,
+                pipe.drafter,
+                labels,
+                generators(0, 1),
+                SamplingParams(guidance_scale=2.0),
+                spec,
+            )
+        )
 
     with trusted_values():
         run()  # the first call checks the drafter's pairing with the target once (a hash of its weights)

@@ -29,10 +29,21 @@ from arstudio.export import read_png_metadata
 from arstudio.limits import MAX_IMAGES_PER_CALL
 from arstudio.render import JobError, parse_job
 
-settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
-settings.register_profile("dev", database=None, deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 EXAMPLES = {"pipeline": 150, "cli": 100, "jobs": 1000}  # fixed: the CI budget (about 30 s in all on 2 cores)
@@ -95,9 +106,14 @@ def pipeline_calls(draw):
     example probes a few bad values in an otherwise good call, so a check that lets one through is found."""
     name = draw(st.sampled_from(PRESETS))
     unit, positive = st.floats(0, 1), st.floats(0.05, 8)
-    valid = {"num_images_per_prompt": st.integers(1, 3), "guidance_scale": st.floats(0, 8),
-             "temperature": positive, "top_p": st.floats(0.01, 1), "top_k": st.integers(0, 10**6),
-             "cfg_interval": st.tuples(unit, unit).map(sorted).map(tuple)}  # fmt: skip
+    valid = {
+        "num_images_per_prompt": st.integers(1, 3),
+        "guidance_scale": st.floats(0, 8),
+        "temperature": positive,
+        "top_p": st.floats(0.01, 1),
+        "top_k": st.integers(0, 10**6),
+        "cfg_interval": st.tuples(unit, unit).map(sorted).map(tuple),
+    }
     if name == "test-tiny-t2i":
         valid["prompt"] = st.sampled_from(["a red circle", "a blue square and a red circle", "zzz"])
     else:
@@ -132,8 +148,16 @@ def _check_output(pipe, kwargs: dict, out) -> None:
     per_prompt = kwargs.get("num_images_per_prompt", 1)
     assert len(out.images) % per_prompt == 0
     for meta in out.metadata:
-        for key in ("guidance_scale", "temperature", "top_k", "top_p", "draft_tokens", "lantern_delta",
-                    "control_strength", "control_guidance_scale"):  # fmt: skip
+        for key in (
+            "guidance_scale",
+            "temperature",
+            "top_k",
+            "top_p",
+            "draft_tokens",
+            "lantern_delta",
+            "control_strength",
+            "control_guidance_scale",
+        ):
             if kwargs.get(key) is not None and key in meta:
                 assert meta[key] == kwargs[key] and math.isfinite(meta[key]), (key, meta[key], kwargs[key])
         if kwargs.get("cfg_interval") is not None:  # None: the default, like every other knob
@@ -165,17 +189,31 @@ NAN, INF = math.nan, math.inf
         ("test-tiny-c2i", {"temperature": INF}, "temperature=inf is not allowed"),
         ("test-tiny-c2i", {"top_p": NAN}, "top_p=nan is not allowed"),
         ("test-tiny-c2i", {"cfg_interval": (0.0, NAN)}, "cfg_interval=(0.0, nan) is not allowed"),
-        ("test-tiny-c2i", {"decoding": "lantern", "lantern_delta": NAN}, "lantern_delta=nan must be a number"),
-        ("test-tiny-c2i", {"decoding": "speculative", "draft_tokens": INF}, "draft_tokens=inf must be an integer"),
-        ("test-tiny-control", {"control_image": np.zeros((16, 16), np.uint8), "control_strength": NAN},
-         "control_strength=nan is not allowed"),
-        ("test-tiny-control", {"control_image": np.zeros((16, 16), np.uint8), "control_guidance_scale": INF},
-         "control_guidance_scale=inf is not allowed"),
+        (
+            "test-tiny-c2i",
+            {"decoding": "lantern", "lantern_delta": NAN},
+            "lantern_delta=nan must be a number",
+        ),
+        (
+            "test-tiny-c2i",
+            {"decoding": "speculative", "draft_tokens": INF},
+            "draft_tokens=inf must be an integer",
+        ),
+        (
+            "test-tiny-control",
+            {"control_image": np.zeros((16, 16), np.uint8), "control_strength": NAN},
+            "control_strength=nan is not allowed",
+        ),
+        (
+            "test-tiny-control",
+            {"control_image": np.zeros((16, 16), np.uint8), "control_guidance_scale": INF},
+            "control_guidance_scale=inf is not allowed",
+        ),
         ("test-tiny-video", {"guidance_scale": NAN}, "guidance_scale=nan is not allowed"),
         ("test-tiny-video", {"temperature": -INF}, "temperature=-inf is not allowed"),
         ("test-tiny-video", {"temporal_decay": INF}, "temporal_decay=inf must be"),
     ],
-)  # fmt: skip
+)
 def test_non_finite_knobs_are_refused_by_the_api(preset, kwargs, message):
     with pytest.raises(ValueError) as info:
         _pipe(preset)(class_labels=[1], **kwargs)
@@ -183,11 +221,39 @@ def test_non_finite_knobs_are_refused_by_the_api(preset, kwargs, message):
 
 
 # ---- the command line ----------------------------------------------------------------------------------
-CLI_TEXT = st.one_of(st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e309", "abc", "", "2.5", "3",
-                                      str(2**63 - 1), str(2**63), str(2**64)]),
-                     st.integers(-5, 40).map(str), st.floats(-2, 5, allow_nan=False).map(repr))  # fmt: skip
-CLI_FLAGS = ("--guidance-scale", "--temperature", "--top-k", "--top-p", "--num-images-per-prompt", "--seed",
-             "--class-labels", "--num-frames", "--control-strength", "--batch-size")  # fmt: skip
+CLI_TEXT = st.one_of(
+    st.sampled_from(
+        [
+            "nan",
+            "inf",
+            "-inf",
+            "-1",
+            "0",
+            "1e309",
+            "abc",
+            "",
+            "2.5",
+            "3",
+            str(2**63 - 1),
+            str(2**63),
+            str(2**64),
+        ]
+    ),
+    st.integers(-5, 40).map(str),
+    st.floats(-2, 5, allow_nan=False).map(repr),
+)
+CLI_FLAGS = (
+    "--guidance-scale",
+    "--temperature",
+    "--top-k",
+    "--top-p",
+    "--num-images-per-prompt",
+    "--seed",
+    "--class-labels",
+    "--num-frames",
+    "--control-strength",
+    "--batch-size",
+)
 
 
 @settings(max_examples=EXAMPLES["cli"])
@@ -208,15 +274,21 @@ def test_fuzz_the_command_line(flags, tmp_path_factory, capsys):
     err = capsys.readouterr().err
     if status == 2:
         assert err.startswith("arstudio: error: ") and _single_line(err), err
-        assert any(value in err or flag.lstrip("-").replace("-", "_") in err or flag in err
-                   for flag, value in flags.items()), err  # fmt: skip
+        assert any(
+            value in err or flag.lstrip("-").replace("-", "_") in err or flag in err
+            for flag, value in flags.items()
+        ), err
         return
     assert status == 0, err
     pngs = sorted(out.glob("*.png"))
     assert pngs and all(np.asarray(read_png_metadata(p) is not None) for p in pngs)
     meta = read_png_metadata(pngs[0])
-    for flag, key in (("--guidance-scale", "guidance_scale"), ("--temperature", "temperature"),
-                      ("--top-p", "top_p"), ("--top-k", "top_k")):  # fmt: skip
+    for flag, key in (
+        ("--guidance-scale", "guidance_scale"),
+        ("--temperature", "temperature"),
+        ("--top-p", "top_p"),
+        ("--top-k", "top_k"),
+    ):
         if flag in flags:
             asked = int(flags[flag]) if flag == "--top-k" else float(flags[flag])
             assert meta[key] == asked, (flag, flags[flag], meta[key])
@@ -256,8 +328,17 @@ GOOD = {"preset": "test-tiny-c2i", "class": "red circle", "seed": 0}
 @st.composite
 def job_lines(draw):
     """A valid job of an image or video preset, then one to three keys set (or removed) at random."""
-    raw = dict(draw(st.sampled_from([GOOD, {"preset": "test-tiny-t2i", "prompt": "a red circle", "seeds": [1, 2]},
-                                     {"preset": "test-tiny-video", "class": 3, "seed": 2, "count": 2}])))  # fmt: skip
+    raw = dict(
+        draw(
+            st.sampled_from(
+                [
+                    GOOD,
+                    {"preset": "test-tiny-t2i", "prompt": "a red circle", "seeds": [1, 2]},
+                    {"preset": "test-tiny-video", "class": 3, "seed": 2, "count": 2},
+                ]
+            )
+        )
+    )
     for key in draw(
         st.lists(st.sampled_from([*JOB_FIELD_VALUES, "colour"]), min_size=1, max_size=3, unique=True)
     ):

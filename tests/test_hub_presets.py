@@ -34,9 +34,15 @@ def isolated(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    tiny = Preset(name=TINY, description="tiny hub-style preset for tests", task="class-to-image",
-                  tokenizer=VQ_CFG, generator=GPT_CFG, hub=TINY_HUB,
-                  defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0})  # fmt: skip
+    tiny = Preset(
+        name=TINY,
+        description="tiny hub-style preset for tests",
+        task="class-to-image",
+        tokenizer=VQ_CFG,
+        generator=GPT_CFG,
+        hub=TINY_HUB,
+        defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+    )
     monkeypatch.setitem(presets._REGISTRY, TINY, tiny)
 
 
@@ -98,7 +104,11 @@ def test_llamagen_presets_are_listed_with_their_hub_files():
         assert preset.hub.files == {"tokenizer": "vq_ds16_c2i.pt", "generator": gpt_file}
         backbone = preset.generator.backbone
         assert (backbone.n_layer, backbone.dim, backbone.grid_size, preset.tokenizer.resolution) == (
-            layers, dim, grid, grid * 16)  # fmt: skip
+            layers,
+            dim,
+            grid,
+            grid * 16,
+        )
         assert preset.tokenizer.grid_size == grid and backbone.zero_prefix_rope
         assert preset.generator.num_classes == 1000
         assert preset.defaults == {"guidance_scale": guidance, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
@@ -119,8 +129,15 @@ def test_real_hub_preset_without_a_local_copy_names_the_files_and_the_fix(name, 
         load_pipeline(name, device="cpu")
     message = str(err.value)
     hub_files = get_preset(name).hub.files.values()
-    for needle in (*hub_files, "FoundationVision/LlamaGen", "download=True", "weights=", "ARSTUDIO_WEIGHTS_DIR",
-                   f"python -m arstudio.convert.hub {name}", "https://huggingface.co/FoundationVision/LlamaGen/resolve/main/"):  # fmt: skip
+    for needle in (
+        *hub_files,
+        "FoundationVision/LlamaGen",
+        "download=True",
+        "weights=",
+        "ARSTUDIO_WEIGHTS_DIR",
+        f"python -m arstudio.convert.hub {name}",
+        "https://huggingface.co/FoundationVision/LlamaGen/resolve/main/",
+    ):
         assert needle in message
     assert isinstance(err.value, FileNotFoundError)  # the CLI turns these into a one-line error
 
@@ -152,9 +169,13 @@ def test_local_override_with_official_files_or_converted_folder(official_dir, tm
     assert len(out.images) == 2 and out.images[0].shape == (8, 8, 3)
     assert out.metadata[0]["guidance_scale"] == 2.0  # the preset's default
     # The same weights converted to our layout give the same images.
-    converted = convert_llamagen_to_pretrained(official_dir / TINY_HUB.tokenizer_file,
-                                               official_dir / TINY_HUB.generator_file, tmp_path / "converted",
-                                               gpt_model=GPT_CFG, vq_model=VQ_CFG)  # fmt: skip
+    converted = convert_llamagen_to_pretrained(
+        official_dir / TINY_HUB.tokenizer_file,
+        official_dir / TINY_HUB.generator_file,
+        tmp_path / "converted",
+        gpt_model=GPT_CFG,
+        vq_model=VQ_CFG,
+    )
     again = sample(load_pipeline(TINY, device="cpu", weights=converted))
     assert torch.equal(out.tokens, again.tokens)
     assert (out.images[0] == again.images[0]).all()
@@ -258,15 +279,26 @@ def test_t2i_download_keeps_the_official_files_and_loads_the_masked_generator(mo
     folder.mkdir()
     torch.save({"model": official_vq_state(1)}, folder / "vq_t2i.pt")
     torch.save({"model": official_t2i_state()}, folder / "t2i_tiny.pt")
-    t2i_hub = HubWeights(repo_id="example/t2i", tokenizer_file="vq_t2i.pt", generator_file="t2i_tiny.pt",
-                         converter="llamagen-t2i")  # fmt: skip
-    preset = Preset(name="test-tiny-hub-t2i", description="", task="text-to-image", tokenizer=VQ_CFG,
-                    generator=tiny_config(), hub=t2i_hub)  # fmt: skip
+    t2i_hub = HubWeights(
+        repo_id="example/t2i",
+        tokenizer_file="vq_t2i.pt",
+        generator_file="t2i_tiny.pt",
+        converter="llamagen-t2i",
+    )
+    preset = Preset(
+        name="test-tiny-hub-t2i",
+        description="",
+        task="text-to-image",
+        tokenizer=VQ_CFG,
+        generator=tiny_config(),
+        hub=t2i_hub,
+    )
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
-                        lambda repo_id, filename, **kw: str(folder / filename))  # fmt: skip
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(folder / filename)
+    )
     source = hub.download_and_convert(preset)
     assert (source.layout, source.generator.name) == ("official", "t2i_tiny.pt")
     assert source.generator.parent == hub.converted_dir(preset)
@@ -302,7 +334,12 @@ def test_preset_facts_for_listings(official_dir, monkeypatch):
 
     shipped, random = hub.preset_facts("shapes-c2i"), hub.preset_facts("test-tiny-c2i")
     assert (shipped.weights, shipped.local, shipped.download_bytes, shipped.resolution, shipped.grid) == (
-        "shipped", True, 0, 32, 8)  # fmt: skip
+        "shipped",
+        True,
+        0,
+        32,
+        8,
+    )
     assert (random.weights, random.needs_weights) == ("random", False)
 
 
@@ -315,14 +352,27 @@ def t2i_hub(tmp_path, monkeypatch):
     folder = tmp_path / "t2i-official"
     folder.mkdir()
     torch.save({"model": official_vq_state(1)}, folder / "vq_t2i.pt")
-    torch.save({"model": official_t2i_state(), "args": __import__("argparse").Namespace(gpt_model="GPT-XL")},
-               folder / "t2i_tiny.pt")  # fmt: skip
+    torch.save(
+        {"model": official_t2i_state(), "args": __import__("argparse").Namespace(gpt_model="GPT-XL")},
+        folder / "t2i_tiny.pt",
+    )
     save_tiny_t5(folder / "flan-t5-xl")
-    t2i = HubWeights(repo_id="example/t2i", tokenizer_file="vq_t2i.pt", generator_file="t2i_tiny.pt",
-                     converter="llamagen-t2i")  # fmt: skip
-    preset = Preset(name="test-tiny-hub-t2i", description="", task="text-to-image", tokenizer=VQ_CFG,
-                    generator=tiny_config(), hub=t2i, text_encoder="flan-t5-xl",
-                    defaults={"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0})  # fmt: skip
+    t2i = HubWeights(
+        repo_id="example/t2i",
+        tokenizer_file="vq_t2i.pt",
+        generator_file="t2i_tiny.pt",
+        converter="llamagen-t2i",
+    )
+    preset = Preset(
+        name="test-tiny-hub-t2i",
+        description="",
+        task="text-to-image",
+        tokenizer=VQ_CFG,
+        generator=tiny_config(),
+        hub=t2i,
+        text_encoder="flan-t5-xl",
+        defaults={"guidance_scale": 7.5, "temperature": 1.0, "top_k": 1000, "top_p": 1.0},
+    )
     monkeypatch.setitem(presets._REGISTRY, preset.name, preset)
     return folder
 
@@ -334,8 +384,11 @@ def test_t2i_preset_runs_end_to_end_from_a_folder_of_official_files(t2i_hub):
     assert isinstance(pipe.generator, LlamaGenT2IGenerator) and isinstance(
         pipe.text_encoder, FlanT5TextEncoder
     )
-    out = pipe(prompt=["a red cat", "the blue dog on the mat"], generator=torch.Generator().manual_seed(0),
-               output_type="np")  # fmt: skip
+    out = pipe(
+        prompt=["a red cat", "the blue dog on the mat"],
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     assert len(out.images) == 2 and out.images[0].shape == (8, 8, 3)
     assert out.metadata[0]["guidance_scale"] == 7.5
     again = load_pipeline("test-tiny-hub-t2i", device="cpu", weights=t2i_hub)(
@@ -385,13 +438,19 @@ def test_hub_weights_load_straight_in_the_asked_dtype_and_bounded(official_dir, 
     pipe = load_pipeline(TINY, device="cpu", dtype=torch.bfloat16, weights=official_dir)
     assert [dtype for _, dtype in casts] == [torch.bfloat16, torch.bfloat16]
     assert {p.dtype for p in pipe.generator.parameters()} == {torch.bfloat16}
-    converted = convert_llamagen_to_pretrained(official_dir / TINY_HUB.tokenizer_file,
-                                               official_dir / TINY_HUB.generator_file, tmp_path / "converted",
-                                               gpt_model=GPT_CFG, vq_model=VQ_CFG)  # fmt: skip
+    converted = convert_llamagen_to_pretrained(
+        official_dir / TINY_HUB.tokenizer_file,
+        official_dir / TINY_HUB.generator_file,
+        tmp_path / "converted",
+        gpt_model=GPT_CFG,
+        vq_model=VQ_CFG,
+    )
     casts.clear()
     again = load_pipeline(TINY, device="cpu", dtype=torch.bfloat16, weights=converted)
     assert [(Path(eval(source)).parent.name, dtype) for source, dtype in casts] == [
-        ("tokenizer", torch.bfloat16), ("generator", torch.bfloat16)]  # fmt: skip
+        ("tokenizer", torch.bfloat16),
+        ("generator", torch.bfloat16),
+    ]
     assert torch.equal(sample(pipe).tokens, sample(again).tokens)
 
 
@@ -414,7 +473,10 @@ def test_studio_marks_presets_that_need_weights(official_dir, monkeypatch):
     from arstudio.ui.controls import NEEDS_WEIGHTS, preset_choices
 
     choices = dict((value, label) for label, value in preset_choices(["llamagen-b-256", "shapes-c2i", TINY]))
-    assert choices == {"llamagen-b-256": "llamagen-b-256" + NEEDS_WEIGHTS, "shapes-c2i": "shapes-c2i",
-                       TINY: TINY + NEEDS_WEIGHTS}  # fmt: skip
+    assert choices == {
+        "llamagen-b-256": "llamagen-b-256" + NEEDS_WEIGHTS,
+        "shapes-c2i": "shapes-c2i",
+        TINY: TINY + NEEDS_WEIGHTS,
+    }
     monkeypatch.setenv(hub.WEIGHTS_DIR_ENV, str(official_dir))
     assert dict((v, lab) for lab, v in preset_choices([TINY]))[TINY] == TINY

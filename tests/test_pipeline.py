@@ -41,8 +41,13 @@ def test_same_seed_same_pixels_and_seeds_reproduce_single_images(pipe):
     b = pipe(generator=torch.Generator().manual_seed(7), **kwargs)
     assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
     # Image 2 alone, from its reported seed.
-    single = pipe(class_labels=[3], generator=[torch.Generator().manual_seed(a.seeds[2])], guidance_scale=3.0,
-                  top_k=10, output_type="np")  # fmt: skip
+    single = pipe(
+        class_labels=[3],
+        generator=[torch.Generator().manual_seed(a.seeds[2])],
+        guidance_scale=3.0,
+        top_k=10,
+        output_type="np",
+    )
     assert np.array_equal(single.images[0], a.images[2])
 
 
@@ -86,8 +91,12 @@ def test_callback_on_step_end_has_diffusers_contract_and_interrupt_stops(pipe):
         p.interrupt = timestep == 9  # stop after the tenth token
         return kwargs
 
-    out = pipe(class_labels=[0, 1], generator=torch.Generator().manual_seed(0), callback_on_step_end=on_step,
-               callback_on_step_end_tensor_inputs=["tokens"])  # fmt: skip
+    out = pipe(
+        class_labels=[0, 1],
+        generator=torch.Generator().manual_seed(0),
+        callback_on_step_end=on_step,
+        callback_on_step_end_tensor_inputs=["tokens"],
+    )
     assert seen == [(i, i, (2, i + 1), 16) for i in range(10)]
     assert out.images == [] and out.tokens.shape == (2, 10)
     # the next call starts uninterrupted; a returned tensor replaces the tokens so far
@@ -97,8 +106,12 @@ def test_callback_on_step_end_has_diffusers_contract_and_interrupt_stops(pipe):
         kwargs["tokens"][:, -1] = 0
         return {"tokens": kwargs["tokens"].clone()}
 
-    zeroed = pipe(class_labels=[0], generator=[torch.Generator().manual_seed(3)], output_type="np",
-                  callback_on_step_end=zero_last)  # fmt: skip
+    zeroed = pipe(
+        class_labels=[0],
+        generator=[torch.Generator().manual_seed(3)],
+        output_type="np",
+        callback_on_step_end=zero_last,
+    )
     assert (zeroed.tokens == 0).all() and not (full.tokens == 0).all()
 
 
@@ -120,8 +133,11 @@ def test_old_callbacks_are_refused_or_deprecated(pipe):
     with pytest.raises(ValueError, match="returned NoneType; it must return a dict"):
         pipe(class_labels=[0], callback_on_step_end=lambda p, step, t, kw: None)
     with pytest.warns(DeprecationWarning, match="callback=fn"):
-        pipe(class_labels=[0], generator=torch.Generator().manual_seed(0),
-             callback=lambda step, total, tokens: steps.append(step))  # fmt: skip
+        pipe(
+            class_labels=[0],
+            generator=torch.Generator().manual_seed(0),
+            callback=lambda step, total, tokens: steps.append(step),
+        )
     assert steps == list(range(16))
 
 
@@ -138,12 +154,16 @@ def text_pipe():
 
 
 def test_text_pipeline_outputs_and_metadata(text_pipe):
-    out = text_pipe(prompt=["a small red circle at the top left", "a large blue square in the center"],
-                    num_images_per_prompt=2, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = text_pipe(
+        prompt=["a small red circle at the top left", "a large blue square in the center"],
+        num_images_per_prompt=2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(out.images) == 4 and out.tokens.shape == (4, 4, 4)
     assert [m["prompt"] for m in out.metadata][1:3] == [
-        "a small red circle at the top left", "a large blue square in the center"
-    ]  # fmt: skip
+        "a small red circle at the top left",
+        "a large blue square in the center",
+    ]
     assert out.metadata[0]["negative_prompt"] is None
 
 
@@ -179,8 +199,11 @@ def test_text_bad_input(text_pipe, kwargs, message):
 
 def test_shipped_text_preset_generates():
     pipe = arstudio.load_pipeline("shapes-t2i", device="cpu")
-    out = pipe(prompt="a large red circle at the top left", generator=torch.Generator().manual_seed(0),
-               output_type="np")  # fmt: skip
+    out = pipe(
+        prompt="a large red circle at the top left",
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     assert out.images[0].shape == (32, 32, 3)
     assert out.metadata[0]["prompt"] == "a large red circle at the top left"
     with pytest.raises(ValueError, match="prompt has 4 phrases .* at most 2, one per object"):
@@ -237,7 +260,9 @@ def test_weights_folder_config_must_match_the_preset_except_training_only_fields
         tmp_path / "generator"
     )
     layers = config.backbone.n_layer
-    with pytest.raises(ValueError, match=rf"does not match preset 'test-tiny-c2i': backbone.n_layer=3 \(preset: {layers}\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError, match=rf"does not match preset 'test-tiny-c2i': backbone.n_layer=3 \(preset: {layers}\)"
+    ):
         arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
     video = VideoGeneratorConfig()
     assert config_differences(replace(video, context_mode="clean_copy", clean_context_ratio=0.2), video) == []
@@ -246,8 +271,9 @@ def test_weights_folder_config_must_match_the_preset_except_training_only_fields
 
 def test_return_dict_latents_and_the_deprecated_noise_name():
     pipe = arstudio.load_pipeline("test-tiny-c2i", device="cpu")
-    images, tokens, seeds, *_ = pipe(class_labels=[0], generator=[torch.Generator().manual_seed(2)],
-                                     output_type="np", return_dict=False)  # fmt: skip
+    images, tokens, seeds, *_ = pipe(
+        class_labels=[0], generator=[torch.Generator().manual_seed(2)], output_type="np", return_dict=False
+    )
     assert images[0].shape == (16, 16, 3) and tokens.shape == (1, 4, 4) and seeds == [2]
     latents = torch.randn(
         1, 16, pipe.distilled["dd1"].config.token_dim, generator=torch.Generator().manual_seed(0)
@@ -307,8 +333,13 @@ def test_video_callback_on_step_end_gets_latents_per_frame_and_can_interrupt():
         p.interrupt = frame == 1
         return kwargs
 
-    out = pipe(class_labels=[0], num_frames=3, generator=torch.Generator().manual_seed(0), output_type="np",
-               callback_on_step_end=on_frame)  # fmt: skip
+    out = pipe(
+        class_labels=[0],
+        num_frames=3,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        callback_on_step_end=on_frame,
+    )
     assert seen == [(0, 0, (1, 1), 3), (1, 1, (1, 2), 3)] and out.latents.shape[1] == 2
     frames, latents, *_ = pipe(class_labels=[0], num_frames=2, output_type="np", return_dict=False)
     assert frames[0].shape[0] == 2 and latents.shape[:2] == (1, 2)

@@ -39,8 +39,12 @@ def _skip_reason(code: str) -> str | None:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     """One namespace and one scratch folder for all Python blocks, run in order up to the one asked for."""
-    state = {"namespace": {"__name__": "__readme__"}, "ran": 0, "dir": tmp_path_factory.mktemp("readme"),
-             "after": {}}  # fmt: skip
+    state = {
+        "namespace": {"__name__": "__readme__"},
+        "ran": 0,
+        "dir": tmp_path_factory.mktemp("readme"),
+        "after": {},
+    }
     yield state
 
 
@@ -137,8 +141,12 @@ def test_every_inline_command_names_real_subcommands_and_flags(words):
 
 
 def test_every_jobs_line_in_a_heredoc_parses():
-    lines = [line for block in SHELL for heredoc in re.findall(r"<<'(\w+)'\n(.*?)\n\1", block, flags=re.S)
-             for line in heredoc[1].splitlines()]  # fmt: skip
+    lines = [
+        line
+        for block in SHELL
+        for heredoc in re.findall(r"<<'(\w+)'\n(.*?)\n\1", block, flags=re.S)
+        for line in heredoc[1].splitlines()
+    ]
     assert len(lines) >= 2
     for number, line in enumerate(lines, start=1):
         parse_job(json.loads(line), number)

@@ -107,10 +107,17 @@ def _snapshot(out: Path) -> tuple[list, dict]:
 
 
 def test_bad_lines_are_reported_and_the_rest_is_rendered(tmp_path):
-    jobs = _write_jobs(tmp_path / "jobs.jsonl", [
-        TINY, "{not json", {**TINY, "class": 99}, "", {"preset": "test-tiny-t2i", "prompt": "a blue square",
-        "seeds": [1, 2], "negative_prompt": "red"}, {**TINY, "sharpness": 2},
-    ])  # fmt: skip
+    jobs = _write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            TINY,
+            "{not json",
+            {**TINY, "class": 99},
+            "",
+            {"preset": "test-tiny-t2i", "prompt": "a blue square", "seeds": [1, 2], "negative_prompt": "red"},
+            {**TINY, "sharpness": 2},
+        ],
+    )
     summary = render_batch(jobs, tmp_path / "out", progress=False)
     assert summary.rendered == 5 and summary.skipped == 0
     assert [m.split(":")[0] for m in summary.failed] == ["line 2", "line 3", "line 6"]
@@ -146,8 +153,18 @@ def test_resume_repairs_damage_and_matches_a_clean_run(tmp_path):
 
 
 def _render_cmd(jobs: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "arstudio.cli", "render", str(jobs), "--out", str(out), "--batch-size", "2",
-            "--no-progress"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "arstudio.cli",
+        "render",
+        str(jobs),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
 
 
 def test_kill_9_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -190,8 +207,10 @@ def test_a_strategy_knob_reaches_the_pipeline_and_the_recipe(tmp_path):
 def test_a_repeated_image_is_rendered_once_and_noted(tmp_path):
     summary = render_batch([TINY, {**TINY, "count": 3}, {**TINY, "seed": 6}], tmp_path, progress=False)
     assert summary.rendered == 4 and len(list(tmp_path.glob("*.png"))) == 4  # seeds 5, 6, 7 and 8
-    assert not summary.failed and summary.notes == ["line 2: seeds [5, 6, 7] repeat line(s) [1]; rendered once",
-                              "line 3: seeds [6, 7] repeat line(s) [1]; rendered once"]  # fmt: skip
+    assert not summary.failed and summary.notes == [
+        "line 2: seeds [5, 6, 7] repeat line(s) [1]; rendered once",
+        "line 3: seeds [6, 7] repeat line(s) [1]; rendered once",
+    ]
 
 
 def test_seeds_near_2_63_round_trip_through_the_manifest_the_recipe_and_the_cli(tmp_path, capsys):
@@ -213,8 +232,11 @@ def test_seeds_near_2_63_round_trip_through_the_manifest_the_recipe_and_the_cli(
     recipes = [read_png_metadata(p) for p in pngs]
     assert [r["seed"] for r in recipes] == seeds and recipes[0]["batch_seeds"] == seeds  # the PNG recipe
     # the recipe's seeds redo the images: the same batch, the same pixels
-    redo = arstudio.load_pipeline("test-tiny-c2i")(class_labels=[2] * 3, output_type="np",
-                                                 generator=[torch.Generator().manual_seed(r["seed"]) for r in recipes])  # fmt: skip
+    redo = arstudio.load_pipeline("test-tiny-c2i")(
+        class_labels=[2] * 3,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(r["seed"]) for r in recipes],
+    )
     assert all(np.array_equal(np.asarray(Image.open(p)), a) for p, a in zip(pngs, redo.images, strict=True))
 
 
@@ -248,9 +270,23 @@ def test_two_accelerate_processes_split_the_jobs_and_match_one_process(tmp_path)
     lines = [{"preset": "test-tiny-c2i", "class": c, "seed": c, "count": 4} for c in range(6)] + ["oops"]
     jobs = _write_jobs(tmp_path / "jobs.jsonl", lines)
     subprocess.run(_render_cmd(jobs, tmp_path / "one"), env=ENV, capture_output=True)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "arstudio.cli",
-              *_render_cmd(jobs, tmp_path / "two")[3:]]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "arstudio.cli",
+        *_render_cmd(jobs, tmp_path / "two")[3:],
+    ]
     result = subprocess.run(launch, env=ENV, capture_output=True, text=True, timeout=300)
     assert "rendered 24 image(s), 0 already done, 1 job(s) failed" in result.stdout, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout and "line 7: not valid JSON" in result.stdout

@@ -19,9 +19,10 @@ from arstudio.training.common import seeded
 
 def _models(vocab=32, grid=4, head_std=0.3, seed=0):
     config = GeneratorConfig(
-        vocab_size=vocab, num_classes=3,
+        vocab_size=vocab,
+        num_classes=3,
         backbone=BackboneConfig(dim=16, n_layer=2, n_head=2, grid_size=grid, prefix_len=1),
-    )  # fmt: skip
+    )
 
     def build():
         target = ImageGenerator(config).eval()
@@ -34,10 +35,12 @@ def _models(vocab=32, grid=4, head_std=0.3, seed=0):
 def _draft_model(target, dim=8, seed=5):
     """An independent small generator speaking the target's tokens (classic speculative decoding)."""
     config = GeneratorConfig(
-        vocab_size=target.config.vocab_size, num_classes=3,
-        backbone=BackboneConfig(dim=dim, n_layer=1, n_head=2, grid_size=target.config.backbone.grid_size,
-                                prefix_len=1),
-    )  # fmt: skip
+        vocab_size=target.config.vocab_size,
+        num_classes=3,
+        backbone=BackboneConfig(
+            dim=dim, n_layer=1, n_head=2, grid_size=target.config.backbone.grid_size, prefix_len=1
+        ),
+    )
 
     def build():
         model = ImageGenerator(config).eval()
@@ -105,8 +108,15 @@ def test_speculative_samples_the_plain_ar_distribution():
         assert _chi_square_p(exact.tokens, sequences, probs, vocab) > 1e-3
         assert 0.05 < exact.stats["acceptance_rate"] < 0.95  # both branches (accept, residual) were exercised
     neighbours = torch.tensor([[1, 2], [0, 2], [0, 1]])
-    relaxed = sample_speculative(target, drafter, cond, _gens(n), params,
-                                 SpeculativeParams(draft_tokens=2, lantern_delta=0.9), neighbours)  # fmt: skip
+    relaxed = sample_speculative(
+        target,
+        drafter,
+        cond,
+        _gens(n),
+        params,
+        SpeculativeParams(draft_tokens=2, lantern_delta=0.9),
+        neighbours,
+    )
     assert _chi_square_p(relaxed.tokens, sequences, probs, vocab) < 1e-6
     assert relaxed.stats["acceptance_rate"] > exact.stats["acceptance_rate"]
 
@@ -160,11 +170,19 @@ def test_tree_with_zero_budget_is_exact_and_rows_keep_their_own_paths():
     params = SamplingParams(guidance_scale=2.0)
     cond = torch.tensor([0, 2, 1])
     exact = sample_speculative(target, drafter, cond, _gens(3), params, SpeculativeParams(draft_tree=TREE))
-    zero = sample_speculative(target, drafter, cond, _gens(3), params,
-                              SpeculativeParams(lantern_delta=0.0, draft_tree=TREE), neighbours)  # fmt: skip
+    zero = sample_speculative(
+        target,
+        drafter,
+        cond,
+        _gens(3),
+        params,
+        SpeculativeParams(lantern_delta=0.0, draft_tree=TREE),
+        neighbours,
+    )
     assert torch.equal(exact.tokens, zero.tokens)
-    alone = sample_speculative(target, drafter, cond[1:2], _gens(1, offset=1), params,
-                               SpeculativeParams(draft_tree=TREE))  # fmt: skip
+    alone = sample_speculative(
+        target, drafter, cond[1:2], _gens(1, offset=1), params, SpeculativeParams(draft_tree=TREE)
+    )
     assert torch.equal(exact.tokens[1], alone.tokens[0])
 
 
@@ -325,8 +343,14 @@ def test_pipeline_strategies_knobs_stats_and_metadata(pipe):
     assert torch.equal(plain.tokens, tree.tokens) and tree.metadata[0]["draft_width"] == 3
     assert spec.metadata[0]["decoding"] == "speculative" and spec.metadata[0]["draft_tokens"] == 3
     assert {"forwards", "acceptance_rate", "mean_accepted_length", "tokens_per_forward"} <= set(spec.stats)
-    lantern = pipe(class_labels=[1], decoding="lantern", lantern_k=4, lantern_delta=0.3, lantern_lambda=2.0,
-                   generator=torch.Generator().manual_seed(1))  # fmt: skip
+    lantern = pipe(
+        class_labels=[1],
+        decoding="lantern",
+        lantern_k=4,
+        lantern_delta=0.3,
+        lantern_lambda=2.0,
+        generator=torch.Generator().manual_seed(1),
+    )
     meta = lantern.metadata[0]
     knobs = ("lantern_k", "lantern_delta", "lantern_lambda", "draft_tokens")
     assert [meta[k] for k in knobs] == [4, 0.3, 2.0, 4]
@@ -337,8 +361,12 @@ def test_text_pipeline_speculative_is_exact_when_greedy():
     import arstudio
 
     t2i = arstudio.load_pipeline("test-tiny-t2i", device="cpu")
-    kwargs = dict(prompt=["a red circle", "two blue squares"], top_k=1, guidance_scale=3.0,
-                  negative_prompt="a green diamond")  # fmt: skip
+    kwargs = dict(
+        prompt=["a red circle", "two blue squares"],
+        top_k=1,
+        guidance_scale=3.0,
+        negative_prompt="a green diamond",
+    )
     plain = t2i(generator=torch.Generator().manual_seed(5), **kwargs)
     spec = t2i(generator=torch.Generator().manual_seed(5), decoding="speculative", **kwargs)
     assert torch.equal(plain.tokens, spec.tokens)
@@ -391,8 +419,13 @@ def test_lantern_needs_a_codebook_and_drafters_their_target(pipe, tmp_path):
     assert arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path).drafter is not None
     # An independent draft model works as a drafter when it shares the tokens and condition.
     config = pipe.generator.config
-    small = ImageGenerator(GeneratorConfig(vocab_size=config.vocab_size, num_classes=config.num_classes,
-                                           backbone=BackboneConfig(dim=16, n_layer=1, n_head=2, grid_size=4)))  # fmt: skip
+    small = ImageGenerator(
+        GeneratorConfig(
+            vocab_size=config.vocab_size,
+            num_classes=config.num_classes,
+            backbone=BackboneConfig(dim=16, n_layer=1, n_head=2, grid_size=4),
+        )
+    )
     small.save_pretrained(tmp_path / "drafter")
     loaded = arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)
     assert isinstance(loaded.drafter, ImageGenerator)

@@ -64,8 +64,11 @@ def test_remembered_phrases_match_fresh_encodings_and_skip_the_encoder(minilm, m
     assert encoded == [["a small green triangle"]]  # only the phrase it had not seen
     assert torch.equal(again[0], first[1]) and torch.equal(again[1], first[0])
     phrased.CACHE_SIZE = 1  # more distinct phrases than it may remember: still right, memory bounded
-    assert torch.allclose(phrased(["a red circle and a cyan diamond"])[0, 12:],
-                          minilm._encode(["a cyan diamond"], 12, "phrase")[0], atol=1e-5)  # fmt: skip
+    assert torch.allclose(
+        phrased(["a red circle and a cyan diamond"])[0, 12:],
+        minilm._encode(["a cyan diamond"], 12, "phrase")[0],
+        atol=1e-5,
+    )
     assert len(phrased._memory) <= 1
     phrased.to(torch.float64)  # moving the encoder forgets states of the old dtype/device
     assert phrased(["a small blue square"]).dtype == torch.float64
@@ -73,7 +76,10 @@ def test_remembered_phrases_match_fresh_encodings_and_skip_the_encoder(minilm, m
 
 def test_phrase_splitting_and_its_errors():
     assert split_phrases("a red circle at the top and a blue square, a cyan diamond") == [
-        "a red circle at the top", "a blue square", "a cyan diamond"]  # fmt: skip
+        "a red circle at the top",
+        "a blue square",
+        "a cyan diamond",
+    ]
     assert split_phrases("Sand AND band") == ["Sand", "band"]  # whole words only, any case
     assert split_phrases(" , ") == [","]
     tiny = TinyTextEncoder(max_tokens=12, phrases=2)
@@ -88,8 +94,12 @@ def test_phrase_splitting_and_its_errors():
     with pytest.raises(ValueError, match=r"text_phrases=2 needs a text condition"):
         GeneratorConfig(text_phrases=2)
     with pytest.raises(ValueError, match=r"text_phrases=4 needs a text condition whose 6 prefix tokens"):
-        GeneratorConfig(condition="text", text_dim=8, text_phrases=4,
-                        backbone=BackboneConfig(dim=32, n_layer=1, n_head=4, grid_size=4, prefix_len=6))  # fmt: skip
+        GeneratorConfig(
+            condition="text",
+            text_dim=8,
+            text_phrases=4,
+            backbone=BackboneConfig(dim=32, n_layer=1, n_head=4, grid_size=4, prefix_len=6),
+        )
 
 
 def test_tiny_encoder_and_factory():
@@ -126,14 +136,27 @@ def test_text_generator_config_checks():
 
 
 def test_text_generator_trains_and_reloads(tmp_path):
-    vq_config = VQConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=16,
-                         codebook_embed_dim=4, norm_groups=4, decoder_res_blocks=1)  # fmt: skip
-    config = GeneratorConfig(vocab_size=16, condition="text", text_dim=32,
-                             backbone=BackboneConfig(dim=32, n_layer=1, n_head=4, grid_size=8, prefix_len=20))  # fmt: skip
+    vq_config = VQConfig(
+        resolution=32,
+        ch=8,
+        ch_mult=(1, 2, 2),
+        z_channels=8,
+        codebook_size=16,
+        codebook_embed_dim=4,
+        norm_groups=4,
+        decoder_res_blocks=1,
+    )
+    config = GeneratorConfig(
+        vocab_size=16,
+        condition="text",
+        text_dim=32,
+        backbone=BackboneConfig(dim=32, n_layer=1, n_head=4, grid_size=8, prefix_len=20),
+    )
     train_tokenizer(tmp_path / "vq", vq_config, steps=1, batch_size=2, photo_fraction=0.0, text_fraction=0.5)
     encoder = load_text_encoder("tiny", max_tokens=20)
-    model = train_generator(tmp_path / "gen", tmp_path / "vq", config, steps=3, batch_size=8, num_images=16,
-                            text_encoder=encoder)  # fmt: skip
+    model = train_generator(
+        tmp_path / "gen", tmp_path / "vq", config, steps=3, batch_size=8, num_images=16, text_encoder=encoder
+    )
     again = ImageGenerator.from_pretrained(tmp_path / "gen")
     states = encoder(["a large red circle at the top left"])
     tokens = torch.zeros(1, 64, dtype=torch.long)

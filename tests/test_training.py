@@ -15,8 +15,16 @@ from arstudio.training.generator import train_generator
 from arstudio.training.tokenizer import train_tokenizer
 from arstudio.training.video import train_video_generator
 
-VQ = VQConfig(resolution=32, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=16, codebook_embed_dim=4,
-              norm_groups=4, decoder_res_blocks=1)  # fmt: skip
+VQ = VQConfig(
+    resolution=32,
+    ch=8,
+    ch_mult=(1, 2, 2),
+    z_channels=8,
+    codebook_size=16,
+    codebook_embed_dim=4,
+    norm_groups=4,
+    decoder_res_blocks=1,
+)
 GEN = GeneratorConfig(
     vocab_size=16, num_classes=24, backbone=BackboneConfig(dim=32, n_layer=1, n_head=4, grid_size=8)
 )
@@ -72,8 +80,17 @@ def test_bridge_head_training_moves_only_the_head_and_resumes(tmp_path):
 
     config, trunk = tiny_bridge_setup(tmp_path)
     out = tmp_path / "bridge"
-    model = train_bridge_head(out, tmp_path / "tok", config, tmp_path / "trunk", steps=40, batch_tokens=256,
-                              lr=1e-2, num_images=24, save_every=20)  # fmt: skip
+    model = train_bridge_head(
+        out,
+        tmp_path / "tok",
+        config,
+        tmp_path / "trunk",
+        steps=40,
+        batch_tokens=256,
+        lr=1e-2,
+        num_images=24,
+        save_every=20,
+    )
     for name, value in trunk.state_dict().items():
         if name.startswith("blocks.") or name.startswith("norm."):  # untouched by head training
             assert torch.equal(model.state_dict()[name], value), name
@@ -83,8 +100,17 @@ def test_bridge_head_training_moves_only_the_head_and_resumes(tmp_path):
     loss = model.head.loss(tokens.flatten(0, 1), states)
     assert loss < torch.log(torch.tensor(8.0)) - 0.1  # better than uniform over the 8 levels
     assert torch.load(out / TRAIN_STATE, weights_only=True)["step"] == 40
-    resumed = train_bridge_head(out, tmp_path / "tok", config, tmp_path / "trunk", steps=41, batch_tokens=256,
-                                lr=1e-2, num_images=24, save_every=20)  # fmt: skip
+    resumed = train_bridge_head(
+        out,
+        tmp_path / "tok",
+        config,
+        tmp_path / "trunk",
+        steps=41,
+        batch_tokens=256,
+        lr=1e-2,
+        num_images=24,
+        save_every=20,
+    )
     assert torch.load(out / TRAIN_STATE, weights_only=True)["step"] == 41
     assert not torch.equal(resumed.head.output.weight, model.head.output.weight)
 
@@ -98,9 +124,30 @@ def test_train_bridge_head_cli_can_swap_in_a_transformer_head(tmp_path, monkeypa
     preset = replace(arstudio.presets.get_preset("test-tiny-bridge"), generator=config)  # at 32 px
     monkeypatch.setattr(arstudio.presets, "get_preset", lambda name: preset)
     out = tmp_path / "bridge"
-    args = ["train", "bridge-head", "--preset", "test-tiny-bridge", "--tokenizer", str(tmp_path / "tok"),
-            "--trunk", str(tmp_path / "trunk"), "--out", str(out), "--steps", "2", "--batch-tokens", "64",
-            "--num-images", "4", "--head-arch", "transformer", "--head-depth", "1", "--head-heads", "2"]  # fmt: skip
+    args = [
+        "train",
+        "bridge-head",
+        "--preset",
+        "test-tiny-bridge",
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--trunk",
+        str(tmp_path / "trunk"),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--batch-tokens",
+        "64",
+        "--num-images",
+        "4",
+        "--head-arch",
+        "transformer",
+        "--head-depth",
+        "1",
+        "--head-heads",
+        "2",
+    ]
     assert main(args) == 0
     config = ContinuousImageGenerator.from_pretrained(out).config
     assert (config.head_arch, config.head_depth, config.head_heads) == ("transformer", 1, 2)
@@ -144,12 +191,30 @@ def test_video_generator_training_in_bf16_keeps_a_weight_average(tmp_path):
     kl = replace(preset.tokenizer, resolution=32, block_out_channels=(8, 8, 16, 16))
     seeded(lambda: KLTokenizer(kl), 0).save_pretrained(tokenizer_dir)
     out = tmp_path / "video"
-    model = train_video_generator(out, tokenizer_dir, preset.generator, steps=3, batch_size=2, num_clips=4,
-                                  clip_frames=6, save_every=3, mixed_precision="bf16", ema_decay=0.5)  # fmt: skip
+    model = train_video_generator(
+        out,
+        tokenizer_dir,
+        preset.generator,
+        steps=3,
+        batch_size=2,
+        num_clips=4,
+        clip_frames=6,
+        save_every=3,
+        mixed_precision="bf16",
+        ema_decay=0.5,
+    )
     assert next(model.parameters()).dtype == torch.float32  # autocast leaves the weights in float32
     # The same run in float32 ends close by but not equal: the bf16 matmuls really ran.
-    fp32 = train_video_generator(tmp_path / "fp32", tokenizer_dir, preset.generator, steps=3, batch_size=2,
-                                 num_clips=4, clip_frames=6, save_every=3)  # fmt: skip
+    fp32 = train_video_generator(
+        tmp_path / "fp32",
+        tokenizer_dir,
+        preset.generator,
+        steps=3,
+        batch_size=2,
+        num_clips=4,
+        clip_frames=6,
+        save_every=3,
+    )
     for a, b in zip(model.parameters(), fp32.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=0.05, rtol=0.0)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), fp32.parameters(), strict=True))
@@ -257,8 +322,18 @@ def test_guided_rollout_drafter_training_raises_guided_acceptance(tmp_path, pres
     pipe = load_pipeline(preset, device="cpu", decoding_models=False)
     _write_token_tables(tmp_path, pipe)
     objective = DrafterObjective(guidance_scale=2.0, rollout=2, ce_weight=0.5)
-    drafter = train_drafter(tmp_path, preset, steps=25, batch_size=16, lr=3e-3, num_images=48, save_every=25,
-                            objective=objective, report_depth=2, eval_images=16)  # fmt: skip
+    drafter = train_drafter(
+        tmp_path,
+        preset,
+        steps=25,
+        batch_size=16,
+        lr=3e-3,
+        num_images=48,
+        save_every=25,
+        objective=objective,
+        report_depth=2,
+        eval_images=16,
+    )
     report = json.loads((tmp_path / ACCEPTANCE_FILE).read_text())
     assert report["guidance_scale"] == 2.0 and len(report["guided"]["per_position"]) == 2
     assert all(0 < rate <= 1 for mode in ("guided", "conditional") for rate in report[mode]["per_position"])
@@ -279,8 +354,12 @@ def test_drafter_objective_and_warm_start_refuse_bad_input(tmp_path):
     from arstudio.pipelines.loading import load_pipeline
     from arstudio.training.drafter import DrafterObjective, train_drafter
 
-    for bad, match in (({"rollout": 0}, "rollout=0"), ({"guidance_scale": float("nan")}, "guidance_scale=nan"),
-                       ({"temperature": 0.0}, "temperature=0.0"), ({"ce_weight": -1.0}, "ce_weight=-1.0")):  # fmt: skip
+    for bad, match in (
+        ({"rollout": 0}, "rollout=0"),
+        ({"guidance_scale": float("nan")}, "guidance_scale=nan"),
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"ce_weight": -1.0}, "ce_weight=-1.0"),
+    ):
         with pytest.raises(ValueError, match=match):
             DrafterObjective(**bad)
     with pytest.raises(SystemExit, match="--guidance-scale 2.0 applies with --cfg-loss"):

@@ -29,10 +29,36 @@ NEAR_2_63 = 2**63 - 3  # a browser number field would round it (doubles are exac
 KNOBS = [4, 1, 4, 1, 8, 0.2, 1.0, 1, 1.0, 0.15]  # knob fields: speculative, lantern, continuous_speculative
 
 
-def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed="7", randomize=False, count=2,
-             top_k=0, decoding="ar", knobs=KNOBS, guidance=2.0, steps=8):  # fmt: skip
-    return [preset, class_name, 0, prompt, "", seed, randomize, count, guidance, 1.0, top_k, 1.0, steps, decoding,
-            *knobs]  # fmt: skip
+def _request(
+    preset="test-tiny-c2i",
+    class_name="blue square",
+    prompt="",
+    seed="7",
+    randomize=False,
+    count=2,
+    top_k=0,
+    decoding="ar",
+    knobs=KNOBS,
+    guidance=2.0,
+    steps=8,
+):
+    return [
+        preset,
+        class_name,
+        0,
+        prompt,
+        "",
+        seed,
+        randomize,
+        count,
+        guidance,
+        1.0,
+        top_k,
+        1.0,
+        steps,
+        decoding,
+        *knobs,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +105,13 @@ def test_generate_round_trips_images_and_recipes(client):
     assert metas[0]["preset"] == "test-tiny-c2i" and metas[0]["decoding"] == "ar"
     # The UI's image is the Python API's image for the same recipe.
     pipe = arstudio.load_pipeline("test-tiny-c2i")
-    api = pipe(prompt="blue square", num_images_per_prompt=2, guidance_scale=2.0, output_type="np",
-               generator=[torch.Generator().manual_seed(s) for s in (7, 8)])  # fmt: skip
+    api = pipe(
+        prompt="blue square",
+        num_images_per_prompt=2,
+        guidance_scale=2.0,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(s) for s in (7, 8)],
+    )
     from PIL import Image
 
     for path, expected in zip(files, api.images, strict=True):
@@ -153,8 +184,9 @@ def test_bad_input_gets_a_readable_message_and_the_app_keeps_serving(client, tmp
 
 
 def test_text_preset_through_the_ui(client):
-    _, _, _, files = client.predict(*_request(preset="test-tiny-t2i", prompt="a red circle", count=1),
-                                    api_name="/generate")  # fmt: skip
+    _, _, _, files = client.predict(
+        *_request(preset="test-tiny-t2i", prompt="a red circle", count=1), api_name="/generate"
+    )
     meta = read_png_metadata(files[0])
     assert meta["prompt"] == "a red circle" and meta["preset"] == "test-tiny-t2i"
 
@@ -306,17 +338,42 @@ def test_control_tab_generates_from_a_drawn_control(tmp_path):
         Image.fromarray(drawing).save(path)
         file = gradio_client.handle_file(str(path))
         editor = {"background": file, "layers": [], "composite": file}
-        used, gallery, seed, status = client.predict("test-tiny-control", "red circle", "mask", 1.0, 2.0, False,
-                                                     3.0, "7", False, 2, False, editor,
-                                                     api_name="/control_generate")  # fmt: skip
+        used, gallery, seed, status = client.predict(
+            "test-tiny-control",
+            "red circle",
+            "mask",
+            1.0,
+            2.0,
+            False,
+            3.0,
+            "7",
+            False,
+            2,
+            False,
+            editor,
+            api_name="/control_generate",
+        )
         assert len(gallery) == 2 and "mask control" in status and seed == "7"
         seen = np.asarray(Image.open(used).convert("L"))[::8, ::8] > 0  # the 16x16 map, shown 8x larger
         assert seen[4:10, 4:10].all() and seen.sum() == 36
         with pytest.raises(
             gradio_client.exceptions.AppError, match="2.5 is greater than maximum value 2.0"
         ):  # Gradio's own check
-            client.predict("test-tiny-control", "red circle", "mask", 2.5, 2.0, False, 3.0, "7", False, 1, False,
-                           editor, api_name="/control_generate")  # fmt: skip
+            client.predict(
+                "test-tiny-control",
+                "red circle",
+                "mask",
+                2.5,
+                2.0,
+                False,
+                3.0,
+                "7",
+                False,
+                1,
+                False,
+                editor,
+                api_name="/control_generate",
+            )
     finally:
         app.close()
 
@@ -326,8 +383,13 @@ def test_seeds_near_2_63_round_trip_exactly_through_the_ui_and_the_recipe(client
     assert seed == str(NEAR_2_63)
     assert [read_png_metadata(f)["seed"] for f in files] == [NEAR_2_63, NEAR_2_63 + 1]
     pipe = arstudio.load_pipeline("test-tiny-c2i")  # the pixels are those of the exact seeds
-    api = pipe(prompt="blue square", num_images_per_prompt=2, guidance_scale=2.0, output_type="np",
-               generator=[torch.Generator().manual_seed(s) for s in (NEAR_2_63, NEAR_2_63 + 1)])  # fmt: skip
+    api = pipe(
+        prompt="blue square",
+        num_images_per_prompt=2,
+        guidance_scale=2.0,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(s) for s in (NEAR_2_63, NEAR_2_63 + 1)],
+    )
     from PIL import Image
 
     assert all(
@@ -386,11 +448,13 @@ def test_continuous_presets_get_diffusion_steps_instead_of_top_k_and_top_p(clien
 def test_a_prompt_with_no_known_word_warns_but_generates(client):
     from arstudio.ui.prompt_words import unknown_prompt_warning
 
-    _, _, status, files = client.predict(*_request(preset="test-tiny-t2i", prompt="asdkjh qwe zzz 123", count=1),
-                                         api_name="/generate")  # fmt: skip
+    _, _, status, files = client.predict(
+        *_request(preset="test-tiny-t2i", prompt="asdkjh qwe zzz 123", count=1), api_name="/generate"
+    )
     assert len(files) == 1 and "understood no word of 'asdkjh qwe zzz 123'" in status
-    _, _, status, _ = client.predict(*_request(preset="test-tiny-t2i", prompt="a red circle", count=1),
-                                     api_name="/generate")  # fmt: skip
+    _, _, status, _ = client.predict(
+        *_request(preset="test-tiny-t2i", prompt="a red circle", count=1), api_name="/generate"
+    )
     assert "understood no word" not in status
     shapes = type("Pipe", (), {"preset": arstudio.get_preset("shapes-t2i"), "text_encoder": object()})()
     assert "understood no word" in unknown_prompt_warning(shapes, "asdkjh qwe zzz 123")
@@ -454,8 +518,9 @@ def test_stop_reaches_the_pipeline_between_previews():
 
     switches = StopSwitches()
     kwargs = {"prompt": "red circle", "generator": torch.Generator().manual_seed(0)}
-    stream = generate_with_previews(Slow(), kwargs, previews=8, min_interval_s=0, max_share=1.0,
-                                    stop=switches.start("session-a"))  # fmt: skip
+    stream = generate_with_previews(
+        Slow(), kwargs, previews=8, min_interval_s=0, max_share=1.0, stop=switches.start("session-a")
+    )
     assert isinstance(next(stream), Preview)
     switches.stop("session-b")  # another session's Stop changes nothing here
     switches.stop("session-a")

@@ -156,8 +156,11 @@ def test_context_frames_are_kept_and_callback_stops(model, device):
 
 def test_pipeline_is_seeded_and_returns_frames(pipe):
     a = pipe(class_labels=[4, 9], num_frames=5, generator=torch.Generator().manual_seed(7))
-    b = pipe(prompt=["magenta circle", "a yellow square moving up-left"], num_frames=5,
-             generator=torch.Generator().manual_seed(7))  # fmt: skip
+    b = pipe(
+        prompt=["magenta circle", "a yellow square moving up-left"],
+        num_frames=5,
+        generator=torch.Generator().manual_seed(7),
+    )
     assert len(a.frames) == 2 and len(a.frames[0]) == 5 and a.frames[0][0].size == (16, 16)
     assert torch.equal(a.latents, b.latents) and a.seeds == b.seeds
     assert a.latents.shape == (2, 5, 4, 4, 4)
@@ -198,8 +201,13 @@ def test_compiled_video_step_gives_the_eager_frames(device):
 def test_pipeline_video_prediction_keeps_the_context(pipe):
     context = np.zeros((2, 16, 16, 3), np.uint8)
     context[:, 4:10, 4:10] = (230, 50, 50)
-    out = pipe(class_labels=[0], num_frames=4, context_frames=context, output_type="np",
-               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = pipe(
+        class_labels=[0],
+        num_frames=4,
+        context_frames=context,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     pixels = torch.from_numpy(context).permute(0, 3, 1, 2).float() / 127.5 - 1
     encoded = pipe.tokenizer.encode(pixels.to(pipe.device))
     assert torch.allclose(out.latents[0, :2], encoded, atol=1e-5)
@@ -210,8 +218,9 @@ def test_pipeline_first_frame_from_the_keyframe_image_preset(pipe):
     video = pipe(
         class_labels=[3, 8], num_frames=4, first_frame="image", generator=torch.Generator().manual_seed(5)
     )
-    image = arstudio.load_pipeline("test-tiny-continuous", device=pipe.device)(class_labels=[3, 8], generator=[
-        torch.Generator().manual_seed(s) for s in video.seeds])  # fmt: skip
+    image = arstudio.load_pipeline("test-tiny-continuous", device=pipe.device)(
+        class_labels=[3, 8], generator=[torch.Generator().manual_seed(s) for s in video.seeds]
+    )
     assert torch.allclose(video.latents[:, 0], image.tokens)  # frame 0 is the image preset's sample
     assert video.metadata[0]["first_frame"] == "image" and video.metadata[0]["context_frames"] == 0
     plain = pipe(
@@ -220,8 +229,12 @@ def test_pipeline_first_frame_from_the_keyframe_image_preset(pipe):
     assert plain.metadata[0]["first_frame"] == "video" and not torch.allclose(
         plain.latents[:, 0], image.tokens
     )
-    again = pipe(class_labels=[8], num_frames=4, first_frame="image",
-                 generator=[torch.Generator().manual_seed(video.seeds[1])])  # fmt: skip
+    again = pipe(
+        class_labels=[8],
+        num_frames=4,
+        first_frame="image",
+        generator=[torch.Generator().manual_seed(video.seeds[1])],
+    )
     assert torch.allclose(again.latents[0], video.latents[1], atol=1e-5)  # still one seed per video
 
 
@@ -304,12 +317,20 @@ def test_render_batch_takes_video_jobs(tmp_path):
     from arstudio.export import read_video
     from arstudio.render import read_manifest, render_batch
 
-    jobs = [{"preset": "test-tiny-video", "class": "red circle", "seed": 3, "count": 2, "num_frames": 3,
-             "num_inference_steps": 2},
-            {"preset": "test-tiny-video", "class": 1, "seed": 0, "num_frames": 99},
-            {"preset": "test-tiny-video", "class": 1, "seed": 0, "top_k": 3},
-            {"preset": "test-tiny-video", "class": 1, "seed": 0, "first_frame": "noise"},
-            {"preset": "test-tiny-video", "class": 2, "seed": 1, "num_frames": 2, "first_frame": "image"}]  # fmt: skip
+    jobs = [
+        {
+            "preset": "test-tiny-video",
+            "class": "red circle",
+            "seed": 3,
+            "count": 2,
+            "num_frames": 3,
+            "num_inference_steps": 2,
+        },
+        {"preset": "test-tiny-video", "class": 1, "seed": 0, "num_frames": 99},
+        {"preset": "test-tiny-video", "class": 1, "seed": 0, "top_k": 3},
+        {"preset": "test-tiny-video", "class": 1, "seed": 0, "first_frame": "noise"},
+        {"preset": "test-tiny-video", "class": 2, "seed": 1, "num_frames": 2, "first_frame": "image"},
+    ]
     summary = render_batch(jobs, tmp_path, progress=False)
     assert summary.rendered == 3 and len(summary.failed) == 3
     assert "num_frames=99 is out of range" in summary.failed[0] and "top_k" in summary.failed[1]
@@ -323,8 +344,22 @@ def test_render_batch_takes_video_jobs(tmp_path):
 def test_cli_generates_videos(tmp_path):
     from arstudio.cli import main
 
-    assert main(["generate", "--preset", "test-tiny-video", "--class-labels", "3", "--num-frames", "2",
-                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--preset",
+                "test-tiny-video",
+                "--class-labels",
+                "3",
+                "--num-frames",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert len(list(tmp_path.glob("*.gif"))) == 1 and len(list(tmp_path.glob("*.json"))) == 1
     assert main(["generate", "--preset", "test-tiny-video", "--top-k", "3", "--out", str(tmp_path)]) == 2
 

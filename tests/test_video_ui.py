@@ -58,8 +58,14 @@ def test_video_tab_generates_the_api_video_with_downloads(client):
     meta = json.loads(open(next(f for f in files if f.endswith(".json"))).read())
     assert meta["seed"] == 5 and meta["class_name"] == "blue square" and meta["num_frames"] == 3
     pipe = arstudio.load_pipeline("test-tiny-video")
-    api = pipe(prompt="blue square", num_frames=3, num_inference_steps=2, guidance_scale=1.5, output_type="np",
-               generator=[torch.Generator().manual_seed(5)])  # fmt: skip
+    api = pipe(
+        prompt="blue square",
+        num_frames=3,
+        num_inference_steps=2,
+        guidance_scale=1.5,
+        output_type="np",
+        generator=[torch.Generator().manual_seed(5)],
+    )
     assert np.array_equal(gif[:, ::4, ::4], api.frames[0])  # the UI's video is the API's (gif is lossless)
     _, _, _, files = client.predict(*_request(first_frame="image"), api_name="/generate_video")
     meta = json.loads(open(next(f for f in files if f.endswith(".json"))).read())
@@ -71,8 +77,9 @@ def test_video_tab_predicts_from_an_uploaded_clip_and_refuses_bad_ones(client, t
     clip[:, 4:9, 4:9] = (60, 100, 240)
     good = tmp_path / "context.gif"
     good.write_bytes(video_bytes(clip, "gif"))
-    _, _, status, _ = client.predict(*_request(frames=4, context=gradio_client.handle_file(str(good))),
-                                     api_name="/generate_video")  # fmt: skip
+    _, _, status, _ = client.predict(
+        *_request(frames=4, context=gradio_client.handle_file(str(good))), api_name="/generate_video"
+    )
     assert "x 4 frames" in status
     wrong_size = tmp_path / "big.gif"
     wrong_size.write_bytes(video_bytes(np.zeros((2, 32, 32, 3), np.uint8), "gif"))

@@ -6,8 +6,16 @@ import torch
 from arstudio.io import check_state_dict, load_safetensors
 from arstudio.tokenizers.vq import VQConfig, VQTokenizer, codebook_usage
 
-TINY = VQConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=32, codebook_embed_dim=4,
-                norm_groups=4, decoder_res_blocks=1)  # fmt: skip
+TINY = VQConfig(
+    resolution=16,
+    ch=8,
+    ch_mult=(1, 2, 2),
+    z_channels=8,
+    codebook_size=32,
+    codebook_embed_dim=4,
+    norm_groups=4,
+    decoder_res_blocks=1,
+)
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,17 @@ def _run_train_tokenizer(args) -> None:
     from arstudio.training.tokenizer import train_tokenizer
 
     config = VQConfig(resolution=args.resolution, codebook_size=args.codebook_size)
-    train_tokenizer(args.out, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, photo_fraction=args.photo_fraction, text_fraction=args.text_fraction,
-                    init_from=args.init_from)  # fmt: skip
+    train_tokenizer(
+        args.out,
+        config,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        photo_fraction=args.photo_fraction,
+        text_fraction=args.text_fraction,
+        init_from=args.init_from,
+    )
     print(f"tokenizer saved to {args.out}")
 
 
@@ -67,8 +75,12 @@ def _add_train_bridge_tokenizer(sub) -> None:
     p.add_argument("--kl", required=True, help="directory of a trained KL tokenizer")
     p.add_argument("--levels", type=int, default=64, help="quantisation levels per dimension (default 64)")
     p.add_argument("--num-images", type=int, default=4096, help="images whose latents fit the statistics")
-    p.add_argument("--method", default="empirical", choices=("empirical", "gaussian", "lloyd"),
-                   help="bins: equal-probability (default), TokenBridge's Gaussian ones, or MSE-optimal")  # fmt: skip
+    p.add_argument(
+        "--method",
+        default="empirical",
+        choices=("empirical", "gaussian", "lloyd"),
+        help="bins: equal-probability (default), TokenBridge's Gaussian ones, or MSE-optimal",
+    )
     p.set_defaults(func=_run_train_bridge_tokenizer)
 
 
@@ -79,8 +91,10 @@ def _run_train_bridge_tokenizer(args) -> None:
         args.out, args.kl, levels=args.levels, num_images=args.num_images, method=args.method
     )
     for row in table:
-        print(f"bits/dim {row['bits']!s:>4} {row['method']!s:9}  latent MSE / var {row['relative_latent_mse']:.4f}  "
-              f"PSNR {row['psnr']:.2f} dB")  # fmt: skip
+        print(
+            f"bits/dim {row['bits']!s:>4} {row['method']!s:9}  latent MSE / var {row['relative_latent_mse']:.4f}  "
+            f"PSNR {row['psnr']:.2f} dB"
+        )
     print(f"bridge tokenizer saved to {args.out}")
 
 
@@ -114,12 +128,25 @@ def _run_train_bridge_head(args) -> None:
     from arstudio.presets import get_preset
     from arstudio.training.bridge_head import train_bridge_head
 
-    options = (("head_arch", args.head_arch), ("head_width", args.head_width), ("head_depth", args.head_depth),
-               ("head_heads", args.head_heads), ("levels", args.levels))  # fmt: skip
+    options = (
+        ("head_arch", args.head_arch),
+        ("head_width", args.head_width),
+        ("head_depth", args.head_depth),
+        ("head_heads", args.head_heads),
+        ("levels", args.levels),
+    )
     config = replace(get_preset(args.preset).generator, **{k: v for k, v in options if v is not None})
-    train_bridge_head(args.out, args.tokenizer, config, args.trunk, steps=args.steps,
-                      batch_tokens=args.batch_tokens, lr=args.lr, num_images=args.num_images,
-                      seed=args.seed)  # fmt: skip
+    train_bridge_head(
+        args.out,
+        args.tokenizer,
+        config,
+        args.trunk,
+        steps=args.steps,
+        batch_tokens=args.batch_tokens,
+        lr=args.lr,
+        num_images=args.num_images,
+        seed=args.seed,
+    )
     print(f"bridge generator saved to {args.out}")
 
 
@@ -141,8 +168,12 @@ def _add_train_generator(sub) -> None:
         "generator may start from a diffusion/flow run on the same KL latents: trunk only)",
     )
     p.add_argument("--save-every", type=int, default=250, help="checkpoint every this many steps")
-    p.add_argument("--warm-lr-scale", type=float, default=1.0,
-                   help="with --init-from: learning-rate factor of the warm-started parameters (new ones: 1)")  # fmt: skip
+    p.add_argument(
+        "--warm-lr-scale",
+        type=float,
+        default=1.0,
+        help="with --init-from: learning-rate factor of the warm-started parameters (new ones: 1)",
+    )
     p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no", help="bf16: autocast matmuls")
     size = p.add_argument_group("a smaller model than the preset's (e.g. a draft model for speculation)")
     size.add_argument("--backbone-dim", type=int, help="backbone width")
@@ -157,8 +188,15 @@ def _resized(config, args):
     """The preset's generator config with the size overrides given on the command line."""
     from dataclasses import replace
 
-    backbone = {k: v for k, v in (("dim", args.backbone_dim), ("n_layer", args.backbone_layers),
-                                  ("n_head", args.backbone_heads)) if v is not None}  # fmt: skip
+    backbone = {
+        k: v
+        for k, v in (
+            ("dim", args.backbone_dim),
+            ("n_layer", args.backbone_layers),
+            ("n_head", args.backbone_heads),
+        )
+        if v is not None
+    }
     head = {
         k: v for k, v in (("head_width", args.head_width), ("head_depth", args.head_depth)) if v is not None
     }
@@ -177,10 +215,21 @@ def _run_train_generator(args) -> None:
         from arstudio.generators.text_encoders import load_text_encoder
 
         text_encoder = load_text_encoder(preset.text_encoder, preset.text_len, phrases=preset.text_phrases)
-    train_generator(args.out, args.tokenizer, _resized(preset.generator, args), steps=args.steps, batch_size=args.batch_size,
-                    lr=args.lr, num_images=args.num_images, seed=args.seed, text_encoder=text_encoder,
-                    init_from=args.init_from, save_every=args.save_every,
-                    warm_lr_scale=args.warm_lr_scale, mixed_precision=args.mixed_precision)  # fmt: skip
+    train_generator(
+        args.out,
+        args.tokenizer,
+        _resized(preset.generator, args),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_images=args.num_images,
+        seed=args.seed,
+        text_encoder=text_encoder,
+        init_from=args.init_from,
+        save_every=args.save_every,
+        warm_lr_scale=args.warm_lr_scale,
+        mixed_precision=args.mixed_precision,
+    )
     print(f"generator saved to {args.out}")
 
 
@@ -205,10 +254,19 @@ def _run_train_video_generator(args) -> None:
     from arstudio.presets import get_preset
     from arstudio.training.video import train_video_generator
 
-    train_video_generator(args.out, args.tokenizer, get_preset(args.preset).generator, steps=args.steps,
-                          batch_size=args.batch_size, lr=args.lr, num_clips=args.num_clips,
-                          clip_frames=args.clip_frames, seed=args.seed, mixed_precision=args.mixed_precision,
-                          ema_decay=args.ema_decay)  # fmt: skip
+    train_video_generator(
+        args.out,
+        args.tokenizer,
+        get_preset(args.preset).generator,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_clips=args.num_clips,
+        clip_frames=args.clip_frames,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        ema_decay=args.ema_decay,
+    )
     print(f"video generator saved to {args.out}")
 
 
@@ -227,8 +285,15 @@ def _run_train_causal_video_tokenizer(args) -> None:
     from arstudio.tokenizers.causal_video import CausalVideoConfig
     from arstudio.training.video_tokenizer import train_causal_video_tokenizer
 
-    train_causal_video_tokenizer(args.out, CausalVideoConfig(), steps=args.steps, batch_size=args.batch_size,
-                                 num_frames=args.num_frames, lr=args.lr, seed=args.seed)  # fmt: skip
+    train_causal_video_tokenizer(
+        args.out,
+        CausalVideoConfig(),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        num_frames=args.num_frames,
+        lr=args.lr,
+        seed=args.seed,
+    )
     print(f"causal video tokenizer saved to {args.out}")
 
 
@@ -242,16 +307,27 @@ def _add_train_drafter(sub) -> None:
     p.add_argument("--num-images", type=int, default=20_000, help="size of the tokenized training set")
     p.add_argument("--seed", type=int, default=0)
     aim = p.add_argument_group("what the drafter is fitted to (default: LANTERN's conditional-stream recipe)")
-    aim.add_argument("--cfg-loss", action="store_true",
-                     help="match the guided distributions at the preset's guidance scale and temperature")  # fmt: skip
+    aim.add_argument(
+        "--cfg-loss",
+        action="store_true",
+        help="match the guided distributions at the preset's guidance scale and temperature",
+    )
     aim.add_argument("--guidance-scale", type=float, default=None, help="with --cfg-loss: another scale")
-    aim.add_argument("--rollout", type=int, default=1,
-                     help="draft steps trained per position; > 1 feeds back the drafter's own predictions")  # fmt: skip
+    aim.add_argument(
+        "--rollout",
+        type=int,
+        default=1,
+        help="draft steps trained per position; > 1 feeds back the drafter's own predictions",
+    )
     aim.add_argument(
         "--ce-weight", type=float, default=0.1, help="cross-entropy weight beside the regression"
     )
-    p.add_argument("--report-depth", type=int, default=4,
-                   help="report acceptance for this many draft positions at the end (0: no report)")  # fmt: skip
+    p.add_argument(
+        "--report-depth",
+        type=int,
+        default=4,
+        help="report acceptance for this many draft positions at the end (0: no report)",
+    )
     p.add_argument("--eval-images", type=int, default=256, help="held-out images of the acceptance report")
     p.add_argument(
         "--init-from", default=None, help="start from this drafter (same target), e.g. the shipped one"
@@ -270,12 +346,22 @@ def _run_train_drafter(args) -> None:
         defaults = get_preset(args.preset).defaults
         scale = defaults.get("guidance_scale", 1.0) if args.guidance_scale is None else args.guidance_scale
         temperature = defaults.get("temperature", 1.0)
-    objective = DrafterObjective(guidance_scale=scale, temperature=temperature, rollout=args.rollout,
-                                 ce_weight=args.ce_weight)  # fmt: skip
-    train_drafter(args.out, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                  num_images=args.num_images, seed=args.seed, objective=objective,
-                  report_depth=args.report_depth, eval_images=args.eval_images,
-                  init_from=args.init_from)  # fmt: skip
+    objective = DrafterObjective(
+        guidance_scale=scale, temperature=temperature, rollout=args.rollout, ce_weight=args.ce_weight
+    )
+    train_drafter(
+        args.out,
+        args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_images=args.num_images,
+        seed=args.seed,
+        objective=objective,
+        report_depth=args.report_depth,
+        eval_images=args.eval_images,
+        init_from=args.init_from,
+    )
     print(f"drafter saved to {args.out}")
 
 
@@ -306,8 +392,12 @@ def _add_train_distill(sub) -> None:
 
 def _run_train_distill(args) -> None:
     dd1 = args.method == "dd1"
-    options = {"steps": args.steps or (600 if dd1 else 200), "batch_size": args.batch_size or (64 if dd1 else 16),
-               "lr": args.lr or (5e-4 if dd1 else 1e-4), "seed": args.seed}  # fmt: skip
+    options = {
+        "steps": args.steps or (600 if dd1 else 200),
+        "batch_size": args.batch_size or (64 if dd1 else 16),
+        "lr": args.lr or (5e-4 if dd1 else 1e-4),
+        "seed": args.seed,
+    }
     if dd1:
         from arstudio.training.distill import train_dd1
 
@@ -315,9 +405,17 @@ def _run_train_distill(args) -> None:
     else:
         from arstudio.training.distill_dd2 import train_dd2
 
-        train_dd2(args.out, args.teacher, init=args.init, dd1_weight=args.dd1_weight,
-                  num_pairs=args.pairs if args.init else 0, snapshot_every=args.snapshot_every,
-                  guidance_scale=args.guidance_scale, ema_decay=args.ema_decay, **options)  # fmt: skip
+        train_dd2(
+            args.out,
+            args.teacher,
+            init=args.init,
+            dd1_weight=args.dd1_weight,
+            num_pairs=args.pairs if args.init else 0,
+            snapshot_every=args.snapshot_every,
+            guidance_scale=args.guidance_scale,
+            ema_decay=args.ema_decay,
+            **options,
+        )
     print(f"{args.method} model saved to {args.out}")
 
 
@@ -347,17 +445,26 @@ def _add_train_classifier(sub) -> None:
 def _run_train_classifier(args) -> None:
     from arstudio.evaluation.fd_shapes import train_classifier
 
-    train_classifier(args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                     resolution=args.resolution)  # fmt: skip
+    train_classifier(
+        args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, resolution=args.resolution
+    )
     print(f"classifier saved to {args.out}")
 
 
 def _add_loading_flags(p) -> None:
     """How pipelines are loaded: shared by generate, render and ui (``arstudio.load_pipeline``'s options)."""
-    p.add_argument("--compile", choices=("auto", "on", "off"), default=None,
-                   help="torch.compile the model: auto (the loader decides; the default), on, off")  # fmt: skip
-    p.add_argument("--attention-backend", choices=("sdpa", "xformers"), default=None,
-                   help="attention kernels (default: sdpa; xformers needs the [gpu] extra)")  # fmt: skip
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="torch.compile the model: auto (the loader decides; the default), on, off",
+    )
+    p.add_argument(
+        "--attention-backend",
+        choices=("sdpa", "xformers"),
+        default=None,
+        help="attention kernels (default: sdpa; xformers needs the [gpu] extra)",
+    )
 
 
 def _loading_kwargs(args) -> dict:
@@ -381,13 +488,25 @@ def _add_generate(sub) -> None:
     group.add_argument("--class-labels", type=int, nargs="+", help="class ids (default: every class)")
     group.add_argument("--prompt", nargs="+", help='text (text presets) or class names, e.g. "red circle"')
     p.add_argument("--negative-prompt", nargs="+", default=None, help="text presets: one, or one per prompt")
-    p.add_argument("--num-images-per-prompt", type=int, default=1,
-                   help=f"any number: made --batch-size at a time, each batch written as it finishes "
-                   f"(at most {MAX_IMAGES_PER_RUN:,} in all)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per pipeline call (default: sized to the device, arstudio.limits)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0,
-                   help="in [0, 2**63): seed of the generator the per-image seeds come from")  # fmt: skip
+    p.add_argument(
+        "--num-images-per-prompt",
+        type=int,
+        default=1,
+        help=f"any number: made --batch-size at a time, each batch written as it finishes "
+        f"(at most {MAX_IMAGES_PER_RUN:,} in all)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per pipeline call (default: sized to the device, arstudio.limits)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="in [0, 2**63): seed of the generator the per-image seeds come from",
+    )
     p.add_argument("--guidance-scale", type=float, default=None, help="default: the preset's")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
@@ -407,20 +526,34 @@ def _add_generate(sub) -> None:
     p.add_argument(
         "--download", action="store_true", help="hub presets: download the official files if missing"
     )
-    p.add_argument("--no-grid", action="store_true",
-                   help=f"do not write grid.png (the contact sheet of the first {MAX_GRID_IMAGES} images)")  # fmt: skip
-    p.add_argument("--num-frames", type=int, default=None,
-                   help=f"video presets only: frames per video, mp4 + gif (default {DEFAULT_NUM_FRAMES})")  # fmt: skip
-    p.add_argument("--control-image", default=None,
-                   help="control presets: a one-channel PNG at the model's resolution (white edges/mask on black)")  # fmt: skip
+    p.add_argument(
+        "--no-grid",
+        action="store_true",
+        help=f"do not write grid.png (the contact sheet of the first {MAX_GRID_IMAGES} images)",
+    )
+    p.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        help=f"video presets only: frames per video, mp4 + gif (default {DEFAULT_NUM_FRAMES})",
+    )
+    p.add_argument(
+        "--control-image",
+        default=None,
+        help="control presets: a one-channel PNG at the model's resolution (white edges/mask on black)",
+    )
     p.add_argument(
         "--control-type", default=None, help="control presets: e.g. edges or mask (default: the first)"
     )
     p.add_argument(
         "--control-strength", type=float, default=None, help="control presets: in [0, 2] (default 1)"
     )
-    p.add_argument("--control-guidance-scale", type=float, default=None,
-                   help="control presets: guidance over the control alone (default: joint with --guidance-scale)")  # fmt: skip
+    p.add_argument(
+        "--control-guidance-scale",
+        type=float,
+        default=None,
+        help="control presets: guidance over the control alone (default: joint with --guidance-scale)",
+    )
     p.set_defaults(func=_run_generate)
 
 
@@ -540,12 +673,15 @@ def _check_generate_request(args, preset) -> None:
         )
     prompts = len(args.prompt or _default_labels(args, preset))
     if args.negative_prompt is not None and len(args.negative_prompt) not in (1, prompts):
-        raise ValueError(f"got {len(args.negative_prompt)} negative prompts for {prompts} prompts; "
-                         "pass 1 or one each")  # fmt: skip
+        raise ValueError(
+            f"got {len(args.negative_prompt)} negative prompts for {prompts} prompts; pass 1 or one each"
+        )
     n = args.num_images_per_prompt
     if not 1 <= n or prompts * n > MAX_IMAGES_PER_RUN:
-        raise ValueError(f"--num-images-per-prompt={n} must be >= 1, and {prompts} prompt(s) x {n} at most "
-                         f"{MAX_IMAGES_PER_RUN:,} images in one run")  # fmt: skip
+        raise ValueError(
+            f"--num-images-per-prompt={n} must be >= 1, and {prompts} prompt(s) x {n} at most "
+            f"{MAX_IMAGES_PER_RUN:,} images in one run"
+        )
 
 
 def _check_flags_fit_the_preset(args, preset) -> None:
@@ -584,8 +720,9 @@ def _run_generate(args) -> None:
     _check_generate_request(args, preset)
     labels = _default_labels(args, preset)
     control = _control_kwargs(args)
-    pipe = load_pipeline(args.preset, device=args.device, weights=args.weights, download=args.download,
-                         **_loading_kwargs(args))  # fmt: skip
+    pipe = load_pipeline(
+        args.preset, device=args.device, weights=args.weights, download=args.download, **_loading_kwargs(args)
+    )
     batch = args.batch_size or default_batch_size(pipe.device)
     if preset.task == "class-to-video":
         written, seconds = _generate_videos(pipe, args, labels, batch)
@@ -651,8 +788,14 @@ def _generate_videos(pipe, args, labels, batch: int) -> tuple[int, float]:
     num_frames = DEFAULT_NUM_FRAMES if args.num_frames is None else args.num_frames
     written, seconds = 0, 0.0
     for start, condition, generators in _batches(args, labels, batch):
-        out = pipe(**condition, num_frames=num_frames, generator=generators, guidance_scale=args.guidance_scale,
-                   temperature=args.temperature, num_inference_steps=args.num_inference_steps)  # fmt: skip
+        out = pipe(
+            **condition,
+            num_frames=num_frames,
+            generator=generators,
+            guidance_scale=args.guidance_scale,
+            temperature=args.temperature,
+            num_inference_steps=args.num_inference_steps,
+        )
         written += len(save_videos(out, args.out, formats=formats, scale=4, first_index=start))
         seconds += out.timings["total_s"]
     return written, seconds
@@ -678,8 +821,16 @@ def _run_presets(args) -> None:
         else:
             size = human_size(facts.download_bytes, "B") + ("" if facts.download_exact else " est.")
             weights = f"hub: local copy ({size})" if facts.local else f"hub: needs weights (download {size})"
-        rows.append((name, preset.task, human_size(facts.generator_params), f"{facts.resolution} px", weights,
-                     preset.description))  # fmt: skip
+        rows.append(
+            (
+                name,
+                preset.task,
+                human_size(facts.generator_params),
+                f"{facts.resolution} px",
+                weights,
+                preset.description,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]  # columns as wide as their longest entry
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5])
@@ -689,8 +840,12 @@ def _add_render(sub) -> None:
     p = sub.add_parser("render", help="render a JSONL jobs file into a folder (resumable; accelerate-aware)")
     p.add_argument("jobs", help='JSONL, one job a line, e.g. {"preset": "shapes-c2i", "class": 0, "seed": 1}')
     p.add_argument("--out", required=True, help="output folder (PNGs + manifest.jsonl); rerun to resume")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="seeds of one job rendered per call (default: sized to the device); keep it when resuming")  # fmt: skip
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="seeds of one job rendered per call (default: sized to the device); keep it when resuming",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     _add_loading_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -700,8 +855,14 @@ def _add_render(sub) -> None:
 def _run_render(args) -> None:
     from arstudio.render import render_batch
 
-    summary = render_batch(args.jobs, args.out, device=args.device, batch_size=args.batch_size,
-                           progress=not args.no_progress, load_options=_loading_kwargs(args))  # fmt: skip
+    summary = render_batch(
+        args.jobs,
+        args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        load_options=_loading_kwargs(args),
+    )
     if summary.main_process:
         print(summary)
     if summary.failed:
@@ -726,13 +887,21 @@ def _add_ui(sub) -> None:
 def _run_ui(args) -> None:
     from arstudio.ui import launch
 
-    launch(host=args.host, port=args.port, share=args.share == "true", preset=args.preset, device=args.device,
-           load_options=_loading_kwargs(args))  # fmt: skip
+    launch(
+        host=args.host,
+        port=args.port,
+        share=args.share == "true",
+        preset=args.preset,
+        device=args.device,
+        load_options=_loading_kwargs(args),
+    )
 
 
 def _add_tune_speculative(sub) -> None:
-    p = sub.add_parser("tune-speculative", help="measure draft shapes against plain AR; keep the fastest as "
-                       "the preset's speculative defaults")  # fmt: skip
+    p = sub.add_parser(
+        "tune-speculative",
+        help="measure draft shapes against plain AR; keep the fastest as the preset's speculative defaults",
+    )
     p.add_argument("--preset", required=True, help="a preset with a drafter (see `arstudio presets`)")
     p.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4, 6], help="draft depths (draft_tokens)")
     p.add_argument("--widths", type=int, nargs="+", default=[1, 2, 3], help="draft widths (1: a chain)")

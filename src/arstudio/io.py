@@ -82,8 +82,12 @@ def storage_state(model: nn.Module, dtype: torch.dtype | None = None) -> dict[st
     return state
 
 
-def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
-                     allow_missing: tuple[str, ...] = ()) -> None:  # fmt: skip
+def check_state_dict(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str = "checkpoint",
+    allow_missing: tuple[str, ...] = (),
+) -> None:
     """Raise if ``state`` does not match ``model`` key for key and shape for shape (``allow_missing``: keys
     that may be absent and keep the model's own values, e.g. a parameter added since a warm start's run).
 

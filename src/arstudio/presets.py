@@ -110,8 +110,11 @@ def register_preset(preset: Preset) -> Preset:
 
 def list_presets(pattern: str = "*", task: str | None = None) -> list[str]:
     """Names of the registered presets matching a glob pattern (and a task, e.g. "class-to-video"), sorted."""
-    return sorted(name for name, preset in _REGISTRY.items()
-                  if fnmatch.fnmatch(name, pattern) and task in (None, preset.task))  # fmt: skip
+    return sorted(
+        name
+        for name, preset in _REGISTRY.items()
+        if fnmatch.fnmatch(name, pattern) and task in (None, preset.task)
+    )
 
 
 def get_preset(name: str) -> Preset:
@@ -126,8 +129,16 @@ def _shapes_class_names() -> tuple[str, ...]:
     return tuple(class_name(i) for i in range(NUM_CLASSES))
 
 
-_TINY_TOKENIZER = VQConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), z_channels=8, codebook_size=32,
-                           codebook_embed_dim=4, norm_groups=4, decoder_res_blocks=1)  # fmt: skip
+_TINY_TOKENIZER = VQConfig(
+    resolution=16,
+    ch=8,
+    ch_mult=(1, 2, 2),
+    z_channels=8,
+    codebook_size=32,
+    codebook_embed_dim=4,
+    norm_groups=4,
+    decoder_res_blocks=1,
+)
 SHAPES_TOKENIZER = VQConfig(resolution=32, ch=32, ch_mult=(1, 2, 2), z_channels=64, codebook_size=512)
 
 register_preset(
@@ -161,7 +172,7 @@ register_preset(
             codebook_embed_dim=4,
             norm_groups=4,
             decoder_res_blocks=1,
-        ),  # fmt: skip
+        ),
         generator=GeneratorConfig(
             vocab_size=32,
             num_classes=24,
@@ -301,7 +312,7 @@ register_preset(
         tokenizer=_TINY_KL,
         generator=ContinuousGeneratorConfig(
             token_dim=4, head="diffusion", head_width=32, head_depth=2, backbone=_TINY_BACKBONE
-        ),  # fmt: skip
+        ),
         defaults={
             "guidance_scale": 2.0,
             "temperature": 1.0,
@@ -321,7 +332,7 @@ register_preset(
         tokenizer=BridgeConfig(kl=_TINY_KL, levels=8),
         generator=ContinuousGeneratorConfig(
             token_dim=4, head="bridge", levels=8, head_width=32, head_depth=1, backbone=_TINY_BACKBONE
-        ),  # fmt: skip
+        ),
         defaults={"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
         class_names=_shapes_class_names(),
     )
@@ -347,7 +358,7 @@ register_preset(
             head_depth=3,
             batch_mul=4,
             backbone=_SHAPES_CONTINUOUS_BACKBONE,
-        ),  # fmt: skip
+        ),
         weights="shapes-c2i-continuous",
         # Picked on images of seed 5151 (the benchmark uses seed 0). 72 images: guidance {1.5, 2, 3, 5} x
         # temperature {1, 0.8, 0.7, 0.6}, 1.5 / 0.6 best (0.93; 3.0 / 1.0 gave 0.71). Then 240 images: 1.5 / 0.6
@@ -378,7 +389,7 @@ register_preset(
             head_width=128,
             head_depth=2,
             backbone=_SHAPES_CONTINUOUS_BACKBONE,
-        ),  # fmt: skip
+        ),
         weights="shapes-c2i-bridge",
         # Picked for the jointly fine-tuned transformer head on 240 images of seeds 9000+ (scripts/probe_bridge.py;
         # the benchmark uses seed 0): guidance / temperature 2.0 / 0.2 0.929, 2.0 / 0.3 0.917, 1.5 / 0.3 0.887.
@@ -488,7 +499,7 @@ register_preset(
             head_depth=2,
             backbone=_TINY_BACKBONE,
             control=_TINY_CONTROL,
-        ),  # fmt: skip
+        ),
         defaults={
             "guidance_scale": 2.0,
             "temperature": 1.0,

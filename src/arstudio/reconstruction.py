@@ -36,17 +36,25 @@ class Reconstruction:
     def summary(self) -> dict:
         """The numbers that describe this kind of token space, named for people."""
         if self.kind == "discrete":
-            return {"codebook": self.codebook_size, "codes used": len(np.unique(self.ids)),
-                    "codebook usage %": round(100 * self.codebook_usage, 2)}  # fmt: skip
+            return {
+                "codebook": self.codebook_size,
+                "codes used": len(np.unique(self.ids)),
+                "codebook usage %": round(100 * self.codebook_usage, 2),
+            }
         if self.kind == "bridge":
             used = self.levels_used
-            return {"levels per dim": self.levels, "levels used (min/mean/max over dims)":
-                    f"{used.min()} / {used.mean():.1f} / {used.max()}",
-                    "level usage %": round(100 * float(used.mean()) / self.levels, 2)}  # fmt: skip
+            return {
+                "levels per dim": self.levels,
+                "levels used (min/mean/max over dims)": f"{used.min()} / {used.mean():.1f} / {used.max()}",
+                "level usage %": round(100 * float(used.mean()) / self.levels, 2),
+            }
         flat = self.ids.reshape(-1, self.ids.shape[-1])  # (h*w, d): one latent vector per token
-        return {"latent dims": flat.shape[1], "mean": round(float(flat.mean()), 3),
-                "std": round(float(flat.std()), 3),
-                "range": f"[{flat.min():.2f}, {flat.max():.2f}]"}  # fmt: skip
+        return {
+            "latent dims": flat.shape[1],
+            "mean": round(float(flat.mean()), 3),
+            "std": round(float(flat.std()), 3),
+            "range": f"[{flat.min():.2f}, {flat.max():.2f}]",
+        }
 
 
 def load_image(source, max_pixels: int = MAX_PIXELS):
@@ -96,8 +104,9 @@ def reconstruct(tokenizer, image) -> Reconstruction:
     pixels = tensor_to_images(tokenizer.decode(tokens).float())[0]
     kind = getattr(tokenizer, "kind", "discrete")
     found = tokens[0].cpu()
-    result = Reconstruction(original=original, reconstruction=pixels, ids=found.numpy(),
-                            psnr=psnr(original, pixels), kind=kind)  # fmt: skip
+    result = Reconstruction(
+        original=original, reconstruction=pixels, ids=found.numpy(), psnr=psnr(original, pixels), kind=kind
+    )
     if kind == "discrete":
         from arstudio.tokenizers.vq import codebook_usage
 

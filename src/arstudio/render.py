@@ -39,8 +39,17 @@ from arstudio.decoding.strategies import SAMPLING_SETTINGS
 from arstudio.limits import MAX_IMAGES_PER_JOB
 
 MANIFEST_NAME = "manifest.jsonl"
-JOB_KEYS = ("preset", "prompt", "class", "negative_prompt", "seeds", "seed", "count", "decoding",
-            *SAMPLING_SETTINGS)  # fmt: skip
+JOB_KEYS = (
+    "preset",
+    "prompt",
+    "class",
+    "negative_prompt",
+    "seeds",
+    "seed",
+    "count",
+    "decoding",
+    *SAMPLING_SETTINGS,
+)
 VIDEO_KEYS = ("num_frames", "num_inference_steps", "temporal_decay", "first_frame", "format")
 VIDEO_SAMPLING_KEYS = ("guidance_scale", "temperature")
 
@@ -179,11 +188,25 @@ def _parse_video_job(raw: dict, line: int) -> Job:
     from arstudio.decoding.logits import check_sampling_params
     from arstudio.presets import get_preset
 
-    unknown = sorted(set(raw) - {"preset", "prompt", "class", "seeds", "seed", "count", "decoding",
-                                 *VIDEO_SAMPLING_KEYS, *VIDEO_KEYS})  # fmt: skip
+    unknown = sorted(
+        set(raw)
+        - {
+            "preset",
+            "prompt",
+            "class",
+            "seeds",
+            "seed",
+            "count",
+            "decoding",
+            *VIDEO_SAMPLING_KEYS,
+            *VIDEO_KEYS,
+        }
+    )
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} for a video preset; allowed: "
-                         f"{['preset', 'class', 'prompt', 'seed', 'count', 'seeds', *VIDEO_SAMPLING_KEYS, *VIDEO_KEYS]}")  # fmt: skip
+        raise ValueError(
+            f"unknown key(s) {unknown} for a video preset; allowed: "
+            f"{['preset', 'class', 'prompt', 'seed', 'count', 'seeds', *VIDEO_SAMPLING_KEYS, *VIDEO_KEYS]}"
+        )
     if raw.get("decoding", "far") != "far":
         raise ValueError(f"decoding={raw['decoding']!r}: video presets decode with 'far' only")
     if ("prompt" in raw) == ("class" in raw):
@@ -317,8 +340,10 @@ class RenderSummary:
 
     def __str__(self) -> str:
         rate = self.rendered / self.seconds if self.seconds > 0 else 0.0
-        text = (f"rendered {self.rendered} {self.unit}(s), {self.skipped} already done, {len(self.failed)} job(s) "
-                f"failed, {self.seconds:.1f} s ({rate:.2f} {self.unit}s/s, {self.processes} process(es))")  # fmt: skip
+        text = (
+            f"rendered {self.rendered} {self.unit}(s), {self.skipped} already done, {len(self.failed)} job(s) "
+            f"failed, {self.seconds:.1f} s ({rate:.2f} {self.unit}s/s, {self.processes} process(es))"
+        )
         return "\n".join(
             [text, *(f"  failed {m}" for m in self.failed), *(f"  note {m}" for m in self.notes)]
         )
@@ -344,8 +369,11 @@ def _drop_repeated_jobs(jobs: list[Job]) -> tuple[list[Job], list[str]]:
 
 def _chunks(jobs: list[Job], batch_size: int) -> list[tuple[Job, int, tuple[int, ...]]]:
     """(job, index of the first seed, seeds) in fixed chunks: the unit of work and of resumption."""
-    return [(job, start, job.seeds[start : start + batch_size])
-            for job in jobs for start in range(0, len(job.seeds), batch_size)]  # fmt: skip
+    return [
+        (job, start, job.seeds[start : start + batch_size])
+        for job in jobs
+        for start in range(0, len(job.seeds), batch_size)
+    ]
 
 
 def _call_kwargs(job: Job) -> dict:
@@ -371,8 +399,12 @@ def _render_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict
     if job.spec["decoding"] == "far":
         return _render_video_chunk(pipe, job, start, seeds, done, out_dir)
     pipe.strategy(job.spec["decoding"])  # refused with the reason and the strategies this preset can run
-    out = pipe(**_call_kwargs(job), num_images_per_prompt=len(seeds), output_type="np",
-               generator=[torch.Generator().manual_seed(s) for s in seeds])  # fmt: skip
+    out = pipe(
+        **_call_kwargs(job),
+        num_images_per_prompt=len(seeds),
+        output_type="np",
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+    )
     written = 0
     per_image_s = out.timings["total_s"] / len(seeds)
     for offset, (seed, image, meta) in enumerate(zip(seeds, out.images, out.metadata, strict=True)):
@@ -382,9 +414,19 @@ def _render_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict
         # batch_seeds: batch composition can change pixels, so the recipe names the batch it was made in.
         data = png_bytes(image, {**meta, "job": job.spec, "job_line": job.line, "batch_seeds": list(seeds)})
         atomic_write_bytes(out_dir / name, data)
-        append_manifest(out_dir, {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "line": job.line,
-                                  "job": job.spec, "seed": seed, "seed_index": start + offset,
-                                  "timings": {"seconds": per_image_s}, "stats": out.stats})  # fmt: skip
+        append_manifest(
+            out_dir,
+            {
+                "file": name,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "line": job.line,
+                "job": job.spec,
+                "seed": seed,
+                "seed_index": start + offset,
+                "timings": {"seconds": per_image_s},
+                "stats": out.stats,
+            },
+        )
         written += 1
     return written
 
@@ -399,8 +441,12 @@ def _render_video_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done
     kwargs = _call_kwargs(job)
     kwargs.pop("decoding")
     fmt = kwargs.pop("format")
-    out = pipe(**kwargs, num_videos_per_prompt=len(seeds), output_type="np",
-               generator=[torch.Generator().manual_seed(s) for s in seeds])  # fmt: skip
+    out = pipe(
+        **kwargs,
+        num_videos_per_prompt=len(seeds),
+        output_type="np",
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+    )
     written = 0
     for offset, (seed, frames, meta) in enumerate(zip(seeds, out.frames, out.metadata, strict=True)):
         name = job.file_name(seed)
@@ -408,16 +454,31 @@ def _render_video_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done
             continue
         data = video_bytes(frames, fmt)
         atomic_write_bytes(out_dir / name, data)
-        append_manifest(out_dir, {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "line": job.line,
-                                  "job": job.spec, "seed": seed, "seed_index": start + offset,
-                                  "metadata": {**meta, "batch_seeds": list(seeds)},
-                                  "timings": {"seconds": out.timings["total_s"] / len(seeds)}})  # fmt: skip
+        append_manifest(
+            out_dir,
+            {
+                "file": name,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "line": job.line,
+                "job": job.spec,
+                "seed": seed,
+                "seed_index": start + offset,
+                "metadata": {**meta, "batch_seeds": list(seeds)},
+                "timings": {"seconds": out.timings["total_s"] / len(seeds)},
+            },
+        )
         written += 1
     return written
 
 
-def render_batch(jobs, out_dir: str | Path, device=None, batch_size: int | None = None, progress: bool = True,
-                 load_options: dict | None = None) -> RenderSummary:  # fmt: skip
+def render_batch(
+    jobs,
+    out_dir: str | Path,
+    device=None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    load_options: dict | None = None,
+) -> RenderSummary:
     """Render ``jobs`` (a JSONL path, or a list of job dicts / ``Job``s) into ``out_dir``; resumable.
 
     ``batch_size``: seeds per pipeline call (None: ``arstudio.limits.default_batch_size`` of the device);
@@ -481,8 +542,16 @@ def render_batch(jobs, out_dir: str | Path, device=None, batch_size: int | None 
     return summary
 
 
-def _render_pending(pending, out_dir: Path, done: dict, summary: RenderSummary, state, device, progress: bool,
-                    load_options: dict) -> dict[int, str]:  # fmt: skip
+def _render_pending(
+    pending,
+    out_dir: Path,
+    done: dict,
+    summary: RenderSummary,
+    state,
+    device,
+    progress: bool,
+    load_options: dict,
+) -> dict[int, str]:
     """Render the pending chunks, counting into ``summary.rendered``; returns {line: message} of the jobs
     that failed. The progress bar counts finished files only: a failed job's seeds leave its total."""
     from tqdm.auto import tqdm
@@ -491,8 +560,12 @@ def _render_pending(pending, out_dir: Path, done: dict, summary: RenderSummary, 
 
     pipelines: dict[str, object] = {}
     failed_lines: dict[int, str] = {}
-    bar = tqdm(total=sum(len(c[2]) for c in pending), unit=summary.unit, disable=not progress,
-               desc=f"render[{state.process_index}]" if state.num_processes > 1 else "render")  # fmt: skip
+    bar = tqdm(
+        total=sum(len(c[2]) for c in pending),
+        unit=summary.unit,
+        disable=not progress,
+        desc=f"render[{state.process_index}]" if state.num_processes > 1 else "render",
+    )
     for job, start, seeds in pending:
         if job.line not in failed_lines:
             try:

@@ -265,11 +265,17 @@ def write_safetensors(
 
     header, offset = {}, 0
     for name, tensor in tensors.items():
-        size = tensor.numel() * (tensor.element_size() if dtype is None or not tensor.is_floating_point()
-                                 else torch.empty((), dtype=dtype).element_size())  # fmt: skip
+        size = tensor.numel() * (
+            tensor.element_size()
+            if dtype is None or not tensor.is_floating_point()
+            else torch.empty((), dtype=dtype).element_size()
+        )
         kind = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[kind], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[kind],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
@@ -305,8 +311,9 @@ def save_pretrained_bounded(
     return directory
 
 
-def load_pretrained_bounded(cls, directory: str | Path, dtype: torch.dtype | None = None,
-                            device: torch.device | str | None = None) -> nn.Module:  # fmt: skip
+def load_pretrained_bounded(
+    cls, directory: str | Path, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+) -> nn.Module:
     """``cls.from_pretrained(directory)`` (our config.json + model.safetensors) in bounded memory and straight in
     ``dtype`` on ``device``: ``from_pretrained`` builds and randomly initialises the fp32 model, then reads the
     whole file (a 3B converted cache: 12 GB + 6 GB and minutes of init); this reads one tensor at a time."""

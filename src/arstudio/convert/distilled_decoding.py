@@ -67,9 +67,14 @@ def _published_splits(config: GeneratorConfig) -> tuple[int, int] | None:
     return None
 
 
-def llamagen_dd_config(teacher: GeneratorConfig | str = "GPT-B", image_size: int = 256, token_dim: int = 8,
-                       logits_tokens: int | None = None, two_step_start: int | None = None,
-                       hybrid_logits_tokens: int | None = None) -> DDConfig:  # fmt: skip
+def llamagen_dd_config(
+    teacher: GeneratorConfig | str = "GPT-B",
+    image_size: int = 256,
+    token_dim: int = 8,
+    logits_tokens: int | None = None,
+    two_step_start: int | None = None,
+    hybrid_logits_tokens: int | None = None,
+) -> DDConfig:
     """The ``DDConfig`` of DD's release for a LlamaGen c2i teacher (a config, or a name such as "GPT-L"): its
     trunk, DD's vector head and prefix flag, and the README's ``split_t`` (80 / 130, teacher-involved 180 for L)
     and two-step start (80) unless given. Sizes DD did not publish (e.g. a tiny test model) default like
@@ -81,13 +86,21 @@ def llamagen_dd_config(teacher: GeneratorConfig | str = "GPT-B", image_size: int
     fallback = max(1, 5 * teacher.backbone.grid_size**2 // 16)
     split, hybrid = _published_splits(teacher) or (fallback, 0)
     start = TWO_STEP_START if _published_splits(teacher) else fallback
-    return DDConfig(vocab_size=teacher.vocab_size, num_classes=teacher.num_classes, token_dim=token_dim,
-                    backbone=dataclasses.replace(teacher.backbone, dropout=0.0), condition="class",
-                    class_dropout_prob=0.0, initializer_range=teacher.initializer_range,
-                    logits_tokens=split if logits_tokens is None else logits_tokens,
-                    two_step_start=start if two_step_start is None else two_step_start, method="dd1",
-                    vector_head="pixart", flag_prefix=True,
-                    hybrid_logits_tokens=hybrid if hybrid_logits_tokens is None else hybrid_logits_tokens)  # fmt: skip
+    return DDConfig(
+        vocab_size=teacher.vocab_size,
+        num_classes=teacher.num_classes,
+        token_dim=token_dim,
+        backbone=dataclasses.replace(teacher.backbone, dropout=0.0),
+        condition="class",
+        class_dropout_prob=0.0,
+        initializer_range=teacher.initializer_range,
+        logits_tokens=split if logits_tokens is None else logits_tokens,
+        two_step_start=start if two_step_start is None else two_step_start,
+        method="dd1",
+        vector_head="pixart",
+        flag_prefix=True,
+        hybrid_logits_tokens=hybrid if hybrid_logits_tokens is None else hybrid_logits_tokens,
+    )
 
 
 def _dd_key(key: str) -> str:

@@ -379,8 +379,12 @@ def download_and_convert(preset: Preset) -> WeightsSource:
         )
         for extra in hub.extras:  # optional components stay official files, found where a local copy would be
             keep_official_file(paths[extra.component], tmp / extra.folder)
-        source = {"repo_id": hub.repo_id, "revision": hub.revision, "files": hub.files,
-                  "extras": {extra.component: extra.url for extra in hub.extras}}  # fmt: skip
+        source = {
+            "repo_id": hub.repo_id,
+            "revision": hub.revision,
+            "files": hub.files,
+            "extras": {extra.component: extra.url for extra in hub.extras},
+        }
         (tmp / "source.json").write_text(json.dumps(source, indent=2))
         if out.exists():  # a converted folder the loader rejected before (e.g. an older layout)
             shutil.rmtree(out)
@@ -399,8 +403,11 @@ def _load_dd1(preset: Preset, path: Path, generator, tokenizer, dtype, device):
     # The pairing is the preset's (DD's B model was distilled from c2i_B_256); fingerprinted so a saved pipeline
     # reloads with the usual check.
     config = llamagen_dd_config(preset.generator, token_dim=tokenizer.codebook_vectors().shape[1])
-    config = replace(config, teacher_fingerprint=target_fingerprint(generator),
-                     tokenizer_fingerprint=codebook_fingerprint(tokenizer))  # fmt: skip
+    config = replace(
+        config,
+        teacher_fingerprint=target_fingerprint(generator),
+        tokenizer_fingerprint=codebook_fingerprint(tokenizer),
+    )
     return load_llamagen_dd(path, config, dtype=dtype, device=device)
 
 
@@ -519,23 +526,41 @@ def preset_facts(preset: Preset | str) -> PresetFacts:
         preset = get_preset(preset)
     generator_params, tokenizer_params = _parameter_counts(preset)
     tokenizer = preset.tokenizer
-    common = dict(name=preset.name, task=preset.task, generator_params=generator_params,
-                  tokenizer_params=tokenizer_params, resolution=tokenizer.resolution, grid=preset.generator.backbone.grid_size)  # fmt: skip
+    common = dict(
+        name=preset.name,
+        task=preset.task,
+        generator_params=generator_params,
+        tokenizer_params=tokenizer_params,
+        resolution=tokenizer.resolution,
+        grid=preset.generator.backbone.grid_size,
+    )
     if preset.hub is None:
-        return PresetFacts(**common, weights=_shipped_state(preset), local=True, where=None, download_bytes=0,
-                           download_exact=True)  # fmt: skip
+        return PresetFacts(
+            **common,
+            weights=_shipped_state(preset),
+            local=True,
+            where=None,
+            download_bytes=0,
+            download_exact=True,
+        )
     try:
         source = resolve_weights(preset)
     except HubWeightsNotFoundError:
         source = None
     if source is not None and source.layout == "official":
         size = sum(source.path(part).stat().st_size for part in PARTS)
-        return PresetFacts(**common, weights="hub", local=True, where=source.origin, download_bytes=size,
-                           download_exact=True)  # fmt: skip
+        return PresetFacts(
+            **common, weights="hub", local=True, where=source.origin, download_bytes=size, download_exact=True
+        )
     estimate = (generator_params + tokenizer_params) * FP32_BYTES
-    return PresetFacts(**common, weights="hub", local=source is not None,
-                       where=None if source is None else source.origin, download_bytes=estimate,
-                       download_exact=False)  # fmt: skip
+    return PresetFacts(
+        **common,
+        weights="hub",
+        local=source is not None,
+        where=None if source is None else source.origin,
+        download_bytes=estimate,
+        download_exact=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

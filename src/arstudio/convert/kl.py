@@ -19,9 +19,15 @@ from arstudio.tokenizers.kl import KLConfig, KLTokenizer
 
 # MAR's KL-16 (LTH14/mar models/vae.py): ch 128, ch_mult (1, 1, 2, 2, 4), 2 res blocks per level, encoder
 # attention at 16 px (its last level at 256 px), 16 latent channels; MAR scales latents by 0.2325.
-MAR_KL16 = KLConfig(resolution=256, block_out_channels=(128, 128, 256, 256, 512), layers_per_block=2,
-                    latent_channels=16, norm_num_groups=32, scaling_factor=0.2325,
-                    encoder_attention=True)  # fmt: skip
+MAR_KL16 = KLConfig(
+    resolution=256,
+    block_out_channels=(128, 128, 256, 256, 512),
+    layers_per_block=2,
+    latent_channels=16,
+    norm_num_groups=32,
+    scaling_factor=0.2325,
+    encoder_attention=True,
+)
 
 _ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
 _RESNET = {"nin_shortcut": "conv_shortcut"}

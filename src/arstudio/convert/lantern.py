@@ -58,8 +58,13 @@ KNOWN = {*RENAMED.values(), *QKV, "embed_tokens.weight"}
 def lantern_drafter_config(target: GeneratorConfig) -> DrafterConfig:
     """The ``DrafterConfig`` of LANTERN's drafter for a LlamaGen t2i target: one block of the target's width,
     EAGLE's norms, a prefix one shorter (RoPE), token 0's embedding on the prefix."""
-    backbone = dataclasses.replace(target.backbone, n_layer=1, norm_eps=EAGLE_NORM_EPS, dropout=0.0,
-                                   prefix_len=target.backbone.prefix_len - 1)  # fmt: skip
+    backbone = dataclasses.replace(
+        target.backbone,
+        n_layer=1,
+        norm_eps=EAGLE_NORM_EPS,
+        dropout=0.0,
+        prefix_len=target.backbone.prefix_len - 1,
+    )
     return DrafterConfig(backbone=backbone, input_norm=False, output_norm=False, prefix_embedding=True)
 
 
@@ -70,8 +75,10 @@ def _weights_file(path: Path) -> Path:
         if (path / name).is_file():
             return path / name
     found = sorted(p.name for p in path.iterdir())[:10]
-    raise FileNotFoundError(f"{str(path)!r} holds {found or 'nothing'}; expected a LANTERN drafter: config.json + "
-                            f"one of {list(WEIGHT_FILES)}")  # fmt: skip
+    raise FileNotFoundError(
+        f"{str(path)!r} holds {found or 'nothing'}; expected a LANTERN drafter: config.json + "
+        f"one of {list(WEIGHT_FILES)}"
+    )
 
 
 def describe_drafter_state(shapes: Mapping[str, torch.Size]) -> str:

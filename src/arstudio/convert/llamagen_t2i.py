@@ -54,13 +54,25 @@ CAPTION_KEYS = {
 }
 
 
-def llamagen_t2i_config(image_size: int = 256, text_len: int = TEXT_LEN, text_dim: int = TEXT_DIM,
-                        name: str = "GPT-XL", vocab_size: int = 16384) -> GeneratorConfig:  # fmt: skip
+def llamagen_t2i_config(
+    image_size: int = 256,
+    text_len: int = TEXT_LEN,
+    text_dim: int = TEXT_DIM,
+    name: str = "GPT-XL",
+    vocab_size: int = 16384,
+) -> GeneratorConfig:
     """LlamaGen's t2i GPT (``GPT_models[name]``, ``model_type="t2i"``) as a ``GeneratorConfig``."""
     c2i = llamagen_gpt_config(name, image_size=image_size, vocab_size=vocab_size)
     backbone = type(c2i.backbone)(**{**c2i.backbone.__dict__, "prefix_len": text_len})
-    return GeneratorConfig(vocab_size=vocab_size, num_classes=0, class_dropout_prob=0.1, backbone=backbone,
-                           initializer_range=0.02, condition="text", text_dim=text_dim)  # fmt: skip
+    return GeneratorConfig(
+        vocab_size=vocab_size,
+        num_classes=0,
+        class_dropout_prob=0.1,
+        backbone=backbone,
+        initializer_range=0.02,
+        condition="text",
+        text_dim=text_dim,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -212,8 +224,14 @@ class FlanT5TextEncoder(nn.Module):
         self.phrases = 0
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = T5_NAME, max_tokens: int = TEXT_LEN, download: bool = False,
-                        dtype: torch.dtype | None = None, device=None) -> FlanT5TextEncoder:  # fmt: skip
+    def from_pretrained(
+        cls,
+        name_or_path: str = T5_NAME,
+        max_tokens: int = TEXT_LEN,
+        download: bool = False,
+        dtype: torch.dtype | None = None,
+        device=None,
+    ) -> FlanT5TextEncoder:
         """The encoder half of ``name_or_path`` (a Hub id or a local folder). Like the hub presets' weights,
         nothing is downloaded unless ``download=True``: otherwise only the Hugging Face cache is read.
 
@@ -240,16 +258,28 @@ class FlanT5TextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts) -> torch.Tensor:
         texts = [clean_caption(p) for p in check_prompts(prompts)]
-        batch = self.tokenizer(texts, max_length=self.max_tokens, padding="max_length", truncation=True,
-                               return_attention_mask=True, add_special_tokens=True, return_tensors="pt")  # fmt: skip
+        batch = self.tokenizer(
+            texts,
+            max_length=self.max_tokens,
+            padding="max_length",
+            truncation=True,
+            return_attention_mask=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
         device = next(self.model.parameters()).device
         mask = batch["attention_mask"].to(device)
         states = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask)["last_hidden_state"]
         return left_pad(states, mask)
 
 
-def load_flan_t5(max_tokens: int = TEXT_LEN, folders=(), download: bool = False,
-                 dtype: torch.dtype | None = None, device=None) -> FlanT5TextEncoder:  # fmt: skip
+def load_flan_t5(
+    max_tokens: int = TEXT_LEN,
+    folders=(),
+    download: bool = False,
+    dtype: torch.dtype | None = None,
+    device=None,
+) -> FlanT5TextEncoder:
     """LlamaGen's text encoder: ``<folder>/flan-t5-xl/`` for the first of ``folders`` that has one (a local copy
     beside the official checkpoints, any T5 encoder folder: tests put a tiny one there), else google/flan-t5-xl
     from the Hugging Face cache, downloaded only with ``download=True``. float16 runs as bfloat16 (T5's

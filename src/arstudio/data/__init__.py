@@ -18,6 +18,18 @@ from arstudio.data.shapes import (
 )
 
 __all__ = [
-    "COLOURS", "NUM_CLASSES", "PALETTE", "REGIONS", "SHAPES", "SIZES", "ShapeObject", "caption",
-    "class_batch", "class_id", "class_name", "make_class_item", "make_text_item", "render",
-]  # fmt: skip
+    "COLOURS",
+    "NUM_CLASSES",
+    "PALETTE",
+    "REGIONS",
+    "SHAPES",
+    "SIZES",
+    "ShapeObject",
+    "caption",
+    "class_batch",
+    "class_id",
+    "class_name",
+    "make_class_item",
+    "make_text_item",
+    "render",
+]

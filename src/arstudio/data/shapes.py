@@ -28,10 +28,16 @@ SIZES = ("small", "large")
 # Box side as a fraction of the canvas side, inclusive.
 SIZE_RANGES = {"small": (0.25, 0.34), "large": (0.38, 0.50)}
 REGIONS = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
-)  # fmt: skip
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
 SUPPORTED_CANVAS = (32, 64)
 NUM_CLASSES = len(SHAPES) * len(COLOURS)  # 24
 

@@ -116,8 +116,9 @@ def _apart_in_every_frame(a: Sprite, b: Sprite, num_frames: int, canvas: int) ->
     return True
 
 
-def make_class_clip(seed: int, index: int, num_frames: int = DEFAULT_FRAMES, canvas: int = 32,
-                    label: int | None = None):  # fmt: skip
+def make_class_clip(
+    seed: int, index: int, num_frames: int = DEFAULT_FRAMES, canvas: int = 32, label: int | None = None
+):
     """Clip ``index`` of the class set: (frames uint8 (T, H, W, 3), label, sprite)."""
     check_canvas(canvas)
     rng = np.random.default_rng([seed, index])
@@ -126,8 +127,9 @@ def make_class_clip(seed: int, index: int, num_frames: int = DEFAULT_FRAMES, can
     return render_clip([sprite], num_frames, canvas), label, sprite
 
 
-def make_caption_clip(seed: int, index: int, num_frames: int = DEFAULT_FRAMES, canvas: int = 32,
-                      tries: int = 50):  # fmt: skip
+def make_caption_clip(
+    seed: int, index: int, num_frames: int = DEFAULT_FRAMES, canvas: int = 32, tries: int = 50
+):
     """Clip ``index`` of the caption set: (frames, caption, sprites); two sprites never touch in any frame
     (rejection sampled; after ``tries`` misses the clip keeps one sprite)."""
     check_canvas(canvas)

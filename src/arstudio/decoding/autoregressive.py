@@ -110,6 +110,10 @@ def sample_autoregressive(
         if control is not None:
             model.set_control(None)
     elapsed = time.perf_counter() - start
-    stats = {"forwards": forwards, "forwards_per_image": forwards, "tokens_per_forward": tokens.shape[1] / forwards,
-             "decode_seconds": elapsed}  # fmt: skip
+    stats = {
+        "forwards": forwards,
+        "forwards_per_image": forwards,
+        "tokens_per_forward": tokens.shape[1] / forwards,
+        "decode_seconds": elapsed,
+    }
     return DecodeResult(tokens, stats)

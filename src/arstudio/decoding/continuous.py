@@ -161,6 +161,10 @@ def sample_continuous(
         model.backbone.reset_cache()
         if control is not None:
             model.set_control(None)
-    stats = {"forwards": forwards, "forwards_per_image": forwards, "head_steps": num_inference_steps if model.head.kind != "bridge" else d,
-             "decode_seconds": time.perf_counter() - start}  # fmt: skip
+    stats = {
+        "forwards": forwards,
+        "forwards_per_image": forwards,
+        "head_steps": num_inference_steps if model.head.kind != "bridge" else d,
+        "decode_seconds": time.perf_counter() - start,
+    }
     return DecodeResult(tokens, stats)

@@ -103,10 +103,12 @@ def check_draft_for_cspd(target, draft) -> None:
             f"continuous speculative decoding needs diffusion heads; the draft model has a {kind} head"
         )
     t, d = target, draft
-    pairs = {"token_dim": (t.config.token_dim, d.config.token_dim),
-             "num_timesteps": (t.head.num_timesteps, d.head.num_timesteps),
-             "grid_size": (t.config.backbone.grid_size, d.config.backbone.grid_size),
-             "prefix_len": (t.prefix_len, d.prefix_len)}  # fmt: skip
+    pairs = {
+        "token_dim": (t.config.token_dim, d.config.token_dim),
+        "num_timesteps": (t.head.num_timesteps, d.head.num_timesteps),
+        "grid_size": (t.config.backbone.grid_size, d.config.backbone.grid_size),
+        "prefix_len": (t.prefix_len, d.prefix_len),
+    }
     bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
     if bad:
         detail = ", ".join(f"{k}: target {a}, draft model {b}" for k, (a, b) in bad.items())
@@ -223,6 +225,9 @@ def _sample_with_draft_model(target, draft, cond, generators, params, spec, nega
         draft.backbone.reset_cache()
     stats = ledger.stats()
     stats["forwards_per_image"] += count - 1  # the prefilled tokens' target steps
-    stats.update(head_steps=spec.num_inference_steps, prefilled_tokens=count,
-                 decode_seconds=time.perf_counter() - start)  # fmt: skip
+    stats.update(
+        head_steps=spec.num_inference_steps,
+        prefilled_tokens=count,
+        decode_seconds=time.perf_counter() - start,
+    )
     return DecodeResult(ledger.result(), stats)

@@ -52,10 +52,17 @@ def check_noise(noise, batch: int, seq_len: int, token_dim: int) -> torch.Tensor
     return noise
 
 
-def teacher_flow_tokens(teacher, cond: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor,
-                        params: SamplingParams, prefix: torch.Tensor | None = None, stop: int | None = None,
-                        negative_cond: torch.Tensor | None = None,
-                        flow_steps: int = DEFAULT_FLOW_STEPS) -> DecodeResult:  # fmt: skip
+def teacher_flow_tokens(
+    teacher,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    codebook: torch.Tensor,
+    params: SamplingParams,
+    prefix: torch.Tensor | None = None,
+    stop: int | None = None,
+    negative_cond: torch.Tensor | None = None,
+    flow_steps: int = DEFAULT_FLOW_STEPS,
+) -> DecodeResult:
     """The teacher's tokens for ``noise`` (B, N, d) through DD1's map: (B, stop) ids, positions < k taken
     from ``prefix`` (B, k) when given."""
     total = teacher.seq_len
@@ -68,8 +75,9 @@ def teacher_flow_tokens(teacher, cond: torch.Tensor, noise: torch.Tensor, codebo
     def until(index: int, _total: int, _tokens) -> bool:
         return index + 1 < stop  # False ends sampling after token stop - 1
 
-    return sample_autoregressive(teacher, cond, [], params, until, negative_cond=negative_cond,
-                                 prefix=prefix, pick=pick)  # fmt: skip
+    return sample_autoregressive(
+        teacher, cond, [], params, until, negative_cond=negative_cond, prefix=prefix, pick=pick
+    )
 
 
 def _tokens_from_outputs(logits, vectors, codebook, kept: torch.Tensor | None = None):
@@ -87,8 +95,9 @@ def _tokens_from_outputs(logits, vectors, codebook, kept: torch.Tensor | None = 
 
 
 @torch.no_grad()
-def sample_distilled(model, cond: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor,
-                     steps: int = 1) -> DecodeResult:  # fmt: skip
+def sample_distilled(
+    model, cond: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor, steps: int = 1
+) -> DecodeResult:
     """``steps`` DD forwards: noise (B, N, d) -> tokens (B, N) and decoded vectors (B, N, d)."""
     if steps not in DISTILLED_STEPS:
         raise ValueError(
@@ -102,8 +111,12 @@ def sample_distilled(model, cond: torch.Tensor, noise: torch.Tensor, codebook: t
     if steps == 2:
         result = _continue(model, cond, noise, codebook, ids[:, : config.two_step_start])
         ids, out = result.tokens, result.vectors
-    stats = {"forwards": steps, "forwards_per_image": steps, "tokens_per_forward": ids.shape[1] / steps,
-             "decode_seconds": time.perf_counter() - start}  # fmt: skip
+    stats = {
+        "forwards": steps,
+        "forwards_per_image": steps,
+        "tokens_per_forward": ids.shape[1] / steps,
+        "decode_seconds": time.perf_counter() - start,
+    }
     return DecodeResult(ids, stats, out)
 
 
@@ -119,15 +132,24 @@ def _continue(
 
 
 @torch.no_grad()
-def sample_distilled_hybrid(model, teacher, cond: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor,
-                            params: SamplingParams, start: int,
-                            negative_cond: torch.Tensor | None = None) -> DecodeResult:  # fmt: skip
+def sample_distilled_hybrid(
+    model,
+    teacher,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    codebook: torch.Tensor,
+    params: SamplingParams,
+    start: int,
+    negative_cond: torch.Tensor | None = None,
+) -> DecodeResult:
     """DD1's teacher-involved sampler: DD step -> keep ``start`` tokens -> teacher (flow map, same noise)
     to ``two_step_start`` -> DD step. Forwards: 1 + (teacher's) + 1."""
     switch = model.config.two_step_start
     if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < switch:
-        raise ValueError(f"dd_hybrid_start={start!r} must be an integer in [0, {switch - 1}] (the model "
-                         f"switches back from the teacher at token {switch})")  # fmt: skip
+        raise ValueError(
+            f"dd_hybrid_start={start!r} must be an integer in [0, {switch - 1}] (the model "
+            f"switches back from the teacher at token {switch})"
+        )
     check_noise(noise, cond.shape[0], model.seq_len, model.config.token_dim)
     began = time.perf_counter()
     noise = noise.to(codebook.dtype)
@@ -142,7 +164,10 @@ def sample_distilled_hybrid(model, teacher, cond: torch.Tensor, noise: torch.Ten
     split = model.config.hybrid_logits_tokens or None
     result = _continue(model, cond, noise, codebook, teacher_part.tokens[:, :switch], split)
     forwards += 1
-    stats = {"forwards": forwards, "forwards_per_image": forwards,
-             "tokens_per_forward": result.tokens.shape[1] / forwards,
-             "decode_seconds": time.perf_counter() - began}  # fmt: skip
+    stats = {
+        "forwards": forwards,
+        "forwards_per_image": forwards,
+        "tokens_per_forward": result.tokens.shape[1] / forwards,
+        "decode_seconds": time.perf_counter() - began,
+    }
     return DecodeResult(result.tokens, stats, result.vectors)

@@ -32,8 +32,9 @@ LOG_SNR_RANGE = (-4.0, 8.0)  # log(t / (1 - t)) of the first and last non-zero i
 DEFAULT_FLOW_STEPS = 32
 
 
-def mixture_posterior_logits(y: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
-                             log_probs: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:  # fmt: skip
+def mixture_posterior_logits(
+    y: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor
+) -> torch.Tensor:
     """log w_v (up to a constant) for y = alpha c_v + sigma eps, eps ~ N(0, I), v ~ p.
 
     y (M, d); alpha, sigma (M,) or scalars; log_probs (M, V) (-inf allowed for filtered tokens);

@@ -53,8 +53,9 @@ def uses_guidance(params: SamplingParams, control: ControlSignal | None) -> bool
     return params.uses_cfg or (control is not None and control.guidance_scale not in (None, 1.0))
 
 
-def guidance_rows(model, cond: torch.Tensor, negative_cond, params: SamplingParams,
-                  control: ControlSignal | None) -> torch.Tensor:  # fmt: skip
+def guidance_rows(
+    model, cond: torch.Tensor, negative_cond, params: SamplingParams, control: ControlSignal | None
+) -> torch.Tensor:
     """The condition rows of every stream (streams x B, ...), in the order ``guide`` reads them; hands the
     matching control rows to the model (``model.set_control``; the caller resets it afterwards)."""
     batch = cond.shape[0]
@@ -80,8 +81,14 @@ def guided_tokens(params: SamplingParams, index: torch.Tensor, total: int) -> to
     return (fraction >= lo) & (fraction < hi)
 
 
-def guide(out: torch.Tensor, batch: int, params: SamplingParams, index: int | torch.Tensor, total: int,
-          control: ControlSignal | None = None) -> torch.Tensor:  # fmt: skip
+def guide(
+    out: torch.Tensor,
+    batch: int,
+    params: SamplingParams,
+    index: int | torch.Tensor,
+    total: int,
+    control: ControlSignal | None = None,
+) -> torch.Tensor:
     """Combine the streams' outputs (streams x B, ...) of token ``index`` into (B, ...). ``index``: one token
     index for the batch, or per-image indices (B, ...) matching ``out``'s leading dimensions (batched
     speculation, where images stand at different tokens); guidance then switches per image without a host read.

@@ -42,8 +42,9 @@ def latent_neighbours(codebook: torch.Tensor, k: int, chunk: int = 2048) -> torc
     return torch.cat(rows)
 
 
-def relaxed_target(p: torch.Tensor, draft: torch.Tensor, neighbours: torch.Tensor | None,
-                   delta: float, lam: float = 1.0) -> torch.Tensor:  # fmt: skip
+def relaxed_target(
+    p: torch.Tensor, draft: torch.Tensor, neighbours: torch.Tensor | None, delta: float, lam: float = 1.0
+) -> torch.Tensor:
     """The relaxed target p~_x for each draft: p (..., V) probabilities, draft (...) ids -> (..., V).
 
     ``neighbours`` None (or delta = 0) returns p unchanged: exact speculative sampling.

@@ -52,8 +52,9 @@ class SpeculationLedger:
         """(B, 1, ...) the token before ``cursor``: the first input of the verify forward."""
         return take_at(self.tokens, cursor - 1)[:, None]
 
-    def commit(self, cursor: torch.Tensor, drafts: torch.Tensor, final: torch.Tensor,
-               accepted: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def commit(
+        self, cursor: torch.Tensor, drafts: torch.Tensor, final: torch.Tensor, accepted: torch.Tensor
+    ) -> torch.Tensor:
         """Fix a verified round: the first ``accepted`` (B,) of ``drafts`` (B, gamma, ...), then ``final``
         (B, ...) (the residual or bonus token). Returns the round's tokens at cursor .. cursor + gamma
         (B, gamma + 1, ...), ``final`` at index ``accepted`` (what the drafter reads next)."""

@@ -141,8 +141,9 @@ def sample_speculative(
         first_u = rng.uniform(1)[:, 0]
         zero = torch.zeros(batch, dtype=torch.long, device=device)
         ledger = SpeculationLedger(sample_with_uniform(guide(logits, zero), first_u), total, depth)
-        draft_logits = drafting.start(cond[:batch], negative_cond, params.uses_cfg, prefix_hidden,
-                                      both(ledger.tokens[:, :1]))  # fmt: skip
+        draft_logits = drafting.start(
+            cond[:batch], negative_cond, params.uses_cfg, prefix_hidden, both(ledger.tokens[:, :1])
+        )
         steps = ledger.steps
         while ledger.running:
             cursor = ledger.cursor
@@ -150,8 +151,9 @@ def sample_speculative(
             u = rng.uniform(2 * nodes - 1)  # (B, 2 (N - 1) + 1): draws, acceptance tests, the last token
 
             # 1. Draft the tree level by level; a node at depth d is token cursor + d - 1.
-            drafts, q = _draft(drafting, guide, index, draft_logits[:, None], cursor, base, u, spec.greedy_drafts,
-                               both)  # fmt: skip
+            drafts, q = _draft(
+                drafting, guide, index, draft_logits[:, None], cursor, base, u, spec.greedy_drafts, both
+            )
 
             # 2. Verify [last decided token, drafts] in one forward: node i at slot base + i, position
             # base + depth i, seeing its ancestors (a chain: slots are positions, the causal mask suffices).
@@ -168,8 +170,16 @@ def sample_speculative(
             )  # (B, N, V): children of node i are token cursor + d_i
 
             # 3. Walk the tree: recursive rejection over siblings, the first accepted child goes on.
-            accepted, path, final_probs = accept_tree(index, p, drafts, q, u[:, nodes - 1 : 2 * nodes - 2],
-                                                      neighbours, spec.lantern_delta, spec.lantern_lambda)  # fmt: skip
+            accepted, path, final_probs = accept_tree(
+                index,
+                p,
+                drafts,
+                q,
+                u[:, nodes - 1 : 2 * nodes - 2],
+                neighbours,
+                spec.lantern_delta,
+                spec.lantern_lambda,
+            )
             final = sample_with_uniform(final_probs, u[:, 2 * nodes - 2])
             new = ledger.commit(cursor, chunk.gather(1, path[:, 1:]), final, accepted)
             positions = base[:, None] + steps  # (B, D + 1) the path's sequence positions

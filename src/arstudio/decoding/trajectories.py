@@ -23,8 +23,15 @@ class Trajectories:
         for i, (_, a_t, a_prev) in enumerate(diffusion_schedule(head, steps)):
             alpha = a_t / a_prev
             sigma = math.sqrt((1 - alpha) * (1 - a_prev) / (1 - a_t)) if i + 1 < steps else 0.0
-            self.coefs.append((math.sqrt(a_t), math.sqrt(1 - a_t), math.sqrt(a_prev) * (1 - alpha) / (1 - a_t),
-                               math.sqrt(alpha) * (1 - a_prev) / (1 - a_t), sigma * temperature))  # fmt: skip
+            self.coefs.append(
+                (
+                    math.sqrt(a_t),
+                    math.sqrt(1 - a_t),
+                    math.sqrt(a_prev) * (1 - alpha) / (1 - a_t),
+                    math.sqrt(alpha) * (1 - a_prev) / (1 - a_t),
+                    sigma * temperature,
+                )
+            )
         self.timesteps = [t for t, _, _ in diffusion_schedule(head, steps)]
         self._tables = {}  # per device: (timesteps (S,), coefficients (S, 1, 1) x 5)
 
@@ -42,8 +49,14 @@ class Trajectories:
         eps = rng.normal((self.steps, d)).to(device=batch_like.device, dtype=batch_like.dtype)
         return eps.transpose(0, 1)
 
-    def sample(self, z: torch.Tensor, noise: torch.Tensor, start: int = 0, stop: int | None = None,
-               x: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def sample(
+        self,
+        z: torch.Tensor,
+        noise: torch.Tensor,
+        start: int = 0,
+        stop: int | None = None,
+        x: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Steps ``start`` .. ``stop`` - 1 from state x (M, d) (x_T = noise[0] when start is 0): z (M, dim),
         noise (S, M, d) -> the states (stop - start + 1, M, d); the whole trajectory x_T .. x_0 by default."""
         stop = self.steps if stop is None else stop

@@ -40,14 +40,18 @@ class DraftTree:
         if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(x, int) for x in spec):
             spec = spine(*spec)
         if isinstance(spec, (str, bytes)) or not hasattr(spec, "__iter__"):
-            raise ValueError(f"draft_tree={spec!r} is not allowed: give a list of paths such as "
-                             "[[0], [1], [0, 0]] or a (depth, width) pair")  # fmt: skip
+            raise ValueError(
+                f"draft_tree={spec!r} is not allowed: give a list of paths such as "
+                "[[0], [1], [0, 0]] or a (depth, width) pair"
+            )
         paths = []
         for path in spec:
             ok = isinstance(path, (list, tuple)) and len(path) > 0
             if not ok or any(isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in path):
-                raise ValueError(f"draft_tree path {path!r} is not allowed: a path is a non-empty list of "
-                                 "candidate ranks (integers >= 0)")  # fmt: skip
+                raise ValueError(
+                    f"draft_tree path {path!r} is not allowed: a path is a non-empty list of "
+                    "candidate ranks (integers >= 0)"
+                )
             paths.append(tuple(path))
         if not paths:
             raise ValueError("draft_tree=[] is not allowed: give at least one path, e.g. [[0]]")
@@ -58,14 +62,20 @@ class DraftTree:
             known.add(path)
         for path in paths:
             if len(path) > 1 and path[:-1] not in known:
-                raise ValueError(f"draft_tree path {list(path)} has no parent {list(path[:-1])}: every "
-                                 "prefix of a path must be a path of the tree")  # fmt: skip
+                raise ValueError(
+                    f"draft_tree path {list(path)} has no parent {list(path[:-1])}: every "
+                    "prefix of a path must be a path of the tree"
+                )
             if len(path) > max_depth:
-                raise ValueError(f"draft_tree path {list(path)} is {len(path)} deep; the drafter drafts "
-                                 f"at most {max_depth} tokens ahead (allowed depth 1..{max_depth})")  # fmt: skip
+                raise ValueError(
+                    f"draft_tree path {list(path)} is {len(path)} deep; the drafter drafts "
+                    f"at most {max_depth} tokens ahead (allowed depth 1..{max_depth})"
+                )
             if max(path) >= vocab:
-                raise ValueError(f"draft_tree path {list(path)} asks for candidate {max(path) + 1} of a "
-                                 f"{vocab}-token vocabulary (allowed ranks 0..{vocab - 1})")  # fmt: skip
+                raise ValueError(
+                    f"draft_tree path {list(path)} asks for candidate {max(path) + 1} of a "
+                    f"{vocab}-token vocabulary (allowed ranks 0..{vocab - 1})"
+                )
         return cls(tuple(sorted(paths, key=lambda p: (len(p), p))))
 
     @classmethod
@@ -183,8 +193,16 @@ def tree_mask(ancestors: torch.Tensor, base: torch.Tensor, length: int, dtype) -
     return torch.where(visible, 0.0, float("-inf")).to(dtype)[:, None]
 
 
-def accept_tree(index: TreeIndex, p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, u: torch.Tensor,
-                neighbours, delta: float, lam: float):  # fmt: skip
+def accept_tree(
+    index: TreeIndex,
+    p: torch.Tensor,
+    drafts: torch.Tensor,
+    q: torch.Tensor,
+    u: torch.Tensor,
+    neighbours,
+    delta: float,
+    lam: float,
+):
     """Recursive rejection over the tree (see the module docstring).
 
     p (B, N, V): the (guided, filtered) target at every node, predicting its children's token; drafts

@@ -142,8 +142,10 @@ def sample_video(
     times = torch.linspace(1.0, 0.0, num_inference_steps + 1).tolist()
     slots = FrameSlots(cfg, model.prefix_len, num_frames, short, device) if use_cache else None
     if use_cache:
-        rope = {FULL: rope_tables(model, num_frames, 1, device),
-                PREFIX: model.rope_rows(prefix_coords(model.prefix_len)).to(device)}  # fmt: skip
+        rope = {
+            FULL: rope_tables(model, num_frames, 1, device),
+            PREFIX: model.rope_rows(prefix_coords(model.prefix_len)).to(device),
+        }
         if slots.compress:
             rope[LONG] = rope_tables(model, num_frames, cfg.long_pool, device)
     forwards, start = 0, time.perf_counter()

@@ -24,7 +24,18 @@ from arstudio.evaluation.verifier import (
 from arstudio.images import psnr
 
 __all__ = [
-    "ClassifierConfig", "DetectedObject", "ShapesClassifier", "class_accuracy", "detect_objects",
-    "evaluate_classifier", "extract_features", "fd_shapes", "frechet_distance", "load_shipped_classifier",
-    "psnr", "train_classifier", "verify_class", "verify_objects",
-]  # fmt: skip
+    "ClassifierConfig",
+    "DetectedObject",
+    "ShapesClassifier",
+    "class_accuracy",
+    "detect_objects",
+    "evaluate_classifier",
+    "extract_features",
+    "fd_shapes",
+    "frechet_distance",
+    "load_shipped_classifier",
+    "psnr",
+    "train_classifier",
+    "verify_class",
+    "verify_objects",
+]

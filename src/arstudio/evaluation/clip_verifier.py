@@ -79,8 +79,9 @@ def motion_plausible(centres: np.ndarray, sides: np.ndarray, canvas: int, tolera
     return True
 
 
-def verify_clip(frames: np.ndarray, label: int | None = None, objects=None,
-                tolerance: float | None = None) -> ClipVerdict:  # fmt: skip
+def verify_clip(
+    frames: np.ndarray, label: int | None = None, objects=None, tolerance: float | None = None
+) -> ClipVerdict:
     """Verdict on a clip (T, H, W, 3) uint8 against a class id or the expected sprites.
 
     ``tolerance``: allowed change of displacement between frames, px (default 1.5 at 32 px, scaled).

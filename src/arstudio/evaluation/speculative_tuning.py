@@ -41,8 +41,11 @@ def grid(depths, widths, deltas, lantern: bool) -> dict[str, dict]:
         if lantern:  # the default budget first: the shape is chosen there
             for delta in dict.fromkeys([LANTERN_DELTA.default, *deltas]):
                 settings[f"lantern d{d} w{w} delta{delta:g}"] = {
-                    "decoding": "lantern", "draft_tokens": d, "draft_width": w, "lantern_delta": delta,
-                }  # fmt: skip
+                    "decoding": "lantern",
+                    "draft_tokens": d,
+                    "draft_width": w,
+                    "lantern_delta": delta,
+                }
     return settings
 
 
@@ -52,8 +55,12 @@ def measure(pipe, settings: dict[str, dict], batch: int, repeats: int, progress=
     for repeat in range(repeats + 1):
         for name, setting in settings.items():
             start = time.perf_counter()
-            pipe(**call, generator=[torch.Generator().manual_seed(repeat * batch + i) for i in range(batch)],
-                 output_type="np", **setting)  # fmt: skip
+            pipe(
+                **call,
+                generator=[torch.Generator().manual_seed(repeat * batch + i) for i in range(batch)],
+                output_type="np",
+                **setting,
+            )
             if repeat:
                 seconds[name].append((time.perf_counter() - start) / batch)
             if progress is not None:
@@ -61,16 +68,30 @@ def measure(pipe, settings: dict[str, dict], batch: int, repeats: int, progress=
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
-def tune_speculative(pipe, depths=(2, 3, 4, 6), widths=(1, 2, 3), deltas=(0.5,), batch: int = 1,
-                     repeats: int = 3, out=None, progress=None) -> dict:  # fmt: skip
+def tune_speculative(
+    pipe,
+    depths=(2, 3, 4, 6),
+    widths=(1, 2, 3),
+    deltas=(0.5,),
+    batch: int = 1,
+    repeats: int = 3,
+    out=None,
+    progress=None,
+) -> dict:
     """Measure the grid on ``pipe`` and write the fastest (draft_tokens, draft_width) of each strategy into
     ``out`` (default: the preset's weights folder); LANTERN's shape is chosen at its default budget, the
     other ``deltas`` are measured for the curve. Returns what was written, with the curve."""
     if "speculative" not in pipe.decoding_strategies:
-        raise ValueError(f"preset {pipe.preset.name!r} has no drafter for decoding='speculative': tune-speculative "
-                         "needs one (train it with `arstudio train drafter`)")  # fmt: skip
-    for name, values, low in (("depths", depths, 1), ("widths", widths, 1), ("batch", [batch], 1),
-                              ("repeats", [repeats], 1)):  # fmt: skip
+        raise ValueError(
+            f"preset {pipe.preset.name!r} has no drafter for decoding='speculative': tune-speculative "
+            "needs one (train it with `arstudio train drafter`)"
+        )
+    for name, values, low in (
+        ("depths", depths, 1),
+        ("widths", widths, 1),
+        ("batch", [batch], 1),
+        ("repeats", [repeats], 1),
+    ):
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
             raise ValueError(f"{name}={list(values)!r} is not allowed: integers >= {low}")
     lantern = "lantern" in pipe.decoding_strategies
@@ -78,21 +99,34 @@ def tune_speculative(pipe, depths=(2, 3, 4, 6), widths=(1, 2, 3), deltas=(0.5,),
     before = _pressure()
     seconds = measure(pipe, settings, batch, repeats, progress)
     curve = [
-        {"name": name, **setting, "ms_per_image": round(1000 * seconds[name], 2),
-         "speedup": seconds["ar"] / seconds[name]}
+        {
+            "name": name,
+            **setting,
+            "ms_per_image": round(1000 * seconds[name], 2),
+            "speedup": seconds["ar"] / seconds[name],
+        }
         for name, setting in settings.items()
-    ]  # fmt: skip
+    ]
     best = {}
     for strategy in ("speculative", "lantern") if lantern else ("speculative",):
-        rows = [row for row in curve if row["decoding"] == strategy
-                and row.get("lantern_delta", LANTERN_DELTA.default) == LANTERN_DELTA.default]  # fmt: skip
+        rows = [
+            row
+            for row in curve
+            if row["decoding"] == strategy
+            and row.get("lantern_delta", LANTERN_DELTA.default) == LANTERN_DELTA.default
+        ]
         top = max(rows, key=lambda row: row["speedup"])
         best[strategy] = {"draft_tokens": top["draft_tokens"], "draft_width": top["draft_width"]}
     measured = {
-        "batch": batch, "repeats": repeats, "device": str(pipe.device), "threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu_pressure_before": before,
-        "cpu_pressure_after": _pressure(), "curve": curve,
-    }  # fmt: skip
+        "batch": batch,
+        "repeats": repeats,
+        "device": str(pipe.device),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpu_pressure_before": before,
+        "cpu_pressure_after": _pressure(),
+        "curve": curve,
+    }
     folder = Path(out) if out is not None else pipe.preset.weights_dir
     if folder is None:
         raise ValueError(f"preset {pipe.preset.name!r} has no weights folder: give --out")

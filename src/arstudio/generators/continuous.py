@@ -116,8 +116,13 @@ class ContinuousImageGenerator(PrefixARGenerator):
         self.check_tokens(tokens)
         return self.hidden(tokens, cond, control)
 
-    def loss(self, tokens: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None,
-             control: torch.Tensor | None = None):  # fmt: skip
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        cond: torch.Tensor,
+        generator: torch.Generator | None = None,
+        control: torch.Tensor | None = None,
+    ):
         """The head's loss on every token of the batch (B, N, d)."""
         z = self(tokens, cond, control)
         return self.head.loss(tokens.flatten(0, 1), z.flatten(0, 1), generator)

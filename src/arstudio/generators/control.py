@@ -64,8 +64,11 @@ class ControlConfig:
         unknown = [t for t in self.types if t not in CONTROL_TYPES]
         if unknown or not self.types:
             raise ValueError(f"control types {self.types!r} must be a non-empty subset of {CONTROL_TYPES}")
-        if isinstance(self.context_layers, bool) or not isinstance(self.context_layers, int) \
-                or self.context_layers < 0:  # fmt: skip
+        if (
+            isinstance(self.context_layers, bool)
+            or not isinstance(self.context_layers, int)
+            or self.context_layers < 0
+        ):
             raise ValueError(f"control context_layers={self.context_layers!r} must be an integer >= 0")
         if self.relative_fusion and self.mode != "fusion":
             raise ValueError(f"relative_fusion applies to fusion only; this control's mode is {self.mode!r}")
@@ -84,9 +87,14 @@ class ControlEncoder(nn.Module):
     """(B, 1, R, R) control maps + type ids -> control tokens (B, grid**2, dim)."""
 
     def __init__(
-        self, config: ControlConfig, dim: int, grid_size: int, n_layer: int, token_scale: float = 1.0,
+        self,
+        config: ControlConfig,
+        dim: int,
+        grid_size: int,
+        n_layer: int,
+        token_scale: float = 1.0,
         n_head: int = 1,
-    ):  # fmt: skip
+    ):
         super().__init__()
         if config.resolution % grid_size:
             raise ValueError(
@@ -111,8 +119,9 @@ class ControlEncoder(nn.Module):
         if config.context_layers:
             # The generator's block design at its width, without a prefix: the rotation of token i is image
             # token i's, so attention between control tokens depends on their offset on the grid.
-            context = BackboneConfig(dim=dim, n_layer=config.context_layers, n_head=n_head,
-                                     grid_size=grid_size, prefix_len=0)  # fmt: skip
+            context = BackboneConfig(
+                dim=dim, n_layer=config.context_layers, n_head=n_head, grid_size=grid_size, prefix_len=0
+            )
             self.context = nn.ModuleList(TransformerBlock(context) for _ in range(config.context_layers))
             self.register_buffer("rope", rope_2d_table(grid_size, context.head_dim, 0), persistent=False)
         self.proj = nn.Linear(dim, dim)

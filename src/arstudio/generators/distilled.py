@@ -89,11 +89,19 @@ class DDConfig:
         overrides = {"logits_tokens": split, "two_step_start": split, **overrides}
         if getattr(teacher, "token_kind", "discrete") != "discrete":
             raise ValueError("distilled decoding needs a discrete (codebook) teacher")
-        return cls(vocab_size=c.vocab_size, num_classes=c.num_classes,
-                   token_dim=tokenizer.codebook_vectors().shape[1], backbone=c.backbone,
-                   condition=c.condition, text_dim=c.text_dim, text_positions=c.text_positions,
-                   initializer_range=c.initializer_range, teacher_fingerprint=target_fingerprint(teacher),
-                   tokenizer_fingerprint=codebook_fingerprint(tokenizer), **overrides)  # fmt: skip
+        return cls(
+            vocab_size=c.vocab_size,
+            num_classes=c.num_classes,
+            token_dim=tokenizer.codebook_vectors().shape[1],
+            backbone=c.backbone,
+            condition=c.condition,
+            text_dim=c.text_dim,
+            text_positions=c.text_positions,
+            initializer_range=c.initializer_range,
+            teacher_fingerprint=target_fingerprint(teacher),
+            tokenizer_fingerprint=codebook_fingerprint(tokenizer),
+            **overrides,
+        )
 
 
 class VectorHead(nn.Module):
@@ -181,9 +189,13 @@ class DDGenerator(PrefixARGenerator):
                 )
 
     def forward(
-        self, state: torch.Tensor, known: int | torch.Tensor, cond: torch.Tensor, split: bool = False,
+        self,
+        state: torch.Tensor,
+        known: int | torch.Tensor,
+        cond: torch.Tensor,
+        split: bool = False,
         logits_tokens: int | None = None,
-    ):  # fmt: skip
+    ):
         """state (B, N, d): X_t, data vectors then noise; ``known``: t, an int or per row (B,) -> (logits
         (B, N, vocab), vectors (B, N, d)), row i predicting token i.
 

@@ -45,8 +45,14 @@ class DraftHeadConfig:
     @classmethod
     def for_target(cls, generator, width: int | None = None, depth: int = 1) -> DraftHeadConfig:
         c = generator.config
-        return cls(c.token_dim, c.backbone.dim, width or c.head_width, depth, c.num_timesteps,
-                   continuous_target_fingerprint(generator))  # fmt: skip
+        return cls(
+            c.token_dim,
+            c.backbone.dim,
+            width or c.head_width,
+            depth,
+            c.num_timesteps,
+            continuous_target_fingerprint(generator),
+        )
 
 
 class DraftHead(PretrainedMixin, nn.Module):
@@ -58,8 +64,9 @@ class DraftHead(PretrainedMixin, nn.Module):
     def __init__(self, config: DraftHeadConfig):
         super().__init__()
         self.config = config
-        self.head = DiffusionHead(config.token_dim, config.cond_dim, config.width, config.depth,
-                                  config.num_timesteps, batch_mul=1)  # fmt: skip
+        self.head = DiffusionHead(
+            config.token_dim, config.cond_dim, config.width, config.depth, config.num_timesteps, batch_mul=1
+        )
 
     @classmethod
     def from_target(cls, generator, width: int | None = None, depth: int = 1) -> DraftHead:

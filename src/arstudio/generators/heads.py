@@ -60,8 +60,15 @@ class DiffusionHead(nn.Module):
 
     kind = "diffusion"
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, num_timesteps: int = 1000,
-                 batch_mul: int = 4):  # fmt: skip
+    def __init__(
+        self,
+        token_dim: int,
+        cond_dim: int,
+        width: int,
+        depth: int,
+        num_timesteps: int = 1000,
+        batch_mul: int = 4,
+    ):
         super().__init__()
         self.token_dim = token_dim
         self.num_timesteps = num_timesteps
@@ -152,8 +159,16 @@ class DimensionwiseHead(nn.Module):
 
     kind = "bridge"
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, levels: int,
-                 arch: str = "mlp", heads: int = 4):  # fmt: skip
+    def __init__(
+        self,
+        token_dim: int,
+        cond_dim: int,
+        width: int,
+        depth: int,
+        levels: int,
+        arch: str = "mlp",
+        heads: int = 4,
+    ):
         super().__init__()
         if arch not in BRIDGE_ARCHS:
             raise ValueError(f"arch={arch!r} is unknown; allowed: {BRIDGE_ARCHS}")
@@ -214,11 +229,24 @@ class DimensionwiseHead(nn.Module):
 def make_continuous_head(config, cond_dim: int) -> nn.Module:
     """The head a ``ContinuousGeneratorConfig`` names."""
     if config.head == "diffusion":
-        return DiffusionHead(config.token_dim, cond_dim, config.head_width, config.head_depth,
-                             config.num_timesteps, config.batch_mul)  # fmt: skip
+        return DiffusionHead(
+            config.token_dim,
+            cond_dim,
+            config.head_width,
+            config.head_depth,
+            config.num_timesteps,
+            config.batch_mul,
+        )
     if config.head == "flow":
         return FlowHead(config.token_dim, cond_dim, config.head_width, config.head_depth, config.batch_mul)
     if config.head == "bridge":
-        return DimensionwiseHead(config.token_dim, cond_dim, config.head_width, config.head_depth,
-                                 config.levels, config.head_arch, config.head_heads)  # fmt: skip
+        return DimensionwiseHead(
+            config.token_dim,
+            cond_dim,
+            config.head_width,
+            config.head_depth,
+            config.levels,
+            config.head_arch,
+            config.head_heads,
+        )
     raise ValueError(f"head={config.head!r} is unknown; allowed: {CONTINUOUS_HEADS}")

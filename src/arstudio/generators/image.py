@@ -263,8 +263,15 @@ class ImageGenerator(PrefixARGenerator):
         logits = self.head(hidden[:, -1:])[:, -1]
         return (logits, hidden) if return_hidden else logits
 
-    def step(self, tokens: torch.Tensor, input_pos: torch.Tensor, return_hidden: bool = False, kv_len=None,
-             mask=None, rope_pos=None):  # fmt: skip
+    def step(
+        self,
+        tokens: torch.Tensor,
+        input_pos: torch.Tensor,
+        return_hidden: bool = False,
+        kv_len=None,
+        mask=None,
+        rope_pos=None,
+    ):
         """tokens (B, T) placed at sequence positions ``input_pos`` ((T,) or per row (B, T)) -> logits
         (B, T, vocab) (and hidden (B, T, dim) if ``return_hidden``). ``mask``/``rope_pos``: a draft tree's
         verification (see ``Backbone.step``).

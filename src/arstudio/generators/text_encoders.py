@@ -180,8 +180,15 @@ TEXT_ENCODERS = ("minilm", "tiny")
 REGISTERED_ENCODERS: dict = {}
 
 
-def load_text_encoder(name: str, max_tokens: int, device=None, phrases: int = 0, folders=(),
-                      download: bool = False, dtype: torch.dtype | None = None) -> nn.Module:  # fmt: skip
+def load_text_encoder(
+    name: str,
+    max_tokens: int,
+    device=None,
+    phrases: int = 0,
+    folders=(),
+    download: bool = False,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
     """A frozen text encoder by name: "minilm" (real, 384-d), "tiny" (tests, 32-d) or a registered one
     ("flan-t5-xl": LlamaGen's t2i text side, 2048-d, ``convert.llamagen_t2i.FlanT5TextEncoder``); ``phrases`` > 0
     encodes each phrase in its own slot (see the module docstring).

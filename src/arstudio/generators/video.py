@@ -219,8 +219,15 @@ class VideoGenerator(PrefixARGenerator):
         times = t[:, :, None].expand(b, f, n).reshape(-1)
         return self.head(x_t.reshape(-1, d), times, z.reshape(b * f * n, -1)).view(b, f, n, d)
 
-    def step(self, x_t: torch.Tensor, t: torch.Tensor, input_pos: torch.Tensor, mask: torch.Tensor,
-             rope: torch.Tensor, kv_len: int | None = None) -> torch.Tensor:  # fmt: skip
+    def step(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        input_pos: torch.Tensor,
+        mask: torch.Tensor,
+        rope: torch.Tensor,
+        kv_len: int | None = None,
+    ) -> torch.Tensor:
         """One Euler step's pass (what decoding compiles): a noisy frame x_t (B, 1, N, d) at times t (B, 1),
         written into cache slots ``input_pos`` (N,) that see the slots ``mask`` (1, 1, N, slots) allows, with
         RoPE rows ``rope`` (N, pairs, 2) -> velocity (B, N, d). ``kv_len``: attend over the first kv_len
@@ -265,8 +272,13 @@ class VideoGenerator(PrefixARGenerator):
         hidden = self.backbone(torch.cat(parts, dim=1), mask=mask, rope=rope)
         return hidden[:, -f * n :]
 
-    def loss(self, latents: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None,
-             num_long: int = 0) -> torch.Tensor:  # fmt: skip
+    def loss(
+        self,
+        latents: torch.Tensor,
+        cond: torch.Tensor,
+        generator: torch.Generator | None = None,
+        num_long: int = 0,
+    ) -> torch.Tensor:
         """Per-frame flow-matching loss on a batch of clips (B, F, N, d), the first ``num_long`` frames given
         compressed (clean, no loss); the rest noisy with per-frame t and clean context as ``context_mode``
         says (see the module docstring)."""

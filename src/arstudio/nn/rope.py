@@ -11,8 +11,14 @@ from __future__ import annotations
 import torch
 
 
-def rope_2d_table(grid_size: int, head_dim: int, prefix_len: int, base: float = 10000.0,
-                  zero_prefix: bool = False, grid_prefix: bool = False) -> torch.Tensor:  # fmt: skip
+def rope_2d_table(
+    grid_size: int,
+    head_dim: int,
+    prefix_len: int,
+    base: float = 10000.0,
+    zero_prefix: bool = False,
+    grid_prefix: bool = False,
+) -> torch.Tensor:
     """(prefix_len + grid_size**2, head_dim // 2, 2) table of (cos, sin) per rotation pair, raster order.
 
     ``grid_prefix``: the last grid_size**2 prefix positions are a control grid (prefilled control tokens):

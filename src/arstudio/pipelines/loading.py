@@ -101,8 +101,9 @@ def _load_component(preset: Preset, part: str, cls, config, random_init, device,
             load = converter.load_tokenizer if part == "tokenizer" else converter.load_generator
             model = load(path, config, dtype=dtype, device=device)
         else:
-            model = _from_folder(cls, path, config, f"the {part} in {path} ({source.origin})", preset,
-                                 bounded=(dtype, device))  # fmt: skip
+            model = _from_folder(
+                cls, path, config, f"the {part} in {path} ({source.origin})", preset, bounded=(dtype, device)
+            )
     else:
         if not (source / part).is_dir():
             raise FileNotFoundError(
@@ -120,8 +121,15 @@ def _load_text_encoder(preset: Preset, source, device, dtype, download: bool):
     folders = []
     if source is not None and not isinstance(source, Path):  # a hub WeightsSource
         folders = [source.generator.parent, source.tokenizer.parent]
-    encoder = load_text_encoder(preset.text_encoder, preset.text_len, device, preset.text_phrases,
-                                folders=folders, download=download, dtype=dtype)  # fmt: skip
+    encoder = load_text_encoder(
+        preset.text_encoder,
+        preset.text_len,
+        device,
+        preset.text_phrases,
+        folders=folders,
+        download=download,
+        dtype=dtype,
+    )
     expected = preset.generator.text_dim
     if getattr(encoder, "dim", expected) != expected:
         raise ValueError(
@@ -243,17 +251,11 @@ def load_pipeline(
     check_compile(compile)
     check_attention_backend(attention_backend, device)
     source = _source(preset, weights, download)  # before building anything: missing weights fail fast
-    tokenizer_cls, generator_cls = _tokenizer_class(preset.tokenizer), _generator_class(preset.generator)
     # Everything loads in float32 (float16 and int8 storage are expanded to it) and is cast to the asked dtype
     # at the end, once every pairing check has run. Hub models load straight in the asked dtype: a float32 copy
     # of GPT-3B is 12 GB (their pairing checks read float32 copies of what they hash, so dtype does not matter).
-    fp32 = torch.float32
-    load_dtype = dtype if preset.hub is not None else fp32
-    tokenizer = _load_component(preset, "tokenizer", tokenizer_cls, preset.tokenizer, tokenizer_cls, device,
-                                load_dtype, _tokenizer_source(preset, source))  # fmt: skip
-    generator = _load_component(
-        preset, "generator", generator_cls, preset.generator, _random_generator, device, load_dtype, source
-    )
+    load_dtype = dtype if preset.hub is not None else torch.float32
+    tokenizer, generator = _load_models(preset, source, device, load_dtype)
     if isinstance(generator, VideoGenerator):
         pipe = VideoPipeline(tokenizer.to(dtype=dtype), generator.to(dtype=dtype), preset, device, dtype)
         return _accelerate(pipe, compile, attention_backend)
@@ -261,6 +263,26 @@ def load_pipeline(
         preset, tokenizer, generator, source, device, dtype, load_dtype, download, decoding_models
     )
     return _accelerate(pipe, compile, attention_backend)
+
+
+def _load_models(preset: Preset, source, device, load_dtype):
+    """The preset's tokenizer and generator, from ``source`` (or random for test presets)."""
+    tokenizer_cls, generator_cls = _tokenizer_class(preset.tokenizer), _generator_class(preset.generator)
+    tokenizer_source = _tokenizer_source(preset, source)
+    tokenizer = _load_component(
+        preset,
+        "tokenizer",
+        tokenizer_cls,
+        preset.tokenizer,
+        tokenizer_cls,
+        device,
+        load_dtype,
+        tokenizer_source,
+    )
+    generator = _load_component(
+        preset, "generator", generator_cls, preset.generator, _random_generator, device, load_dtype, source
+    )
+    return tokenizer, generator
 
 
 def _image_pipeline(
@@ -289,8 +311,9 @@ def _image_pipeline(
     tokenizer = tokenizer.to(dtype=dtype)
     drafter = None if drafter is None else drafter.to(dtype=dtype)
     distilled = {method: model.to(dtype=dtype) for method, model in distilled.items()}
-    pipe = ImagePipeline(tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter,
-                         distilled)  # fmt: skip
+    pipe = ImagePipeline(
+        tokenizer, generator.to(dtype=dtype), preset, device, dtype, text_encoder, drafter, distilled
+    )
     if drafter is not None and isinstance(source, Path):
         pipe.knob_defaults = read_defaults(source)  # the drafter's measured best shape (tune-speculative)
     return pipe
@@ -319,8 +342,10 @@ def _load_distilled(preset: Preset, generator, tokenizer, source, device, dtype,
         if method not in wanted:
             continue
         if source is None:
-            model = seeded(lambda m=method: DDGenerator.from_teacher(generator, tokenizer, method=m),
-                           preset.init_seed + 3 + offset)  # fmt: skip
+            model = seeded(
+                lambda m=method: DDGenerator.from_teacher(generator, tokenizer, method=m),
+                preset.init_seed + 3 + offset,
+            )
         elif isinstance(source, Path) and (source / method).is_dir():
             model = DDGenerator.from_pretrained(source / method)
             model.check_pairing(generator, tokenizer)

@@ -169,8 +169,9 @@ class BridgeTokenizer(PretrainedMixin, nn.Module):
         self.quantizer = BridgeQuantizer(config.kl.latent_channels, config.levels)
 
     @classmethod
-    def from_kl(cls, kl: KLTokenizer, levels: int, latents: torch.Tensor,
-                method: str = "empirical") -> BridgeTokenizer:  # fmt: skip
+    def from_kl(
+        cls, kl: KLTokenizer, levels: int, latents: torch.Tensor, method: str = "empirical"
+    ) -> BridgeTokenizer:
         """Wrap a trained KL tokenizer; ``latents`` (..., d) from its training data fit the statistics with
         ``method`` (one of BIN_METHODS)."""
         bridge = cls(BridgeConfig(kl.config, levels))
@@ -198,8 +199,12 @@ class BridgeTokenizer(PretrainedMixin, nn.Module):
 
 
 @torch.no_grad()
-def quantisation_sweep(kl: KLTokenizer, images: torch.Tensor, fit_latents: torch.Tensor,
-                       bits: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8)) -> list[dict]:  # fmt: skip
+def quantisation_sweep(
+    kl: KLTokenizer,
+    images: torch.Tensor,
+    fit_latents: torch.Tensor,
+    bits: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8),
+) -> list[dict]:
     """Reconstruction error against bits per dimension: for each b and bin method, quantise with 2**b levels
     (fit on ``fit_latents``) and report the latent MSE (relative to the latent variance) and the pixel PSNR
     of the decoded images; ``bits=None`` is the unquantised tokenizer."""

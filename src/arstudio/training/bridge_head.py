@@ -74,8 +74,9 @@ def train_bridge_head(
 
     model = seeded(lambda: ContinuousImageGenerator(config), seed)
     model.bin_values.copy_(tokenizer.quantizer.values)
-    warm_start_bridge_trunk(model, load_safetensors(Path(trunk_from) / WEIGHTS_NAME), tokenizer.quantizer,
-                            str(trunk_from))  # fmt: skip
+    warm_start_bridge_trunk(
+        model, load_safetensors(Path(trunk_from) / WEIGHTS_NAME), tokenizer.quantizer, str(trunk_from)
+    )
     model.requires_grad_(False)
     model.head.requires_grad_(True)
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)

@@ -47,8 +47,10 @@ def generator_optimizer(model, lr: float, new_params=(), old_lr_scale: float = 1
     groups = []
     for is_new, scale in ((False, old_lr_scale), (True, 1.0)):
         params = [p for name, p in model.named_parameters() if (name in new_params) == is_new]
-        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.05, "lr_scale": scale},
-                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]  # fmt: skip
+        groups += [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.05, "lr_scale": scale},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale},
+        ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95))
 
 

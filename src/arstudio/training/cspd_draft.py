@@ -57,9 +57,19 @@ def acceptance(p: Trajectories, q: Trajectories, z: torch.Tensor, drafted: int, 
     return float(log_ratio.clamp(max=0).exp().mean())
 
 
-def distill_draft_head(out_dir, preset: str = "shapes-c2i-continuous", steps: int = 3000, batch_size: int = 256,
-                       lr: float = 1e-3, depth: int = 1, width: int | None = None, num_images: int = 1024,
-                       seed: int = 0, dtype: str = "float16", tail_steps: int = 2) -> DraftHead:  # fmt: skip
+def distill_draft_head(
+    out_dir,
+    preset: str = "shapes-c2i-continuous",
+    steps: int = 3000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    depth: int = 1,
+    width: int | None = None,
+    num_images: int = 1024,
+    seed: int = 0,
+    dtype: str = "float16",
+    tail_steps: int = 2,
+) -> DraftHead:
     from arstudio.pipelines.loading import load_pipeline
     from arstudio.training.generator import tokenize_shapes
 
@@ -75,8 +85,13 @@ def distill_draft_head(out_dir, preset: str = "shapes-c2i-continuous", steps: in
     draft = seeded(lambda: DraftHead.from_target(target, width, depth), seed)
     clip = target.config.x0_clip
     drafted = head_steps - tail_steps  # the steps the draft makes; the target makes the tail itself
-    schedules = {tau: (Trajectories(target.head, head_steps, tau, clip), Trajectories(draft.head, head_steps, tau, clip))
-                 for tau in (temperature, 1.0)}  # fmt: skip
+    schedules = {
+        tau: (
+            Trajectories(target.head, head_steps, tau, clip),
+            Trajectories(draft.head, head_steps, tau, clip),
+        )
+        for tau in (temperature, 1.0)
+    }
     optimizer = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
     held_out = features[torch.randperm(features.shape[0], generator=gen)[:512]]
     progress = tqdm(range(steps), desc="distilling the CSpD draft head")
@@ -89,8 +104,13 @@ def distill_draft_head(out_dir, preset: str = "shapes-c2i-continuous", steps: in
         with torch.no_grad():  # half the rows on target trajectories, half on the draft's own
             half = batch_size // 2
             noise = torch.randn((head_steps, batch_size, target.config.token_dim), generator=gen)
-            xs = torch.cat([p.sample(z[:half], noise[:, :half], stop=drafted),
-                            q.sample(z[half:], noise[:, half:], stop=drafted)], dim=1)  # fmt: skip
+            xs = torch.cat(
+                [
+                    p.sample(z[:half], noise[:, :half], stop=drafted),
+                    q.sample(z[half:], noise[:, half:], stop=drafted),
+                ],
+                dim=1,
+            )
         loss = trajectory_kl(p, q, xs, z)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -109,8 +129,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="shapes-c2i-continuous")
     parser.add_argument("--out", required=True, help="folder; the draft goes to OUT/drafter")
-    for name, default in (("steps", 3000), ("batch-size", 256), ("depth", 1), ("num-images", 1024), ("seed", 0),
-                          ("tail-steps", 2)):  # fmt: skip
+    for name, default in (
+        ("steps", 3000),
+        ("batch-size", 256),
+        ("depth", 1),
+        ("num-images", 1024),
+        ("seed", 0),
+        ("tail-steps", 2),
+    ):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--width", type=int, default=None, help="default: the target head's width")
     parser.add_argument("--lr", type=float, default=1e-3)

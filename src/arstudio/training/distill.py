@@ -55,9 +55,19 @@ def dd1_loss(model: DDGenerator, noise, tokens, cond, codebook, generator, vecto
     return ce + vector_weight * mse, {"ce": ce.item(), "mse": mse.item()}
 
 
-def train_dd1(out_dir: str | Path, teacher: str = "shapes-c2i", steps: int = 1500, batch_size: int = 64,
-              lr: float = 5e-4, num_pairs: int = 10_000, seed: int = 0, save_every: int = 100,
-              logits_tokens: int | None = None, two_step_start: int | None = None, vector_weight: float = 1.0) -> DDGenerator:  # fmt: skip
+def train_dd1(
+    out_dir: str | Path,
+    teacher: str = "shapes-c2i",
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 5e-4,
+    num_pairs: int = 10_000,
+    seed: int = 0,
+    save_every: int = 100,
+    logits_tokens: int | None = None,
+    two_step_start: int | None = None,
+    vector_weight: float = 1.0,
+) -> DDGenerator:
     """Make (or reuse) the teacher's pairs in ``out_dir``, then fine-tune a DD model from the teacher."""
     from arstudio.pipelines.loading import load_pipeline
 
@@ -80,8 +90,15 @@ def train_dd1(out_dir: str | Path, teacher: str = "shapes-c2i", steps: int = 150
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=50))
         index = torch.randint(0, num_pairs, (batch_size,), generator=draws)
-        loss, parts = dd1_loss(model, pairs["noise"][index], pairs["tokens"][index], pairs["cond"][index],
-                               codebook, draws, vector_weight)  # fmt: skip
+        loss, parts = dd1_loss(
+            model,
+            pairs["noise"][index],
+            pairs["tokens"][index],
+            pairs["cond"][index],
+            codebook,
+            draws,
+            vector_weight,
+        )
         optimizer_step(accelerator, model, optimizer, loss, 1.0)
         if step % 10 == 0:
             bar.set_postfix(ce=f"{parts['ce']:.3f}", mse=f"{parts['mse']:.3f}")

@@ -31,14 +31,22 @@ def _chunk_pairs(pipe, seed: int, index: int, count: int, flow_steps: int):
     codebook = pipe.tokenizer.codebook_vectors().detach().float()
     # Rounded to fp16 before use: the stored noise is then exactly the noise the tokens were made from.
     noise = torch.randn(count, teacher.seq_len, codebook.shape[1], generator=generator).half().float()
-    tokens = teacher_flow_tokens(teacher, labels, noise, codebook, teacher_sampling(pipe),
-                                 flow_steps=flow_steps).tokens  # fmt: skip
+    tokens = teacher_flow_tokens(
+        teacher, labels, noise, codebook, teacher_sampling(pipe), flow_steps=flow_steps
+    ).tokens
     return noise, tokens, labels
 
 
 @torch.no_grad()
-def load_or_make_pairs(out_dir: Path, pipe, num_pairs: int, seed: int = 0, chunk: int = 256,
-                       flow_steps: int = DEFAULT_FLOW_STEPS, save_every_chunks: int = 2) -> dict:  # fmt: skip
+def load_or_make_pairs(
+    out_dir: Path,
+    pipe,
+    num_pairs: int,
+    seed: int = 0,
+    chunk: int = 256,
+    flow_steps: int = DEFAULT_FLOW_STEPS,
+    save_every_chunks: int = 2,
+) -> dict:
     """{"noise" (M, N, d) float32, "tokens" (M, N) int64, "cond" (M,) int64}, made once and cached."""
     from safetensors.torch import save
 

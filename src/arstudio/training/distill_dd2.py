@@ -149,11 +149,24 @@ def csd_generator_loss(fake, batch: CSDBatch, codebook, generator) -> tuple[torc
     return 0.5 * (x - (x - grad).detach()).pow(2).sum(-1).mean(), grad.abs().mean().item()
 
 
-def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path | None = None,
-              steps: int = 400, batch_size: int = 32, lr: float = 1e-4, fake_lr: float = 1e-3,
-              fake_updates: int = 2, dd1_weight: float = 0.25, seed: int = 0, save_every: int = 50,
-              num_pairs: int = 0, snapshot_every: int = 0, csd_weight: float = 1.0,
-              guidance_scale: float | None = None, ema_decay: float | None = None) -> DDGenerator:  # fmt: skip
+def train_dd2(
+    out_dir: str | Path,
+    teacher: str = "shapes-c2i",
+    init: str | Path | None = None,
+    steps: int = 400,
+    batch_size: int = 32,
+    lr: float = 1e-4,
+    fake_lr: float = 1e-3,
+    fake_updates: int = 2,
+    dd1_weight: float = 0.25,
+    seed: int = 0,
+    save_every: int = 50,
+    num_pairs: int = 0,
+    snapshot_every: int = 0,
+    csd_weight: float = 1.0,
+    guidance_scale: float | None = None,
+    ema_decay: float | None = None,
+) -> DDGenerator:
     """CSD from ``init`` (a DD1 run or shipped folder; None: from the teacher). ``num_pairs`` > 0 with
     ``dd1_weight`` > 0 reuses/makes DD1's pairs in ``init`` for the regression term. ``snapshot_every`` > 0
     also keeps the generator every that many steps in ``snapshots/step-N`` (the quality curve).
@@ -212,8 +225,9 @@ def train_dd2(out_dir: str | Path, teacher: str = "shapes-c2i", init: str | Path
         stats = {"grad": grad, "fake": denoising.item()}
         if pairs is not None:
             index = torch.randint(0, pairs["tokens"].shape[0], (batch_size,), generator=draws)
-            regression, _ = dd1_loss(model, pairs["noise"][index], pairs["tokens"][index], pairs["cond"][index],
-                                     codebook, draws)  # fmt: skip
+            regression, _ = dd1_loss(
+                model, pairs["noise"][index], pairs["tokens"][index], pairs["cond"][index], codebook, draws
+            )
             loss = loss + dd1_weight * regression
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -243,8 +257,10 @@ def _save(model, fake, optimizer, fake_optimizer, step, out_dir: Path) -> None:
         save({k: v.contiguous() for k, v in fake.state_dict().items()}),
     )
     buffer = io.BytesIO()
-    torch.save({"optimizer": optimizer.state_dict(), "fake_optimizer": fake_optimizer.state_dict(), "step": step},
-               buffer)  # fmt: skip
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "fake_optimizer": fake_optimizer.state_dict(), "step": step},
+        buffer,
+    )
     atomic_write_bytes(out_dir / TRAIN_STATE, buffer.getvalue())
 
 

@@ -90,8 +90,9 @@ def rollout_mask(length: int, steps: int, device=None) -> torch.Tensor:
     return visible.reshape(steps * length, steps * length)
 
 
-def rollout_features(drafter: Drafter, next_embeddings: torch.Tensor, features: torch.Tensor,
-                     steps: int) -> list[torch.Tensor]:  # fmt: skip
+def rollout_features(
+    drafter: Drafter, next_embeddings: torch.Tensor, features: torch.Tensor, steps: int
+) -> list[torch.Tensor]:
     """Predicted features of draft steps 1..``steps``, each (B, L, dim): row i of step s predicts f_{i+1}
     after drafting s - 1 tokens from position i - s + 1 on the drafter's own features.
 
@@ -103,8 +104,9 @@ def rollout_features(drafter: Drafter, next_embeddings: torch.Tensor, features: 
     predictions = []
     for s in range(1, steps + 1):
         mask = None if s == 1 else rollout_mask(length, s, features.device)  # step 1: plain causal
-        out = drafter(next_embeddings.repeat(1, s, 1), torch.cat(inputs, dim=1), mask=mask,
-                      rope=rope.repeat(s, 1, 1))  # fmt: skip
+        out = drafter(
+            next_embeddings.repeat(1, s, 1), torch.cat(inputs, dim=1), mask=mask, rope=rope.repeat(s, 1, 1)
+        )
         predicted = out[:, -length:]
         predictions.append(predicted)
         if s < steps:
@@ -132,9 +134,15 @@ def _draft_rows(target, step: int) -> slice:
     return slice(target.prefix_len - 1 + step - 1, target.prefix_len + target.seq_len - 2)
 
 
-def drafter_loss(drafter: Drafter, target, tokens: torch.Tensor, cond: torch.Tensor, noise_std: float,
-                 generator: torch.Generator | None = None,
-                 objective: DrafterObjective = DrafterObjective()) -> torch.Tensor:  # fmt: skip
+def drafter_loss(
+    drafter: Drafter,
+    target,
+    tokens: torch.Tensor,
+    cond: torch.Tensor,
+    noise_std: float,
+    generator: torch.Generator | None = None,
+    objective: DrafterObjective = DrafterObjective(),
+) -> torch.Tensor:
     """Feature regression + ce_weight x soft cross-entropy, averaged over the ``objective.rollout`` draft
     steps, on the rows that predict image tokens 1..N-1."""
     batch = tokens.shape[0]
@@ -166,8 +174,16 @@ def drafter_loss(drafter: Drafter, target, tokens: torch.Tensor, cond: torch.Ten
 
 
 @torch.no_grad()
-def draft_acceptance(drafter: Drafter, target, tokens: torch.Tensor, conds: torch.Tensor, depth: int,
-                     guidance_scale: float | None, temperature: float = 1.0, chunk: int = 32) -> list[float]:  # fmt: skip
+def draft_acceptance(
+    drafter: Drafter,
+    target,
+    tokens: torch.Tensor,
+    conds: torch.Tensor,
+    depth: int,
+    guidance_scale: float | None,
+    temperature: float = 1.0,
+    chunk: int = 32,
+) -> list[float]:
     """Teacher-forced acceptance per draft position 1..``depth``: the mean over held-out sequences and
     positions of sum_x min(p(x), q(x)), target p and drafter q (fed its own features for the later
     positions) after CFG at ``guidance_scale`` (None: the conditional stream alone) and ``temperature``.
@@ -224,16 +240,22 @@ def report_acceptance(drafter: Drafter, pipe, out_dir: Path, depth: int, eval_im
     tokens, conds = load_or_make_eval_tokens(
         out_dir, pipe.tokenizer, eval_images, pipe.generator.config.condition, pipe.text_encoder
     )
-    report = {"preset": pipe.preset.name, "eval_images": int(tokens.shape[0]), "guidance_scale": guidance,
-              "temperature": temperature}  # fmt: skip
+    report = {
+        "preset": pipe.preset.name,
+        "eval_images": int(tokens.shape[0]),
+        "guidance_scale": guidance,
+        "temperature": temperature,
+    }
     for name, scale in (("guided", guidance), ("conditional", None)):
         rates = draft_acceptance(drafter, pipe.generator, tokens, conds, depth, scale, temperature)
         report[name] = {"per_position": rates, "expected_accepted": round(expected_accepted(rates), 3)}
     atomic_write_bytes(out_dir / ACCEPTANCE_FILE, json.dumps(report, indent=2).encode())
     for name in ("guided", "conditional"):
         rates = ", ".join(f"{r:.3f}" for r in report[name]["per_position"])
-        print(f"acceptance per draft position ({name}): {rates}; "
-              f"expected accepted of {depth}: {report[name]['expected_accepted']:.2f}")  # fmt: skip
+        print(
+            f"acceptance per draft position ({name}): {rates}; "
+            f"expected accepted of {depth}: {report[name]['expected_accepted']:.2f}"
+        )
     return report
 
 

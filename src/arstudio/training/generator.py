@@ -51,8 +51,14 @@ def _shapes_chunk(condition: str, seed: int, start: int, count: int, resolution:
 
 
 @torch.no_grad()
-def tokenize_shapes(tokenizer: VQTokenizer, num_images: int, seed: int, condition: str = "class",
-                    text_encoder=None, chunk: int = 256):  # fmt: skip
+def tokenize_shapes(
+    tokenizer: VQTokenizer,
+    num_images: int,
+    seed: int,
+    condition: str = "class",
+    text_encoder=None,
+    chunk: int = 256,
+):
     """(tokens (num_images, N) int64 or (num_images, N, d) vectors, conditions) of the seeded class or
     caption set."""
     resolution = tokenizer.config.resolution
@@ -188,10 +194,12 @@ def train_generator(
     else:
         from arstudio.training.control import ControlledBatches, load_or_make_controls
 
-        controls = load_or_make_controls(out_dir, config.condition, seed, num_images,
-                                         tokenizer.config.resolution, config.control.types)  # fmt: skip
-        batches = ControlledBatches(tokens, conds, batch_size, seed, unwrapped.cls_embedding, controls,
-                                    config.control.dropout_prob)  # fmt: skip
+        controls = load_or_make_controls(
+            out_dir, config.condition, seed, num_images, tokenizer.config.resolution, config.control.types
+        )
+        batches = ControlledBatches(
+            tokens, conds, batch_size, seed, unwrapped.cls_embedding, controls, config.control.dropout_prob
+        )
     batches.skip(start)
     head_noise = torch.Generator().manual_seed(
         seed + 2

@@ -78,8 +78,15 @@ def train_kl_tokenizer(
 
 
 @torch.no_grad()
-def build_bridge_tokenizer(out_dir: str | Path, kl_dir: str | Path, levels: int = 64, num_images: int = 4096,
-                           seed: int = 0, batch_size: int = 256, method: str = "empirical"):  # fmt: skip
+def build_bridge_tokenizer(
+    out_dir: str | Path,
+    kl_dir: str | Path,
+    levels: int = 64,
+    num_images: int = 4096,
+    seed: int = 0,
+    batch_size: int = 256,
+    method: str = "empirical",
+):
     """TokenBridge's post-training step: fit the per-dimension quantiser (bins by ``method``, see
     ``tokenizers/bridge.py``) of a trained KL tokenizer on the latents of ``num_images`` training-set images
     (class set, seed ``seed``) and save the bridge tokenizer.

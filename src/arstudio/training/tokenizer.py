@@ -28,8 +28,9 @@ from arstudio.training.common import (
 )
 
 
-def tokenizer_batch(step: int, batch_size: int, resolution: int, seed: int, photo_fraction: float,
-                    text_fraction: float = 0.0):  # fmt: skip
+def tokenizer_batch(
+    step: int, batch_size: int, resolution: int, seed: int, photo_fraction: float, text_fraction: float = 0.0
+):
     """Batch ``step`` of the training stream: deterministic, never repeats.
 
     Order inside a batch: one-object class items, then 1-2 object text items, then photo crops.

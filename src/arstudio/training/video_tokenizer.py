@@ -33,9 +33,16 @@ def clip_tensor(seed: int, count: int, num_frames: int, resolution: int, start: 
     return pixels.view(count, num_frames, *pixels.shape[1:])
 
 
-def train_causal_video_tokenizer(out_dir: str | Path, config: CausalVideoConfig, steps: int = 600,
-                                 batch_size: int = 8, num_frames: int = 5, lr: float = 1e-3, seed: int = 0,
-                                 save_every: int = 100) -> CausalVideoTokenizer:  # fmt: skip
+def train_causal_video_tokenizer(
+    out_dir: str | Path,
+    config: CausalVideoConfig,
+    steps: int = 600,
+    batch_size: int = 8,
+    num_frames: int = 5,
+    lr: float = 1e-3,
+    seed: int = 0,
+    save_every: int = 100,
+) -> CausalVideoTokenizer:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config.slices(num_frames)  # refuses clip lengths that do not split into first frame + tubelets

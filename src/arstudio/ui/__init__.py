@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 
-for _key, _value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
-                     ("GRADIO_SSR_MODE", "False")):  # fmt: skip
+for _key, _value in (
+    ("GRADIO_ANALYTICS_ENABLED", "False"),
+    ("HF_HUB_DISABLE_TELEMETRY", "1"),
+    ("GRADIO_SSR_MODE", "False"),
+):
     os.environ.setdefault(_key, _value)
 
 import gradio as gr  # noqa: E402
@@ -35,8 +38,13 @@ def offered_presets(show_test_presets: bool | None = None) -> list[str]:
     return [name for name in arstudio.list_presets() if show_test_presets or not name.startswith("test-")]
 
 
-def create_app(preset: str | None = None, device=None, presets: list[str] | None = None,
-               show_test_presets: bool | None = None, load_options: dict | None = None) -> gr.Blocks:  # fmt: skip
+def create_app(
+    preset: str | None = None,
+    device=None,
+    presets: list[str] | None = None,
+    show_test_presets: bool | None = None,
+    load_options: dict | None = None,
+) -> gr.Blocks:
     """Build the studio. ``preset``: selected at start (loaded now, so the first request is quick);
     ``presets``: those offered (default: all but the ``test-*`` ones, see ``offered_presets``; a test
     preset asked for as ``preset`` is offered too); ``device`` and ``load_options`` (e.g. ``compile``,
@@ -80,11 +88,27 @@ def create_app(preset: str | None = None, device=None, presets: list[str] | None
     return app
 
 
-def launch(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, preset: str | None = None,
-           device=None, block: bool = True, load_options: dict | None = None, **kwargs):  # fmt: skip
+def launch(
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    share: bool = False,
+    preset: str | None = None,
+    device=None,
+    block: bool = True,
+    load_options: dict | None = None,
+    **kwargs,
+):
     """Serve the studio; ``block=False`` returns at once (tests, benchmarks). Returns the app.
     ``load_options``: more ``arstudio.load_pipeline`` arguments (``compile``, ``attention_backend``)."""
     app = create_app(preset=preset, device=device, load_options=load_options)
-    app.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD, show_error=True,
-               prevent_thread_lock=not block, ssr_mode=False, **kwargs)  # fmt: skip
+    app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        max_file_size=MAX_UPLOAD,
+        show_error=True,
+        prevent_thread_lock=not block,
+        ssr_mode=False,
+        **kwargs,
+    )
     return app

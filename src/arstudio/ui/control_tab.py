@@ -61,8 +61,9 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
     names = list(start.class_names)
     with gr.Row():
         preset = gr.Dropdown(offered, value=offered[0], label="Control preset")
-        class_name = gr.Dropdown(names, value=names[0] if names else None, label="Class",
-                                 allow_custom_value=True)  # fmt: skip
+        class_name = gr.Dropdown(
+            names, value=names[0] if names else None, label="Class", allow_custom_value=True
+        )
         kind = gr.Radio(list(CONTROL_TYPES), value=CONTROL_TYPES[0], label="Control type")
     with gr.Row():
         strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control strength (0-2)")
@@ -71,8 +72,9 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
         )
         separate = gr.Checkbox(False, label="Separate control guidance", elem_id="control-separate")
         # Used only with separate guidance: greyed out (not editable) until that is ticked.
-        control_guidance = gr.Number(3.0, step=0.1, label="Control guidance", interactive=False,
-                                     elem_id="control-guidance")  # fmt: skip
+        control_guidance = gr.Number(
+            3.0, step=0.1, label="Control guidance", interactive=False, elem_id="control-guidance"
+        )
     with gr.Row():
         seed = seed_box("Seed (image i uses seed + i)", elem_id="control-seed")
         randomize = gr.Checkbox(False, label="Randomise seed")
@@ -81,9 +83,11 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
     with gr.Row():
         editor = gr.ImageEditor(
             value={"background": np.zeros((CANVAS, CANVAS, 3), np.uint8), "layers": [], "composite": None},
-            type="numpy", label="Control map: draw or upload", elem_id="control-editor",
+            type="numpy",
+            label="Control map: draw or upload",
+            elem_id="control-editor",
             brush=gr.Brush(colors=["#ffffff"], default_size=12, color_mode="fixed"),
-        )  # fmt: skip
+        )
         used = gr.Image(label="Control map the model sees", type="numpy", interactive=False)
         gallery = gr.Gallery(label="Results", columns=2, format="png", elem_id="control-gallery")
     with gr.Row():
@@ -99,8 +103,21 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
     stops = StopSwitches()
 
     @status_errors(status)
-    def on_generate(name, label, kind_value, strength_value, guidance_value, separate_value, control_scale,
-                    seed_value, randomise, count_value, photo, editor_value, session: gr.Request):  # fmt: skip
+    def on_generate(
+        name,
+        label,
+        kind_value,
+        strength_value,
+        guidance_value,
+        separate_value,
+        control_scale,
+        seed_value,
+        randomise,
+        count_value,
+        photo,
+        editor_value,
+        session: gr.Request,
+    ):
         yield {status: "starting...", seed_used: ""}  # the last request's status must not outlive it
         stop = stops.start(session.session_hash)
         pipe = cache.get(name)
@@ -116,22 +133,31 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
             control_image=control,
             control_type=kind_value,
             control_strength=check_number(strength_value, "control strength", 0.0, 2.0),
-            control_guidance_scale=check_number(control_scale, "control guidance", 0.0) if separate_value else None,
-        )  # fmt: skip
+            control_guidance_scale=check_number(control_scale, "control guidance", 0.0)
+            if separate_value
+            else None,
+        )
         shown = np.repeat(np.repeat((control * 255).astype(np.uint8), 8, axis=0), 8, axis=1)
         for event in generate_with_previews(pipe, kwargs, stop=stop):
             if isinstance(event, Done):
                 break
-            yield {used: shown, gallery: [preview_sheet(event.images)], seed_used: str(first),
-                   status: f"token {event.step} / {event.total}"}  # fmt: skip
+            yield {
+                used: shown,
+                gallery: [preview_sheet(event.images)],
+                seed_used: str(first),
+                status: f"token {event.step} / {event.total}",
+            }
         out = event.output
         if not out.images:  # stopped: the pipeline returned its tokens, no images
             yield {gallery: None, status: "**Stopped.** Nothing was saved; Generate starts again."}
             return
-        yield {used: shown, seed_used: str(first),
-               gallery: [(im, f"{label} · seed {first + i}") for i, im in enumerate(out.images)],
-               status: f"{len(out.images)} image(s) in {out.timings['total_s']:.2f} s · {kind_value} control "
-               f"at strength {strength_value}"}  # fmt: skip
+        yield {
+            used: shown,
+            seed_used: str(first),
+            gallery: [(im, f"{label} · seed {first + i}") for i, im in enumerate(out.images)],
+            status: f"{len(out.images)} image(s) in {out.timings['total_s']:.2f} s · {kind_value} control "
+            f"at strength {strength_value}",
+        }
 
     def on_stop(session: gr.Request):
         stops.stop(session.session_hash)
@@ -146,16 +172,46 @@ def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
                 notice: gr.update(visible=True, value=cannot_load(name, current, err)),
             }
         labels = list(arstudio.get_preset(name).class_names)
-        return {class_name: gr.update(choices=labels, value=labels[0] if labels else None), loaded: name,
-                notice: gr.update(visible=False)}  # fmt: skip
+        return {
+            class_name: gr.update(choices=labels, value=labels[0] if labels else None),
+            loaded: name,
+            notice: gr.update(visible=False),
+        }
 
-    inputs = [preset, class_name, kind, strength, guidance, separate, control_guidance, seed, randomize, num_images,
-              from_photo, editor]  # fmt: skip
-    event = generate.click(on_generate, inputs, [used, gallery, seed_used, status], api_name="control_generate",
-                           show_progress_on=[gallery],
-                           concurrency_id=MODEL_QUEUE)  # fmt: skip
+    inputs = [
+        preset,
+        class_name,
+        kind,
+        strength,
+        guidance,
+        separate,
+        control_guidance,
+        seed,
+        randomize,
+        num_images,
+        from_photo,
+        editor,
+    ]
+    event = generate.click(
+        on_generate,
+        inputs,
+        [used, gallery, seed_used, status],
+        api_name="control_generate",
+        show_progress_on=[gallery],
+        concurrency_id=MODEL_QUEUE,
+    )
     stop.click(on_stop, None, [gallery, status], cancels=[event], api_name=False, queue=False)
-    separate.change(lambda on: gr.update(interactive=bool(on)), separate, control_guidance, api_name=False,
-                    show_progress="hidden")  # fmt: skip
-    preset.select(on_preset, [preset, loaded], [preset, class_name, loaded, notice], api_name=False,
-                 show_progress="hidden")  # fmt: skip
+    separate.change(
+        lambda on: gr.update(interactive=bool(on)),
+        separate,
+        control_guidance,
+        api_name=False,
+        show_progress="hidden",
+    )
+    preset.select(
+        on_preset,
+        [preset, loaded],
+        [preset, class_name, loaded, notice],
+        api_name=False,
+        show_progress="hidden",
+    )

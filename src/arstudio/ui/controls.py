@@ -75,10 +75,18 @@ def build_controls(presets: list[str], start) -> Controls:
     """
     text, names, defaults = is_text_preset(start), list(start.preset.class_names), start.preset.defaults
     with gr.Row():
-        preset_box = gr.Dropdown(preset_choices(presets), value=start.preset.name, label="Preset", scale=1,
-                                 elem_id="preset")  # fmt: skip
-        class_name = gr.Dropdown(names, value=names[0] if names else None, label="Class", scale=2, elem_id="class-name",
-                                 visible=not text and bool(names), allow_custom_value=True)  # fmt: skip
+        preset_box = gr.Dropdown(
+            preset_choices(presets), value=start.preset.name, label="Preset", scale=1, elem_id="preset"
+        )
+        class_name = gr.Dropdown(
+            names,
+            value=names[0] if names else None,
+            label="Class",
+            scale=2,
+            elem_id="class-name",
+            visible=not text and bool(names),
+            allow_custom_value=True,
+        )
         class_id = gr.Number(0, precision=0, label="Class id", visible=not text and not names, scale=2)
         prompt = gr.Textbox(
             label="Prompt",
@@ -92,21 +100,42 @@ def build_controls(presets: list[str], start) -> Controls:
         seed = seed_box("Seed (image i uses seed + i)", elem_id="seed")
         randomize = gr.Checkbox(True, label="Randomise seed", elem_id="randomize")
         num_images = gr.Number(4, precision=0, step=1, label=f"Images (1-{MAX_IMAGES})", elem_id="num-images")
-        guidance_scale = gr.Number(defaults.get("guidance_scale", 1.0), step=0.1, label="Guidance scale (1 = off)",
-                                   elem_id="guidance")  # fmt: skip
+        guidance_scale = gr.Number(
+            defaults.get("guidance_scale", 1.0),
+            step=0.1,
+            label="Guidance scale (1 = off)",
+            elem_id="guidance",
+        )
     continuous = is_continuous_preset(start)
     with gr.Accordion("Advanced sampling and decoding", open=False):
         with gr.Row():
             temperature = gr.Number(defaults.get("temperature", 1.0), step=0.05, label="Temperature (> 0)")
-            top_k = gr.Number(defaults.get("top_k", 0), precision=0, minimum=0, label="Top-k (0 = off)",
-                              visible=not continuous)  # fmt: skip
-            top_p = gr.Slider(0.01, 1.0, value=defaults.get("top_p", 1.0), step=0.01, label="Top-p (1 = off)",
-                              visible=not continuous)  # fmt: skip
-            steps = gr.Number(defaults.get("num_inference_steps", 25), precision=0, step=1,
-                              label=f"Diffusion steps per token (1-{MAX_STEPS})", visible=has_steps(start),
-                              elem_id="num-steps")  # fmt: skip
-        decoding = gr.Dropdown(list(start.decoding_strategies), value="ar", label="Decoding strategy",
-                               allow_custom_value=True)  # fmt: skip
+            top_k = gr.Number(
+                defaults.get("top_k", 0),
+                precision=0,
+                minimum=0,
+                label="Top-k (0 = off)",
+                visible=not continuous,
+            )
+            top_p = gr.Slider(
+                0.01,
+                1.0,
+                value=defaults.get("top_p", 1.0),
+                step=0.01,
+                label="Top-p (1 = off)",
+                visible=not continuous,
+            )
+            steps = gr.Number(
+                defaults.get("num_inference_steps", 25),
+                precision=0,
+                step=1,
+                label=f"Diffusion steps per token (1-{MAX_STEPS})",
+                visible=has_steps(start),
+                elem_id="num-steps",
+            )
+        decoding = gr.Dropdown(
+            list(start.decoding_strategies), value="ar", label="Decoding strategy", allow_custom_value=True
+        )
         knobs, groups = {}, {}
         for strategy, params in DECODING_PARAMS.items():
             if not params:
@@ -114,10 +143,32 @@ def build_controls(presets: list[str], start) -> Controls:
             with gr.Group(visible=False) as groups[strategy], gr.Row():
                 for p in params:
                     step = 1 if p.integer else 0.01
-                    knobs[(strategy, p.name)] = gr.Number(p.default, minimum=p.low, maximum=p.high, step=step,
-                                                          label=f"{strategy}: {p.name}", info=p.help)  # fmt: skip
-    controls = Controls(preset_box, class_name, class_id, prompt, negative_prompt, seed, randomize, num_images,
-                        guidance_scale, temperature, top_k, top_p, steps, decoding, knobs, groups)  # fmt: skip
+                    knobs[(strategy, p.name)] = gr.Number(
+                        p.default,
+                        minimum=p.low,
+                        maximum=p.high,
+                        step=step,
+                        label=f"{strategy}: {p.name}",
+                        info=p.help,
+                    )
+    controls = Controls(
+        preset_box,
+        class_name,
+        class_id,
+        prompt,
+        negative_prompt,
+        seed,
+        randomize,
+        num_images,
+        guidance_scale,
+        temperature,
+        top_k,
+        top_p,
+        steps,
+        decoding,
+        knobs,
+        groups,
+    )
     decoding.change(
         lambda s: strategy_visibility(controls, s), decoding, list(groups.values()), api_name=False
     )
@@ -176,10 +227,10 @@ def preset_updates(controls: Controls, pipe) -> dict:
     return {
         controls.class_name: gr.update(
             visible=not text and bool(names), choices=names, value=names[0] if names else None
-        ),  # fmt: skip
+        ),
         controls.class_id: gr.update(
             visible=not text and not names, maximum=None if text else pipe.generator.config.num_classes - 1
-        ),  # fmt: skip
+        ),
         controls.prompt: gr.update(visible=text),
         controls.negative_prompt: gr.update(visible=text),
         controls.guidance_scale: gr.update(value=defaults.get("guidance_scale", 1.0)),
@@ -188,7 +239,7 @@ def preset_updates(controls: Controls, pipe) -> dict:
         controls.top_p: gr.update(value=defaults.get("top_p", 1.0), visible=not is_continuous_preset(pipe)),
         controls.num_inference_steps: gr.update(
             value=defaults.get("num_inference_steps", 25), visible=has_steps(pipe)
-        ),  # fmt: skip
+        ),
         controls.decoding: gr.update(choices=list(pipe.decoding_strategies), value="ar"),
         **strategy_visibility(controls, "ar"),
     }
@@ -216,11 +267,15 @@ def build_request(
     v = {name: values[c] for name, c in vars(controls).items() if name not in ("knobs", "knob_groups")}
     pipe = cache.get(v["preset"])
     count = check_integer(v["num_images"], "images", 1, MAX_IMAGES)
-    kwargs = {"guidance_scale": check_number(v["guidance_scale"], "guidance_scale", 0.0),
-              "temperature": check_number(v["temperature"], "temperature", 0.0, low_open=True)}  # fmt: skip
+    kwargs = {
+        "guidance_scale": check_number(v["guidance_scale"], "guidance_scale", 0.0),
+        "temperature": check_number(v["temperature"], "temperature", 0.0, low_open=True),
+    }
     if not is_continuous_preset(pipe):
-        kwargs.update(top_k=check_integer(v["top_k"], "top_k", 0, 1_000_000),
-                      top_p=check_number(v["top_p"], "top_p", 0.0, 1.0, low_open=True))  # fmt: skip
+        kwargs.update(
+            top_k=check_integer(v["top_k"], "top_k", 0, 1_000_000),
+            top_p=check_number(v["top_p"], "top_p", 0.0, 1.0, low_open=True),
+        )
     if has_steps(pipe):
         kwargs["num_inference_steps"] = check_integer(
             v["num_inference_steps"], "diffusion steps", 1, MAX_STEPS
@@ -241,11 +296,18 @@ def build_request(
     seed = random_seed(count) if v["randomize"] else parse_seed(v["seed"], count)
     strategy = decoding or v["decoding"]
     if strategy not in pipe.decoding_strategies:
-        raise ValueError(f"decoding={strategy!r} is not available for {v['preset']}; "
-                         f"allowed: {list(pipe.decoding_strategies)}")  # fmt: skip
+        raise ValueError(
+            f"decoding={strategy!r} is not available for {v['preset']}; "
+            f"allowed: {list(pipe.decoding_strategies)}"
+        )
     knobs = {p.name: p.check(values[controls.knobs[(strategy, p.name)]]) for p in DECODING_PARAMS[strategy]}
-    kwargs.update(num_images_per_prompt=count, decoding=strategy, output_type="pil", **knobs,
-                  generator=[torch.Generator().manual_seed(seed + i) for i in range(count)])  # fmt: skip
+    kwargs.update(
+        num_images_per_prompt=count,
+        decoding=strategy,
+        output_type="pil",
+        **knobs,
+        generator=[torch.Generator().manual_seed(seed + i) for i in range(count)],
+    )
     return Request(pipe, kwargs, seed, knobs)
 
 
@@ -262,8 +324,9 @@ def recipe_updates(controls: Controls, pipe, meta: dict) -> dict:
         updates[controls.prompt] = gr.update(visible=True, value=meta["prompt"])
         updates[controls.negative_prompt] = gr.update(visible=True, value=meta.get("negative_prompt") or "")
     elif meta.get("class_name"):
-        updates[controls.class_name] = gr.update(visible=True, choices=list(pipe.preset.class_names),
-                                                 value=meta["class_name"])  # fmt: skip
+        updates[controls.class_name] = gr.update(
+            visible=True, choices=list(pipe.preset.class_names), value=meta["class_name"]
+        )
     elif "class_label" in meta:
         updates[controls.class_id] = gr.update(visible=True, value=meta["class_label"])
     first, count = batch_of(meta)

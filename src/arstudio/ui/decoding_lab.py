@@ -14,8 +14,16 @@ import pandas as pd
 from arstudio.ui.common import MODEL_QUEUE, PipelineCache, readable_errors
 from arstudio.ui.controls import Controls, build_request
 
-COLUMNS = ["strategy", "seconds", "forwards", "tokens_per_forward", "accepted_length", "speedup_vs_ar",
-           "verifier_accuracy", "note"]  # fmt: skip
+COLUMNS = [
+    "strategy",
+    "seconds",
+    "forwards",
+    "tokens_per_forward",
+    "accepted_length",
+    "speedup_vs_ar",
+    "verifier_accuracy",
+    "note",
+]
 
 
 def verifier_accuracy(output) -> float | None:
@@ -60,8 +68,18 @@ def compare_strategies(cache: PipelineCache, controls: Controls, values: dict, p
             for image, seed in zip(output.images, output.seeds, strict=True)
         ]
         accepted = stats.get("accepted_length", stats.get("mean_accepted_length"))
-        rows.append([strategy, round(seconds, 3), stats.get("forwards"), _round(stats.get("tokens_per_forward")),
-                     _round(accepted), None, verifier_accuracy(output), note])  # fmt: skip
+        rows.append(
+            [
+                strategy,
+                round(seconds, 3),
+                stats.get("forwards"),
+                _round(stats.get("tokens_per_forward")),
+                _round(accepted),
+                None,
+                verifier_accuracy(output),
+                note,
+            ]
+        )
     ar_seconds = next((r[1] for r in rows if r[0] == "ar"), None)
     for row in rows:
         row[5] = round(ar_seconds / row[1], 2) if ar_seconds and row[1] else None
@@ -74,15 +92,19 @@ def chart_updates(frame: pd.DataFrame) -> tuple[dict, dict]:
     order = list(frame["strategy"])
     top = float(frame["seconds"].max()) * 1.15 or 1.0
     judged = bool(frame["verifier_accuracy"].notna().all())
-    return (gr.update(value=frame, y_lim=[0, top], sort=order),
-            gr.update(value=frame, visible=judged, y_lim=[0, 1], sort=order))  # fmt: skip
+    return (
+        gr.update(value=frame, y_lim=[0, top], sort=order),
+        gr.update(value=frame, visible=judged, y_lim=[0, 1], sort=order),
+    )
 
 
 def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
-    gr.Markdown("Runs the **Image** tab's request (preset, condition, seed, sampling, knobs) with plain AR and "
-                "every accelerated strategy this preset supports, on the same seeds. One-shot distilled "
-                "decoding (dd1, dd2) keeps the sampling it was distilled with; its row's note says when "
-                "that differs from yours.")  # fmt: skip
+    gr.Markdown(
+        "Runs the **Image** tab's request (preset, condition, seed, sampling, knobs) with plain AR and "
+        "every accelerated strategy this preset supports, on the same seeds. One-shot distilled "
+        "decoding (dd1, dd2) keeps the sampling it was distilled with; its row's note says when "
+        "that differs from yours."
+    )
     run = gr.Button("Compare strategies", variant="primary", elem_id="compare")
     gallery = gr.Gallery(
         label="Images per strategy", columns=4, height="auto", format="png", elem_id="decoding-gallery"
@@ -90,8 +112,12 @@ def build_decoding_lab(cache: PipelineCache, controls: Controls) -> None:
     table = gr.Dataframe(headers=COLUMNS, label="Speed and quality", interactive=False)
     with gr.Row():
         chart = gr.BarPlot(x="strategy", y="seconds", title="Wall-clock per strategy (lower is faster)")
-        quality = gr.BarPlot(x="strategy", y="verifier_accuracy", visible=False,
-                             title="Verifier accuracy: images showing their class (higher is better)")  # fmt: skip
+        quality = gr.BarPlot(
+            x="strategy",
+            y="verifier_accuracy",
+            visible=False,
+            title="Verifier accuracy: images showing their class (higher is better)",
+        )
 
     @readable_errors
     def on_run(values: dict, progress=gr.Progress()):  # noqa: B008 - Gradio's injection idiom

@@ -93,8 +93,9 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
         )
         status = gr.Markdown(elem_id="status")
     files = gr.File(label="PNGs with their recipe", file_count="multiple", interactive=False)
-    recipe = gr.File(label="Load recipe from image: drop a PNG made by arstudio", file_types=[".png"],
-                     elem_id="recipe")  # fmt: skip
+    recipe = gr.File(
+        label="Load recipe from image: drop a PNG made by arstudio", file_types=[".png"], elem_id="recipe"
+    )
 
     stops = StopSwitches()
     STOPPED = "**Stopped.** Nothing was saved; Generate starts again."
@@ -114,18 +115,24 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
             if isinstance(event, Done):
                 break
             progress((event.step, event.total), desc="tokens")
-            yield {gallery: [preview_sheet(event.images)], seed_used: str(request.seed),
-                   status: f"token {event.step} / {event.total}{note}"}  # fmt: skip
+            yield {
+                gallery: [preview_sheet(event.images)],
+                seed_used: str(request.seed),
+                status: f"token {event.step} / {event.total}{note}",
+            }
         output = event.output
         if not output.images:  # stopped: the pipeline returned its tokens, no images
             yield {gallery: None, files: None, status: STOPPED}
             return
         paths = save_outputs(output, request.knobs)
         seconds, forwards = output.timings["total_s"], output.stats.get("forwards")
-        yield {gallery: [(str(p), caption(m)) for p, m in zip(paths, output.metadata, strict=True)],
-               seed_used: str(request.seed), files: [str(p) for p in paths],
-               status: f"{len(paths)} image(s) in {seconds:.2f} s · {forwards} forwards · "
-               f"{request.kwargs['decoding']}{note}"}  # fmt: skip
+        yield {
+            gallery: [(str(p), caption(m)) for p, m in zip(paths, output.metadata, strict=True)],
+            seed_used: str(request.seed),
+            files: [str(p) for p in paths],
+            status: f"{len(paths)} image(s) in {seconds:.2f} s · {forwards} forwards · "
+            f"{request.kwargs['decoding']}{note}",
+        }
 
     def on_stop(session: gr.Request):
         stops.stop(session.session_hash)  # the pipeline stops after its current token
@@ -136,8 +143,11 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
         try:
             pipe = cache.get(name)
         except Exception as err:  # the form stays usable on the preset it had; the reason stays on screen
-            return {controls.preset: gr.update(value=current), loaded: current,
-                    notice: gr.update(visible=True, value=cannot_load(name, current, err))}  # fmt: skip
+            return {
+                controls.preset: gr.update(value=current),
+                loaded: current,
+                notice: gr.update(visible=True, value=cannot_load(name, current, err)),
+            }
         return {**preset_updates(controls, pipe), loaded: name, notice: gr.update(visible=False, value="")}
 
     @readable_errors
@@ -146,15 +156,30 @@ def build_image_tab(cache: PipelineCache, presets: list[str], preset: str) -> Co
         updates = recipe_updates(controls, cache.get(meta["preset"]), meta)
         first, count = batch_of(meta)
         note = f" (made in a batch of {count} from seed {first}: restored whole)" if count > 1 else ""
-        return {**updates, loaded: meta["preset"], notice: gr.update(visible=False),
-                status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}"}  # fmt: skip
+        return {
+            **updates,
+            loaded: meta["preset"],
+            notice: gr.update(visible=False),
+            status: f"loaded the recipe of seed {meta['seed']} ({meta['preset']}){note}",
+        }
 
-    event = generate.click(on_generate, controls.inputs(), [gallery, seed_used, status, files],
-                           api_name="generate", concurrency_id=MODEL_QUEUE, show_progress_on=[gallery])  # fmt: skip
+    event = generate.click(
+        on_generate,
+        controls.inputs(),
+        [gallery, seed_used, status, files],
+        api_name="generate",
+        concurrency_id=MODEL_QUEUE,
+        show_progress_on=[gallery],
+    )
     stop.click(on_stop, None, [gallery, status, files], cancels=[event], api_name=False, queue=False)
     # .select, not .input: .input fired twice per pick (on the option and on blur), and the second answer
     # could reset a field the user had already changed.
-    controls.preset.select(on_preset, [controls.preset, loaded], [*controls.updatable(), loaded, notice],
-                          api_name="preset", show_progress="hidden")  # fmt: skip
+    controls.preset.select(
+        on_preset,
+        [controls.preset, loaded],
+        [*controls.updatable(), loaded, notice],
+        api_name="preset",
+        show_progress="hidden",
+    )
     recipe.upload(on_recipe, recipe, [*controls.updatable(), loaded, notice, status], api_name="load_recipe")
     return controls

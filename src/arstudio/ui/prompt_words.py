@@ -32,5 +32,7 @@ def unknown_prompt_warning(pipe, prompt: str) -> str | None:
     if set(re.findall(r"[a-z]+", prompt.lower())) & known:
         return None
     examples = ", ".join(sorted(known)[:12])
-    return (f"{pipe.preset.name} understood no word of {prompt!r}: it knows words like {examples}; "
-            f"the images will not follow this prompt")  # fmt: skip
+    return (
+        f"{pipe.preset.name} understood no word of {prompt!r}: it knows words like {examples}; "
+        f"the images will not follow this prompt"
+    )

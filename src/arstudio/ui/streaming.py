@@ -56,9 +56,13 @@ class StopSwitches:
 
 
 def generate_with_previews(
-    pipe, kwargs: dict, previews: int = 8, min_interval_s: float = 0.5, max_share: float = 0.05,
+    pipe,
+    kwargs: dict,
+    previews: int = 8,
+    min_interval_s: float = 0.5,
+    max_share: float = 0.05,
     stop: threading.Event | None = None,
-) -> Iterator[Preview | Done]:  # fmt: skip
+) -> Iterator[Preview | Done]:
     """Yield ``Preview`` items while ``pipe(**kwargs)`` samples, then one ``Done``; re-raise its error.
 
     Previews cost a decode in the sampling thread (and an image encode in Gradio), so they are rationed:

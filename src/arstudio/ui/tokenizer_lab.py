@@ -32,8 +32,12 @@ def sample_pictures(side: int = 96) -> dict[str, np.ndarray]:
     squares[side // 2 :, side // 2 :] = (240, 220, 40)
     gradient = np.stack([x * 255, y * 255, (1 - x) * 255], axis=-1).astype(np.uint8)
     checker = (((x * 8).astype(int) + (y * 8).astype(int)) % 2 * 255).astype(np.uint8)
-    return {"red circle": circle, "two squares": squares, "colour gradient": gradient,
-            "checkerboard": np.repeat(checker[..., None], 3, axis=-1)}  # fmt: skip
+    return {
+        "red circle": circle,
+        "two squares": squares,
+        "colour gradient": gradient,
+        "checkerboard": np.repeat(checker[..., None], 3, axis=-1),
+    }
 
 
 def token_grid_image(ids: np.ndarray, codebook_size: int, side: int) -> np.ndarray:
@@ -70,8 +74,11 @@ def lab_row(cache: PipelineCache, name: str, source) -> tuple[list, list]:
         if r.kind == "discrete"
         else latent_grid_image(r.ids, side)
     )
-    items = [(r.original, f"{name}: input {side}px"), (r.reconstruction, f"{name}: reconstruction"),
-             (picture, f"{name}: tokens {grid}")]  # fmt: skip
+    items = [
+        (r.original, f"{name}: input {side}px"),
+        (r.reconstruction, f"{name}: reconstruction"),
+        (picture, f"{name}: tokens {grid}"),
+    ]
     tokens = " · ".join(f"{key} {value}" for key, value in r.summary().items())
     return items, [name, KIND_NAMES.get(r.kind, r.kind), side, grid, round(r.psnr, 2), tokens]
 
@@ -98,8 +105,9 @@ def run_lab(cache: PipelineCache, presets: list[str], picture: str | None, uploa
 
 def build_tokenizer_lab(cache: PipelineCache, presets: list[str], preset: str) -> None:
     with gr.Row():
-        chosen = gr.CheckboxGroup(presets, value=[preset], label="Tokenizers of these presets",
-                                  elem_id="tokenizer-presets")  # fmt: skip
+        chosen = gr.CheckboxGroup(
+            presets, value=[preset], label="Tokenizers of these presets", elem_id="tokenizer-presets"
+        )
         picture = gr.Dropdown(list(sample_pictures()), value="red circle", label="Built-in picture")
         upload = gr.File(label="...or upload an image", file_types=["image"], type="filepath")
     run = gr.Button("Tokenize and reconstruct", variant="primary", elem_id="tokenize")

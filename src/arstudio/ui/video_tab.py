@@ -77,10 +77,16 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
                 defaults.get("num_inference_steps", 20), precision=0, label="Euler steps per frame"
             )
             decay = gr.Number(0.0, step=0.05, label="Temporal decay (0 = off)")
-            first_frame = gr.Radio([("video model", "video"), ("image model (keyframe preset)", "image")],
-                                   value=defaults.get("first_frame", "video"), label="First frame drawn by")  # fmt: skip
-        context = gr.File(label="Context clip (mp4/gif, frames of the preset's size): predict what follows",
-                          file_types=[".mp4", ".gif"], elem_id="video-context")  # fmt: skip
+            first_frame = gr.Radio(
+                [("video model", "video"), ("image model (keyframe preset)", "image")],
+                value=defaults.get("first_frame", "video"),
+                label="First frame drawn by",
+            )
+        context = gr.File(
+            label="Context clip (mp4/gif, frames of the preset's size): predict what follows",
+            file_types=[".mp4", ".gif"],
+            elem_id="video-context",
+        )
     with gr.Row():
         generate = gr.Button("Generate video", variant="primary", elem_id="generate-video")
         stop = gr.Button("Stop", variant="stop", elem_id="stop-video")
@@ -94,8 +100,22 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
     stops = StopSwitches()
 
     @status_errors(status)
-    def on_generate(name, label, frames, count, seed_value, randomise, guidance_scale, temp, n_steps,
-                    decay_value, context_path, first_source, session: gr.Request, progress=gr.Progress()):  # noqa: B008  # fmt: skip
+    def on_generate(
+        name,
+        label,
+        frames,
+        count,
+        seed_value,
+        randomise,
+        guidance_scale,
+        temp,
+        n_steps,
+        decay_value,
+        context_path,
+        first_source,
+        session: gr.Request,
+        progress=gr.Progress(),  # noqa: B008
+    ):
         yield {status: "starting...", files: None}  # the last request's status must not outlive it
         stop = stops.start(session.session_hash)
         pipe = cache.get(name)
@@ -126,10 +146,13 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
         paths = save_videos(output, output_dir(), formats=formats, scale=PREVIEW_SCALE)
         seconds = output.timings["total_s"]
         shown = str(paths[0]) if formats[0] == "mp4" else None
-        yield {preview: frame_sheet([v[-1] for v in output.frames]), video: shown,
-               files: [str(p) for p in paths],
-               status: f"{count} video(s) x {output.latents.shape[1]} frames in {seconds:.2f} s "
-               f"({output.timings['frames_per_s']:.1f} frames/s) · seed {first}"}  # fmt: skip
+        yield {
+            preview: frame_sheet([v[-1] for v in output.frames]),
+            video: shown,
+            files: [str(p) for p in paths],
+            status: f"{count} video(s) x {output.latents.shape[1]} frames in {seconds:.2f} s "
+            f"({output.timings['frames_per_s']:.1f} frames/s) · seed {first}",
+        }
 
     def on_stop(session: gr.Request):
         stops.stop(session.session_hash)
@@ -144,17 +167,38 @@ def build_video_tab(cache: PipelineCache, presets: list[str], start) -> None:
                 notice: gr.update(visible=True, value=cannot_load(name, current, err)),
             }
         names, defaults = list(pipe.preset.class_names), pipe.preset.defaults
-        return {class_name: gr.update(choices=names, value=names[0]), loaded: name, notice: gr.update(visible=False),
-                num_frames: gr.update(label=f"Frames (1-{pipe.max_frames})"),
-                guidance: gr.update(value=defaults.get("guidance_scale", 1.0)),
-                steps: gr.update(value=defaults.get("num_inference_steps", 20)),
-                first_frame: gr.update(value=defaults.get("first_frame", "video"))}  # fmt: skip
+        return {
+            class_name: gr.update(choices=names, value=names[0]),
+            loaded: name,
+            notice: gr.update(visible=False),
+            num_frames: gr.update(label=f"Frames (1-{pipe.max_frames})"),
+            guidance: gr.update(value=defaults.get("guidance_scale", 1.0)),
+            steps: gr.update(value=defaults.get("num_inference_steps", 20)),
+            first_frame: gr.update(value=defaults.get("first_frame", "video")),
+        }
 
-    inputs = [preset, class_name, num_frames, num_videos, seed, randomize, guidance, temperature, steps, decay,
-              context, first_frame]  # fmt: skip
-    event = generate.click(on_generate, inputs, [preview, video, status, files], api_name="generate_video",
-                           show_progress_on=[preview],
-                           concurrency_id=MODEL_QUEUE)  # fmt: skip
+    inputs = [
+        preset,
+        class_name,
+        num_frames,
+        num_videos,
+        seed,
+        randomize,
+        guidance,
+        temperature,
+        steps,
+        decay,
+        context,
+        first_frame,
+    ]
+    event = generate.click(
+        on_generate,
+        inputs,
+        [preview, video, status, files],
+        api_name="generate_video",
+        show_progress_on=[preview],
+        concurrency_id=MODEL_QUEUE,
+    )
     stop.click(on_stop, None, [preview, status], cancels=[event], api_name=False, queue=False)
     preset.select(
         on_preset,
