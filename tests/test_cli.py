@@ -477,16 +477,8 @@ def test_decoding_flags_are_checked_before_any_work(args, message, tmp_path, cap
         ),
         (["--decoding", "continuous_speculative", "--cfg-interval", "0.2", "0.8"], "is not available"),
         (
-            [
-                "--preset",
-                "test-tiny-continuous",
-                "--decoding",
-                "continuous_speculative",
-                "--cfg-interval",
-                "0.2",
-                "0.8",
-            ],
-            "cannot apply cfg_interval=(0.2, 0.8) (its draft-and-verify rounds guide every token)",
+            ["--decoding", "dd1", "--cfg-interval", "0.2", "0.8"],
+            "cfg_interval=(0.2, 0.8) cannot apply (use decoding='dd1_hybrid' or 'ar' to change it)",
         ),
     ],
 )
