@@ -26,7 +26,7 @@ PUBLIC_MODULES = {
 }
 PRESETS = ["test-tiny-c2i", "test-tiny-t2i", "test-tiny-continuous", "test-tiny-bridge", "llamagen-b-256"]
 NEAR_2_63 = 2**63 - 3  # a browser number field would round it (doubles are exact only below 2^53)
-KNOBS = [4, 4, 8, 0.2, 1.0, 3, 1.0]  # knob fields: speculative, lantern, continuous_speculative
+KNOBS = [4, 1, 4, 1, 8, 0.2, 1.0, 3, 1.0]  # knob fields: speculative, lantern, continuous_speculative
 
 
 def _request(preset="test-tiny-c2i", class_name="blue square", prompt="", seed="7", randomize=False, count=2,
@@ -96,16 +96,13 @@ def test_a_strategy_and_its_knobs_travel_into_the_recipe_and_back(client):
     strategies = arstudio.load_pipeline("test-tiny-c2i").decoding_strategies
     if "lantern" not in strategies:
         pytest.skip(f"test-tiny-c2i offers only {strategies}")
-    knobs = [4, 3, 5, 0.4, 2.0]  # speculative: draft_tokens; lantern: draft_tokens, k, delta, lambda
+    # speculative: draft_tokens, draft_width; lantern: draft_tokens, draft_width, k, delta, lambda
+    knobs = [4, 1, 3, 2, 5, 0.4, 2.0]
     _, _, status, files = client.predict(*_request(decoding="lantern", knobs=knobs), api_name="/generate")
     meta = read_png_metadata(files[0])
     assert "lantern" in status and meta["decoding"] == "lantern"
-    assert (meta["draft_tokens"], meta["lantern_k"], meta["lantern_delta"], meta["lantern_lambda"]) == (
-        3,
-        5,
-        0.4,
-        2.0,
-    )
+    knob_names = ("draft_tokens", "draft_width", "lantern_k", "lantern_delta", "lantern_lambda")
+    assert tuple(meta[k] for k in knob_names) == (3, 2, 5, 0.4, 2.0)
     updates = client.predict(gradio_client.handle_file(files[0]), api_name="/load_recipe")
     values = [u.get("value") for u in updates[:-1] if isinstance(u, dict)]
     assert "lantern" in values and 0.4 in values and 5 in values
