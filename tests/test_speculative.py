@@ -500,6 +500,8 @@ def test_tune_speculative_writes_defaults_the_pipeline_uses(pipe, tmp_path):
         class_labels=[0], decoding="speculative", draft_width=1, generator=torch.Generator().manual_seed(0)
     )
     assert out.metadata[0]["draft_width"] == 1  # ...unless the call says otherwise
+    loaded.save_pretrained(tmp_path / "copy")  # and they travel with the saved pipeline
+    assert arstudio.ImagePipeline.from_pretrained(tmp_path / "copy").knob_defaults["speculative"] == tuned
     (tmp_path / "speculative_defaults.json").write_text(json.dumps({"speculative": {"draft_width": 20}}))
     with pytest.raises(ValueError, match=r"speculative_defaults.json: draft_width=20 is out of range"):
         arstudio.load_pipeline("test-tiny-c2i", device="cpu", weights=tmp_path)

@@ -116,11 +116,12 @@ class Backbone(nn.Module):
         """Copy every layer's cached keys/values from slots ``source`` to slots ``target`` (both (B, T), one
         row per cache row): a verified draft tree's accepted path moves to its sequence positions. All
         sources are read before any target is written, so the two may overlap."""
+        k = self.caches[0].k  # every layer's caches have this shape
+        expand = (-1, k.shape[1], -1, k.shape[3])
+        source, target = source[:, None, :, None].expand(*expand), target[:, None, :, None].expand(*expand)
         for cache in self.caches:
             for buffer in (cache.k, cache.v):
-                expand = (-1, buffer.shape[1], -1, buffer.shape[3])
-                moved = buffer.gather(2, source[:, None, :, None].expand(*expand))
-                buffer.scatter_(2, target[:, None, :, None].expand(*expand), moved)
+                buffer.scatter_(2, target, buffer.gather(2, source))
 
     def set_attention_backend(self, name: str) -> None:
         """ "sdpa" (default) or "xformers" (CUDA only, when installed); checked against the model's device."""

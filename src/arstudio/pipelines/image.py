@@ -19,6 +19,7 @@ import torch
 from arstudio.checks import trusted_values
 from arstudio.decoding.guidance import ControlSignal
 from arstudio.decoding.logits import SamplingParams
+from arstudio.decoding.speculative_defaults import write_defaults
 from arstudio.decoding.strategies import (
     STRATEGIES,
     DecodeRequest,
@@ -187,6 +188,8 @@ class ImagePipeline:
             model.save_pretrained(folder / name)
         info = {"class": type(self).__name__, "preset": self.preset.name, "components": list(self.components)}
         atomic_write_bytes(folder / PIPELINE_FILE, json.dumps(info, indent=2).encode())
+        if self.knob_defaults:  # tuned speculative defaults travel with the drafter they were measured for
+            write_defaults(folder, self.knob_defaults, {"saved_from": self.preset.name})
         return folder
 
     @classmethod
