@@ -40,12 +40,12 @@ F16, I8, F32 = torch.float16, torch.int8, torch.float32
 SHIPPED = {
     "shapes-c2i/tokenizer": ("runs/vq-shapes32", F16),
     "shapes-c2i/generator": ("runs/gen-shapes-c2i", F16),
-    "shapes-c2i/drafter": ("runs/drafter-shapes-c2i", F16),
+    "shapes-c2i/drafter": ("runs/drafter-shapes-c2i-guided", F16),  # issue 23: guided + own rollouts
     "shapes-c2i/dd1": ("runs/dd1-shapes-c2i-long", F16),  # 16k pairs, 2400 steps (docs/training.md)
     "shapes-c2i/dd2": ("runs/dd2-soup3", F16),  # soup of 3 seeds: batch 32, 1000 steps, DD1 weight 0.05
     "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", F16),
     "shapes-t2i/generator": ("runs/gen-shapes-t2i-scratch", F16),  # v3: phrase slots from scratch
-    "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-scratch", F16),
+    "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-guided", F16),  # issue 23: guided + own rollouts
     "fd-shapes-classifier": ("runs/fd-shapes-classifier", F32),
     "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", F16),
     "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", I8),
@@ -60,6 +60,9 @@ SHIPPED = {
     "shapes-control-prefill/generator": ("runs/gen-shapes-control-prefill", I8),
     "sprites-video/generator": ("runs/sprites-video-bf16/ema", F16),  # bf16, 4200 steps, weight average
     "causal-video-tokenizer": ("runs/causal-video-tokenizer", F16),
+    # shapes-c2i-256 keeps shapes-c2i's tokenizer (loaded at 64 px)
+    "shapes-c2i-256/generator": ("runs/gen-shapes-c2i-256", I8),
+    "shapes-c2i-256/drafter": ("runs/drafter-shapes-c2i-256-guided", F16),
 }
 MODELS = {
     cls.__name__: cls
