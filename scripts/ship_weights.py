@@ -49,7 +49,10 @@ SHIPPED = {
     "fd-shapes-classifier": ("runs/fd-shapes-classifier", F32),
     "shapes-c2i-continuous/tokenizer": ("runs/kl-shapes32", F16),
     "shapes-c2i-continuous/generator": ("runs/gen-shapes-c2i-continuous", I8),
-    "shapes-c2i-continuous/drafter": ("runs/cspd-draft-d1/drafter", F16),  # CSpD draft head (training/cspd_draft.py)
+    "shapes-c2i-continuous/drafter": (
+        "runs/cspd-draft-d1/drafter",
+        F16,
+    ),  # CSpD draft head (training/cspd_draft.py)
     "shapes-c2i-bridge/tokenizer": ("runs/bridge-shapes32", F16),
     "shapes-c2i-bridge/generator": ("runs/gen-bridge-joint", I8),
     # control presets keep shapes-c2i's tokenizer, sprites-video shapes-c2i-continuous's (Preset.shared_tokenizer)
