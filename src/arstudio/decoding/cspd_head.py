@@ -33,7 +33,8 @@ def sample_with_draft_head(
     p = Trajectories(target.head, spec.num_inference_steps, params.temperature, target.config.x0_clip)
     q = Trajectories(draft.head, spec.num_inference_steps, params.temperature, target.config.x0_clip)
     residual_draws = spec.max_tries + 1  # residual_sample's draw calls: one noise per try, one uniform
-    drafted = spec.num_inference_steps - (2 if spec.tail_steps is None else spec.tail_steps)
+    tail = min(2, spec.num_inference_steps - 1) if spec.tail_steps is None else spec.tail_steps
+    drafted = spec.num_inference_steps - tail  # >= 1
     count = spec.prefilled(total)
     accepted = torch.zeros(total, dtype=torch.long, device=device)  # per token index, read after the loop
     residual_rounds, start = 0, time.perf_counter()
