@@ -16,7 +16,6 @@ the rest (sampling, acceptance, bookkeeping).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 
 from arstudio.data.shapes import NUM_CLASSES, class_batch, make_text_item
 from arstudio.evaluation.fd_shapes import fd_shapes, load_shipped_classifier
+from arstudio.evaluation.timing import median_seconds_per_image
 from arstudio.evaluation.verifier import verify_class, verify_objects
 from arstudio.pipelines.loading import load_pipeline
 from benchmarks.common import RESULTS, finish, header
@@ -122,15 +122,11 @@ def quality(pipe, reqs, checks, real, setting, batch: int, classifier) -> dict:
 
 def timing(pipe, reqs, settings: dict, batch: int, repeats: int) -> dict[str, float]:
     """Median seconds per image of each setting; settings interleaved within every repeat."""
-    seconds = {name: [] for name in settings}
-    call = merge(reqs[:batch])
-    for repeat in range(repeats + 1):
-        for name, setting in settings.items():
-            start = time.perf_counter()
-            pipe(**call, generator=torch.Generator().manual_seed(repeat), output_type="np", **setting)
-            if repeat:  # the first round warms up caches and neighbour tables
-                seconds[name].append((time.perf_counter() - start) / batch)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+
+    def generator_for(repeat: int) -> torch.Generator:
+        return torch.Generator().manual_seed(repeat)
+
+    return median_seconds_per_image(pipe, merge(reqs[:batch]), settings, batch, repeats, generator_for)
 
 
 def profile(pipe, reqs, settings: dict, batch: int) -> dict[str, dict]:

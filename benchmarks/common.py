@@ -12,15 +12,9 @@ from pathlib import Path
 
 import torch
 
+from arstudio.evaluation.timing import cpu_pressure
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_pressure() -> str:
-    """The 'some' line of /proc/pressure/cpu: how much other work competed for the cores."""
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "unavailable"
 
 
 def peak_memory_mb() -> float:

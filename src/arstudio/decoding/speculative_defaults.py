@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from arstudio.decoding.knobs import DRAFT_TOKENS, DRAFT_WIDTH
+from arstudio.io import atomic_write_bytes
 
 FILE_NAME = "speculative_defaults.json"
 TUNED = {knob.name: knob for knob in (DRAFT_TOKENS, DRAFT_WIDTH)}
@@ -49,7 +50,5 @@ def write_defaults(folder, best: dict[str, dict], measured: dict) -> Path:
     if unknown:
         raise ValueError(f"cannot tune strategies {sorted(unknown)}: allowed are {STRATEGIES}")
     data = {name: {k: v for k, v in knobs.items() if k in TUNED} for name, knobs in best.items()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**data, "measured": measured}, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_bytes(path, (json.dumps({**data, "measured": measured}, indent=1) + "\n").encode())
     return path

@@ -9,7 +9,6 @@ CPU pressure (/proc/pressure/cpu) before and after is recorded with the curve.
 from __future__ import annotations
 
 import itertools
-import statistics
 import time
 from pathlib import Path
 
@@ -17,13 +16,7 @@ import torch
 
 from arstudio.decoding.knobs import LANTERN_DELTA
 from arstudio.decoding.speculative_defaults import write_defaults
-
-
-def _pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "unavailable"
+from arstudio.evaluation.timing import cpu_pressure, median_seconds_per_image
 
 
 def _call(pipe, batch: int) -> dict:
@@ -51,21 +44,17 @@ def grid(depths, widths, deltas, lantern: bool) -> dict[str, dict]:
 
 def measure(pipe, settings: dict[str, dict], batch: int, repeats: int, progress=None) -> dict[str, float]:
     """Median seconds per image of each setting (a warm-up round first, untimed)."""
-    call, seconds = _call(pipe, batch), {name: [] for name in settings}
-    for repeat in range(repeats + 1):
-        for name, setting in settings.items():
-            start = time.perf_counter()
-            pipe(
-                **call,
-                generator=[torch.Generator().manual_seed(repeat * batch + i) for i in range(batch)],
-                output_type="np",
-                **setting,
-            )
-            if repeat:
-                seconds[name].append((time.perf_counter() - start) / batch)
-            if progress is not None:
-                progress(repeat, name)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+    return median_seconds_per_image(
+        pipe,
+        _call(pipe, batch),
+        settings,
+        batch,
+        repeats,
+        generator_for=lambda repeat: [
+            torch.Generator().manual_seed(repeat * batch + i) for i in range(batch)
+        ],
+        progress=progress,
+    )
 
 
 def tune_speculative(
@@ -96,7 +85,7 @@ def tune_speculative(
             raise ValueError(f"{name}={list(values)!r} is not allowed: integers >= {low}")
     lantern = "lantern" in pipe.decoding_strategies
     settings = grid(depths, widths, deltas, lantern)
-    before = _pressure()
+    before = cpu_pressure()
     seconds = measure(pipe, settings, batch, repeats, progress)
     curve = [
         {
@@ -124,7 +113,7 @@ def tune_speculative(
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpu_pressure_before": before,
-        "cpu_pressure_after": _pressure(),
+        "cpu_pressure_after": cpu_pressure(),
         "curve": curve,
     }
     folder = Path(out) if out is not None else pipe.preset.weights_dir
