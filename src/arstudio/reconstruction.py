@@ -23,9 +23,8 @@ MAX_PIXELS = 4096 * 4096  # larger uploads are refused before decoding them full
 class Reconstruction:
     original: np.ndarray  # uint8 (R, R, 3): the input, centre-cropped and resized to the tokenizer's side R
     reconstruction: np.ndarray  # uint8 (R, R, 3): decode(encode(original))
-    ids: (
-        np.ndarray
-    )  # the tokens: (h, w) code ids (discrete), (h, w, d) latents (continuous) or level ids (bridge)
+    # the tokens: (h, w) code ids (discrete), (h, w, d) latents (continuous) or level ids (bridge)
+    ids: np.ndarray
     psnr: float  # dB, original vs reconstruction
     kind: str = "discrete"  # the tokenizer's kind: "discrete" (VQ), "continuous" (KL) or "bridge"
     codebook_usage: float | None = None  # discrete: share of the codebook this one image uses

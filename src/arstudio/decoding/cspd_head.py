@@ -47,12 +47,10 @@ def sample_with_draft_head(
         while index < total and not stop:
             zg = guide(z, batch, params, index, total)
             noise = q.noise(rng, zg)  # (S, B, d): the draft's draws, and the target's in the tail
-            xs = q.sample(
-                zg, noise, stop=drafted
-            )  # (drafted + 1, B, d): x_T .. the state the tail starts from
-            means = p.means(
-                xs[:-1], zg
-            )  # (drafted, B, d): the target's step means along it, one batched call
+            # (drafted + 1, B, d): x_T .. the state the tail starts from
+            xs = q.sample(zg, noise, stop=drafted)
+            # (drafted, B, d): the target's step means along it, one batched call
+            means = p.means(xs[:-1], zg)
             log_q = Trajectories.own_log_density(noise[: drafted + 1])
             log_ratio = (p.log_density(xs, means) - log_q) / spec.inner_temperature
             ok = rng.uniform(1)[:, 0].log() <= log_ratio.clamp(max=0)

@@ -165,9 +165,8 @@ def sample_speculative(
                 mask = tree_mask(index.ancestors, both(base), cache.shape[2], cache.dtype)
                 tree_args = {"mask": mask, "rope_pos": both(base[:, None] + index.depth)}
             logits, hidden = target.step(both(chunk), both(slots), return_hidden=True, **tree_args)
-            p = guide(
-                logits, cursor[:, None] + index.depth
-            )  # (B, N, V): children of node i are token cursor + d_i
+            # (B, N, V): the children of node i are token cursor + d_i
+            p = guide(logits, cursor[:, None] + index.depth)
 
             # 3. Walk the tree: recursive rejection over siblings, the first accepted child goes on.
             accepted, path, final_probs = accept_tree(
@@ -212,9 +211,8 @@ def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, base, u, gre
     drafts = torch.zeros(batch, tree.size - 1, dtype=torch.long, device=cursor.device)
     q = []
     for d, level in enumerate(index.levels, start=1):
-        q_parent = guide(
-            level_logits, (cursor + d - 1)[:, None].expand(-1, level_logits.shape[1])
-        )  # (B, m, V)
+        parent_tokens = (cursor + d - 1)[:, None].expand(-1, level_logits.shape[1])
+        q_parent = guide(level_logits, parent_tokens)  # (B, m, V)
         if greedy:  # the parent's top candidates, as point masses
             top = (
                 q_parent.argmax(-1, keepdim=True) if level.width == 1 else q_parent.topk(level.width).indices

@@ -41,11 +41,8 @@ class ControlConfig:
     types: tuple[str, ...] = CONTROL_TYPES  # control types the model was trained on
     resolution: int = 32  # control maps are (resolution, resolution), one channel: the tokenizer's size
     width: int = 32  # CNN channels before the patchify convolution
-    layers: tuple[int, ...] = (
-        0,
-        2,
-        4,
-    )  # fusion: blocks whose input gets the control (ControlAR: 0, L/3, 2L/3)
+    # fusion: blocks whose input gets the control (ControlAR: 0, L/3, 2L/3)
+    layers: tuple[int, ...] = (0, 2, 4)
     dropout_prob: float = 0.1  # training: the control alone is replaced by the null control this often
     # Bidirectional transformer blocks over the CNN's tokens (global receptive field); 0 = CNN only. Fusion
     # needs them: the position predicting image token i gets control tokens 0..i only, so with CNN-only

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from arstudio.generators.backbone import BackboneConfig
-from arstudio.generators.drafter import stored_float32, target_fingerprint
+from arstudio.generators.drafter import target_fingerprint
 from arstudio.generators.heads import CategoricalHead
 from arstudio.generators.image import PrefixARGenerator, check_condition_config
+from arstudio.generators.pairing import stored_float32
 
 
 def codebook_fingerprint(tokenizer) -> str:

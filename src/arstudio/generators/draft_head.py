@@ -10,27 +10,19 @@ head meets only that target (``check_target``).
 
 from __future__ import annotations
 
-import hashlib
-import weakref
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from arstudio.generators.drafter import stored_float32
 from arstudio.generators.heads import DiffusionHead
+from arstudio.generators.pairing import check_pairing, weights_fingerprint
 from arstudio.io import PretrainedMixin
 
 
 def continuous_target_fingerprint(generator) -> str:
     """A short hash of a continuous generator's parameter names and shapes and of its token embedding and head
-    output values (float32 CPU copies rounded to bf16, as ``drafter.target_fingerprint``)."""
-    digest = hashlib.sha256()
-    for name, tensor in generator.state_dict().items():
-        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
-    for tensor in (generator.tok_embeddings.weight, generator.head.net.output.weight):
-        digest.update(stored_float32(tensor).to(torch.bfloat16).view(torch.int16).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    output values (``pairing.weights_fingerprint``)."""
+    return weights_fingerprint(generator, (generator.tok_embeddings.weight, generator.head.net.output.weight))
 
 
 @dataclass(frozen=True)
@@ -81,13 +73,10 @@ class DraftHead(PretrainedMixin, nn.Module):
 
     def check_target(self, generator) -> None:
         """One-line error when this draft head was distilled from another target."""
-        checked = self.__dict__.get("_checked_target")
-        if checked is not None and checked() is generator:  # hashing costs a little: once per target
-            return
-        expected, found = self.config.target_fingerprint, continuous_target_fingerprint(generator)
-        if expected != found:
-            raise ValueError(
-                f"this CSpD draft head was distilled from target {expected!r}, but the target's fingerprint is "
-                f"{found!r}; distill one for this target with `python -m arstudio.training.cspd_draft`"
-            )
-        self.__dict__["_checked_target"] = weakref.ref(generator)
+        check_pairing(
+            self,
+            generator,
+            continuous_target_fingerprint,
+            "this CSpD draft head was distilled from target {expected}, but the target's fingerprint is "
+            "{found}; distill one for this target with `python -m arstudio.training.cspd_draft`",
+        )

@@ -8,36 +8,20 @@ sixth of a 6-layer target. Its config carries a fingerprint of the target it was
 
 from __future__ import annotations
 
-import hashlib
-import weakref
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from arstudio.generators.backbone import Backbone, BackboneConfig, RMSNorm
+from arstudio.generators.pairing import check_pairing, weights_fingerprint
 from arstudio.io import PretrainedMixin
 
 
-def stored_float32(tensor: torch.Tensor) -> torch.Tensor:
-    """A detached float32 CPU copy: what pairing fingerprints and one-off solves read, so that they do not
-    depend on the device or dtype a model was moved to."""
-    return tensor.detach().to("cpu", torch.float32)
-
-
 def target_fingerprint(generator) -> str:
-    """A short hash of a target's parameter names and shapes and of its embedding and head values.
-
-    Values are float32 CPU copies rounded to bf16, so CPU/CUDA and fp32/bf16 copies agree, and fp16 copies of
-    float16-stored weights; config fields are left out, so a new (defaulted) config option does not orphan every
-    trained drafter.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in generator.state_dict().items():
-        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
-    for tensor in (generator.tok_embeddings.weight, generator.head.output.weight):
-        digest.update(stored_float32(tensor).to(torch.bfloat16).view(torch.int16).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A short hash of a target's parameter names and shapes and of its embedding and head values
+    (``pairing.weights_fingerprint``)."""
+    return weights_fingerprint(generator, (generator.tok_embeddings.weight, generator.head.output.weight))
 
 
 @dataclass(frozen=True)
@@ -82,18 +66,13 @@ class Drafter(PretrainedMixin, nn.Module):
             self.prefix_embedding = nn.Parameter(torch.zeros(dim))
 
     def check_target(self, generator) -> None:
-        checked = self.__dict__.get("_checked_target")
-        if checked is not None and checked() is generator:  # hashing a large head costs ~0.1 s
-            return
-        expected, found = self.config.target_fingerprint, target_fingerprint(generator)
-        if expected != found:
-            raise ValueError(
-                f"this drafter was trained for target {expected!r}, but the target's fingerprint is {found!r}; "
-                "train one for this target with `arstudio train drafter`"
-            )
-        # A weak reference kept outside nn.Module's attribute handling, which would adopt the generator
-        # as a submodule (and save its weights with the drafter's).
-        self.__dict__["_checked_target"] = weakref.ref(generator)
+        check_pairing(
+            self,
+            generator,
+            target_fingerprint,
+            "this drafter was trained for target {expected}, but the target's fingerprint is {found}; "
+            "train one for this target with `arstudio train drafter`",
+        )
 
     def _inputs(
         self, next_embeddings: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor

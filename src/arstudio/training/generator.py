@@ -201,9 +201,8 @@ def train_generator(
             tokens, conds, batch_size, seed, unwrapped.cls_embedding, controls, config.control.dropout_prob
         )
     batches.skip(start)
-    head_noise = torch.Generator().manual_seed(
-        seed + 2
-    )  # diffusion/flow training noise (not replayed on resume)
+    # diffusion/flow training noise (not replayed on resume)
+    head_noise = torch.Generator().manual_seed(seed + 2)
     bar = tqdm(range(start, steps), desc="generator", initial=start, total=steps)
     for step in bar:
         set_lr(optimizer, cosine_lr(step, steps, lr, warmup=100))

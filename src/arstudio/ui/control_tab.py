@@ -55,9 +55,8 @@ def control_map(editor_value, kind: str, resolution: int, from_photo: bool) -> n
 
 def build_control_tab(cache: PipelineCache, presets: list[str]) -> None:
     offered = control_presets(presets)
-    start = arstudio.get_preset(
-        offered[0]
-    )  # not loaded here: a preset without weights fails on use, readably
+    # Not loaded here: a preset without weights fails on use, readably.
+    start = arstudio.get_preset(offered[0])
     names = list(start.class_names)
     with gr.Row():
         preset = gr.Dropdown(offered, value=offered[0], label="Control preset")
