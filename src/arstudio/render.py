@@ -394,7 +394,6 @@ def _render_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict
     import torch
 
     from arstudio.export import png_bytes
-    from arstudio.io import atomic_write_bytes
 
     if job.spec["decoding"] == "far":
         return _render_video_chunk(pipe, job, start, seeds, done, out_dir)
@@ -405,30 +404,16 @@ def _render_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict
         output_type="np",
         generator=[torch.Generator().manual_seed(s) for s in seeds],
     )
-    written = 0
-    per_image_s = out.timings["total_s"] / len(seeds)
-    for offset, (seed, image, meta) in enumerate(zip(seeds, out.images, out.metadata, strict=True)):
-        name = job.file_name(seed)
-        if name in done:
-            continue
+    results = list(zip(out.images, out.metadata, strict=True))
+    timings = {"seconds": out.timings["total_s"] / len(seeds)}
+
+    def encode(offset: int) -> tuple[bytes, dict]:
+        image, meta = results[offset]
         # batch_seeds: batch composition can change pixels, so the recipe names the batch it was made in.
         data = png_bytes(image, {**meta, "job": job.spec, "job_line": job.line, "batch_seeds": list(seeds)})
-        atomic_write_bytes(out_dir / name, data)
-        append_manifest(
-            out_dir,
-            {
-                "file": name,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "line": job.line,
-                "job": job.spec,
-                "seed": seed,
-                "seed_index": start + offset,
-                "timings": {"seconds": per_image_s},
-                "stats": out.stats,
-            },
-        )
-        written += 1
-    return written
+        return data, {"timings": timings, "stats": out.stats}
+
+    return _write_outputs(job, start, seeds, done, out_dir, encode)
 
 
 def _render_video_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done: dict, out_dir: Path) -> int:
@@ -436,7 +421,6 @@ def _render_video_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done
     import torch
 
     from arstudio.export import video_bytes
-    from arstudio.io import atomic_write_bytes
 
     kwargs = _call_kwargs(job)
     kwargs.pop("decoding")
@@ -447,26 +431,33 @@ def _render_video_chunk(pipe, job: Job, start: int, seeds: tuple[int, ...], done
         output_type="np",
         generator=[torch.Generator().manual_seed(s) for s in seeds],
     )
+    results = list(zip(out.frames, out.metadata, strict=True))
+    timings = {"seconds": out.timings["total_s"] / len(seeds)}
+
+    def encode(offset: int) -> tuple[bytes, dict]:
+        frames, meta = results[offset]
+        return video_bytes(frames, fmt), {
+            "metadata": {**meta, "batch_seeds": list(seeds)},
+            "timings": timings,
+        }
+
+    return _write_outputs(job, start, seeds, done, out_dir, encode)
+
+
+def _write_outputs(job: Job, start: int, seeds: tuple[int, ...], done: dict, out_dir: Path, encode) -> int:
+    """Write each seed's file not already done (atomically), then its manifest line; ``encode(offset)``
+    gives the file's bytes and the manifest fields beyond the common ones. Returns how many were written."""
+    from arstudio.io import atomic_write_bytes
+
     written = 0
-    for offset, (seed, frames, meta) in enumerate(zip(seeds, out.frames, out.metadata, strict=True)):
+    for offset, seed in enumerate(seeds):
         name = job.file_name(seed)
         if name in done:
             continue
-        data = video_bytes(frames, fmt)
+        data, fields = encode(offset)
         atomic_write_bytes(out_dir / name, data)
-        append_manifest(
-            out_dir,
-            {
-                "file": name,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "line": job.line,
-                "job": job.spec,
-                "seed": seed,
-                "seed_index": start + offset,
-                "metadata": {**meta, "batch_seeds": list(seeds)},
-                "timings": {"seconds": out.timings["total_s"] / len(seeds)},
-            },
-        )
+        entry = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "line": job.line, "job": job.spec}
+        append_manifest(out_dir, {**entry, "seed": seed, "seed_index": start + offset, **fields})
         written += 1
     return written
 
