@@ -36,6 +36,7 @@ from pathlib import Path
 
 from arstudio.convert.llamagen import convert_llamagen_to_pretrained, load_llamagen_gpt, load_llamagen_vq
 from arstudio.convert.llamagen_t2i import load_llamagen_t2i
+from arstudio.convert.mar import convert_mar_to_pretrained, load_mar, load_mar_vae
 from arstudio.presets import HubFile, HubWeights, Preset
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def keep_official_file(source, out_dir) -> Path:
 CONVERTERS: dict[str, Converter] = {
     "llamagen": Converter(load_llamagen_vq, load_llamagen_gpt, convert_llamagen_to_pretrained),
     "llamagen-t2i": Converter(load_llamagen_vq, load_llamagen_t2i, keep_official_files),
+    "mar": Converter(load_mar_vae, load_mar, convert_mar_to_pretrained),
 }
 
 
@@ -461,6 +463,7 @@ def _parameter_counts(preset: Preset) -> tuple[int, int]:
     # Imported here and by config type, not through pipelines/loading (a higher layer: an import cycle).
     from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
     from arstudio.generators.image import ImageGenerator
+    from arstudio.generators.mar import MARConfig, MARGenerator
     from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
     from arstudio.tokenizers.bridge import BridgeConfig, BridgeTokenizer
     from arstudio.tokenizers.kl import KLConfig, KLTokenizer
@@ -469,6 +472,7 @@ def _parameter_counts(preset: Preset) -> tuple[int, int]:
     generator_classes = {
         VideoGeneratorConfig: VideoGenerator,
         ContinuousGeneratorConfig: ContinuousImageGenerator,
+        MARConfig: MARGenerator,
     }
     tokenizer_classes = {KLConfig: KLTokenizer, BridgeConfig: BridgeTokenizer}
     from arstudio.convert.checkpoint import parameters_on_meta
@@ -532,7 +536,7 @@ def preset_facts(preset: Preset | str) -> PresetFacts:
         generator_params=generator_params,
         tokenizer_params=tokenizer_params,
         resolution=tokenizer.resolution,
-        grid=preset.generator.backbone.grid_size,
+        grid=getattr(preset.generator, "grid_size", None) or preset.generator.backbone.grid_size,
     )
     if preset.hub is None:
         return PresetFacts(

@@ -20,6 +20,7 @@ from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.draft_head import DraftHead
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
+from arstudio.generators.mar import MARConfig, MARGenerator
 from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
 from arstudio.pipelines.image import SUPPORTED_DTYPES, ImagePipeline
@@ -43,6 +44,8 @@ def _tokenizer_class(config):
 def _generator_class(config):
     if isinstance(config, VideoGeneratorConfig):
         return VideoGenerator
+    if isinstance(config, MARConfig):
+        return MARGenerator
     return ContinuousImageGenerator if isinstance(config, ContinuousGeneratorConfig) else ImageGenerator
 
 

@@ -13,6 +13,7 @@ from arstudio.decoding.strategies.base import (
     control_reason,
     head_kind,
 )
+from arstudio.decoding.strategies.mar import is_mar
 from arstudio.decoding.types import DecodeResult
 
 
@@ -47,6 +48,8 @@ class ContinuousSpeculative(Strategy):
     needs = "drafter"
 
     def supports(self, generator, tokenizer) -> str | None:
+        if is_mar(generator):
+            return "MAR presets draft with a smaller MAR (not built yet)"
         if head_kind(generator) != "diffusion":
             return f"CSpD needs a diffusion head; this generator has a {head_kind(generator)} head"
         return control_reason(generator)
