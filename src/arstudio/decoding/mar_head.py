@@ -107,6 +107,17 @@ def head_outputs(head, x, i, tables, z, z_uncond, scale):
     return uncond[:, :d] + scale * (cond[:, :d] - uncond[:, :d]), cond[:, d:]
 
 
+def reverse_step(head, x, i, schedule, z, z_uncond=None, scale: float = 1.0):
+    """Respaced reverse step i (0 is the last) from states x (M, d): (the mean, the log variance) of x_{i-1},
+    each (M, d) float32."""
+    tables = schedule.tables(z.device)
+    eps, v = head_outputs(head, x, i, tables, z, z_uncond, scale)
+    x0 = tables["sqrt_recip_abar"][i] * x - tables["sqrt_recipm1_abar"][i] * eps
+    mean = tables["mean_x0"][i] * x0 + tables["mean_xt"][i] * x
+    frac = (v + 1) / 2
+    return mean, frac * tables["max_log"][i] + (1 - frac) * tables["min_log"][i]
+
+
 def sample_mar_head(
     head,
     z: torch.Tensor,
@@ -119,13 +130,8 @@ def sample_mar_head(
     """Tokens (M, d) float32 for conditions z (M, dim): ``noise`` (S, M, d) holds x_T ([0]) and the noise of
     each reverse step ([k + 1] for the k-th step taken; the last step adds none). ``z_uncond``: the null
     condition's rows for guidance at ``scale``."""
-    tables = schedule.tables(z.device)
     x = noise[0].float()
     for taken, i in enumerate(reversed(range(schedule.steps))):
-        eps, v = head_outputs(head, x, i, tables, z, z_uncond, scale)
-        x0 = tables["sqrt_recip_abar"][i] * x - tables["sqrt_recipm1_abar"][i] * eps
-        mean = tables["mean_x0"][i] * x0 + tables["mean_xt"][i] * x
-        frac = (v + 1) / 2
-        log_var = frac * tables["max_log"][i] + (1 - frac) * tables["min_log"][i]
+        mean, log_var = reverse_step(head, x, i, schedule, z, z_uncond, scale)
         x = mean + torch.exp(0.5 * log_var) * noise[taken + 1].float() * temperature if i > 0 else mean
     return x
