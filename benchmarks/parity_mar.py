@@ -283,7 +283,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     mar = import_reference(args.reference.resolve(), args.timm)
-    info = header(f"parity_mar_{args.size}")
+    info = header("parity_mar" if args.size == "mar_base" else f"parity_{args.size}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "checkpoint-last.pth"
         with cuda_is_cpu():

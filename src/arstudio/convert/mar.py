@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -134,7 +134,7 @@ def mar_state(path: str | Path) -> Mapping[str, torch.Tensor]:
 
 def check_mar_kind(shapes: Mapping[str, torch.Size], config: MARConfig, source: str) -> None:
     """Refuse a file whose shapes are not those of ``config``, naming what it holds."""
-    expected = {theirs: shape for theirs, shape in _expected_shapes(config).items()}
+    expected = official_shapes(config)
     wrong = [k for k, shape in expected.items() if shapes.get(k) != shape]
     if wrong:
         raise ValueError(
@@ -144,7 +144,9 @@ def check_mar_kind(shapes: Mapping[str, torch.Size], config: MARConfig, source: 
         )
 
 
-def _expected_shapes(config: MARConfig) -> dict[str, torch.Size]:
+def official_shapes(config: MARConfig) -> dict[str, torch.Size]:
+    """MAR's state-dict key -> shape for ``config`` (our model's, under the official names: tests check these
+    against MAR's own layout)."""
     with torch.device("meta"):
         state = MARGenerator(config).state_dict()
     return {official_key(k): v.shape for k, v in state.items()}
@@ -197,7 +199,3 @@ def convert_mar_to_pretrained(
 def official_state_dict(model: MARGenerator) -> dict[str, torch.Tensor]:
     """Our model's weights under MAR's names (for tests and parity scripts that write official files)."""
     return {official_key(k): v for k, v in model.state_dict().items()}
-
-
-def official_keys(keys: Iterable[str]) -> list[str]:
-    return [official_key(k) for k in keys]
