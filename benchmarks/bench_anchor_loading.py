@@ -291,7 +291,9 @@ def main() -> None:
         }
         print(json.dumps(steps[args.step]()))
         return
-    info = header("anchor_loading")
+    # MAR's rows go to their own file, so a MAR run leaves LlamaGen's recorded numbers in place
+    mar_only = all(family(name) == "mar" for name in args.sizes)
+    info = header("anchor_loading_mar" if mar_only else "anchor_loading")
     workdir = Path(tempfile.mkdtemp(prefix="arstudio-loading-", dir=args.workdir))
     results = {}
     try:
