@@ -323,7 +323,7 @@ def test_sampler_is_per_image_deterministic_and_reads_nothing_back(pipe):
 
 
 def test_pipeline_ar_is_mar_at_its_default_knobs_and_the_knobs_act(pipe):
-    assert pipe.decoding_strategies == ("ar", "mar")
+    assert pipe.decoding_strategies == ("ar", "continuous_speculative", "mar")
     run = dict(class_labels=[0, 5], generator=_seeds(3, 4), output_type="np")
     ar = pipe(**run)
     assert len(ar.images) == 2 and ar.images[0].shape == (16, 16, 3)
@@ -345,7 +345,9 @@ def test_settings_mar_cannot_apply_are_refused(pipe):
                 pipe(class_labels=[0], decoding=decoding, **setting)
     with pytest.raises(ValueError, match=r"num_iter=0 is out of range"):
         pipe(class_labels=[0], decoding="mar", num_iter=0)
-    with pytest.raises(ValueError, match=r"num_iter=4 applies to decoding in \['mar'\]"):
+    with pytest.raises(
+        ValueError, match=r"num_iter=4 applies to decoding in \[.continuous_speculative., .mar.\]"
+    ):
         pipe(class_labels=[0], num_iter=4)
     with pytest.raises(ValueError, match=r"class label 24 is out of range"):
         pipe(class_labels=[24])
@@ -429,3 +431,51 @@ def test_a_folder_of_official_files_loads_offline_and_converts_once(tiny_hub_pre
     )
     again = arstudio.load_pipeline(tiny_hub_preset.name, device="cpu", weights=converted)
     assert torch.equal(first.tokens, again(**{**run, "generator": _seeds(5)}).tokens)
+
+
+# ---- CSpD's pair: a smaller MAR drafting --------------------------------------------------------------------
+
+
+def test_mar_presets_offer_continuous_speculative_in_cspds_setting(pipe):
+    assert pipe.decoding_strategies == ("ar", "continuous_speculative", "mar")
+    out = pipe(
+        class_labels=[3, 4],
+        generator=_seeds(1, 2),
+        decoding="continuous_speculative",
+        num_iter=12,
+        draft_tokens=8,
+    )
+    stats = out.stats
+    assert out.tokens.shape == (2, 4, 4, 4) and len(out.images) == 2
+    assert out.metadata[0]["draft_tokens"] == 8 and out.metadata[0]["num_iter"] == 12
+    assert stats["prefilled_iterations"] == 2 and stats["draft_forwards"] >= 8  # ceil(0.15 x 12); then rounds
+    assert stats["forwards"] < 12  # fewer target passes than iterations
+    with pytest.raises(ValueError, match="cannot apply"):
+        pipe(class_labels=[0], decoding="continuous_speculative", cfg_interval=(0.5, 1.0))
+
+
+def test_an_identical_draft_is_always_accepted_and_reads_once_per_round(pipe):
+    from arstudio.decoding.mar_cspd import MARSpeculation, sample_mar_speculative
+
+    model, params = pipe.generator, SamplingParams(guidance_scale=3.0)
+    labels = torch.tensor([1, 2])
+    one = MARSpeculation(draft_iterations=1, prefill=0.0)
+
+    def run(draft, spec):
+        return sample_mar_speculative(model, draft, labels, _seeds(1, 2), params, 8, 6, spec)
+
+    same = run(model, one)
+    assert same.stats["acceptance_rate"] == 1.0 and same.stats["residual_rounds"] == 0
+    assert torch.equal(same.tokens, run(model, one).tokens) and same.tokens.abs().sum(-1).gt(0).all()
+    other = pipe.drafter  # another random MAR of the same size: its trajectories score low under the target
+    exact = run(other, MARSpeculation(draft_iterations=4))
+    relaxed = run(other, MARSpeculation(draft_iterations=4, inner_temperature=1000.0))
+    assert exact.stats["acceptance_rate"] <= relaxed.stats["acceptance_rate"]
+    rounds = exact.stats["forwards"] - exact.stats["prefilled_iterations"]
+    with trusted_values():
+        reads = host_reads(lambda: run(other, MARSpeculation(draft_iterations=4)))
+    assert reads == rounds + 1  # one per round (any residual?), one for the acceptance count after the loop
+    with pytest.raises(
+        ValueError, match=r"the MAR draft does not fit the target \(token_dim: target 4, draft 8"
+    ):
+        run(MARGenerator(dataclasses.replace(TINY, token_dim=8)), one)

@@ -327,6 +327,10 @@ for _size, _params, _fid, _cfg in MAR_MODELS:
                 tokenizer_file="kl16.ckpt",
                 generator_file=f"mar_{_size}/checkpoint-last.pth",
                 converter="mar",
+                # CSpD's pair: MAR-B drafts for the larger ones (decoding="continuous_speculative")
+                extras=()
+                if _size == "base"
+                else (HubFile("drafter", "jadechoghari/mar", "mar_base/checkpoint-last.pth"),),
             ),
             defaults={"guidance_scale": _cfg, "temperature": 1.0, "num_inference_steps": 100},
         )

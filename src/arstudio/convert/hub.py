@@ -36,7 +36,7 @@ from pathlib import Path
 
 from arstudio.convert.llamagen import convert_llamagen_to_pretrained, load_llamagen_gpt, load_llamagen_vq
 from arstudio.convert.llamagen_t2i import load_llamagen_t2i
-from arstudio.convert.mar import convert_mar_to_pretrained, load_mar, load_mar_vae
+from arstudio.convert.mar import MAR_DRAFT, convert_mar_to_pretrained, load_mar, load_mar_vae, mar_config
 from arstudio.presets import HubFile, HubWeights, Preset
 
 logger = logging.getLogger(__name__)
@@ -254,7 +254,10 @@ def _instructions(preset: Preset) -> str:
 
 
 def _extra_note(extra: HubFile) -> str:
-    uses = {"drafter": "'speculative' / 'lantern'"}.get(extra.component, repr(extra.component))
+    drafter = (
+        "'continuous_speculative'" if extra.repo_id == "jadechoghari/mar" else "'speculative' / 'lantern'"
+    )
+    uses = {"drafter": drafter}.get(extra.component, repr(extra.component))
     where = (
         f"in a {extra.folder}/ folder beside the files above (`hf download {extra.repo_id} --local-dir "
         f"<folder>/{extra.folder}`)"
@@ -413,14 +416,17 @@ def _load_dd1(preset: Preset, path: Path, generator, tokenizer, dtype, device):
     return load_llamagen_dd(path, config, dtype=dtype, device=device)
 
 
-def _load_lantern(preset: Preset, path: Path, generator, tokenizer, dtype, device):
+def _load_drafter(preset: Preset, path: Path, generator, tokenizer, dtype, device):
+    """LANTERN's EAGLE drafter for LlamaGen; for MAR presets, MAR-B drafting for MAR-L / H (CSpD's pair)."""
+    if preset.hub.converter == "mar":
+        return load_mar(path, mar_config(MAR_DRAFT), dtype=dtype, device=device)
     from arstudio.convert.lantern import load_lantern_drafter
 
     return load_lantern_drafter(path, generator, dtype=dtype, device=device)
 
 
 # component -> (preset, official file, loaded generator, tokenizer, dtype, device) -> module
-EXTRA_LOADERS = {"dd1": _load_dd1, "drafter": _load_lantern}
+EXTRA_LOADERS = {"dd1": _load_dd1, "drafter": _load_drafter}
 
 
 def load_extra(preset: Preset, component: str, path: Path, generator, tokenizer, dtype=None, device=None):

@@ -37,6 +37,8 @@ MAR_SIZES = {
     "mar_huge": (1280, 20, 16, 12, 1536),
 }
 
+MAR_DRAFT = "mar_base"  # CSpD's draft for MAR-L and MAR-H
+
 # our head key prefix -> theirs, first match wins
 _HEAD_KEYS = (
     (r"^head\.net\.time_embed\.", "diffloss.net.time_embed.mlp."),

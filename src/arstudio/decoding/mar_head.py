@@ -94,22 +94,23 @@ def learned_range_schedule(num_timesteps: int, steps: int) -> LearnedRangeSchedu
 
 
 def head_outputs(head, x, i, tables, z, z_uncond, scale):
-    """The head at respaced step i for states x (M, d): (guided noise (M, d), v (M, d)), in float32."""
+    """The head at respaced step i (an int, or (M,) per row) for states x (M, d): (guided noise (M, d), v (M, d)),
+    in float32; ``scale`` a number or (M, 1) per row."""
     d, rows = head.token_dim, x.shape[0]
     dtype = z.dtype
+    t = tables["timestep"][i]
+    t = t.expand(rows) if t.ndim == 0 else t
     if z_uncond is None:
-        out = head(x.to(dtype), tables["timestep"][i].expand(rows), z).float()
+        out = head(x.to(dtype), t, z).float()
         return out[:, :d], out[:, d:]
-    both = head(
-        torch.cat([x, x]).to(dtype), tables["timestep"][i].expand(2 * rows), torch.cat([z, z_uncond])
-    ).float()
+    both = head(torch.cat([x, x]).to(dtype), torch.cat([t, t]), torch.cat([z, z_uncond])).float()
     cond, uncond = both[:rows], both[rows:]
     return uncond[:, :d] + scale * (cond[:, :d] - uncond[:, :d]), cond[:, d:]
 
 
 def reverse_step(head, x, i, schedule, z, z_uncond=None, scale: float = 1.0):
-    """Respaced reverse step i (0 is the last) from states x (M, d): (the mean, the log variance) of x_{i-1},
-    each (M, d) float32."""
+    """Respaced reverse step i (0 is the last; an int, or (M,) per row) from states x (M, d): (the mean, the log
+    variance) of x_{i-1}, each (M, d) float32."""
     tables = schedule.tables(z.device)
     eps, v = head_outputs(head, x, i, tables, z, z_uncond, scale)
     x0 = tables["sqrt_recip_abar"][i] * x - tables["sqrt_recipm1_abar"][i] * eps
