@@ -30,7 +30,7 @@ from arstudio.decoding.mar import guidance_at, mask_schedule, sample_mar
 from arstudio.decoding.mar_head import LearnedRangeSchedule, respaced_timesteps
 from arstudio.generators.mar import MARConfig, MARGenerator
 from arstudio.io import check_state_dict
-from arstudio.presets import HubWeights
+from arstudio.presets import HubFile, HubWeights
 from arstudio.tokenizers.kl import KLTokenizer
 from tests.test_engine import host_reads
 
@@ -479,3 +479,37 @@ def test_an_identical_draft_is_always_accepted_and_reads_once_per_round(pipe):
         ValueError, match=r"the MAR draft does not fit the target \(token_dim: target 4, draft 8"
     ):
         run(MARGenerator(dataclasses.replace(TINY, token_dim=8)), one)
+
+
+def test_a_hub_mar_finds_its_published_draft_beside_its_files(tmp_path, monkeypatch):
+    """mar-large's layout: MAR-B's checkpoint in mar_base/ beside mar_large/ (the draft's config is MAR-B's:
+    the tiny stand-in's here)."""
+    base = presets.get_preset("test-tiny-mar")
+    draft = HubFile("drafter", "jadechoghari/mar", "mar_base/checkpoint-last.pth")
+    preset = dataclasses.replace(
+        base,
+        name="test-hub-mar-large",
+        hub=HubWeights(
+            "jadechoghari/mar", "kl16.ckpt", "mar_large/checkpoint-last.pth", converter="mar", extras=(draft,)
+        ),
+    )
+    monkeypatch.setitem(presets._REGISTRY, preset.name, preset)
+    monkeypatch.setattr(hub, "mar_config", lambda size: TINY)
+    folder = tmp_path / "official"
+    for size in ("mar_base", "mar_large"):
+        (folder / size).mkdir(parents=True)
+    vae = KLTokenizer(preset.tokenizer)
+    torch.save(
+        {"model": {k.removeprefix("vae."): v for k, v in vae.state_dict().items()}}, folder / "kl16.ckpt"
+    )
+    save_checkpoint(folder / "mar_large" / "checkpoint-last.pth", ema=official_state(seed=1))
+    without = arstudio.load_pipeline(preset.name, device="cpu", weights=folder)
+    assert "continuous_speculative" not in without.decoding_strategies
+    save_checkpoint(folder / "mar_base" / "checkpoint-last.pth", ema=official_state(seed=2))
+    pipe = arstudio.load_pipeline(preset.name, device="cpu", weights=folder)
+    assert "continuous_speculative" in pipe.decoding_strategies
+    assert torch.equal(pipe.drafter.fake_latent, official_state(seed=2)["fake_latent"])
+    out = pipe(
+        class_labels=[1], decoding="continuous_speculative", draft_tokens=4, num_iter=6, num_inference_steps=4
+    )
+    assert out.tokens.shape == (1, 4, 4, 4) and out.stats["draft_forwards"] >= 4
