@@ -86,25 +86,47 @@ def mar_iteration(
     """One iteration on the canvas ``tokens`` (B, N, d) (written in place): ``cond`` the class rows (B, dim),
     followed by the null class's (B, dim) when guided; ``noise`` (S, B * P, d). Returns (the predicted positions
     (B, P), sorted, and their tokens (B, P, d))."""
-    batch, streams, n = tokens.shape[0], cond.shape[0] // tokens.shape[0], model.seq_len
+    batch = tokens.shape[0]
+    predict, z, z_uncond = iteration_conditions(model, tokens, order, it, cond)
+    scale = guidance_at(params.guidance_scale, ramp, it.mask_len, model.seq_len)
+    schedule = learned_range_schedule(model.head.num_timesteps, head_steps)
+    new = sample_mar_head(model.head, z, noise, schedule, params.temperature, z_uncond, scale)
+    new = new.view(batch, it.predicted, -1)
+    tokens.scatter_(1, predict[..., None].expand(-1, -1, tokens.shape[-1]), new.to(tokens.dtype))
+    return predict, new
+
+
+def iteration_conditions(
+    model, tokens: torch.Tensor, order: torch.Tensor, it: MARIteration, cond: torch.Tensor
+):
+    """One pass for iteration ``it``: (the predicted positions (B, P), sorted; the head's conditions (B * P,
+    dim), image-major; the null class's (B * P, dim), or None unguided)."""
+    batch, streams = tokens.shape[0], cond.shape[0] // tokens.shape[0]
     known = order[:, it.masked :].sort(dim=1).values
     predict = order[:, it.masked_after : it.masked].sort(dim=1).values
     z = model(tokens.repeat(streams, 1, 1), known.repeat(streams, 1), cond)  # (R, N, dim)
     z = z.gather(1, predict.repeat(streams, 1)[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
     rows = batch * it.predicted
-    scale = guidance_at(params.guidance_scale, ramp, it.mask_len, n)
-    schedule = learned_range_schedule(model.head.num_timesteps, head_steps)
-    new = sample_mar_head(
-        model.head, z[:rows], noise, schedule, params.temperature, z[rows:] if streams > 1 else None, scale
-    ).view(batch, it.predicted, -1)
-    tokens.scatter_(1, predict[..., None].expand(-1, -1, tokens.shape[-1]), new.to(tokens.dtype))
-    return predict, new
+    return predict, z[:rows], z[rows:] if streams > 1 else None
 
 
 def condition_rows(model, labels: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """The class rows (B, dim), then the null class's (B, dim) when guided."""
     cond = model.class_embedding(labels)
     return torch.cat([cond, model.null_embedding(labels.shape[0])]) if params.uses_cfg else cond
+
+
+def start_canvas(model, labels: torch.Tensor, generators, num_iter: int, num_inference_steps: int):
+    """What both MAR samplers check and draw first: (the iterations, the images' draws, their random orders
+    (B, N), an empty canvas (B, N, d))."""
+    check_num_inference_steps(num_inference_steps, model.head)
+    if len(generators) != labels.shape[0]:
+        raise ValueError(f"got {len(generators)} generators for a batch of {labels.shape[0]}")
+    plan = mask_schedule(model.seq_len, num_iter)
+    rng = as_device_random(generators, labels.device)
+    order = random_orders(rng, model.seq_len)
+    shape = (labels.shape[0], model.seq_len, model.config.token_dim)
+    return plan, rng, order, torch.zeros(shape, dtype=model.z_proj.weight.dtype, device=labels.device)
 
 
 @torch.no_grad()
@@ -121,17 +143,10 @@ def sample_mar(
     """Tokens (B, N, d) for class ``labels`` (B,) from a ``MARGenerator``; one generator per image.
     ``callback(iteration, num_iter, canvas (B, N, d))``, undecided positions at 0; False stops (the tokens
     returned are then the canvas so far, in generation order: (B, decided, d))."""
-    params = params or SamplingParams()
-    check_num_inference_steps(num_inference_steps, model.head)
-    if len(generators) != labels.shape[0]:
-        raise ValueError(f"got {len(generators)} generators for a batch of {labels.shape[0]}")
-    plan = mask_schedule(model.seq_len, num_iter)
-    batch, d, device = labels.shape[0], model.config.token_dim, labels.device
-    rng = as_device_random(generators, device)
-    order = random_orders(rng, model.seq_len)
+    params, d = params or SamplingParams(), model.config.token_dim
+    plan, rng, order, tokens = start_canvas(model, labels, generators, num_iter, num_inference_steps)
     schedule = learned_range_schedule(model.head.num_timesteps, num_inference_steps)
     cond = condition_rows(model, labels, params)
-    tokens = torch.zeros(batch, model.seq_len, d, dtype=model.z_proj.weight.dtype, device=device)
     forwards, start = 0, time.perf_counter()
     for step, it in enumerate(plan):
         if it.predicted:  # (num_iter near N: an iteration may have nothing left to predict)

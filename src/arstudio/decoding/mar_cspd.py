@@ -23,18 +23,16 @@ from dataclasses import dataclass
 
 import torch
 
-from arstudio.decoding.continuous import check_num_inference_steps
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.mar import (
     condition_rows,
     guidance_at,
+    iteration_conditions,
     iteration_noise,
     mar_iteration,
-    mask_schedule,
-    random_orders,
+    start_canvas,
 )
 from arstudio.decoding.mar_head import learned_range_schedule, reverse_step
-from arstudio.decoding.random import as_device_random
 from arstudio.decoding.trajectories import residual_sample
 from arstudio.decoding.types import DecodeResult, StepCallback
 
@@ -128,14 +126,11 @@ class _Round:
 
 def _draft_round(draft, q, canvas, order, plan, cond_q, params, rng, ramp, n) -> _Round:
     """The draft's iterations on its own canvas (written in place), trajectories kept."""
-    batch, streams, drafted = canvas.shape[0], cond_q.shape[0] // canvas.shape[0], _Round()
+    batch, drafted = canvas.shape[0], _Round()
     for it in plan:
-        known = order[:, it.masked :].sort(dim=1).values
-        predict = order[:, it.masked_after : it.masked].sort(dim=1).values
-        z = draft(canvas.repeat(streams, 1, 1), known.repeat(streams, 1), cond_q)
-        z = z.gather(1, predict.repeat(streams, 1)[..., None].expand(-1, -1, z.shape[-1])).flatten(0, 1)
-        rows, scale = batch * it.predicted, guidance_at(params.guidance_scale, ramp, it.mask_len, n)
-        packed = q.pack(z[:rows], z[rows:] if streams > 1 else None, scale)
+        predict, z, z_uncond = iteration_conditions(draft, canvas, order, it, cond_q)
+        scale = guidance_at(params.guidance_scale, ramp, it.mask_len, n)
+        packed = q.pack(z, z_uncond, scale)
         noise = q.noise(rng, packed)
         states = q.sample(packed, noise)
         canvas.scatter_(
@@ -219,19 +214,13 @@ def sample_mar_speculative(
     ``callback(iteration, num_iter, canvas)`` after each prefilled iteration and each round."""
     params, spec = params or SamplingParams(), spec or MARSpeculation()
     check_mar_draft(target, draft)
-    check_num_inference_steps(num_inference_steps, target.head)
-    if len(generators) != labels.shape[0]:
-        raise ValueError(f"got {len(generators)} generators for a batch of {labels.shape[0]}")
-    plan = mask_schedule(target.seq_len, num_iter)
-    batch, n, d, device = labels.shape[0], target.seq_len, target.config.token_dim, labels.device
-    rng = as_device_random(generators, device)
+    plan, rng, order, tokens = start_canvas(target, labels, generators, num_iter, num_inference_steps)
+    batch, d, device = labels.shape[0], target.config.token_dim, labels.device
     heads = (
         MARTrajectories(target.head, num_inference_steps, params.temperature, params.uses_cfg),
         MARTrajectories(draft.head, num_inference_steps, params.temperature, params.uses_cfg),
     )
     models = (target, draft, condition_rows(target, labels, params), condition_rows(draft, labels, params))
-    order = random_orders(rng, n)
-    tokens = torch.zeros(batch, n, d, dtype=target.z_proj.weight.dtype, device=device)
     prefilled = min(len(plan), max(1, math.ceil(spec.prefill * num_iter)))
     stats = {"forwards": 0, "draft_forwards": 0, "drafted": 0, "residual_rounds": 0}
     accepted = torch.zeros((), dtype=torch.long, device=device)
