@@ -513,3 +513,10 @@ def test_a_hub_mar_finds_its_published_draft_beside_its_files(tmp_path, monkeypa
         class_labels=[1], decoding="continuous_speculative", draft_tokens=4, num_iter=6, num_inference_steps=4
     )
     assert out.tokens.shape == (1, 4, 4, 4) and out.stats["draft_forwards"] >= 4
+
+
+def test_compiling_leaves_mar_eager():
+    """MAR's passes and head calls change shape every iteration: nothing is compiled (compile=True works)."""
+    pipe = arstudio.load_pipeline("test-tiny-mar", device="cpu", compile=True, decoding_models=False)
+    assert not pipe.compilation.enabled
+    assert pipe(class_labels=[0], decoding="mar", num_iter=2, output_type="np").tokens.shape == (1, 4, 4, 4)

@@ -91,6 +91,9 @@ class MARGenerator(PretrainedMixin, nn.Module):
     config_class = MARConfig
     token_kind = "continuous"
     control_encoder = None  # no control: the pipeline's control checks read this
+    # Each iteration's head call has its own number of rows (the positions it predicts): compiled with static
+    # shapes it would compile once per iteration, so decoding/compiled.py leaves it eager.
+    head_rows_fixed = False
 
     def __init__(self, config: MARConfig):
         super().__init__()
