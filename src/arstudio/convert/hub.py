@@ -562,7 +562,8 @@ def preset_facts(preset: Preset | str) -> PresetFacts:
         return PresetFacts(
             **common, weights="hub", local=True, where=source.origin, download_bytes=size, download_exact=True
         )
-    estimate = (generator_params + tokenizer_params) * FP32_BYTES
+    copies = 2 if preset.hub.converter == "mar" else 1  # MAR's checkpoints hold "model" and "model_ema"
+    estimate = (copies * generator_params + tokenizer_params) * FP32_BYTES
     return PresetFacts(
         **common,
         weights="hub",
