@@ -47,15 +47,18 @@ class MARTrajectories:
         self.steps = self.schedule.steps
 
     def pack(self, z: torch.Tensor, z_uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
+        """Rows in float32 (a bf16 column would round the guidance scale: 2.9 -> 2.90625)."""
         if not self.guided:
             return z
-        return torch.cat([z, z_uncond, z.new_full((z.shape[0], 1), scale)], 1)
+        return torch.cat(
+            [z.float(), z_uncond.float(), z.new_full((z.shape[0], 1), scale, dtype=torch.float32)], 1
+        )
 
     def _unpack(self, rows: torch.Tensor):
         if not self.guided:
             return rows, None, 1.0
-        dim = (rows.shape[1] - 1) // 2
-        return rows[:, :dim], rows[:, dim : 2 * dim], rows[:, 2 * dim :].float()
+        dim, dtype = (rows.shape[1] - 1) // 2, self.head.net.output.weight.dtype
+        return rows[:, :dim].to(dtype), rows[:, dim : 2 * dim].to(dtype), rows[:, 2 * dim :]
 
     def noise(self, rng, like: torch.Tensor) -> torch.Tensor:
         """(S, M, d): x_T and each step's noise for M rows, image-major (M / B tokens per image)."""
@@ -242,6 +245,8 @@ def sample_mar_speculative(
             stats["drafted"] += sum(it.predicted for it in chunk) * batch
         stats["forwards"] += bool(chunk)
         if callback is not None and callback(min(step, len(plan)) - 1, len(plan), tokens) is False:
+            decided = order[:, plan[min(step, len(plan)) - 1].masked_after :].flip(1)  # generation order
+            tokens = tokens.gather(1, decided[..., None].expand(-1, -1, d))
             break
     stats.update(
         forwards_per_image=stats["forwards"],
