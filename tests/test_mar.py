@@ -452,6 +452,10 @@ def test_mar_presets_offer_continuous_speculative_in_cspds_setting(pipe):
     assert stats["forwards"] < 12  # fewer target passes than iterations
     with pytest.raises(ValueError, match="cannot apply"):
         pipe(class_labels=[0], decoding="continuous_speculative", cfg_interval=(0.5, 1.0))
+    raster = arstudio.load_pipeline("test-tiny-continuous", device="cpu")  # num_iter is MAR's alone
+    assert "num_iter" not in raster(class_labels=[0], decoding="continuous_speculative").metadata[0]
+    with pytest.raises(ValueError, match=r"num_iter=8 applies to MAR presets; preset 'test-tiny-continuous'"):
+        raster(class_labels=[0], decoding="continuous_speculative", num_iter=8)
 
 
 def test_an_identical_draft_is_always_accepted_and_reads_once_per_round(pipe):
@@ -520,3 +524,31 @@ def test_compiling_leaves_mar_eager():
     pipe = arstudio.load_pipeline("test-tiny-mar", device="cpu", compile=True, decoding_models=False)
     assert not pipe.compilation.enabled
     assert pipe(class_labels=[0], decoding="mar", num_iter=2, output_type="np").tokens.shape == (1, 4, 4, 4)
+
+
+def test_mar_trajectory_densities_carry_each_steps_learned_variance(pipe):
+    from arstudio.decoding.mar_cspd import MARTrajectories
+    from arstudio.decoding.mar_head import reverse_step
+
+    head, tau, scale = pipe.generator.head, 0.8, 2.5
+    traj = MARTrajectories(head, 6, tau, guided=True)
+    g = torch.Generator().manual_seed(0)
+    z, z_u = torch.randn(3, 32, generator=g), torch.randn(3, 32, generator=g)
+    rows = traj.pack(z, z_u, scale)
+    noise = torch.randn(traj.steps, 3, 4, generator=g)
+    with torch.no_grad():
+        xs = traj.sample(rows, noise)
+        expected, sigma_terms = torch.zeros(3), torch.zeros(3)
+        for k in range(traj.steps):  # log N(x_{k+1}; mean_k, (sigma_k tau)^2), shared constants left out
+            mean, log_var = reverse_step(head, xs[k], traj.steps - 1 - k, traj.schedule, z, z_u, scale)
+            if k + 1 < traj.steps:
+                torch.testing.assert_close(xs[k + 1], mean + torch.exp(0.5 * log_var) * noise[k + 1] * tau)
+                expected += (-(noise[k + 1] ** 2) / 2 - log_var / 2).sum(1)
+                sigma_terms += (-log_var / 2).sum(1)
+            else:  # the last step adds no noise and carries no density
+                torch.testing.assert_close(xs[k + 1], mean)
+        own = traj.own_log_density(noise, xs, rows)
+    # float32: (x - mean) / sigma at the late steps (sigma ~ 1e-3) carries rounding of the batched recomputation
+    # (~0.05 here); the log-sigma terms (~22 each) must be there
+    assert sigma_terms.abs().min() > 5
+    torch.testing.assert_close(own, expected, rtol=0, atol=0.25)

@@ -55,6 +55,10 @@ class ContinuousSpeculative(Strategy):
     def cannot_apply(self, generator) -> dict[str, str]:
         return mar.STRATEGY.cannot_apply(generator) if is_mar(generator) else super().cannot_apply(generator)
 
+    def applied_knobs(self, generator, knobs: dict) -> dict:
+        """num_iter is MAR's: other presets' metadata leaves it out."""
+        return knobs if is_mar(generator) else {k: v for k, v in knobs.items() if k != NUM_ITER.name}
+
     def supports(self, generator, tokenizer) -> str | None:
         if head_kind(generator) != "diffusion":
             return f"CSpD needs a diffusion head; this generator has a {head_kind(generator)} head"
