@@ -1,7 +1,12 @@
-"""Loading time and peak memory of LlamaGen's real-size c2i GPTs from an official-layout checkpoint, in bf16 on
-the CPU: the path ``load_pipeline("llamagen-3b-384", dtype=torch.bfloat16)`` takes for the generator.
+"""Loading time and peak memory of the anchors' real-size generators (LlamaGen's c2i GPTs, MAR's mar_base / large
+/ huge) from an official-layout checkpoint, in bf16 on the CPU: the path ``load_pipeline("llamagen-3b-384",
+dtype=torch.bfloat16)`` (or "mar-huge") takes for the generator.
 
-    python -m benchmarks.bench_anchor_loading [--sizes GPT-XL GPT-XXL GPT-3B] [--dtype bf16] [--convert]
+    python -m benchmarks.bench_anchor_loading [--sizes GPT-XL GPT-XXL GPT-3B mar_base] [--dtype bf16] [--convert]
+
+MAR's files are ``main_mar.py``'s ``{"model": ..., "model_ema": ...}`` (two full fp32 copies, as released); the
+loader reads the EMA copy (the pattern below is in the EMA weights only) and checks it with one encoder-decoder
+pass and one head call.
 
 Per size, three fresh processes (so one's memory never counts in another's):
 
@@ -38,6 +43,8 @@ from pathlib import Path
 import torch
 
 from arstudio.convert import LLAMAGEN_GPT_SIZES, llamagen_gpt_config, load_llamagen_gpt
+from arstudio.convert.mar import MAR_SIZES, load_mar, mar_config
+from arstudio.convert.mar import official_shapes as mar_shapes
 from benchmarks.common import finish, header
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -64,26 +71,46 @@ def official_shapes(name: str, vocab: int = 16384, classes: int = 1000) -> dict[
     return shapes | {"norm.weight": (dim,), "output.weight": (vocab, dim)}
 
 
+PATTERN_KEY = {"llamagen": "norm.weight", "mar": "encoder_norm.weight"}
+
+
+def family(name: str) -> str:
+    return "mar" if name in MAR_SIZES else "llamagen"
+
+
 def pattern(dim: int) -> torch.Tensor:
     return 1 + torch.arange(dim, dtype=torch.float32) / 64  # compared after the same cast as the loader
 
 
+def _sparse_state(shapes: dict, scratch: Path, tag: str, marked: str | None) -> dict[str, torch.Tensor]:
+    """Zeros backed by sparse scratch files (no disk or memory until written); ``marked`` holds the pattern."""
+    state = {}
+    for index, (key, shape) in enumerate(shapes.items()):
+        numel = 1
+        for n in shape:
+            numel *= n
+        file = scratch / f"{tag}{index}"
+        with open(file, "wb") as handle:
+            handle.truncate(numel * 4)
+        state[key] = torch.from_file(str(file), shared=True, size=numel, dtype=torch.float32).view(shape)
+        if key == marked:
+            state[key].copy_(pattern(shape[0]))
+    return state
+
+
 def write_checkpoint(name: str, path: Path) -> dict:
     scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix="scratch-"))
-    state = {}
     try:
-        for index, (key, shape) in enumerate(official_shapes(name).items()):
-            numel = 1
-            for n in shape:
-                numel *= n
-            file = scratch / str(index)
-            with open(file, "wb") as handle:
-                handle.truncate(numel * 4)  # sparse: zeros, no disk or memory until written
-            state[key] = torch.from_file(str(file), shared=True, size=numel, dtype=torch.float32).view(shape)
-            if key == "norm.weight":
-                state[key].copy_(pattern(shape[0]))
+        if family(name) == "mar":  # the EMA copy carries the pattern: loading the other copy fails the check
+            shapes = {k: tuple(v) for k, v in mar_shapes(mar_config(name)).items()}
+            payload = {
+                "model": _sparse_state(shapes, scratch, "model", None),
+                "model_ema": _sparse_state(shapes, scratch, "ema", PATTERN_KEY["mar"]),
+            }
+        else:
+            payload = {"model": _sparse_state(official_shapes(name), scratch, "", PATTERN_KEY["llamagen"])}
         start = time.perf_counter()
-        torch.save({"model": state}, path)
+        torch.save(payload, path)
         seconds = time.perf_counter() - start
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -120,23 +147,49 @@ class MemorySampler:
         self.peak_kb = max(self.peak_kb, self.status("RssAnon"))
 
 
-def load_checkpoint(name: str, path: Path, dtype: torch.dtype) -> dict:
+def _load_llamagen(name: str, path: Path, dtype: torch.dtype):
     config = llamagen_gpt_config(name, image_size=384)
-    baseline = MemorySampler.status("RssAnon")
-    with MemorySampler() as memory:
-        start = time.perf_counter()
-        model = load_llamagen_gpt(path, config, dtype=dtype)
-        seconds = time.perf_counter() - start
-    tensors = [*model.parameters(), *model.buffers()]
-    assert not any(t.is_meta for t in tensors), "a tensor was left on the meta device"
-    assert torch.equal(model.backbone.norm.weight, pattern(config.backbone.dim).to(dtype)), (
-        "weights not loaded"
-    )
-    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return load_llamagen_gpt(path, config, dtype=dtype), config.backbone.dim
+
+
+def _run_llamagen(model) -> None:
     with torch.no_grad():
         model.setup_cache(1)
         logits = model.prefill(torch.tensor([207]))
     assert logits.shape == (1, 16384) and bool(torch.isfinite(logits).all())
+
+
+def _load_mar(name: str, path: Path, dtype: torch.dtype):
+    config = mar_config(name)
+    return load_mar(path, config, dtype=dtype), config.encoder_dim
+
+
+def _run_mar(model) -> None:
+    """One encoder-decoder pass (nothing known yet) and one head call on its output."""
+    c = model.config
+    with torch.no_grad():
+        tokens = torch.zeros(1, c.seq_len, c.token_dim, dtype=model.z_proj.weight.dtype)
+        z = model(tokens, torch.zeros(1, 0, dtype=torch.long), model.class_embedding(torch.tensor([207])))
+        out = model.head(tokens[0], torch.full((c.seq_len,), 999), z[0])
+    assert out.shape == (c.seq_len, 2 * c.token_dim) and bool(torch.isfinite(out).all())
+
+
+LOADERS = {"llamagen": (_load_llamagen, _run_llamagen), "mar": (_load_mar, _run_mar)}
+
+
+def load_checkpoint(name: str, path: Path, dtype: torch.dtype) -> dict:
+    load, run = LOADERS[family(name)]
+    baseline = MemorySampler.status("RssAnon")
+    with MemorySampler() as memory:
+        start = time.perf_counter()
+        model, dim = load(name, path, dtype)
+        seconds = time.perf_counter() - start
+    tensors = [*model.parameters(), *model.buffers()]
+    assert not any(t.is_meta for t in tensors), "a tensor was left on the meta device"
+    marked = model.state_dict()["backbone.norm.weight" if family(name) == "llamagen" else PATTERN_KEY["mar"]]
+    assert torch.equal(marked, pattern(dim).to(dtype)), "weights not loaded (or not the EMA copy)"
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    run(model)
     return {
         "load_s": round(seconds, 1),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
@@ -146,7 +199,7 @@ def load_checkpoint(name: str, path: Path, dtype: torch.dtype) -> dict:
     }
 
 
-def convert_checkpoint(name: str, path: Path, dtype: torch.dtype) -> dict:
+def _convert_llamagen(name: str, path: Path, dtype: torch.dtype, out: Path) -> None:
     from arstudio.convert import convert_llamagen_to_pretrained
     from arstudio.convert.checkpoint import write_safetensors
     from arstudio.convert.llamagen import llamagen_vq_config
@@ -154,18 +207,37 @@ def convert_checkpoint(name: str, path: Path, dtype: torch.dtype) -> dict:
 
     vq = path.with_name("vq.safetensors")  # a random VQ-16 (72M) standing in for vq_ds16_c2i.pt
     write_safetensors(VQTokenizer(llamagen_vq_config("VQ-16", 384)).state_dict(), vq)
+    convert_llamagen_to_pretrained(
+        vq,
+        path,
+        out,
+        gpt_model=llamagen_gpt_config(name, image_size=384),
+        vq_model=llamagen_vq_config("VQ-16", 384),
+        dtype=dtype,
+    )
+
+
+def _convert_mar(name: str, path: Path, dtype: torch.dtype, out: Path) -> None:
+    from arstudio.convert.checkpoint import write_safetensors
+    from arstudio.convert.kl import MAR_KL16
+    from arstudio.convert.mar import convert_mar_to_pretrained
+    from arstudio.tokenizers.kl import KLTokenizer
+
+    vae = path.with_name(
+        "kl16.safetensors"
+    )  # a random KL-16 (66M, diffusers names) standing in for kl16.ckpt
+    state = KLTokenizer(MAR_KL16).state_dict()
+    write_safetensors({k.removeprefix("vae."): v for k, v in state.items()}, vae)
+    convert_mar_to_pretrained(vae, path, out, mar_config(name), MAR_KL16, dtype=dtype)
+
+
+def convert_checkpoint(name: str, path: Path, dtype: torch.dtype) -> dict:
+    convert = _convert_mar if family(name) == "mar" else _convert_llamagen
     out = path.with_name("converted")
     baseline = MemorySampler.status("RssAnon")
     with MemorySampler() as memory:
         start = time.perf_counter()
-        convert_llamagen_to_pretrained(
-            vq,
-            path,
-            out,
-            gpt_model=llamagen_gpt_config(name, image_size=384),
-            vq_model=llamagen_vq_config("VQ-16", 384),
-            dtype=dtype,
-        )
+        convert(name, path, dtype, out)
         seconds = time.perf_counter() - start
     size = (out / "generator" / "model.safetensors").stat().st_size
     shutil.rmtree(out)
@@ -200,7 +272,10 @@ def child(step: str, name: str, path: Path, dtype: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sizes", nargs="+", default=["GPT-XL"], choices=["GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-3B"]
+        "--sizes",
+        nargs="+",
+        default=["GPT-XL"],
+        choices=["GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-3B", *MAR_SIZES],
     )
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--convert", action="store_true", help="also time the conversion to our layout")
@@ -216,12 +291,16 @@ def main() -> None:
         }
         print(json.dumps(steps[args.step]()))
         return
-    info = header("anchor_loading")
+    # MAR's rows go to their own file, so a MAR run leaves LlamaGen's recorded numbers in place
+    mar_only = all(family(name) == "mar" for name in args.sizes)
+    info = header("anchor_loading_mar" if mar_only else "anchor_loading")
     workdir = Path(tempfile.mkdtemp(prefix="arstudio-loading-", dir=args.workdir))
     results = {}
     try:
         for name in args.sizes:
-            path = workdir / f"c2i_{name.removeprefix('GPT-')}_384.pt"
+            path = workdir / (
+                "checkpoint-last.pth" if family(name) == "mar" else f"c2i_{name.removeprefix('GPT-')}_384.pt"
+            )
             row = child("write", name, path, args.dtype) | child("load", name, path, args.dtype)
             if args.convert:
                 row |= child("convert", name, path, args.dtype)

@@ -19,6 +19,8 @@ def _conditioned_head(pipe):
     and guidance cannot show; give those weights values (a test-only copy of the preset's pipeline)."""
     torch.manual_seed(0)
     for model in (pipe.generator, pipe.drafter):
+        if model is None:  # (a MAR preset has no draft model)
+            continue
         for param in model.head.parameters():
             if not param.any():
                 torch.nn.init.normal_(param, std=0.5)
@@ -32,6 +34,7 @@ def pipes():
         "test-tiny-continuous": _conditioned_head(
             arstudio.load_pipeline("test-tiny-continuous", device="cpu")
         ),
+        "test-tiny-mar": _conditioned_head(arstudio.load_pipeline("test-tiny-mar", device="cpu")),
     }
 
 

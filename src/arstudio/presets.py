@@ -12,12 +12,15 @@ import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from arstudio.convert.kl import MAR_KL16
 from arstudio.convert.llamagen import llamagen_gpt_config, llamagen_vq_config
 from arstudio.convert.llamagen_t2i import llamagen_t2i_config
+from arstudio.convert.mar import mar_config
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.continuous import ContinuousGeneratorConfig
 from arstudio.generators.control import ControlConfig
 from arstudio.generators.image import GeneratorConfig, condition_len
+from arstudio.generators.mar import MARConfig
 from arstudio.generators.video import VideoGeneratorConfig
 from arstudio.tokenizers.bridge import BridgeConfig
 from arstudio.tokenizers.kl import KLConfig
@@ -298,6 +301,69 @@ for _stage, _res, _data in (("1", 256, "LAION-COCO 50M"), ("2", 512, "10M intern
         )
     )
 del _stage, _res, _data
+
+# MAR (LTH14/mar, README "Evaluation"): masked autoregression over KL-16 latents (16x16 tokens of 16 dims at 256 px,
+# scaled by 0.2325), a per-token diffusion head with learned variance. Released checkpoints (800 epochs; the HF mirror
+# jadechoghari/mar holds them as <size>/checkpoint-last.pth beside kl16.ckpt); the EMA weights are used, as MAR's eval
+# does. Defaults from the README's FID commands: --cfg 2.9 / 3.0 / 3.2 with --cfg_schedule linear, --temperature 1.0,
+# --num_sampling_steps 100 (num_iter 256 there for the best FID; the knob's default is main_mar.py's 64).
+# decoding="ar" runs MAR's own sampler (decoding/mar.py); decoding="mar" exposes num_iter and cfg_ramp.
+MAR_MODELS = (  # (size, params, FID with CFG, guidance)
+    ("base", "208M", "2.31", 2.9),
+    ("large", "479M", "1.78", 3.0),
+    ("huge", "943M", "1.55", 3.2),
+)
+for _size, _params, _fid, _cfg in MAR_MODELS:
+    register_preset(
+        Preset(
+            name=f"mar-{_size}",
+            description=f"MAR-{_size[0].upper()} ({_params}) ImageNet class-to-image, 256 px, masked autoregression "
+            f"over 16x16 KL-16 latents with a diffusion head (FID {_fid}); official weights from the Hub",
+            task="class-to-image",
+            tokenizer=MAR_KL16,
+            generator=mar_config(f"mar_{_size}"),
+            hub=HubWeights(
+                repo_id="jadechoghari/mar",
+                tokenizer_file="kl16.ckpt",
+                generator_file=f"mar_{_size}/checkpoint-last.pth",
+                converter="mar",
+                # CSpD's pair: MAR-B drafts for the larger ones (decoding="continuous_speculative")
+                extras=()
+                if _size == "base"
+                else (HubFile("drafter", "jadechoghari/mar", "mar_base/checkpoint-last.pth"),),
+            ),
+            defaults={"guidance_scale": _cfg, "temperature": 1.0, "num_inference_steps": 100},
+        )
+    )
+del _size, _params, _fid, _cfg
+
+register_preset(
+    Preset(
+        name="test-tiny-mar",
+        description="Tiny random-init MAR (encoder-decoder + learned-variance diffusion head) for tests (16 px, "
+        "4x4 tokens of 4 dims)",
+        task="class-to-image",
+        tokenizer=KLConfig(
+            resolution=16, block_out_channels=(8, 16, 16), latent_channels=4, norm_num_groups=4
+        ),
+        generator=MARConfig(
+            token_dim=4,
+            grid_size=4,
+            encoder_dim=32,
+            encoder_depth=1,
+            encoder_heads=4,
+            decoder_dim=32,
+            decoder_depth=1,
+            decoder_heads=4,
+            buffer_size=2,
+            num_classes=24,
+            head_width=32,
+            head_depth=2,
+        ),
+        defaults={"guidance_scale": 2.0, "temperature": 1.0, "num_inference_steps": 8},
+        class_names=_shapes_class_names(),
+    )
+)
 
 
 # ---- continuous tokens (issue 4): KL latents + diffusion head, and TokenBridge ids + per-dimension head ----

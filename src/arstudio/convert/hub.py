@@ -36,6 +36,7 @@ from pathlib import Path
 
 from arstudio.convert.llamagen import convert_llamagen_to_pretrained, load_llamagen_gpt, load_llamagen_vq
 from arstudio.convert.llamagen_t2i import load_llamagen_t2i
+from arstudio.convert.mar import MAR_DRAFT, convert_mar_to_pretrained, load_mar, load_mar_vae, mar_config
 from arstudio.presets import HubFile, HubWeights, Preset
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def keep_official_file(source, out_dir) -> Path:
 CONVERTERS: dict[str, Converter] = {
     "llamagen": Converter(load_llamagen_vq, load_llamagen_gpt, convert_llamagen_to_pretrained),
     "llamagen-t2i": Converter(load_llamagen_vq, load_llamagen_t2i, keep_official_files),
+    "mar": Converter(load_mar_vae, load_mar, convert_mar_to_pretrained),
 }
 
 
@@ -252,7 +254,10 @@ def _instructions(preset: Preset) -> str:
 
 
 def _extra_note(extra: HubFile) -> str:
-    uses = {"drafter": "'speculative' / 'lantern'"}.get(extra.component, repr(extra.component))
+    drafter = (
+        "'continuous_speculative'" if extra.repo_id == "jadechoghari/mar" else "'speculative' / 'lantern'"
+    )
+    uses = {"drafter": drafter}.get(extra.component, repr(extra.component))
     where = (
         f"in a {extra.folder}/ folder beside the files above (`hf download {extra.repo_id} --local-dir "
         f"<folder>/{extra.folder}`)"
@@ -411,14 +416,17 @@ def _load_dd1(preset: Preset, path: Path, generator, tokenizer, dtype, device):
     return load_llamagen_dd(path, config, dtype=dtype, device=device)
 
 
-def _load_lantern(preset: Preset, path: Path, generator, tokenizer, dtype, device):
+def _load_drafter(preset: Preset, path: Path, generator, tokenizer, dtype, device):
+    """LANTERN's EAGLE drafter for LlamaGen; for MAR presets, MAR-B drafting for MAR-L / H (CSpD's pair)."""
+    if preset.hub.converter == "mar":
+        return load_mar(path, mar_config(MAR_DRAFT), dtype=dtype, device=device)
     from arstudio.convert.lantern import load_lantern_drafter
 
     return load_lantern_drafter(path, generator, dtype=dtype, device=device)
 
 
 # component -> (preset, official file, loaded generator, tokenizer, dtype, device) -> module
-EXTRA_LOADERS = {"dd1": _load_dd1, "drafter": _load_lantern}
+EXTRA_LOADERS = {"dd1": _load_dd1, "drafter": _load_drafter}
 
 
 def load_extra(preset: Preset, component: str, path: Path, generator, tokenizer, dtype=None, device=None):
@@ -461,6 +469,7 @@ def _parameter_counts(preset: Preset) -> tuple[int, int]:
     # Imported here and by config type, not through pipelines/loading (a higher layer: an import cycle).
     from arstudio.generators.continuous import ContinuousGeneratorConfig, ContinuousImageGenerator
     from arstudio.generators.image import ImageGenerator
+    from arstudio.generators.mar import MARConfig, MARGenerator
     from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
     from arstudio.tokenizers.bridge import BridgeConfig, BridgeTokenizer
     from arstudio.tokenizers.kl import KLConfig, KLTokenizer
@@ -469,6 +478,7 @@ def _parameter_counts(preset: Preset) -> tuple[int, int]:
     generator_classes = {
         VideoGeneratorConfig: VideoGenerator,
         ContinuousGeneratorConfig: ContinuousImageGenerator,
+        MARConfig: MARGenerator,
     }
     tokenizer_classes = {KLConfig: KLTokenizer, BridgeConfig: BridgeTokenizer}
     from arstudio.convert.checkpoint import parameters_on_meta
@@ -532,7 +542,7 @@ def preset_facts(preset: Preset | str) -> PresetFacts:
         generator_params=generator_params,
         tokenizer_params=tokenizer_params,
         resolution=tokenizer.resolution,
-        grid=preset.generator.backbone.grid_size,
+        grid=getattr(preset.generator, "grid_size", None) or preset.generator.backbone.grid_size,
     )
     if preset.hub is None:
         return PresetFacts(
@@ -552,7 +562,8 @@ def preset_facts(preset: Preset | str) -> PresetFacts:
         return PresetFacts(
             **common, weights="hub", local=True, where=source.origin, download_bytes=size, download_exact=True
         )
-    estimate = (generator_params + tokenizer_params) * FP32_BYTES
+    copies = 2 if preset.hub.converter == "mar" else 1  # MAR's checkpoints hold "model" and "model_ema"
+    estimate = (copies * generator_params + tokenizer_params) * FP32_BYTES
     return PresetFacts(
         **common,
         weights="hub",

@@ -103,7 +103,8 @@ def _targets(pipe) -> list[tuple[str, object, str]]:
     targets = [("generator.step", generator, "step")] if hasattr(generator, "step") else []
     head = getattr(generator, "head", None)
     separate_head = not getattr(generator, "step_includes_head", False)  # video's step runs its head
-    if getattr(head, "kind", None) in ("diffusion", "flow") and separate_head:
+    fixed_rows = getattr(generator, "head_rows_fixed", True)  # MAR's head: other row counts every iteration
+    if getattr(head, "kind", None) in ("diffusion", "flow") and separate_head and fixed_rows:
         targets.append(("generator.head", head, "forward"))
     drafter = getattr(pipe, "drafter", None)
     if drafter is not None and hasattr(drafter, "step"):  # a CSpD draft head has no trunk step

@@ -40,11 +40,13 @@ import torch
 from arstudio.decoding.cspd_head import sample_with_draft_head
 from arstudio.decoding.guidance import guide, with_unconditional
 from arstudio.decoding.logits import SamplingParams
+from arstudio.decoding.mar_cspd import check_mar_draft
 from arstudio.decoding.random import as_device_random
 from arstudio.decoding.rounds import SpeculationLedger, take_at
 from arstudio.decoding.trajectories import Trajectories, prefill_tokens, residual_sample
 from arstudio.decoding.types import DecodeResult, StepCallback
 from arstudio.generators.draft_head import DraftHead
+from arstudio.generators.mar import MARGenerator
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class ContinuousSpeculativeParams:
 
 def check_draft_for_cspd(target, draft) -> None:
     """A draft head must come from this target; a draft model must share its tokens, schedule and grid."""
+    if isinstance(target, MARGenerator):
+        check_mar_draft(target, draft)
+        return
     if getattr(target.head, "kind", None) != "diffusion":
         kind = getattr(target.head, "kind", type(target.head).__name__)
         raise ValueError(

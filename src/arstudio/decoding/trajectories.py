@@ -95,9 +95,10 @@ class Trajectories:
         return -(((xs[1 : noisy + 1] - means[:noisy]) / std) ** 2).sum((0, 2)) / 2
 
     @staticmethod
-    def own_log_density(noise: torch.Tensor) -> torch.Tensor:
+    def own_log_density(noise: torch.Tensor, xs: torch.Tensor | None = None, z=None) -> torch.Tensor:
         """log density (M,) of states drawn by a head with ``noise`` (S, M, d) under that head, for as many
-        noisy steps as ``noise`` holds after x_T: their transitions are x_{i+1} = mean + std * noise[i + 1]."""
+        noisy steps as ``noise`` holds after x_T: their transitions are x_{i+1} = mean + std * noise[i + 1]. (The
+        states xs and conditions z are for heads whose step variance depends on them: ``mar_cspd.py``.)"""
         return -(noise[1:] ** 2).sum((0, 2)) / 2
 
 
@@ -106,16 +107,20 @@ def residual_sample(
 ):
     """Acceptance-rejection draws from max(0, p - q) over the first ``steps`` reverse steps (all by default):
     ``max_tries`` target trajectories y per row at once, each kept with probability max(0, 1 - q(y) / p(y));
-    the first kept one, else the last, gives the state after those steps (B, d) (the token x_0 for all steps).
+    the first kept one, else the last, gives the state after those steps (M, d) (the token x_0 for all steps).
+    Rows are image-major, M / B tokens per image (one for raster decoding, MAR's predicted positions).
     Fixed shapes, no host read."""
     batch, steps = z_p.shape[0], p.steps if steps is None else steps
-    tries = [p.noise(rng, z_p) for _ in range(max_tries)]  # each (S, B, d): every image's own draws
-    noise = torch.cat(tries, dim=1)[: steps + 1]  # (steps + 1, tries * B, d), try-major
-    ys = p.sample(z_p.repeat(max_tries, 1), noise, stop=steps)
+    per_image = batch // rng.batch
+    tries = [p.noise(rng, z_p) for _ in range(max_tries)]  # each (S, M, d): every image's own draws
+    noise = torch.cat(tries, dim=1)[: steps + 1]  # (steps + 1, tries * M, d), try-major
+    z_tries = z_p.repeat(max_tries, 1)
+    ys = p.sample(z_tries, noise, stop=steps)
     log_q = q.log_density(ys, q.means(ys[:steps], z_q.repeat(max_tries, 1)))
-    own = Trajectories.own_log_density(noise[: min(steps, p.steps - 1) + 1])
+    own = p.own_log_density(noise[: min(steps, p.steps - 1) + 1], ys, z_tries)
     keep_prob = 1 - torch.exp((log_q - own).clamp(max=0))
-    keep = (rng.uniform(max_tries).T.reshape(-1) < keep_prob).view(max_tries, batch)
+    u = rng.uniform(max_tries * per_image).view(rng.batch, max_tries, per_image).transpose(0, 1)
+    keep = (u.reshape(-1) < keep_prob).view(max_tries, batch)
     keep[-1] = True  # nothing kept: the last proposal stands
     first = keep.long().argmax(0)  # (B,) the first kept try of each image
     return ys[-1].view(max_tries, batch, -1)[first, torch.arange(batch, device=z_p.device)]

@@ -39,9 +39,12 @@ class AdaLNBlock(nn.Module):
 
 
 class AdaLNMLP(nn.Module):
-    """(x (M, d), t (M,), z (M, cond_dim)) -> (M, d)."""
+    """(x (M, d), t (M,), z (M, cond_dim)) -> (M, out_dim) (``out_dim`` d unless given: MAR's released heads
+    predict 2 d, the noise and a learned variance)."""
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, freq_dim: int = 256):
+    def __init__(
+        self, token_dim: int, cond_dim: int, width: int, depth: int, freq_dim: int = 256, out_dim: int = 0
+    ):
         super().__init__()
         self.freq_dim = freq_dim
         self.time_embed = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
@@ -50,7 +53,7 @@ class AdaLNMLP(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(depth))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.output = nn.Linear(width, token_dim)
+        self.output = nn.Linear(width, out_dim or token_dim)
         for layer in (self.final_modulation[1], self.output):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)

@@ -179,3 +179,40 @@ class TransformerBlock(nn.Module):
     def forward(self, x, rope, cache=None, input_pos=None, mask=None):
         h = x + self.attention(self.attention_norm(x), rope, cache, input_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
+
+
+class ViTAttention(nn.Module):
+    """Bidirectional multi-head attention with a biased fused ``qkv`` and ``proj`` (timm's ``Attention``)."""
+
+    def __init__(self, dim: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, dim = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.n_head, dim // self.n_head).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(*qkv.unbind(0))  # (B, heads, T, head_dim)
+        return self.proj(out.transpose(1, 2).reshape(b, t, dim))
+
+
+class ViTBlock(nn.Module):
+    """A pre-norm ViT block (timm's ``Block`` as MAE and MAR use it): LayerNorm, bidirectional attention, LayerNorm,
+    GELU MLP, no RoPE (the model adds learned positions). Parameter names are timm's (``norm1``, ``attn.qkv``,
+    ``mlp.fc1``, ...), so MAR's checkpoints load by name."""
+
+    def __init__(self, dim: int, n_head: int, mlp_ratio: float = 4.0, eps: float = 1e-6):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = ViTAttention(dim, n_head)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(dim, hidden))
+        self.mlp.add_module("act", nn.GELU())
+        self.mlp.add_module("fc2", nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

@@ -348,7 +348,7 @@ class ImagePipeline:
             "preset": self.preset.name,
             **sampling,
             "decoding": plan.strategy.name,
-            **plan.knobs,
+            **plan.strategy.applied_knobs(self.generator, plan.knobs),
             "tokenizer": type(self.tokenizer).__name__,
             "head": getattr(self.generator.head, "kind", "categorical"),
             "num_inference_steps": plan.knobs.get("num_inference_steps", self._recorded_head_steps(plan)),

@@ -20,6 +20,7 @@ from arstudio.generators.distilled import DDGenerator
 from arstudio.generators.draft_head import DraftHead
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import ImageGenerator
+from arstudio.generators.mar import MARConfig, MARGenerator
 from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
 from arstudio.pipelines.image import SUPPORTED_DTYPES, ImagePipeline
@@ -43,6 +44,8 @@ def _tokenizer_class(config):
 def _generator_class(config):
     if isinstance(config, VideoGeneratorConfig):
         return VideoGenerator
+    if isinstance(config, MARConfig):
+        return MARGenerator
     return ContinuousImageGenerator if isinstance(config, ContinuousGeneratorConfig) else ImageGenerator
 
 
@@ -399,9 +402,12 @@ def _load_continuous_draft_model(preset: Preset, generator, source, device, dtyp
         draft = seeded(lambda: _random_generator(preset.generator), preset.init_seed + 2)
     elif isinstance(source, Path) and (source / "drafter").is_dir():
         kind = json.loads((source / "drafter" / "config.json").read_text()).get("class")
-        draft = (DraftHead if kind == "DraftHead" else ContinuousImageGenerator).from_pretrained(
-            source / "drafter"
-        )
+        classes = {"DraftHead": DraftHead, "MARGenerator": MARGenerator}
+        draft = classes.get(kind, ContinuousImageGenerator).from_pretrained(source / "drafter")
+    elif source is not None and not isinstance(source, Path) and "drafter" in source.extras:
+        from arstudio.convert.hub import load_extra  # a hub preset's published draft (MAR-B for MAR-L / H)
+
+        draft = load_extra(preset, "drafter", source.extras["drafter"], generator, None, dtype, device)
     else:
         return None
     check_draft_for_cspd(generator, draft)

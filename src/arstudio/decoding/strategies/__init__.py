@@ -12,6 +12,7 @@ from arstudio.decoding.strategies import (
     distilled,
     distilled_hybrid,
     lantern,
+    mar,
     speculative,
 )
 from arstudio.decoding.strategies.base import (
@@ -43,6 +44,7 @@ STRATEGIES: dict[str, Strategy] = {
         distilled.DD1,
         distilled_hybrid.STRATEGY,
         distilled.DD2,
+        mar.STRATEGY,
     )
 }
 

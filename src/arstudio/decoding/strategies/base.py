@@ -106,6 +106,10 @@ class Strategy:
         applied = {k: v for k, v in asked.items() if k not in left}
         return SamplingParams.from_defaults(pipe.preset.defaults, **applied), conflicts
 
+    def applied_knobs(self, generator, knobs: dict) -> dict:
+        """The knobs an image's metadata records: the ones that apply to this generator (all by default)."""
+        return knobs
+
     def applied_settings(self, generator) -> tuple[str, ...]:
         """The sampling settings an image's metadata records: the ones this strategy applies."""
         left = () if self.fixed_sampling else self.cannot_apply(generator)
