@@ -458,6 +458,19 @@ def test_mar_presets_offer_continuous_speculative_in_cspds_setting(pipe):
         raster(class_labels=[0], decoding="continuous_speculative", num_iter=8)
 
 
+def test_mar_presets_default_to_cspds_eight_draft_iterations(pipe):
+    """The published setting comes from the preset; a call's own value still wins."""
+    assert arstudio.get_preset("mar-large").knob_defaults == {"continuous_speculative": {"draft_tokens": 8}}
+    preset = pipe.preset
+    pipe.preset = dataclasses.replace(preset, knob_defaults=arstudio.get_preset("mar-large").knob_defaults)
+    try:
+        call = {"class_labels": [3], "decoding": "continuous_speculative", "num_iter": 12}
+        assert pipe(**call, generator=_seeds(1)).metadata[0]["draft_tokens"] == 8
+        assert pipe(**call, generator=_seeds(1), draft_tokens=2).metadata[0]["draft_tokens"] == 2
+    finally:
+        pipe.preset = preset
+
+
 def test_an_identical_draft_is_always_accepted_and_reads_once_per_round(pipe):
     from arstudio.decoding.mar_cspd import MARSpeculation, sample_mar_speculative
 

@@ -79,6 +79,9 @@ class Preset:
     weights: str | None = None  # folder under arstudio/weights with tokenizer/ and generator/; None = random
     init_seed: int = 0  # random-init presets are built from this seed
     defaults: dict = field(default_factory=dict)  # sampling defaults: guidance_scale, temperature, ...
+    # {strategy: {knob: value}}: a strategy's published setting for this model (CSpD drafts 8 MAR steps);
+    # a tuned ``speculative_defaults.json`` and then the call's own values take precedence
+    knob_defaults: dict = field(default_factory=dict)
     # (continuous heads add num_inference_steps)
     class_names: tuple[str, ...] = ()
     text_encoder: str | None = None  # "minilm" / "tiny" for text-to-image presets
@@ -333,6 +336,8 @@ for _size, _params, _fid, _cfg in MAR_MODELS:
                 else (HubFile("drafter", "jadechoghari/mar", "mar_base/checkpoint-last.pth"),),
             ),
             defaults={"guidance_scale": _cfg, "temperature": 1.0, "num_inference_steps": 100},
+            # CSpD's setting (its MAR-B -> MAR-L notebook): the draft runs 8 MAR iterations per round
+            knob_defaults={} if _size == "base" else {"continuous_speculative": {"draft_tokens": 8}},
         )
     )
 del _size, _params, _fid, _cfg

@@ -282,8 +282,10 @@ class ImagePipeline:
             raise ValueError(strategy.refusal(self, conflicts))
         steps_is_knob = "num_inference_steps" in {p.name for p in strategy.knobs}
         given = {**knobs, "num_inference_steps": num_inference_steps} if steps_is_knob else knobs
+        published = self.preset.knob_defaults.get(strategy.name, {})  # the model's authors' setting
         tuned = self.knob_defaults.get(strategy.name, {})  # measured by `arstudio tune-speculative`
-        knobs = check_knobs(strategy, {**tuned, **{k: v for k, v in given.items() if v is not None}})
+        given = {k: v for k, v in given.items() if v is not None}
+        knobs = check_knobs(strategy, {**published, **tuned, **given})
         head_steps = strategy.head_steps(self, None if steps_is_knob else num_inference_steps)
         latents_name, latents = latents
         if latents is not None and not strategy.takes_latents:
