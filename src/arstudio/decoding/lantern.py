@@ -53,13 +53,13 @@ def relaxed_target(
         return p
     near = neighbours[draft]  # (..., k)
     near_mass = p.gather(-1, near)  # (..., k), distance order
-    budget = torch.full_like(near_mass[..., 0], delta)
+    budget = delta  # (a plain number unless capped: fewer small ops per call)
     if lam > 1:
-        budget = torch.minimum(budget, (lam - 1) * p.gather(-1, draft[..., None]).squeeze(-1))
+        budget = ((lam - 1) * p.gather(-1, draft[..., None])).clamp(max=delta)  # (..., 1)
     # Largest prefix within budget (the running sum only grows, so "within" is a prefix).
-    moved = near_mass.cumsum(-1) <= budget[..., None]  # (..., k)
+    moved = near_mass.cumsum(-1) <= budget  # (..., k)
     moved_mass = (near_mass * moved).sum(-1)  # S
-    relaxed = p.scatter(-1, near, near_mass * ~moved)  # zero the neighbours whose mass moves
+    relaxed = p.scatter(-1, near, near_mass.masked_fill(moved, 0.0))  # zero the neighbours whose mass moves
     return relaxed.scatter_add(-1, draft[..., None], moved_mass[..., None])
 
 

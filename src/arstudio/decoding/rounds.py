@@ -65,10 +65,11 @@ class SpeculationLedger:
         active, rows = self.decided < self.total, self.rows
         new = torch.cat([drafts, final[:, None]], dim=1)
         new[rows, accepted] = final
-        write = (self.steps[None, :] <= accepted[:, None]) & active[:, None]  # (B, gamma + 1)
-        index = (rows[:, None], cursor[:, None] + self.steps)
-        write = write.view(*write.shape, *([1] * (new.ndim - 2)))
-        self.tokens[index] = torch.where(write, new, self.tokens[index])
+        # All gamma + 1 tokens are written; those past ``accepted`` are rewritten by the row's next round
+        # (which starts there) before anything reads them. A finished row writes past the image's end
+        # (the buffer's last gamma + 1 slots, never read), so its tokens stay as they are.
+        start = torch.where(active, cursor, self.total)
+        self.tokens[rows[:, None], start[:, None] + self.steps] = new.to(self.tokens.dtype)
         self.forwards += 1
         self.round_count += 1
         self.rounds += active

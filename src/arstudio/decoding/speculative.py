@@ -156,10 +156,12 @@ def sample_speculative(
             cond[:batch], negative_cond, params.uses_cfg, prefix_hidden, both(ledger.tokens[:, :1])
         )
         steps = ledger.steps
+        # each round: 2 (N - 1) + 1 uniforms per image: draws, acceptance tests, the last token
+        draws = _RoundDraws(rng, 2 * nodes - 1, min(16, total))
         while ledger.running:
             cursor = ledger.cursor
             base = prefix_len + cursor - 1  # (B,) where the last decided token sits: the tree's root
-            u = rng.uniform(2 * nodes - 1)  # (B, 2 (N - 1) + 1): draws, acceptance tests, the last token
+            u = draws.next()  # (B, 2 N - 1)
 
             # 1. Draft the tree level by level; a node at depth d is token cursor + d - 1.
             rows_base = both(base)  # (R,)
@@ -192,16 +194,19 @@ def sample_speculative(
                 spec.lantern_lambda,
             )
             final = sample_with_uniform(final_probs, u[:, 2 * nodes - 2])
-            new = ledger.commit(cursor, chunk.gather(1, path[:, 1:]), final, accepted)
-            positions = base[:, None] + steps  # (B, D + 1) the path's sequence positions
+            # a chain's path is its first accepted + 1 nodes: the drafts in order (what follows is unread)
+            path_tokens = drafts if tree.is_chain else chunk.gather(1, path[:, 1:])
+            new = ledger.commit(cursor, path_tokens, final, accepted)
+            positions = rows_base[:, None] + steps  # (R, D + 1) the path's sequence positions
             if not tree.is_chain:  # the path's keys/values move from their slots to its positions
-                target.backbone.move_slots(both(base[:, None] + path), both(positions))
+                target.backbone.move_slots(rows_base[:, None] + both(path), positions)
                 hidden = hidden.gather(1, both(path)[..., None].expand(-1, -1, hidden.shape[-1]))
 
             # 4. The drafter catches up on the verified path, reading on from each row's new end.
-            draft_logits = drafting.catch_up(both(new), hidden, both(positions), both(accepted))
+            draft_logits = drafting.catch_up(both(new), hidden, positions, both(accepted))
             if ledger.end_round(callback):
                 break
+        draws.close()
     finally:
         target.backbone.reset_cache()
         drafting.reset()
@@ -213,6 +218,25 @@ def sample_speculative(
         "decode_seconds": time.perf_counter() - start,
     }
     return DecodeResult(ledger.result(), stats)
+
+
+class _RoundDraws:
+    """Each round's ``lanes`` uniforms per image, made ``ahead`` rounds at a time: the numbers of one
+    ``rng.uniform(lanes)`` per round (``DeviceRandom.uniform_ahead``), with the hashing ops paid per block."""
+
+    def __init__(self, rng, lanes: int, ahead: int):
+        self.rng, self.lanes, self.ahead, self.left, self.block = rng, lanes, ahead, 0, None
+
+    def next(self) -> torch.Tensor:
+        if self.left == 0:
+            self.block, self.left = self.rng.uniform_ahead(self.ahead, self.lanes), self.ahead
+        self.left -= 1
+        return self.block[:, self.ahead - 1 - self.left]
+
+    def close(self) -> None:
+        """Give back the draws of rounds that did not run (a DeviceRandom handed in reads on after them)."""
+        self.rng.draws -= self.left
+        self.left = 0
 
 
 def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, rows_base, u, greedy: bool):

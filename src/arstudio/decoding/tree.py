@@ -147,7 +147,8 @@ class TreeIndex:
         kids = [tree.children[i] + [0] * (width - len(tree.children[i])) for i in self.internal]
         self.kids = torch.tensor(kids, **long).T  # (W, I): rank j's child of each internal node (0: none)
         self.internal_t = torch.tensor(self.internal, **long)
-        self.kids_full = [bool((row > 0).all()) for row in self.kids]  # host: every internal node has it
+        # host: whether rank j's child exists at every internal node
+        self.kids_full = [all(row) for row in zip(*kids, strict=True)]
         slot = {node: j for j, node in enumerate(self.internal)}
         self.parent_slot = torch.tensor([slot[tree.parent[i]] for i in range(1, n)], **long)  # (N - 1,)
         self.path_to = torch.tensor([_root_path(tree, i) for i in range(n)], **long)  # (N, D + 1)
@@ -249,6 +250,8 @@ def accept_tree(
     accepted (B,) path length, path (B, D + 1) node ids (repeating the last accepted node past it) and the
     distribution of the token after the path (B, V).
     """
+    if index.tree.is_chain:
+        return _accept_chain(index, p, drafts, q, u, neighbours, delta, lam)
     r = p[:, index.internal_t]  # (B, I, V)
     winner = torch.full((p.shape[0], len(index.internal)), -1, dtype=torch.long, device=p.device)
     for rank, (kids, full) in enumerate(
@@ -273,6 +276,20 @@ def accept_tree(
         winner = torch.where(passed, kids, winner)
         r = rest if full else torch.where((kids > 0)[:, None], rest, r)
     return _walk(index, p, r, winner)
+
+
+def _accept_chain(index: TreeIndex, p, drafts, q, u, neighbours, delta: float, lam: float):
+    """``accept_tree`` for a chain, node d's one child being node d + 1: the same tests at every depth at
+    once, and the walk is the leading run of passes."""
+    relaxed = relaxed_target(p[:, :-1], drafts, neighbours, delta, lam)  # (B, D, V) before each draft
+    p_tok = relaxed.gather(-1, drafts[..., None]).squeeze(-1)
+    if q is None:  # greedy drafts: point masses, q(token) = 1
+        test, rest = u, point_residual(relaxed, drafts, p_tok)
+    else:
+        test, rest = u * q.gather(-1, drafts[..., None]).squeeze(-1), residual(relaxed, q)
+    accepted = (test <= p_tok).cumprod(1).sum(1)  # (B,)
+    stop = torch.cat([rest, p[:, -1:]], dim=1)  # a rejected depth: its residual; past the last: the bonus
+    return accepted, index.path_to[accepted], take_at(stop, accepted)
 
 
 def _walk(index: TreeIndex, p: torch.Tensor, r: torch.Tensor, winner: torch.Tensor):
