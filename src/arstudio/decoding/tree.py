@@ -250,8 +250,12 @@ def accept_tree(
     accepted (B,) path length, path (B, D + 1) node ids (repeating the last accepted node past it) and the
     distribution of the token after the path (B, V).
     """
-    if index.tree.is_chain:
-        return _accept_chain(index, p, drafts, q, u, neighbours, delta, lam)
+    accept = _accept_chain if index.tree.is_chain else _accept_siblings
+    return accept(index, p, drafts, q, u, neighbours, delta, lam)
+
+
+def _accept_siblings(index: TreeIndex, p, drafts, q, u, neighbours, delta: float, lam: float):
+    """``accept_tree`` for any tree: each internal node tries its children rank by rank, all nodes at once."""
     r = p[:, index.internal_t]  # (B, I, V)
     winner = torch.full((p.shape[0], len(index.internal)), -1, dtype=torch.long, device=p.device)
     for rank, (kids, full) in enumerate(
