@@ -77,7 +77,7 @@ class SpeculationLedger:
         return new
 
     def end_round(self, callback) -> bool:
-        """After a commit: the round's one host read (the least number of tokens any image has fixed), then
+        """After a commit: the round's one host read (every image's fixed count and rounds), then
         ``callback(step, total, tokens)`` with the tokens every image has fixed. True when sampling ends:
         every image is done, or the callback asked to stop (the tokens are then cut there)."""
         # One read: every image's fixed count and rounds (2 B numbers), so the statistics after the loop

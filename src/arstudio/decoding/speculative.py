@@ -26,10 +26,14 @@ Entries left by rejected drafts sit past a row's position and are overwritten be
 
 Randomness: every round, each image draws 2 gamma + 1 uniforms of its own (gamma for sampled drafts,
 unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus token; for a tree,
-gamma is its number of draft nodes), made on the
-device from its generator's key (``random.py``), so an image's random draws do not depend on its
-batch-mates (see ``logits.py`` on rounding). The only host read of a round is the ledger's check whether
-every image is done.
+gamma is its number of draft nodes), made on the device from its generator's key (``random.py``; 16
+rounds' worth at a time, the same numbers), so an image's random draws do not depend on its batch-mates
+(see ``logits.py`` on rounding). The only host read of a round is the ledger's check whether every image
+is done.
+
+Cost: on the CPU a round's non-model work is a few hundred small ops, so the loop keeps their count down
+(host-known shortcuts in ``_Guide``, greedy proposals never materialised as one-hot q, a chain accepted
+without the tree walk, tree masks by table lookup); docs/speculation_cpu.md has the measured split.
 """
 
 from __future__ import annotations
