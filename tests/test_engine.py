@@ -44,6 +44,10 @@ def test_draws_are_per_image_and_independent_of_the_batch():
     alone = DeviceRandom(generators(4), DEVICE)
     for _ in range(3):  # the n-th draw of a row is the same whatever its batch-mates
         assert torch.equal(both.uniform(5)[1], alone.uniform(5)[0])
+    ahead, one_by_one = (DeviceRandom(generators(3, 4), DEVICE) for _ in range(2))
+    block = ahead.uniform_ahead(4, 6)  # (B, 4 draws, 6 lanes) at once: the numbers of 4 calls
+    assert torch.equal(block, torch.stack([one_by_one.uniform(6) for _ in range(4)], dim=1))
+    assert ahead.draws == one_by_one.draws == 4
     u = DeviceRandom(generators(*range(64)), DEVICE).uniform(512)
     assert 0 < u.min() and u.max() < 1
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005

@@ -7,10 +7,16 @@ import torch
 from scipy.stats import chisquare
 
 from arstudio.decoding.autoregressive import sample_autoregressive
-from arstudio.decoding.lantern import latent_neighbours, relaxed_target, residual, total_variation
+from arstudio.decoding.lantern import (
+    latent_neighbours,
+    point_residual,
+    relaxed_target,
+    residual,
+    total_variation,
+)
 from arstudio.decoding.logits import SamplingParams, filter_logits
 from arstudio.decoding.speculative import SpeculativeParams, sample_speculative
-from arstudio.decoding.tree import DraftTree, tree_mask
+from arstudio.decoding.tree import DraftTree, _accept_chain, _accept_siblings, tree_mask
 from arstudio.generators.backbone import BackboneConfig
 from arstudio.generators.drafter import Drafter, DrafterConfig
 from arstudio.generators.image import GeneratorConfig, ImageGenerator
@@ -199,6 +205,50 @@ def test_draft_tree_shape_and_mask():
         [True, True, True, False, True, False, False],  # (1,): not its sibling
         [True, True, True, True, False, True, False],  # (0, 0): root, (0,), itself
     ]
+
+
+def test_mask_tables_give_tree_mask():
+    """The per-round masks come from a table built once (``TreeMask``): the very numbers of ``tree_mask``."""
+    index = DraftTree.parse((3, 3), 4, 8).on("cpu")
+    base = torch.tensor([0, 5, 11, 17])
+    for ancestors, table in (
+        (index.ancestors, index.mask),
+        *((lv.draft_mask.ancestors, lv.draft_mask) for lv in index.drafting_levels),
+    ):
+        for dtype in (torch.float32, torch.bfloat16):
+            assert torch.equal(table(base, 30, dtype), tree_mask(ancestors, base, 30, dtype))
+
+
+@pytest.mark.parametrize("delta", [0.0, 0.3])
+def test_point_residual_is_the_dense_one_hot_residual(delta):
+    gen = torch.Generator().manual_seed(3)
+    p = torch.rand(6, 3, 16, generator=gen).softmax(-1)
+    p[0, 0] = 0.0
+    p[0, 0, 4] = 1.0  # p~ == q: the rounding-accident branch
+    draft = torch.randint(0, 16, (6, 3), generator=gen)
+    draft[0, 0] = 4
+    neighbours = latent_neighbours(torch.randn(16, 2, generator=gen), 3)
+    relaxed = relaxed_target(p, draft, neighbours, delta, lam=2.0)
+    one_hot = torch.nn.functional.one_hot(draft, 16).float()
+    at_draft = relaxed.gather(-1, draft[..., None]).squeeze(-1)
+    assert torch.equal(point_residual(relaxed, draft, at_draft), residual(relaxed, one_hot))
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+@pytest.mark.parametrize("delta", [0.0, 0.3])
+def test_chain_acceptance_is_the_tree_walk(greedy, delta):
+    """A chain's shortcut (the leading run of passes) decides as the general sibling walk does."""
+    index = DraftTree.chain(4).on("cpu")
+    gen = torch.Generator().manual_seed(4)
+    p = (3 * torch.randn(64, 5, 16, generator=gen)).softmax(-1)
+    drafts = torch.randint(0, 16, (64, 4), generator=gen)
+    q = None if greedy else (3 * torch.randn(64, 4, 16, generator=gen)).softmax(-1)
+    u = torch.rand(64, 4, generator=gen)
+    neighbours = latent_neighbours(torch.randn(16, 2, generator=gen), 3)
+    args = (index, p, drafts, q, u, neighbours, delta, 2.0)
+    chain, walk = _accept_chain(*args), _accept_siblings(*args)
+    assert all(torch.equal(a, b) for a, b in zip(chain, walk, strict=True))
+    assert 0 < chain[0].float().mean() < 4  # some rows stop early, some run on
 
 
 @pytest.mark.parametrize(

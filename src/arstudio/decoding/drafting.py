@@ -22,7 +22,7 @@ import torch
 
 from arstudio.decoding.autoregressive import with_unconditional
 from arstudio.decoding.rounds import take_at
-from arstudio.decoding.tree import tree_mask
+from arstudio.decoding.tree import TreeMask
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,12 @@ class TreeSlots:
     """Where a tree level's drafts go, in the sampler's convention (a drafting source shifts it to its own)."""
 
     slots: torch.Tensor  # (R, m) cache slot of each draft: base + node - 1
-    ancestors: torch.Tensor  # (m, N - 1) the draft nodes each one sees (itself included), slot base + j - 1
+    visible: TreeMask  # over (m, N - 1): the draft nodes each one sees (itself included), slot base + j - 1
     base: torch.Tensor  # (R,) the first draft slot of the round; slots before it hold the decided prefix
 
     def mask(self, backbone, offset: int) -> torch.Tensor:
         cache = backbone.caches[0].k
-        return tree_mask(self.ancestors, self.base + offset, cache.shape[2], cache.dtype)
+        return self.visible(self.base + offset, cache.shape[2], cache.dtype)
 
 
 class HiddenStateDrafting:

@@ -53,20 +53,31 @@ def relaxed_target(
         return p
     near = neighbours[draft]  # (..., k)
     near_mass = p.gather(-1, near)  # (..., k), distance order
-    budget = torch.full_like(near_mass[..., 0], delta)
+    budget = delta  # (a plain number unless capped: fewer small ops per call)
     if lam > 1:
-        budget = torch.minimum(budget, (lam - 1) * p.gather(-1, draft[..., None]).squeeze(-1))
+        budget = ((lam - 1) * p.gather(-1, draft[..., None])).clamp(max=delta)  # (..., 1)
     # Largest prefix within budget (the running sum only grows, so "within" is a prefix).
-    moved = near_mass.cumsum(-1) <= budget[..., None]  # (..., k)
+    moved = near_mass.cumsum(-1) <= budget  # (..., k)
     moved_mass = (near_mass * moved).sum(-1)  # S
-    relaxed = p.scatter(-1, near, near_mass * ~moved)  # zero the neighbours whose mass moves
+    relaxed = p.scatter(-1, near, near_mass.masked_fill(moved, 0.0))  # zero the neighbours whose mass moves
     return relaxed.scatter_add(-1, draft[..., None], moved_mass[..., None])
 
 
 def residual(relaxed: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Where to sample after a rejection: max(p~ - q, 0), normalised; p~ itself where that is all zero
     (p~ == q up to rounding, so a rejection was a rounding accident)."""
-    rest = (relaxed - q).clamp_min(0)
+    return _normalised((relaxed - q).clamp_min(0), relaxed)
+
+
+def point_residual(relaxed: torch.Tensor, draft: torch.Tensor, relaxed_draft: torch.Tensor) -> torch.Tensor:
+    """``residual`` for a point-mass proposal at ``draft`` (...) ids, p~(draft) = ``relaxed_draft`` (...),
+    without the dense one-hot q: only the draft's entry changes (max(p~ - 1, 0)), every other entry is
+    p~ - 0 = p~, so the result is bit for bit the dense form's."""
+    rest = relaxed.scatter(-1, draft[..., None], (relaxed_draft - 1).clamp_min(0)[..., None])
+    return _normalised(rest, relaxed)
+
+
+def _normalised(rest: torch.Tensor, relaxed: torch.Tensor) -> torch.Tensor:
     total = rest.sum(-1, keepdim=True)
     return torch.where(total > 1e-12, rest / total.clamp_min(1e-30), relaxed)
 

@@ -52,6 +52,7 @@ class DeviceRandom:
         self._state = _mix32(_mix32(key & _MASK32) ^ (key >> 32))  # (B,) in [0, 2^32)
         self.device = torch.device(device)
         self.draws = 0
+        self._ahead = None  # uniform_ahead's draw offsets, kept for the next call of the same count
 
     @property
     def batch(self) -> int:
@@ -70,6 +71,18 @@ class DeviceRandom:
     def uniform(self, lanes: int = 1) -> torch.Tensor:
         """(B, lanes) float32 uniforms in the open interval (0, 1): 24 random bits, centred in their cell."""
         return ((self._bits(lanes) >> 8).float() + 0.5) * 2.0**-24
+
+    def uniform_ahead(self, count: int, lanes: int) -> torch.Tensor:
+        """(B, count, lanes): what ``count`` successive ``uniform(lanes)`` calls return, in one batch of ops
+        (a loop drawing every round can take several rounds' numbers at once); advances by ``count``. A
+        caller that uses fewer gives the rest back with ``self.draws -= unused``."""
+        if self._ahead is None or self._ahead.shape[0] != count:
+            self._ahead = torch.arange(count, device=self.device, dtype=torch.int64)
+        index = ((self._ahead + self.draws) * _GOLDEN) & _MASK32  # (count,) as ``_bits`` makes each
+        self.draws += count
+        lane = torch.arange(lanes, device=self.device, dtype=torch.int64)
+        bits = _mix32(_mix32(self._state[:, None, None] ^ index[:, None]) ^ lane)  # (B, count, lanes)
+        return ((bits >> 8).float() + 0.5) * 2.0**-24
 
     def normal(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """(B, *shape) standard normals by Box-Muller from two uniforms per value."""

@@ -30,13 +30,15 @@ class SpeculationLedger:
         self.rounds = torch.zeros(batch, dtype=torch.long, device=device)  # verify rounds each image needed
         self.forwards = 1  # target forwards of the batch: the prefill, then one verify per round
         self.round_count = 0  # rounds of the batch (host-side)
-        # Device-side sums; each round's one host read brings them back with the progress (``end_round``).
-        self.accepted_total = torch.zeros((), dtype=torch.long, device=device)
-        self.proposed_total = torch.zeros((), dtype=torch.long, device=device)
         self.steps = torch.arange(gamma + 1, device=device)
+        self.rows = torch.arange(batch, device=device)
         self.least_decided = 1  # host copy of decided.min(), refreshed once per round by end_round
-        # Host copies of the sums and the per-image rounds, as of the last end_round: what ``stats`` reports.
-        self.read_back = {"accepted": 0, "proposed": 0, "rounds": [0] * batch}
+        self.start = (
+            1  # tokens every image had before its first round (set again then: a sampler may prefill)
+        )
+        # Host copies of the per-image fixed tokens and rounds, as of the last end_round: ``stats`` derives
+        # the acceptance sums from them (each active round fixes accepted + 1 tokens, proposes gamma).
+        self.read_back = {"decided": [1] * batch, "rounds": [0] * batch}
 
     @property
     def running(self) -> bool:
@@ -58,33 +60,32 @@ class SpeculationLedger:
         """Fix a verified round: the first ``accepted`` (B,) of ``drafts`` (B, gamma, ...), then ``final``
         (B, ...) (the residual or bonus token). Returns the round's tokens at cursor .. cursor + gamma
         (B, gamma + 1, ...), ``final`` at index ``accepted`` (what the drafter reads next)."""
-        active = self.decided < self.total
-        rows = torch.arange(drafts.shape[0], device=drafts.device)
+        if self.round_count == 0:  # every image's fixed count before the first round (a sampler may prefill)
+            self.start = self.least_decided
+        active, rows = self.decided < self.total, self.rows
         new = torch.cat([drafts, final[:, None]], dim=1)
         new[rows, accepted] = final
-        write = (self.steps[None, :] <= accepted[:, None]) & active[:, None]  # (B, gamma + 1)
-        index = (rows[:, None], cursor[:, None] + self.steps)
-        write = write.view(*write.shape, *([1] * (new.ndim - 2)))
-        self.tokens[index] = torch.where(write, new, self.tokens[index])
+        # All gamma + 1 tokens are written; those past ``accepted`` are rewritten by the row's next round
+        # (which starts there) before anything reads them. A finished row writes past the image's end
+        # (the buffer's last gamma + 1 slots, never read), so its tokens stay as they are.
+        start = torch.where(active, cursor, self.total)
+        self.tokens[rows[:, None], start[:, None] + self.steps] = new.to(self.tokens.dtype)
         self.forwards += 1
         self.round_count += 1
-        self.accepted_total += (accepted * active).sum()
-        self.proposed_total += self.gamma * active.sum()
-        self.rounds += active.long()
+        self.rounds += active
         self.decided = torch.where(active, self.decided + accepted + 1, self.decided)
         return new
 
     def end_round(self, callback) -> bool:
-        """After a commit: the round's one host read (the least number of tokens any image has fixed), then
+        """After a commit: the round's one host read (every image's fixed count and rounds), then
         ``callback(step, total, tokens)`` with the tokens every image has fixed. True when sampling ends:
         every image is done, or the callback asked to stop (the tokens are then cut there)."""
-        # One read: the least fixed count, the sums and the per-image rounds (B + 3 numbers), so the
-        # statistics after the loop need no read of their own.
-        progress = [self.decided.min(), self.accepted_total, self.proposed_total]
-        numbers = torch.cat([torch.stack(progress), self.rounds]).tolist()
-        done = min(numbers[0], self.total)
-        self.read_back = {"accepted": numbers[1], "proposed": numbers[2], "rounds": numbers[3:]}
-        self.least_decided = done
+        # One read: every image's fixed count and rounds (2 B numbers), so the statistics after the loop
+        # need no read of their own.
+        numbers = torch.cat([self.decided, self.rounds]).tolist()
+        batch = len(numbers) // 2
+        self.read_back = {"decided": numbers[:batch], "rounds": numbers[batch:]}
+        done = self.least_decided = min(min(numbers[:batch]), self.total)
         if callback is not None and callback(done - 1, self.total, self.tokens[:, :done]) is False:
             self.tokens = self.tokens[:, :done]
             return True
@@ -96,7 +97,10 @@ class SpeculationLedger:
     def stats(self) -> dict:
         """Host arithmetic on the last round's read (no read of its own)."""
         read = self.read_back
-        rounds, accepted, proposed = sum(read["rounds"]), read["accepted"], read["proposed"]
+        rounds = sum(read["rounds"])
+        # decided = start + the sum over its active rounds of (accepted + 1)
+        accepted = sum(read["decided"]) - len(read["decided"]) * self.start - rounds
+        proposed = self.gamma * rounds
         per_image = [r + 1 for r in read["rounds"]]  # prefill + verify rounds
         return {
             "forwards": self.forwards,

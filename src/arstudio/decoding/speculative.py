@@ -26,10 +26,14 @@ Entries left by rejected drafts sit past a row's position and are overwritten be
 
 Randomness: every round, each image draws 2 gamma + 1 uniforms of its own (gamma for sampled drafts,
 unused for greedy ones; gamma for the acceptance tests; one for the residual/bonus token; for a tree,
-gamma is its number of draft nodes), made on the
-device from its generator's key (``random.py``), so an image's random draws do not depend on its
-batch-mates (see ``logits.py`` on rounding). The only host read of a round is the ledger's check whether
-every image is done.
+gamma is its number of draft nodes), made on the device from its generator's key (``random.py``; 16
+rounds' worth at a time, the same numbers), so an image's random draws do not depend on its batch-mates
+(see ``logits.py`` on rounding). The only host read of a round is the ledger's check whether every image
+is done.
+
+Cost: on the CPU a round's non-model work is a few hundred small ops, so the loop keeps their count down
+(host-known shortcuts in ``_Guide``, greedy proposals never materialised as one-hot q, a chain accepted
+without the tree walk, tree masks by table lookup); docs/speculation_cpu.md has the measured split.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from arstudio.decoding.logits import (
 )
 from arstudio.decoding.random import as_device_random
 from arstudio.decoding.rounds import SpeculationLedger
-from arstudio.decoding.tree import DraftTree, TreeIndex, accept_tree, tree_mask
+from arstudio.decoding.tree import DraftTree, TreeIndex, accept_tree
 
 
 @dataclass(frozen=True)
@@ -83,16 +87,27 @@ class _Guide:
 
     def __init__(self, params: SamplingParams, batch: int, total: int):
         self.params, self.batch, self.total = params, batch, total
+        # Host-known shortcuts taken every call of every round, each giving the same numbers with fewer
+        # small ops: a whole-image CFG interval guides exactly the indices < total (index / total in
+        # [0, 1); overshoot past the image stays unguided, as before), and unit temperature without top-k
+        # or top-p filters nothing (x / 1.0 == x), leaving the softmax.
+        self.whole_image = tuple(params.cfg_interval) == (0.0, 1.0)
+        self.unfiltered = params.temperature == 1.0 and params.top_k == 0 and params.top_p == 1.0
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """logits (R, ..., V) with R = B or 2B; index (B, ...) token indices -> probabilities (B, ..., V)."""
         p = self.params
         if p.uses_cfg:
             cond, uncond = logits[: self.batch], logits[self.batch :]
-            lo, hi = p.cfg_interval
-            fraction = index.float() / self.total
-            guided = ((fraction >= lo) & (fraction < hi))[..., None]
+            if self.whole_image:
+                guided = (index < self.total)[..., None]
+            else:
+                lo, hi = p.cfg_interval
+                fraction = index.float() / self.total
+                guided = ((fraction >= lo) & (fraction < hi))[..., None]
             logits = torch.where(guided, classifier_free_guidance(cond, uncond, p.guidance_scale), cond)
+        if self.unfiltered:
+            return logits.float().softmax(dim=-1)
         return filter_logits(logits, p.temperature, p.top_k, p.top_p)
 
 
@@ -145,26 +160,29 @@ def sample_speculative(
             cond[:batch], negative_cond, params.uses_cfg, prefix_hidden, both(ledger.tokens[:, :1])
         )
         steps = ledger.steps
+        # each round: 2 (N - 1) + 1 uniforms per image: draws, acceptance tests, the last token
+        draws = _RoundDraws(rng, 2 * nodes - 1, min(16, total))
         while ledger.running:
             cursor = ledger.cursor
             base = prefix_len + cursor - 1  # (B,) where the last decided token sits: the tree's root
-            u = rng.uniform(2 * nodes - 1)  # (B, 2 (N - 1) + 1): draws, acceptance tests, the last token
+            u = draws.next()  # (B, 2 N - 1)
 
             # 1. Draft the tree level by level; a node at depth d is token cursor + d - 1.
+            rows_base = both(base)  # (R,)
             drafts, q = _draft(
-                drafting, guide, index, draft_logits[:, None], cursor, base, u, spec.greedy_drafts, both
+                drafting, guide, index, draft_logits[:, None], cursor, rows_base, u, spec.greedy_drafts
             )
 
             # 2. Verify [last decided token, drafts] in one forward: node i at slot base + i, position
             # base + depth i, seeing its ancestors (a chain: slots are positions, the causal mask suffices).
             chunk = torch.cat([ledger.last_decided(cursor), drafts], dim=1)  # (B, N)
-            slots = base[:, None] + index.order  # (B, N)
+            slots = rows_base[:, None] + index.order  # (R, N)
             tree_args = {}
             if not tree.is_chain:
                 cache = target.backbone.caches[0].k
-                mask = tree_mask(index.ancestors, both(base), cache.shape[2], cache.dtype)
-                tree_args = {"mask": mask, "rope_pos": both(base[:, None] + index.depth)}
-            logits, hidden = target.step(both(chunk), both(slots), return_hidden=True, **tree_args)
+                mask = index.mask(rows_base, cache.shape[2], cache.dtype)
+                tree_args = {"mask": mask, "rope_pos": rows_base[:, None] + index.depth}
+            logits, hidden = target.step(both(chunk), slots, return_hidden=True, **tree_args)
             # (B, N, V): the children of node i are token cursor + d_i
             p = guide(logits, cursor[:, None] + index.depth)
 
@@ -180,16 +198,19 @@ def sample_speculative(
                 spec.lantern_lambda,
             )
             final = sample_with_uniform(final_probs, u[:, 2 * nodes - 2])
-            new = ledger.commit(cursor, chunk.gather(1, path[:, 1:]), final, accepted)
-            positions = base[:, None] + steps  # (B, D + 1) the path's sequence positions
+            # a chain's path is its first accepted + 1 nodes: the drafts in order (what follows is unread)
+            path_tokens = drafts if tree.is_chain else chunk.gather(1, path[:, 1:])
+            new = ledger.commit(cursor, path_tokens, final, accepted)
+            positions = rows_base[:, None] + steps  # (R, D + 1) the path's sequence positions
             if not tree.is_chain:  # the path's keys/values move from their slots to its positions
-                target.backbone.move_slots(both(base[:, None] + path), both(positions))
+                target.backbone.move_slots(rows_base[:, None] + both(path), positions)
                 hidden = hidden.gather(1, both(path)[..., None].expand(-1, -1, hidden.shape[-1]))
 
             # 4. The drafter catches up on the verified path, reading on from each row's new end.
-            draft_logits = drafting.catch_up(both(new), hidden, both(positions), both(accepted))
+            draft_logits = drafting.catch_up(both(new), hidden, positions, both(accepted))
             if ledger.end_round(callback):
                 break
+        draws.close()
     finally:
         target.backbone.reset_cache()
         drafting.reset()
@@ -203,34 +224,51 @@ def sample_speculative(
     return DecodeResult(ledger.result(), stats)
 
 
-def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, base, u, greedy: bool, both):
+class _RoundDraws:
+    """Each round's ``lanes`` uniforms per image, made ``ahead`` rounds at a time: the numbers of one
+    ``rng.uniform(lanes)`` per round (``DeviceRandom.uniform_ahead``), with the hashing ops paid per block."""
+
+    def __init__(self, rng, lanes: int, ahead: int):
+        self.rng, self.lanes, self.ahead, self.left, self.block = rng, lanes, ahead, 0, None
+
+    def next(self) -> torch.Tensor:
+        if self.left == 0:
+            self.block, self.left = self.rng.uniform_ahead(self.ahead, self.lanes), self.ahead
+        self.left -= 1
+        return self.block[:, self.ahead - 1 - self.left]
+
+    def close(self) -> None:
+        """Give back the draws of rounds that did not run (a DeviceRandom handed in reads on after them)."""
+        self.rng.draws -= self.left
+        self.left = 0
+
+
+def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, rows_base, u, greedy: bool):
     """Draft every node of the tree, one drafter forward per level with children. level_logits (R, 1, V):
-    the drafter's prediction for token ``cursor``. Returns drafts (B, N - 1) and the proposal each was drawn
-    from, q (B, N - 1, V) (a point mass for greedy drafts)."""
-    batch, tree = cursor.shape[0], index.tree
-    drafts = torch.zeros(batch, tree.size - 1, dtype=torch.long, device=cursor.device)
-    q = []
+    the drafter's prediction for token ``cursor``; rows_base (R,) the round's root position per row. Returns
+    drafts (B, N - 1) and the proposal each was drawn from, q (B, N - 1, V), or None for greedy drafts (point
+    masses: ``accept_tree`` needs only the token)."""
+    streams = rows_base.shape[0] // cursor.shape[0]
+    drafts, q = [], []
     for d, level in enumerate(index.levels, start=1):
-        parent_tokens = (cursor + d - 1)[:, None].expand(-1, level_logits.shape[1])
-        q_parent = guide(level_logits, parent_tokens)  # (B, m, V)
-        if greedy:  # the parent's top candidates, as point masses
-            top = (
-                q_parent.argmax(-1, keepdim=True) if level.width == 1 else q_parent.topk(level.width).indices
-            )
-            tokens = top[:, level.parents, level.ranks]  # (B, n)
-            q_level = q_parent.new_zeros(*tokens.shape, q_parent.shape[-1]).scatter_(
-                -1, tokens[..., None], 1.0
-            )
+        q_parent = guide(level_logits, (cursor + (d - 1))[:, None])  # (B, m, V); one token index per row
+        if greedy and level.width == 1:  # the parent's top candidate
+            top = q_parent.argmax(-1)  # (B, m)
+            tokens = top if level.one_per_parent else top[:, level.parents]
+        elif greedy:  # the parent's top candidates
+            tokens = q_parent.topk(level.width).indices[:, level.parents, level.ranks]  # (B, n)
         else:  # independent samples of the parent's proposal (SpecInfer's multi-candidate sampling)
             q_level = q_parent[:, level.parents]  # (B, n, V): each node's parent's proposal
             tokens = sample_with_uniform(q_level, u[:, level.nodes - 1])
-        drafts[:, level.nodes - 1] = tokens
-        q.append(q_level)
+            q.append(q_level)
+        drafts.append(tokens)
         if level.drafting_nodes:
-            chosen = tokens[:, level.drafting]  # (B, m) the level's nodes with children
-            position = (base + d - 1)[:, None].expand_as(chosen)
+            chosen = tokens if level.all_drafting else tokens[:, level.drafting]  # (B, m) nodes with children
+            position = (rows_base + (d - 1))[:, None].expand(-1, chosen.shape[1])  # (R, m)
             slots = None
-            if not tree.is_chain:
-                slots = TreeSlots(both(base[:, None] + level.draft_slots), level.draft_ancestors, both(base))
-            level_logits = drafting.propose(both(chosen), both(position), level.drafting_parents, slots)
-    return drafts, torch.cat(q, dim=1)  # levels hold consecutive nodes, in order
+            if not index.tree.is_chain:
+                slots = TreeSlots(rows_base[:, None] + level.draft_slots, level.draft_mask, rows_base)
+            chosen = chosen.repeat(streams, 1)  # (R, m)
+            level_logits = drafting.propose(chosen, position, level.drafting_parents, slots)
+    # levels hold consecutive nodes, in order
+    return torch.cat(drafts, dim=1), torch.cat(q, dim=1) if q else None

@@ -26,7 +26,8 @@ from functools import cached_property
 
 import torch
 
-from arstudio.decoding.lantern import relaxed_target, residual
+from arstudio.decoding.lantern import point_residual, relaxed_target, residual
+from arstudio.decoding.rounds import take_at
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,17 @@ class TreeIndex:
         for i in range(1, n):
             ancestors[i] |= ancestors[tree.parent[i]]
         self.ancestors = ancestors.to(device)  # (N, N): [i, j] node j is i or above it
+        self.mask = TreeMask(self.ancestors)  # the verify forward's tree attention mask
         self.internal = [i for i in range(n) if tree.children[i]]  # nodes with children
         width = max(len(tree.children[i]) for i in self.internal)
         kids = [tree.children[i] + [0] * (width - len(tree.children[i])) for i in self.internal]
         self.kids = torch.tensor(kids, **long).T  # (W, I): rank j's child of each internal node (0: none)
         self.internal_t = torch.tensor(self.internal, **long)
+        # host: whether rank j's child exists at every internal node
+        self.kids_full = [all(row) for row in zip(*kids, strict=True)]
+        slot = {node: j for j, node in enumerate(self.internal)}
+        self.parent_slot = torch.tensor([slot[tree.parent[i]] for i in range(1, n)], **long)  # (N - 1,)
+        self.path_to = torch.tensor([_root_path(tree, i) for i in range(n)], **long)  # (N, D + 1)
         # Per level d >= 1: the nodes, their parents' places in level d - 1, their ranks, and which of them
         # have children (those need a drafter forward).
         self.levels = []
@@ -160,14 +167,25 @@ class TreeIndex:
                     parents=torch.tensor(parents, **long),
                     ranks=torch.tensor(ranks, **long),
                     width=max(ranks) + 1,
+                    one_per_parent=parents == list(range(len(previous))) and max(ranks) == 0,
+                    all_drafting=len(drafting) == len(nodes),
                     drafting=torch.tensor(drafting, **long),
                     drafting_nodes=[nodes[j] for j in drafting],
                     drafting_parents=torch.tensor([parents[j] for j in drafting], **long),
                     draft_slots=torch.tensor([nodes[j] - 1 for j in drafting], **long),
-                    draft_ancestors=self.ancestors[[nodes[j] for j in drafting]][:, 1:],
+                    draft_mask=TreeMask(self.ancestors[[nodes[j] for j in drafting]][:, 1:]),
                 )
             )
         self.drafting_levels = [level for level in self.levels if level.drafting_nodes]
+
+
+def _root_path(tree: DraftTree, node: int) -> list[int]:
+    """The nodes from the root down to ``node``, padded with ``node`` to depth + 1 entries (the walk's
+    path when it stops there)."""
+    path = [node]
+    while tree.parent[path[-1]] >= 0:
+        path.append(tree.parent[path[-1]])
+    return path[::-1] + [node] * (tree.depth + 1 - len(path))
 
 
 @dataclass(frozen=True)
@@ -176,11 +194,13 @@ class TreeLevel:
     parents: torch.Tensor  # (n,) index of each node's parent among the previous level's nodes with children
     ranks: torch.Tensor  # (n,) candidate rank under the parent
     width: int  # candidates needed per parent (max rank + 1)
+    one_per_parent: bool  # node j is the top candidate of parent j (a chain's level): no index needed
+    all_drafting: bool  # every node has children
     drafting: torch.Tensor  # (m,) index among ``nodes`` of the nodes with children
     drafting_nodes: list[int]  # their node ids (host)
     drafting_parents: torch.Tensor  # (m,) their parents' index among the previous level's nodes with children
     draft_slots: torch.Tensor  # (m,) their drafter slots after the round's base (node - 1: no root there)
-    draft_ancestors: torch.Tensor  # (m, N - 1) the draft nodes each of them sees (the root is not drafted)
+    draft_mask: TreeMask  # over (m, N - 1): the draft nodes each of them sees (the root is not drafted)
 
 
 def tree_mask(ancestors: torch.Tensor, base: torch.Tensor, length: int, dtype) -> torch.Tensor:
@@ -193,11 +213,30 @@ def tree_mask(ancestors: torch.Tensor, base: torch.Tensor, length: int, dtype) -
     return torch.where(visible, 0.0, float("-inf")).to(dtype)[:, None]
 
 
+class TreeMask:
+    """``tree_mask`` for one ancestry (Q, M), made by lookup: per cache length and dtype, the mask of every
+    slot offset from the base is built once ((Q, 2 length), from ``tree_mask`` itself), so a round's mask
+    costs a subtraction and a gather instead of a dozen small ops. The same numbers as ``tree_mask``."""
+
+    def __init__(self, ancestors: torch.Tensor):
+        self.ancestors, self._tables = ancestors, {}
+
+    def __call__(self, base: torch.Tensor, length: int, dtype) -> torch.Tensor:
+        key = (length, dtype)
+        if key not in self._tables:
+            # column c holds slot offset c - length from the base: the table is tree_mask at base = length
+            at = torch.full((1,), length, dtype=torch.long, device=base.device)
+            table = tree_mask(self.ancestors, at, 2 * length, dtype)[0, 0]  # (Q, 2 length)
+            self._tables[key] = table, torch.arange(length, 2 * length, device=base.device)
+        table, columns = self._tables[key]
+        return table[:, columns - base[:, None]].permute(1, 0, 2)[:, None]  # (R, 1, Q, length)
+
+
 def accept_tree(
     index: TreeIndex,
     p: torch.Tensor,
     drafts: torch.Tensor,
-    q: torch.Tensor,
+    q: torch.Tensor | None,
     u: torch.Tensor,
     neighbours,
     delta: float,
@@ -206,35 +245,65 @@ def accept_tree(
     """Recursive rejection over the tree (see the module docstring).
 
     p (B, N, V): the (guided, filtered) target at every node, predicting its children's token; drafts
-    (B, N - 1) the nodes' tokens; q (B, N - 1, V) the proposal each node was drawn from (a point mass for
-    greedy drafts); u (B, N - 1) one uniform per node. Returns accepted (B,) path length, path (B, D + 1)
-    node ids (repeating the last accepted node past it) and the distribution of the token after the path
-    (B, V).
+    (B, N - 1) the nodes' tokens; q (B, N - 1, V) the proposal each node was drawn from, or None for greedy
+    drafts (point masses at the drafts, never materialised); u (B, N - 1) one uniform per node. Returns
+    accepted (B,) path length, path (B, D + 1) node ids (repeating the last accepted node past it) and the
+    distribution of the token after the path (B, V).
     """
-    batch = p.shape[0]
+    accept = _accept_chain if index.tree.is_chain else _accept_siblings
+    return accept(index, p, drafts, q, u, neighbours, delta, lam)
+
+
+def _accept_siblings(index: TreeIndex, p, drafts, q, u, neighbours, delta: float, lam: float):
+    """``accept_tree`` for any tree: each internal node tries its children rank by rank, all nodes at once."""
     r = p[:, index.internal_t]  # (B, I, V)
-    winner = torch.full((batch, len(index.internal)), -1, dtype=torch.long, device=p.device)
-    for kids in index.kids:  # children of rank order j, (I,)
-        has = kids > 0
+    winner = torch.full((p.shape[0], len(index.internal)), -1, dtype=torch.long, device=p.device)
+    for rank, (kids, full) in enumerate(
+        zip(index.kids, index.kids_full, strict=True)
+    ):  # rank j's children (I,)
         token = drafts[:, kids - 1]  # (B, I); index -1 (no child) reads a real node, masked out below
         relaxed = relaxed_target(r, token, neighbours, delta, lam)
-        q_kid = q[:, kids - 1]  # (B, I, V)
         p_tok = relaxed.gather(-1, token[..., None]).squeeze(-1)
-        q_tok = q_kid.gather(-1, token[..., None]).squeeze(-1)
-        passed = (u[:, kids - 1] * q_tok <= p_tok) & has & (winner < 0)
+        if q is None:  # greedy drafts: point masses, q(token) = 1
+            test, rest = u[:, kids - 1], point_residual(relaxed, token, p_tok)
+        else:
+            q_kid = q[:, kids - 1]  # (B, I, V)
+            test = u[:, kids - 1] * q_kid.gather(-1, token[..., None]).squeeze(-1)
+            rest = residual(relaxed, q_kid)
+        # Where every internal node has this child (a chain's one rank, the first rank of any tree) the
+        # masks are all true and are skipped: the same decisions with fewer small ops per round.
+        passed = test <= p_tok
+        if not full:
+            passed = passed & (kids > 0)
+        if rank > 0:  # the first rank finds every winner still unset
+            passed = passed & (winner < 0)
         winner = torch.where(passed, kids, winner)
-        r = torch.where(has[:, None], residual(relaxed, q_kid), r)
-    # Per node: the child it accepted (-1: none, or a leaf) and where to draw if the walk stops there.
-    next_node = torch.full((batch, p.shape[1]), -1, dtype=torch.long, device=p.device)
-    next_node[:, index.internal_t] = winner
+        r = rest if full else torch.where((kids > 0)[:, None], rest, r)
+    return _walk(index, p, r, winner)
+
+
+def _accept_chain(index: TreeIndex, p, drafts, q, u, neighbours, delta: float, lam: float):
+    """``accept_tree`` for a chain, node d's one child being node d + 1: the same tests at every depth at
+    once, and the walk is the leading run of passes."""
+    relaxed = relaxed_target(p[:, :-1], drafts, neighbours, delta, lam)  # (B, D, V) before each draft
+    p_tok = relaxed.gather(-1, drafts[..., None]).squeeze(-1)
+    if q is None:  # greedy drafts: point masses, q(token) = 1
+        test, rest = u, point_residual(relaxed, drafts, p_tok)
+    else:
+        test, rest = u * q.gather(-1, drafts[..., None]).squeeze(-1), residual(relaxed, q)
+    accepted = (test <= p_tok).cumprod(1).sum(1)  # (B,)
+    stop = torch.cat([rest, p[:, -1:]], dim=1)  # a rejected depth: its residual; past the last: the bonus
+    return accepted, index.path_to[accepted], take_at(stop, accepted)
+
+
+def _walk(index: TreeIndex, p: torch.Tensor, r: torch.Tensor, winner: torch.Tensor):
+    """Follow each row's accepted children from the root, all depths at once: node i is on the walk when
+    every node on its root path was its parent's winner; the walk ends at the deepest such node (the
+    highest id, nodes being breadth-first). r (B, I, V): the last residual at each internal node;
+    winner (B, I): the child each accepted (-1: none)."""
+    chosen = winner[:, index.parent_slot] == index.order[1:]  # (B, N - 1) node i >= 1 won at its parent
+    chosen = torch.cat([chosen.new_ones(chosen.shape[0], 1), chosen], dim=1)  # (B, N), the root always
+    reached = chosen[:, index.path_to].all(-1)  # (B, N)
+    end = (reached * index.order).argmax(-1)  # (B,)
     stop = p.index_copy(1, index.internal_t, r)  # leaves: the bonus token from p; else the last residual
-    node = torch.zeros(batch, dtype=torch.long, device=p.device)
-    rows = torch.arange(batch, device=p.device)
-    accepted, path = torch.zeros_like(node), [node]
-    for _ in range(index.tree.depth):
-        child = next_node[rows, node]
-        moved = child >= 0  # once a walk stops, its node's next is -1 for good
-        node = torch.where(moved, child, node)
-        accepted = accepted + moved
-        path.append(node)
-    return accepted, torch.stack(path, dim=1), stop[rows, node]
+    return index.depth[end], index.path_to[end], take_at(stop, end)
