@@ -121,11 +121,13 @@ def _target_states(target, tokens: torch.Tensor, cond_rows: torch.Tensor):
         return inputs[:, 1:], target.backbone(inputs)  # f_j predicts the token at position j + 1
 
 
-def _guided_probs(target, hidden: torch.Tensor, objective: DrafterObjective, batch: int) -> torch.Tensor:
-    """Rows [cond; uncond] of hidden states (2B, ..., dim) -> guided probabilities (B, ..., V)."""
+def _judged_logits(target, hidden: torch.Tensor, objective: DrafterObjective, batch: int) -> torch.Tensor:
+    """Hidden states -> the logits a draft is judged by, (B, ..., V): guided from rows [cond; uncond]
+    (2B, ..., dim) when the objective is, then divided by its temperature."""
     logits = target.head(hidden).float()
-    mixed = classifier_free_guidance(logits[:batch], logits[batch:], objective.guidance_scale)
-    return (mixed / objective.temperature).softmax(-1)
+    if objective.guided:
+        logits = classifier_free_guidance(logits[:batch], logits[batch:], objective.guidance_scale)
+    return logits / objective.temperature
 
 
 def _draft_rows(target, step: int) -> slice:
@@ -160,14 +162,8 @@ def drafter_loss(
         rows = _draft_rows(target, step)
         predicted, wanted = predicted[:, rows], hidden[:, 1:][:, rows]
         regression = F.smooth_l1_loss(predicted, wanted)
-        if objective.guided:
-            target_probs = _guided_probs(target, wanted, objective, batch)
-            logits = target.head(predicted).float()
-            mixed = classifier_free_guidance(logits[:batch], logits[batch:], objective.guidance_scale)
-            log_q = (mixed / objective.temperature).log_softmax(-1)
-        else:
-            target_probs = target.head(wanted).softmax(-1)
-            log_q = target.head(predicted).log_softmax(-1)
+        target_probs = _judged_logits(target, wanted, objective, batch).softmax(-1)
+        log_q = _judged_logits(target, predicted, objective, batch).log_softmax(-1)
         cross_entropy = -(target_probs * log_q).sum(-1).mean()
         total = total + regression + objective.ce_weight * cross_entropy
     return total / len(predictions)
@@ -202,12 +198,8 @@ def draft_acceptance(
         predictions = rollout_features(drafter, next_embeddings, hidden[:, :-1], depth)
         for step, predicted in enumerate(predictions):
             rows = _draft_rows(target, step + 1)
-            if objective.guided:
-                p = _guided_probs(target, hidden[:, 1:][:, rows], objective, batch)
-                q = _guided_probs(target, predicted[:, rows], objective, batch)
-            else:
-                p = (target.head(hidden[:, 1:][:, rows]).float() / temperature).softmax(-1)
-                q = (target.head(predicted[:, rows]).float() / temperature).softmax(-1)
+            p = _judged_logits(target, hidden[:, 1:][:, rows], objective, batch).softmax(-1)
+            q = _judged_logits(target, predicted[:, rows], objective, batch).softmax(-1)
             sums[step] += torch.minimum(p, q).sum(-1).mean(-1).sum().double()
         count += batch
     return [round(float(s) / count, 4) for s in sums]
