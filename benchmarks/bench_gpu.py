@@ -1,7 +1,9 @@
 """GPU speed in one prepared run: shapes-c2i every strategy, continuous and video presets, LlamaGen GPT-B/GPT-L
-shapes against LlamaGen's own sampler (eager and compiled), eager and compiled, with peak GPU memory.
+shapes against LlamaGen's own sampler (eager and compiled), eager and compiled, with peak GPU memory; opt-in,
+every LlamaGen c2i size with every strategy (``anchors``).
 
     python -m benchmarks.bench_gpu [--llamagen PATH] [--sections shapes continuous video llamagen attention]
+    python -m benchmarks.bench_gpu --sections anchors [--budget 480] [--fill]   # a device call of its own
     python -m benchmarks.bench_gpu --quick            # CPU smoke: under 3 minutes, says what it skipped
 
 Sections, in the order they run. ``--budget`` seconds (300) after the start no new row begins, so one run ends
@@ -27,6 +29,17 @@ the checkout travelled without its ``.git``.
   ``utils/drop_path.py`` are imported; nothing of it is in this repository); without it, skipped with a note.
 * ``attention``: shapes-c2i AR at batch 1 and 8 with ``attention_backend="sdpa"`` and ``"xformers"``
   (CUDA with xformers installed only).
+* ``anchors`` (not in the default run: only with ``--sections anchors``): LlamaGen GPT-B, L, XL, XXL and 3B
+  (``ANCHOR_SIZES``, smallest first) at 256 tokens (16 x 16, VQ-16), bf16, every strategy of the ``shapes``
+  section (AR, speculative and both LANTERN settings with a one-layer ``Drafter``, DD1 and DD2 with students of
+  the generator's size) at batch 1 and 16, eager for every size, then compiled for every size. Tokens/s per
+  image as in ``llamagen`` (sampling only; DD samples all 256 in one shot), at the preset's default sampling
+  (XL, XXL and 3B take their 384 px preset's, at 256 px). All weights are random, made without any CPU copy
+  (``random_model``: built on meta, each parameter drawn on the device in bf16), so the acceptance rates and
+  rounds in each row's ``stats`` are recorded but mean nothing (a random drafter is never accepted: the
+  speculative rows are their worst case) and the row's ``note`` says so. A failed build or row (an OOM) is
+  saved as an error row and the run goes on; each size needs ``ANCHOR_NEED_S`` x its layers / 12 seconds of
+  budget left to start. The whole grid (120 rows) takes several device calls: repeat with ``--fill``.
 
 Timing: each row first runs warm-up calls, reported as ``warmup_s`` (compiled: 2 full calls, compile then
 CUDA-graph recording, so they hold the compile cost, which the engine's ``pipe.compilation.seconds`` also gives
@@ -39,7 +52,8 @@ when it takes them; an older arstudio records "compile: not available" and skips
 ``/proc/pressure/cpu`` is logged at the start, after each section and at the end.
 
 ``--quick`` (the CPU smoke, results in ``gpu_cpu.json``): batch 1, eager, one timed call per row, LlamaGen
-GPT-B fp32 at 32 tokens, no attention section. Issue 21's GPU targets (``check_targets``) are printed with
+GPT-B fp32 at 32 tokens, no attention section; ``--sections anchors --quick``: GPT-B only, its six strategies
+at 32 tokens (DD at 256) in about 20 s. Issue 21's GPU targets (``check_targets``) are printed with
 PASS/FAIL for the rows measured.
 """
 
@@ -901,7 +915,9 @@ def main() -> None:
             f"# --fill: {len(run.measured)} rows already measured at this commit on this device", flush=True
         )
     if args.quick:
-        run.skip("batch 8 / 16, compiled rows, GPT-B bf16 and GPT-L, attention section", "--quick")
+        run.skip(
+            "batch 8 / 16, compiled rows, GPT-B bf16 and GPT-L, attention, anchors past GPT-B", "--quick"
+        )
     work = {
         "shapes": shapes_section,
         "continuous": continuous_section,
