@@ -1,7 +1,9 @@
 """GPU speed in one prepared run: shapes-c2i every strategy, continuous and video presets, LlamaGen GPT-B/GPT-L
-shapes against LlamaGen's own sampler (eager and compiled), eager and compiled, with peak GPU memory.
+shapes against LlamaGen's own sampler (eager and compiled), eager and compiled, with peak GPU memory; opt-in,
+every LlamaGen c2i size with every strategy (``anchors``).
 
     python -m benchmarks.bench_gpu [--llamagen PATH] [--sections shapes continuous video llamagen attention]
+    python -m benchmarks.bench_gpu --sections anchors [--budget 480] [--fill]   # a device call of its own
     python -m benchmarks.bench_gpu --quick            # CPU smoke: under 3 minutes, says what it skipped
 
 Sections, in the order they run. ``--budget`` seconds (300) after the start no new row begins, so one run ends
@@ -27,6 +29,17 @@ the checkout travelled without its ``.git``.
   ``utils/drop_path.py`` are imported; nothing of it is in this repository); without it, skipped with a note.
 * ``attention``: shapes-c2i AR at batch 1 and 8 with ``attention_backend="sdpa"`` and ``"xformers"``
   (CUDA with xformers installed only).
+* ``anchors`` (not in the default run: only with ``--sections anchors``): LlamaGen GPT-B, L, XL, XXL and 3B
+  (``ANCHOR_SIZES``, smallest first) at 256 tokens (16 x 16, VQ-16), bf16, every strategy of the ``shapes``
+  section (AR, speculative and both LANTERN settings with a one-layer ``Drafter``, DD1 and DD2 with students of
+  the generator's size) at batch 1 and 16, eager for every size, then compiled for every size. Tokens/s per
+  image as in ``llamagen`` (sampling only; DD samples all 256 in one shot), at the preset's default sampling
+  (XL, XXL and 3B take their 384 px preset's, at 256 px). All weights are random, made without any CPU copy
+  (``random_model``: built on meta, each parameter drawn on the device in bf16), so the acceptance rates and
+  rounds in each row's ``stats`` are recorded but mean nothing (a random drafter is never accepted: the
+  speculative rows are their worst case) and the row's ``note`` says so. A failed build or row (an OOM) is
+  saved as an error row and the run goes on; each size needs ``ANCHOR_NEED_S`` x its layers / 12 seconds of
+  budget left to start. The whole grid (120 rows) takes several device calls: repeat with ``--fill``.
 
 Timing: each row first runs warm-up calls, reported as ``warmup_s`` (compiled: 2 full calls, compile then
 CUDA-graph recording, so they hold the compile cost, which the engine's ``pipe.compilation.seconds`` also gives
@@ -39,13 +52,15 @@ when it takes them; an older arstudio records "compile: not available" and skips
 ``/proc/pressure/cpu`` is logged at the start, after each section and at the end.
 
 ``--quick`` (the CPU smoke, results in ``gpu_cpu.json``): batch 1, eager, one timed call per row, LlamaGen
-GPT-B fp32 at 32 tokens, no attention section. Issue 21's GPU targets (``check_targets``) are printed with
+GPT-B fp32 at 32 tokens, no attention section; ``--sections anchors --quick``: GPT-B only, its six strategies
+at 32 tokens (DD at 256) in about 20 s. Issue 21's GPU targets (``check_targets``) are printed with
 PASS/FAIL for the rows measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -58,6 +73,7 @@ from pathlib import Path
 
 import torch
 
+from arstudio.convert.llamagen import LLAMAGEN_GPT_SIZES, llamagen_gpt_config, llamagen_vq_config
 from benchmarks.bench_dispatch import CASES
 from benchmarks.common import (
     RESULTS,
@@ -69,7 +85,8 @@ from benchmarks.common import (
 )
 
 RESULT_FILES = {"cuda": RESULTS / "gpu.json", "cpu": RESULTS / "gpu_cpu.json"}  # CPU smokes stay apart
-SECTIONS = ("shapes", "continuous", "video", "llamagen", "attention")
+SECTIONS = ("shapes", "continuous", "video", "llamagen", "attention", "anchors")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # anchors needs a device call of its own (docs/gpu.md)
 SHAPES_CASES = [(case, kwargs) for preset, case, kwargs in CASES if preset == "shapes-c2i"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LLAMAGEN_TOKENS, LLAMAGEN_CFG = 256, 2.0  # the model's 16x16 grid; CFG 2 is LlamaGen's default
@@ -179,10 +196,7 @@ def load(run: Run, name: str, mode: str, dtype=torch.float32, **kwargs):
             name, device=run.device, dtype=dtype, compile=mode == "compiled", **kwargs
         )
     except Exception as error:  # noqa: BLE001 - a preset that fails to load must not end a timed GPU run
-        return (
-            None,
-            f"loading failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
-        )
+        return None, f"loading failed: {one_line(error)}"
     if mode == "compiled" and "compile: not available" in note:
         return None, note
     return pipe, note
@@ -201,9 +215,13 @@ def guarded(run: Run, key: str, work, *args) -> None:
     try:
         row = work(*args)
     except Exception as error:  # noqa: BLE001 - a failed row must not cost the rest of a timed GPU run
-        text = str(error).splitlines()[0] if str(error) else ""
-        row = {"error": f"{type(error).__name__}: {text}"[:300]}
+        row = {"error": one_line(error)}
     run.add(key, row)
+
+
+def one_line(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:300]
 
 
 # ---- sections ----------------------------------------------------------------------------------------------
@@ -247,15 +265,19 @@ def pipeline_row(run: Run, pipe, call, mode: str, batch: int, note: str) -> dict
     timings, out = measure(run, call, mode == "compiled")
     if before is not None:
         timings["compile_s"] = round(compile_seconds(pipe) - before, 2)  # the engine's own count, in warm-up
-    stats = {
-        k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.stats.items() if "seconds" not in k
-    }
     return {
         **timings,
         "ms_per_image": round(timings["median_s"] * 1e3 / batch, 2),
         "batch": batch,
         "note": note,
-        "stats": stats,
+        "stats": call_stats(out),
+    }
+
+
+def call_stats(out) -> dict:
+    """A pipeline call's counters (forwards, rounds, acceptance...), its timings left out."""
+    return {
+        k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.stats.items() if "seconds" not in k
     }
 
 
@@ -351,7 +373,6 @@ class LlamaGenModels:
     def folder(self, model: str) -> Path:
         """LlamaGen's seeded random init of ``model`` and ours loaded from it, saved as the ``weights=`` folder
         of the llamagen preset (generator/ + a random VQ-16 tokenizer/); LlamaGen's state dict beside it."""
-        from arstudio.convert import llamagen_vq_config
         from arstudio.tokenizers.vq import VQTokenizer
         from arstudio.training.common import seeded
         from benchmarks.bench_llamagen_speed import build_models
@@ -431,9 +452,23 @@ def llamagen_unit(
         torch.cuda.empty_cache()
 
 
+def stop_after(tokens: int) -> dict:
+    """Pipeline-call arguments that stop it once ``tokens`` tokens per image are decided (none for all of
+    them; a stopped call decodes nothing). A speculative round may decide a few more: rows count the tokens
+    the call returned."""
+    if tokens >= LLAMAGEN_TOKENS:
+        return {}
+
+    def stop(pipe, step: int, timestep: int, callback_kwargs: dict) -> dict:
+        if timestep + 1 >= tokens:  # timestep: the newest decided token's index, a host int
+            pipe.interrupt = True
+        return callback_kwargs
+
+    return {"callback_on_step_end": stop, "callback_on_step_end_tensor_inputs": []}
+
+
 def ours_call(pipe, batch: int, tokens: int, labels: list[int] | None = None, top_k: int = 0):
     """Our pipeline at LlamaGen's sampling settings; fewer than all tokens stops early (then nothing is decoded)."""
-    stop = None if tokens >= LLAMAGEN_TOKENS else (lambda i, n, so_far: False if i + 1 >= tokens else None)
     return image_call(
         pipe,
         batch,
@@ -442,25 +477,33 @@ def ours_call(pipe, batch: int, tokens: int, labels: list[int] | None = None, to
         temperature=1.0,
         top_k=top_k,
         top_p=1.0,
-        callback_on_step_end=stop,
+        **stop_after(tokens),
     )
 
 
 def ours_row(run: Run, pipe, batch: int, mode: str) -> dict:
-    n = run.llamagen_tokens
-    warm = partial(ours_call, pipe, batch, min(n, 8))
+    return sampling_row(run, pipe, batch, mode, partial(ours_call, pipe, batch), run.llamagen_tokens)[0]
+
+
+def sampling_row(run: Run, pipe, batch: int, mode: str, call, n: int) -> tuple[dict, object]:
+    """Tokens/s of ``call(n)``, a pipeline call sampling ``n`` tokens per image (the eager warm-up samples 8),
+    counting sampling only: a call that decoded its images is timed less the tokenizer's decode of the same
+    tokens (timed on its own). Returns (row, the last call's output)."""
+    warm = partial(call, min(n, 8))
     before = compile_seconds(pipe)
-    timings, out = measure(run, partial(ours_call, pipe, batch, n), mode == "compiled", warm)
+    timings, out = measure(run, partial(call, n), mode == "compiled", warm)
     if before is not None:
         timings["compile_s"] = round(compile_seconds(pipe) - before, 2)
     decode = 0.0
-    if n == LLAMAGEN_TOKENS:  # the call decoded the images: time that alone, to count sampling only
+    if len(out.images):  # the call decoded the images: time that alone, to count sampling only
         tokens = torch.as_tensor(out.tokens, device=run.device)
         decode = statistics.median(
             timed(lambda: pipe.tokenizer.decode(tokens).float().cpu(), run.device) for _ in range(3)
         )
+    else:  # stopped early: (B, tokens decided, ...) in raster order
+        n = out.tokens.shape[1]
     sampling = max(timings["median_s"] - decode, 1e-9)
-    return {
+    row = {
         **timings,
         "tokens_per_s": round(batch * n / sampling, 1),
         "tokens": n,
@@ -468,6 +511,7 @@ def ours_row(run: Run, pipe, batch: int, mode: str) -> dict:
         "decode_s": round(decode, 4),
         "batch": batch,
     }
+    return row, out
 
 
 def theirs_row(run: Run, theirs, generate, labels, mode: str) -> dict:
@@ -512,6 +556,127 @@ def greedy_check(run: Run, ours: dict, theirs, generate) -> dict:
             "first_mismatch": None if bool(same.all()) else int((~same).nonzero()[0]),
         }
     return row
+
+
+# ---- anchors: every LlamaGen c2i size, every strategy, random weights -----------------------------------------
+# The sizes of the LlamaGen c2i presets, smallest first (largest last: an OOM or the time budget costs the end).
+ANCHOR_SIZES = ("GPT-B", "GPT-L", "GPT-XL", "GPT-XXL", "GPT-3B")
+ANCHOR_DTYPE = "bf16"  # on the CPU smoke too: its dtype mistakes are the ones a GPU would meet
+ANCHOR_NOTE = "random weights: acceptance and images mean nothing, only the speed does"
+ANCHOR_NEED_S = {"eager": 30.0, "compiled": 90.0}  # seconds a GPT-B row may take; scaled by its layers
+
+
+def anchors_section(run: Run, sizes: tuple[str, ...] | None = None) -> None:
+    """Eager rows of every size first, then compiled ones (compiling costs most of the time and comes last)."""
+    sizes = sizes or (ANCHOR_SIZES[:1] if run.quick else ANCHOR_SIZES)
+    batches = [1] if run.quick else [1, 16]
+    for mode in modes(run):
+        for size in sizes:
+            anchors_unit(run, size, mode, batches)
+
+
+def anchors_unit(run: Run, size: str, mode: str, batches: list[int]) -> None:
+    """One size in one mode: its pipeline built with random weights, then a row per (batch, strategy)."""
+    prefix = f"anchors | {size} {ANCHOR_DTYPE}"
+    keys = [
+        (f"{prefix} | {case} {mode} | b{batch}", batch, kwargs)
+        for batch in batches
+        for case, kwargs in SHAPES_CASES
+    ]
+    pending = [row for row in keys if row[0] not in run.measured]
+    need = ANCHOR_NEED_S[mode] * LLAMAGEN_GPT_SIZES[size][0] / LLAMAGEN_GPT_SIZES["GPT-B"][0]
+    if not pending or not run.allows(need):
+        for key, _, _ in pending:
+            run.skip(key, "time budget")
+        return
+    torch._dynamo.reset()  # the graphs of earlier sizes are done with
+    try:
+        pipe = anchor_pipeline(run, size, mode)
+    except Exception as error:  # noqa: BLE001 - an OOM building the 3B model must not end the run
+        for key, _, _ in pending:
+            run.add(key, {"error": f"building {size}: {one_line(error)}"})
+        pipe = None
+    for key, batch, kwargs in pending if pipe is not None else []:
+        if run.should(key, need):
+            guarded(run, key, anchor_row, run, pipe, batch, mode, kwargs)
+    del pipe
+    if run.cuda:
+        torch.cuda.empty_cache()
+
+
+def anchor_preset(size: str):
+    """The LlamaGen preset of ``size`` at 256 px (16 x 16 tokens), whichever resolution it ships in."""
+    from arstudio.presets import get_preset, list_presets
+
+    short = size.removeprefix("GPT-").lower()
+    return dataclasses.replace(
+        get_preset(list_presets(f"llamagen-{short}-*")[0]),  # XL, XXL and 3B ship at 384 px only
+        name=f"llamagen-{short}-256",
+        tokenizer=llamagen_vq_config("VQ-16", resolution=256),
+        generator=llamagen_gpt_config(size, image_size=256),
+    )
+
+
+def anchor_pipeline(run: Run, size: str, mode: str):
+    """The LlamaGen ``size`` pipeline at 256 px with every decoding model a strategy needs (a one-layer
+    ``Drafter``, DD1 and DD2 students of the generator's size), all random, built on the meta device and
+    materialised on the run's device in bf16: no CPU copy of a 3B model. ``mode`` "compiled" compiles the
+    per-token steps as ``load_pipeline(compile=True)`` does."""
+    from arstudio.generators.distilled import DDConfig, DDGenerator
+    from arstudio.generators.drafter import Drafter, DrafterConfig
+    from arstudio.generators.image import ImageGenerator
+    from arstudio.pipelines.image import ImagePipeline
+    from arstudio.pipelines.loading import _accelerate
+    from arstudio.tokenizers.vq import VQTokenizer
+
+    preset, dtype = anchor_preset(size), DTYPES[ANCHOR_DTYPE]
+    make = partial(random_model, device=run.device, dtype=dtype)
+    tokenizer = make(lambda: VQTokenizer(preset.tokenizer), seed=0)
+    generator = make(lambda: ImageGenerator(preset.generator), seed=1)
+    drafter = make(lambda: Drafter(DrafterConfig.for_target(generator)), seed=2)
+    distilled = {
+        method: make(
+            lambda m=method: DDGenerator(DDConfig.for_teacher(generator, tokenizer, method=m)), seed=3 + i
+        )
+        for i, method in enumerate(("dd1", "dd2"))
+    }
+    pipe = ImagePipeline(
+        tokenizer, generator, preset, run.device, dtype, drafter=drafter, distilled=distilled
+    )
+    return _accelerate(pipe, mode == "compiled", "sdpa")  # load_pipeline's last step
+
+
+def random_model(build, device: torch.device, dtype: torch.dtype, seed: int, std: float = 0.02):
+    """``build()`` with its parameters on meta, then each one made on ``device`` in ``dtype``: matrices
+    N(0, std), biases 0, norm scales 1 (finite logits: a NaN would stop a CUDA run at the first draw).
+    Buffers (RoPE tables) are built for real and cast as ``load_pipeline`` casts them."""
+    from arstudio.convert.checkpoint import parameters_on_meta
+
+    with parameters_on_meta():
+        model = build()
+    draws = torch.Generator(device=device).manual_seed(seed)
+    state = {}
+    for name, param in model.named_parameters():
+        value = torch.empty(param.shape, device=device, dtype=dtype)
+        if param.ndim >= 2:
+            value.normal_(0.0, std, generator=draws)
+        else:
+            value.fill_(0.0 if name.endswith("bias") else 1.0)
+        state[name] = value
+    model.load_state_dict(state, assign=True, strict=False)  # strict=False: the buffers are not in state
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def anchor_row(run: Run, pipe, batch: int, mode: str, kwargs: dict) -> dict:
+    """Tokens/s of one strategy at the preset's default sampling; DD samples every token in one shot."""
+    one_shot = kwargs["decoding"] in pipe.distilled
+    n = LLAMAGEN_TOKENS if one_shot else run.llamagen_tokens
+
+    def call(tokens: int):
+        return image_call(pipe, batch, **kwargs, **({} if one_shot else stop_after(tokens)))
+
+    row, out = sampling_row(run, pipe, batch, mode, call, n)
+    return {**row, "stats": call_stats(out), "note": ANCHOR_NOTE}
 
 
 # ---- targets and the table -----------------------------------------------------------------------------
@@ -626,6 +791,27 @@ def print_tables(rows: dict) -> None:
     for key, row in rows.items():
         if "greedy" in key:
             print(f"{key}: {json.dumps({k: v for k, v in row.items() if k != 'tokens'})}")
+    print_anchors(rows)
+
+
+def print_anchors(rows: dict) -> None:
+    """The anchors rows as one line per (size, batch, mode): tokens/s of each strategy ('error' where the row
+    failed: its message is in the results file)."""
+    table = {}
+    for key, row in rows.items():
+        if key.startswith("anchors |"):
+            _, size, who, batch = key.split(" | ")
+            case, _, mode = who.rpartition(" ")
+            table.setdefault((size, batch, mode), {})[case] = row
+    if not table:
+        return
+    cases = [case for case, _ in SHAPES_CASES]
+    print(f"\n== anchors: tokens/s (sampling) per strategy; {ANCHOR_NOTE}")
+    print(f"{'size batch mode':28s}" + "".join(f"{case:>18s}" for case in cases))
+    for (size, batch, mode), by_case in table.items():
+        cells = [by_case.get(case, {}) for case in cases]
+        values = ["error" if "error" in c else _num(c.get("tokens_per_s")) for c in cells]
+        print(f"{size + ' ' + batch + ' ' + mode:28s}" + "".join(f"{v:>18s}" for v in values))
 
 
 def _num(value) -> str:
@@ -673,7 +859,7 @@ def main() -> None:
     parser.add_argument(
         "--llamagen", type=Path, help="a LlamaGen checkout (its llamagen section is skipped without)"
     )
-    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS), choices=SECTIONS)
     parser.add_argument(
         "--quick", action="store_true", help="CPU smoke: batch 1, eager, one timed call per row"
     )
@@ -729,13 +915,16 @@ def main() -> None:
             f"# --fill: {len(run.measured)} rows already measured at this commit on this device", flush=True
         )
     if args.quick:
-        run.skip("batch 8 / 16, compiled rows, GPT-B bf16 and GPT-L, attention section", "--quick")
+        run.skip(
+            "batch 8 / 16, compiled rows, GPT-B bf16 and GPT-L, attention, anchors past GPT-B", "--quick"
+        )
     work = {
         "shapes": shapes_section,
         "continuous": continuous_section,
         "video": video_section,
         "llamagen": lambda r: llamagen_section(r, args.llamagen),
         "attention": attention_section,
+        "anchors": anchors_section,
     }
     with torch.no_grad():
         for section in [s for s in SECTIONS if s in args.sections]:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import torch
 
+import benchmarks.bench_gpu as bench_gpu
+from arstudio.generators.image import ImageGenerator
+from arstudio.presets import get_preset
 from benchmarks.bench_dispatch import DispatchCounter, count_call, summarise
-from benchmarks.bench_gpu import check_targets
+from benchmarks.bench_gpu import SHAPES_CASES, Run, anchors_section, check_targets, random_model
 from benchmarks.common import load_pipeline_with
 
 ROOT = Path(__file__).parent.parent
@@ -101,3 +104,50 @@ def test_bench_gpu_targets_take_the_best_mode_and_say_what_is_missing():
     assert verdicts["GPT-L batch 16: ours bf16 >= 1.3x fp32"] is True
     assert verdicts["GPT-L bf16 b16: ours >= 1.5x LlamaGen compiled"] is None  # LlamaGen not measured
     assert "GPT-B bf16 b1: ours >= 1.5x LlamaGen compiled" not in verdicts  # nothing of it measured
+
+
+def test_bench_gpu_random_model_is_built_on_meta_then_made_in_the_asked_dtype():
+    config = get_preset("test-tiny-c2i").generator
+    model = random_model(lambda: ImageGenerator(config), torch.device("cpu"), torch.bfloat16, seed=0)
+    params = dict(model.named_parameters())
+    assert all(p.device.type == "cpu" and p.dtype == torch.bfloat16 for p in params.values())
+    assert all(
+        float(p.detach().float().std()) > 0 for p in params.values() if p.ndim >= 2
+    )  # the head too: not zero
+    assert all(bool((p == 1).all()) for name, p in params.items() if name.endswith("norm.weight"))
+    assert all(buffer.dtype == torch.bfloat16 for buffer in model.buffers() if buffer.is_floating_point())
+    model.setup_cache(1)
+    with torch.no_grad():
+        logits = model.prefill(torch.zeros(1, dtype=torch.long))
+    assert bool(torch.isfinite(logits).all())  # finite logits: sampling would fail on NaN
+
+
+def test_bench_gpu_anchors_section_is_opt_in_and_skips_when_out_of_time():
+    assert "anchors" in bench_gpu.SECTIONS and "anchors" not in bench_gpu.DEFAULT_SECTIONS
+    run = Run(torch.device("cpu"), quick=False, repeats=1, budget_s=0.0)
+    anchors_section(run)  # no time at all: every row skipped before anything is built
+    assert not run.rows
+    assert len(run.skipped) == len(bench_gpu.ANCHOR_SIZES) * len(SHAPES_CASES) * 2 * 2  # batches x modes
+    assert run.skipped[0] == "anchors | GPT-B bf16 | ar eager | b1: time budget"
+    assert run.skipped[-1] == "anchors | GPT-3B bf16 | dd2 compiled | b16: time budget"  # largest last
+
+
+def test_bench_gpu_anchors_quick_times_every_strategy_of_gpt_b(monkeypatch):
+    """--quick's anchors rows: GPT-B with random bf16 weights (its drafter and DD students too), batch 1, eager,
+    8 tokens per image (DD samples all 256 in one forward)."""
+    monkeypatch.setattr(bench_gpu, "QUICK_TOKENS", 8)
+    run = Run(torch.device("cpu"), quick=True, repeats=1, budget_s=120.0)
+    with torch.no_grad():
+        anchors_section(run)
+    keys = [f"anchors | GPT-B bf16 | {case} eager | b1" for case, _ in SHAPES_CASES]
+    assert list(run.rows) == keys
+    for (_, kwargs), key in zip(SHAPES_CASES, keys, strict=True):
+        row = run.rows[key]
+        assert "error" not in row, (key, row)
+        assert row["tokens_per_s"] > 0 and row["batch"] == 1 and "random weights" in row["note"]
+        if kwargs["decoding"] in ("dd1", "dd2"):  # one shot: every token, then the images decoded
+            assert row["tokens"] == 256 and row["decode_s"] > 0 and row["stats"]["forwards"] <= 2
+        else:  # stopped after 8 tokens (a speculative round may decide a few more): nothing decoded
+            assert 8 <= row["tokens"] < 16 and row["decode_s"] == 0
+        if kwargs["decoding"] != "ar" and row["tokens"] < 256:
+            assert "acceptance_rate" in row["stats"]  # recorded, meaningless with random weights
