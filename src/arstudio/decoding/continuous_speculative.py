@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from arstudio.decoding.cspd_head import sample_with_draft_head
+from arstudio.decoding.drafting import check_fits
 from arstudio.decoding.guidance import guide, with_unconditional
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.mar_cspd import check_mar_draft
@@ -114,10 +115,7 @@ def check_draft_for_cspd(target, draft) -> None:
         "grid_size": (t.config.backbone.grid_size, d.config.backbone.grid_size),
         "prefix_len": (t.prefix_len, d.prefix_len),
     }
-    bad = {k: v for k, v in pairs.items() if v[0] != v[1]}
-    if bad:
-        detail = ", ".join(f"{k}: target {a}, draft model {b}" for k, (a, b) in bad.items())
-        raise ValueError(f"the draft model does not fit the target ({detail})")
+    check_fits(pairs)
 
 
 @torch.no_grad()

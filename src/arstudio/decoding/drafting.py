@@ -126,10 +126,18 @@ def check_draft_model(target, draft_model) -> None:
             (t.num_classes, d.num_classes) if t.condition == "class" else (t.text_dim, d.text_dim)
         ),
     }
+    check_fits(fields)
+
+
+def check_fits(
+    fields: dict[str, tuple], subject: str = "the draft model", draft: str = "draft model"
+) -> None:
+    """One error naming every field where {name: (target's, draft's)} differ; the speculative samplers
+    (discrete, continuous, MAR) all check their drafts with it."""
     bad = {name: pair for name, pair in fields.items() if pair[0] != pair[1]}
     if bad:
-        detail = ", ".join(f"{name}: target {a}, draft model {b}" for name, (a, b) in bad.items())
-        raise ValueError(f"the draft model does not fit the target ({detail})")
+        detail = ", ".join(f"{name}: target {a}, {draft} {b}" for name, (a, b) in bad.items())
+        raise ValueError(f"{subject} does not fit the target ({detail})")
 
 
 def drafting_for(target, drafter):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arstudio.decoding.drafting import check_fits
 from arstudio.decoding.logits import SamplingParams
 from arstudio.decoding.mar import (
     condition_rows,
@@ -194,11 +195,8 @@ def check_mar_draft(target, draft) -> None:
     if not isinstance(draft, MARGenerator):
         raise ValueError(f"a MAR target drafts with a smaller MARGenerator, got a {type(draft).__name__}")
     fields = ("token_dim", "grid_size", "num_classes", "num_timesteps")
-    bad = {f: (getattr(target.config, f), getattr(draft.config, f)) for f in fields}
-    bad = {f: v for f, v in bad.items() if v[0] != v[1]}
-    if bad:
-        detail = ", ".join(f"{f}: target {a}, draft {b}" for f, (a, b) in bad.items())
-        raise ValueError(f"the MAR draft does not fit the target ({detail})")
+    pairs = {f: (getattr(target.config, f), getattr(draft.config, f)) for f in fields}
+    check_fits(pairs, subject="the MAR draft", draft="draft")
 
 
 @torch.no_grad()
@@ -277,9 +275,8 @@ def _speculate(models, heads, tokens, order, chunk, params, rng, spec) -> tuple[
     ok = rng.uniform(rows_p.shape[0] // batch).reshape(-1).log() <= ratio.clamp(max=0)
     state, residual = xs[-1], 0
     if bool(ok.all()):  # the round's one host read
-        rng.draws += (
-            spec.max_tries + 1
-        )  # the residual's draws, skipped: an image's draws never depend on others
+        # the residual's draws, skipped: an image's draws never depend on others
+        rng.draws += spec.max_tries + 1
     else:
         residual = 1
         fixed = residual_sample(p, q, rows_p, rows_q, rng, spec.max_tries, steps=kept)
