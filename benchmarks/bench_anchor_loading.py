@@ -223,9 +223,8 @@ def _convert_mar(name: str, path: Path, dtype: torch.dtype, out: Path) -> None:
     from arstudio.convert.mar import convert_mar_to_pretrained
     from arstudio.tokenizers.kl import KLTokenizer
 
-    vae = path.with_name(
-        "kl16.safetensors"
-    )  # a random KL-16 (66M, diffusers names) standing in for kl16.ckpt
+    # a random KL-16 (66M, diffusers names) standing in for kl16.ckpt
+    vae = path.with_name("kl16.safetensors")
     state = KLTokenizer(MAR_KL16).state_dict()
     write_safetensors({k.removeprefix("vae."): v for k, v in state.items()}, vae)
     convert_mar_to_pretrained(vae, path, out, mar_config(name), MAR_KL16, dtype=dtype)

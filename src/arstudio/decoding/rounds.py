@@ -33,9 +33,8 @@ class SpeculationLedger:
         self.steps = torch.arange(gamma + 1, device=device)
         self.rows = torch.arange(batch, device=device)
         self.least_decided = 1  # host copy of decided.min(), refreshed once per round by end_round
-        self.start = (
-            1  # tokens every image had before its first round (set again then: a sampler may prefill)
-        )
+        # tokens every image had before its first round (set again then: a sampler may prefill)
+        self.start = 1
         # Host copies of the per-image fixed tokens and rounds, as of the last end_round: ``stats`` derives
         # the acceptance sums from them (each active round fixes accepted + 1 tokens, proposes gamma).
         self.read_back = {"decided": [1] * batch, "rounds": [0] * batch}

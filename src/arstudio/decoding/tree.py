@@ -258,9 +258,8 @@ def _accept_siblings(index: TreeIndex, p, drafts, q, u, neighbours, delta: float
     """``accept_tree`` for any tree: each internal node tries its children rank by rank, all nodes at once."""
     r = p[:, index.internal_t]  # (B, I, V)
     winner = torch.full((p.shape[0], len(index.internal)), -1, dtype=torch.long, device=p.device)
-    for rank, (kids, full) in enumerate(
-        zip(index.kids, index.kids_full, strict=True)
-    ):  # rank j's children (I,)
+    # rank j's children (I,), and whether every internal node has one
+    for rank, (kids, full) in enumerate(zip(index.kids, index.kids_full, strict=True)):
         token = drafts[:, kids - 1]  # (B, I); index -1 (no child) reads a real node, masked out below
         relaxed = relaxed_target(r, token, neighbours, delta, lam)
         p_tok = relaxed.gather(-1, token[..., None]).squeeze(-1)
