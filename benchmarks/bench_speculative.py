@@ -160,6 +160,9 @@ def profile(pipe, reqs, settings: dict, batch: int) -> dict[str, dict]:
             finally:
                 spent[key] += time.perf_counter() - start
 
+        call.static_shapes = getattr(
+            inner, "static_shapes", False
+        )  # a compiled step stays one to the sampler
         setattr(owner, method, call)
         return own
 

@@ -148,6 +148,40 @@ def test_greedy_tree_speculative_equals_plain_ar_token_for_token(guidance):
         assert torch.equal(spec_tokens, plain), spec
 
 
+@pytest.mark.parametrize("spec", [SpeculativeParams(draft_tokens=3), SpeculativeParams(draft_tree=TREE)])
+def test_eager_rounds_attend_over_the_slots_they_reach_and_compiled_ones_keep_static_shapes(spec):
+    """Eager verify and drafter forwards attend over the cache a round can reach (plain AR's kv_len
+    saving); a step flagged compiled sees the whole cache every round. Both give the same tokens."""
+    target, drafter = _models()
+    params = SamplingParams(guidance_scale=2.0)
+    cond = torch.tensor([0, 1, 2])
+    widths = {"eager": set(), "static": set()}
+
+    def watch(owner, mode):
+        inner = owner.step
+
+        def step(*args, **kwargs):
+            mask, kv_len = kwargs.get("mask"), kwargs.get("kv_len")
+            cache = owner.backbone.caches[0].k.shape[2]
+            widths[mode].add(mask.shape[-1] if mask is not None else min(kv_len or cache, cache))
+            return inner(*args, **kwargs)
+
+        step.static_shapes = mode == "static"
+        owner.step = step
+
+    runs = {}
+    for mode in ("eager", "static"):
+        for owner in (target, drafter):
+            owner.__dict__.pop("step", None)
+            watch(owner, mode)
+        runs[mode] = sample_speculative(target, drafter, cond, _gens(3), params, spec).tokens
+    for owner in (target, drafter):
+        owner.__dict__.pop("step", None)
+    assert torch.equal(runs["eager"], runs["static"])
+    assert len(widths["static"]) <= 2  # the target's and the drafter's cache lengths
+    assert min(widths["eager"]) < min(widths["static"]) and len(widths["eager"]) > 4
+
+
 def test_tree_speculative_samples_the_plain_ar_distribution():
     """The chain test above for a draft tree: recursive rejection over siblings keeps the target's law, for
     point-mass (top-k) and sampled candidates, drafter or independent model; a large LANTERN budget does not."""

@@ -45,6 +45,8 @@ class CompiledCall:
     happens; its time is added to ``compile_seconds``.
     """
 
+    static_shapes = True  # see ``is_compiled``
+
     def __init__(self, name: str, eager, strict: bool, device: torch.device):
         self.name, self.eager, self.strict = name, eager, strict
         self.cuda_graphs = device.type == "cuda"
@@ -115,6 +117,12 @@ def _targets(pipe) -> list[tuple[str, object, str]]:
     for method, model in (getattr(pipe, "distilled", None) or {}).items():
         targets.append((f"{method}.forward", model, "forward"))
     return targets
+
+
+def is_compiled(owner, method: str = "step") -> bool:
+    """Whether ``owner``'s ``method`` runs compiled (its callers then keep shapes static: no eager-only
+    ``kv_len`` cuts). A wrapper around a compiled call (a benchmark's timer) says so by the same flag."""
+    return getattr(getattr(owner, method, None), "static_shapes", False)
 
 
 def compile_method(owner, method: str, name: str, strict: bool = True) -> CompiledCall:

@@ -33,9 +33,11 @@ class TreeSlots:
     visible: TreeMask  # over (m, N - 1): the draft nodes each one sees (itself included), slot base + j - 1
     base: torch.Tensor  # (R,) the first draft slot of the round; slots before it hold the decided prefix
 
-    def mask(self, backbone, offset: int) -> torch.Tensor:
+    def mask(self, backbone, offset: int, kv_len: int | None) -> torch.Tensor:
+        """Over the cache's slots, or its first ``kv_len`` (eager: the slots the round can reach)."""
         cache = backbone.caches[0].k
-        return self.visible(self.base + offset, cache.shape[2], cache.dtype)
+        width = None if kv_len is None else min(kv_len, cache.shape[2])
+        return self.visible(self.base + offset, cache.shape[2], cache.dtype, width)
 
 
 class HiddenStateDrafting:
@@ -59,22 +61,23 @@ class HiddenStateDrafting:
         self.hidden = self.drafter.step(next_embeddings, prefix_hidden, positions)[:, -1:]
         return self.target.head(self.hidden[:, 0])
 
-    def propose(self, tokens, position, parents, tree: TreeSlots | None = None) -> torch.Tensor:
+    def propose(self, tokens, position, parents, tree: TreeSlots | None = None, kv_len=None) -> torch.Tensor:
         """The drafts just made (R, m) at ``position`` (R, m), each after the draft ``parents`` (m,) of the
-        previous call -> logits (R, m, V) for the tokens after them."""
+        previous call -> logits (R, m, V) for the tokens after them. ``kv_len``: the sampler's (host) bound
+        on the slots this round reaches, None for a compiled step (static shapes)."""
         embedded, hidden = self.target.tok_embeddings(tokens), self.hidden[:, parents]
         if tree is None:
-            self.hidden = self.drafter.step(embedded, hidden, position)
+            self.hidden = self.drafter.step(embedded, hidden, position, kv_len=kv_len)
         else:
-            mask = tree.mask(self.drafter.backbone, 0)
+            mask = tree.mask(self.drafter.backbone, 0, kv_len)
             self.hidden = self.drafter.step(embedded, hidden, tree.slots, mask=mask, rope_pos=position)
         return self.target.head(self.hidden)
 
-    def catch_up(self, tokens, target_hidden, positions, accepted) -> torch.Tensor:
+    def catch_up(self, tokens, target_hidden, positions, accepted, kv_len=None) -> torch.Tensor:
         """Re-read the verified chunk with the target's true hidden states: tokens (R, T) (the token after
         each position), target_hidden (R, T, dim), positions (R, T); keep the prediction at index
         ``accepted`` (R,), the row's new end -> logits (R, V)."""
-        out = self.drafter.step(self.target.tok_embeddings(tokens), target_hidden, positions)
+        out = self.drafter.step(self.target.tok_embeddings(tokens), target_hidden, positions, kv_len=kv_len)
         self.hidden = take_at(out, accepted)[:, None]
         return self.target.head(self.hidden[:, 0])
 
@@ -95,16 +98,18 @@ class ModelDrafting:
         position = torch.full((1,), self.model.prefix_len, dtype=torch.long, device=first_tokens.device)
         return self.model.step(first_tokens, position)[:, -1]
 
-    def propose(self, tokens, position, parents, tree: TreeSlots | None = None) -> torch.Tensor:
+    def propose(self, tokens, position, parents, tree: TreeSlots | None = None, kv_len=None) -> torch.Tensor:
         # The draft model's input at position p is the token at p: one past the sampler's position (its
-        # tree slots too). Ancestry is all in the mask: the model keeps no per-draft state.
+        # tree slots and reach too). Ancestry is all in the mask: the model keeps no per-draft state.
+        reach = None if kv_len is None else kv_len + 1
         if tree is None:
-            return self.model.step(tokens, position + 1)
-        mask = tree.mask(self.model.backbone, 1)
+            return self.model.step(tokens, position + 1, kv_len=reach)
+        mask = tree.mask(self.model.backbone, 1, reach)
         return self.model.step(tokens, tree.slots + 1, mask=mask, rope_pos=position + 1)
 
-    def catch_up(self, tokens, target_hidden, positions, accepted) -> torch.Tensor:
-        logits = self.model.step(tokens, positions + 1)  # (R, T, V)
+    def catch_up(self, tokens, target_hidden, positions, accepted, kv_len=None) -> torch.Tensor:
+        reach = None if kv_len is None else kv_len + 1
+        logits = self.model.step(tokens, positions + 1, kv_len=reach)  # (R, T, V)
         return take_at(logits, accepted)
 
 

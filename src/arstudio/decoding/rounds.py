@@ -44,6 +44,12 @@ class SpeculationLedger:
         return self.least_decided < self.total
 
     @property
+    def furthest_cursor(self) -> int:
+        """Host bound on every image's cursor at the start of a round (no read of its own): the largest
+        fixed count of the last round's read, or of a sampler's prefill, clamped as ``cursor`` is."""
+        return min(max(*self.read_back["decided"], self.least_decided), self.total - 1)
+
+    @property
     def cursor(self) -> torch.Tensor:
         """(B,) index of each image's next token. Finished rows are parked at the last token, which keeps
         their positions inside the cache."""

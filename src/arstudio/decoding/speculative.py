@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 
 from arstudio.decoding.autoregressive import DecodeResult, StepCallback, with_unconditional
+from arstudio.decoding.compiled import is_compiled
 from arstudio.decoding.drafting import TreeSlots, drafting_for
 from arstudio.decoding.logits import (
     SamplingParams,
@@ -147,6 +148,9 @@ def sample_speculative(
     drafting = drafting_for(target, drafter)
     index = tree.on(device)
     nodes, depth = tree.size, tree.depth
+    # Eager forwards attend over the cache slots a round can reach, as plain AR's steps do (kv_len); a
+    # compiled step keeps the whole static cache, so its shapes never change.
+    eager = not (is_compiled(target) or is_compiled(drafter))
     start = time.perf_counter()
     target.setup_cache(rows, device=device, extra=nodes)
     drafting.setup(rows, device, extra=nodes)
@@ -166,21 +170,31 @@ def sample_speculative(
             cursor = ledger.cursor
             base = prefix_len + cursor - 1  # (B,) where the last decided token sits: the tree's root
             u = draws.next()  # (B, 2 N - 1)
+            # the furthest slot any row writes this round is its base + N - 1
+            kv_len = prefix_len + ledger.furthest_cursor + nodes - 1 if eager else None
 
             # 1. Draft the tree level by level; a node at depth d is token cursor + d - 1.
             rows_base = both(base)  # (R,)
             drafts, q = _draft(
-                drafting, guide, index, draft_logits[:, None], cursor, rows_base, u, spec.greedy_drafts
+                drafting,
+                guide,
+                index,
+                draft_logits[:, None],
+                cursor,
+                rows_base,
+                u,
+                spec.greedy_drafts,
+                kv_len,
             )
 
             # 2. Verify [last decided token, drafts] in one forward: node i at slot base + i, position
             # base + depth i, seeing its ancestors (a chain: slots are positions, the causal mask suffices).
             chunk = torch.cat([ledger.last_decided(cursor), drafts], dim=1)  # (B, N)
             slots = rows_base[:, None] + index.order  # (R, N)
-            tree_args = {}
+            tree_args = {"kv_len": kv_len}
             if not tree.is_chain:
                 cache = target.backbone.caches[0].k
-                mask = index.mask(rows_base, cache.shape[2], cache.dtype)
+                mask = index.mask(rows_base, cache.shape[2], cache.dtype, kv_len)
                 tree_args = {"mask": mask, "rope_pos": rows_base[:, None] + index.depth}
             logits, hidden = target.step(both(chunk), slots, return_hidden=True, **tree_args)
             # (B, N, V): the children of node i are token cursor + d_i
@@ -207,7 +221,7 @@ def sample_speculative(
                 hidden = hidden.gather(1, both(path)[..., None].expand(-1, -1, hidden.shape[-1]))
 
             # 4. The drafter catches up on the verified path, reading on from each row's new end.
-            draft_logits = drafting.catch_up(both(new), hidden, positions, both(accepted))
+            draft_logits = drafting.catch_up(both(new), hidden, positions, both(accepted), kv_len)
             if ledger.end_round(callback):
                 break
         draws.close()
@@ -243,11 +257,11 @@ class _RoundDraws:
         self.left = 0
 
 
-def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, rows_base, u, greedy: bool):
+def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, rows_base, u, greedy: bool, kv_len):
     """Draft every node of the tree, one drafter forward per level with children. level_logits (R, 1, V):
     the drafter's prediction for token ``cursor``; rows_base (R,) the round's root position per row. Returns
     drafts (B, N - 1) and the proposal each was drawn from, q (B, N - 1, V), or None for greedy drafts (point
-    masses: ``accept_tree`` needs only the token)."""
+    masses: ``accept_tree`` needs only the token). ``kv_len``: the round's reach, None when compiled."""
     streams = rows_base.shape[0] // cursor.shape[0]
     drafts, q = [], []
     for d, level in enumerate(index.levels, start=1):
@@ -269,6 +283,6 @@ def _draft(drafting, guide, index: TreeIndex, level_logits, cursor, rows_base, u
             if not index.tree.is_chain:
                 slots = TreeSlots(rows_base[:, None] + level.draft_slots, level.draft_mask, rows_base)
             chosen = chosen.repeat(streams, 1)  # (R, m)
-            level_logits = drafting.propose(chosen, position, level.drafting_parents, slots)
+            level_logits = drafting.propose(chosen, position, level.drafting_parents, slots, kv_len)
     # levels hold consecutive nodes, in order
     return torch.cat(drafts, dim=1), torch.cat(q, dim=1) if q else None

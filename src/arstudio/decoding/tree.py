@@ -221,7 +221,9 @@ class TreeMask:
     def __init__(self, ancestors: torch.Tensor):
         self.ancestors, self._tables = ancestors, {}
 
-    def __call__(self, base: torch.Tensor, length: int, dtype) -> torch.Tensor:
+    def __call__(self, base: torch.Tensor, length: int, dtype, width: int | None = None) -> torch.Tensor:
+        """The mask over a cache of ``length`` slots, or over its first ``width`` (an eager forward that
+        attends over the slots a round can reach: the same table, fewer columns)."""
         key = (length, dtype)
         if key not in self._tables:
             # column c holds slot offset c - length from the base: the table is tree_mask at base = length
@@ -229,7 +231,8 @@ class TreeMask:
             table = tree_mask(self.ancestors, at, 2 * length, dtype)[0, 0]  # (Q, 2 length)
             self._tables[key] = table, torch.arange(length, 2 * length, device=base.device)
         table, columns = self._tables[key]
-        return table[:, columns - base[:, None]].permute(1, 0, 2)[:, None]  # (R, 1, Q, length)
+        columns = columns if width is None else columns[:width]
+        return table[:, columns - base[:, None]].permute(1, 0, 2)[:, None]  # (R, 1, Q, width or length)
 
 
 def accept_tree(

@@ -177,6 +177,8 @@ class Backbone(nn.Module):
         """
         if self.caches is None or self.caches[0].k.shape[0] != x.shape[0]:
             raise RuntimeError("call setup_cache(batch_size) before step(); the cache batch must match x")
+        if kv_len is not None:  # a caller's reach past the cache (a draft model's +1 slot) is the cache
+            kv_len = min(kv_len, self.caches[0].k.shape[2])
         if mask is None:
             # Each query sees the cached keys at positions <= its own, over the cache's whole (static)
             # length: an additive mask (1 or B, 1, T, cache length) made on the device once per step (a

@@ -108,11 +108,12 @@ class Drafter(PretrainedMixin, nn.Module):
         input_pos: torch.Tensor,
         mask=None,
         rope_pos=None,
+        kv_len: int | None = None,
     ) -> torch.Tensor:
         """Cached: (B, T, dim) pairs at positions ``input_pos`` ((T,) or (B, T)) -> predicted hidden (B, T, dim).
-        ``mask``/``rope_pos``: a draft tree level's slots (see ``Backbone.step``)."""
+        ``mask``/``rope_pos``: a draft tree level's slots; ``kv_len``: see ``Backbone.step``."""
         inputs = self._inputs(next_embeddings, hidden, input_pos)
-        return self.backbone.step(inputs, input_pos, mask=mask, rope_pos=rope_pos)
+        return self.backbone.step(inputs, input_pos, mask=mask, rope_pos=rope_pos, kv_len=kv_len)
 
 
 class PassThroughNorm(RMSNorm):
