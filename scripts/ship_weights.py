@@ -41,8 +41,9 @@ SHIPPED = {
     "shapes-c2i/tokenizer": ("runs/vq-shapes32", F16),
     "shapes-c2i/generator": ("runs/gen-shapes-c2i", F16),
     "shapes-c2i/drafter": ("runs/drafter-shapes-c2i-guided", F16),  # issue 23: guided + own rollouts
-    "shapes-c2i/dd1": ("runs/dd1-shapes-c2i-long", F16),  # 16k pairs, 2400 steps (docs/training.md)
-    "shapes-c2i/dd2": ("runs/dd2-soup3", F16),  # soup of 3 seeds: batch 32, 1000 steps, DD1 weight 0.05
+    # DD models int8 since issue 23 (room for shapes-c2i-256's): verifier and FD-shapes as float16's (docs/training.md)
+    "shapes-c2i/dd1": ("runs/dd1-shapes-c2i-long", I8),  # 16k pairs, 2400 steps (docs/training.md)
+    "shapes-c2i/dd2": ("runs/dd2-soup3", I8),  # soup of 3 seeds: batch 32, 1000 steps, DD1 weight 0.05
     "shapes-t2i/tokenizer": ("runs/vq-shapes32-t2i", F16),
     "shapes-t2i/generator": ("runs/gen-shapes-t2i-scratch", F16),  # v3: phrase slots from scratch
     "shapes-t2i/drafter": ("runs/drafter-shapes-t2i-guided", F16),  # issue 23: guided + own rollouts
