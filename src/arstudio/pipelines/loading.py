@@ -23,6 +23,7 @@ from arstudio.generators.image import ImageGenerator
 from arstudio.generators.mar import MARConfig, MARGenerator
 from arstudio.generators.text_encoders import load_text_encoder
 from arstudio.generators.video import VideoGenerator, VideoGeneratorConfig
+from arstudio.nn.prepacked import prepack_linears
 from arstudio.pipelines.image import SUPPORTED_DTYPES, ImagePipeline
 from arstudio.pipelines.video import VideoPipeline
 from arstudio.presets import WEIGHTS_ROOT, Preset, get_preset
@@ -323,11 +324,15 @@ def _image_pipeline(
 
 
 def _accelerate(pipe, compile: bool | str, attention_backend: str):
-    """Set the attention backend of every backbone and compile the decoding steps as asked."""
+    """Set the attention backend of every backbone, give CPU models' small linear layers their transposed
+    weights (``nn/prepacked.py``: the eager CPU fast path) and compile the decoding steps as asked."""
+    on_cpu = torch.device(pipe.device).type == "cpu"
     for model in (pipe.generator, getattr(pipe, "drafter", None), *getattr(pipe, "distilled", {}).values()):
         backbone = getattr(model, "backbone", None)
         if backbone is not None:
             backbone.set_attention_backend(attention_backend)
+        if model is not None and on_cpu:
+            prepack_linears(model)
     pipe.load_options = {"compile": compile, "attention_backend": attention_backend}
     pipe.compilation = Compilation()
     if resolve_compile(compile, torch.device(pipe.device)):
