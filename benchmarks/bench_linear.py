@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -21,10 +20,10 @@ from torch import nn
 from arstudio.nn.prepacked import prepack_linears
 from arstudio.pipelines.loading import load_pipeline
 from benchmarks.common import finish, header
+from benchmarks.side_by_side import LANTERN_PP, side_by_side
 
 LAYERS = ((128, 384), (128, 512), (192, 576), (192, 512))  # (in, out): attention, MLP, head widths
 ROWS = (1, 2, 4, 8, 16, 32)
-LANTERN_PP = {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "lantern_lambda": 5.0}
 SETTINGS = {
     "ar": {"decoding": "ar"},
     "speculative": {"decoding": "speculative"},
@@ -64,29 +63,12 @@ def layers() -> dict:
 def pipelines(preset: str, batch: int, repeats: int) -> dict:
     pipe = load_pipeline(preset, device="cpu")
     models = [pipe.generator, pipe.drafter]
-    labels = list(range(batch))
-    seconds: dict[tuple[str, str], list[float]] = {}
-    for repeat in range(repeats + 1):  # the first pass warms up and is dropped
-        for mode in ("F.linear", "prepacked"):
-            for model in models:
-                prepack_linears(model, enable=mode == "prepacked")
-            for name, setting in SETTINGS.items():
-                generators = [torch.Generator().manual_seed(i) for i in labels]
-                start = time.process_time()
-                pipe(class_labels=labels, generator=generators, output_type="np", **setting)
-                if repeat:
-                    seconds.setdefault((mode, name), []).append(time.process_time() - start)
-    rows = {}
-    for (mode, name), values in seconds.items():
-        median, ar = statistics.median(values), statistics.median(seconds[(mode, "ar")])
-        rows[f"{name} | {mode}"] = {
-            "cpu_ms_per_image": round(median * 1e3 / batch, 1),
-            "speedup": ar / median,
-        }
-        print(
-            f"{preset} b{batch} {mode:9s} {name:22s} {median * 1e3 / batch:8.1f} ms/image  x{ar / median:.2f}"
-        )
-    return rows
+
+    def prepacked(enable: bool):
+        return lambda: [prepack_linears(model, enable=enable) for model in models]
+
+    modes = {"F.linear": prepacked(False), "prepacked": prepacked(True)}
+    return side_by_side(pipe, preset, SETTINGS, modes, batch, repeats)
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 against the same rounds over the whole static cache (what a compiled step does), beside plain AR.
 
 The whole-cache rounds are made by flagging the eager steps as compiled (``static_shapes``), so both modes
-run the same code and the same seeds; only the attention width differs. CPU time (``time.process_time``),
-median of interleaved repeats, one thread.
+run the same code and the same seeds; only the attention width differs. CPU time, interleaved
+(``side_by_side``), one thread.
 
     python -m benchmarks.bench_round_reach [--presets shapes-c2i shapes-c2i-256] [--batch 1] [--repeats 5]
 """
@@ -11,15 +11,13 @@ median of interleaved repeats, one thread.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from arstudio.pipelines.loading import load_pipeline
 from benchmarks.common import finish, header
+from benchmarks.side_by_side import LANTERN_PP, side_by_side
 
-LANTERN_PP = {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "lantern_lambda": 5.0}
 SETTINGS = {
     "ar": {"decoding": "ar"},
     "speculative": {"decoding": "speculative"},
@@ -46,31 +44,8 @@ def whole_cache(models, on: bool) -> None:
 def measure(preset: str, batch: int, repeats: int) -> dict:
     pipe = load_pipeline(preset, device="cpu")
     models = [pipe.generator, pipe.drafter]
-    labels = list(range(batch))
-    seconds: dict[tuple[str, str], list[float]] = {}
-    for _ in range(repeats + 1):  # the first pass warms up and is dropped
-        for mode in ("whole cache", "reach"):
-            whole_cache(models, mode == "whole cache")
-            for name, setting in SETTINGS.items():
-                if name == "ar" and mode == "whole cache":
-                    continue  # AR's steps take kv_len from the host either way
-                generators = [torch.Generator().manual_seed(i) for i in labels]
-                start = time.process_time()
-                pipe(class_labels=labels, generator=generators, output_type="np", **setting)
-                seconds.setdefault((name, mode), []).append(time.process_time() - start)
-    whole_cache(models, False)
-    ar = statistics.median(seconds[("ar", "reach")][1:])
-    rows = {}
-    for (name, mode), values in seconds.items():
-        median = statistics.median(values[1:])
-        rows[f"{name} | {mode}"] = {
-            "cpu_ms_per_image": round(median * 1e3 / batch, 1),
-            "speedup": ar / median,
-        }
-        print(
-            f"{preset} b{batch} {name:26s} {mode:12s} {median * 1e3 / batch:8.1f} ms/image  x{ar / median:.2f}"
-        )
-    return rows
+    modes = {"whole cache": lambda: whole_cache(models, True), "reach": lambda: whole_cache(models, False)}
+    return side_by_side(pipe, preset, SETTINGS, modes, batch, repeats)
 
 
 def main() -> None:

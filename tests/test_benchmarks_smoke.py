@@ -151,3 +151,18 @@ def test_bench_gpu_anchors_quick_times_every_strategy_of_gpt_b(monkeypatch):
             assert 8 <= row["tokens"] < 16 and row["decode_s"] == 0
         if kwargs["decoding"] != "ar" and row["tokens"] < 256:
             assert "acceptance_rate" in row["stats"]  # recorded, meaningless with random weights
+
+
+def test_side_by_side_runs_every_mode_and_setting_against_its_own_ar():
+    import arstudio
+    from benchmarks.side_by_side import side_by_side
+
+    pipe = arstudio.load_pipeline("test-tiny-c2i", device="cpu")
+    calls = []
+    modes = {"one": lambda: calls.append("one"), "two": lambda: calls.append("two")}
+    settings = {"ar": {"decoding": "ar"}, "speculative": {"decoding": "speculative", "draft_tokens": 1}}
+    rows = side_by_side(pipe, "tiny", settings, modes, batch=1, repeats=1)
+    assert calls == ["one", "two", "one", "two"]  # warm-up pass, then the repeat
+    assert set(rows) == {f"{s} | {m}" for s in settings for m in modes}
+    assert rows["ar | one"]["speedup"] == rows["ar | two"]["speedup"] == 1.0
+    assert all(row["cpu_ms_per_image"] > 0 for row in rows.values())
