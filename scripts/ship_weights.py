@@ -64,6 +64,8 @@ SHIPPED = {
     # shapes-c2i-256 keeps shapes-c2i's tokenizer (loaded at 64 px)
     "shapes-c2i-256/generator": ("runs/gen-shapes-c2i-256", I8),
     "shapes-c2i-256/drafter": ("runs/drafter-shapes-c2i-256-guided", F16),
+    "shapes-c2i-256/dd1": ("runs/dd1-shapes-c2i-256", I8),  # 4096 pairs, 1200 steps at batch 32
+    "shapes-c2i-256/dd2": ("runs/dd2-shapes-c2i-256", I8),  # from dd1: 8192 pairs, 200 steps at batch 16
 }
 MODELS = {
     cls.__name__: cls

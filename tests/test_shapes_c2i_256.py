@@ -26,3 +26,21 @@ def test_shapes_c2i_256_generates_64_px_images_with_its_drafter():
     assert "speculative" in pipe.decoding_strategies
     out = pipe(class_labels=[0], generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images[0].shape == (64, 64, 3) and tuple(out.tokens.shape) == (1, 16, 16)
+
+
+@pytest.mark.skipif(
+    not (WEIGHTS_ROOT / "shapes-c2i-256" / "dd2").is_dir(), reason="DD weights not shipped"
+)
+@pytest.mark.parametrize("decoding", ["dd1", "dd2"])
+def test_shapes_c2i_256_distilled_models_draw_256_tokens_in_one_forward(decoding):
+    pipe = arstudio.load_pipeline("shapes-c2i-256", device="cpu")
+    assert decoding in pipe.decoding_strategies
+    out = pipe(
+        class_labels=[0, 5],
+        decoding=decoding,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
+    assert out.images[0].shape == (64, 64, 3) and tuple(out.tokens.shape) == (2, 16, 16)
+    assert out.stats["forwards_per_image"] == 1
+    assert out.tokens.min() >= 0 and out.tokens.max() < 512
