@@ -642,8 +642,8 @@ register_preset(
 # step costs ~10 drafter blocks. The shapes-c2i tokenizer is fully convolutional and reconstructs 64-px shapes
 # as well as 32-px ones (PSNR 36.1 vs 35.6 dB on held-out shapes, verifier agreement 1.0 at both sizes), so it
 # is shared rather than retrained: its weights load into this 64-px config. Size: dim 128 keeps the int8
-# generator (2.3M parameters, ~2.3 MB) inside the tracked-tree budget (tests/test_tree_size.py); a DD model of
-# the same size beside it would also need the drafters stored in int8.
+# generator (2.3M parameters, ~2.3 MB) inside the tracked-tree budget (tests/test_tree_size.py), beside its
+# drafter and int8 DD1/DD2 models of the generator's size (under-trained: docs/training.md).
 register_preset(
     Preset(
         name="shapes-c2i-256",
