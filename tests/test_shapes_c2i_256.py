@@ -28,9 +28,7 @@ def test_shapes_c2i_256_generates_64_px_images_with_its_drafter():
     assert out.images[0].shape == (64, 64, 3) and tuple(out.tokens.shape) == (1, 16, 16)
 
 
-@pytest.mark.skipif(
-    not (WEIGHTS_ROOT / "shapes-c2i-256" / "dd2").is_dir(), reason="DD weights not shipped"
-)
+@pytest.mark.skipif(not (WEIGHTS_ROOT / "shapes-c2i-256" / "dd2").is_dir(), reason="DD weights not shipped")
 @pytest.mark.parametrize("decoding", ["dd1", "dd2"])
 def test_shapes_c2i_256_distilled_models_draw_256_tokens_in_one_forward(decoding):
     pipe = arstudio.load_pipeline("shapes-c2i-256", device="cpu")
