@@ -39,6 +39,13 @@ SETTINGS = {
     "lantern k=8 d=0.25": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 0.25},
     "lantern k=32 d=0.25": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.25},
     "lantern k=32 d=0.5": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.5},
+    # wider budgets: delta 0.75 still bounds each token's total-variation move; at delta 1 only the k
+    # latent neighbours limit which tokens may stand in for a draft (quality is measured, not bounded)
+    "lantern k=32 d=0.75": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 0.75},
+    "lantern k=64 d=0.75": {"decoding": "lantern", "lantern_k": 64, "lantern_delta": 0.75},
+    "lantern k=32 d=1": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 1.0},
+    "lantern k=32 d=1 g3": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 1.0, "draft_tokens": 3},
+    "lantern k=32 d=1 g4": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 1.0, "draft_tokens": 4},
     "lantern++ k=8 l=5": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "lantern_lambda": 5.0},
     "lantern++ k=8 l=5 g2": {
         "decoding": "lantern",
@@ -235,11 +242,12 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the generator and drafter steps"
     )
+    parser.add_argument("--tag", default="", help="suffix of the results' file names (keeps another run's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.compile:  # one graph per step shape: depths x batch sizes x (propose, catch-up, tree) exceed 8
         torch._dynamo.config.recompile_limit = 64
-    info = header("speculative_" + "+".join(args.presets) + ("_compiled" if args.compile else ""))
+    info = header("speculative_" + "+".join(args.presets) + ("_compiled" if args.compile else "") + args.tag)
     classifier = load_shipped_classifier()
     results, profiles = {}, {}
     for preset in args.presets:
