@@ -46,6 +46,14 @@ SETTINGS = {
     "lantern k=32 d=1": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 1.0},
     "lantern k=32 d=1 g3": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 1.0, "draft_tokens": 3},
     "lantern k=32 d=1 g4": {"decoding": "lantern", "lantern_k": 32, "lantern_delta": 1.0, "draft_tokens": 4},
+    "lantern k=8 d=1 g4": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "draft_tokens": 4},
+    "lantern++ k=32 l=20 g4": {
+        "decoding": "lantern",
+        "lantern_k": 32,
+        "lantern_delta": 1.0,
+        "lantern_lambda": 20.0,
+        "draft_tokens": 4,
+    },
     "lantern++ k=8 l=5": {"decoding": "lantern", "lantern_k": 8, "lantern_delta": 1.0, "lantern_lambda": 5.0},
     "lantern++ k=8 l=5 g2": {
         "decoding": "lantern",
