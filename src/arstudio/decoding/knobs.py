@@ -48,7 +48,12 @@ LANTERN_K = DecodingParam(
     "lantern_k", 8, 1, 4096, True, "latent neighbours per token (capped by the codebook size)"
 )
 LANTERN_DELTA = DecodingParam(
-    "lantern_delta", 0.2, 0.0, 1.0, False, "total-variation budget per token; 0 is exact"
+    "lantern_delta",
+    0.2,
+    0.0,
+    1.0,
+    False,
+    "total-variation budget per token; 0 is exact, 1 leaves only lantern_k as the limit (fastest)",
 )
 LANTERN_LAMBDA = DecodingParam(
     "lantern_lambda", 1.0, 1.0, 1e6, False, "LANTERN++ relaxation factor; 1 turns it off"
